@@ -1,0 +1,1 @@
+"""Realistic multi-service trace traffic for the dev stack, tests and benchmarks."""

@@ -1,0 +1,1 @@
+"""OTLP codecs: protobuf and OTLP/JSON for traces in and metrics out."""
