@@ -1,0 +1,415 @@
+"""Configuration: one YAML file, validated once at start into one frozen object.
+
+The ``spanmetrics:`` section takes the OpenTelemetry Collector spanmetrics connector's options
+under their upstream names (as Grafana Alloy documents them), so a user can paste the settings
+they already run. ``servicegraphs:`` takes Tempo's metrics-generator options. Environment
+variables override the file: ``SPANMETRICS_<SECTION>__<OPTION>`` (for example
+``SPANMETRICS_KAFKA__GROUP_ID``), and the conventional ``KAFKA_BOOTSTRAP_SERVERS`` and
+``REDIS_URL`` override the server addresses.
+
+Every invalid value fails at start with one line naming the option and what is allowed
+(:func:`load_config` raises :class:`~worker.exceptions.ConfigError`), never with a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from worker.durations import parse_duration
+from worker.exceptions import ConfigError
+
+__all__ = [
+    "DEFAULT_HISTOGRAM_BUCKETS",
+    "RESERVED_DIMENSIONS",
+    "Dimension",
+    "HistogramUnit",
+    "KafkaConfig",
+    "RedisConfig",
+    "ServiceGraphsConfig",
+    "Settings",
+    "SpanMetricsConfig",
+    "Temporality",
+    "load_config",
+]
+
+#: The connector's default explicit buckets, in seconds.
+DEFAULT_HISTOGRAM_BUCKETS: tuple[float, ...] = (
+    0.002, 0.004, 0.006, 0.008, 0.010, 0.050, 0.100, 0.200, 0.400, 0.800,
+    1.0, 1.4, 2.0, 5.0, 10.0, 15.0,
+)  # fmt: skip
+
+#: The default dimensions; a configured dimension may not reuse these names (upstream refuses too).
+RESERVED_DIMENSIONS: tuple[str, ...] = ("service.name", "span.name", "span.kind", "status.code")
+
+#: Tempo's default service-graph latency buckets, in seconds.
+DEFAULT_SERVICE_GRAPH_BUCKETS: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8)
+
+
+def _duration(value: object) -> float:
+    return parse_duration(value)
+
+
+#: A duration in seconds, written as "15s", "1400ms" or a number of seconds.
+Duration = Annotated[float, BeforeValidator(_duration)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class HistogramUnit(StrEnum):
+    MILLISECONDS = "ms"
+    SECONDS = "s"
+
+    @property
+    def divisor_ns(self) -> float:
+        """Nanoseconds in one unit: span durations are nanoseconds, the histogram is in this unit."""
+        return 1e6 if self is HistogramUnit.MILLISECONDS else 1e9
+
+
+class Temporality(StrEnum):
+    CUMULATIVE = "CUMULATIVE"
+    DELTA = "DELTA"
+
+
+def _temporality(value: object) -> object:
+    if isinstance(value, str):
+        text = value.strip().upper()
+        return text.removeprefix("AGGREGATION_TEMPORALITY_")
+    return value
+
+
+class Dimension(_Frozen):
+    """An extra dimension: looked up in span attributes, then resource attributes, then ``default``."""
+
+    name: str = Field(min_length=1)
+    default: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: object) -> object:
+        # Accept a bare string as shorthand for {name: ...}.
+        return {"name": value} if isinstance(value, str) else value
+
+
+class ExplicitBuckets(_Frozen):
+    buckets: tuple[Duration, ...] = DEFAULT_HISTOGRAM_BUCKETS
+
+    @field_validator("buckets")
+    @classmethod
+    def _increasing(cls, buckets: tuple[float, ...]) -> tuple[float, ...]:
+        if not buckets:
+            raise ValueError("needs at least one bucket boundary")
+        if any(b <= 0 for b in buckets):
+            raise ValueError("bucket boundaries must be positive durations")
+        if any(later <= earlier for earlier, later in zip(buckets, buckets[1:], strict=False)):
+            raise ValueError("bucket boundaries must be strictly increasing")
+        return buckets
+
+
+class ExponentialBuckets(_Frozen):
+    max_size: int = Field(default=160, ge=2, le=16384)
+
+
+class HistogramConfig(_Frozen):
+    disable: bool = False
+    unit: HistogramUnit = HistogramUnit.MILLISECONDS
+    dimensions: tuple[Dimension, ...] = ()
+    explicit: ExplicitBuckets | None = None
+    exponential: ExponentialBuckets | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> HistogramConfig:
+        if self.explicit is not None and self.exponential is not None:
+            raise ValueError("set either 'explicit' or 'exponential', not both")
+        return self
+
+    @property
+    def bounds(self) -> tuple[float, ...]:
+        """Explicit bucket boundaries in the histogram's unit (the connector's defaults when unset)."""
+        seconds = self.explicit.buckets if self.explicit else DEFAULT_HISTOGRAM_BUCKETS
+        scale = 1000.0 if self.unit is HistogramUnit.MILLISECONDS else 1.0
+        return tuple(round(b * scale, 9) for b in seconds)
+
+
+class ExemplarsConfig(_Frozen):
+    enabled: bool = False
+    max_per_data_point: int = Field(default=5, ge=1)
+
+
+class EventsConfig(_Frozen):
+    enabled: bool = False
+    dimensions: tuple[Dimension, ...] = ()
+
+    @model_validator(mode="after")
+    def _dimensions_required(self) -> EventsConfig:
+        if self.enabled and not self.dimensions:
+            raise ValueError("'dimensions' needs at least one entry when events are enabled")
+        return self
+
+
+def _check_dimension_names(option: str, dimensions: Sequence[Dimension], taken: set[str]) -> None:
+    """Refuse names that collide with the defaults or with each other, as the connector does."""
+    seen = set(taken)
+    for dimension in dimensions:
+        if dimension.name in RESERVED_DIMENSIONS:
+            raise ValueError(
+                f"{option}: '{dimension.name}' is a default dimension and cannot be configured again "
+                f"(defaults: {', '.join(RESERVED_DIMENSIONS)}; use exclude_dimensions to drop one)"
+            )
+        if dimension.name in seen:
+            raise ValueError(f"{option}: duplicate dimension name '{dimension.name}'")
+        seen.add(dimension.name)
+
+
+class SpanMetricsConfig(_Frozen):
+    """The connector's options, under the upstream names."""
+
+    dimensions: tuple[Dimension, ...] = ()
+    calls_dimensions: tuple[Dimension, ...] = ()
+    exclude_dimensions: tuple[str, ...] = ()
+    histogram: HistogramConfig = HistogramConfig()
+    aggregation_temporality: Annotated[Temporality, BeforeValidator(_temporality)] = Temporality.CUMULATIVE
+    metrics_flush_interval: Duration = Field(default=15.0, gt=0)
+    metrics_expiration: Duration = 0.0
+    namespace: str = ""
+    resource_metrics_key_attributes: tuple[str, ...] = ()
+    resource_metrics_cache_size: int = Field(default=1000, ge=1)
+    dimensions_cache_size: int | None = Field(default=None, ge=1)
+    aggregation_cardinality_limit: int = Field(default=0, ge=0)
+    exemplars: ExemplarsConfig = ExemplarsConfig()
+    events: EventsConfig = EventsConfig()
+    include_instrumentation_scope: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _dimension_names(self) -> SpanMetricsConfig:
+        _check_dimension_names("dimensions", self.dimensions, set())
+        base = {d.name for d in self.dimensions}
+        _check_dimension_names("calls_dimensions", self.calls_dimensions, base)
+        _check_dimension_names("histogram.dimensions", self.histogram.dimensions, base)
+        _check_dimension_names("events.dimensions", self.events.dimensions, base)
+        unknown = [name for name in self.exclude_dimensions if name not in RESERVED_DIMENSIONS]
+        if unknown:
+            raise ValueError(
+                f"exclude_dimensions: {unknown[0]!r} is not a default dimension "
+                f"(allowed: {', '.join(RESERVED_DIMENSIONS)})"
+            )
+        return self
+
+    def metric_name(self, name: str) -> str:
+        """``calls`` or ``<namespace>.calls``: the connector's naming."""
+        return f"{self.namespace}.{name}" if self.namespace else name
+
+
+class ServiceGraphsConfig(_Frozen):
+    """Tempo's service-graph processor options."""
+
+    enabled: bool = False
+    wait: Duration = Field(default=10.0, gt=0)
+    max_items: int = Field(default=10000, ge=1)
+    histogram_buckets: tuple[float, ...] = DEFAULT_SERVICE_GRAPH_BUCKETS
+    dimensions: tuple[str, ...] = ()
+    enable_client_server_prefix: bool = False
+    peer_attributes: tuple[str, ...] = ("peer.service", "db.name", "db.system", "db.system.name")
+    database_name_attributes: tuple[str, ...] = ("db.namespace", "db.name", "db.system", "db.system.name")
+    enable_virtual_node_label: bool = False
+    enable_messaging_system_latency_histogram: bool = False
+
+    @field_validator("histogram_buckets")
+    @classmethod
+    def _increasing(cls, buckets: tuple[float, ...]) -> tuple[float, ...]:
+        if not buckets or any(b <= 0 for b in buckets):
+            raise ValueError("needs positive bucket boundaries in seconds")
+        if any(later <= earlier for earlier, later in zip(buckets, buckets[1:], strict=False)):
+            raise ValueError("bucket boundaries must be strictly increasing")
+        return buckets
+
+
+class KafkaConfig(_Frozen):
+    """Where spans come from and metrics go; the aiokafka options users need in production."""
+
+    bootstrap_servers: str = "localhost:9092"
+    input_topic: str = "otlp_spans"
+    output_topic: str = "otlp_metrics"
+    dlq_topic: str = "otlp_spans_dlq"
+    group_id: str = "spanmetrics"
+    group_instance_id: str | None = None
+    client_id: str = "spanmetrics-worker"
+    tenant_header: str = "X-Scope-OrgID"
+    default_tenant: str = "single-tenant"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_check_hostname: bool = True
+    session_timeout: Duration = Field(default=10.0, gt=0)
+    heartbeat_interval: Duration = Field(default=3.0, gt=0)
+    max_poll_interval: Duration = Field(default=300.0, gt=0)
+    request_timeout: Duration = Field(default=40.0, gt=0)
+    fetch_max_bytes: int = Field(default=52428800, ge=1024)
+    max_partition_fetch_bytes: int = Field(default=1048576, ge=1024)
+    max_poll_records: int = Field(default=500, ge=1)
+    max_input_record_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    output_max_record_bytes: int = Field(default=1024 * 1024, ge=4096)
+    compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+
+    @model_validator(mode="after")
+    def _sasl(self) -> KafkaConfig:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_mechanism "
+                "(PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512), sasl_username and sasl_password"
+            )
+        return self
+
+
+class RedisConfig(_Frozen):
+    """The state store: ``redis://`` or ``rediss://`` (TLS); a password may be in the URL or separate."""
+
+    url: SecretStr = SecretStr("redis://localhost:6379/0")
+    password: SecretStr | None = None
+    key_prefix: str = Field(default="spanmetrics", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    socket_timeout: Duration = Field(default=5.0, gt=0)
+    connect_timeout: Duration = Field(default=5.0, gt=0)
+    ssl_ca_certs: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, url: SecretStr) -> SecretStr:
+        value = url.get_secret_value()
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return url
+
+
+class WorkerConfig(_Frozen):
+    """How the stream worker paces itself and stays within its memory bounds."""
+
+    shutdown_grace: Duration = Field(default=25.0, gt=0)
+    revoke_deadline: Duration = Field(default=10.0, gt=0)
+    max_active_series_per_tenant: int = Field(default=100_000, ge=0)
+    max_buffered_spans: int = Field(default=200_000, ge=1000)
+
+
+class HttpConfig(_Frozen):
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class LogConfig(_Frozen):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Settings(BaseSettings):
+    """Everything the worker needs, loaded once and logged once (secrets masked)."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_prefix="SPANMETRICS_",
+        env_nested_delimiter="__",
+        case_sensitive=False,
+    )
+
+    spanmetrics: SpanMetricsConfig = SpanMetricsConfig()
+    servicegraphs: ServiceGraphsConfig = ServiceGraphsConfig()
+    kafka: KafkaConfig = KafkaConfig()
+    redis: RedisConfig = RedisConfig()
+    worker: WorkerConfig = WorkerConfig()
+    http: HttpConfig = HttpConfig()
+    log: LogConfig = LogConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first: it overrides the YAML file, which arrives as init arguments.
+        return env_settings, init_settings
+
+
+def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _format_error(error: ValidationError) -> str:
+    """One line per problem: ``spanmetrics.histogram.unit: Input should be 'ms' or 's' (got 'us')``."""
+    parts = []
+    for item in error.errors():
+        location = ".".join(str(p) for p in item["loc"] if not str(p).startswith("function-"))
+        message = item["msg"].removeprefix("Value error, ")
+        given = item.get("input")
+        shown = "" if isinstance(given, dict | list | tuple) or given is None else f" (got {given!r})"
+        if item["type"] == "extra_forbidden":
+            message = "unknown option"
+        parts.append(f"{location}: {message}{shown}" if location else f"{message}{shown}")
+    return "invalid configuration: " + "; ".join(parts)
+
+
+def load_config(path: str | Path | None = None) -> Settings:
+    """Read the YAML file (optional), apply environment overrides, validate, and freeze.
+
+    Raises ConfigError with a one-line message naming every offending option.
+    """
+    environ = os.environ
+    document: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: the top level must be a mapping of sections")
+        document = loaded
+    overrides: dict[str, Any] = {}
+    if environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        overrides["kafka"] = {"bootstrap_servers": environ["KAFKA_BOOTSTRAP_SERVERS"]}
+    if environ.get("REDIS_URL"):
+        overrides["redis"] = {"url": environ["REDIS_URL"]}
+    document = _deep_merge(document, overrides)
+    try:
+        return Settings(**document)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+    except ValueError as exc:  # a nested env value that is not valid JSON, for example
+        raise ConfigError(f"invalid configuration: {exc}") from None

@@ -1,0 +1,173 @@
+"""Series -> ``ExportMetricsServiceRequest``: the output shape downstream Collectors expect.
+
+One ``ResourceMetrics`` per distinct resource, one ``ScopeMetrics`` per scope (the span metrics
+use ``spanmetricsconnector`` like the connector), metrics in a stable order (calls, duration,
+events), data points carrying the series' attributes with their original types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.metrics.v1.metrics_pb2 import (
+    AggregationTemporality,
+    Metric,
+    ResourceMetrics,
+)
+
+from worker.config import Temporality
+from worker.otlp.values import fill_key_values
+from worker.series import Attributes, MetricDescriptor, MetricKind, Series
+
+__all__ = ["build_metrics_request", "build_resource_metrics", "split_by_size"]
+
+_TEMPORALITY = {
+    Temporality.CUMULATIVE: AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE,
+    Temporality.DELTA: AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA,
+}
+
+
+def _fill_metric(
+    metric: Metric, descriptor: MetricDescriptor, series: list[Series], temporality: int, now_ns: int
+) -> None:
+    metric.name = descriptor.name
+    if descriptor.unit:
+        metric.unit = descriptor.unit
+    if descriptor.description:
+        metric.description = descriptor.description
+    if descriptor.kind is MetricKind.SUM:
+        metric.sum.aggregation_temporality = temporality  # type: ignore[assignment]
+        metric.sum.is_monotonic = True
+        points = metric.sum.data_points
+        for item in series:
+            point = points.add(start_time_unix_nano=item.start_ns, time_unix_nano=now_ns, as_int=item.count)
+            fill_key_values(point.attributes, item.attributes)
+            for trace_id, span_id, value, time_ns in item.exemplars:
+                point.exemplars.add(trace_id=trace_id, span_id=span_id, as_double=value, time_unix_nano=time_ns)
+    elif descriptor.kind is MetricKind.HISTOGRAM:
+        metric.histogram.aggregation_temporality = temporality  # type: ignore[assignment]
+        histogram_points = metric.histogram.data_points
+        bounds = list(descriptor.bounds)
+        for item in series:
+            histogram_point = histogram_points.add(
+                start_time_unix_nano=item.start_ns,
+                time_unix_nano=now_ns,
+                count=item.count,
+                sum=item.sum,
+                bucket_counts=item.buckets or [0] * (len(bounds) + 1),
+                explicit_bounds=bounds,
+            )
+            fill_key_values(histogram_point.attributes, item.attributes)
+            for trace_id, span_id, value, time_ns in item.exemplars:
+                histogram_point.exemplars.add(
+                    trace_id=trace_id, span_id=span_id, as_double=value, time_unix_nano=time_ns
+                )
+    else:
+        metric.exponential_histogram.aggregation_temporality = temporality  # type: ignore[assignment]
+        exp_points = metric.exponential_histogram.data_points
+        for item in series:
+            exp_point = exp_points.add(
+                start_time_unix_nano=item.start_ns, time_unix_nano=now_ns, count=item.count, sum=item.sum
+            )
+            exp = item.exp
+            if exp is not None:
+                exp_point.scale = exp.scale
+                exp_point.zero_count = exp.zero_count
+                exp_point.positive.offset = exp.offset
+                exp_point.positive.bucket_counts.extend(exp.counts)
+                if exp.min is not None and exp.max is not None:
+                    exp_point.min = exp.min
+                    exp_point.max = exp.max
+            fill_key_values(exp_point.attributes, item.attributes)
+            for trace_id, span_id, value, time_ns in item.exemplars:
+                exp_point.exemplars.add(trace_id=trace_id, span_id=span_id, as_double=value, time_unix_nano=time_ns)
+
+
+def build_resource_metrics(
+    resource_attributes: Attributes,
+    series: Iterable[Series],
+    descriptors: Mapping[str, MetricDescriptor],
+    temporality: Temporality,
+    now_ns: int,
+) -> ResourceMetrics:
+    """One ResourceMetrics for one resource; series of unknown metrics are skipped."""
+    by_metric: dict[str, list[Series]] = {}
+    for item in series:
+        if item.metric in descriptors:
+            by_metric.setdefault(item.metric, []).append(item)
+    resource_metrics = ResourceMetrics()
+    fill_key_values(resource_metrics.resource.attributes, resource_attributes)
+    scopes: dict[str, object] = {}
+    ordered = sorted(by_metric, key=lambda name: (descriptors[name].scope, descriptors[name].order, name))
+    for name in ordered:
+        descriptor = descriptors[name]
+        scope_metrics = scopes.get(descriptor.scope)
+        if scope_metrics is None:
+            scope_metrics = resource_metrics.scope_metrics.add()
+            scope_metrics.scope.name = descriptor.scope
+            scopes[descriptor.scope] = scope_metrics
+        metric = scope_metrics.metrics.add()  # type: ignore[attr-defined]
+        _fill_metric(metric, descriptor, by_metric[name], _TEMPORALITY[temporality], now_ns)
+    return resource_metrics
+
+
+def _group_by_resource(series: Iterable[Series]) -> dict[str, list[Series]]:
+    grouped: dict[str, list[Series]] = {}
+    for item in series:
+        grouped.setdefault(item.resource_id, []).append(item)
+    return grouped
+
+
+def build_metrics_request(
+    resources: Mapping[str, Attributes],
+    series: Iterable[Series],
+    descriptors: Mapping[str, MetricDescriptor],
+    temporality: Temporality,
+    now_ns: int,
+) -> ExportMetricsServiceRequest:
+    """All series in one request, one ResourceMetrics per resource (in first-seen order)."""
+    request = ExportMetricsServiceRequest()
+    for resource_id, items in _group_by_resource(series).items():
+        attributes = resources.get(resource_id, ())
+        request.resource_metrics.append(
+            build_resource_metrics(attributes, items, descriptors, temporality, now_ns)
+        )
+    return request
+
+
+def split_by_size(
+    resources: Mapping[str, Attributes],
+    series: Iterable[Series],
+    descriptors: Mapping[str, MetricDescriptor],
+    temporality: Temporality,
+    now_ns: int,
+    max_bytes: int,
+) -> Iterator[ExportMetricsServiceRequest]:
+    """Requests of at most ``max_bytes`` serialized, grouped by resource.
+
+    A resource whose series alone exceed the limit is split into several ResourceMetrics with
+    the same resource (receivers merge them); a single series larger than the limit still goes
+    out alone rather than being dropped.
+    """
+    request = ExportMetricsServiceRequest()
+    size = 0
+    for resource_id, items in _group_by_resource(series).items():
+        attributes = resources.get(resource_id, ())
+        chunks = [items]
+        while chunks:
+            chunk = chunks.pop(0)
+            built = build_resource_metrics(attributes, chunk, descriptors, temporality, now_ns)
+            built_size = built.ByteSize() + 8
+            if built_size > max_bytes and len(chunk) > 1:
+                middle = len(chunk) // 2
+                chunks[:0] = [chunk[:middle], chunk[middle:]]
+                continue
+            if size and size + built_size > max_bytes:
+                yield request
+                request = ExportMetricsServiceRequest()
+                size = 0
+            request.resource_metrics.append(built)
+            size += built_size
+    if size:
+        yield request

@@ -1,0 +1,132 @@
+"""OTLP ``AnyValue`` <-> Python values, and the string form used in series keys.
+
+The string form follows the Collector's ``pcommon.Value.AsString``: ints in decimal, bools as
+``true``/``false``, doubles in the shortest round-trip form (ES6 number formatting, so ``2.0`` is
+``"2"``), bytes as base64, arrays and maps as compact JSON. The key uses the string form so
+``200`` and ``"200"`` land in one series (as upstream), while data points keep the original type.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any
+
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+__all__ = [
+    "AttributeValue",
+    "any_value_to_python",
+    "format_double",
+    "python_to_any_value",
+    "stringify_any_value",
+    "fill_key_values",
+    "stringify_python",
+]
+
+#: A decoded attribute value: str, bool, int, float, bytes, list of these, or dict of these.
+AttributeValue = Any
+
+
+def format_double(value: float) -> str:
+    """Shortest round-trip decimal, as ES6 (and Go's pcommon) render a float64."""
+    if math.isnan(value) or math.isinf(value):
+        return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
+    magnitude = abs(value)
+    if magnitude != 0 and (magnitude < 1e-6 or magnitude >= 1e21):
+        mantissa, _, exponent = repr(value).partition("e")
+        sign = exponent[0] if exponent[0] in "+-" else "+"
+        return f"{mantissa}e{sign}{int(exponent.lstrip('+-'))}"
+    if value.is_integer():
+        return str(int(value))
+    return format(Decimal(repr(value)), "f")
+
+
+def any_value_to_python(value: AnyValue) -> AttributeValue:
+    """Decode an AnyValue keeping its type (the data point keeps the attribute's original type)."""
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "int_value":
+        return value.int_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "double_value":
+        return value.double_value
+    if kind == "array_value":
+        return [any_value_to_python(v) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: any_value_to_python(kv.value) for kv in value.kvlist_value.values}
+    if kind == "bytes_value":
+        return bytes(value.bytes_value)
+    return None
+
+
+def _jsonable(value: AttributeValue) -> Any:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def stringify_python(value: AttributeValue) -> str:
+    """The key string of a decoded value (see the module docstring for the rules)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return format_double(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if value is None:
+        return ""
+    return json.dumps(_jsonable(value), separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
+def stringify_any_value(value: AnyValue) -> str:
+    """The key string of an AnyValue; the string case is first because it is nearly every case."""
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        return value.string_value
+    return stringify_python(any_value_to_python(value))
+
+
+def python_to_any_value(value: AttributeValue, out: AnyValue) -> None:
+    """Fill ``out`` from a decoded value (the inverse of :func:`any_value_to_python`)."""
+    if isinstance(value, str):
+        out.string_value = value
+    elif isinstance(value, bool):
+        out.bool_value = value
+    elif isinstance(value, int):
+        out.int_value = value
+    elif isinstance(value, float):
+        out.double_value = value
+    elif isinstance(value, bytes):
+        out.bytes_value = value
+    elif isinstance(value, list | tuple):
+        array = out.array_value
+        array.SetInParent()
+        for item in value:
+            python_to_any_value(item, array.values.add())
+    elif isinstance(value, dict):
+        kvlist = out.kvlist_value
+        kvlist.SetInParent()
+        for key, item in value.items():
+            kv = kvlist.values.add(key=str(key))
+            python_to_any_value(item, kv.value)
+
+
+def fill_key_values(target: Any, attributes: Iterable[tuple[str, AttributeValue]]) -> None:
+    """Append attributes to a repeated KeyValue field, preserving order."""
+    for key, value in attributes:
+        kv: KeyValue = target.add(key=key)
+        python_to_any_value(value, kv.value)

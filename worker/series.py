@@ -1,0 +1,137 @@
+"""The unit of state: one series (metric + resource + attribute set) and how two of them merge.
+
+Processors produce *deltas* as :class:`Series` objects covering one flush interval; stores (the
+in-memory one for ``process`` and tests, the Redis one for the stream worker) merge deltas into
+cumulative :class:`Series` with :func:`merge_series`. Both sides use the same shape, so there is
+one definition of "add this to that", and the Redis Lua script mirrors it field for field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+from worker.otlp.values import AttributeValue
+from worker.spanmetrics.exphistogram import ExpHistogram
+
+__all__ = [
+    "Attributes",
+    "Exemplar",
+    "MetricDescriptor",
+    "MetricKind",
+    "Series",
+    "merge_series",
+    "series_digest",
+]
+
+#: Ordered (name, value) pairs; values keep their OTLP type.
+Attributes = tuple[tuple[str, AttributeValue], ...]
+
+#: (trace_id, span_id, value, time_unix_nano): plain tuples, because they are packed by the thousand.
+Exemplar = tuple[bytes, bytes, float, int]
+
+
+class MetricKind(IntEnum):
+    SUM = 1
+    HISTOGRAM = 2
+    EXPONENTIAL_HISTOGRAM = 3
+
+
+@dataclass(frozen=True, slots=True)
+class MetricDescriptor:
+    """What the OTLP builder needs to know about a metric beyond its data points."""
+
+    name: str
+    kind: MetricKind
+    unit: str = ""
+    description: str = ""
+    bounds: tuple[float, ...] = ()
+    scope: str = "spanmetricsconnector"
+    #: Position within its scope, so output order is stable (calls, duration, events).
+    order: int = 0
+
+
+@dataclass(slots=True)
+class Series:
+    """A series' values over some span of time: a delta from one flush, or the cumulative total.
+
+    ``start_ns`` is when the series was created (cumulative) or when the covered interval began
+    (delta); ``last_ns`` is when it last received data, which drives expiry.
+    """
+
+    series_id: str
+    metric: str
+    resource_id: str
+    attributes: Attributes
+    start_ns: int
+    last_ns: int
+    count: int = 0
+    sum: float = 0.0
+    buckets: list[int] | None = None
+    exp: ExpHistogram | None = None
+    exemplars: list[Exemplar] = field(default_factory=list)
+
+    @property
+    def digest(self) -> bytes:
+        return series_digest(self.series_id)
+
+    def copy(self) -> Series:
+        return Series(
+            series_id=self.series_id,
+            metric=self.metric,
+            resource_id=self.resource_id,
+            attributes=self.attributes,
+            start_ns=self.start_ns,
+            last_ns=self.last_ns,
+            count=self.count,
+            sum=self.sum,
+            buckets=list(self.buckets) if self.buckets is not None else None,
+            exp=_copy_exp(self.exp),
+            exemplars=list(self.exemplars),
+        )
+
+
+def _copy_exp(exp: ExpHistogram | None) -> ExpHistogram | None:
+    if exp is None:
+        return None
+    return ExpHistogram.from_state(exp.to_state(), exp.max_size)
+
+
+def series_digest(series_id: str) -> bytes:
+    """A stable 16-byte identity (never Python's salted ``hash()``): Redis field and slot source."""
+    return hashlib.blake2b(series_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def merge_series(target: Series, delta: Series, max_exemplars: int) -> None:
+    """Add ``delta`` into ``target`` in place.
+
+    A bucket layout that no longer matches (the bounds were reconfigured) restarts the series'
+    buckets from the delta, because adding counts of different buckets would be a lie.
+    """
+    target.count += delta.count
+    target.sum += delta.sum
+    if delta.last_ns > target.last_ns:
+        target.last_ns = delta.last_ns
+    if delta.buckets is not None:
+        if target.buckets is None or len(target.buckets) != len(delta.buckets):
+            target.buckets = list(delta.buckets)
+        else:
+            buckets = target.buckets
+            for index, value in enumerate(delta.buckets):
+                if value:
+                    buckets[index] += value
+    if delta.exp is not None:
+        if target.exp is None:
+            target.exp = _copy_exp(delta.exp)
+        else:
+            target.exp.merge(delta.exp)
+    if delta.exemplars and len(target.exemplars) < max_exemplars:
+        room = max_exemplars - len(target.exemplars)
+        target.exemplars.extend(delta.exemplars[:room])
+
+
+def describe(series: Series) -> dict[str, Any]:
+    """A readable view for logs and test failures."""
+    return {"metric": series.metric, "attributes": dict(series.attributes), "count": series.count}
