@@ -1,0 +1,256 @@
+"""The Redis state store: the single source of truth for cumulative series and applied offsets.
+
+Three operations carry the invariants (see DESIGN.md):
+
+* :meth:`RedisStateStore.claim` takes ownership of input partitions by bumping their fencing
+  tokens; a worker that lost a partition (evicted while paused, say) can no longer write for it.
+* :meth:`RedisStateStore.merge` is the flush: in one Lua script it checks the tokens, moves the
+  applied offsets, and merges every series delta. All or nothing, so a span counts exactly once.
+* :meth:`RedisStateStore.read_slot` / :meth:`RedisStateStore.after_emit` let the owner of a slot
+  emit its series and then trim exemplars, subtract DELTA emissions and expire idle series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import msgpack
+from redis.asyncio import Redis
+
+from state.codec import (
+    decode_attributes,
+    decode_record,
+    delta_payload,
+    encode_attributes,
+    encode_meta,
+    exp_state,
+)
+from state.keys import KeySpace, escape_tenant, unescape_tenant
+from worker.exceptions import StateError
+from worker.series import Attributes, Series, series_digest
+from worker.spanmetrics.processor import OVERFLOW_ATTRIBUTE, TenantDeltas
+
+__all__ = ["FencedError", "MergeResult", "RedisStateStore", "StoredSeries", "slot_of"]
+
+_KEY_SEPARATOR = "\x1e"
+
+
+class FencedError(StateError):
+    """Another worker owns the partition now; this worker's deltas for it must be dropped."""
+
+    def __init__(self, partition: int) -> None:
+        super().__init__(f"partition {partition} is owned by another worker (fencing token changed)")
+        self.partition = partition
+
+
+@dataclass(frozen=True, slots=True)
+class MergeResult:
+    created: int
+    overflowed: int
+    series: int
+
+
+@dataclass(slots=True)
+class StoredSeries:
+    """A series read back for emission, with the digest needed to update it afterwards."""
+
+    digest: bytes
+    series: Series
+
+
+def slot_of(digest: bytes, slots: int) -> int:
+    """The emission slot of a series: stable across processes, spread evenly."""
+    return int.from_bytes(digest[:8], "big") % slots
+
+
+def _script(name: str) -> str:
+    folder = resources.files("state") / "lua"
+    common = (folder / "common.lua").read_text(encoding="utf-8")
+    return common + "\n" + (folder / name).read_text(encoding="utf-8")
+
+
+def overflow_series_id(metric: str, resource_id: str) -> str:
+    """The id of the series that absorbs a tenant's new series past its active-series limit."""
+    return f"{metric}{_KEY_SEPARATOR}{resource_id}{_KEY_SEPARATOR}{OVERFLOW_ATTRIBUTE}=true"
+
+
+class RedisStateStore:
+    """Async access to the state of one input topic. Cheap to create; holds no series in memory."""
+
+    def __init__(
+        self,
+        client: Redis,
+        keys: KeySpace,
+        *,
+        slots: int,
+        max_exemplars: int,
+        exp_max_size: int = 160,
+        active_series_limit: int = 0,
+    ) -> None:
+        if slots < 1:
+            raise ValueError("slots must be at least 1 (the input topic's partition count)")
+        self.client = client
+        self.keys = keys
+        self.slots = slots
+        self.max_exemplars = max_exemplars
+        self.exp_max_size = exp_max_size
+        self.active_series_limit = active_series_limit
+        self._merge = client.register_script(_script("merge.lua"))
+        self._post_emit = client.register_script(_script("post_emit.lua"))
+
+    # ------------------------------------------------------------------ ownership and offsets
+
+    async def claim(self, partitions: Iterable[int]) -> dict[int, int]:
+        """Take ownership: a new fencing token per partition, which stales every older owner."""
+        ordered = sorted(set(partitions))
+        if not ordered:
+            return {}
+        async with self.client.pipeline(transaction=True) as pipe:
+            for partition in ordered:
+                pipe.hincrby(self.keys.fence, str(partition), 1)
+            tokens = await pipe.execute()
+        return {partition: int(token) for partition, token in zip(ordered, tokens, strict=True)}
+
+    async def owns(self, tokens: Mapping[int, int]) -> set[int]:
+        """The partitions among ``tokens`` whose token is still current."""
+        if not tokens:
+            return set()
+        ordered = sorted(tokens)
+        current = await self.client.hmget(self.keys.fence, [str(p) for p in ordered])
+        return {
+            partition
+            for partition, value in zip(ordered, current, strict=True)
+            if value is not None and int(value) == tokens[partition]
+        }
+
+    async def applied_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
+        """Next offset to apply per partition (absent: nothing applied yet)."""
+        ordered = sorted(set(partitions))
+        if not ordered:
+            return {}
+        values = await self.client.hmget(self.keys.offsets, [str(p) for p in ordered])
+        return {p: int(v) for p, v in zip(ordered, values, strict=True) if v is not None}
+
+    # ------------------------------------------------------------------ the flush
+
+    async def merge(
+        self,
+        deltas: Mapping[str, TenantDeltas],
+        fences: Mapping[int, tuple[int, int]],
+    ) -> MergeResult:
+        """Merge all deltas and advance offsets in one atomic step.
+
+        ``fences`` maps partition -> (fencing token, next offset to apply). Raises FencedError
+        (and changes nothing) when any token is stale.
+        """
+        tenants: list[Any] = []
+        total = 0
+        for tenant, tenant_deltas in deltas.items():
+            escaped = escape_tenant(tenant)
+            resource_rows = [[rid, encode_attributes(attrs)] for rid, attrs in tenant_deltas.resources.items()]
+            overflow_rows: list[list[Any]] = []
+            overflow_index: dict[tuple[str, str], int] = {}
+            series_rows: list[list[Any]] = []
+            for series in tenant_deltas.series:
+                digest = series_digest(series.series_id)
+                index = 0
+                if self.active_series_limit:
+                    slot_key = (series.metric, series.resource_id)
+                    index = overflow_index.get(slot_key, 0)
+                    if not index:
+                        overflow_id = overflow_series_id(series.metric, series.resource_id)
+                        overflow_digest = series_digest(overflow_id)
+                        meta = msgpack.packb(
+                            [series.metric, series.resource_id, [[OVERFLOW_ATTRIBUTE, True]]], use_bin_type=True
+                        )
+                        overflow_rows.append([slot_of(overflow_digest, self.slots), overflow_digest, meta])
+                        index = overflow_index[slot_key] = len(overflow_rows)
+                series_rows.append(
+                    [slot_of(digest, self.slots), digest, index, delta_payload(series, encode_meta(series))]
+                )
+            total += len(series_rows)
+            tenants.append([escaped, resource_rows, series_rows, overflow_rows, self.active_series_limit])
+        fence_rows = [[str(p), str(token), str(offset)] for p, (token, offset) in sorted(fences.items())]
+        batch = msgpack.packb(
+            [self.keys.prefix, self.keys.topic, fence_rows, tenants, self.max_exemplars, self.exp_max_size],
+            use_bin_type=False,  # Lua's cmsgpack does not know the bin type
+        )
+        reply = await self._merge(args=[batch])
+        status = _text(reply[0])
+        if status == "FENCED":
+            raise FencedError(int(_text(reply[1])))
+        if status != "OK":
+            raise StateError(f"unexpected reply from the merge script: {reply!r}")
+        return MergeResult(created=int(reply[1]), overflowed=int(reply[2]), series=total)
+
+    # ------------------------------------------------------------------ emission
+
+    async def tenants(self) -> list[str]:
+        members = await self.client.smembers(self.keys.tenants)
+        return sorted(unescape_tenant(_text(m)) for m in members)
+
+    async def resources(self, tenant: str) -> dict[str, Attributes]:
+        raw = await self.client.hgetall(self.keys.resources(escape_tenant(tenant)))
+        return {_text(rid): decode_attributes(blob) for rid, blob in raw.items()}
+
+    async def active_series(self, tenant: str) -> int:
+        value = await self.client.get(self.keys.active(escape_tenant(tenant)))
+        return int(value or 0)
+
+    async def read_slot(self, tenant: str, slot: int) -> list[StoredSeries]:
+        raw = await self.client.hgetall(self.keys.slot(escape_tenant(tenant), slot))
+        return [
+            StoredSeries(digest=bytes(digest), series=decode_record(blob, max_size=self.exp_max_size))
+            for digest, blob in raw.items()
+        ]
+
+    async def after_emit(
+        self,
+        tenant: str,
+        slot: int,
+        emitted: Sequence[StoredSeries],
+        *,
+        expire_before_ns: int,
+        delta_mode: bool,
+        now_ns: int,
+    ) -> tuple[int, int]:
+        """Trim sent exemplars, subtract DELTA emissions, expire idle series. Returns (updated, expired)."""
+        entries: list[list[Any]] = []
+        for stored in emitted:
+            series = stored.series
+            expired = expire_before_ns > 0 and series.last_ns < expire_before_ns
+            if not (expired or series.exemplars or delta_mode):
+                continue
+            entries.append(
+                [
+                    stored.digest,
+                    len(series.exemplars),
+                    series.count if delta_mode else 0,
+                    float(series.sum) if delta_mode else 0.0,
+                    (series.buckets or []) if delta_mode else [],
+                    exp_state(series.exp) if delta_mode else [],
+                ]
+            )
+        if not entries:
+            return 0, 0
+        escaped = escape_tenant(tenant)
+        payload = msgpack.packb(
+            [
+                self.keys.slot(escaped, slot),
+                self.keys.active(escaped),
+                expire_before_ns // 1000,
+                1 if delta_mode else 0,
+                now_ns // 1000,
+                entries,
+            ],
+            use_bin_type=False,
+        )
+        updated, expired_count = await self._post_emit(args=[payload])
+        return int(updated), int(expired_count)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
