@@ -84,6 +84,140 @@ def process(config: str | None, input_format: str | None, tenant: str, files: tu
         )
 
 
+@cli.command()
+@click.option("--config", "config", type=click.Path(dir_okay=False), help="YAML configuration file.")
+def run(config: str | None) -> None:
+    """Run one stream worker: consume spans, keep state in Redis, publish metrics."""
+    import asyncio
+
+    from worker.service import run_service
+
+    settings = _settings(config)
+    try:
+        asyncio.run(run_service(settings))
+    except SpanmetricsError as exc:
+        fail(str(exc), code=1)
+    except KeyboardInterrupt:
+        pass
+
+
+def _duration_seconds(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """Click callback: a duration option ("25", "25s", "1m30s") in seconds."""
+    from worker.durations import parse_duration
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(float(value) if value.replace(".", "", 1).isdigit() else value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@cli.command()
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Worker processes.")
+@click.option(
+    "--duration", callback=_duration_seconds, help="Stop after this long, e.g. 60 or 5m (default: Ctrl-C)."
+)
+@click.option(
+    "--rate", type=click.FloatRange(min=0), default=50.0, show_default=True, help="Traces per second."
+)
+@click.option(
+    "--services", type=click.IntRange(2, 50), default=6, show_default=True, help="Services in the model."
+)
+@click.option(
+    "--flush-interval",
+    default="2s",
+    show_default=True,
+    callback=_duration_seconds,
+    help="Worker flush interval.",
+)
+@click.option(
+    "--service-graphs/--no-service-graphs", default=True, show_default=True, help="Enable service graphs."
+)
+@click.option("--keep-logs", is_flag=True, help="Keep the temp dir with config and worker logs.")
+def dev(
+    workers: int,
+    duration: float | None,
+    rate: float,
+    services: int,
+    flush_interval: float,
+    service_graphs: bool,
+    keep_logs: bool,
+) -> None:
+    """Run broker, Redis, workers and load generator locally and show the live RED table."""
+    from worker.devstack import DevOptions, run_dev
+
+    options = DevOptions(workers, duration, rate, services, flush_interval, service_graphs, keep_logs)
+    try:
+        sys.exit(run_dev(options))
+    except SpanmetricsError as exc:
+        fail(str(exc), code=1)
+
+
+@cli.command()
+@click.option(
+    "--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS", default="localhost:9092", show_default=True
+)
+@click.option("--topic", default="otlp_spans", show_default=True)
+@click.option(
+    "--rate", type=click.FloatRange(min=0), default=100.0, show_default=True, help="Traces/s, 0: max."
+)
+@click.option(
+    "--traces", type=click.IntRange(min=0), default=0, show_default=True, help="Traces to send, 0: forever."
+)
+@click.option("--services", type=click.IntRange(2, 50), default=6, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--tenant", default=None, help="Send this X-Scope-OrgID header.")
+@click.option("--error-rate", type=click.FloatRange(0, 0.5), default=0.02, show_default=True)
+def loadgen(
+    bootstrap_servers: str,
+    topic: str,
+    rate: float,
+    traces: int,
+    services: int,
+    seed: int,
+    tenant: str | None,
+    error_rate: float,
+) -> None:
+    """Produce realistic OTLP traces (one record per trace) to a Kafka topic."""
+    from worker.loadgen.producer import loadgen_command
+
+    try:
+        loadgen_command(
+            bootstrap_servers,
+            topic,
+            rate=rate,
+            traces=traces,
+            services=services,
+            seed=seed,
+            tenant=tenant,
+            error_rate=error_rate,
+        )
+    except SpanmetricsError as exc:
+        fail(str(exc), code=1)
+
+
+@cli.command()
+@click.option(
+    "--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS", default="localhost:9092", show_default=True
+)
+@click.option("--topic", default="otlp_metrics", show_default=True)
+@click.option(
+    "--refresh", default="2s", show_default=True, callback=_duration_seconds, help="Redraw interval."
+)
+@click.option("--duration", callback=_duration_seconds, help="Stop after this long (default: Ctrl-C).")
+def top(bootstrap_servers: str, topic: str, refresh: float, duration: float | None) -> None:
+    """Show a live RED table (and service-graph edges) from the worker's output topic."""
+    from worker.top import top_command
+
+    if refresh <= 0:
+        fail("--refresh must be positive")
+    try:
+        top_command(bootstrap_servers, topic, refresh=refresh, duration=duration)
+    except SpanmetricsError as exc:
+        fail(str(exc), code=1)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="spanmetrics")

@@ -23,7 +23,7 @@ for _, fence in ipairs(fences) do
 end
 for _, fence in ipairs(fences) do
   local current = redis.call('HGET', offsets_key, fence[1])
-  if current == false or tonumber(current) < tonumber(fence[3]) then
+  if fence[3] ~= '-1' and (current == false or tonumber(current) < tonumber(fence[3])) then
     redis.call('HSET', offsets_key, fence[1], fence[3])
   end
 end

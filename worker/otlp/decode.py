@@ -1,9 +1,10 @@
 """Kafka record value -> ``ExportTraceServiceRequest``, whichever encoding the producer chose.
 
 The Collector's Kafka exporter writes ``otlp_proto`` by default and ``otlp_json`` on request;
-both are accepted on the same topic. A JSON document starts with ``{`` (after optional
-whitespace), which a serialized request never does: its first byte is the tag of field 1
-(``0x0a``), so the sniff is unambiguous for valid input.
+both are accepted on the same topic. A JSON document starts with ``{`` after optional
+whitespace. A serialized request starts with the tag of field 1, ``0x0a``, which is also a
+newline, and its length byte may happen to be ``{``; so a record that looks like JSON but does
+not parse as JSON and starts with ``0x0a`` is tried as protobuf before it is refused.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from worker.otlp.json_codec import traces_from_json
 
 __all__ = ["decode_traces", "decode_traces_proto"]
 
-_JSON_START = frozenset(b"{ \t\r\n")
+_PROTOBUF_FIRST_BYTE = 0x0A
 
 
 def decode_traces_proto(data: bytes) -> ExportTraceServiceRequest:
@@ -31,6 +32,11 @@ def decode_traces_proto(data: bytes) -> ExportTraceServiceRequest:
 
 def decode_traces(data: bytes) -> ExportTraceServiceRequest:
     """Decode a record value as OTLP/JSON when it looks like JSON, else as protobuf."""
-    if data and data[0] in _JSON_START:
+    if data.lstrip()[:1] != b"{":
+        return decode_traces_proto(data)
+    try:
         return traces_from_json(data)
+    except OtlpDecodeError:
+        if data[0] != _PROTOBUF_FIRST_BYTE:
+            raise
     return decode_traces_proto(data)

@@ -1,0 +1,435 @@
+"""The stream worker: consume spans, aggregate in memory, flush exactly once into Redis, emit.
+
+One checkpoint is one ordered unit (as in quix-streams): aggregate in memory; on the flush
+timer (and before partitions are given up) merge all deltas into Redis together with the input
+offsets they cover, in one atomic step; then commit those offsets to Kafka (for lag exporters
+and KEDA); then emit the slots this worker owns. A worker that takes a partition over resumes
+from the offset stored in Redis, so replayed records are skipped, and it bumps the partition's
+fencing token first, so the previous owner can no longer write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+import structlog
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from state.keys import KeySpace
+from state.store import FencedError, RedisStateStore
+from worker.config import Settings
+from worker.emitter import EmitReport, Emitter
+from worker.exceptions import OtlpDecodeError, SpanmetricsError, StateError
+from worker.kafka_clients import make_consumer, make_producer
+from worker.otlp.decode import decode_traces
+from worker.records import dlq_headers, tenant_of
+from worker.series import MetricDescriptor
+from worker.spanmetrics.processor import SpanMetricsProcessor
+
+__all__ = ["StreamWorker", "WorkerStats"]
+
+log = structlog.get_logger("spanmetrics.worker")
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Running totals; the self-metrics endpoint and the tests read them."""
+
+    records: int = 0
+    bytes: int = 0
+    spans: int = 0
+    skipped_replay: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    dlq: int = 0
+    flushes: int = 0
+    fenced: int = 0
+    rebalances: int = 0
+    emitted_series: int = 0
+    emitted_records: int = 0
+    emitted_bytes: int = 0
+    expired: int = 0
+    overflowed: int = 0
+    last_flush_seconds: float = 0.0
+    last_redis_seconds: float = 0.0
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + count
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: StreamWorker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
+        await self.worker.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
+        await self.worker.on_assigned(assigned)
+
+
+class StreamWorker:
+    """One member of the consumer group. ``run()`` until ``request_stop()``; then it flushes and leaves."""
+
+    def __init__(self, settings: Settings, *, worker_id: str | None = None) -> None:
+        self.settings = settings
+        self.worker_id = worker_id or uuid.uuid4().hex[:12]
+        self.stats = WorkerStats()
+        self.log = log.bind(worker=self.worker_id)
+        kafka = settings.kafka
+        self.topic = kafka.input_topic
+        self.consumer = make_consumer(kafka)
+        self.producer = make_producer(kafka)
+        redis_cfg = settings.redis
+        self.redis = Redis.from_url(
+            redis_cfg.url.get_secret_value(),
+            password=redis_cfg.password.get_secret_value() if redis_cfg.password else None,
+            socket_timeout=redis_cfg.socket_timeout,
+            socket_connect_timeout=redis_cfg.connect_timeout,
+            ssl_ca_certs=redis_cfg.ssl_ca_certs,
+        ) if redis_cfg.ssl_ca_certs else Redis.from_url(
+            redis_cfg.url.get_secret_value(),
+            password=redis_cfg.password.get_secret_value() if redis_cfg.password else None,
+            socket_timeout=redis_cfg.socket_timeout,
+            socket_connect_timeout=redis_cfg.connect_timeout,
+        )
+        self.processor = SpanMetricsProcessor(settings.spanmetrics)
+        self.descriptors: dict[str, MetricDescriptor] = {d.name: d for d in self.processor.descriptors()}
+        self.store: RedisStateStore | None = None
+        self.emitter: Emitter | None = None
+        #: partition -> fencing token, for the partitions this worker owns right now.
+        self.tokens: dict[int, int] = {}
+        #: partition -> next offset to apply, as stored in Redis (records below it are replays).
+        self.applied: dict[int, int] = {}
+        #: partition -> next offset after what the in-memory deltas cover.
+        self.progress: dict[int, int] = {}
+        self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._buffered_spans = 0
+        self.partitions = 0
+        self.ready = False
+        self.last_tick = time.monotonic()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        await self.redis.ping()
+        await self.producer.start()
+        self.consumer.subscribe([self.topic], listener=_Rebalance(self))
+        await self.consumer.start()
+        self.partitions = await self._partition_count()
+        spanmetrics = self.settings.spanmetrics
+        exponential = spanmetrics.histogram.exponential
+        self.store = RedisStateStore(
+            self.redis,
+            KeySpace(self.settings.redis.key_prefix, self.topic),
+            slots=self.partitions,
+            max_exemplars=self.processor.max_exemplars,
+            exp_max_size=exponential.max_size if exponential else 160,
+            active_series_limit=self.settings.worker.max_active_series_per_tenant,
+        )
+        self.emitter = Emitter(
+            self.store,
+            self.producer,
+            topic=self.settings.kafka.output_topic,
+            tenant_header=self.settings.kafka.tenant_header,
+            default_tenant=self.settings.kafka.default_tenant,
+            descriptors=self.descriptors,
+            temporality=spanmetrics.aggregation_temporality,
+            expiration_s=spanmetrics.metrics_expiration,
+            max_record_bytes=self.settings.kafka.output_max_record_bytes,
+        )
+        self.log.info("worker started", topic=self.topic, partitions=self.partitions)
+
+    async def _partition_count(self) -> int:
+        deadline = time.monotonic() + 30
+        while True:
+            partitions = self.consumer.partitions_for_topic(self.topic)
+            if partitions:
+                return len(partitions)
+            if time.monotonic() > deadline:
+                raise SpanmetricsError(f"input topic {self.topic!r} does not exist or has no partitions")
+            await self.consumer._client.force_metadata_update()  # noqa: SLF001 - no public API for this
+            await asyncio.sleep(0.5)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Consume and flush until stopped; then flush, commit and leave within the grace period."""
+        interval = self.settings.spanmetrics.metrics_flush_interval
+        max_buffered = self.settings.worker.max_buffered_spans
+        next_flush = time.monotonic() + interval
+        try:
+            while not self._stop.is_set():
+                self.last_tick = time.monotonic()
+                timeout = max(0.0, min(next_flush - time.monotonic(), 0.5))
+                batch = await self.consumer.getmany(
+                    timeout_ms=int(timeout * 1000), max_records=self.settings.kafka.max_poll_records
+                )
+                if batch:
+                    async with self._lock:
+                        for tp, records in batch.items():
+                            await self._handle(tp, records)
+                if time.monotonic() >= next_flush or self._buffered_spans >= max_buffered:
+                    await self.flush(emit=time.monotonic() >= next_flush)
+                    if time.monotonic() >= next_flush:
+                        next_flush = time.monotonic() + interval
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        grace = self.settings.worker.shutdown_grace
+        try:
+            await asyncio.wait_for(self.flush(emit=False), timeout=grace * 0.6)
+        except (TimeoutError, SpanmetricsError, RedisError, KafkaError) as exc:
+            self.log.error("final flush failed; the next owner replays from Redis offsets", error=str(exc))
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.consumer.stop(), timeout=grace * 0.3)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.producer.stop(), timeout=grace * 0.1)
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
+        self.log.info("worker stopped", **self._totals())
+
+    def _totals(self) -> dict[str, object]:
+        s = self.stats
+        return {"records": s.records, "spans": s.spans, "dlq": s.dlq, "skipped_replay": s.skipped_replay}
+
+    # ------------------------------------------------------------------ records
+
+    async def _handle(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+        partition = tp.partition
+        if partition not in self.tokens:
+            # Fetched before our claim finished (aiokafka fetches while the assignment callback
+            # awaits Redis): fetch them again once claimed. If the partition is gone, its new
+            # owner replays them from the offsets stored in Redis.
+            if tp in self.consumer.assignment():
+                self.consumer.seek(tp, records[0].offset)
+            return
+        # Below the stored offset: already in Redis. Below our progress: already in memory
+        # (a seek after a claim can hand the same records over twice).
+        floor = max(self.applied.get(partition, -1), self.progress.get(partition, -1))
+        kafka = self.settings.kafka
+        for record in records:
+            if record.offset < floor:
+                self.stats.skipped_replay += 1
+                continue
+            self.progress[partition] = record.offset + 1
+            value: bytes = record.value or b""
+            self.stats.records += 1
+            self.stats.bytes += len(value)
+            tenant = tenant_of(record.headers, kafka.tenant_header, kafka.default_tenant)
+            if tenant is None:
+                await self._dead_letter(record, f"invalid {kafka.tenant_header} header")
+                continue
+            if len(value) > kafka.max_input_record_bytes:
+                await self._dead_letter(record, f"record of {len(value)} bytes exceeds max_input_record_bytes")
+                continue
+            try:
+                request = decode_traces(value)
+            except OtlpDecodeError as exc:
+                await self._dead_letter(record, str(exc))
+                continue
+            try:
+                consumed = self.processor.consume(request, tenant)
+            except Exception as exc:  # noqa: BLE001 - bad data must never stop the partition
+                await self._dead_letter(record, f"processing failed: {type(exc).__name__}: {exc}")
+                continue
+            self.stats.spans += consumed.spans
+            self._buffered_spans += consumed.spans
+            if consumed.skipped_no_service:
+                self.stats.drop("no_service_name", consumed.skipped_no_service)
+            if consumed.overflowed:
+                self.stats.drop("cardinality_overflow", consumed.overflowed)
+
+    async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
+        """Publish the record unchanged with why and where from; wait for delivery so it is never lost."""
+        self.stats.dlq += 1
+        self.stats.drop("undecodable")
+        headers = dlq_headers(record.headers, reason, record.topic, record.partition, record.offset)
+        await self.producer.send_and_wait(self.settings.kafka.dlq_topic, record.value, key=record.key, headers=headers)
+        self.log.warning(
+            "record sent to the dead-letter topic",
+            partition=record.partition,
+            offset=record.offset,
+            reason=reason[:200],
+        )
+
+    # ------------------------------------------------------------------ flush
+
+    async def flush(self, *, emit: bool = True) -> EmitReport | None:
+        """Merge deltas + offsets into Redis atomically, commit to Kafka, then emit owned slots."""
+        started = time.monotonic()
+        async with self._lock:
+            committed = await self._merge_step()
+        if committed is None:
+            return None
+        await self._commit_to_kafka(committed)
+        report = None
+        if emit:
+            report = await self._emit()
+        self.stats.flushes += 1
+        self.stats.last_flush_seconds = time.monotonic() - started
+        self.log.info(
+            "flush",
+            seconds=round(self.stats.last_flush_seconds, 3),
+            redis_seconds=round(self.stats.last_redis_seconds, 3),
+            partitions=sorted(self.tokens),
+            emitted_series=report.series if report else 0,
+            emitted_records=report.records if report else 0,
+            spans=self.stats.spans,
+        )
+        return report
+
+    async def _merge_step(self) -> dict[int, int] | None:
+        """Under the lock: the atomic Redis step. Returns the offsets it covered, None if fenced."""
+        assert self.store is not None
+        deltas = self.processor.take_deltas()
+        progress, self.progress = self.progress, {}
+        self._buffered_spans = 0
+        fences = {p: (token, progress.get(p, -1)) for p, token in self.tokens.items()}
+        if not fences and not deltas:
+            return {}
+        if not fences:
+            # Deltas without an owned partition cannot be recorded exactly once; their
+            # partitions' new owners replay them from the stored offsets.
+            self.log.warning("dropping deltas of partitions no longer owned", tenants=len(deltas))
+            return {}
+        redis_started = time.monotonic()
+        try:
+            result = await self._with_retry(lambda: self.store.merge(deltas, fences))  # type: ignore[union-attr]
+        except FencedError as exc:
+            self.stats.fenced += 1
+            self.log.warning("fenced: another worker owns a partition; replaying from Redis", partition=exc.partition)
+            await self._reset_to_redis()
+            return None
+        self.stats.last_redis_seconds = time.monotonic() - redis_started
+        self.stats.overflowed += result.overflowed
+        for partition, offset in progress.items():
+            if offset > self.applied.get(partition, -1):
+                self.applied[partition] = offset
+        return {p: o for p, o in progress.items() if p in self.tokens}
+
+    async def _with_retry(self, step):  # type: ignore[no-untyped-def]
+        """Retry Redis outages with backoff; past the poll interval give up (and be restarted)."""
+        delay = 0.2
+        deadline = time.monotonic() + self.settings.kafka.max_poll_interval * 0.5
+        while True:
+            try:
+                return await step()
+            except (RedisError, OSError) as exc:
+                if isinstance(exc, FencedError):
+                    raise
+                if time.monotonic() > deadline:
+                    raise StateError(f"Redis unavailable for too long: {exc}") from exc
+                self.ready = False
+                self.log.warning("Redis step failed; retrying", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _commit_to_kafka(self, offsets: dict[int, int]) -> None:
+        if not offsets:
+            return
+        to_commit = {TopicPartition(self.topic, p): OffsetAndMetadata(o, "") for p, o in offsets.items()}
+        try:
+            await asyncio.wait_for(self.consumer.commit(to_commit), timeout=5)
+        except (KafkaError, TimeoutError) as exc:
+            # Redis holds the truth; the group commit only feeds lag monitoring.
+            self.log.info("kafka commit skipped", error=str(exc))
+
+    async def _emit(self) -> EmitReport | None:
+        assert self.store is not None and self.emitter is not None
+        tokens = dict(self.tokens)
+        try:
+            owned = await self.store.owns(tokens)
+            report = await self.emitter.emit(owned, time.time_ns())
+        except (RedisError, OSError, KafkaError) as exc:
+            self.log.warning("emission failed; it is retried at the next flush", error=str(exc))
+            return None
+        self.stats.emitted_series += report.series
+        self.stats.emitted_records += report.records
+        self.stats.emitted_bytes += report.bytes
+        self.stats.expired += report.expired
+        return report
+
+    async def _reset_to_redis(self) -> None:
+        """Drop in-memory deltas and re-read ownership: replay from Redis offsets."""
+        assert self.store is not None
+        self.processor.take_deltas()
+        self.progress.clear()
+        owned = await self.store.owns(self.tokens)
+        lost = set(self.tokens) - owned
+        for partition in lost:
+            self.tokens.pop(partition, None)
+        if lost:
+            self.consumer.pause(*(TopicPartition(self.topic, p) for p in lost))
+        await self._seek_to_applied(owned)
+
+    async def _seek_to_applied(self, partitions: Collection[int]) -> None:
+        assert self.store is not None
+        applied = await self.store.applied_offsets(partitions)
+        for partition in partitions:
+            if partition in applied:
+                self.applied[partition] = applied[partition]
+                self.consumer.seek(TopicPartition(self.topic, partition), applied[partition])
+            else:
+                self.applied.pop(partition, None)
+
+    # ------------------------------------------------------------------ rebalance
+
+    async def on_revoked(self, revoked: Collection[TopicPartition]) -> None:
+        """Flush everything held (bounded by the revoke deadline) before letting go."""
+        self.stats.rebalances += 1
+        partitions = sorted(tp.partition for tp in revoked if tp.topic == self.topic)
+        self.ready = False
+        if not partitions or self.store is None:
+            return
+        try:
+            async with self._lock:
+                committed = await asyncio.wait_for(self._merge_step(), timeout=self.settings.worker.revoke_deadline)
+        except (TimeoutError, SpanmetricsError, RedisError) as exc:
+            self.log.error("flush on revoke failed; new owners replay from Redis", error=str(exc))
+            committed = None
+            self.processor.take_deltas()
+            self.progress.clear()
+        for partition in partitions:
+            self.tokens.pop(partition, None)
+            self.applied.pop(partition, None)
+        if committed:
+            await self._commit_to_kafka(committed)
+        self.log.info("partitions revoked", partitions=partitions)
+
+    async def on_assigned(self, assigned: Collection[TopicPartition]) -> None:
+        """Claim (fence out the previous owner), then resume from the offsets stored in Redis."""
+        partitions = sorted(tp.partition for tp in assigned if tp.topic == self.topic)
+        if self.store is None:
+            await self._wait_for_store()
+        assert self.store is not None
+        async with self._lock:
+            tokens = await self._with_retry(lambda: self.store.claim(partitions))  # type: ignore[union-attr]
+            self.tokens.update(tokens)
+            await self._seek_to_applied(partitions)
+        self.consumer.resume(*(TopicPartition(self.topic, p) for p in partitions))
+        self.ready = True
+        self.log.info(
+            "partitions assigned",
+            partitions=partitions,
+            resume_from={p: self.applied.get(p) for p in partitions},
+        )
+
+    async def _wait_for_store(self) -> None:
+        # The first assignment can arrive while start() is still reading metadata.
+        for _ in range(300):
+            if self.store is not None:
+                return
+            await asyncio.sleep(0.1)
+        raise SpanmetricsError("state store not ready 30 s after start")
