@@ -19,7 +19,9 @@ from worker.config import Temporality
 from worker.otlp.metrics_builder import split_by_size
 from worker.series import Attributes, MetricDescriptor
 
-__all__ = ["EmitReport", "Emitter"]
+__all__ = ["WORKER_HEADER", "EmitReport", "Emitter"]
+
+WORKER_HEADER = "x-spanmetrics-worker"
 
 
 @dataclass(slots=True)
@@ -44,6 +46,7 @@ class Emitter:
         temporality: Temporality,
         expiration_s: float,
         max_record_bytes: int,
+        worker_id: str = "",
     ) -> None:
         self.store = store
         self.producer = producer
@@ -54,6 +57,7 @@ class Emitter:
         self.temporality = temporality
         self.expiration_ns = int(expiration_s * 1e9)
         self.max_record_bytes = max_record_bytes
+        self.worker_id = worker_id.encode()
         self._resources: dict[str, dict[str, Attributes]] = {}
 
     async def _resources_for(self, tenant: str, needed: Collection[str]) -> dict[str, Attributes]:
@@ -63,9 +67,11 @@ class Emitter:
         return known
 
     def _headers(self, tenant: str) -> list[tuple[str, bytes]]:
-        if tenant == self.default_tenant:
-            return []
-        return [(self.tenant_header, tenant.encode("utf-8"))]
+        # Which worker emitted a record: for operators tracing a series, and for the tests.
+        headers = [(WORKER_HEADER, self.worker_id)]
+        if tenant != self.default_tenant:
+            headers.append((self.tenant_header, tenant.encode("utf-8")))
+        return headers
 
     async def emit(self, slots: Collection[int], now_ns: int) -> EmitReport:
         """Publish every live series of ``slots`` for every tenant, then tidy up state."""

@@ -146,6 +146,7 @@ class StreamWorker:
             temporality=spanmetrics.aggregation_temporality,
             expiration_s=spanmetrics.metrics_expiration,
             max_record_bytes=self.settings.kafka.output_max_record_bytes,
+            worker_id=self.worker_id,
         )
         self.log.info("worker started", topic=self.topic, partitions=self.partitions)
 

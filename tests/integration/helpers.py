@@ -65,6 +65,8 @@ class Observed:
     latest: dict[tuple[str, str, tuple[tuple[str, object], ...]], tuple[int, int, int]] = field(default_factory=dict)
     duplicates: list[tuple[object, ...]] = field(default_factory=list)
     seen: dict[tuple[object, ...], int] = field(default_factory=dict)
+    #: series key -> [(time_unix_nano, emitting worker)]
+    emissions: dict[tuple[object, ...], list[tuple[int, str]]] = field(default_factory=dict)
     records: int = 0
 
     def total(self, metric: str = "calls", tenant: str | None = None) -> int:
@@ -77,7 +79,9 @@ class Observed:
 
 
 def observe(observed: Observed, value: bytes, headers: Iterable[tuple[str, bytes]]) -> None:
+    headers = list(headers)
     tenant = next((v.decode() for k, v in headers if k == "X-Scope-OrgID"), "")
+    emitter = next((v.decode() for k, v in headers if k == "x-spanmetrics-worker"), "")
     request = ExportMetricsServiceRequest.FromString(value)
     observed.records += 1
     for rm in request.resource_metrics:
@@ -94,6 +98,7 @@ def observe(observed: Observed, value: bytes, headers: Iterable[tuple[str, bytes
                     if flush_key in observed.seen:
                         observed.duplicates.append(flush_key)
                     observed.seen[flush_key] = value_now
+                    observed.emissions.setdefault(key, []).append((point.time_unix_nano, emitter))
                     previous = observed.latest.get(key)
                     if previous is None or point.time_unix_nano >= previous[1]:
                         observed.latest[key] = (point.start_time_unix_nano, point.time_unix_nano, value_now)

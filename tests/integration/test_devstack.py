@@ -86,7 +86,7 @@ def _descendants(root: int) -> dict[int, tuple[float, str]]:
 
 
 @pytest.mark.skipif(
-    _psutil is None and not Path("/proc/self/stat").exists(), reason="needs psutil or /proc to track processes"
+    _psutil is None and not Path("/proc/self/stat").exists(), reason="needs psutil or /proc for processes"
 )
 def test_dev_runs_the_whole_stack_and_leaves_nothing_behind(tmp_path: Path) -> None:
     out_path, err_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
