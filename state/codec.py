@@ -18,7 +18,7 @@ as text.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 
@@ -38,7 +38,7 @@ _packer = msgpack.Packer(use_bin_type=True)
 
 
 def encode_attributes(attributes: Attributes) -> bytes:
-    return _packer.pack([[key, value] for key, value in attributes])
+    return cast(bytes, _packer.pack([[key, value] for key, value in attributes]))
 
 
 def decode_attributes(blob: bytes) -> Attributes:
@@ -48,11 +48,15 @@ def decode_attributes(blob: bytes) -> Attributes:
 
 def encode_meta(series: Series) -> bytes:
     """The constant part of a series: written once, copied verbatim by Lua."""
-    return _packer.pack([series.metric, series.resource_id, [[k, v] for k, v in series.attributes]])
+    return cast(
+        bytes, _packer.pack([series.metric, series.resource_id, [[k, v] for k, v in series.attributes]])
+    )
 
 
 def _exemplars(series: Series) -> list[list[Any]]:
-    return [[trace_id, span_id, value, time_ns // 1000] for trace_id, span_id, value, time_ns in series.exemplars]
+    return [
+        [trace_id, span_id, value, time_ns // 1000] for trace_id, span_id, value, time_ns in series.exemplars
+    ]
 
 
 def delta_payload(series: Series, meta: bytes) -> list[Any]:

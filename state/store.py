@@ -33,7 +33,7 @@ from worker.exceptions import StateError
 from worker.series import Attributes, Series, series_digest
 from worker.spanmetrics.processor import OVERFLOW_ATTRIBUTE, TenantDeltas
 
-__all__ = ["FencedError", "MergeResult", "RedisStateStore", "StoredSeries", "slot_of"]
+__all__ = ["FencedError", "MergeResult", "RedisStateStore", "StoredSeries", "series_slot", "slot_of"]
 
 _KEY_SEPARATOR = "\x1e"
 
@@ -64,6 +64,13 @@ class StoredSeries:
 def slot_of(digest: bytes, slots: int) -> int:
     """The emission slot of a series: stable across processes, spread evenly."""
     return int.from_bytes(digest[:8], "big") % slots
+
+
+def series_slot(series_id: str, slots: int) -> int:
+    """Slot by resource and attributes, not metric: ``calls`` and ``duration`` of one span
+    series share a slot, so one read of the slot gives a consistent point in time for both."""
+    _, _, without_metric = series_id.partition(_KEY_SEPARATOR)
+    return slot_of(series_digest(without_metric), slots)
 
 
 def _script(name: str) -> str:
@@ -150,7 +157,9 @@ class RedisStateStore:
         total = 0
         for tenant, tenant_deltas in deltas.items():
             escaped = escape_tenant(tenant)
-            resource_rows = [[rid, encode_attributes(attrs)] for rid, attrs in tenant_deltas.resources.items()]
+            resource_rows = [
+                [rid, encode_attributes(attrs)] for rid, attrs in tenant_deltas.resources.items()
+            ]
             overflow_rows: list[list[Any]] = []
             overflow_index: dict[tuple[str, str], int] = {}
             series_rows: list[list[Any]] = []
@@ -164,12 +173,18 @@ class RedisStateStore:
                         overflow_id = overflow_series_id(series.metric, series.resource_id)
                         overflow_digest = series_digest(overflow_id)
                         meta = msgpack.packb(
-                            [series.metric, series.resource_id, [[OVERFLOW_ATTRIBUTE, True]]], use_bin_type=True
+                            [series.metric, series.resource_id, [[OVERFLOW_ATTRIBUTE, True]]],
+                            use_bin_type=True,
                         )
-                        overflow_rows.append([slot_of(overflow_digest, self.slots), overflow_digest, meta])
+                        overflow_rows.append([series_slot(overflow_id, self.slots), overflow_digest, meta])
                         index = overflow_index[slot_key] = len(overflow_rows)
                 series_rows.append(
-                    [slot_of(digest, self.slots), digest, index, delta_payload(series, encode_meta(series))]
+                    [
+                        series_slot(series.series_id, self.slots),
+                        digest,
+                        index,
+                        delta_payload(series, encode_meta(series)),
+                    ]
                 )
             total += len(series_rows)
             tenants.append([escaped, resource_rows, series_rows, overflow_rows, self.active_series_limit])
@@ -194,7 +209,7 @@ class RedisStateStore:
 
     async def resources(self, tenant: str) -> dict[str, Attributes]:
         raw = await self.client.hgetall(self.keys.resources(escape_tenant(tenant)))
-        return {_text(rid): decode_attributes(blob) for rid, blob in raw.items()}
+        return {_text(rid): decode_attributes(_bytes(blob)) for rid, blob in raw.items()}
 
     async def active_series(self, tenant: str) -> int:
         value = await self.client.get(self.keys.active(escape_tenant(tenant)))
@@ -203,7 +218,9 @@ class RedisStateStore:
     async def read_slot(self, tenant: str, slot: int) -> list[StoredSeries]:
         raw = await self.client.hgetall(self.keys.slot(escape_tenant(tenant), slot))
         return [
-            StoredSeries(digest=bytes(digest), series=decode_record(blob, max_size=self.exp_max_size))
+            StoredSeries(
+                digest=_bytes(digest), series=decode_record(_bytes(blob), max_size=self.exp_max_size)
+            )
             for digest, blob in raw.items()
         ]
 
@@ -250,6 +267,10 @@ class RedisStateStore:
         )
         updated, expired_count = await self._post_emit(args=[payload])
         return int(updated), int(expired_count)
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
 
 
 def _text(value: Any) -> str:

@@ -112,7 +112,11 @@ class Emitter:
             resources, series, self.descriptors, self.temporality, now_ns, self.max_record_bytes
         ):
             data = request.SerializeToString()
-            key = request.resource_metrics[0].resource.SerializeToString()[:64] if request.resource_metrics else None
+            key = (
+                request.resource_metrics[0].resource.SerializeToString()[:64]
+                if request.resource_metrics
+                else None
+            )
             pending.append(await self.producer.send(self.topic, data, key=key, headers=headers))
             report.records += 1
             report.bytes += len(data)

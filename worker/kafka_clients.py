@@ -34,7 +34,9 @@ def common_options(config: KafkaConfig) -> dict[str, Any]:
     if config.security_protocol.startswith("SASL"):
         options["sasl_mechanism"] = config.sasl_mechanism
         options["sasl_plain_username"] = config.sasl_username
-        options["sasl_plain_password"] = config.sasl_password.get_secret_value() if config.sasl_password else None
+        options["sasl_plain_password"] = (
+            config.sasl_password.get_secret_value() if config.sasl_password else None
+        )
     return options
 
 

@@ -41,7 +41,9 @@ def _detect(data: bytes) -> InputFormat:
     return "otlp_json" if stripped[:1] in (b"{", b"[") else "otlp_proto"
 
 
-def read_documents(name: str, data: bytes, input_format: InputFormat | None) -> Iterator[ExportTraceServiceRequest]:
+def read_documents(
+    name: str, data: bytes, input_format: InputFormat | None
+) -> Iterator[ExportTraceServiceRequest]:
     """Decode one input: a JSON document, JSON lines, or one serialized protobuf request.
 
     Errors name the input and, for JSON lines, the line: ``traces.jsonl: line 3: ...``.
@@ -102,6 +104,10 @@ def process_documents(
     request = ExportMetricsServiceRequest()
     if collected is not None:
         request = build_metrics_request(
-            collected.resources, collected.series, descriptors, settings.spanmetrics.aggregation_temporality, now
+            collected.resources,
+            collected.series,
+            descriptors,
+            settings.spanmetrics.aggregation_temporality,
+            now,
         )
     return ProcessResult(request=request, spans=spans, skipped_no_service=skipped)

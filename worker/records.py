@@ -35,7 +35,9 @@ def tenant_of(headers: Headers | None, header: str, default: str) -> str | None:
     return default
 
 
-def dlq_headers(original: Headers | None, reason: str, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
+def dlq_headers(
+    original: Headers | None, reason: str, topic: str, partition: int, offset: int
+) -> list[tuple[str, bytes]]:
     """The original headers plus why and where from, so a DLQ reader can replay or inspect."""
     kept = [(k, v) for k, v in (original or ()) if not k.startswith("x-spanmetrics-")]
     return [

@@ -15,7 +15,9 @@ import contextlib
 import time
 import uuid
 from collections.abc import Collection
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
@@ -26,7 +28,7 @@ from redis.exceptions import RedisError
 
 from state.keys import KeySpace
 from state.store import FencedError, RedisStateStore
-from worker.config import Settings
+from worker.config import RedisConfig, Settings
 from worker.emitter import EmitReport, Emitter
 from worker.exceptions import OtlpDecodeError, SpanmetricsError, StateError
 from worker.kafka_clients import make_consumer, make_producer
@@ -35,7 +37,9 @@ from worker.records import dlq_headers, tenant_of
 from worker.series import MetricDescriptor
 from worker.spanmetrics.processor import SpanMetricsProcessor
 
-__all__ = ["StreamWorker", "WorkerStats"]
+__all__ = ["StreamWorker", "WorkerStats", "make_redis"]
+
+_T = TypeVar("_T")
 
 log = structlog.get_logger("spanmetrics.worker")
 
@@ -65,6 +69,18 @@ class WorkerStats:
         self.dropped[reason] = self.dropped.get(reason, 0) + count
 
 
+def make_redis(config: RedisConfig) -> Redis:
+    """The async Redis client; ``rediss://`` URLs get TLS, with a CA bundle when configured."""
+    options: dict[str, Any] = {
+        "password": config.password.get_secret_value() if config.password else None,
+        "socket_timeout": config.socket_timeout,
+        "socket_connect_timeout": config.connect_timeout,
+    }
+    if config.ssl_ca_certs:
+        options["ssl_ca_certs"] = config.ssl_ca_certs
+    return Redis.from_url(config.url.get_secret_value(), **options)
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, worker: StreamWorker) -> None:
         self.worker = worker
@@ -88,19 +104,7 @@ class StreamWorker:
         self.topic = kafka.input_topic
         self.consumer = make_consumer(kafka)
         self.producer = make_producer(kafka)
-        redis_cfg = settings.redis
-        self.redis = Redis.from_url(
-            redis_cfg.url.get_secret_value(),
-            password=redis_cfg.password.get_secret_value() if redis_cfg.password else None,
-            socket_timeout=redis_cfg.socket_timeout,
-            socket_connect_timeout=redis_cfg.connect_timeout,
-            ssl_ca_certs=redis_cfg.ssl_ca_certs,
-        ) if redis_cfg.ssl_ca_certs else Redis.from_url(
-            redis_cfg.url.get_secret_value(),
-            password=redis_cfg.password.get_secret_value() if redis_cfg.password else None,
-            socket_timeout=redis_cfg.socket_timeout,
-            socket_connect_timeout=redis_cfg.connect_timeout,
-        )
+        self.redis = make_redis(settings.redis)
         self.processor = SpanMetricsProcessor(settings.spanmetrics)
         self.descriptors: dict[str, MetricDescriptor] = {d.name: d for d in self.processor.descriptors()}
         self.store: RedisStateStore | None = None
@@ -158,7 +162,7 @@ class StreamWorker:
                 return len(partitions)
             if time.monotonic() > deadline:
                 raise SpanmetricsError(f"input topic {self.topic!r} does not exist or has no partitions")
-            await self.consumer._client.force_metadata_update()  # noqa: SLF001 - no public API for this
+            await self.consumer._client.force_metadata_update()  # no public API for this
             await asyncio.sleep(0.5)
 
     def request_stop(self) -> None:
@@ -193,13 +197,17 @@ class StreamWorker:
             await asyncio.wait_for(self.flush(emit=False), timeout=grace * 0.6)
         except (TimeoutError, SpanmetricsError, RedisError, KafkaError) as exc:
             self.log.error("final flush failed; the next owner replays from Redis offsets", error=str(exc))
+        await self.close(grace * 0.4)
+        self.log.info("worker stopped", **self._totals())
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop the clients (leaving the group), never raising: also used when start() fails."""
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.consumer.stop(), timeout=grace * 0.3)
+            await asyncio.wait_for(self.consumer.stop(), timeout=timeout * 0.75)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.producer.stop(), timeout=grace * 0.1)
+            await asyncio.wait_for(self.producer.stop(), timeout=timeout * 0.25)
         with contextlib.suppress(Exception):
             await self.redis.aclose()
-        self.log.info("worker stopped", **self._totals())
 
     def _totals(self) -> dict[str, object]:
         s = self.stats
@@ -233,7 +241,9 @@ class StreamWorker:
                 await self._dead_letter(record, f"invalid {kafka.tenant_header} header")
                 continue
             if len(value) > kafka.max_input_record_bytes:
-                await self._dead_letter(record, f"record of {len(value)} bytes exceeds max_input_record_bytes")
+                await self._dead_letter(
+                    record, f"record of {len(value)} bytes exceeds max_input_record_bytes"
+                )
                 continue
             try:
                 request = decode_traces(value)
@@ -242,7 +252,7 @@ class StreamWorker:
                 continue
             try:
                 consumed = self.processor.consume(request, tenant)
-            except Exception as exc:  # noqa: BLE001 - bad data must never stop the partition
+            except Exception as exc:  # bad data must never stop the partition
                 await self._dead_letter(record, f"processing failed: {type(exc).__name__}: {exc}")
                 continue
             self.stats.spans += consumed.spans
@@ -257,7 +267,9 @@ class StreamWorker:
         self.stats.dlq += 1
         self.stats.drop("undecodable")
         headers = dlq_headers(record.headers, reason, record.topic, record.partition, record.offset)
-        await self.producer.send_and_wait(self.settings.kafka.dlq_topic, record.value, key=record.key, headers=headers)
+        await self.producer.send_and_wait(
+            self.settings.kafka.dlq_topic, record.value, key=record.key, headers=headers
+        )
         self.log.warning(
             "record sent to the dead-letter topic",
             partition=record.partition,
@@ -306,11 +318,14 @@ class StreamWorker:
             self.log.warning("dropping deltas of partitions no longer owned", tenants=len(deltas))
             return {}
         redis_started = time.monotonic()
+        store = self.store
         try:
-            result = await self._with_retry(lambda: self.store.merge(deltas, fences))  # type: ignore[union-attr]
+            result = await self._with_retry(lambda: store.merge(deltas, fences))
         except FencedError as exc:
             self.stats.fenced += 1
-            self.log.warning("fenced: another worker owns a partition; replaying from Redis", partition=exc.partition)
+            self.log.warning(
+                "fenced: another worker owns a partition; replaying from Redis", partition=exc.partition
+            )
             await self._reset_to_redis()
             return None
         self.stats.last_redis_seconds = time.monotonic() - redis_started
@@ -320,7 +335,7 @@ class StreamWorker:
                 self.applied[partition] = offset
         return {p: o for p, o in progress.items() if p in self.tokens}
 
-    async def _with_retry(self, step):  # type: ignore[no-untyped-def]
+    async def _with_retry(self, step: Callable[[], Awaitable[_T]]) -> _T:
         """Retry Redis outages with backoff; past the poll interval give up (and be restarted)."""
         delay = 0.2
         deadline = time.monotonic() + self.settings.kafka.max_poll_interval * 0.5
@@ -396,7 +411,9 @@ class StreamWorker:
             return
         try:
             async with self._lock:
-                committed = await asyncio.wait_for(self._merge_step(), timeout=self.settings.worker.revoke_deadline)
+                committed = await asyncio.wait_for(
+                    self._merge_step(), timeout=self.settings.worker.revoke_deadline
+                )
         except (TimeoutError, SpanmetricsError, RedisError) as exc:
             self.log.error("flush on revoke failed; new owners replay from Redis", error=str(exc))
             committed = None
@@ -416,7 +433,8 @@ class StreamWorker:
             await self._wait_for_store()
         assert self.store is not None
         async with self._lock:
-            tokens = await self._with_retry(lambda: self.store.claim(partitions))  # type: ignore[union-attr]
+            store = self.store
+            tokens = await self._with_retry(lambda: store.claim(partitions))
             self.tokens.update(tokens)
             await self._seek_to_applied(partitions)
         self.consumer.resume(*(TopicPartition(self.topic, p) for p in partitions))

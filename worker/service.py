@@ -28,7 +28,8 @@ async def run_service(settings: Settings) -> None:
         loop.add_signal_handler(sig, worker.request_stop)
     try:
         await worker.start()
-    except (KafkaConnectionError, RedisError, OSError) as exc:
+    except (KafkaConnectionError, RedisError, OSError, SpanmetricsError) as exc:
+        await worker.close()
         raise SpanmetricsError(f"cannot start: {exc}") from None
     await worker.run()
 

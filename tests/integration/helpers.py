@@ -62,7 +62,9 @@ async def produce(
 class Observed:
     """What the output topic said: latest cumulative value per series, and per-flush duplicates."""
 
-    latest: dict[tuple[str, str, tuple[tuple[str, object], ...]], tuple[int, int, int]] = field(default_factory=dict)
+    latest: dict[tuple[str, str, tuple[tuple[str, object], ...]], tuple[int, int, int]] = field(
+        default_factory=dict
+    )
     duplicates: list[tuple[object, ...]] = field(default_factory=list)
     seen: dict[tuple[object, ...], int] = field(default_factory=dict)
     #: series key -> [(time_unix_nano, emitting worker)]
@@ -71,7 +73,9 @@ class Observed:
 
     def total(self, metric: str = "calls", tenant: str | None = None) -> int:
         return sum(
-            value for (t, m, _), (_, _, value) in self.latest.items() if m == metric and (tenant is None or t == tenant)
+            value
+            for (t, m, _), (_, _, value) in self.latest.items()
+            if m == metric and (tenant is None or t == tenant)
         )
 
     def start_times(self, metric: str = "calls") -> dict[object, int]:
@@ -85,7 +89,9 @@ def observe(observed: Observed, value: bytes, headers: Iterable[tuple[str, bytes
     request = ExportMetricsServiceRequest.FromString(value)
     observed.records += 1
     for rm in request.resource_metrics:
-        resource = tuple(sorted((kv.key, str(any_value_to_python(kv.value))) for kv in rm.resource.attributes))
+        resource = tuple(
+            sorted((kv.key, str(any_value_to_python(kv.value))) for kv in rm.resource.attributes)
+        )
         for sm in rm.scope_metrics:
             for metric in sm.metrics:
                 points = metric.sum.data_points if metric.HasField("sum") else metric.histogram.data_points
@@ -109,7 +115,9 @@ async def read_until(
 ) -> Observed:
     """Consume the output topic from the start until ``done(observed)`` or the timeout."""
     observed = observed or Observed()
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka, auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=kafka, auto_offset_reset="earliest", enable_auto_commit=False
+    )
     await consumer.start()
     try:
         deadline = time.monotonic() + timeout

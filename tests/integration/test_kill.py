@@ -73,7 +73,9 @@ async def test_sigkill_at_random_moments_counts_every_span_once(
             kafka_bootstrap, f"{name}-out", lambda o: o.total() >= produced, timeout=120
         )
         await asyncio.sleep(2)  # a little longer: totals must not overshoot later
-        observed = await read_until(kafka_bootstrap, f"{name}-out", lambda o: False, timeout=3, observed=observed)
+        observed = await read_until(
+            kafka_bootstrap, f"{name}-out", lambda o: False, timeout=3, observed=observed
+        )
     finally:
         for process in workers:
             process.send_signal(signal.SIGTERM)

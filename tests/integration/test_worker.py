@@ -9,9 +9,13 @@ from worker.devservers import create_topics
 from .helpers import Observed, RunningWorker, make_settings, produce, read_until, span_count, traces
 
 
-async def test_two_workers_count_every_span_exactly_once(kafka_bootstrap: str, redis_url: str, unique_name: str) -> None:
+async def test_two_workers_count_every_span_exactly_once(
+    kafka_bootstrap: str, redis_url: str, unique_name: str
+) -> None:
     settings = make_settings(kafka_bootstrap, redis_url, unique_name)
-    await create_topics(kafka_bootstrap, {f"{unique_name}-in": 8, f"{unique_name}-out": 4, f"{unique_name}-dlq": 1})
+    await create_topics(
+        kafka_bootstrap, {f"{unique_name}-in": 8, f"{unique_name}-out": 4, f"{unique_name}-dlq": 1}
+    )
     batch = traces(300)
     expected = span_count(request for _, request in batch)
     await produce(kafka_bootstrap, f"{unique_name}-in", [(k, r.SerializeToString()) for k, r in batch])
@@ -22,7 +26,9 @@ async def test_two_workers_count_every_span_exactly_once(kafka_bootstrap: str, r
         )
         # Let a few more flushes go by: the totals must not move and no series may be doubled.
         await asyncio.sleep(3)
-        observed = await read_until(kafka_bootstrap, f"{unique_name}-out", lambda o: False, timeout=2, observed=Observed())
+        observed = await read_until(
+            kafka_bootstrap, f"{unique_name}-out", lambda o: False, timeout=2, observed=Observed()
+        )
 
     assert observed.total("calls") == expected
     assert observed.total("duration") == expected
@@ -33,7 +39,9 @@ async def test_garbage_goes_to_dlq_and_partition_keeps_moving(
     kafka_bootstrap: str, redis_url: str, unique_name: str
 ) -> None:
     settings = make_settings(kafka_bootstrap, redis_url, unique_name)
-    await create_topics(kafka_bootstrap, {f"{unique_name}-in": 1, f"{unique_name}-out": 1, f"{unique_name}-dlq": 1})
+    await create_topics(
+        kafka_bootstrap, {f"{unique_name}-in": 1, f"{unique_name}-out": 1, f"{unique_name}-dlq": 1}
+    )
     batch = traces(20)
     good = [(k, r.SerializeToString()) for k, r in batch]
     records = [*good[:10], (b"bad", b"\xff\x00 definitely not protobuf"), *good[10:]]
@@ -41,13 +49,17 @@ async def test_garbage_goes_to_dlq_and_partition_keeps_moving(
     expected = span_count(r for _, r in batch)
 
     async with RunningWorker(settings) as running:
-        observed = await read_until(kafka_bootstrap, f"{unique_name}-out", lambda o: o.total() >= expected, timeout=60)
+        observed = await read_until(
+            kafka_bootstrap, f"{unique_name}-out", lambda o: o.total() >= expected, timeout=60
+        )
         assert running.worker.stats.dlq == 1
     assert observed.total() == expected
 
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(f"{unique_name}-dlq", bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        f"{unique_name}-dlq", bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         batch_dlq = await consumer.getmany(timeout_ms=5000)
@@ -63,10 +75,19 @@ async def test_garbage_goes_to_dlq_and_partition_keeps_moving(
 
 async def test_tenants_are_kept_apart(kafka_bootstrap: str, redis_url: str, unique_name: str) -> None:
     settings = make_settings(kafka_bootstrap, redis_url, unique_name)
-    await create_topics(kafka_bootstrap, {f"{unique_name}-in": 2, f"{unique_name}-out": 1, f"{unique_name}-dlq": 1})
+    await create_topics(
+        kafka_bootstrap, {f"{unique_name}-in": 2, f"{unique_name}-out": 1, f"{unique_name}-dlq": 1}
+    )
     first, second = traces(15, seed=1), traces(25, seed=2)
-    await produce(kafka_bootstrap, f"{unique_name}-in", [(k, r.SerializeToString()) for k, r in first], tenant="acme")
-    await produce(kafka_bootstrap, f"{unique_name}-in", [(k, r.SerializeToString()) for k, r in second], tenant="glob*:x")
+    await produce(
+        kafka_bootstrap, f"{unique_name}-in", [(k, r.SerializeToString()) for k, r in first], tenant="acme"
+    )
+    await produce(
+        kafka_bootstrap,
+        f"{unique_name}-in",
+        [(k, r.SerializeToString()) for k, r in second],
+        tenant="glob*:x",
+    )
     expected_first = span_count(r for _, r in first)
     expected_second = span_count(r for _, r in second)
 
@@ -74,7 +95,9 @@ async def test_tenants_are_kept_apart(kafka_bootstrap: str, redis_url: str, uniq
         observed = await read_until(
             kafka_bootstrap,
             f"{unique_name}-out",
-            lambda o: o.total(tenant="acme") >= expected_first and o.total(tenant="glob*:x") >= expected_second,
+            lambda o: (
+                o.total(tenant="acme") >= expected_first and o.total(tenant="glob*:x") >= expected_second
+            ),
             timeout=60,
         )
     assert observed.total(tenant="acme") == expected_first

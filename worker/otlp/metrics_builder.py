@@ -44,7 +44,9 @@ def _fill_metric(
             point = points.add(start_time_unix_nano=item.start_ns, time_unix_nano=now_ns, as_int=item.count)
             fill_key_values(point.attributes, item.attributes)
             for trace_id, span_id, value, time_ns in item.exemplars:
-                point.exemplars.add(trace_id=trace_id, span_id=span_id, as_double=value, time_unix_nano=time_ns)
+                point.exemplars.add(
+                    trace_id=trace_id, span_id=span_id, as_double=value, time_unix_nano=time_ns
+                )
     elif descriptor.kind is MetricKind.HISTOGRAM:
         metric.histogram.aggregation_temporality = temporality  # type: ignore[assignment]
         histogram_points = metric.histogram.data_points
@@ -81,7 +83,9 @@ def _fill_metric(
                     exp_point.max = exp.max
             fill_key_values(exp_point.attributes, item.attributes)
             for trace_id, span_id, value, time_ns in item.exemplars:
-                exp_point.exemplars.add(trace_id=trace_id, span_id=span_id, as_double=value, time_unix_nano=time_ns)
+                exp_point.exemplars.add(
+                    trace_id=trace_id, span_id=span_id, as_double=value, time_unix_nano=time_ns
+                )
 
 
 def build_resource_metrics(
