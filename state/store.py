@@ -110,6 +110,23 @@ class RedisStateStore:
 
     # ------------------------------------------------------------------ ownership and offsets
 
+    async def check_layout(self) -> None:
+        """Refuse to run with a slot count other than the one the state was written with.
+
+        Slots are ``hash mod partitions``; with another partition count the same series would
+        land in another slot hash and be emitted twice. Changing the input topic's partition
+        count therefore needs a fresh key prefix (or a migration), never a silent re-slotting.
+        """
+        key = f"{self.keys.prefix}:slots:{self.keys.topic}"
+        await self.client.setnx(key, self.slots)
+        stored = int(await self.client.get(key) or self.slots)
+        if stored != self.slots:
+            raise StateError(
+                f"the state under key prefix {self.keys.prefix!r} was written for {stored} partitions of "
+                f"{self.keys.topic!r}, the topic now has {self.slots}: use a new redis.key_prefix after "
+                "changing the partition count"
+            )
+
     async def claim(self, partitions: Iterable[int]) -> dict[int, int]:
         """Take ownership: a new fencing token per partition, which stales every older owner."""
         ordered = sorted(set(partitions))

@@ -140,6 +140,7 @@ class StreamWorker:
             exp_max_size=exponential.max_size if exponential else 160,
             active_series_limit=self.settings.worker.max_active_series_per_tenant,
         )
+        await self.store.check_layout()
         self.emitter = Emitter(
             self.store,
             self.producer,

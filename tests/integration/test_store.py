@@ -156,3 +156,12 @@ def test_python_merge_matches_expectations_used_above() -> None:
     target = _series("calls\x1er1\x1ea", count=1, exemplars=2)
     merge_series(target, _series("calls\x1er1\x1ea", count=2, exemplars=2), max_exemplars=3)
     assert target.count == 3 and len(target.exemplars) == 3
+
+
+async def test_a_changed_partition_count_is_refused(redis_client: Redis, unique_name: str) -> None:
+    from worker.exceptions import StateError
+
+    await RedisStateStore(redis_client, KeySpace(unique_name, "in"), slots=8, max_exemplars=0).check_layout()
+    await RedisStateStore(redis_client, KeySpace(unique_name, "in"), slots=8, max_exemplars=0).check_layout()
+    with pytest.raises(StateError, match="written for 8 partitions"):
+        await RedisStateStore(redis_client, KeySpace(unique_name, "in"), slots=12, max_exemplars=0).check_layout()
