@@ -16,8 +16,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
+from itertools import pairwise
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -119,7 +120,7 @@ class ExplicitBuckets(_Frozen):
             raise ValueError("needs at least one bucket boundary")
         if any(b <= 0 for b in buckets):
             raise ValueError("bucket boundaries must be positive durations")
-        if any(later <= earlier for earlier, later in zip(buckets, buckets[1:], strict=False)):
+        if any(later <= earlier for earlier, later in pairwise(buckets)):
             raise ValueError("bucket boundaries must be strictly increasing")
         return buckets
 
@@ -237,7 +238,7 @@ class ServiceGraphsConfig(_Frozen):
     def _increasing(cls, buckets: tuple[float, ...]) -> tuple[float, ...]:
         if not buckets or any(b <= 0 for b in buckets):
             raise ValueError("needs positive bucket boundaries in seconds")
-        if any(later <= earlier for earlier, later in zip(buckets, buckets[1:], strict=False)):
+        if any(later <= earlier for earlier, later in pairwise(buckets)):
             raise ValueError("bucket boundaries must be strictly increasing")
         return buckets
 
@@ -366,6 +367,22 @@ def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, 
     return merged
 
 
+def _known_options(location: Sequence[object]) -> list[str]:
+    """The option names allowed next to an unknown one at ``location`` (empty when unsure)."""
+    model: type[BaseModel] = Settings
+    for part in location[:-1]:
+        if isinstance(part, int):  # an item of a list option: its type was taken below
+            continue
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if get_origin(annotation) is tuple:  # tuple[Dimension, ...]
+            annotation = get_args(annotation)[0]
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(model.model_fields)
+
+
 def _format_error(error: ValidationError) -> str:
     """One line per problem: ``spanmetrics.histogram.unit: Input should be 'ms' or 's' (got 'us')``."""
     parts = []
@@ -375,9 +392,20 @@ def _format_error(error: ValidationError) -> str:
         given = item.get("input")
         shown = "" if isinstance(given, dict | list | tuple) or given is None else f" (got {given!r})"
         if item["type"] == "extra_forbidden":
-            message = "unknown option"
+            known = _known_options(item["loc"])
+            message = f"unknown option (allowed: {', '.join(known)})" if known else "unknown option"
         parts.append(f"{location}: {message}{shown}" if location else f"{message}{shown}")
     return "invalid configuration: " + "; ".join(parts)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message squeezed into one line: the problem and where it is."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem is None:
+        return " ".join(str(exc).split())
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def load_config(path: str | Path | None = None) -> Settings:
@@ -395,7 +423,7 @@ def load_config(path: str | Path | None = None) -> Settings:
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+            raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -175,7 +175,7 @@ async def _describe_cluster(bootstrap_servers: str, request_timeout: float) -> d
 
 
 # The explicit timeout is this helper's contract (callers pass a budget, not a context manager).
-async def wait_for_kafka(bootstrap_servers: str, timeout: float = 30.0) -> dict[str, Any]:  # noqa: ASYNC109
+async def wait_for_kafka(bootstrap_servers: str, timeout: float = 30.0) -> dict[str, Any]:
     """Wait until a metadata request to *bootstrap_servers* succeeds; return the cluster description.
 
     An open port is not proof of a working broker (a broker may accept connections before it can

@@ -20,10 +20,10 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 __all__ = [
     "AttributeValue",
     "any_value_to_python",
+    "fill_key_values",
     "format_double",
     "python_to_any_value",
     "stringify_any_value",
-    "fill_key_values",
     "stringify_python",
 ]
 
@@ -40,9 +40,11 @@ def format_double(value: float) -> str:
         mantissa, _, exponent = repr(value).partition("e")
         sign = exponent[0] if exponent[0] in "+-" else "+"
         return f"{mantissa}e{sign}{int(exponent.lstrip('+-'))}"
-    if value.is_integer():
+    if value.is_integer() and magnitude < 2**53:
         return str(int(value))
-    return format(Decimal(repr(value)), "f")
+    # Fixed notation of the shortest round-trip digits, as Go's FormatFloat(v, 'f', -1, 64):
+    # 1.2345678901234568e+20 is "123456789012345680000", not the float's exact integer value.
+    return format(Decimal(repr(value)).normalize(), "f")
 
 
 def any_value_to_python(value: AnyValue) -> AttributeValue:
@@ -65,14 +67,33 @@ def any_value_to_python(value: AnyValue) -> AttributeValue:
     return None
 
 
-def _jsonable(value: AttributeValue) -> Any:
+#: Go's encoding/json escapes these even inside strings (HTML safety); the key string must match.
+_GO_JSON_ESCAPES = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
+
+
+def _go_json(value: AttributeValue) -> str:
+    """Compact JSON as Go's ``json.Marshal`` writes an attribute map or slice (``pcommon AsRaw``).
+
+    Map keys sorted, doubles in the same shortest form as :func:`format_double` (``[2]``, not
+    ``[2.0]``), bytes as base64 strings.
+    """
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False).translate(_GO_JSON_ESCAPES)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return format_double(value)
     if isinstance(value, bytes):
-        return base64.b64encode(value).decode("ascii")
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
+        return '"' + base64.b64encode(value).decode("ascii") + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_go_json(item) for item in value) + "]"
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value
+        return "{" + ",".join(f"{_go_json(str(k))}:{_go_json(value[k])}" for k in sorted(value)) + "}"
+    return "null"
 
 
 def stringify_python(value: AttributeValue) -> str:
@@ -89,7 +110,7 @@ def stringify_python(value: AttributeValue) -> str:
         return base64.b64encode(value).decode("ascii")
     if value is None:
         return ""
-    return json.dumps(_jsonable(value), separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    return _go_json(value)
 
 
 def stringify_any_value(value: AnyValue) -> str:

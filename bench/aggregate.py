@@ -1,0 +1,282 @@
+"""How much does span aggregation cost next to protobuf decoding?
+
+Builds realistic OTLP batches (by default 1,000 spans from 5 services, 6 span attributes each,
+2 configured dimensions), serializes them, and then in one process measures, interleaved over
+several rounds:
+
+(a) decode only: ``ExportTraceServiceRequest.FromString`` on every batch;
+(b) decode + aggregate: the same, then ``SpanMetricsProcessor.consume`` on the result, with
+    ``take_deltas`` at the end of each round (one flush interval per round).
+
+It prints the median spans/s of each and the ratio (b)/(a): the fraction of the decode-only
+throughput the worker keeps once it aggregates. Interleaving (alternating which runs first) keeps
+CPU frequency drift and cache effects from favouring one side.
+
+    python bench/aggregate.py [--spans 1000] [--batches 8] [--rounds 15] [--json]
+    python bench/aggregate.py --profile        # pyinstrument profile of (b), printed after the figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import google.protobuf
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+
+from worker.config import SpanMetricsConfig
+from worker.spanmetrics.processor import SpanMetricsProcessor
+
+TARGET_RATIO = 0.25
+SERVICES = ("frontend", "cart", "checkout", "payment", "shipping")
+ROUTES = (
+    "/",
+    "/api/cart",
+    "/api/cart/{id}",
+    "/api/checkout",
+    "/api/products",
+    "/api/products/{id}",
+    "/api/recommendations",
+    "/api/shipping/quote",
+    "/api/payment/charge",
+    "/health",
+)
+METHODS = ("GET", "GET", "GET", "POST", "PUT", "DELETE")
+KINDS = (Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CLIENT, Span.SPAN_KIND_INTERNAL)
+#: Mostly successes, the odd client and server error: what a healthy service reports.
+STATUS_CODES = (200,) * 90 + (201,) * 3 + (404,) * 4 + (500,) * 2 + (503,)
+OPERATIONS_PER_SERVICE = 8
+BASE_NS = 1_700_000_000_000_000_000
+
+
+def operations(service_index: int) -> list[tuple[str, str, int]]:
+    """A service's fixed endpoints: (method, route, kind), the same in every batch."""
+    rng = random.Random(1000 + service_index)
+    return [
+        (rng.choice(METHODS), rng.choice(ROUTES), rng.choice(KINDS)) for _ in range(OPERATIONS_PER_SERVICE)
+    ]
+
+
+def _kv(key: str, value: str | int | bool) -> KeyValue:
+    if isinstance(value, bool):
+        return KeyValue(key=key, value=AnyValue(bool_value=value))
+    if isinstance(value, int):
+        return KeyValue(key=key, value=AnyValue(int_value=value))
+    return KeyValue(key=key, value=AnyValue(string_value=value))
+
+
+def build_batch(spans: int, seed: int) -> bytes:
+    """One serialized ExportTraceServiceRequest: ``spans`` spans spread over the services."""
+    rng = random.Random(seed)
+    request = ExportTraceServiceRequest()
+    per_service = [spans // len(SERVICES)] * len(SERVICES)
+    for index in range(spans % len(SERVICES)):
+        per_service[index] += 1
+    for service_index, (service, count) in enumerate(zip(SERVICES, per_service, strict=True)):
+        endpoints = operations(service_index)
+        resource = Resource(
+            attributes=[
+                _kv("service.name", service),
+                _kv("service.version", f"1.{service_index}.0"),
+                _kv("service.namespace", "shop"),
+                _kv("deployment.environment", "production"),
+                _kv("host.name", f"node-{service_index % 3}"),
+                _kv("k8s.pod.name", f"{service}-{seed % 4}-7f9c"),
+                _kv("telemetry.sdk.language", "python"),
+            ]
+        )
+        scope_spans = []
+        # Two instrumentation scopes per resource, as an HTTP server plus a client library would.
+        for scope_name, share in (
+            ("opentelemetry.instrumentation.http", 0.6),
+            ("opentelemetry.instrumentation.db", 0.4),
+        ):
+            scope = InstrumentationScope(name=scope_name, version="0.45b0")
+            items = []
+            for _ in range(round(count * share)):
+                start = BASE_NS + rng.randrange(0, 15_000_000_000)
+                duration = int(rng.lognormvariate(16.0, 1.4))  # median ~9 ms, long tail
+                method, route, kind = rng.choice(endpoints)
+                code = rng.choice(STATUS_CODES)
+                items.append(
+                    Span(
+                        trace_id=rng.randbytes(16),
+                        span_id=rng.randbytes(8),
+                        parent_span_id=rng.randbytes(8),
+                        name=f"{method} {route}",
+                        kind=kind,
+                        start_time_unix_nano=start,
+                        end_time_unix_nano=start + duration,
+                        attributes=[
+                            _kv("http.method", method),
+                            _kv("http.route", route),
+                            _kv("http.status_code", code),
+                            _kv("net.peer.name", f"10.0.{rng.randrange(4)}.{rng.randrange(255)}"),
+                            _kv("user_agent.original", "Mozilla/5.0 (X11; Linux x86_64) Chrome/120.0"),
+                            _kv("http.request_content_length", rng.randrange(0, 4096)),
+                        ],
+                        status=Status(
+                            code=Status.STATUS_CODE_ERROR if code >= 500 else Status.STATUS_CODE_UNSET
+                        ),
+                    )
+                )
+            scope_spans.append(ScopeSpans(scope=scope, spans=items))
+        request.resource_spans.append(ResourceSpans(resource=resource, scope_spans=scope_spans))
+    return request.SerializeToString()
+
+
+def count_spans(payload: bytes) -> int:
+    request = ExportTraceServiceRequest.FromString(payload)
+    return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+
+
+def make_config() -> SpanMetricsConfig:
+    return SpanMetricsConfig.model_validate(
+        {"dimensions": [{"name": "http.method", "default": "GET"}, {"name": "http.status_code"}]}
+    )
+
+
+def decode_only(payloads: list[bytes]) -> None:
+    from_string = ExportTraceServiceRequest.FromString
+    for payload in payloads:
+        from_string(payload)
+
+
+def make_decode_and_aggregate(
+    processor: SpanMetricsProcessor, series_seen: list[int] | None = None
+) -> Callable[[list[bytes]], None]:
+    def decode_and_aggregate(payloads: list[bytes]) -> None:
+        from_string = ExportTraceServiceRequest.FromString
+        consume = processor.consume
+        for payload in payloads:
+            consume(from_string(payload), "tenant")
+        if series_seen is not None:
+            series_seen.append(processor.pending_series())
+        processor.take_deltas()
+
+    return decode_and_aggregate
+
+
+def timed(function: Callable[[list[bytes]], None], payloads: list[bytes]) -> float:
+    start = time.perf_counter()
+    function(payloads)
+    return time.perf_counter() - start
+
+
+def run(spans: int, batches: int, rounds: int, warmup: int) -> dict[str, Any]:
+    payloads = [build_batch(spans, seed) for seed in range(batches)]
+    total_spans = sum(count_spans(p) for p in payloads)
+    processor = SpanMetricsProcessor(make_config())
+    series_seen: list[int] = []
+    aggregate = make_decode_and_aggregate(processor, series_seen)
+
+    for _ in range(warmup):
+        decode_only(payloads)
+        aggregate(payloads)
+
+    decode_rates: list[float] = []
+    aggregate_rates: list[float] = []
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()  # a collection landing in one side's timing would be noise, not cost
+    try:
+        for round_index in range(rounds):
+            order = ((decode_only, decode_rates), (aggregate, aggregate_rates))
+            if round_index % 2:
+                order = order[::-1]
+            for function, rates in order:
+                rates.append(total_spans / timed(function, payloads))
+            gc.collect()
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+    decode_median = statistics.median(decode_rates)
+    aggregate_median = statistics.median(aggregate_rates)
+    return {
+        "spans_per_batch": total_spans // batches,
+        "batches": batches,
+        "batch_bytes": round(statistics.mean(len(p) for p in payloads)),
+        "rounds": rounds,
+        "series_per_round": max(series_seen),
+        "decode_spans_per_s": round(decode_median),
+        "decode_aggregate_spans_per_s": round(aggregate_median),
+        "ratio": round(aggregate_median / decode_median, 4),
+        "target_ratio": TARGET_RATIO,
+        "meets_target": aggregate_median / decode_median >= TARGET_RATIO,
+        "decode_spans_per_s_all": [round(r) for r in decode_rates],
+        "decode_aggregate_spans_per_s_all": [round(r) for r in aggregate_rates],
+        "python": platform.python_version(),
+        "protobuf": f"{google.protobuf.__version__} ({_protobuf_backend()})",
+    }
+
+
+def _protobuf_backend() -> str:
+    try:
+        from google.protobuf.internal import api_implementation
+
+        return str(api_implementation.Type())
+    except ImportError:  # pragma: no cover - very old protobuf
+        return "unknown"
+
+
+def profile(spans: int, batches: int, rounds: int) -> str:
+    from pyinstrument import Profiler
+
+    payloads = [build_batch(spans, seed) for seed in range(batches)]
+    aggregate = make_decode_and_aggregate(SpanMetricsProcessor(make_config()))
+    aggregate(payloads)
+    profiler = Profiler(interval=0.0005)
+    profiler.start()
+    for _ in range(rounds):
+        aggregate(payloads)
+    profiler.stop()
+    return str(profiler.output_text(unicode=False, color=False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--spans", type=int, default=1000, help="spans per batch (default 1000)")
+    parser.add_argument("--batches", type=int, default=8, help="distinct batches per round (default 8)")
+    parser.add_argument("--rounds", type=int, default=15, help="measured rounds (default 15)")
+    parser.add_argument("--warmup", type=int, default=2, help="unmeasured rounds first (default 2)")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile decode+aggregate with pyinstrument"
+    )
+    args = parser.parse_args(argv)
+    if args.spans < len(SERVICES) or args.batches < 1 or args.rounds < 1:
+        parser.error(f"--spans must be at least {len(SERVICES)}; --batches and --rounds at least 1")
+
+    result = run(args.spans, args.batches, args.rounds, args.warmup)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{result['batches']} batches x {result['spans_per_batch']} spans "
+            f"({result['batch_bytes']} bytes each), {result['series_per_round']} series per round, "
+            f"{result['rounds']} rounds, "
+            f"Python {result['python']}, protobuf {result['protobuf']}"
+        )
+        print(f"(a) decode only:        {result['decode_spans_per_s']:>12,} spans/s (median)")
+        print(f"(b) decode + aggregate: {result['decode_aggregate_spans_per_s']:>12,} spans/s (median)")
+        verdict = "meets" if result["meets_target"] else "BELOW"
+        print(f"ratio (b)/(a):          {result['ratio']:>12.3f}   ({verdict} target {TARGET_RATIO})")
+    if args.profile:
+        print(profile(args.spans, args.batches, max(1, args.rounds // 3)), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,401 @@
+"""Configuration: upstream defaults, Go durations, one-line errors, environment overrides, CLI errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from worker.cli import cli
+from worker.config import (
+    DEFAULT_HISTOGRAM_BUCKETS,
+    HistogramUnit,
+    Settings,
+    SpanMetricsConfig,
+    Temporality,
+    load_config,
+)
+from worker.durations import format_duration, parse_duration
+from worker.exceptions import ConfigError
+
+pytestmark = pytest.mark.usefixtures("clean_env")
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load_text(tmp_path: Path, text: str) -> Settings:
+    return load_config(write_config(tmp_path, text))
+
+
+def config_error(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_text(tmp_path, text)
+    message = str(info.value)
+    assert "\n" not in message, "a configuration error is one line"
+    return message
+
+
+# ---------------------------------------------------------------------------------------- defaults
+
+
+def test_defaults_match_the_connector() -> None:
+    settings = load_config(None)
+    spanmetrics = settings.spanmetrics
+    assert spanmetrics.histogram.unit is HistogramUnit.MILLISECONDS
+    assert spanmetrics.histogram.bounds == (
+        2.0, 4.0, 6.0, 8.0, 10.0, 50.0, 100.0, 200.0, 400.0, 800.0,
+        1000.0, 1400.0, 2000.0, 5000.0, 10000.0, 15000.0,
+    )  # fmt: skip
+    assert spanmetrics.histogram.disable is False
+    assert spanmetrics.histogram.exponential is None
+    assert spanmetrics.aggregation_temporality is Temporality.CUMULATIVE
+    assert spanmetrics.metrics_flush_interval == 15.0
+    assert spanmetrics.namespace == ""
+    assert spanmetrics.resource_metrics_cache_size == 1000
+    assert spanmetrics.exemplars.enabled is False
+    assert spanmetrics.exemplars.max_per_data_point == 5
+    assert spanmetrics.events.enabled is False
+    assert spanmetrics.dimensions == ()
+    assert spanmetrics.exclude_dimensions == ()
+    assert spanmetrics.aggregation_cardinality_limit == 0
+
+
+def test_default_buckets_in_seconds_when_unit_is_s() -> None:
+    config = SpanMetricsConfig.model_validate({"histogram": {"unit": "s"}})
+    assert config.histogram.bounds == DEFAULT_HISTOGRAM_BUCKETS
+    assert config.histogram.unit.divisor_ns == 1e9
+
+
+def test_an_empty_file_gives_the_defaults(tmp_path: Path) -> None:
+    assert load_text(tmp_path, "") == load_config(None)
+
+
+# ---------------------------------------------------------------------------------------- durations
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("2ms", 0.002),
+        ("1s", 1.0),
+        ("1h", 3600.0),
+        ("1m30s", 90.0),
+        ("1400ms", 1.4),
+        ("1.5h", 5400.0),
+        ("250us", 0.00025),
+        ("100ns", 1e-7),
+        ("0", 0.0),
+        (15, 15.0),
+        (0.5, 0.5),
+    ],
+)
+def test_parse_duration(text: str | float, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "ms", "5", "5 s", "1d", "1s2", "-1s", True, None, [1]])
+def test_parse_duration_refuses(text: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(0, "0s"), (0.0005, "500us"), (0.25, "250ms"), (90, "90s")])
+def test_format_duration(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+def test_durations_in_the_config(tmp_path: Path) -> None:
+    settings = load_text(
+        tmp_path,
+        """
+spanmetrics:
+  metrics_flush_interval: 1m30s
+  metrics_expiration: 1h
+  histogram:
+    explicit:
+      buckets: ["2ms", "1s", "1m30s"]
+""",
+    )
+    assert settings.spanmetrics.metrics_flush_interval == 90.0
+    assert settings.spanmetrics.metrics_expiration == 3600.0
+    assert settings.spanmetrics.histogram.bounds == (2.0, 1000.0, 90000.0)
+
+
+@pytest.mark.parametrize(
+    "value", ["AGGREGATION_TEMPORALITY_DELTA", "DELTA", "delta", "aggregation_temporality_delta"]
+)
+def test_delta_temporality_spellings(tmp_path: Path, value: str) -> None:
+    settings = load_text(tmp_path, f"spanmetrics: {{aggregation_temporality: {value}}}")
+    assert settings.spanmetrics.aggregation_temporality is Temporality.DELTA
+
+
+def test_cumulative_with_the_proto_prefix(tmp_path: Path) -> None:
+    settings = load_text(
+        tmp_path, "spanmetrics: {aggregation_temporality: AGGREGATION_TEMPORALITY_CUMULATIVE}"
+    )
+    assert settings.spanmetrics.aggregation_temporality is Temporality.CUMULATIVE
+
+
+def test_dimensions_cache_size_is_accepted(tmp_path: Path) -> None:
+    settings = load_text(tmp_path, "spanmetrics: {dimensions_cache_size: 500}")
+    assert settings.spanmetrics.dimensions_cache_size == 500
+
+
+def test_dimensions_as_names_or_mappings(tmp_path: Path) -> None:
+    settings = load_text(
+        tmp_path,
+        """
+spanmetrics:
+  dimensions:
+    - http.method
+    - {name: http.status_code, default: "200"}
+""",
+    )
+    dims = settings.spanmetrics.dimensions
+    assert [(d.name, d.default) for d in dims] == [("http.method", None), ("http.status_code", "200")]
+
+
+# ---------------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        pytest.param(
+            "spanmetrics: {dimensions: [http.method, http.method]}",
+            ["dimensions", "duplicate", "http.method"],
+            id="duplicate-dimension",
+        ),
+        pytest.param(
+            "spanmetrics: {dimensions: [a], calls_dimensions: [a]}",
+            ["calls_dimensions", "duplicate", "'a'"],
+            id="duplicate-across-lists",
+        ),
+        pytest.param(
+            "spanmetrics: {dimensions: [service.name]}",
+            ["dimensions", "service.name", "default dimension", "span.kind"],
+            id="reserved-service.name",
+        ),
+        pytest.param(
+            "spanmetrics: {dimensions: [span.name]}",
+            ["dimensions", "span.name", "default dimension"],
+            id="reserved-span.name",
+        ),
+        pytest.param(
+            "spanmetrics: {dimensions: [span.kind]}",
+            ["dimensions", "span.kind", "default dimension"],
+            id="reserved-span.kind",
+        ),
+        pytest.param(
+            "spanmetrics: {histogram: {dimensions: [status.code]}}",
+            ["histogram.dimensions", "status.code", "default dimension"],
+            id="reserved-status.code",
+        ),
+        pytest.param(
+            "spanmetrics: {histogram: {unit: us}}",
+            ["spanmetrics.histogram.unit", "'ms' or 's'", "'us'"],
+            id="unknown-unit",
+        ),
+        pytest.param(
+            "spanmetrics: {histogram: {explicit: {}, exponential: {}}}",
+            ["spanmetrics.histogram", "explicit", "exponential", "not both"],
+            id="explicit-and-exponential",
+        ),
+        pytest.param(
+            "spanmetrics: {metrics_flush_interval: -1s}",
+            ["spanmetrics.metrics_flush_interval", "negative", "'-1s'"],
+            id="negative-flush-interval",
+        ),
+        pytest.param(
+            "spanmetrics: {metrics_expiration: -5m}",
+            ["spanmetrics.metrics_expiration", "negative"],
+            id="negative-expiration",
+        ),
+        pytest.param(
+            "spanmetrics: {histogram: {explicit: {buckets: [2ms, -4ms]}}}",
+            ["spanmetrics.histogram.explicit.buckets", "negative"],
+            id="negative-bucket",
+        ),
+        pytest.param(
+            "spanmetrics: {histogram: {explicit: {buckets: [4ms, 2ms]}}}",
+            ["spanmetrics.histogram.explicit.buckets", "increasing"],
+            id="decreasing-buckets",
+        ),
+        pytest.param(
+            "spanmetrics: {metrics_flush_interval: soon}",
+            ["spanmetrics.metrics_flush_interval", "'2ms'"],
+            id="unparsable-duration",
+        ),
+        pytest.param(
+            "spanmetrics: {aggregation_cardinality_limit: -1}",
+            ["spanmetrics.aggregation_cardinality_limit", "greater than or equal to 0", "-1"],
+            id="negative-cardinality-limit",
+        ),
+        pytest.param(
+            "spanmetrics: {resource_metrics_cache_size: 0}",
+            ["spanmetrics.resource_metrics_cache_size", "greater than or equal to 1"],
+            id="zero-resource-cache",
+        ),
+        pytest.param(
+            "spanmetrics: {exemplars: {enabled: true, max_per_data_point: -2}}",
+            ["spanmetrics.exemplars.max_per_data_point", "greater than or equal to 1"],
+            id="negative-exemplars",
+        ),
+        pytest.param(
+            "spanmetrics: {events: {enabled: true}}",
+            ["spanmetrics.events", "dimensions", "at least one"],
+            id="events-without-dimensions",
+        ),
+        pytest.param(
+            "spanmetrics: {dimension: [a]}",
+            ["spanmetrics.dimension", "unknown option", "dimensions"],
+            id="unknown-option",
+        ),
+        pytest.param(
+            "spanmetrics: {histogram: {buckets: [1s]}}",
+            ["spanmetrics.histogram.buckets", "unknown option", "explicit"],
+            id="unknown-nested-option",
+        ),
+        pytest.param(
+            "spanmetrics: {dimensions: [{name: a, defualt: x}]}",
+            ["spanmetrics.dimensions.0.defualt", "unknown option", "default, name"],
+            id="unknown-dimension-field",
+        ),
+        pytest.param(
+            "spanmetric: {}",
+            ["spanmetric", "unknown option", "spanmetrics"],
+            id="unknown-section",
+        ),
+        pytest.param(
+            "spanmetrics: {aggregation_temporality: WEEKLY}",
+            ["spanmetrics.aggregation_temporality", "'CUMULATIVE' or 'DELTA'", "WEEKLY"],
+            id="invalid-temporality",
+        ),
+        pytest.param(
+            "spanmetrics: {exclude_dimensions: [http.method]}",
+            ["exclude_dimensions", "http.method", "service.name"],
+            id="exclude-non-default",
+        ),
+    ],
+)
+def test_invalid_configuration_is_one_line_naming_the_option(
+    tmp_path: Path, text: str, fragments: list[str]
+) -> None:
+    message = config_error(tmp_path, text)
+    assert message.startswith("invalid configuration: ")
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def test_several_problems_are_all_named_on_one_line(tmp_path: Path) -> None:
+    message = config_error(
+        tmp_path, "spanmetrics: {histogram: {unit: us}, aggregation_cardinality_limit: -1}"
+    )
+    assert "histogram.unit" in message
+    assert "aggregation_cardinality_limit" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [("spanmetrics: [a, b", "not valid YAML"), ("- a\n- b\n", "top level must be a mapping")],
+)
+def test_unreadable_yaml(tmp_path: Path, text: str, fragment: str) -> None:
+    assert fragment in config_error(tmp_path, text)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "absent.yaml")
+
+
+# ---------------------------------------------------------------------------------------- environment
+
+
+def test_env_overrides_a_nested_option_and_keeps_the_rest(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    clean_env.setenv("SPANMETRICS_SPANMETRICS__NAMESPACE", "traces_spanmetrics")
+    settings = load_text(tmp_path, "spanmetrics: {namespace: from_file, dimensions: [http.method]}")
+    assert settings.spanmetrics.namespace == "traces_spanmetrics"
+    assert [d.name for d in settings.spanmetrics.dimensions] == ["http.method"]
+    assert settings.spanmetrics.metric_name("calls") == "traces_spanmetrics.calls"
+
+
+def test_env_override_without_a_file(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("SPANMETRICS_SPANMETRICS__AGGREGATION_TEMPORALITY", "AGGREGATION_TEMPORALITY_DELTA")
+    assert load_config(None).spanmetrics.aggregation_temporality is Temporality.DELTA
+
+
+def test_invalid_env_value_is_a_config_error(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("SPANMETRICS_SPANMETRICS__AGGREGATION_CARDINALITY_LIMIT", "-1")
+    with pytest.raises(ConfigError, match="aggregation_cardinality_limit"):
+        load_config(None)
+
+
+def test_conventional_server_variables_override_the_file(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    clean_env.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka-1:9092,kafka-2:9092")
+    clean_env.setenv("REDIS_URL", "redis://redis.internal:6380/2")
+    settings = load_text(
+        tmp_path,
+        """
+kafka: {bootstrap_servers: "file:9092", group_id: from-file}
+redis: {url: "redis://file:6379/0"}
+""",
+    )
+    assert settings.kafka.bootstrap_servers == "kafka-1:9092,kafka-2:9092"
+    assert settings.kafka.group_id == "from-file"
+    assert settings.redis.url.get_secret_value() == "redis://redis.internal:6380/2"
+
+
+def test_redis_url_from_env_is_still_validated(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("REDIS_URL", "http://not-redis")
+    with pytest.raises(ConfigError, match=r"redis\.url"):
+        load_config(None)
+
+
+def test_config_is_frozen() -> None:
+    settings = load_config(None)
+    with pytest.raises(ValueError):
+        settings.spanmetrics.namespace = "x"  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_bad_config_prints_one_error_line(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "spanmetrics: {histogram: {unit: us}}")
+    result = CliRunner().invoke(cli, ["process", "--config", str(path)], input="")
+    assert result.exit_code != 0
+    assert isinstance(result.exception, SystemExit)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("spanmetrics: error: ")
+    assert "histogram.unit" in lines[0]
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+
+
+def test_cli_bad_config_in_a_real_process(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "spanmetrics: {dimensions: [service.name]}")
+    completed = subprocess.run(
+        [sys.executable, "-m", "worker", "process", "--config", str(path)],
+        input=b"",
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    stderr = completed.stderr.decode()
+    assert completed.returncode != 0
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines() == [stderr.strip()]
+    assert stderr.startswith("spanmetrics: error: invalid configuration: ")
+    assert completed.stdout == b""
