@@ -14,8 +14,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Collection
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -23,6 +22,7 @@ import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -34,6 +34,7 @@ from worker.exceptions import OtlpDecodeError, SpanmetricsError, StateError
 from worker.kafka_clients import make_consumer, make_producer
 from worker.otlp.decode import decode_traces
 from worker.records import dlq_headers, tenant_of
+from worker.selfmetrics import WorkerMetrics
 from worker.series import MetricDescriptor
 from worker.spanmetrics.processor import SpanMetricsProcessor
 
@@ -95,7 +96,9 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 class StreamWorker:
     """One member of the consumer group. ``run()`` until ``request_stop()``; then it flushes and leaves."""
 
-    def __init__(self, settings: Settings, *, worker_id: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, worker_id: str | None = None, metrics: WorkerMetrics | None = None
+    ) -> None:
         self.settings = settings
         self.worker_id = worker_id or uuid.uuid4().hex[:12]
         self.stats = WorkerStats()
@@ -121,6 +124,10 @@ class StreamWorker:
         self.partitions = 0
         self.ready = False
         self.last_tick = time.monotonic()
+        # Self-metrics (worker/selfmetrics.py): counters are read from self.stats at scrape time;
+        # histograms and the lag/active-series refresh are the only calls below.
+        self.metrics = metrics if metrics is not None else WorkerMetrics(CollectorRegistry())
+        self.metrics.bind(self)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -293,6 +300,7 @@ class StreamWorker:
             report = await self._emit()
         self.stats.flushes += 1
         self.stats.last_flush_seconds = time.monotonic() - started
+        self.metrics.observe_flush(self.stats.last_flush_seconds)
         self.log.info(
             "flush",
             seconds=round(self.stats.last_flush_seconds, 3),
@@ -302,6 +310,7 @@ class StreamWorker:
             emitted_records=report.records if report else 0,
             spans=self.stats.spans,
         )
+        await self.metrics.refresh()  # consumer lag and active series; bounded, never raises
         return report
 
     async def _merge_step(self) -> dict[int, int] | None:
@@ -330,6 +339,7 @@ class StreamWorker:
             await self._reset_to_redis()
             return None
         self.stats.last_redis_seconds = time.monotonic() - redis_started
+        self.metrics.observe_redis_step(self.stats.last_redis_seconds)
         self.stats.overflowed += result.overflowed
         for partition, offset in progress.items():
             if offset > self.applied.get(partition, -1):

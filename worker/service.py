@@ -1,40 +1,101 @@
-"""``spanmetrics run``: one worker process with signal handling and a bounded shutdown."""
+"""``spanmetrics run``: one worker process with signal handling, the HTTP side port and a bounded shutdown."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from typing import Any
 
 import structlog
 from aiokafka.errors import KafkaConnectionError
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from redis.exceptions import RedisError
 
 from worker.config import Settings
 from worker.exceptions import SpanmetricsError
-from worker.logs import configure_logging
+from worker.http_server import HttpServer
+from worker.logs import configure_logging, redact_url
 from worker.runtime import StreamWorker
+from worker.selfmetrics import WorkerMetrics
 
-__all__ = ["run_service"]
+__all__ = ["effective_configuration", "log_configuration", "make_registry", "run_service", "run_worker"]
+
+
+def make_registry() -> CollectorRegistry:
+    """The process's registry: the worker's ``spanmetrics_*`` plus the standard process_/python_ ones."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
 
 
 async def run_service(settings: Settings) -> None:
-    """Start a worker, run it until SIGTERM/SIGINT, then let it flush, commit and leave."""
+    """Start a worker and its HTTP port, run until SIGTERM/SIGINT, then let it flush, commit and leave."""
     configure_logging(settings.log)
     log = structlog.get_logger("spanmetrics")
-    log.info("configuration", **_masked(settings))
-    worker = StreamWorker(settings)
+    log_configuration(log, settings)
+    # No *_created series next to every histogram: the process start time is already exported.
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+    registry = make_registry()
+    worker = StreamWorker(settings, metrics=WorkerMetrics(registry))
+    server = None
+    if settings.http.enabled:
+        server = HttpServer(worker, host=settings.http.host, port=settings.http.port, registry=registry)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
         loop.add_signal_handler(sig, worker.request_stop)
     try:
-        await worker.start()
-    except (KafkaConnectionError, RedisError, OSError, SpanmetricsError) as exc:
-        await worker.close()
-        raise SpanmetricsError(f"cannot start: {exc}") from None
-    await worker.run()
+        await run_worker(worker, server)
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
 
 
-def _masked(settings: Settings) -> dict[str, object]:
-    """The effective configuration for the log, secrets shown as '**********'."""
-    dumped = settings.model_dump(mode="json")
-    return {section: dumped[section] for section in ("kafka", "redis", "spanmetrics", "worker")}
+async def run_worker(worker: StreamWorker, server: HttpServer | None) -> None:
+    """Serve ``server`` (if any) for the whole life of ``worker``: start, run until stopped, stop.
+
+    The HTTP port opens before the worker connects, so liveness answers during start-up and
+    readiness says "not yet"; it closes once the worker has flushed and left the group.
+    """
+    if server is not None:
+        try:
+            await server.start()
+        except OSError as exc:
+            await worker.close()
+            raise SpanmetricsError(
+                f"cannot start: http port {server.host}:{server.requested_port}: {exc.strerror or exc}"
+            ) from None
+    try:
+        try:
+            await worker.start()
+        except (KafkaConnectionError, RedisError, OSError, SpanmetricsError) as exc:
+            await worker.close()
+            raise SpanmetricsError(f"cannot start: {exc}") from None
+        await worker.run()
+    finally:
+        if server is not None:
+            await server.stop()
+
+
+def effective_configuration(settings: Settings) -> dict[str, Any]:
+    """Every section of the effective configuration, secrets masked as '**********'.
+
+    SecretStr fields dump masked; the Redis URL (a SecretStr, since it may hold a password) is
+    shown with only its password masked, so the operator still sees which server it is.
+    """
+    dumped: dict[str, Any] = settings.model_dump(mode="json")
+    dumped["redis"]["url"] = redact_url(settings.redis.url.get_secret_value())
+    return dumped
+
+
+def log_configuration(log: Any, settings: Settings) -> None:
+    """The one start-up line with the effective configuration."""
+    log.info("configuration", **effective_configuration(settings))
