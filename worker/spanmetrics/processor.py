@@ -44,7 +44,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from worker.config import Dimension, SpanMetricsConfig, Temporality
 from worker.otlp.values import any_value_to_python, stringify_any_value, stringify_python
-from worker.series import Attributes, MetricDescriptor, MetricKind, Series
+from worker.series import Attributes, MetricDescriptor, MetricKind, Series, merge_series
 from worker.spanmetrics.exphistogram import ExpHistogram
 from worker.spanmetrics.sampling import adjusted_count, stochastic_round
 
@@ -747,9 +747,15 @@ class SpanMetricsProcessor:
                 deltas = result[tenant] = TenantDeltas()
             deltas.resources[resource_id] = accumulator.resource.attributes
             for table in (accumulator.calls, accumulator.duration, accumulator.events):
-                seen: set[int] = set()
+                by_id: dict[str, Series] = {}
                 for series in table.values():
-                    if id(series) not in seen:  # overflow series are shared by many keys
-                        seen.add(id(series))
-                        deltas.series.append(series)
+                    first = by_id.get(series.series_id)
+                    if first is None:
+                        by_id[series.series_id] = series
+                    elif first is not series:
+                        # Two keys, one series: only invalid input (an attribute key repeated
+                        # within a span) gets here. Merge rather than hand the series over twice.
+                        merge_series(first, series, self._exemplars)
+                # Overflow series are shared by many keys: the dict above keeps each once.
+                deltas.series.extend(by_id.values())
         return result

@@ -160,7 +160,11 @@ REFERENCE_CONFIG = {"dimensions": [{"name": "a", "default": "dflt"}, "b"]}
 scalar = st.one_of(
     st.sampled_from(["x", "y", "200", "true", ""]), st.sampled_from([200, 7, True, False, 2.0])
 )
-attribute_lists = st.lists(st.tuples(st.sampled_from(["a", "b", "c", "d", "e"]), scalar), max_size=6)
+# OTLP requires unique keys within a span; repeated keys are covered separately below.
+attribute_lists = st.lists(
+    st.tuples(st.sampled_from(["a", "b", "c", "d", "e"]), scalar), max_size=6, unique_by=lambda kv: kv[0]
+)
+repeated_key_lists = st.lists(st.tuples(st.sampled_from(["a", "b"]), scalar), max_size=8)
 reference_spans = st.tuples(
     st.sampled_from(["op1", "op2"]), st.integers(0, 5), st.integers(0, 2), attribute_lists
 )
@@ -236,3 +240,15 @@ def test_dimension_lookup_matches_the_reference_model(
         out = pipeline.run(reference_request(batch))
         assert produced_calls(out) == expected_calls(batch)
         assert len(points(out, "calls")) == len(expected_calls(batch)), "one point per distinct attribute set"
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(st.just("op1"), st.just(2), st.just(0), repeated_key_lists), min_size=1, max_size=8)
+)
+def test_repeated_attribute_keys_never_double_a_series_or_lose_a_span(specs: list[Any]) -> None:
+    """Invalid input (a key twice in one span): which occurrence wins is not promised, but every
+    span is counted once and no series is handed over twice in a flush."""
+    pipeline = Pipeline({**REFERENCE_CONFIG, "aggregation_temporality": "DELTA"})
+    out = pipeline.run(reference_request([({"service.name": "s1"}, specs)]))
+    assert sum(point.value for point in points(out, "calls")) == len(specs)

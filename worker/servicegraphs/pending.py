@@ -1,0 +1,142 @@
+"""Half-edges waiting for their other side, and their portable form.
+
+An :class:`Edge` is Tempo's ``store.Edge``: one request between two services, filled in from the
+client side (CLIENT or PRODUCER span), the server side (SERVER or CONSUMER span), or both. It is
+stored under ``(trace_id, client span id)`` until both sides are known or its wait runs out.
+
+:func:`encode_pending` / :func:`decode_pending` move the waiting edges of one input partition
+between workers (msgpack). Each edge travels with the wait it has *left*, not an absolute
+deadline: the new owner re-reads the partition from the committed offset, so the time the
+partition spent without an owner must not count against the edges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import msgpack
+
+__all__ = ["FORMAT_VERSION", "Edge", "EdgeKey", "decode_pending", "encode_pending"]
+
+#: (trace_id, client span id): the server side uses its parent span id, so both sides meet here.
+EdgeKey = tuple[bytes, bytes]
+
+#: First element of an exported blob; bumped whenever the row layout changes.
+FORMAT_VERSION = 1
+
+
+class Edge:
+    """One request between two nodes, complete when both service names are known."""
+
+    __slots__ = (
+        "client",
+        "client_end_ns",
+        "client_seconds",
+        "connection_type",
+        "deadline_ns",
+        "dimensions",
+        "failed",
+        "peer",
+        "server",
+        "server_seconds",
+        "server_start_ns",
+    )
+
+    def __init__(self, deadline_ns: int) -> None:
+        #: When the edge gives up waiting for its other side (unix ns, processor clock).
+        self.deadline_ns = deadline_ns
+        #: "" (plain request), "messaging_system", "database" or "virtual_node".
+        self.connection_type = ""
+        self.client = ""
+        self.server = ""
+        self.client_seconds = 0.0
+        self.server_seconds = 0.0
+        #: Producer end and consumer start, for the messaging-system latency.
+        self.client_end_ns = 0
+        self.server_start_ns = 0
+        self.failed = False
+        #: The first peer attribute found on the span: names the virtual node on expiry.
+        self.peer = ""
+        #: Label name -> value of the configured dimensions (None when none are configured).
+        self.dimensions: dict[str, str] | None = None
+
+    def to_row(self, key: EdgeKey, remaining_ns: int) -> list[Any]:
+        return [
+            key[0],
+            key[1],
+            remaining_ns,
+            self.connection_type,
+            self.client,
+            self.server,
+            self.client_seconds,
+            self.server_seconds,
+            self.client_end_ns,
+            self.server_start_ns,
+            self.failed,
+            self.peer,
+            self.dimensions,
+        ]
+
+    @classmethod
+    def from_row(cls, row: list[Any], now_ns: int, max_wait_ns: int) -> tuple[EdgeKey, Edge]:
+        (
+            trace_id,
+            span_id,
+            remaining_ns,
+            connection_type,
+            client,
+            server,
+            client_seconds,
+            server_seconds,
+            client_end_ns,
+            server_start_ns,
+            failed,
+            peer,
+            dimensions,
+        ) = row
+        remaining = min(max(int(remaining_ns), 0), max_wait_ns)
+        edge = cls(now_ns + remaining)
+        edge.connection_type = str(connection_type)
+        edge.client = str(client)
+        edge.server = str(server)
+        edge.client_seconds = float(client_seconds)
+        edge.server_seconds = float(server_seconds)
+        edge.client_end_ns = int(client_end_ns)
+        edge.server_start_ns = int(server_start_ns)
+        edge.failed = bool(failed)
+        edge.peer = str(peer)
+        edge.dimensions = {str(k): str(v) for k, v in dimensions.items()} if dimensions is not None else None
+        return (bytes(trace_id), bytes(span_id)), edge
+
+
+def encode_pending(tenants: Iterable[tuple[str, Iterable[tuple[EdgeKey, Edge]]]], now_ns: int) -> bytes:
+    """``[version, [[tenant, [row, ...]], ...]]`` with each edge's remaining wait at ``now_ns``."""
+    body = [
+        [tenant, [edge.to_row(key, max(edge.deadline_ns - now_ns, 0)) for key, edge in edges]]
+        for tenant, edges in tenants
+    ]
+    packed: bytes = msgpack.packb([FORMAT_VERSION, body], use_bin_type=True)
+    return packed
+
+
+def decode_pending(
+    blob: bytes, now_ns: int, max_wait_ns: int
+) -> list[tuple[str, list[tuple[EdgeKey, Edge]]]]:
+    """The tenants and edges of a blob, deadlines counted from ``now_ns`` (at most ``max_wait_ns`` on).
+
+    Decodes everything before returning, so a damaged blob raises ``ValueError`` and restores
+    nothing rather than half of it.
+    """
+    try:
+        version, body = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise ValueError(f"not a service-graph pending-edge export: {exc}") from None
+    if version != FORMAT_VERSION:
+        raise ValueError(f"unsupported service-graph pending-edge export version {version!r}")
+    try:
+        return [
+            (str(tenant), [Edge.from_row(row, now_ns, max_wait_ns) for row in rows]) for tenant, rows in body
+        ]
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"damaged service-graph pending-edge export: {exc}") from None
