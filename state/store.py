@@ -164,11 +164,13 @@ class RedisStateStore:
         self,
         deltas: Mapping[str, TenantDeltas],
         fences: Mapping[int, tuple[int, int]],
+        pending: Mapping[int, bytes] | None = None,
     ) -> MergeResult:
         """Merge all deltas and advance offsets in one atomic step.
 
-        ``fences`` maps partition -> (fencing token, next offset to apply). Raises FencedError
-        (and changes nothing) when any token is stale.
+        ``fences`` maps partition -> (fencing token, next offset to apply); ``pending`` holds
+        each partition's service-graph half-edges as of those offsets. Raises FencedError (and
+        changes nothing) when any token is stale.
         """
         tenants: list[Any] = []
         total = 0
@@ -206,8 +208,17 @@ class RedisStateStore:
             total += len(series_rows)
             tenants.append([escaped, resource_rows, series_rows, overflow_rows, self.active_series_limit])
         fence_rows = [[str(p), str(token), str(offset)] for p, (token, offset) in sorted(fences.items())]
+        pending_rows = [[str(p), blob] for p, blob in sorted((pending or {}).items()) if p in fences]
         batch = msgpack.packb(
-            [self.keys.prefix, self.keys.topic, fence_rows, tenants, self.max_exemplars, self.exp_max_size],
+            [
+                self.keys.prefix,
+                self.keys.topic,
+                fence_rows,
+                tenants,
+                self.max_exemplars,
+                self.exp_max_size,
+                pending_rows,
+            ],
             use_bin_type=False,  # Lua's cmsgpack does not know the bin type
         )
         reply = await self._merge(args=[batch])
@@ -217,6 +228,14 @@ class RedisStateStore:
         if status != "OK":
             raise StateError(f"unexpected reply from the merge script: {reply!r}")
         return MergeResult(created=int(reply[1]), overflowed=int(reply[2]), series=total)
+
+    async def read_pending(self, partitions: Iterable[int]) -> dict[int, bytes]:
+        """The half-edges saved with each partition's offsets (absent: none pending)."""
+        ordered = sorted(set(partitions))
+        if not ordered:
+            return {}
+        values = await self.client.mget([self.keys.pending_edges(p) for p in ordered])
+        return {p: _bytes(v) for p, v in zip(ordered, values, strict=True) if v}
 
     # ------------------------------------------------------------------ emission
 

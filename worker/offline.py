@@ -21,8 +21,7 @@ from worker.memory_store import MemoryStore
 from worker.otlp.decode import decode_traces_proto
 from worker.otlp.json_codec import traces_from_json
 from worker.otlp.metrics_builder import build_metrics_request
-from worker.series import MetricDescriptor
-from worker.spanmetrics.processor import SpanMetricsProcessor
+from worker.pipeline import Pipeline
 
 __all__ = ["InputFormat", "ProcessResult", "process_documents", "read_documents"]
 
@@ -88,17 +87,22 @@ def process_documents(
     clock: Callable[[], int] = time.time_ns,
     tenant: str = "",
 ) -> ProcessResult:
-    """Run every configured processor over all documents and emit one flush."""
-    processor = SpanMetricsProcessor(settings.spanmetrics, clock=clock)
-    descriptors: dict[str, MetricDescriptor] = {d.name: d for d in processor.descriptors()}
-    store = MemoryStore(settings.spanmetrics.aggregation_temporality, processor.max_exemplars)
+    """Run every configured processor over all documents and emit one flush.
+
+    Service graphs (when enabled) resolve every pending half-edge at the end of the input, as
+    if ``wait`` had passed: nothing more will arrive.
+    """
+    pipeline = Pipeline(settings, clock=clock)
+    descriptors = pipeline.descriptors()
+    store = MemoryStore(settings.spanmetrics.aggregation_temporality, pipeline.max_exemplars)
     tenant = tenant or settings.kafka.default_tenant
     spans = skipped = 0
     for document in documents:
-        stats = processor.consume(document, tenant)
+        stats = pipeline.consume(document, tenant)
         spans += stats.spans
         skipped += stats.skipped_no_service
-    store.apply(processor.take_deltas())
+    pipeline.expire_all()
+    store.apply(pipeline.take_deltas())
     now = clock()
     collected = store.collect(now).get(tenant)
     request = ExportMetricsServiceRequest()

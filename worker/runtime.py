@@ -33,14 +33,17 @@ from worker.emitter import EmitReport, Emitter
 from worker.exceptions import OtlpDecodeError, SpanmetricsError, StateError
 from worker.kafka_clients import make_consumer, make_producer
 from worker.otlp.decode import decode_traces
+from worker.pipeline import Pipeline
 from worker.records import dlq_headers, tenant_of
 from worker.selfmetrics import WorkerMetrics
 from worker.series import MetricDescriptor
-from worker.spanmetrics.processor import SpanMetricsProcessor
 
 __all__ = ["StreamWorker", "WorkerStats", "make_redis"]
 
 _T = TypeVar("_T")
+
+#: How often pending service-graph half-edges are checked against ``wait`` (Tempo: 2 s).
+_EXPIRY_PERIOD = 2.0
 
 log = structlog.get_logger("spanmetrics.worker")
 
@@ -108,8 +111,8 @@ class StreamWorker:
         self.consumer = make_consumer(kafka)
         self.producer = make_producer(kafka)
         self.redis = make_redis(settings.redis)
-        self.processor = SpanMetricsProcessor(settings.spanmetrics)
-        self.descriptors: dict[str, MetricDescriptor] = {d.name: d for d in self.processor.descriptors()}
+        self.pipeline = Pipeline(settings)
+        self.descriptors: dict[str, MetricDescriptor] = self.pipeline.descriptors()
         self.store: RedisStateStore | None = None
         self.emitter: Emitter | None = None
         #: partition -> fencing token, for the partitions this worker owns right now.
@@ -143,7 +146,7 @@ class StreamWorker:
             self.redis,
             KeySpace(self.settings.redis.key_prefix, self.topic),
             slots=self.partitions,
-            max_exemplars=self.processor.max_exemplars,
+            max_exemplars=self.pipeline.max_exemplars,
             exp_max_size=exponential.max_size if exponential else 160,
             active_series_limit=self.settings.worker.max_active_series_per_tenant,
         )
@@ -181,9 +184,14 @@ class StreamWorker:
         interval = self.settings.spanmetrics.metrics_flush_interval
         max_buffered = self.settings.worker.max_buffered_spans
         next_flush = time.monotonic() + interval
+        next_expiry = time.monotonic() + _EXPIRY_PERIOD
         try:
             while not self._stop.is_set():
                 self.last_tick = time.monotonic()
+                if self.last_tick >= next_expiry:
+                    async with self._lock:
+                        self.pipeline.expire(time.time_ns())
+                    next_expiry = self.last_tick + _EXPIRY_PERIOD
                 timeout = max(0.0, min(next_flush - time.monotonic(), 0.5))
                 batch = await self.consumer.getmany(
                     timeout_ms=int(timeout * 1000), max_records=self.settings.kafka.max_poll_records
@@ -259,7 +267,7 @@ class StreamWorker:
                 await self._dead_letter(record, str(exc))
                 continue
             try:
-                consumed = self.processor.consume(request, tenant)
+                consumed = self.pipeline.consume(request, tenant, partition)
             except Exception as exc:  # bad data must never stop the partition
                 await self._dead_letter(record, f"processing failed: {type(exc).__name__}: {exc}")
                 continue
@@ -269,6 +277,8 @@ class StreamWorker:
                 self.stats.drop("no_service_name", consumed.skipped_no_service)
             if consumed.overflowed:
                 self.stats.drop("cardinality_overflow", consumed.overflowed)
+            if consumed.dropped_edges:
+                self.stats.drop("too_many_pending_edges", consumed.dropped_edges)
 
     async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
         """Publish the record unchanged with why and where from; wait for delivery so it is never lost."""
@@ -316,10 +326,11 @@ class StreamWorker:
     async def _merge_step(self) -> dict[int, int] | None:
         """Under the lock: the atomic Redis step. Returns the offsets it covered, None if fenced."""
         assert self.store is not None
-        deltas = self.processor.take_deltas()
+        deltas = self.pipeline.take_deltas()
         progress, self.progress = self.progress, {}
         self._buffered_spans = 0
         fences = {p: (token, progress.get(p, -1)) for p, token in self.tokens.items()}
+        pending = self.pipeline.export_pending(fences)
         if not fences and not deltas:
             return {}
         if not fences:
@@ -330,7 +341,7 @@ class StreamWorker:
         redis_started = time.monotonic()
         store = self.store
         try:
-            result = await self._with_retry(lambda: store.merge(deltas, fences))
+            result = await self._with_retry(lambda: store.merge(deltas, fences, pending))
         except FencedError as exc:
             self.stats.fenced += 1
             self.log.warning(
@@ -389,27 +400,42 @@ class StreamWorker:
         return report
 
     async def _reset_to_redis(self) -> None:
-        """Drop in-memory deltas and re-read ownership: replay from Redis offsets."""
+        """Fenced: drop in-memory state, forget lost partitions, replay the rest from Redis."""
         assert self.store is not None
-        self.processor.take_deltas()
-        self.progress.clear()
         owned = await self.store.owns(self.tokens)
         lost = set(self.tokens) - owned
         for partition in lost:
             self.tokens.pop(partition, None)
+            self.pipeline.drop_partition(partition)
         if lost:
             self.consumer.pause(*(TopicPartition(self.topic, p) for p in lost))
-        await self._seek_to_applied(owned)
+        await self._rewind(owned)
+
+    async def _rewind(self, partitions: Collection[int]) -> None:
+        """Discard what memory holds and resume ``partitions`` from the state saved in Redis.
+
+        Deltas are not kept per partition, so any discard rewinds every partition still owned:
+        their offsets and pending half-edges come back exactly as the last atomic step left them.
+        """
+        self.pipeline.take_deltas()
+        self.progress.clear()
+        self._buffered_spans = 0
+        await self._seek_to_applied(partitions)
 
     async def _seek_to_applied(self, partitions: Collection[int]) -> None:
+        """Seek to the stored offsets and restore the half-edges saved with them."""
         assert self.store is not None
         applied = await self.store.applied_offsets(partitions)
+        pending = await self.store.read_pending(partitions) if self.pipeline.servicegraphs else {}
+        now = time.time_ns()
         for partition in partitions:
+            self.pipeline.drop_partition(partition)
             if partition in applied:
                 self.applied[partition] = applied[partition]
                 self.consumer.seek(TopicPartition(self.topic, partition), applied[partition])
             else:
                 self.applied.pop(partition, None)
+            self.pipeline.restore_pending(partition, pending.get(partition), now)
 
     # ------------------------------------------------------------------ rebalance
 
@@ -428,11 +454,14 @@ class StreamWorker:
         except (TimeoutError, SpanmetricsError, RedisError) as exc:
             self.log.error("flush on revoke failed; new owners replay from Redis", error=str(exc))
             committed = None
-            self.processor.take_deltas()
-            self.progress.clear()
+            kept = set(self.tokens) - set(partitions)
+            async with self._lock:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._rewind(kept)
         for partition in partitions:
             self.tokens.pop(partition, None)
             self.applied.pop(partition, None)
+            self.pipeline.drop_partition(partition)
         if committed:
             await self._commit_to_kafka(committed)
         self.log.info("partitions revoked", partitions=partitions)

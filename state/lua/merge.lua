@@ -2,12 +2,13 @@
 -- record how far each partition is applied, and merge every series delta. Either all of it
 -- happens or none of it does, which is what makes counting exactly-once.
 --
--- ARGV[1] = msgpack {prefix, topic, fences, tenants, max_exemplars, exp_max_size}
+-- ARGV[1] = msgpack {prefix, topic, fences, tenants, max_exemplars, exp_max_size, pending}
 --   fences  = {{partition, token, next_offset}, ...}        (strings: exact for any size)
 --   tenants = {{escaped, resources, series, overflow, limit}, ...}
 --     resources = {{resource_id, attributes_blob}, ...}
 --     series    = {{slot, digest, overflow_index, {meta, first_us, last_us, count, sum, buckets, exp, exemplars}}, ...}
 --     overflow  = {{slot, digest, meta}, ...}  (the series that absorb new ones past the tenant limit)
+--   pending = {{partition, blob}, ...}  service-graph half-edges as of these offsets ('' = none)
 -- Returns {'OK', created, overflowed} or {'FENCED', partition}.
 
 local batch = cmsgpack.unpack(ARGV[1])
@@ -25,6 +26,17 @@ for _, fence in ipairs(fences) do
   local current = redis.call('HGET', offsets_key, fence[1])
   if fence[3] ~= '-1' and (current == false or tonumber(current) < tonumber(fence[3])) then
     redis.call('HSET', offsets_key, fence[1], fence[3])
+  end
+end
+
+-- Half-edges waiting for their other side belong to the offsets just written: saving them in
+-- the same step means a takeover (or a replay after a crash) resumes with exactly them.
+for _, item in ipairs(batch[7] or {}) do
+  local key = prefix .. ':edges:' .. topic .. ':' .. item[1]
+  if #item[2] > 0 then
+    redis.call('SET', key, item[2])
+  else
+    redis.call('DEL', key)
   end
 end
 

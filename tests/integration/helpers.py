@@ -35,8 +35,8 @@ def make_settings(kafka: str, redis: str, name: str, **spanmetrics: object) -> S
     )
 
 
-def traces(count: int, seed: int = 7) -> list[tuple[bytes, ExportTraceServiceRequest]]:
-    generator = TraceGenerator(build_model(services=5, seed=seed), seed=seed)
+def traces(count: int, seed: int = 7, services: int = 5) -> list[tuple[bytes, ExportTraceServiceRequest]]:
+    generator = TraceGenerator(build_model(services=services, seed=seed), seed=seed)
     now = time.time_ns()
     return [generator.trace_request(now) for _ in range(count)]
 

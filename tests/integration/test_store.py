@@ -164,4 +164,6 @@ async def test_a_changed_partition_count_is_refused(redis_client: Redis, unique_
     await RedisStateStore(redis_client, KeySpace(unique_name, "in"), slots=8, max_exemplars=0).check_layout()
     await RedisStateStore(redis_client, KeySpace(unique_name, "in"), slots=8, max_exemplars=0).check_layout()
     with pytest.raises(StateError, match="written for 8 partitions"):
-        await RedisStateStore(redis_client, KeySpace(unique_name, "in"), slots=12, max_exemplars=0).check_layout()
+        await RedisStateStore(
+            redis_client, KeySpace(unique_name, "in"), slots=12, max_exemplars=0
+        ).check_layout()
