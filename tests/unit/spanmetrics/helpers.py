@@ -22,6 +22,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from worker.config import SpanMetricsConfig
 from worker.memory_store import MemoryStore
 from worker.otlp.metrics_builder import build_metrics_request
+from worker.otlp.values import python_to_any_value
 from worker.spanmetrics.processor import ConsumeStats, SpanMetricsProcessor, TenantDeltas
 
 TENANT = "tenant-a"
@@ -59,32 +60,14 @@ class FakeClock:
 
 
 def any_value(value: Any) -> AnyValue:
-    """A Python value as AnyValue (bool before int: bool is an int subclass)."""
+    """A Python value as AnyValue, through the product's own conversion."""
     if isinstance(value, AnyValue):
         return value
-    if isinstance(value, str):
-        return AnyValue(string_value=value)
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        return AnyValue(int_value=value)
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    if isinstance(value, bytes):
-        return AnyValue(bytes_value=value)
-    if isinstance(value, list | tuple):
-        out = AnyValue()
-        out.array_value.SetInParent()
-        for item in value:
-            out.array_value.values.append(any_value(item))
-        return out
-    if isinstance(value, dict):
-        out = AnyValue()
-        out.kvlist_value.SetInParent()
-        for key, item in value.items():
-            out.kvlist_value.values.append(KeyValue(key=key, value=any_value(item)))
-        return out
-    raise TypeError(f"no AnyValue for {value!r}")
+    if not isinstance(value, str | bool | int | float | bytes | list | tuple | dict):
+        raise TypeError(f"no AnyValue for {value!r}")
+    out = AnyValue()
+    python_to_any_value(value, out)
+    return out
 
 
 def key_values(attributes: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> list[KeyValue]:
