@@ -7,11 +7,13 @@ key                             type    holds
 ==============================  ======  ============================================
 ``P:offsets:<topic>``           hash    partition -> next input offset to apply
 ``P:fence:<topic>``             hash    partition -> fencing token of its owner
+``P:batch:<topic>``             hash    partition -> digest of the last merge applied (retry guard)
+``P:slots:<topic>``             string  the slot count the state was written with
+``P:edges:<topic>:<partition>`` string  pending service-graph half-edges of a partition
 ``P:tenants``                   set     escaped tenants that have state
 ``P:t:<T>:r``                   hash    resource id -> msgpack resource attributes
 ``P:t:<T>:s:<slot>``            hash    16-byte series digest -> msgpack series record
 ``P:t:<T>:n``                   string  number of active series (the tenant limit)
-``P:t:<T>:e:<partition>``       string  pending service-graph edges of a partition
 ==============================  ======  ============================================
 
 Tenant values come from a Kafka header, i.e. from outside: they are validated and escaped

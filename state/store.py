@@ -6,12 +6,16 @@ Three operations carry the invariants (see DESIGN.md):
   tokens; a worker that lost a partition (evicted while paused, say) can no longer write for it.
 * :meth:`RedisStateStore.merge` is the flush: in one Lua script it checks the tokens, moves the
   applied offsets, and merges every series delta. All or nothing, so a span counts exactly once.
+  A merge whose reply was lost (a timeout while Redis hung, a dropped connection) may have been
+  applied; its retry is recognised by its content (the batch digest, kept per partition under
+  ``P:batch:<topic>``) and not applied twice.
 * :meth:`RedisStateStore.read_slot` / :meth:`RedisStateStore.after_emit` let the owner of a slot
   emit its series and then trim exemplars, subtract DELTA emissions and expire idle series.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -170,7 +174,8 @@ class RedisStateStore:
 
         ``fences`` maps partition -> (fencing token, next offset to apply); ``pending`` holds
         each partition's service-graph half-edges as of those offsets. Raises FencedError (and
-        changes nothing) when any token is stale.
+        changes nothing) when any token is stale. Idempotent: calling it again with the same
+        arguments (a retry after a lost reply) applies nothing more.
         """
         tenants: list[Any] = []
         total = 0
@@ -221,7 +226,11 @@ class RedisStateStore:
             ],
             use_bin_type=False,  # Lua's cmsgpack does not know the bin type
         )
-        reply = await self._merge(args=[batch])
+        # The digest of the batch identifies a retry: one worker merges one batch at a time for
+        # the partitions it fences, so the previous batch recorded for them is this one only if
+        # this call repeats a merge that was applied but whose reply never arrived.
+        batch_id = hashlib.blake2b(batch, digest_size=16).hexdigest()
+        reply = await self._merge(args=[batch, batch_id])
         status = _text(reply[0])
         if status == "FENCED":
             raise FencedError(int(_text(reply[1])))

@@ -20,7 +20,13 @@ from typing import Any, TypeVar
 
 import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
@@ -28,10 +34,11 @@ from redis.exceptions import RedisError
 
 from state.keys import KeySpace
 from state.store import FencedError, RedisStateStore
-from worker.config import RedisConfig, Settings
+from worker.config import KafkaConfig, RedisConfig, Settings
 from worker.emitter import EmitReport, Emitter
 from worker.exceptions import OtlpDecodeError, SpanmetricsError, StateError
 from worker.kafka_clients import make_consumer, make_producer
+from worker.logs import redact_url
 from worker.otlp.decode import decode_traces
 from worker.pipeline import Pipeline
 from worker.records import dlq_headers, tenant_of
@@ -85,6 +92,17 @@ def make_redis(config: RedisConfig) -> Redis:
     return Redis.from_url(config.url.get_secret_value(), **options)
 
 
+def _kafka_start_problem(config: KafkaConfig, exc: Exception) -> str:
+    """One line for a Kafka client that did not start: which cluster, what went wrong."""
+    where = f"Kafka at {config.bootstrap_servers} ({config.security_protocol})"
+    if config.security_protocol.startswith("SASL") and not isinstance(exc, KafkaConnectionError):
+        return (
+            f"{where}: SASL {config.sasl_mechanism} login as {config.sasl_username!r} failed - check "
+            f"sasl_username, sasl_password and sasl_mechanism ({type(exc).__name__}: {exc})"
+        )
+    return f"{where}: {type(exc).__name__}: {exc}"
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, worker: StreamWorker) -> None:
         self.worker = worker
@@ -135,10 +153,19 @@ class StreamWorker:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        await self.redis.ping()
-        await self.producer.start()
-        self.consumer.subscribe([self.topic], listener=_Rebalance(self))
-        await self.consumer.start()
+        """Connect to Redis and Kafka; a failure is one SpanmetricsError naming the server and
+        the problem (never a secret: the Redis URL's password is masked)."""
+        try:
+            await self.redis.ping()
+        except RedisError as exc:
+            url = redact_url(self.settings.redis.url.get_secret_value())
+            raise SpanmetricsError(f"Redis at {url}: {exc}") from None
+        try:
+            await self.producer.start()
+            self.consumer.subscribe([self.topic], listener=_Rebalance(self))
+            await self.consumer.start()
+        except Exception as exc:  # aiokafka reports a refused SASL login as KeyError & co
+            raise SpanmetricsError(_kafka_start_problem(self.settings.kafka, exc)) from None
         self.partitions = await self._partition_count()
         spanmetrics = self.settings.spanmetrics
         exponential = spanmetrics.histogram.exponential
@@ -285,9 +312,20 @@ class StreamWorker:
         self.stats.dlq += 1
         self.stats.drop("undecodable")
         headers = dlq_headers(record.headers, reason, record.topic, record.partition, record.offset)
-        await self.producer.send_and_wait(
-            self.settings.kafka.dlq_topic, record.value, key=record.key, headers=headers
-        )
+        # A record needs a key or a value (a keyless tombstone is forwarded with an empty value).
+        value = record.value if record.value is not None or record.key is not None else b""
+        try:
+            await self.producer.send_and_wait(
+                self.settings.kafka.dlq_topic, value, key=record.key, headers=headers
+            )
+        except (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError):
+            # Too large to forward (for our producer or for the broker): failing here would stop
+            # the partition for good (the record comes back after every restart). Say where it
+            # is and why, without the value and the original headers.
+            size = len(record.value or b"") + sum(len(k) + len(v or b"") for k, v in record.headers or ())
+            reason = f"{reason}; not forwarded: the record ({size} bytes) is too large for the DLQ topic"
+            headers = dlq_headers(None, reason, record.topic, record.partition, record.offset)
+            await self.producer.send_and_wait(self.settings.kafka.dlq_topic, b"", headers=headers)
         self.log.warning(
             "record sent to the dead-letter topic",
             partition=record.partition,
@@ -386,13 +424,34 @@ class StreamWorker:
 
     async def _emit(self) -> EmitReport | None:
         assert self.store is not None and self.emitter is not None
+        store = self.store
         tokens = dict(self.tokens)
+        recheck_after = self.settings.kafka.heartbeat_interval
         try:
-            owned = await self.store.owns(tokens)
-            report = await self.emitter.emit(owned, time.time_ns())
+            owned = await store.owns(tokens)
+            checked = time.monotonic()
+
+            async def still_owned(slot: int) -> bool:
+                # Revoked or fenced meanwhile; or this process stood still for longer than a
+                # heartbeat (frozen, SIGSTOP, a long pause), so the group may have moved the
+                # slot: ask Redis again before publishing it.
+                nonlocal owned, checked
+                if self.tokens.get(slot) != tokens.get(slot):
+                    return False
+                if time.monotonic() - checked > recheck_after:
+                    owned = await store.owns(tokens)
+                    checked = time.monotonic()
+                return slot in owned
+
+            report = await self.emitter.emit(owned, time.time_ns(), still_owned=still_owned)
         except (RedisError, OSError, KafkaError) as exc:
             self.log.warning("emission failed; it is retried at the next flush", error=str(exc))
             return None
+        if report.skipped:
+            self.log.warning("slots lost during the emission were not published", slots=report.skipped)
+        if report.too_large:
+            self.stats.drop("output_record_too_large", report.too_large)
+            self.log.warning("output records too large to publish were skipped", records=report.too_large)
         self.stats.emitted_series += report.series
         self.stats.emitted_records += report.records
         self.stats.emitted_bytes += report.bytes

@@ -9,7 +9,10 @@
 --     series    = {{slot, digest, overflow_index, {meta, first_us, last_us, count, sum, buckets, exp, exemplars}}, ...}
 --     overflow  = {{slot, digest, meta}, ...}  (the series that absorb new ones past the tenant limit)
 --   pending = {{partition, blob}, ...}  service-graph half-edges as of these offsets ('' = none)
--- Returns {'OK', created, overflowed} or {'FENCED', partition}.
+-- ARGV[2] = digest of ARGV[1]: the batch id. It is recorded for every fenced partition under
+--   P:batch:<topic>; a batch whose id is already recorded there was applied and its reply lost
+--   (the caller timed out and retried), so it is acknowledged without being applied again.
+-- Returns {'OK', created, overflowed} (also for such a repeat, with 0, 0) or {'FENCED', partition}.
 
 local batch = cmsgpack.unpack(ARGV[1])
 local prefix, topic, fences, tenants = batch[1], batch[2], batch[3], batch[4]
@@ -20,6 +23,16 @@ local offsets_key = prefix .. ':offsets:' .. topic
 for _, fence in ipairs(fences) do
   if redis.call('HGET', fence_key, fence[1]) ~= fence[2] then
     return {'FENCED', fence[1]}
+  end
+end
+local batch_key = prefix .. ':batch:' .. topic
+local batch_id = ARGV[2]
+if batch_id and #fences > 0 then
+  if redis.call('HGET', batch_key, fences[1][1]) == batch_id then
+    return {'OK', 0, 0}
+  end
+  for _, fence in ipairs(fences) do
+    redis.call('HSET', batch_key, fence[1], batch_id)
   end
 end
 for _, fence in ipairs(fences) do

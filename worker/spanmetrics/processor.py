@@ -78,10 +78,21 @@ _OVERFLOW_KEY: tuple[Any, ...] = ("\x00overflow",)
 _KEY_SEPARATOR = "\x1e"
 #: A remembered attribute position that never matches (no span has this many attributes).
 _NO_POSITION = 1 << 62
+#: The most one span counts for. The sampling threshold allows 2^56 (a probability of 2^-56);
+#: counted as that, 128 such spans overflow an int64 counter (Redis scripts wrap it negative).
+#: Capped at about one in a million, the practical floor of probability sampling.
+_MAX_WEIGHT = float(1 << 20)
+#: The latest time state can keep exactly (2^53 microseconds, in 2255): exemplars of spans that
+#: claim to end later (or at 0) carry the time the worker saw them instead.
+_MAX_TIME_NS = (1 << 53) * 1000
 #: Series attributes and ids kept across intervals when ``dimensions_cache_size`` is not set.
 _DEFAULT_TEMPLATE_CACHE_SIZE = 10_000
 #: Serialized span attributes (KeyValue) whose key and key string are remembered.
 _ATTRIBUTE_CACHE_SIZE = 1 << 16
+#: Larger attributes (and resources) are not cached: the caches' memory stays bounded by their
+#: entry counts times this, whatever the size of the values that come in.
+_CACHE_ENTRY_MAX_BYTES = 1024
+_RESOURCE_CACHE_ENTRY_MAX_BYTES = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -296,9 +307,10 @@ class SpanMetricsProcessor:
             self._resources.move_to_end(cache_key)
             return cached if cached.service_name is not None else None
         entry = self._build_resource(resource)
-        self._resources[cache_key] = entry
-        if len(self._resources) > self._resource_cache_size:
-            self._resources.popitem(last=False)
+        if len(cache_key) <= _RESOURCE_CACHE_ENTRY_MAX_BYTES:
+            self._resources[cache_key] = entry
+            if len(self._resources) > self._resource_cache_size:
+                self._resources.popitem(last=False)
         return entry if entry.service_name is not None else None
 
     def _build_resource(self, resource: Resource) -> _Resource:
@@ -345,7 +357,7 @@ class SpanMetricsProcessor:
     def _weight(self, tracestate: str) -> int:
         weight = self._tracestate_weights.get(tracestate)
         if weight is None:
-            weight = adjusted_count(tracestate)
+            weight = min(adjusted_count(tracestate), _MAX_WEIGHT)
             if len(self._tracestate_weights) < 1024:
                 self._tracestate_weights[tracestate] = weight
         return stochastic_round(weight, self._uniform) if not weight.is_integer() else int(weight)
@@ -486,7 +498,8 @@ class SpanMetricsProcessor:
             if max_exemplars:
                 trace_id = span.trace_id
                 if trace_id:
-                    exemplar = (trace_id, span.span_id, duration, end or now)
+                    # Past 2255 a time no longer survives Redis (microseconds in Lua doubles).
+                    exemplar = (trace_id, span.span_id, duration, end if 0 < end < _MAX_TIME_NS else now)
                     if len(series.exemplars) < max_exemplars:
                         series.exemplars.append(exemplar)
                     if histogram is not None and len(histogram.exemplars) < max_exemplars:
@@ -500,6 +513,8 @@ class SpanMetricsProcessor:
     def _remember_attribute(self, serialized: bytes, kv: Any) -> tuple[str, str]:
         value = kv.value
         entry = (kv.key, value.string_value or _value_string(value))
+        if len(serialized) > _CACHE_ENTRY_MAX_BYTES:
+            return entry
         if len(self._attribute_strings) >= _ATTRIBUTE_CACHE_SIZE:
             self._attribute_strings.clear()
         self._attribute_strings[serialized] = entry
@@ -758,4 +773,10 @@ class SpanMetricsProcessor:
                         merge_series(first, series, self._exemplars)
                 # Overflow series are shared by many keys: the dict above keeps each once.
                 deltas.series.extend(by_id.values())
+        if len(self._admitted) > 4 * self._resource_cache_size:
+            # The cardinality limit is per resource, as long as the resource is cached (as
+            # upstream, whose per-resource state leaves with the resource): forget the series
+            # admitted for evicted resources, or this grows with every resource ever seen.
+            cached = {entry.resource_id for entry in self._resources.values()}
+            self._admitted = {key: keys for key, keys in self._admitted.items() if key[1] in cached}
         return result
