@@ -14,6 +14,13 @@ CPU frequency drift and cache effects from favouring one side.
 
     python bench/aggregate.py [--spans 1000] [--batches 8] [--rounds 15] [--json]
     python bench/aggregate.py --profile        # pyinstrument profile of (b), printed after the figures
+
+``--traces N`` replaces the batches by the end-to-end benchmark's load: N records of one trace
+each (about 5.5 spans, from ``worker.loadgen``, dimensions ``http.request.method`` and
+``http.response.status_code``). ``--pipeline`` aggregates with ``worker.pipeline.Pipeline``, span
+metrics plus service graphs, as the worker does. ``--join N`` decodes N consecutive records in
+one ``FromString`` call in (b) (protobuf concatenation merges the requests), as the worker's
+record handler does; (a) always decodes record by record.
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationSc
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-from worker.config import SpanMetricsConfig
+from worker.config import Settings, SpanMetricsConfig
+from worker.pipeline import Pipeline
 from worker.spanmetrics.processor import SpanMetricsProcessor
 
 TARGET_RATIO = 0.25
@@ -147,6 +155,52 @@ def make_config() -> SpanMetricsConfig:
     )
 
 
+TRACE_DIMENSIONS = [{"name": "http.request.method"}, {"name": "http.response.status_code"}]
+
+
+def build_traces(traces: int, seed: int = 7) -> list[bytes]:
+    """The end-to-end benchmark's records: one serialized trace each."""
+    from worker.loadgen.model import TraceGenerator, build_model
+
+    generator = TraceGenerator(build_model(services=6, seed=seed), seed=seed)
+    now = BASE_NS
+    return [generator.trace_request(now)[1].SerializeToString() for _ in range(traces)]
+
+
+def make_settings(traces: bool) -> Settings:
+    dimensions = TRACE_DIMENSIONS if traces else make_config().model_dump()["dimensions"]
+    return Settings.model_validate(
+        {"spanmetrics": {"dimensions": dimensions}, "servicegraphs": {"enabled": True}}
+    )
+
+
+def make_pipeline_run(
+    pipeline: Pipeline, join: int, series_seen: list[int] | None = None
+) -> Callable[[list[bytes]], None]:
+    """Decode (``join`` records per call) and consume with the whole pipeline."""
+
+    def decode_and_aggregate(payloads: list[bytes]) -> None:
+        from_string = ExportTraceServiceRequest.FromString
+        consume = pipeline.consume
+        if join > 1:
+            # As the worker's record handler: each record checked, then joined.
+            from worker.otlp.decode import is_plain_request
+
+            for start in range(0, len(payloads), join):
+                run = payloads[start : start + join]
+                if all([is_plain_request(payload) for payload in run]):
+                    consume(from_string(b"".join(run)), "tenant", 0)
+        else:
+            for payload in payloads:
+                consume(from_string(payload), "tenant", 0)
+        pipeline.expire(BASE_NS * 2)
+        if series_seen is not None:
+            series_seen.append(pipeline.spanmetrics.pending_series())
+        pipeline.take_deltas()
+
+    return decode_and_aggregate
+
+
 def decode_only(payloads: list[bytes]) -> None:
     from_string = ExportTraceServiceRequest.FromString
     for payload in payloads:
@@ -174,12 +228,32 @@ def timed(function: Callable[[list[bytes]], None], payloads: list[bytes]) -> flo
     return time.perf_counter() - start
 
 
-def run(spans: int, batches: int, rounds: int, warmup: int) -> dict[str, Any]:
-    payloads = [build_batch(spans, seed) for seed in range(batches)]
+def run(
+    spans: int,
+    batches: int,
+    rounds: int,
+    warmup: int,
+    *,
+    traces: int = 0,
+    pipeline: bool = False,
+    join: int = 1,
+) -> dict[str, Any]:
+    if traces:
+        payloads = build_traces(traces)
+        batches = len(payloads)
+    else:
+        payloads = [build_batch(spans, seed) for seed in range(batches)]
     total_spans = sum(count_spans(p) for p in payloads)
-    processor = SpanMetricsProcessor(make_config())
     series_seen: list[int] = []
-    aggregate = make_decode_and_aggregate(processor, series_seen)
+    if pipeline or traces or join > 1:
+        settings = make_settings(bool(traces))
+        if not pipeline:
+            settings = settings.model_copy(
+                update={"servicegraphs": settings.servicegraphs.model_copy(update={"enabled": False})}
+            )
+        aggregate = make_pipeline_run(Pipeline(settings), join, series_seen)
+    else:
+        aggregate = make_decode_and_aggregate(SpanMetricsProcessor(make_config()), series_seen)
 
     for _ in range(warmup):
         decode_only(payloads)
@@ -210,6 +284,9 @@ def run(spans: int, batches: int, rounds: int, warmup: int) -> dict[str, Any]:
         "batch_bytes": round(statistics.mean(len(p) for p in payloads)),
         "rounds": rounds,
         "series_per_round": max(series_seen),
+        "load": f"{traces} trace records" if traces else f"{batches} batches",
+        "servicegraphs": pipeline,
+        "join": join,
         "decode_spans_per_s": round(decode_median),
         "decode_aggregate_spans_per_s": round(aggregate_median),
         "ratio": round(aggregate_median / decode_median, 4),
@@ -231,11 +308,22 @@ def _protobuf_backend() -> str:
         return "unknown"
 
 
-def profile(spans: int, batches: int, rounds: int) -> str:
+def profile(
+    spans: int, batches: int, rounds: int, traces: int = 0, pipeline: bool = False, join: int = 1
+) -> str:
     from pyinstrument import Profiler
 
-    payloads = [build_batch(spans, seed) for seed in range(batches)]
-    aggregate = make_decode_and_aggregate(SpanMetricsProcessor(make_config()))
+    if traces or pipeline or join > 1:
+        payloads = build_traces(traces) if traces else [build_batch(spans, seed) for seed in range(batches)]
+        settings = make_settings(bool(traces))
+        if not pipeline:
+            settings = settings.model_copy(
+                update={"servicegraphs": settings.servicegraphs.model_copy(update={"enabled": False})}
+            )
+        aggregate = make_pipeline_run(Pipeline(settings), join)
+    else:
+        payloads = [build_batch(spans, seed) for seed in range(batches)]
+        aggregate = make_decode_and_aggregate(SpanMetricsProcessor(make_config()))
     aggregate(payloads)
     profiler = Profiler(interval=0.0005)
     profiler.start()
@@ -251,6 +339,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=8, help="distinct batches per round (default 8)")
     parser.add_argument("--rounds", type=int, default=15, help="measured rounds (default 15)")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured rounds first (default 2)")
+    parser.add_argument(
+        "--traces", type=int, default=0, help="use N one-trace records (the e2e load) instead of batches"
+    )
+    parser.add_argument(
+        "--pipeline", action="store_true", help="aggregate with Pipeline: span metrics + service graphs"
+    )
+    parser.add_argument("--join", type=int, default=1, help="records decoded per FromString call in (b)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.add_argument(
         "--profile", action="store_true", help="also profile decode+aggregate with pyinstrument"
@@ -259,14 +354,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.spans < len(SERVICES) or args.batches < 1 or args.rounds < 1:
         parser.error(f"--spans must be at least {len(SERVICES)}; --batches and --rounds at least 1")
 
-    result = run(args.spans, args.batches, args.rounds, args.warmup)
+    result = run(
+        args.spans,
+        args.batches,
+        args.rounds,
+        args.warmup,
+        traces=args.traces,
+        pipeline=args.pipeline,
+        join=max(1, args.join),
+    )
     if args.json:
         print(json.dumps(result))
     else:
         print(
             f"{result['batches']} batches x {result['spans_per_batch']} spans "
             f"({result['batch_bytes']} bytes each), {result['series_per_round']} series per round, "
-            f"{result['rounds']} rounds, "
+            f"{result['rounds']} rounds, servicegraphs={result['servicegraphs']}, join={result['join']}, "
             f"Python {result['python']}, protobuf {result['protobuf']}"
         )
         print(f"(a) decode only:        {result['decode_spans_per_s']:>12,} spans/s (median)")
@@ -274,7 +377,17 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "meets" if result["meets_target"] else "BELOW"
         print(f"ratio (b)/(a):          {result['ratio']:>12.3f}   ({verdict} target {TARGET_RATIO})")
     if args.profile:
-        print(profile(args.spans, args.batches, max(1, args.rounds // 3)), file=sys.stderr)
+        print(
+            profile(
+                args.spans,
+                args.batches,
+                max(1, args.rounds // 3),
+                args.traces,
+                args.pipeline,
+                max(1, args.join),
+            ),
+            file=sys.stderr,
+        )
     return 0
 
 

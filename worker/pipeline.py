@@ -15,7 +15,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from worker.config import Settings
 from worker.series import MetricDescriptor
 from worker.servicegraphs.processor import ServiceGraphsProcessor
-from worker.spanmetrics.processor import SpanMetricsProcessor, TenantDeltas
+from worker.spanmetrics.processor import SpanMetricsProcessor, TenantDeltas, group_request
 
 __all__ = ["Pipeline", "PipelineStats", "merge_deltas"]
 
@@ -63,12 +63,14 @@ class Pipeline:
         return {d.name: d for d in described}
 
     def consume(self, request: ExportTraceServiceRequest, tenant: str, partition: int = 0) -> PipelineStats:
-        spans = self.spanmetrics.consume(request, tenant)
+        # The request's resources and spans are read once for both processors.
+        groups = group_request(request)
+        spans = self.spanmetrics.consume(request, tenant, groups=groups)
         stats = PipelineStats(
             spans=spans.spans, skipped_no_service=spans.skipped_no_service, overflowed=spans.overflowed
         )
         if self.servicegraphs is not None:
-            graphs = self.servicegraphs.consume(request, tenant, partition)
+            graphs = self.servicegraphs.consume(request, tenant, partition, groups=groups)
             stats.edges = graphs.edges
             stats.dropped_edges = graphs.dropped
         return stats

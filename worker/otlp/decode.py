@@ -9,15 +9,19 @@ not parse as JSON and starts with ``0x0a`` is tried as protobuf before it is ref
 
 from __future__ import annotations
 
+import re
+
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from worker.exceptions import OtlpDecodeError
 from worker.otlp.json_codec import traces_from_json
 
-__all__ = ["decode_traces", "decode_traces_proto"]
+__all__ = ["decode_traces", "decode_traces_proto", "is_plain_request"]
 
 _PROTOBUF_FIRST_BYTE = 0x0A
+#: What ``bytes.lstrip()`` strips: ASCII whitespace, as ``bytes.isspace`` defines it.
+_FIRST_NON_SPACE = re.compile(rb"[^ \t\n\r\x0b\x0c]")
 
 
 def decode_traces_proto(data: bytes) -> ExportTraceServiceRequest:
@@ -30,9 +34,21 @@ def decode_traces_proto(data: bytes) -> ExportTraceServiceRequest:
     return request
 
 
+def _looks_like_json(data: bytes) -> bool:
+    """Whether the first byte after whitespace is ``{``, without copying the record.
+
+    (``data.lstrip()`` would copy it: a protobuf record starts with 0x0a, a newline.)
+    """
+    first = data[:1]
+    if first.isspace():
+        match = _FIRST_NON_SPACE.search(data)
+        first = data[match.start() : match.start() + 1] if match else b""
+    return first == b"{"
+
+
 def decode_traces(data: bytes) -> ExportTraceServiceRequest:
     """Decode a record value as OTLP/JSON when it looks like JSON, else as protobuf."""
-    if data.lstrip()[:1] != b"{":
+    if not _looks_like_json(data):
         return decode_traces_proto(data)
     try:
         return traces_from_json(data)
@@ -40,3 +56,33 @@ def decode_traces(data: bytes) -> ExportTraceServiceRequest:
         if data[0] != _PROTOBUF_FIRST_BYTE:
             raise
     return decode_traces_proto(data)
+
+
+def is_plain_request(data: bytes) -> bool:
+    """True when ``data`` is protobuf made of whole ``resource_spans`` fields and nothing else.
+
+    Such records can be decoded together, ``decode_traces_proto(b"".join(records))``: the
+    concatenation parses as the records' ``resource_spans`` one after the other, and a damaged
+    value inside one of them fails the joined parse too (a sub-message never reads past its own
+    length). A record that does not end where its last field ends, carries any other field, or
+    would be tried as JSON first is not plain: it is decoded on its own.
+    """
+    size = len(data)
+    position = 0
+    while position < size:
+        if data[position] != _PROTOBUF_FIRST_BYTE:
+            return False
+        position += 1
+        length = 0
+        shift = 0
+        while True:
+            if position >= size or shift > 28:
+                return False
+            byte = data[position]
+            position += 1
+            length |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                break
+            shift += 7
+        position += length
+    return position == size and not _looks_like_json(data)

@@ -102,6 +102,22 @@ def _framed_value(blob: bytes, index: int, token_length: int) -> str | None:
 
     Before the token: ``0x4a`` and the KeyValue's length (a varint, its last byte below 0x80).
     """
+    # The common case first: a short string attribute, every length one byte (below 0x80).
+    if index >= 2 and blob[index - 2] == _ATTRIBUTE_TAG:
+        end = index + blob[index - 1]
+        position = index + token_length
+        if (
+            blob[index - 1] < 0x80
+            and position + 4 <= end <= len(blob)
+            and blob[position] == _VALUE_TAG
+            and blob[position + 1] == end - position - 2
+            and blob[position + 2] == _STRING_TAG
+            and blob[position + 3] == end - position - 4
+        ):
+            try:
+                return blob[position + 4 : end].decode("utf-8")
+            except UnicodeDecodeError:
+                raise _Mismatch from None
     if index < 2 or blob[index - 1] >= 0x80:
         return None
     start = index - 2

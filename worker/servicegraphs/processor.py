@@ -62,7 +62,7 @@ from worker.series import Attributes, MetricDescriptor, MetricKind, Series
 from worker.servicegraphs.attributes import attribute_token, find_attribute
 from worker.servicegraphs.labels import sanitize_label_name, tempo_string
 from worker.servicegraphs.pending import Edge, EdgeKey, decode_pending, encode_pending
-from worker.spanmetrics.processor import TenantDeltas
+from worker.spanmetrics.processor import ResourceGroup, TenantDeltas, group_request
 
 __all__ = [
     "CONNECTION_DATABASE",
@@ -269,9 +269,17 @@ class ServiceGraphsProcessor:
     # ------------------------------------------------------------------ consume
 
     def consume(
-        self, request: ExportTraceServiceRequest, tenant: str, partition: int = 0
+        self,
+        request: ExportTraceServiceRequest,
+        tenant: str,
+        partition: int = 0,
+        *,
+        groups: list[ResourceGroup] | None = None,
     ) -> ServiceGraphStats:
-        """Pair the edge spans of one OTLP request with what ``partition`` already holds for ``tenant``."""
+        """Pair the edge spans of one OTLP request with what ``partition`` already holds for ``tenant``.
+
+        ``groups`` is ``group_request(request)`` when the caller already has it.
+        """
         stats = ServiceGraphStats()
         now = self._clock()
         by_tenant = self._pending.get(partition)
@@ -282,15 +290,13 @@ class ServiceGraphsProcessor:
             edges = by_tenant[tenant] = {}
         capacity = self._max_items - self._pending_elsewhere(tenant, partition)
         interval = self._interval(tenant)
-        for resource_spans in request.resource_spans:
-            resource = self._resource(resource_spans.resource)
+        for resource_message, cache_key, scopes in group_request(request) if groups is None else groups:
+            resource = self._resource(resource_message, cache_key)
             if resource.service is None:
-                stats.skipped_no_service += sum(len(ss.spans) for ss in resource_spans.scope_spans)
+                stats.skipped_no_service += sum(len(spans) for _, spans in scopes)
                 continue
-            for scope_spans in resource_spans.scope_spans:
-                spans = scope_spans.spans
-                if spans:
-                    self._observe(spans, resource, edges, capacity, interval, now, stats)
+            for _, spans in scopes:
+                self._observe(spans, resource, edges, capacity, interval, now, stats)
         return stats
 
     def _observe(
@@ -369,7 +375,7 @@ class ServiceGraphsProcessor:
         database = None
         for name, token in self._database_attributes:
             database = resource_values.get(name)
-            if database is None:
+            if database is None and token in blob:
                 database = find_attribute(span, blob, token, name)
             if database is not None:
                 break
@@ -379,12 +385,12 @@ class ServiceGraphsProcessor:
             server = None
             for name, token in self._database_servers:
                 server = resource_values.get(name)
-                if server is None:
+                if server is None and token in blob:
                     server = find_attribute(span, blob, token, name)
                 if server is not None:
                     if name == _NETWORK_PEER_ADDRESS:
                         port = resource_values.get(_NETWORK_PEER_PORT)
-                        if port is None:
+                        if port is None and self._port_token in blob:
                             port = find_attribute(span, blob, self._port_token, _NETWORK_PEER_PORT)
                         if port is not None:
                             server = server + ":" + port
@@ -420,7 +426,8 @@ class ServiceGraphsProcessor:
     def _set_peer(self, edge: Edge, span: Any, blob: bytes) -> None:
         """Tempo's ``upsertPeerNode``: the first peer attribute of the span (never the resource)."""
         for name, token in self._peer_attributes:
-            value = find_attribute(span, blob, token, name)
+            # A key absent from the bytes is absent from the span: no call needed to know it.
+            value = find_attribute(span, blob, token, name) if token in blob else None
             if value is not None:
                 edge.peer = value
                 return
@@ -437,7 +444,7 @@ class ServiceGraphsProcessor:
             if label is None:
                 continue
             value = resource_values.get(name)
-            if value is None:
+            if value is None and token in blob:
                 value = find_attribute(span, blob, token, name)
             if value is not None:
                 dimensions[label] = value
@@ -672,9 +679,9 @@ class ServiceGraphsProcessor:
             interval = self._intervals[tenant] = _Interval()
         return interval
 
-    def _resource(self, resource: Resource) -> _Resource:
-        # Serialization is one C call; the lookups below are Python-level reads per attribute.
-        cache_key = resource.SerializeToString()
+    def _resource(self, resource: Resource, cache_key: bytes) -> _Resource:
+        # ``cache_key`` is the serialized resource (one C call); the lookups below are
+        # Python-level reads per attribute.
         entry = self._resources.get(cache_key)
         if entry is None:
             entry = self._build_resource(resource)

@@ -11,7 +11,11 @@ protobuf runtime, decoding a span costs about 0.5 us and every field read from P
 * per span the configured dimensions are read where they were found in the previous span of the
   same resource and scope (instrumentations write attributes in a fixed order), and the guess is
   checked; when it misses, one pass over the span's attributes finds them (first occurrence wins)
-  and updates the guess. A guessed attribute is serialized (one C call) and its key and string
+  and updates the guess. A dimension the previous span lacked is checked for absence first: the
+  span is serialized (one C call) and searched for the attribute's key field, which every
+  encoding of such an attribute contains; only when it is there are the attributes walked. (Spans
+  without the configured dimensions, e.g. database or internal spans next to HTTP dimensions, are
+  common.) A guessed attribute is serialized (one C call) and its key and string
   form come from a cache of serialized attributes, which is cheaper than reading its key and
   value from Python. (OTLP requires unique attribute keys; for invalid input with a repeated key,
   a correct guess may pick a later occurrence than the first.)
@@ -53,8 +57,10 @@ __all__ = [
     "SPAN_KIND_NAMES",
     "STATUS_CODE_NAMES",
     "ConsumeStats",
+    "ResourceGroup",
     "SpanMetricsProcessor",
     "TenantDeltas",
+    "group_request",
     "resource_identity",
 ]
 
@@ -153,9 +159,45 @@ def resource_identity(
     return tuple(pairs)
 
 
+#: One ``ResourceSpans`` read once for every processor: the resource, its serialized bytes (the
+#: processors' resource cache key) and its non-empty scopes with their spans: the resource is
+#: serialized and the message tree down to the spans walked from Python only once.
+ResourceGroup = tuple[Resource, bytes, list[tuple[InstrumentationScope, Sequence[Span]]]]
+
+
+def group_request(request: ExportTraceServiceRequest) -> list[ResourceGroup]:
+    """The request's resources and spans, read once (see :data:`ResourceGroup`)."""
+    groups: list[ResourceGroup] = []
+    for resource_spans in request.resource_spans:
+        resource = resource_spans.resource
+        scopes = [
+            (scope_spans.scope, spans)
+            for scope_spans in resource_spans.scope_spans
+            if (spans := scope_spans.spans)
+        ]
+        groups.append((resource, resource.SerializeToString(), scopes))
+    return groups
+
+
 def _resource_id(identity: tuple[tuple[str, str], ...]) -> str:
     text = _KEY_SEPARATOR.join(f"{k}={v}" for k, v in identity)
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+def _key_token(name: str) -> bytes:
+    """A KeyValue's key field on the wire, ``0x0a <varint length> <utf-8 key>``.
+
+    Every serialization of an attribute with this key contains these bytes, so a serialized span
+    without them has no such attribute (the converse does not hold: values may contain them).
+    """
+    encoded = name.encode("utf-8", "surrogatepass")
+    length = len(encoded)
+    varint = bytearray()
+    while length >= 0x80:
+        varint.append((length & 0x7F) | 0x80)
+        length >>= 7
+    varint.append(length)
+    return b"\x0a" + bytes(varint) + encoded
 
 
 def _value_string(value: AnyValue) -> str:
@@ -212,6 +254,8 @@ class SpanMetricsProcessor:
         for dimension in span_dimensions:
             self._dimension_index.setdefault(dimension.name, len(self._dimension_index))
         self._slot_names: tuple[str, ...] = tuple(self._dimension_index)
+        #: per slot, the bytes every serialized attribute with that key contains (see _key_token).
+        self._slot_tokens: tuple[bytes, ...] = tuple(_key_token(name) for name in self._slot_names)
         self._dimension_defaults: list[AnyValue | None] = [None] * len(self._dimension_index)
         for dimension in span_dimensions:
             if dimension.default is not None:
@@ -276,14 +320,24 @@ class SpanMetricsProcessor:
 
     # ------------------------------------------------------------------ consume
 
-    def consume(self, request: ExportTraceServiceRequest, tenant: str) -> ConsumeStats:
-        """Aggregate every span of one OTLP request into the current interval's deltas."""
+    def consume(
+        self,
+        request: ExportTraceServiceRequest,
+        tenant: str,
+        *,
+        groups: list[ResourceGroup] | None = None,
+    ) -> ConsumeStats:
+        """Aggregate every span of one OTLP request into the current interval's deltas.
+
+        ``groups`` is ``group_request(request)`` when the caller already has it (the pipeline
+        reads the request once for all processors).
+        """
         stats = ConsumeStats()
         now = self._clock()
-        for resource_spans in request.resource_spans:
-            resource = self._resource(resource_spans.resource)
+        for resource_message, cache_key, scopes in group_request(request) if groups is None else groups:
+            resource = self._resource(resource_message, cache_key)
             if resource is None:
-                stats.skipped_no_service += sum(len(ss.spans) for ss in resource_spans.scope_spans)
+                stats.skipped_no_service += sum(len(spans) for _, spans in scopes)
                 continue
             # Resources that differ only outside resource_metrics_key_attributes share one
             # accumulator (and the first one's attributes), but keep their own service name and
@@ -291,17 +345,14 @@ class SpanMetricsProcessor:
             accumulator = self._pending.get((tenant, resource.resource_id))
             if accumulator is None:
                 accumulator = self._pending[(tenant, resource.resource_id)] = _Accumulator(resource)
-            for scope_spans in resource_spans.scope_spans:
-                spans = scope_spans.spans
-                if spans:
-                    scope = scope_spans.scope
-                    self._observe_spans(tenant, accumulator, resource, spans, scope, now, stats)
-                    stats.spans += len(spans)
+            for scope, spans in scopes:
+                self._observe_spans(tenant, accumulator, resource, spans, scope, now, stats)
+                stats.spans += len(spans)
         return stats
 
-    def _resource(self, resource: Resource) -> _Resource | None:
-        # Serialization is one C call; the cached work below is dozens of Python-level reads.
-        cache_key = resource.SerializeToString()
+    def _resource(self, resource: Resource, cache_key: bytes) -> _Resource | None:
+        # ``cache_key`` is the serialized resource: one C call; the cached work below is dozens
+        # of Python-level reads.
         cached = self._resources.get(cache_key)
         if cached is not None:
             self._resources.move_to_end(cache_key)
@@ -382,6 +433,7 @@ class SpanMetricsProcessor:
             self._include_status,
         )
         slot_names = self._slot_names
+        slot_tokens = self._slot_tokens
         slot_count = len(slot_names)
         slot_range = range(slot_count)
         only_base_slots = self._only_base_slots
@@ -430,6 +482,7 @@ class SpanMetricsProcessor:
                 attributes = span.attributes
                 size = len(attributes)
                 strings: list[str | None] = fallback.copy()
+                blob = None
                 for slot in slot_range:
                     position = positions[slot]
                     if position < size:
@@ -440,6 +493,12 @@ class SpanMetricsProcessor:
                             entry = remember(serialized, kv)
                         if entry[0] == slot_names[slot]:
                             strings[slot] = entry[1]
+                            continue
+                    elif position == _NO_POSITION:
+                        # The previous span lacked it: if this one does too, the fallback stands.
+                        if blob is None:
+                            blob = span.SerializeToString()
+                        if slot_tokens[slot] not in blob:
                             continue
                     strings = scan(attributes, positions, fallback)
                     break

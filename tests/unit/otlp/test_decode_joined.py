@@ -1,0 +1,107 @@
+"""Records decoded together: which qualify, and that the joined parse equals the records' parses."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+from worker.config import Settings
+from worker.exceptions import OtlpDecodeError
+from worker.otlp.decode import decode_traces, decode_traces_proto, is_plain_request
+from worker.pipeline import Pipeline
+from worker.spanmetrics.processor import group_request
+
+
+def _record(service: str, spans: int, seed: int) -> bytes:
+    rng = random.Random(seed)
+    request = ExportTraceServiceRequest()
+    resource_spans = ResourceSpans()
+    resource_spans.resource.attributes.append(
+        KeyValue(key="service.name", value=AnyValue(string_value=service))
+    )
+    items = [
+        Span(
+            trace_id=rng.randbytes(16),
+            span_id=rng.randbytes(8),
+            name=f"op{i}",
+            kind=Span.SPAN_KIND_CLIENT if i % 2 else Span.SPAN_KIND_SERVER,
+            start_time_unix_nano=1,
+            end_time_unix_nano=2 + i,
+        )
+        for i in range(spans)
+    ]
+    resource_spans.scope_spans.append(ScopeSpans(spans=items))
+    request.resource_spans.append(resource_spans)
+    return bytes(request.SerializeToString())
+
+
+def test_plain_records_join_to_their_concatenation() -> None:
+    records = [_record(f"svc{i % 3}", 1 + i % 4, i) for i in range(10)]
+    assert all(is_plain_request(r) for r in records)
+    joined = decode_traces_proto(b"".join(records))
+    one_by_one = [rs for r in records for rs in decode_traces(r).resource_spans]
+    assert list(joined.resource_spans) == one_by_one
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"{}",  # JSON
+        b' \n{"resourceSpans": []}',  # JSON after whitespace
+        b"\x0a",  # a tag without a length
+        b"\x0a\x05abc",  # a length past the end
+        b"\x12\x00",  # another field
+        b"\x0a\x7b" + b"\x00" * 123,  # framed, but "\n{" is tried as JSON first
+    ],
+)
+def test_not_plain(data: bytes) -> None:
+    assert not is_plain_request(data)
+
+
+def test_empty_record_is_plain() -> None:
+    assert is_plain_request(b"")
+
+
+def test_a_damaged_plain_record_fails_the_joined_parse_too() -> None:
+    rng = random.Random(5)
+    good = [_record("svc", 3, i) for i in range(4)]
+    checked = 0
+    for _ in range(2000):
+        damaged = bytearray(rng.choice(good))
+        damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        if not is_plain_request(bytes(damaged)):
+            continue
+        try:
+            decode_traces(bytes(damaged))
+        except OtlpDecodeError:
+            checked += 1
+            with pytest.raises(OtlpDecodeError):
+                decode_traces_proto(b"".join([good[0], bytes(damaged), good[1]]))
+    assert checked
+
+
+def test_group_request_matches_the_request() -> None:
+    request = decode_traces_proto(b"".join(_record("svc", 2, i) for i in range(3)))
+    request.resource_spans[0].scope_spans.add()  # an empty scope is left out
+    groups = group_request(request)
+    assert [key for _, key, _ in groups] == [rs.resource.SerializeToString() for rs in request.resource_spans]
+    assert sum(len(spans) for _, _, scopes in groups for _, spans in scopes) == 6
+
+
+def test_pipeline_counts_the_same_joined_or_not() -> None:
+    settings = Settings.model_validate({"servicegraphs": {"enabled": True}})
+    records = [_record(f"svc{i % 2}", 1 + i % 3, i) for i in range(12)]
+    one, joined = Pipeline(settings, clock=lambda: 10), Pipeline(settings, clock=lambda: 10)
+    for record in records:
+        one.consume(decode_traces(record), "t", 0)
+    joined.consume(decode_traces_proto(b"".join(records)), "t", 0)
+
+    def counts(pipeline: Pipeline) -> dict[str, float]:
+        pipeline.expire_all()
+        return {s.series_id: s.count for deltas in pipeline.take_deltas().values() for s in deltas.series}
+
+    assert counts(one) == counts(joined)
