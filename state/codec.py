@@ -93,7 +93,7 @@ def decode_record(blob: bytes, series_id: str = "", max_size: int = 160) -> Seri
         series_id=series_id,
         metric=metric,
         resource_id=resource_id,
-        attributes=tuple((key, value) for key, value in attributes),
+        attributes=cast(Attributes, tuple(map(tuple, attributes))),
         start_ns=int(start_us) * 1000,
         last_ns=int(last_us) * 1000,
         count=int(count),

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     AggregationTemporality,
     Metric,
@@ -17,7 +18,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 )
 
 from worker.config import Temporality
-from worker.otlp.values import fill_key_values
+from worker.otlp.values import AttributeValue, fill_key_values, python_to_any_value
 from worker.series import Attributes, MetricDescriptor, MetricKind, Series
 
 __all__ = ["build_metrics_request", "build_resource_metrics", "split_by_size"]
@@ -26,6 +27,61 @@ _TEMPORALITY = {
     Temporality.CUMULATIVE: AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE,
     Temporality.DELTA: AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA,
 }
+
+
+#: Data points' ``attributes`` field numbers (NumberDataPoint, HistogramDataPoint,
+#: ExponentialHistogramDataPoint).
+_NUMBER_ATTRIBUTES = 7
+_HISTOGRAM_ATTRIBUTES = 9
+_EXPONENTIAL_ATTRIBUTES = 1
+#: Serialized attributes kept per field number; cleared when full. Most series share most of
+#: their attributes (service, span name, kind, status), so a small cache serves nearly all;
+#: small, because a high-cardinality attribute (a user id) only passes through it.
+#: Floats are not cached: ``-0.0 == 0.0`` would share an entry.
+_ENCODED_LIMIT = 4096
+_CACHED_TYPES = (str, bool, int, bytes)
+_encoded: dict[int, dict[tuple[str, type, object], bytes]] = {
+    _NUMBER_ATTRIBUTES: {},
+    _HISTOGRAM_ATTRIBUTES: {},
+    _EXPONENTIAL_ATTRIBUTES: {},
+}
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _encode_key_value(field_number: int, key: str, value: AttributeValue) -> bytes:
+    """One ``attributes`` entry of a data point, serialized (tag, length, KeyValue)."""
+    kv = KeyValue(key=key)
+    python_to_any_value(value, kv.value)
+    body: bytes = kv.SerializeToString()
+    return _varint(field_number << 3 | 2) + _varint(len(body)) + body
+
+
+def _encoded_attributes(field_number: int, attributes: Attributes) -> bytes:
+    """A data point's attributes serialized, for ``MergeFromString``: the same bytes and the
+    same parsed message as filling them field by field, at a fraction of the cost."""
+    cache = _encoded[field_number]
+    parts = []
+    for key, value in attributes:
+        kind = type(value)
+        if kind not in _CACHED_TYPES:
+            parts.append(_encode_key_value(field_number, key, value))
+            continue
+        cache_key = (key, kind, value)
+        part = cache.get(cache_key)
+        if part is None:
+            if len(cache) >= _ENCODED_LIMIT:
+                cache.clear()
+            part = cache[cache_key] = _encode_key_value(field_number, key, value)
+        parts.append(part)
+    return b"".join(parts)
 
 
 def _fill_metric(
@@ -42,7 +98,7 @@ def _fill_metric(
         points = metric.sum.data_points
         for item in series:
             point = points.add(start_time_unix_nano=item.start_ns, time_unix_nano=now_ns, as_int=item.count)
-            fill_key_values(point.attributes, item.attributes)
+            point.MergeFromString(_encoded_attributes(_NUMBER_ATTRIBUTES, item.attributes))
             for trace_id, span_id, value, time_ns in item.exemplars:
                 point.exemplars.add(
                     trace_id=trace_id, span_id=span_id, as_double=value, time_unix_nano=time_ns
@@ -60,7 +116,7 @@ def _fill_metric(
                 bucket_counts=item.buckets or [0] * (len(bounds) + 1),
                 explicit_bounds=bounds,
             )
-            fill_key_values(histogram_point.attributes, item.attributes)
+            histogram_point.MergeFromString(_encoded_attributes(_HISTOGRAM_ATTRIBUTES, item.attributes))
             for trace_id, span_id, value, time_ns in item.exemplars:
                 histogram_point.exemplars.add(
                     trace_id=trace_id, span_id=span_id, as_double=value, time_unix_nano=time_ns
@@ -81,7 +137,7 @@ def _fill_metric(
                 if exp.min is not None and exp.max is not None:
                     exp_point.min = exp.min
                     exp_point.max = exp.max
-            fill_key_values(exp_point.attributes, item.attributes)
+            exp_point.MergeFromString(_encoded_attributes(_EXPONENTIAL_ATTRIBUTES, item.attributes))
             for trace_id, span_id, value, time_ns in item.exemplars:
                 exp_point.exemplars.add(
                     trace_id=trace_id, span_id=span_id, as_double=value, time_unix_nano=time_ns
@@ -164,8 +220,16 @@ def split_by_size(
             built = build_resource_metrics(attributes, chunk, descriptors, temporality, now_ns)
             built_size = built.ByteSize() + 8
             if built_size > max_bytes and len(chunk) > 1:
-                middle = len(chunk) // 2
-                chunks[:0] = [chunk[:middle], chunk[middle:]]
+                # Straight into pieces of about 80% of the limit (not halves, which built every
+                # series ~log2(size/limit) times); a piece still too large is split again.
+                parts = min(len(chunk), max(2, -(-built_size * 5 // (max_bytes * 4))))
+                step, extra = divmod(len(chunk), parts)
+                pieces, start = [], 0
+                for index in range(parts):
+                    end = start + step + (1 if index < extra else 0)
+                    pieces.append(chunk[start:end])
+                    start = end
+                chunks[:0] = pieces
                 continue
             if size and size + built_size > max_bytes:
                 yield request
