@@ -34,12 +34,11 @@ from state.codec import (
 )
 from state.keys import KeySpace, escape_tenant, unescape_tenant
 from worker.exceptions import StateError
-from worker.series import Attributes, Series, series_digest
+from worker.series import SERIES_ID_SEPARATOR, Attributes, Series, make_series_id, series_digest
 from worker.spanmetrics.processor import OVERFLOW_ATTRIBUTE, TenantDeltas
 
 __all__ = ["FencedError", "MergeResult", "RedisStateStore", "StoredSeries", "series_slot", "slot_of"]
 
-_KEY_SEPARATOR = "\x1e"
 
 #: Entries of the per-series constants cache when no active-series limit is configured.
 _CONSTANTS_CACHE_SIZE = 200_000
@@ -76,7 +75,7 @@ def slot_of(digest: bytes, slots: int) -> int:
 def series_slot(series_id: str, slots: int) -> int:
     """Slot by resource and attributes, not metric: ``calls`` and ``duration`` of one span
     series share a slot, so one read of the slot gives a consistent point in time for both."""
-    _, _, without_metric = series_id.partition(_KEY_SEPARATOR)
+    _, _, without_metric = series_id.partition(SERIES_ID_SEPARATOR)
     return slot_of(series_digest(without_metric), slots)
 
 
@@ -88,7 +87,7 @@ def _script(name: str) -> str:
 
 def overflow_series_id(metric: str, resource_id: str) -> str:
     """The id of the series that absorbs a tenant's new series past its active-series limit."""
-    return f"{metric}{_KEY_SEPARATOR}{resource_id}{_KEY_SEPARATOR}{OVERFLOW_ATTRIBUTE}=true"
+    return make_series_id(metric, resource_id, f"{OVERFLOW_ATTRIBUTE}=true")
 
 
 class RedisStateStore:

@@ -17,14 +17,19 @@ from worker.otlp.values import AttributeValue
 from worker.spanmetrics.exphistogram import ExpHistogram
 
 __all__ = [
+    "SERIES_ID_SEPARATOR",
     "Attributes",
     "Exemplar",
     "MetricDescriptor",
     "MetricKind",
     "Series",
+    "make_series_id",
     "merge_series",
     "series_digest",
 ]
+
+#: Separates the parts of a series id (metric, resource id, ``name=value`` attributes).
+SERIES_ID_SEPARATOR = "\x1e"
 
 #: Ordered (name, value) pairs; values keep their OTLP type.
 Attributes = tuple[tuple[str, AttributeValue], ...]
@@ -97,6 +102,15 @@ def _copy_exp(exp: ExpHistogram | None) -> ExpHistogram | None:
     if exp is None:
         return None
     return ExpHistogram.from_state(exp.to_state(), exp.max_size)
+
+
+def make_series_id(metric: str, resource_id: str, body: str) -> str:
+    """The canonical id every processor and the store agree on: metric, resource, attributes.
+
+    The store slots series by everything after the metric (``calls`` and ``duration`` of one
+    span series share a slot), so the metric must come first.
+    """
+    return f"{metric}{SERIES_ID_SEPARATOR}{resource_id}{SERIES_ID_SEPARATOR}{body}"
 
 
 def series_digest(series_id: str) -> bytes:

@@ -58,7 +58,14 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from worker.config import ServiceGraphsConfig
-from worker.series import Attributes, MetricDescriptor, MetricKind, Series
+from worker.series import (
+    SERIES_ID_SEPARATOR,
+    Attributes,
+    MetricDescriptor,
+    MetricKind,
+    Series,
+    make_series_id,
+)
 from worker.servicegraphs.attributes import attribute_token, find_attribute
 from worker.servicegraphs.labels import sanitize_label_name, tempo_string
 from worker.servicegraphs.pending import Edge, EdgeKey, decode_pending, encode_pending
@@ -115,7 +122,6 @@ _PRODUCER = 4
 _CONSUMER = 5
 _STATUS_ERROR = 2
 
-_SEPARATOR = "\x1e"
 _DEFAULT_RESOURCE_CACHE_SIZE = 1000
 
 _DESCRIPTIONS = {
@@ -506,7 +512,7 @@ class ServiceGraphsProcessor:
         if virtual_node:
             attributes.append((_VIRTUAL_NODE_LABEL, virtual_node))
         frozen = tuple(attributes)
-        body = _SEPARATOR.join(f"{name}={value}" for name, value in frozen)
+        body = SERIES_ID_SEPARATOR.join(f"{name}={value}" for name, value in frozen)
         return _EdgeSeries(
             attributes=frozen,
             body=body,
@@ -716,7 +722,7 @@ def _observe(series: Series, value: float, bounds: tuple[float, ...], now: int) 
 
 def _series_id(metric: str, body: str) -> str:
     """Same layout as the span metrics' ids: metric, resource id, then ``name=value`` pairs."""
-    return f"{metric}{_SEPARATOR}{RESOURCE_ID}{_SEPARATOR}{body}"
+    return make_series_id(metric, RESOURCE_ID, body)
 
 
 def _dimension_labels(

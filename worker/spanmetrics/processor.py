@@ -48,7 +48,15 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from worker.config import Dimension, SpanMetricsConfig, Temporality
 from worker.otlp.values import any_value_to_python, stringify_any_value, stringify_python
-from worker.series import Attributes, MetricDescriptor, MetricKind, Series, merge_series
+from worker.series import (
+    SERIES_ID_SEPARATOR,
+    Attributes,
+    MetricDescriptor,
+    MetricKind,
+    Series,
+    make_series_id,
+    merge_series,
+)
 from worker.spanmetrics.exphistogram import ExpHistogram
 from worker.spanmetrics.sampling import adjusted_count, stochastic_round
 
@@ -81,7 +89,6 @@ SCOPE_VERSION_ATTRIBUTE = "span.instrumentation.scope.version"
 
 _SERVICE_NAME = "service.name"
 _OVERFLOW_KEY: tuple[Any, ...] = ("\x00overflow",)
-_KEY_SEPARATOR = "\x1e"
 #: A remembered attribute position that never matches (no span has this many attributes).
 _NO_POSITION = 1 << 62
 #: The most one span counts for. The sampling threshold allows 2^56 (a probability of 2^-56);
@@ -180,7 +187,7 @@ def group_request(request: ExportTraceServiceRequest) -> list[ResourceGroup]:
 
 
 def _resource_id(identity: tuple[tuple[str, str], ...]) -> str:
-    text = _KEY_SEPARATOR.join(f"{k}={v}" for k, v in identity)
+    text = SERIES_ID_SEPARATOR.join(f"{k}={v}" for k, v in identity)
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
@@ -772,11 +779,11 @@ class SpanMetricsProcessor:
     @staticmethod
     def _series_id(metric: str, resource_id: str, attributes: Attributes) -> str:
         # The canonical id names every dimension, so two configurations never share a series.
-        body = _KEY_SEPARATOR.join(
+        body = SERIES_ID_SEPARATOR.join(
             f"{name}={value if isinstance(value, str) else stringify_python(value)}"
             for name, value in attributes
         )
-        return f"{metric}{_KEY_SEPARATOR}{resource_id}{_KEY_SEPARATOR}{body}"
+        return make_series_id(metric, resource_id, body)
 
     def _create(
         self,
