@@ -12,23 +12,25 @@ from typing import Any
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
+# The clock, the time constants and the attribute builders are the span-metrics tests' own.
+from tests.unit.spanmetrics.helpers import (  # noqa: F401 - re-exported for the graph tests
+    BASE_NS,
+    MS,
+    SECOND,
+    TENANT,
+    FakeClock,
+    any_value,
+    key_values,
+)
 from worker.config import ServiceGraphsConfig, Temporality
 from worker.memory_store import MemoryStore
 from worker.otlp.metrics_builder import build_metrics_request
-from worker.otlp.values import python_to_any_value
 from worker.series import Series
 from worker.servicegraphs import ServiceGraphsProcessor, ServiceGraphStats
 from worker.spanmetrics.processor import TenantDeltas
-
-TENANT = "tenant-a"
-#: 2023-11-14T22:13:20Z: span timestamps start here.
-BASE_NS = 1_700_000_000_000_000_000
-MS = 1_000_000
-SECOND = 1_000_000_000
 
 SERVER = Span.SPAN_KIND_SERVER
 CLIENT = Span.SPAN_KIND_CLIENT
@@ -49,42 +51,12 @@ UNPAIRED = "traces_service_graph_unpaired_spans_total"
 DROPPED = "traces_service_graph_dropped_spans_total"
 
 
-class FakeClock:
-    """A unix-nanosecond clock that moves only when told to."""
-
-    def __init__(self, start_ns: int = BASE_NS + 3600 * SECOND) -> None:
-        self.now = start_ns
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, seconds: float) -> int:
-        self.now += round(seconds * SECOND)
-        return self.now
-
-
 def trace_id(number: int) -> bytes:
     return number.to_bytes(16, "big")
 
 
 def span_id(number: int) -> bytes:
     return number.to_bytes(8, "big")
-
-
-def any_value(value: Any) -> AnyValue:
-    """A Python value as AnyValue, through the product's own conversion."""
-    if isinstance(value, AnyValue):
-        return value
-    if not isinstance(value, str | bool | int | float | bytes | list | tuple | dict):
-        raise TypeError(f"no AnyValue for {value!r}")
-    out = AnyValue()
-    python_to_any_value(value, out)
-    return out
-
-
-def key_values(attributes: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> list[KeyValue]:
-    items = attributes.items() if isinstance(attributes, Mapping) else attributes
-    return [KeyValue(key=key, value=any_value(value)) for key, value in items]
 
 
 def make_span(

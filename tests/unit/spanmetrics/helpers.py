@@ -52,7 +52,7 @@ class FakeClock:
         return self.now
 
     def advance(self, seconds: float) -> int:
-        self.now += int(seconds * SECOND)
+        self.now += round(seconds * SECOND)
         return self.now
 
 
