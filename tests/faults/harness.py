@@ -49,13 +49,6 @@ SERVICE_GRAPH_REQUESTS = "traces_service_graph_request_total"
 REPORTS = "spanmetrics_fault_reports"
 
 
-def runtime_has_service_graphs() -> bool:
-    """Whether the stream worker runs the service-graph processor (``worker.pipeline``)."""
-    import importlib.util
-
-    return importlib.util.find_spec("worker.pipeline") is not None
-
-
 # ----------------------------------------------------------------------------------- report
 
 

@@ -22,7 +22,6 @@ from .harness import (
     WorkerProcess,
     create_scenario_topics,
     problems_in_logs,
-    runtime_has_service_graphs,
     stop_all,
     write_config,
 )
@@ -36,17 +35,16 @@ async def test_broker_pause_workers_recover_by_themselves(
 ) -> None:
     name = f"pause-{random.randrange(1 << 30):x}"
     bootstrap = own_kafka.bootstrap_servers
-    service_graphs = runtime_has_service_graphs()
     await create_scenario_topics(bootstrap, name, PARTITIONS)
     config = write_config(
         tmp_path / "config.yaml",
         kafka=bootstrap,
         redis=redis_server.url,
         name=name,
-        service_graphs=service_graphs,
+        service_graphs=True,
     )
     workers = [WorkerProcess(config, tmp_path, f"w{i}").start() for i in range(2)]
-    traffic = await Traffic(bootstrap, f"{name}-in", seed=31, keep_requests=service_graphs).start()
+    traffic = await Traffic(bootstrap, f"{name}-in", seed=31, keep_requests=True).start()
     output = await Output(bootstrap, f"{name}-out").start()
     recoveries: list[str] = []
     try:
@@ -82,10 +80,8 @@ async def test_broker_pause_workers_recover_by_themselves(
         await asyncio.sleep(2)
         await traffic.stop()
         expected = traffic.expected()
-        metrics = ["calls", "duration"]
-        if service_graphs:
-            expected.update(traffic.expected_service_graph_requests())
-            metrics.append(SERVICE_GRAPH_REQUESTS)
+        metrics = ["calls", "duration", SERVICE_GRAPH_REQUESTS]
+        expected.update(traffic.expected_service_graph_requests())
         converged = await output.wait_for(expected, timeout=90, metrics=metrics)
         await asyncio.sleep(2)
         counted = output.totals(metrics)

@@ -17,7 +17,6 @@ from .harness import (
     WorkerProcess,
     create_scenario_topics,
     problems_in_logs,
-    runtime_has_service_graphs,
     stop_all,
     write_config,
 )
@@ -31,7 +30,6 @@ async def test_rebalance_storm_counts_every_span_once(
 ) -> None:
     name = f"storm-{random.randrange(1 << 30):x}"
     bootstrap = kafka.bootstrap_servers
-    service_graphs = runtime_has_service_graphs()
     await create_scenario_topics(bootstrap, name, PARTITIONS)
     config = write_config(
         tmp_path / "config.yaml",
@@ -39,12 +37,12 @@ async def test_rebalance_storm_counts_every_span_once(
         redis=redis_server.url,
         name=name,
         session_timeout="3s",
-        service_graphs=service_graphs,
+        service_graphs=True,
     )
     rng = random.Random(99)
     live = [WorkerProcess(config, tmp_path, f"w{i}").start() for i in range(2)]
     everyone = list(live)
-    traffic = await Traffic(bootstrap, f"{name}-in", seed=41, keep_requests=service_graphs).start()
+    traffic = await Traffic(bootstrap, f"{name}-in", seed=41, keep_requests=True).start()
     output = await Output(bootstrap, f"{name}-out").start()
     joins = leaves = 0
     departures: list[asyncio.Future[int | None]] = []
@@ -69,10 +67,8 @@ async def test_rebalance_storm_counts_every_span_once(
         storm_ended = time.monotonic()
         await traffic.stop()
         expected = traffic.expected()
-        metrics = ["calls", "duration"]
-        if service_graphs:
-            expected.update(traffic.expected_service_graph_requests())
-            metrics.append(SERVICE_GRAPH_REQUESTS)
+        metrics = ["calls", "duration", SERVICE_GRAPH_REQUESTS]
+        expected.update(traffic.expected_service_graph_requests())
         await output.wait_for(expected, timeout=120, metrics=metrics)
         recovered = time.monotonic() - storm_ended
         await asyncio.sleep(2)

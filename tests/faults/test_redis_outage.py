@@ -24,7 +24,6 @@ from .harness import (
     WorkerProcess,
     create_scenario_topics,
     problems_in_logs,
-    runtime_has_service_graphs,
     stop_all,
     wait_for_redis_keys,
     write_config,
@@ -63,7 +62,6 @@ async def test_redis_outage_and_hang_lose_nothing(
 ) -> None:
     name = f"redis-{random.randrange(1 << 30):x}"
     bootstrap = kafka.bootstrap_servers
-    service_graphs = runtime_has_service_graphs()
     await create_scenario_topics(bootstrap, name, PARTITIONS)
     config = write_config(
         tmp_path / "config.yaml",
@@ -71,12 +69,12 @@ async def test_redis_outage_and_hang_lose_nothing(
         redis=own_redis.url,
         name=name,
         http=True,
-        service_graphs=service_graphs,
+        service_graphs=True,
         redis_extra={"socket_timeout": "2s"},
     )
     workers = [WorkerProcess(config, tmp_path, f"w{i}", http_port=free_port()).start() for i in range(2)]
     everyone = list(workers)
-    traffic = await Traffic(bootstrap, f"{name}-in", seed=23, keep_requests=service_graphs).start()
+    traffic = await Traffic(bootstrap, f"{name}-in", seed=23, keep_requests=True).start()
     output = await Output(bootstrap, f"{name}-out").start()
     phases: list[str] = []
     left_codes: list[int | None] = []
@@ -132,10 +130,8 @@ async def test_redis_outage_and_hang_lose_nothing(
         await asyncio.sleep(2)
         await traffic.stop()
         expected = traffic.expected()
-        metrics = ["calls", "duration"]
-        if service_graphs:
-            expected.update(traffic.expected_service_graph_requests())
-            metrics.append(SERVICE_GRAPH_REQUESTS)
+        metrics = ["calls", "duration", SERVICE_GRAPH_REQUESTS]
+        expected.update(traffic.expected_service_graph_requests())
         converged = await output.wait_for(expected, timeout=90, metrics=metrics)
         await asyncio.sleep(2)
         counted = output.totals(metrics)

@@ -17,7 +17,6 @@ from .harness import (
     WorkerProcess,
     create_scenario_topics,
     problems_in_logs,
-    runtime_has_service_graphs,
     stop_all,
     write_config,
 )
@@ -31,7 +30,6 @@ async def test_sigkill_storm_counts_every_span_once(
 ) -> None:
     name = f"kill-{random.randrange(1 << 30):x}"
     bootstrap = kafka.bootstrap_servers
-    service_graphs = runtime_has_service_graphs()
     await create_scenario_topics(bootstrap, name, PARTITIONS)
     config = write_config(
         tmp_path / "config.yaml",
@@ -39,13 +37,13 @@ async def test_sigkill_storm_counts_every_span_once(
         redis=redis_server.url,
         name=name,
         session_timeout="3s",
-        service_graphs=service_graphs,
+        service_graphs=True,
     )
     rng = random.Random(20240611)
     kills_wanted = 12 * soak
     workers = [WorkerProcess(config, tmp_path, f"w{i}").start() for i in range(WORKERS)]
     everyone = list(workers)
-    traffic = await Traffic(bootstrap, f"{name}-in", seed=11, keep_requests=service_graphs).start()
+    traffic = await Traffic(bootstrap, f"{name}-in", seed=11, keep_requests=True).start()
     output = await Output(bootstrap, f"{name}-out").start()
     kills = 0
     killed_owning = 0
@@ -78,10 +76,8 @@ async def test_sigkill_storm_counts_every_span_once(
         await asyncio.sleep(1)
         await traffic.stop()
         expected = traffic.expected()
-        metrics = ["calls", "duration"]
-        if service_graphs:
-            expected.update(traffic.expected_service_graph_requests())
-            metrics.append(SERVICE_GRAPH_REQUESTS)
+        metrics = ["calls", "duration", SERVICE_GRAPH_REQUESTS]
+        expected.update(traffic.expected_service_graph_requests())
         await output.wait_for(expected, timeout=120, metrics=metrics)
         recovered = time.monotonic() - last_kill
         await asyncio.sleep(2)  # more flushes: the totals must stay put
@@ -101,8 +97,6 @@ async def test_sigkill_storm_counts_every_span_once(
     report.fact("seconds from last kill to exact totals", round(recovered, 1))
     report.fact("output records", len(output.records))
     report.produced, report.counted = expected, counted
-    if not service_graphs:
-        report.note("service graphs not in the runtime yet: only calls/duration checked")
 
     assert kills >= 10
     assert counted == expected
