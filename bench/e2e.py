@@ -984,12 +984,12 @@ _COMPONENTS: list[tuple[str, str, str]] = [
 ]
 #: Innermost frame inside a flush: which component.
 _FLUSH_COMPONENTS: list[tuple[str, str, str]] = [
-    ("state/codec.py", "decode_record", "read: decode stored records (msgpack -> Series)"),
+    ("state/fold.py", "", "fold: delta log into records (msgpack -> Series)"),
     ("worker/otlp/metrics_builder.py", "", "emit: build OTLP protobuf (incl. size splitting)"),
     ("worker/emitter.py", "Emitter._publish", "emit: serialize + hand to the producer"),
     ("aiokafka/", "", "aiokafka (producer send, commit)"),
     ("state/store.py", "RedisStateStore.merge", "Redis step: build the batch (digests, msgpack)"),
-    ("state/store.py", "RedisStateStore.read_slot", "read: HGETALL reply handling"),
+    ("state/store.py", "RedisStateStore.fold_slot", "fold: read + commit (redis replies)"),
     ("redis/", "", "redis-py (encode/send/parse)"),
     ("worker/spanmetrics/", "", "take deltas (span metrics)"),
     ("worker/servicegraphs/", "", "take deltas / pending (service graphs)"),

@@ -1,19 +1,17 @@
-"""Series records <-> msgpack, in the layout the Lua scripts read and write.
+"""Series records <-> msgpack, in the layout stored in Redis.
 
-A record is a flat msgpack array, so Lua (``cmsgpack``) can merge numbers without touching
-anything else::
+A record is a flat msgpack array::
 
     [meta, start_us, last_us, count, sum, buckets, exp, exemplars]
 
-``meta`` is an opaque blob (itself msgpack: metric, resource id, attributes) that Lua only
-copies. Times are microseconds because Lua numbers are doubles: nanoseconds since 1970 do not
-fit in 53 bits, microseconds do until the year 2255. "No buckets" and "no exponential
-histogram" are empty arrays, because a nil inside a Lua array would end it. Exemplars are
-``[trace_id, span_id, value, time_us]``.
+``meta`` is an opaque blob (itself msgpack: metric, resource id, attributes), written when the
+series is created and never changed. Times are microseconds, and "no buckets" / "no
+exponential histogram" are empty arrays: the layout Redis Lua scripts merged in earlier
+versions (Lua numbers are doubles, and a nil inside a Lua array ends it), kept so that state
+written by them reads the same. Exemplars are ``[trace_id, span_id, value, time_us]``.
 
-Lua re-packs strings as msgpack ``str`` even when they hold binary (the meta blob, trace IDs),
-so records are decoded with ``raw=True`` and only the meta blob, which Python wrote, is decoded
-as text.
+Those scripts re-packed strings as msgpack ``str`` even when they held binary (the meta blob,
+trace IDs), so records are decoded with ``raw=True`` and only the meta blob is decoded as text.
 """
 
 from __future__ import annotations
@@ -27,10 +25,10 @@ from worker.spanmetrics.exphistogram import ExpHistogram
 
 __all__ = [
     "decode_attributes",
-    "decode_record",
     "delta_payload",
     "encode_attributes",
     "encode_meta",
+    "exp_from_state",
     "exp_state",
 ]
 
@@ -47,7 +45,7 @@ def decode_attributes(blob: bytes) -> Attributes:
 
 
 def encode_meta(series: Series) -> bytes:
-    """The constant part of a series: written once, copied verbatim by Lua."""
+    """The constant part of a series: written once, copied verbatim from then on."""
     return cast(
         bytes, _packer.pack([series.metric, series.resource_id, [[k, v] for k, v in series.attributes]])
     )
@@ -74,7 +72,7 @@ def delta_payload(series: Series, meta: bytes) -> list[Any]:
 
 
 def exp_state(exp: ExpHistogram | None) -> list[Any]:
-    """The exponential histogram as Lua merges it; no nils, since Lua turns such arrays into maps."""
+    """The exponential histogram as stored; no nils (the layout older Lua scripts could merge)."""
     if exp is None:
         return []
     state = exp.to_state()
@@ -83,27 +81,6 @@ def exp_state(exp: ExpHistogram | None) -> list[Any]:
     return state
 
 
-def decode_record(blob: bytes, series_id: str = "", max_size: int = 160) -> Series:
-    """A stored record back into a :class:`Series` (times back to nanoseconds)."""
-    meta, start_us, last_us, count, total, buckets, exp, exemplars = msgpack.unpackb(
-        blob, raw=True, strict_map_key=False
-    )
-    metric, resource_id, attributes = msgpack.unpackb(meta, raw=False, strict_map_key=False)
-    return Series(
-        series_id=series_id,
-        metric=metric,
-        resource_id=resource_id,
-        attributes=cast(Attributes, tuple(map(tuple, attributes))),
-        start_ns=int(start_us) * 1000,
-        last_ns=int(last_us) * 1000,
-        count=int(count),
-        sum=float(total),
-        buckets=[int(b) for b in buckets] if buckets else None,
-        exp=ExpHistogram.from_state(_padded(exp), max_size) if exp else None,
-        exemplars=[(bytes(t), bytes(s), float(v), int(ts) * 1000) for t, s, v, ts in exemplars],
-    )
-
-
-def _padded(state: list[Any]) -> list[Any]:
-    """Lua drops trailing nils (min/max of an empty histogram); put them back."""
-    return list(state) + [None] * (8 - len(state))
+def exp_from_state(state: list[Any], max_size: int) -> ExpHistogram:
+    """A stored exponential histogram back; older Lua scripts dropped trailing nils (min/max)."""
+    return ExpHistogram.from_state(list(state) + [None] * (8 - len(state)), max_size)

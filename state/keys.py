@@ -13,6 +13,7 @@ key                             type    holds
 ``P:tenants``                   set     escaped tenants that have state
 ``P:t:<T>:r``                   hash    resource id -> msgpack resource attributes
 ``P:t:<T>:s:<slot>``            hash    16-byte series digest -> msgpack series record
+``P:t:<T>:d:<slot>``            list    delta log: flushes' rows for the slot, not yet folded
 ``P:t:<T>:n``                   string  number of active series (the tenant limit)
 ==============================  ======  ============================================
 
@@ -91,6 +92,9 @@ class KeySpace:
 
     def slot(self, escaped_tenant: str, slot: int) -> str:
         return f"{self.prefix}:t:{escaped_tenant}:s:{slot}"
+
+    def log(self, escaped_tenant: str, slot: int) -> str:
+        return f"{self.prefix}:t:{escaped_tenant}:d:{slot}"
 
     def active(self, escaped_tenant: str) -> str:
         return f"{self.prefix}:t:{escaped_tenant}:n"

@@ -5,39 +5,45 @@ Three operations carry the invariants (see DESIGN.md):
 * :meth:`RedisStateStore.claim` takes ownership of input partitions by bumping their fencing
   tokens; a worker that lost a partition (evicted while paused, say) can no longer write for it.
 * :meth:`RedisStateStore.merge` is the flush: in one Lua script it checks the tokens, moves the
-  applied offsets, and merges every series delta. All or nothing, so a span counts exactly once.
-  A merge whose reply was lost (a timeout while Redis hung, a dropped connection) may have been
-  applied; its retry is recognised by its content (the batch digest, kept per partition under
-  ``P:batch:<topic>``) and not applied twice.
-* :meth:`RedisStateStore.read_slot` / :meth:`RedisStateStore.after_emit` let the owner of a slot
-  emit its series and then trim exemplars, subtract DELTA emissions and expire idle series.
+  applied offsets, and appends every series delta to the delta log of the series' slot. All or
+  nothing, so a span counts exactly once. A merge whose reply was lost (a timeout while Redis
+  hung, a dropped connection) may have been applied; its retry is recognised by its content
+  (the batch digest, kept per partition under ``P:batch:<topic>``) and not applied twice.
+* :meth:`RedisStateStore.fold_slot` is emission's first half: the owner of a slot folds the
+  slot's delta log into its records (:mod:`state.fold`) and commits that, fenced by its token,
+  before publishing what it folded. Only the owner writes a slot's records.
+
+A series' cumulative value is its record plus the rows still in its slot's log;
+:meth:`RedisStateStore.read_slot` shows exactly that, without changing anything.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 import msgpack
 from redis.asyncio import Redis
 
-from state.codec import (
-    decode_attributes,
-    decode_record,
-    delta_payload,
-    encode_attributes,
-    encode_meta,
-    exp_state,
-)
+from state.codec import decode_attributes, delta_payload, encode_attributes, encode_meta
+from state.fold import fold_log, pack_row, series_slot, slot_of
 from state.keys import KeySpace, escape_tenant, unescape_tenant
 from worker.exceptions import StateError
-from worker.series import SERIES_ID_SEPARATOR, Attributes, Series, make_series_id, series_digest
-from worker.spanmetrics.processor import OVERFLOW_ATTRIBUTE, TenantDeltas
+from worker.series import Attributes, Series, series_digest
+from worker.spanmetrics.processor import TenantDeltas
 
-__all__ = ["FencedError", "MergeResult", "RedisStateStore", "StoredSeries", "series_slot", "slot_of"]
+__all__ = [
+    "FencedError",
+    "FoldResult",
+    "MergeResult",
+    "RedisStateStore",
+    "StoredSeries",
+    "series_slot",
+    "slot_of",
+]
 
 
 #: Entries of the per-series constants cache when no active-series limit is configured.
@@ -54,40 +60,35 @@ class FencedError(StateError):
 
 @dataclass(frozen=True, slots=True)
 class MergeResult:
-    created: int
-    overflowed: int
+    #: Series deltas appended, and the slot log entries they went into.
     series: int
+    entries: int
 
 
 @dataclass(slots=True)
 class StoredSeries:
-    """A series read back for emission, with the digest needed to update it afterwards."""
+    """A series as stored (record plus unfolded log rows), with its Redis field."""
 
     digest: bytes
     series: Series
 
 
-def slot_of(digest: bytes, slots: int) -> int:
-    """The emission slot of a series: stable across processes, spread evenly."""
-    return int.from_bytes(digest[:8], "big") % slots
+@dataclass(slots=True)
+class FoldResult:
+    """One committed fold of a slot: what to publish, and what changed."""
 
-
-def series_slot(series_id: str, slots: int) -> int:
-    """Slot by resource and attributes, not metric: ``calls`` and ``duration`` of one span
-    series share a slot, so one read of the slot gives a consistent point in time for both."""
-    _, _, without_metric = series_id.partition(SERIES_ID_SEPARATOR)
-    return slot_of(series_digest(without_metric), slots)
+    #: False when the slot's token was stale: nothing was committed, nothing must be published.
+    committed: bool
+    live: list[Series] = field(default_factory=list)
+    created: int = 0
+    #: New series the tenant's active-series limit refused: folded into the overflow series.
+    overflowed: int = 0
+    expired: int = 0
+    rows: int = 0
 
 
 def _script(name: str) -> str:
-    folder = resources.files("state") / "lua"
-    common = (folder / "common.lua").read_text(encoding="utf-8")
-    return common + "\n" + (folder / name).read_text(encoding="utf-8")
-
-
-def overflow_series_id(metric: str, resource_id: str) -> str:
-    """The id of the series that absorbs a tenant's new series past its active-series limit."""
-    return make_series_id(metric, resource_id, f"{OVERFLOW_ATTRIBUTE}=true")
+    return (resources.files("state") / "lua" / name).read_text(encoding="utf-8")
 
 
 class RedisStateStore:
@@ -112,36 +113,38 @@ class RedisStateStore:
         self.max_exemplars = max_exemplars
         self.exp_max_size = exp_max_size
         self.active_series_limit = active_series_limit
-        #: series_id -> slot, digest and packed meta (see _constants): constant per series, and
-        #: computing them was a third of the Python side of a flush. Bounded; emptied when full.
-        self._constants_cache: dict[str, bytes] = {}
+        #: series_id -> slot, digest, packed meta and the attributes it was packed from (see
+        #: _constants): constant per series, and computing them was a third of the Python side
+        #: of a flush. Bounded; emptied when full.
+        self._constants_cache: dict[str, tuple[int, bytes, bytes, Attributes]] = {}
         self._constants_limit = max(active_series_limit, _CONSTANTS_CACHE_SIZE)
         self._merge = client.register_script(_script("merge.lua"))
-        self._post_emit = client.register_script(_script("post_emit.lua"))
+        self._fold = client.register_script(_script("fold.lua"))
 
     def _constants(self, series: Series) -> tuple[int, bytes, bytes]:
         """(slot, digest, packed meta) of a series, cached by series id.
 
-        Slot and digest are functions of the id. The meta is reused only when every attribute
-        value is a string, in the cached series and in this one: the id holds values in their
-        string form, so ``200`` and ``"200"`` share an id but not a meta. An entry is one bytes
-        object (4-byte slot, 16-byte digest, meta): ~200 B per series rather than ~350 B.
+        Slot and digest are functions of the id; the meta is a function of the attributes, and
+        the id holds attribute values in their string form (``200`` and ``"200"`` share an id,
+        not a meta). So the cached meta is reused when the attributes are the very tuple it was
+        packed from (processors hand out one tuple per series for as long as they cache it) or
+        when all values are strings on both sides; otherwise it is packed again.
         """
         cache = self._constants_cache
+        attributes = series.attributes
         found = cache.get(series.series_id)
-        plain = all(type(value) is str for _, value in series.attributes)
-        if found is None:
-            if len(cache) >= self._constants_limit:
-                cache.clear()
-            slot = series_slot(series.series_id, self.slots)
-            digest = series_digest(series.series_id)
-            meta = encode_meta(series)
-            cache[series.series_id] = slot.to_bytes(4, "big") + digest + (meta if plain else b"")
-            return slot, digest, meta
-        slot = int.from_bytes(found[:4], "big")
-        if plain and len(found) > 20:
-            return slot, found[4:20], found[20:]
-        return slot, found[4:20], encode_meta(series)
+        if found is not None:
+            slot, digest, meta, packed_from = found
+            if packed_from is attributes or (_all_strings(packed_from) and _all_strings(attributes)):
+                return slot, digest, meta
+            return slot, digest, encode_meta(series)
+        if len(cache) >= self._constants_limit:
+            cache.clear()
+        slot = series_slot(series.series_id, self.slots)
+        digest = series_digest(series.series_id)
+        meta = encode_meta(series)
+        cache[series.series_id] = (slot, digest, meta, attributes)
+        return slot, digest, meta
 
     # ------------------------------------------------------------------ ownership and offsets
 
@@ -201,67 +204,56 @@ class RedisStateStore:
         fences: Mapping[int, tuple[int, int]],
         pending: Mapping[int, bytes] | None = None,
     ) -> MergeResult:
-        """Merge all deltas and advance offsets in one atomic step.
+        """Append all deltas to their slots' logs and advance offsets in one atomic step.
 
         ``fences`` maps partition -> (fencing token, next offset to apply); ``pending`` holds
         each partition's service-graph half-edges as of those offsets. Raises FencedError (and
         changes nothing) when any token is stale. Idempotent: calling it again with the same
         arguments (a retry after a lost reply) applies nothing more.
         """
-        # Packed row by row into one buffer (byte for byte what packing the whole nested list
-        # would give): at 100k series the nested rows were the flush's memory peak.
-        packer = msgpack.Packer(use_bin_type=False, autoreset=False)  # Lua's cmsgpack: no bin type
-        pack = packer.pack
-        packer.pack_array_header(7)
-        pack(self.keys.prefix)
-        pack(self.keys.topic)
-        pack([[str(p), str(token), str(offset)] for p, (token, offset) in sorted(fences.items())])
-        packer.pack_array_header(len(deltas))
+        entries: list[bytes] = []
+        tenants: list[list[Any]] = []
         total = 0
         for tenant, tenant_deltas in deltas.items():
-            packer.pack_array_header(5)
-            pack(escape_tenant(tenant))
-            pack([[rid, encode_attributes(attrs)] for rid, attrs in tenant_deltas.resources.items()])
-            overflow_rows: list[list[Any]] = []
-            overflow_index: dict[tuple[str, str], int] = {}
-            packer.pack_array_header(len(tenant_deltas.series))
+            rows: dict[int, list[bytes]] = {}
             for series in tenant_deltas.series:
                 slot, digest, meta = self._constants(series)
-                index = 0
-                if self.active_series_limit:
-                    slot_key = (series.metric, series.resource_id)
-                    index = overflow_index.get(slot_key, 0)
-                    if not index:
-                        overflow_id = overflow_series_id(series.metric, series.resource_id)
-                        overflow_digest = series_digest(overflow_id)
-                        overflow_meta = msgpack.packb(
-                            [series.metric, series.resource_id, [[OVERFLOW_ATTRIBUTE, True]]],
-                            use_bin_type=True,
-                        )
-                        overflow_rows.append(
-                            [series_slot(overflow_id, self.slots), overflow_digest, overflow_meta]
-                        )
-                        index = overflow_index[slot_key] = len(overflow_rows)
-                pack([slot, digest, index, delta_payload(series, meta)])
+                row = pack_row(digest, delta_payload(series, meta))
+                found = rows.get(slot)
+                if found is None:
+                    rows[slot] = [row]
+                else:
+                    found.append(row)
             total += len(tenant_deltas.series)
-            pack(overflow_rows)
-            pack(self.active_series_limit)
-        pack(self.max_exemplars)
-        pack(self.exp_max_size)
-        pack([[str(p), blob] for p, blob in sorted((pending or {}).items()) if p in fences])
-        batch = packer.bytes()
-        del packer
+            logs = []
+            for slot, slot_rows in sorted(rows.items()):
+                entries.append(b"".join(slot_rows))
+                logs.append([slot, len(entries) + 2])  # ARGV index (1-based, after header and id)
+            resource_rows = [[rid, encode_attributes(a)] for rid, a in tenant_deltas.resources.items()]
+            tenants.append([escape_tenant(tenant), resource_rows, logs])
+        header = msgpack.packb(
+            [
+                self.keys.prefix,
+                self.keys.topic,
+                [[str(p), str(token), str(offset)] for p, (token, offset) in sorted(fences.items())],
+                tenants,
+                [[str(p), blob] for p, blob in sorted((pending or {}).items()) if p in fences],
+            ],
+            use_bin_type=False,  # Lua's cmsgpack knows no bin type
+        )
         # The digest of the batch identifies a retry: one worker merges one batch at a time for
         # the partitions it fences, so the previous batch recorded for them is this one only if
         # this call repeats a merge that was applied but whose reply never arrived.
-        batch_id = hashlib.blake2b(batch, digest_size=16).hexdigest()
-        reply = await self._merge(args=[batch, batch_id])
+        batch_id = hashlib.blake2b(header, digest_size=16)
+        for entry in entries:
+            batch_id.update(entry)
+        reply = await self._merge(args=[header, batch_id.hexdigest(), *entries])
         status = _text(reply[0])
         if status == "FENCED":
             raise FencedError(int(_text(reply[1])))
         if status != "OK":
             raise StateError(f"unexpected reply from the merge script: {reply!r}")
-        return MergeResult(created=int(reply[1]), overflowed=int(reply[2]), series=total)
+        return MergeResult(series=total, entries=len(entries))
 
     async def read_pending(self, partitions: Iterable[int]) -> dict[int, bytes]:
         """The half-edges saved with each partition's offsets (absent: none pending)."""
@@ -285,58 +277,100 @@ class RedisStateStore:
         value = await self.client.get(self.keys.active(escape_tenant(tenant)))
         return int(value or 0)
 
-    async def read_slot(self, tenant: str, slot: int) -> list[StoredSeries]:
-        raw = await self.client.hgetall(self.keys.slot(escape_tenant(tenant), slot))
-        return [
-            StoredSeries(
-                digest=_bytes(digest), series=decode_record(_bytes(blob), max_size=self.exp_max_size)
-            )
-            for digest, blob in raw.items()
-        ]
+    async def _read_slot_and_log(self, escaped: str, slot: int) -> tuple[dict[bytes, bytes], list[bytes]]:
+        """The slot's records and its whole log, read at one point in time."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self.keys.slot(escaped, slot))
+            pipe.lrange(self.keys.log(escaped, slot), 0, -1)
+            stored, log = await pipe.execute()
+        return stored, log
 
-    async def after_emit(
+    async def read_slot(self, tenant: str, slot: int) -> list[StoredSeries]:
+        """Every series of the slot with its cumulative value (record + unfolded rows); read only."""
+        stored, log = await self._read_slot_and_log(escape_tenant(tenant), slot)
+        plan = fold_log(
+            stored,
+            log,
+            slots=self.slots,
+            max_exemplars=self.max_exemplars,
+            exp_max_size=self.exp_max_size,
+            limit=0,
+            delta_mode=False,
+        )
+        digests = [bytes(d) for d in stored] + [new.digest for new in plan.created]
+        return [StoredSeries(digest, series) for digest, series in zip(digests, plan.live, strict=True)]
+
+    async def fold_slot(
         self,
         tenant: str,
         slot: int,
-        emitted: Sequence[StoredSeries],
+        token: int,
         *,
-        expire_before_ns: int,
-        delta_mode: bool,
-        now_ns: int,
-    ) -> tuple[int, int]:
-        """Trim sent exemplars, subtract DELTA emissions, expire idle series. Returns (updated, expired)."""
-        entries: list[list[Any]] = []
-        for stored in emitted:
-            series = stored.series
-            expired = expire_before_ns > 0 and series.last_ns < expire_before_ns
-            if not (expired or series.exemplars or delta_mode):
-                continue
-            entries.append(
-                [
-                    stored.digest,
-                    len(series.exemplars),
-                    series.count if delta_mode else 0,
-                    float(series.sum) if delta_mode else 0.0,
-                    (series.buckets or []) if delta_mode else [],
-                    exp_state(series.exp) if delta_mode else [],
-                ]
-            )
-        if not entries:
-            return 0, 0
+        expire_before_ns: int = 0,
+        delta_mode: bool = False,
+        reset_emitted_ns: int | None = None,
+    ) -> FoldResult:
+        """Fold the slot's log into its records and commit that, as the slot's owner (``token``).
+
+        Returns the series to publish. ``reset_emitted_ns``: when this owner last published the
+        slot successfully (see :func:`state.fold.fold_log`). Not committed (``committed`` False)
+        when the token is stale: then nothing may be published either.
+        """
         escaped = escape_tenant(tenant)
-        payload = msgpack.packb(
+        stored, log = await self._read_slot_and_log(escaped, slot)
+        plan = fold_log(
+            stored,
+            log,
+            slots=self.slots,
+            max_exemplars=self.max_exemplars,
+            exp_max_size=self.exp_max_size,
+            limit=self.active_series_limit,
+            delta_mode=delta_mode,
+            expire_before_us=expire_before_ns // 1000,
+            reset_emitted_us=None if reset_emitted_ns is None else reset_emitted_ns // 1000,
+        )
+        if not (plan.updates or plan.created or plan.expired or log):
+            return FoldResult(committed=True, live=plan.live)
+        header = msgpack.packb(
             [
+                self.keys.fence,
+                str(slot),
+                str(token),
                 self.keys.slot(escaped, slot),
+                self.keys.log(escaped, slot),
                 self.keys.active(escaped),
-                expire_before_ns // 1000,
-                1 if delta_mode else 0,
-                now_ns // 1000,
-                entries,
+                len(log),
+                self.active_series_limit,
+                plan.expired,
+                [self.keys.log(escaped, target) for target in plan.overflow_slots],
             ],
             use_bin_type=False,
         )
-        updated, expired_count = await self._post_emit(args=[payload])
-        return int(updated), int(expired_count)
+        updates = [part for pair in plan.updates for part in pair]
+        created = [part for new in plan.created for part in (new.digest, new.record)]
+        overflow = [part for new in plan.created for part in (new.overflow_target, new.overflow_row)]
+        pack = msgpack.Packer(use_bin_type=False).pack  # Lua's cmsgpack knows no bin type
+        args = [header, pack(updates), pack(created), pack(overflow)]
+        reply = await self._fold(args=args)
+        if _text(reply[0]) != "OK":
+            return FoldResult(committed=False)
+        live = plan.live
+        refused = [int(n) for n in reply[1]]
+        if refused:
+            dropped = {plan.created[n - 1].live_index for n in refused}
+            live = [series for index, series in enumerate(live) if index not in dropped]
+        return FoldResult(
+            committed=True,
+            live=live,
+            created=len(plan.created) - len(refused),
+            overflowed=len(refused),
+            expired=len(plan.expired),
+            rows=plan.rows,
+        )
+
+
+def _all_strings(attributes: Attributes) -> bool:
+    return all(type(value) is str for _, value in attributes)
 
 
 def _bytes(value: bytes | str) -> bytes:

@@ -1,23 +1,24 @@
-"""Emission: the owner of a slot reads its series from Redis and publishes them.
+"""Emission: the owner of a slot folds its delta log into its records, then publishes them.
 
 Each series belongs to one slot (``slot_of(digest, partitions)``) and the worker that holds input
 partition N emits slot N, so every live series is published once per flush by exactly one
-worker, including idle series, until they expire. Records stay under the configured size and
-carry the tenant header of the input.
+worker, including idle series, until they expire. The fold is committed (fenced by the owner's
+token) before anything is published, so what goes out is always what Redis holds. Records stay
+under the configured size and carry the tenant header of the input.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
-from state.store import RedisStateStore, StoredSeries
+from state.store import RedisStateStore
 from worker.config import Temporality
-from worker.otlp.metrics_builder import split_by_size
+from worker.otlp.metrics_encoder import encode_requests
 from worker.series import Attributes, MetricDescriptor, Series
 
 __all__ = ["WORKER_HEADER", "EmitReport", "Emitter"]
@@ -58,6 +59,9 @@ class EmitReport:
     records: int = 0
     bytes: int = 0
     expired: int = 0
+    #: New series the fold admitted, and those the tenant's active-series limit refused.
+    created: int = 0
+    overflowed: int = 0
     slots: list[int] = field(default_factory=list)
     #: Slots lost while this emission ran (revoked, or taken over while the process was frozen):
     #: not published, so no stale value goes out under a time stamp another owner also uses.
@@ -93,6 +97,9 @@ class Emitter:
         self.max_record_bytes = max_record_bytes
         self.worker_id = worker_id.encode()
         self._resources: dict[str, dict[str, Attributes]] = {}
+        #: (tenant, slot) -> (token, time) of this worker's last successful publication of the
+        #: slot: the next fold may forget what that publication carried (exemplars; DELTA values).
+        self._published: dict[tuple[str, int], tuple[int, int]] = {}
 
     async def _resources_for(self, tenant: str, needed: Collection[str]) -> dict[str, Attributes]:
         known = self._resources.get(tenant, {})
@@ -109,74 +116,71 @@ class Emitter:
 
     async def emit(
         self,
-        slots: Collection[int],
+        tokens: Mapping[int, int],
         now_ns: int,
         *,
         still_owned: Callable[[int], Awaitable[bool]] | None = None,
     ) -> EmitReport:
-        """Publish every live series of ``slots`` for every tenant, then tidy up state.
+        """Fold and publish every live series of the owned slots (slot -> fencing token).
 
-        ``still_owned(slot)`` is asked right before each publication: ownership was checked when
-        the emission began, but a rebalance (or a process frozen past its session timeout) can
-        move a slot to another worker in the meantime.
+        ``still_owned(slot)`` is asked right before each publication: the fold's commit proved
+        ownership, but a rebalance (or a process frozen past its session timeout) can move a
+        slot to another worker in the meantime.
         """
-        report = EmitReport(slots=sorted(slots))
-        if not slots:
+        report = EmitReport(slots=sorted(tokens))
+        self._published = {key: value for key, value in self._published.items() if key[1] in tokens}
+        if not tokens:
             return report
         expire_before = now_ns - self.expiration_ns if self.expiration_ns else 0
         delta = self.temporality is Temporality.DELTA
         for tenant in await self.store.tenants():
-            for slot in sorted(slots):
+            for slot in sorted(tokens):
                 if slot in report.skipped:
                     continue
-                stored = await self.store.read_slot(tenant, slot)
-                if not stored:
-                    continue
-                live: list[StoredSeries] = []
-                touched: list[StoredSeries] = []
-                for item in stored:
-                    if expire_before and item.series.last_ns < expire_before:
-                        touched.append(item)
-                    elif delta and item.series.count == 0:
-                        continue
-                    else:
-                        live.append(item)
-                        touched.append(item)
-                if still_owned is not None and not await still_owned(slot):
+                token = tokens[slot]
+                previous = self._published.pop((tenant, slot), None)
+                fold = await self.store.fold_slot(
+                    tenant,
+                    slot,
+                    token,
+                    expire_before_ns=expire_before,
+                    delta_mode=delta,
+                    reset_emitted_ns=previous[1] if previous is not None and previous[0] == token else None,
+                )
+                if not fold.committed:
                     report.skipped.append(slot)
                     continue
-                if live:
-                    await self._publish(tenant, live, now_ns, report)
-                _, expired = await self.store.after_emit(
-                    tenant, slot, touched, expire_before_ns=expire_before, delta_mode=delta, now_ns=now_ns
-                )
-                report.expired += expired
+                report.expired += fold.expired
+                report.created += fold.created
+                report.overflowed += fold.overflowed
+                if fold.live:
+                    if still_owned is not None and not await still_owned(slot):
+                        report.skipped.append(slot)
+                        continue
+                    await self._publish(tenant, fold.live, now_ns, report)
+                self._published[(tenant, slot)] = (token, now_ns)
         return report
 
-    async def _publish(self, tenant: str, live: list[StoredSeries], now_ns: int, report: EmitReport) -> None:
-        series = [item.series for item in live]
+    async def _publish(self, tenant: str, series: Sequence[Series], now_ns: int, report: EmitReport) -> None:
         for one in series:
             _fit_otlp(one)
         resources = await self._resources_for(tenant, {s.resource_id for s in series})
         headers = self._headers(tenant)
         pending = []
-        for request in split_by_size(
+        for request in encode_requests(
             resources, series, self.descriptors, self.temporality, now_ns, self.max_record_bytes
         ):
-            data = request.SerializeToString()
-            key = (
-                request.resource_metrics[0].resource.SerializeToString()[:64]
-                if request.resource_metrics
-                else None
-            )
             try:
-                pending.append(await self.producer.send(self.topic, data, key=key, headers=headers))
+                pending.append(
+                    await self.producer.send(self.topic, request.data, key=request.key, headers=headers)
+                )
             except _TOO_LARGE:
                 report.too_large += 1  # one series over the producer's limit: never sendable
                 continue
             report.records += 1
-            report.bytes += len(data)
-        # Delivery must be confirmed before state is tidied (exemplars trimmed, deltas subtracted).
+            report.bytes += len(request.data)
+        # Delivery must be confirmed before the next fold may forget what went out (exemplars,
+        # DELTA values): the caller records the publication only once this returns.
         # A record the broker refuses as too large would be refused at every flush: it is counted
         # and skipped, so it cannot hold back the series emitted after it.
         for result in await asyncio.gather(*pending, return_exceptions=True):

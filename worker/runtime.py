@@ -39,7 +39,7 @@ from worker.emitter import EmitReport, Emitter
 from worker.exceptions import OtlpDecodeError, SpanmetricsError, StateError
 from worker.kafka_clients import make_consumer, make_producer
 from worker.logs import redact_url
-from worker.otlp.decode import decode_traces
+from worker.otlp.decode import decode_batch
 from worker.pipeline import Pipeline
 from worker.records import dlq_headers, tenant_of
 from worker.selfmetrics import WorkerMetrics
@@ -310,7 +310,7 @@ class StreamWorker:
         request with all their resources. If the joined parse fails, each is decoded alone so the
         dead-letter topic gets exactly the bad ones. Progress and counters stay per record.
         """
-        from worker.otlp.decode import decode_traces_proto  # kept local to the record methods
+        from worker.otlp.decode import decode_batch_proto  # kept local to the record methods
         from worker.pipeline import PipelineStats
 
         kafka = self.settings.kafka
@@ -328,7 +328,7 @@ class StreamWorker:
 
         if len(run) > 1:
             try:
-                request = decode_traces_proto(b"".join(value for _, value in run))
+                request = decode_batch_proto(b"".join(value for _, value in run))
             except OtlpDecodeError:
                 request = None
             if request is not None:
@@ -358,7 +358,7 @@ class StreamWorker:
                 )
                 continue
             try:
-                request = decode_traces(value)
+                request = decode_batch(value)
             except OtlpDecodeError as exc:
                 await self._dead_letter(record, str(exc))
                 continue
@@ -453,7 +453,7 @@ class StreamWorker:
         redis_started = time.monotonic()
         store = self.store
         try:
-            result = await self._with_retry(lambda: store.merge(deltas, fences, pending))
+            await self._with_retry(lambda: store.merge(deltas, fences, pending))
         except FencedError as exc:
             self.stats.fenced += 1
             self.log.warning(
@@ -463,7 +463,6 @@ class StreamWorker:
             return None
         self.stats.last_redis_seconds = time.monotonic() - redis_started
         self.metrics.observe_redis_step(self.stats.last_redis_seconds)
-        self.stats.overflowed += result.overflowed
         for partition, offset in progress.items():
             if offset > self.applied.get(partition, -1):
                 self.applied[partition] = offset
@@ -517,7 +516,9 @@ class StreamWorker:
                     checked = time.monotonic()
                 return slot in owned
 
-            report = await self.emitter.emit(owned, time.time_ns(), still_owned=still_owned)
+            report = await self.emitter.emit(
+                {slot: tokens[slot] for slot in owned}, time.time_ns(), still_owned=still_owned
+            )
         except (RedisError, OSError, KafkaError) as exc:
             self.log.warning("emission failed; it is retried at the next flush", error=str(exc))
             return None
@@ -530,6 +531,7 @@ class StreamWorker:
         self.stats.emitted_records += report.records
         self.stats.emitted_bytes += report.bytes
         self.stats.expired += report.expired
+        self.stats.overflowed += report.overflowed
         return report
 
     async def _reset_to_redis(self) -> None:

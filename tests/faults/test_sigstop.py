@@ -13,6 +13,7 @@ import signal
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -157,16 +158,16 @@ async def test_emission_frozen_after_its_ownership_check_skips_slots_taken_over(
             )
             store = running.worker.store
             assert store is not None
-            original = store.read_slot
+            original = store.fold_slot
             inside, release = asyncio.Event(), asyncio.Event()
 
-            async def frozen_read_slot(tenant: str, slot: int) -> object:
+            async def frozen_fold_slot(tenant: str, slot: int, token: int, **kwargs: Any) -> object:
                 if not inside.is_set():
                     inside.set()
                     await release.wait()  # the process is "stopped" here
-                return await original(tenant, slot)
+                return await original(tenant, slot, token, **kwargs)
 
-            monkeypatch.setattr(store, "read_slot", frozen_read_slot)
+            monkeypatch.setattr(store, "fold_slot", frozen_fold_slot)
             await asyncio.wait_for(inside.wait(), timeout=10)
             client = aioredis.Redis.from_url(redis_server.url)
             try:

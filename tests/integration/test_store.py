@@ -1,15 +1,21 @@
-"""The Redis store's Lua scripts against a real Redis: they must agree with the pure merge."""
+"""The Redis store against a real Redis: merges append to slot logs, the owner's fold commits them.
+
+A series' value is its record plus the unfolded rows of its slot's log; these tests check that
+value through ``read_slot`` (a read-only view) and through ``fold_slot`` (what the owner emits),
+and that the Lua scripts keep the invariants: fencing, retries, the active-series limit.
+"""
 
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from state.keys import KeySpace
-from state.store import FencedError, RedisStateStore
-from worker.series import Series, merge_series
+from state.store import FencedError, RedisStateStore, series_slot
+from worker.series import Series
 from worker.spanmetrics.exphistogram import ExpHistogram
 from worker.spanmetrics.processor import TenantDeltas
 
@@ -45,6 +51,24 @@ async def _all(store: RedisStateStore, tenant: str = "acme") -> dict[str, Series
     return result
 
 
+async def _fold_all(
+    store: RedisStateStore, tokens: dict[int, int], tenant: str = "acme", **kwargs: Any
+) -> list[Series]:
+    """Fold every slot as its owner (claiming the slots not claimed yet); the series emitted."""
+    missing = [slot for slot in range(store.slots) if slot not in tokens]
+    tokens.update(await store.claim(missing))
+    emitted: list[Series] = []
+    for slot in range(store.slots):
+        result = await store.fold_slot(tenant, slot, tokens[slot], **kwargs)
+        assert result.committed
+        emitted.extend(result.live)
+    return emitted
+
+
+async def _log_lengths(client: Redis, store: RedisStateStore, tenant: str = "acme") -> list[int]:
+    return [int(await client.llen(store.keys.log(tenant, slot))) for slot in range(store.slots)]
+
+
 @pytest.fixture
 def store(redis_client: Redis, unique_name: str) -> RedisStateStore:
     return RedisStateStore(
@@ -68,10 +92,13 @@ async def test_merge_sums_counts_buckets_and_keeps_types_and_start(store: RedisS
     assert merged.attributes == first.attributes  # int, bool, float kept
     assert len(merged.exemplars) == 3  # capped at max_exemplars
     assert await store.applied_offsets([0, 1]) == {0: 20}
+    assert await store.active_series("acme") == 0  # counted when the owner folds it in
+    assert [s.count for s in await _fold_all(store, {0: tokens[0]})] == [5]
+    assert (await _all(store))["duration"] == merged
     assert await store.active_series("acme") == 1
 
 
-async def test_exponential_merge_in_lua_equals_python_merge(store: RedisStateStore) -> None:
+async def test_exponential_histograms_fold_exactly(store: RedisStateStore) -> None:
     rng = random.Random(5)
     tokens = await store.claim([0])
     expected = ExpHistogram(max_size=20)
@@ -104,21 +131,76 @@ async def test_a_stale_token_changes_nothing(store: RedisStateStore) -> None:
     assert await _all(store) == {}
 
 
+async def test_the_owners_fold_commits_the_log_and_emits_the_cumulative_values(
+    redis_client: Redis, store: RedisStateStore
+) -> None:
+    tokens = await store.claim([0])
+    await store.merge(_deltas(_series("calls\x1er1\x1ea", count=2)), {0: (tokens[0], 1)})
+    await store.merge(_deltas(_series("calls\x1er1\x1ea", count=3)), {0: (tokens[0], 2)})
+    assert sum(await _log_lengths(redis_client, store)) == 2  # one entry per merge and slot
+    emitted = await _fold_all(store, tokens)
+    assert [s.count for s in emitted] == [5]
+    assert await _log_lengths(redis_client, store) == [0] * store.slots
+    assert (await _all(store))["calls"].count == 5  # now in the record
+    assert await store.active_series("acme") == 1
+    # Idle: emitted again with the same cumulative value, nothing written.
+    assert [s.count for s in await _fold_all(store, tokens)] == [5]
+
+
+async def test_rows_appended_while_the_owner_folds_wait_for_the_next_fold(
+    store: RedisStateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokens = await store.claim([0])
+    await store.merge(_deltas(_series("calls\x1er1\x1ea", count=1)), {0: (tokens[0], 1)})
+    read = store._read_slot_and_log
+
+    async def read_then_merge(escaped: str, slot: int) -> Any:
+        snapshot = await read(escaped, slot)
+        # Another worker's flush lands between the owner's read and its commit.
+        await store.merge(_deltas(_series("calls\x1er1\x1ea", count=10)), {0: (tokens[0], 2)})
+        return snapshot
+
+    monkeypatch.setattr(store, "_read_slot_and_log", read_then_merge)
+    tokens.update(await store.claim([s for s in range(store.slots) if s != 0]))
+    slot = series_slot("calls\x1er1\x1ea", store.slots)
+    first = await store.fold_slot("acme", slot, tokens[slot])
+    assert [s.count for s in first.live] == [1]
+    monkeypatch.undo()
+    second = await store.fold_slot("acme", slot, tokens[slot])
+    assert [s.count for s in second.live] == [11]  # the late row was kept, and folded once
+
+
+async def test_a_stale_owner_cannot_fold(store: RedisStateStore, redis_client: Redis) -> None:
+    tokens = await store.claim(range(store.slots))
+    await store.merge(_deltas(_series("calls\x1er1\x1ea", count=1)), {0: (tokens[0], 1)})
+    slot = series_slot("calls\x1er1\x1ea", store.slots)
+    await store.claim([slot])  # the slot moved to another worker
+    result = await store.fold_slot("acme", slot, tokens[slot])
+    assert not result.committed and result.live == []
+    assert sum(await _log_lengths(redis_client, store)) == 1  # left for the new owner
+
+
 async def test_tenant_limit_routes_new_series_to_overflow(redis_client: Redis, unique_name: str) -> None:
     store = RedisStateStore(
         redis_client, KeySpace(unique_name, "in"), slots=2, max_exemplars=0, active_series_limit=2
     )
     tokens = await store.claim([0])
     deltas = [_series(f"calls\x1er1\x1e{i}", count=1) for i in range(5)]
-    result = await store.merge(_deltas(*deltas), {0: (tokens[0], 1)})
-    assert result.overflowed == 3
+    await store.merge(_deltas(*deltas), {0: (tokens[0], 1)})
+    await _fold_all(store, tokens)
+    emitted = await _fold_all(store, tokens)  # the overflow rows may land in a slot folded earlier
+    assert await store.active_series("acme") == 3  # two admitted series and the overflow series
     series = [s.series for slot in range(2) for s in await store.read_slot("acme", slot)]
     overflow = [s for s in series if s.attributes == (("otel.metric.overflow", True),)]
     assert len(overflow) == 1 and overflow[0].count == 3
     assert sum(s.count for s in series) == 5  # nothing lost, only folded
+    assert len(series) == 3
+    # The refused series are not published under their own attributes.
+    published = sorted((s.attributes == overflow[0].attributes, s.count) for s in emitted)
+    assert published == [(False, 1), (False, 1), (True, 3)]
 
 
-async def test_after_emit_trims_exemplars_subtracts_delta_and_expires(store: RedisStateStore) -> None:
+async def test_fold_trims_emitted_exemplars_resets_delta_and_expires(store: RedisStateStore) -> None:
     tokens = await store.claim([0])
     await store.merge(
         _deltas(
@@ -127,35 +209,36 @@ async def test_after_emit_trims_exemplars_subtracts_delta_and_expires(store: Red
         ),
         {0: (tokens[0], 1)},
     )
-    for slot in range(store.slots):
-        stored = await store.read_slot("acme", slot)
-        await store.after_emit(
-            "acme",
-            slot,
-            stored,
-            expire_before_ns=NOW + 1_000_000,
-            delta_mode=True,
-            now_ns=NOW + 10_000_000_000,
-        )
-    # Both were idle since NOW, before the cut-off: expired and no longer counted as active.
+    emitted = await _fold_all(store, tokens, delta_mode=True, reset_emitted_ns=None)
+    assert sorted((s.metric, s.count, len(s.exemplars)) for s in emitted) == [
+        ("calls", 4, 2),
+        ("events", 1, 0),
+    ]
+    # Published successfully: the next fold forgets the values and exemplars that went out.
+    emitted_at = NOW + 10_000_000_000
+    again = await _fold_all(store, tokens, delta_mode=True, reset_emitted_ns=emitted_at)
+    assert again == []  # DELTA: nothing new, nothing to publish
+    kept = (await _all(store))["calls"]
+    assert kept.count == 0 and kept.exemplars == []
+    assert kept.start_ns == emitted_at  # the next delta starts at that emission
+
+    await store.merge(_deltas(_series("calls\x1er1\x1ea", count=4, exemplars=2)), {0: (tokens[0], 2)})
+    third = await _fold_all(store, tokens, delta_mode=True, reset_emitted_ns=emitted_at)
+    assert [(s.metric, s.count, s.start_ns) for s in third] == [("calls", 4, emitted_at)]
+
+    # Idle since NOW (events) and since NOW (calls' delta): past the cut-off both expire.
+    assert await _fold_all(store, tokens, expire_before_ns=NOW + 1_000_000) == []
     assert await _all(store) == {}
     assert await store.active_series("acme") == 0
 
-    await store.merge(_deltas(_series("calls\x1er1\x1ea", count=4, exemplars=2)), {0: (tokens[0], 2)})
-    for slot in range(store.slots):
-        stored = await store.read_slot("acme", slot)
-        await store.after_emit(
-            "acme", slot, stored, expire_before_ns=0, delta_mode=True, now_ns=NOW + 20_000_000_000
-        )
-    kept = (await _all(store))["calls"]
-    assert kept.count == 0 and kept.exemplars == []
-    assert kept.start_ns == NOW + 20_000_000_000  # the next delta starts at this emission
 
-
-def test_python_merge_matches_expectations_used_above() -> None:
-    target = _series("calls\x1er1\x1ea", count=1, exemplars=2)
-    merge_series(target, _series("calls\x1er1\x1ea", count=2, exemplars=2), max_exemplars=3)
-    assert target.count == 3 and len(target.exemplars) == 3
+async def test_a_failed_publication_is_not_forgotten(store: RedisStateStore) -> None:
+    tokens = await store.claim([0])
+    await store.merge(_deltas(_series("calls\x1er1\x1ea", count=4, exemplars=2)), {0: (tokens[0], 1)})
+    await _fold_all(store, tokens, delta_mode=True)
+    # No reset time: the previous publication is not known to have succeeded, so it goes again.
+    again = await _fold_all(store, tokens, delta_mode=True, reset_emitted_ns=None)
+    assert [(s.count, len(s.exemplars)) for s in again] == [(4, 2)]
 
 
 async def test_a_changed_partition_count_is_refused(redis_client: Redis, unique_name: str) -> None:

@@ -1,0 +1,280 @@
+"""Folding a slot's delta log into its cumulative records: pure code, no I/O.
+
+Any worker's flush appends the deltas it computed to the delta log of the slot each series
+belongs to (``P:t:<T>:d:<slot>``), in the same atomic step that records its input offsets; the
+owner of the slot folds that log into the slot's records (``P:t:<T>:s:<slot>``) when it emits.
+Redis thus does O(slots) work per flush instead of a read-modify-write per series, and the
+per-series arithmetic runs in the workers, which scale out, instead of in Redis's single thread.
+
+This module decides everything about one fold: which records change, which series are new,
+which expire, what each new series turns into should the tenant's active-series limit refuse
+it, and what is emitted. :mod:`state.store` reads the inputs and commits the outcome atomically.
+
+Records and log rows share the codec's layout (see :mod:`state.codec`)::
+
+    record = [meta, start_us, last_us, count, sum, buckets, exp, exemplars]
+    row    = [digest, record, flags]            # flags: ROW_OVERFLOW for an overflow series
+
+A log entry is several msgpack rows one after the other (a stream, not an array), so entries
+can be built by concatenating packed rows, by Python and by Lua alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import msgpack
+
+from state.codec import exp_from_state, exp_state
+from worker.series import Attributes, Series, make_series_id, series_digest
+from worker.spanmetrics.processor import OVERFLOW_ATTRIBUTE
+
+__all__ = [
+    "ROW_OVERFLOW",
+    "FoldPlan",
+    "NewSeries",
+    "decode_meta",
+    "fold_log",
+    "overflow_series_id",
+    "pack_row",
+    "series_slot",
+    "slot_of",
+]
+
+#: Row flag: the row is an overflow series' delta, created whatever the tenant's limit says
+#: (it is where the series refused by the limit go, so refusing it would lose them).
+ROW_OVERFLOW = 1
+
+_META, _START, _LAST, _COUNT, _SUM, _BUCKETS, _EXP, _EXEMPLARS = range(8)
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+
+def slot_of(digest: bytes, slots: int) -> int:
+    """The emission slot of a series: stable across processes, spread evenly."""
+    return int.from_bytes(digest[:8], "big") % slots
+
+
+def series_slot(series_id: str, slots: int) -> int:
+    """Slot by resource and attributes, not metric: ``calls`` and ``duration`` of one span
+    series share a slot, so one read of the slot gives a consistent point in time for both."""
+    _, _, without_metric = series_id.partition("\x1e")
+    return slot_of(series_digest(without_metric), slots)
+
+
+def overflow_series_id(metric: str, resource_id: str) -> str:
+    """The id of the series that absorbs a tenant's new series past its active-series limit."""
+    return make_series_id(metric, resource_id, f"{OVERFLOW_ATTRIBUTE}=true")
+
+
+def pack_row(digest: bytes, record: Sequence[Any], flags: int = 0) -> bytes:
+    return cast(bytes, _packb([digest, record, flags]))
+
+
+def decode_meta(meta: bytes) -> tuple[str, str, Attributes]:
+    """(metric, resource id, attributes) of a packed meta, in one C call in the common case.
+
+    Decoded with tuples for arrays, so the attribute pairs come out as the tuples ``Attributes``
+    wants; only a value that is itself an array (an OTLP array attribute, kept as a list
+    elsewhere) needs the slower second decode.
+    """
+    metric, resource_id, pairs = msgpack.unpackb(meta, raw=False, use_list=False, strict_map_key=False)
+    for _, value in pairs:
+        if type(value) is tuple:
+            metric, resource_id, lists = msgpack.unpackb(meta, raw=False, strict_map_key=False)
+            return metric, resource_id, tuple((key, value) for key, value in lists)
+    return metric, resource_id, pairs
+
+
+@dataclass(slots=True)
+class NewSeries:
+    """A series the log brings that the slot does not hold yet."""
+
+    digest: bytes
+    record: bytes
+    #: Index into :attr:`FoldPlan.overflow_slots` of where the series goes if the limit refuses
+    #: it, or -1 when it is itself an overflow series (never refused) or no limit applies.
+    overflow_target: int
+    #: The row to append to that slot's log instead (the same delta under the overflow series).
+    overflow_row: bytes
+    #: Position in :attr:`FoldPlan.live` (-1: not emitted, e.g. a zero DELTA).
+    live_index: int
+
+
+@dataclass(slots=True)
+class FoldPlan:
+    """What one fold changes, and what the owner emits once the change is committed."""
+
+    #: (digest, packed record) of held series whose record changed.
+    updates: list[tuple[bytes, bytes]] = field(default_factory=list)
+    created: list[NewSeries] = field(default_factory=list)
+    expired: list[bytes] = field(default_factory=list)
+    #: Slots whose logs receive refused new series (indexes of NewSeries.overflow_target).
+    overflow_slots: list[int] = field(default_factory=list)
+    #: Series to emit, in slot order; a refused new series is removed by the store.
+    live: list[Series] = field(default_factory=list)
+    #: How many spans/values the log added (for the logs; not used for correctness).
+    rows: int = 0
+
+
+def _iter_rows(log: Iterable[bytes]) -> Iterable[list[Any]]:
+    for entry in log:
+        unpacker = msgpack.Unpacker(raw=True, strict_map_key=False, max_buffer_size=max(len(entry), 1 << 20))
+        unpacker.feed(entry)
+        yield from unpacker
+
+
+def _add(record: list[Any], delta: Sequence[Any], max_exemplars: int, exp_max_size: int) -> None:
+    """Add a delta into a record in place (the Python twin of ``worker.series.merge_series``)."""
+    if delta[_LAST] > record[_LAST]:
+        record[_LAST] = delta[_LAST]
+    record[_COUNT] += delta[_COUNT]
+    record[_SUM] += delta[_SUM]
+    added = delta[_BUCKETS]
+    if added:
+        buckets = record[_BUCKETS]
+        if len(buckets) != len(added):
+            # The bucket layout changed (reconfigured bounds): restart from the delta.
+            record[_BUCKETS] = list(added)
+        else:
+            record[_BUCKETS] = [a + b for a, b in zip(buckets, added, strict=True)]
+    if delta[_EXP]:
+        if record[_EXP]:
+            merged = exp_from_state(record[_EXP], exp_max_size)
+            merged.merge(exp_from_state(delta[_EXP], exp_max_size))
+            record[_EXP] = exp_state(merged)
+        else:
+            record[_EXP] = list(delta[_EXP])
+    exemplars = delta[_EXEMPLARS]
+    if exemplars:
+        kept = record[_EXEMPLARS]
+        room = max_exemplars - len(kept)
+        if room > 0:
+            record[_EXEMPLARS] = [*kept, *exemplars[:room]]
+
+
+def _reset(record: list[Any], delta_mode: bool, emitted_us: int) -> bool:
+    """Forget what the previous emission published: its exemplars, and for DELTA its values.
+
+    Returns whether the record changed. The owner commits a fold before publishing, so a
+    record's values at the next fold are exactly what was published (only the owner writes
+    records), provided that publication succeeded: the caller only resets then.
+    """
+    changed = False
+    if record[_EXEMPLARS]:
+        record[_EXEMPLARS] = []
+        changed = True
+    if delta_mode and (record[_COUNT] or record[_START] != emitted_us):
+        record[_START] = emitted_us
+        record[_COUNT] = 0
+        record[_SUM] = 0.0
+        if record[_BUCKETS]:
+            record[_BUCKETS] = [0] * len(record[_BUCKETS])
+        record[_EXP] = []
+        changed = True
+    return changed
+
+
+def _series(record: Sequence[Any], exp_max_size: int) -> Series:
+    metric, resource_id, attributes = decode_meta(record[_META])
+    buckets = record[_BUCKETS]
+    exp = record[_EXP]
+    exemplars = record[_EXEMPLARS]
+    return Series(
+        series_id="",
+        metric=metric,
+        resource_id=resource_id,
+        attributes=attributes,
+        start_ns=int(record[_START]) * 1000,
+        last_ns=int(record[_LAST]) * 1000,
+        count=int(record[_COUNT]),
+        sum=float(record[_SUM]),
+        buckets=[int(b) for b in buckets] if buckets else None,
+        exp=exp_from_state(exp, exp_max_size) if exp else None,
+        exemplars=(
+            [(bytes(t), bytes(s), float(v), int(ts) * 1000) for t, s, v, ts in exemplars] if exemplars else []
+        ),
+    )
+
+
+def _overflow(metric: str, resource_id: str, slots: int, targets: list[int]) -> tuple[int, bytes, bytes]:
+    """Where the overflow series of (metric, resource) lives: its index in ``targets`` (the slots
+    receiving overflow rows, appended to when new), its digest and its packed meta."""
+    overflow_id = overflow_series_id(metric, resource_id)
+    slot = series_slot(overflow_id, slots)
+    if slot not in targets:
+        targets.append(slot)
+    meta = _packb([metric, resource_id, [[OVERFLOW_ATTRIBUTE, True]]])
+    return targets.index(slot), series_digest(overflow_id), meta
+
+
+def fold_log(
+    stored: Mapping[bytes, bytes],
+    log: Sequence[bytes],
+    *,
+    slots: int,
+    max_exemplars: int,
+    exp_max_size: int,
+    limit: int,
+    delta_mode: bool,
+    expire_before_us: int = 0,
+    reset_emitted_us: int | None = None,
+) -> FoldPlan:
+    """Fold ``log`` (entries of packed rows) into the slot's ``stored`` records.
+
+    ``reset_emitted_us`` is the time of this owner's previous, successful emission of the slot:
+    what it published is forgotten first (see :func:`_reset`); None when there is none to trust
+    (a new owner, a failed publication), in which case it goes out again.
+    """
+    plan = FoldPlan()
+    # Every row of one series adds up into one delta before it meets the record.
+    deltas: dict[bytes, tuple[list[Any], int]] = {}
+    for row in _iter_rows(log):
+        plan.rows += 1
+        digest, delta, flags = bytes(row[0]), row[1], row[2]
+        found = deltas.get(digest)
+        if found is None:
+            deltas[digest] = (delta, flags)
+        else:
+            _add(found[0], delta, max_exemplars, exp_max_size)
+
+    unpackb = msgpack.unpackb
+    live = plan.live
+    for digest, blob in stored.items():
+        digest = bytes(digest)
+        pending = deltas.pop(digest, None)
+        record = unpackb(blob, raw=True, strict_map_key=False)
+        changed = reset_emitted_us is not None and _reset(record, delta_mode, reset_emitted_us)
+        if pending is not None:
+            _add(record, pending[0], max_exemplars, exp_max_size)
+            changed = True
+        elif expire_before_us and record[_LAST] < expire_before_us:
+            plan.expired.append(digest)
+            continue
+        if changed:
+            plan.updates.append((digest, _packb(record)))
+        if not (delta_mode and record[_COUNT] == 0):
+            live.append(_series(record, exp_max_size))
+
+    # (metric, resource id) -> (index into overflow_slots, overflow digest, overflow meta)
+    overflows: dict[tuple[str, str], tuple[int, bytes, bytes]] = {}
+    for digest, (record, flags) in deltas.items():
+        if len(record[_EXEMPLARS]) > max_exemplars:
+            record[_EXEMPLARS] = record[_EXEMPLARS][:max_exemplars]
+        series = _series(record, exp_max_size)
+        target, overflow_row = -1, b""
+        if limit and not flags & ROW_OVERFLOW:
+            overflow = overflows.get((series.metric, series.resource_id))
+            if overflow is None:
+                overflow = overflows[series.metric, series.resource_id] = _overflow(
+                    series.metric, series.resource_id, slots, plan.overflow_slots
+                )
+            target = overflow[0]
+            overflow_row = pack_row(overflow[1], [overflow[2], *record[1:]], ROW_OVERFLOW)
+        live_index = -1
+        if not (delta_mode and record[_COUNT] == 0):
+            live_index = len(live)
+            live.append(series)
+        plan.created.append(NewSeries(digest, _packb(record), target, overflow_row, live_index))
+    return plan

@@ -1,0 +1,72 @@
+-- The owner of a slot commits a fold of the slot's delta log (state/fold.py decided it): new
+-- and changed records, expired series, and the log entries folded, all in one atomic step and
+-- only while the owner's fencing token is current. Entries appended since the owner read the
+-- log stay in it for the next fold.
+--
+-- ARGV[1] = msgpack {fence_key, slot, token, slot_key, log_key, active_key, folded, limit,
+--                    expired, overflow_logs}
+--   expired       = {digest, ...}
+--   overflow_logs = log keys of the slots that receive refused new series
+-- ARGV[2] = msgpack {digest, record, digest, record, ...}: held series whose record changed
+-- ARGV[3] = msgpack {digest, record, ...}: new series, in order
+-- ARGV[4] = msgpack {overflow_target, overflow_row, ...} per new series; overflow_target is a
+--           0-based index into overflow_logs, or -1 for a series never refused (an overflow
+--           series itself, or no limit)
+-- (A few large arguments rather than one per series: the client encodes each one in Python.)
+-- Returns {'OK', refused}: the 1-based positions of the new series the tenant's active-series
+-- limit refused (their rows went to the overflow series' logs instead), or {'FENCED'}.
+
+local args = cmsgpack.unpack(ARGV[1])
+local fence_key, slot, token = args[1], args[2], args[3]
+local slot_key, log_key, active_key = args[4], args[5], args[6]
+local folded, limit, expired, overflow_logs = args[7], args[8], args[9], args[10]
+if redis.call('HGET', fence_key, slot) ~= token then
+  return {'FENCED'}
+end
+
+local CHUNK = 4000  -- arguments per command, well below Lua's C stack limit
+local function each_chunk(items, command)
+  local total = 0
+  for first = 1, #items, CHUNK do
+    total = total + redis.call(command, slot_key, unpack(items, first, math.min(first + CHUNK - 1, #items)))
+  end
+  return total
+end
+
+each_chunk(cmsgpack.unpack(ARGV[2]), 'HSET')
+local active = tonumber(redis.call('GET', active_key) or '0')
+active = active - each_chunk(expired, 'HDEL')
+if active < 0 then active = 0 end
+
+-- New series are admitted in order while the tenant is under its limit; the rest go to the
+-- overflow series (never refused themselves), whose rows are appended to their slots' logs.
+local created = cmsgpack.unpack(ARGV[3])
+local overflow = cmsgpack.unpack(ARGV[4])
+local admitted, refused, rows_by_log = {}, {}, {}
+for n = 1, #created / 2 do
+  local target = overflow[2 * n - 1]
+  if target < 0 or limit == 0 or active < limit then
+    admitted[#admitted + 1] = created[2 * n - 1]
+    admitted[#admitted + 1] = created[2 * n]
+    active = active + 1
+  else
+    refused[#refused + 1] = n
+    local rows = rows_by_log[target + 1]
+    if rows == nil then
+      rows = {}
+      rows_by_log[target + 1] = rows
+    end
+    rows[#rows + 1] = overflow[2 * n]
+  end
+end
+-- A "new" series may exist after all (state written while this fold was decided cannot be,
+-- as only the owner writes records; but stay exact): HSET counts only fields it added.
+active = active - (#admitted / 2 - each_chunk(admitted, 'HSET'))
+for index, rows in pairs(rows_by_log) do
+  redis.call('RPUSH', overflow_logs[index], table.concat(rows))
+end
+redis.call('SET', active_key, active)
+if folded > 0 then
+  redis.call('LTRIM', log_key, folded, -1)
+end
+return {'OK', refused}

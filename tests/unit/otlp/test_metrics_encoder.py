@@ -1,0 +1,543 @@
+"""``encode_requests`` writes what ``split_by_size`` builds: compared parsed, request by request."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+from worker.config import DEFAULT_HISTOGRAM_BUCKETS, Temporality
+from worker.otlp import metrics_encoder
+from worker.otlp.metrics_builder import split_by_size
+from worker.otlp.metrics_encoder import EncodedRequest, encode_any_value, encode_requests
+from worker.otlp.values import python_to_any_value
+from worker.series import Attributes, MetricDescriptor, MetricKind, Series
+from worker.spanmetrics.exphistogram import ExpHistogram
+
+NOW = 1_700_000_000_123_456_789
+START = 1_699_999_000_000_000_000
+TRACE = bytes(range(16))
+SPAN = bytes(range(8))
+
+CALLS = MetricDescriptor("traces.span.metrics.calls", MetricKind.SUM, order=0)
+DURATION = MetricDescriptor(
+    "traces.span.metrics.duration", MetricKind.HISTOGRAM, unit="ms", bounds=DEFAULT_HISTOGRAM_BUCKETS, order=1
+)
+EVENTS = MetricDescriptor("traces.span.metrics.events", MetricKind.SUM, order=2)
+EXPONENTIAL = MetricDescriptor(
+    "traces.span.metrics.duration", MetricKind.EXPONENTIAL_HISTOGRAM, unit="s", order=1
+)
+GRAPH_TOTAL = MetricDescriptor(
+    "traces_service_graph_request_total", MetricKind.SUM, description="Total count", scope="graphs", order=0
+)
+GRAPH_SECONDS = MetricDescriptor(
+    "traces_service_graph_request_server_seconds",
+    MetricKind.HISTOGRAM,
+    unit="s",
+    description="Server side latency",
+    bounds=(0.1, 1.0, 10.0),
+    scope="graphs",
+    order=1,
+)
+SPAN_DESCRIPTORS = {d.name: d for d in (CALLS, DURATION, EVENTS)}
+ALL_DESCRIPTORS = {
+    **SPAN_DESCRIPTORS,
+    "exp": MetricDescriptor("exp", MetricKind.EXPONENTIAL_HISTOGRAM, scope="exp-scope"),
+    GRAPH_TOTAL.name: GRAPH_TOTAL,
+    GRAPH_SECONDS.name: GRAPH_SECONDS,
+}
+RESOURCES: dict[str, Attributes] = {
+    "r1": (("service.name", "frontend"), ("host.name", "node-1")),
+    "r2": (("service.name", "cart"), ("k8s.pod.uid", b"\x00\x01"), ("replicas", 3), ("ratio", 0.5)),
+    "r3": (("service.name", "x" * 100),),  # a key longer than 64 bytes, truncated
+}
+ATTRIBUTES: Attributes = (
+    ("service.name", "frontend"),
+    ("span.name", "GET /api"),
+    ("span.kind", "SPAN_KIND_SERVER"),
+    ("status.code", "STATUS_CODE_UNSET"),
+)
+
+
+def series(
+    metric: str,
+    resource_id: str = "r1",
+    attributes: Attributes = ATTRIBUTES,
+    *,
+    start_ns: int = START,
+    count: int = 3,
+    total: float = 12.5,
+    buckets: list[int] | None = None,
+    exp: ExpHistogram | None = None,
+    exemplars: list[tuple[bytes, bytes, float, int]] | None = None,
+) -> Series:
+    return Series(
+        series_id=f"{metric}|{resource_id}|{attributes!r}",
+        metric=metric,
+        resource_id=resource_id,
+        attributes=attributes,
+        start_ns=start_ns,
+        last_ns=start_ns,
+        count=count,
+        sum=total,
+        buckets=buckets,
+        exp=exp,
+        exemplars=exemplars or [],
+    )
+
+
+def exp_histogram(*values: float, max_size: int = 160) -> ExpHistogram:
+    histogram = ExpHistogram(max_size=max_size)
+    for value in values:
+        histogram.record(value)
+    return histogram
+
+
+def compare(
+    items: Iterable[Series],
+    descriptors: Mapping[str, MetricDescriptor] = SPAN_DESCRIPTORS,
+    *,
+    resources: Mapping[str, Attributes] = RESOURCES,
+    temporality: Temporality = Temporality.CUMULATIVE,
+    now_ns: int = NOW,
+    max_bytes: int = 1 << 20,
+) -> list[EncodedRequest]:
+    """Both sides on the same input; every request parses equal, with the emitter's key."""
+    items = list(items)
+    expected = list(split_by_size(resources, items, descriptors, temporality, now_ns, max_bytes))
+    encoded = list(encode_requests(resources, items, descriptors, temporality, now_ns, max_bytes))
+    assert len(encoded) == len(expected)
+    for old, new in zip(expected, encoded, strict=True):
+        parsed = ExportMetricsServiceRequest.FromString(new.data)
+        assert parsed == old
+        assert new.key == old.resource_metrics[0].resource.SerializeToString()[:64]
+        assert new.series == _data_points(old)
+    return encoded
+
+
+def _data_points(request: ExportMetricsServiceRequest) -> int:
+    total = 0
+    for resource_metrics in request.resource_metrics:
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                total += len(getattr(metric, metric.WhichOneof("data")).data_points)
+    return total
+
+
+# ---------------------------------------------------------------------------------- hand-written
+
+
+def test_sum() -> None:
+    (request,) = compare([series(CALLS.name, count=7), series(CALLS.name, ATTRIBUTES[:2], count=1)])
+    assert request.series == 2
+    assert (
+        request.key
+        == ExportMetricsServiceRequest.FromString(request.data)
+        .resource_metrics[0]
+        .resource.SerializeToString()
+    )
+
+
+def test_histogram_with_and_without_buckets() -> None:
+    compare(
+        [
+            series(DURATION.name, buckets=list(range(len(DEFAULT_HISTOGRAM_BUCKETS) + 1))),
+            series(DURATION.name, ATTRIBUTES[:1], buckets=None),  # zeros, one more than the bounds
+            series(DURATION.name, ATTRIBUTES[:2], buckets=[]),
+            series(DURATION.name, ATTRIBUTES[:3], buckets=[1, 2, 3]),  # stale layout: written as is
+            series(DURATION.name, ATTRIBUTES[1:], buckets=[2**64 - 1] * 17, total=-0.0),
+        ]
+    )
+
+
+def test_histogram_without_bounds() -> None:
+    descriptor = MetricDescriptor("d", MetricKind.HISTOGRAM)
+    compare([series("d", buckets=None), series("d", ATTRIBUTES[:1], buckets=[4])], {"d": descriptor})
+
+
+def test_exponential_histogram() -> None:
+    wide = exp_histogram(*(1.5**i for i in range(-40, 40)), max_size=8)  # downscaled, negative scale
+    big = exp_histogram(0.25)
+    big.counts = [300, 2**40]  # multi-byte varints
+    big.count = sum(big.counts)
+    no_min = exp_histogram(3.0)
+    no_min.min = None
+    no_max = exp_histogram(3.0)
+    no_max.max = None
+    cases = [
+        exp_histogram(0.0, 0.5, 3.0, 1000.0, 7.0),
+        exp_histogram(0.0),  # zero bucket only: no positive buckets, offset 0
+        exp_histogram(1.0, 1.0),  # offset -1 at scale 20
+        wide,
+        big,
+        no_min,
+        no_max,
+        ExpHistogram(),  # empty: min/max unset
+        None,
+    ]
+    items = [
+        series(
+            EXPONENTIAL.name,
+            attributes=(("i", index),),
+            exp=histogram,
+            count=histogram.count if histogram else 0,
+            total=histogram.sum if histogram else 0.0,
+        )
+        for index, histogram in enumerate(cases)
+    ]
+    compare(items, {EXPONENTIAL.name: EXPONENTIAL})
+
+
+def test_span_metrics_order_and_scopes() -> None:
+    """Metrics ordered by (scope, order, name) whatever the input order; one ScopeMetrics per scope."""
+    items = [
+        series(EVENTS.name, count=2),
+        series(GRAPH_SECONDS.name, buckets=[1, 0, 0, 1]),
+        series(DURATION.name, buckets=None),
+        series("exp", exp=exp_histogram(2.0), count=1, total=2.0),
+        series(CALLS.name),
+        series(GRAPH_TOTAL.name, count=9),
+        series(CALLS.name, ATTRIBUTES[:1]),
+    ]
+    (request,) = compare(items, ALL_DESCRIPTORS)
+    parsed = ExportMetricsServiceRequest.FromString(request.data)
+    scopes = [scope.scope.name for scope in parsed.resource_metrics[0].scope_metrics]
+    assert scopes == ["exp-scope", "graphs", "spanmetricsconnector"]
+
+
+def test_several_resources_in_first_seen_order() -> None:
+    items = [
+        series(CALLS.name, "r2"),
+        series(CALLS.name, "r1"),
+        series(DURATION.name, "r2", buckets=None),
+        series(CALLS.name, "r3"),
+        series(DURATION.name, "r1", buckets=None),
+    ]
+    (request,) = compare(items)
+    parsed = ExportMetricsServiceRequest.FromString(request.data)
+    assert [rm.resource.attributes[0].value.string_value for rm in parsed.resource_metrics] == [
+        "cart",
+        "frontend",
+        "x" * 100,
+    ]
+
+
+def test_missing_resource_has_no_attributes_and_an_empty_key() -> None:
+    (request,) = compare([series(CALLS.name, "gone"), series(CALLS.name, "r1")])
+    parsed = ExportMetricsServiceRequest.FromString(request.data)
+    assert not parsed.resource_metrics[0].HasField("resource")
+    assert request.key == b""  # as the emitter's expression gives: not None
+
+
+def test_long_resource_key_is_truncated() -> None:
+    (request,) = compare([series(CALLS.name, "r3")])
+    assert request.key is not None and len(request.key) == 64
+
+
+TYPED_VALUES: list[Any] = [
+    "",
+    "snow ☃ \u00e9",
+    0,
+    1,
+    -1,
+    2**63 - 1,
+    -(2**63),
+    True,
+    False,
+    0.0,
+    -0.0,
+    1.5,
+    math.inf,
+    1e-300,
+    b"",
+    b"\x00\xff",
+    [],
+    ["a", 1, 2.5, True, None, b"x", [1, [2]], {"k": "v"}],
+    (1, "tuple"),
+    {},
+    {"a": 1, "b": [True, None], 3: {"nested": b"\x01"}, "none": None},
+    None,
+]
+
+
+@pytest.mark.parametrize("value", TYPED_VALUES, ids=repr)
+def test_typed_attribute_value(value: Any) -> None:
+    attributes = (("service.name", "svc"), ("attr", value), ("", "empty key"))
+    resources = {"typed": (("resource.attr", value),)}
+    compare(
+        [
+            series(CALLS.name, "typed", attributes),
+            series(DURATION.name, "typed", attributes, buckets=None),
+            series("exp", "typed", attributes, exp=exp_histogram(1.0), count=1, total=1.0),
+        ],
+        ALL_DESCRIPTORS,
+        resources=resources,
+    )
+
+
+@pytest.mark.parametrize("value", TYPED_VALUES, ids=repr)
+def test_any_value_bytes(value: Any) -> None:
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    expected = AnyValue()
+    python_to_any_value(value, expected)
+    kv = KeyValue(key="k")
+    python_to_any_value(value, kv.value)
+    encoded = encode_any_value(value)
+    if encoded is None:
+        assert not kv.HasField("value")
+    else:
+        assert encoded == expected.SerializeToString()
+
+
+def test_equal_values_of_different_types_stay_apart() -> None:
+    """``1 == True == 1.0`` and ``0.0 == -0.0``: the caches must not hand one the other's bytes."""
+    values: list[Any] = [1, True, 1.0, 0, False, 0.0, -0.0, "1", b"1"]
+    items = []
+    for round_ in range(3):  # later rounds hit the caches
+        for index, value in enumerate(values):
+            attributes = (("service.name", "svc"), ("code", value))
+            items.append(series(CALLS.name, attributes=attributes, count=round_ * 100 + index))
+    compare(items)
+
+
+def test_nan_values_written_as_protobuf_writes_them() -> None:
+    """NaN never compares equal, so compare the bytes (they are identical on every input)."""
+    items = [
+        series(CALLS.name, attributes=(("nan", math.nan),)),
+        series(DURATION.name, attributes=(("nan", math.nan),), total=math.nan, buckets=None),
+        series(CALLS.name, attributes=(("x", 1),), exemplars=[(TRACE, SPAN, math.nan, NOW)]),
+    ]
+    old = [
+        r.SerializeToString()
+        for r in split_by_size(RESOURCES, items, SPAN_DESCRIPTORS, Temporality.DELTA, NOW, 1 << 20)
+    ]
+    new = [
+        r.data for r in encode_requests(RESOURCES, items, SPAN_DESCRIPTORS, Temporality.DELTA, NOW, 1 << 20)
+    ]
+    assert new == old
+
+
+def test_exemplars() -> None:
+    exemplars = [
+        (TRACE, SPAN, 12.5, NOW - 5),
+        (b"", b"", 0.0, 0),  # empty ids and time: left out, value still written
+        (TRACE, SPAN, -1.0, NOW),
+    ]
+    compare(
+        [
+            series(CALLS.name, exemplars=exemplars),
+            series(DURATION.name, buckets=None, exemplars=exemplars),
+            series("exp", exp=exp_histogram(4.0), count=1, total=4.0, exemplars=exemplars),
+        ],
+        ALL_DESCRIPTORS,
+    )
+
+
+def test_delta_temporality() -> None:
+    compare(
+        [series(CALLS.name), series(DURATION.name, buckets=None), series("exp", exp=exp_histogram(1.0))],
+        ALL_DESCRIPTORS,
+        temporality=Temporality.DELTA,
+    )
+
+
+def test_zero_values_are_left_out_as_protobuf_does() -> None:
+    """start 0, count 0, now 0: the slow paths, proto3 defaults not written."""
+    items = [
+        series(CALLS.name, start_ns=0, count=0),
+        series(DURATION.name, start_ns=0, count=0, total=0.0, buckets=None),
+        series("exp", start_ns=0, count=0, total=0.0, exp=ExpHistogram()),
+        series(CALLS.name, ATTRIBUTES[:1], count=-5),  # sfixed64: negative is fine
+    ]
+    for now_ns in (NOW, 0):
+        compare(items, ALL_DESCRIPTORS, now_ns=now_ns)
+
+
+def test_unknown_metrics_are_skipped_but_keep_their_resource() -> None:
+    """A resource whose series are all of unknown metrics still gets an (empty) ResourceMetrics."""
+    requests = compare([series("unknown", "r2"), series(CALLS.name, "r1"), series("unknown", "r1")])
+    assert requests[0].series == 1
+    (only_unknown,) = compare([series("unknown", "r2")])
+    assert only_unknown.series == 0
+    assert compare([]) == []
+
+
+@pytest.mark.parametrize("max_bytes", [1, 120, 300, 700, 2000, 10_000])
+def test_splitting_at_small_limits(max_bytes: int) -> None:
+    items = []
+    for index in range(60):
+        attributes = (*ATTRIBUTES, ("n", index))
+        resource_id = ("r1", "r2", "r3", "gone")[index % 4 if index < 40 else 0]
+        items.append(series(CALLS.name, resource_id, attributes, count=index))
+        items.append(series(DURATION.name, resource_id, attributes, buckets=None))
+        if index % 7 == 0:
+            items.append(series("unknown", resource_id, attributes))
+    requests = compare(items, max_bytes=max_bytes)
+    assert sum(request.series for request in requests) == 120
+    if max_bytes < 10_000:
+        assert len(requests) > 1
+
+
+def test_one_series_above_the_limit_goes_out_alone() -> None:
+    huge = series(CALLS.name, attributes=(("blob", "x" * 5000),))
+    items = [series(CALLS.name), huge, series(CALLS.name, ATTRIBUTES[:1])]
+    requests = compare(items, max_bytes=1000)
+    assert [request.series for request in requests] == [1, 1, 1]
+    assert len(requests[1].data) > 5000
+
+
+def test_out_of_range_values_raise_value_error_like_protobuf() -> None:
+    for bad in (
+        series(DURATION.name, count=-1, buckets=None),
+        series(DURATION.name, buckets=[-1] * 17),
+        series(CALLS.name, count=2**63),
+        series(CALLS.name, start_ns=2**64),
+        series(CALLS.name, attributes=(("big", 2**63),)),
+        series(CALLS.name, exemplars=[(TRACE, SPAN, 1.0, -1)]),
+    ):
+        with pytest.raises(ValueError):
+            list(split_by_size(RESOURCES, [bad], SPAN_DESCRIPTORS, Temporality.CUMULATIVE, NOW, 1 << 20))
+        with pytest.raises(ValueError):
+            list(encode_requests(RESOURCES, [bad], SPAN_DESCRIPTORS, Temporality.CUMULATIVE, NOW, 1 << 20))
+
+
+# ---------------------------------------------------------------------------------- caches
+
+
+def test_mutable_attribute_values_are_not_cached() -> None:
+    values = ["a"]
+    attributes = (("list", values),)
+    compare([series(CALLS.name, attributes=attributes)])
+    values.append("b")  # the same tuple object, different content
+    compare([series(CALLS.name, attributes=attributes)])
+
+
+def test_resource_cache_follows_new_attributes() -> None:
+    compare([series(CALLS.name, "r9")], resources={"r9": (("service.name", "old"),)})
+    compare([series(CALLS.name, "r9")], resources={"r9": (("service.name", "new"),)})
+    compare([series(CALLS.name, "r9")], resources={})
+
+
+def test_caches_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    metrics_encoder.clear_caches()
+    monkeypatch.setattr(metrics_encoder, "_TUPLE_CACHE_LIMIT", 50)
+    monkeypatch.setattr(metrics_encoder, "_PAIR_CACHE_LIMIT", 30)
+    monkeypatch.setattr(metrics_encoder, "_RESOURCE_CACHE_LIMIT", 5)
+    items = [
+        series(CALLS.name, f"r{index}", (("user.id", f"user-{index}"), ("n", index)), count=index)
+        for index in range(400)
+    ]
+    compare(items, resources={f"r{index}": (("service.name", f"s{index}"),) for index in range(400)})
+    assert all(len(cache) <= 50 for cache in metrics_encoder._tuple_caches.values())
+    assert len(metrics_encoder._pair_cache) <= 30
+    assert len(metrics_encoder._resource_cache) <= 5
+    metrics_encoder.clear_caches()
+
+
+def test_bytes_identical_to_serialize_to_string() -> None:
+    """Stronger than required (parsed equality): today the bytes are the very same."""
+    items = [
+        series(CALLS.name, "r2", exemplars=[(TRACE, SPAN, 1.0, NOW)]),
+        series(DURATION.name, "r2", buckets=None),
+        series("exp", "r1", exp=exp_histogram(0.0, 2.0, 9.0), count=3, total=11.0),
+        series(GRAPH_SECONDS.name, "gone", buckets=[1, 2, 3, 4]),
+    ]
+    for max_bytes in (100, 1 << 20):
+        old = split_by_size(RESOURCES, items, ALL_DESCRIPTORS, Temporality.CUMULATIVE, NOW, max_bytes)
+        new = encode_requests(RESOURCES, items, ALL_DESCRIPTORS, Temporality.CUMULATIVE, NOW, max_bytes)
+        assert [r.data for r in new] == [r.SerializeToString() for r in old]
+
+
+# ---------------------------------------------------------------------------------- property
+
+_UINT64 = st.integers(0, 2**64 - 1)
+_scalars = st.one_of(
+    st.text(max_size=8),
+    st.integers(-(2**63), 2**63 - 1),
+    st.booleans(),
+    st.floats(allow_nan=False),
+    st.binary(max_size=8),
+    st.none(),
+)
+_values = st.recursive(
+    _scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(st.text(max_size=4), children, max_size=3)
+    ),
+    max_leaves=6,
+)
+_attributes = st.lists(st.tuples(st.sampled_from(["a", "b", "service.name", ""]), _values), max_size=4).map(
+    tuple
+)
+_shared_attributes = st.sampled_from([ATTRIBUTES, ATTRIBUTES[:1], (("code", 200),), (("code", "200"),), ()])
+_exemplars = st.lists(
+    st.tuples(st.binary(max_size=16), st.binary(max_size=8), st.floats(allow_nan=False), _UINT64), max_size=2
+)
+
+
+@st.composite
+def _exp(draw: st.DrawFn) -> ExpHistogram | None:
+    if draw(st.booleans()):
+        return None
+    counts = draw(st.lists(st.integers(0, 2**64 - 1), max_size=6))
+    minimum = draw(st.none() | st.floats(0, 10))
+    return ExpHistogram(
+        scale=draw(st.integers(-10, 20)),
+        zero_count=draw(_UINT64),
+        offset=draw(st.integers(-(2**31), 2**31 - 1)),
+        counts=counts,
+        min=minimum,
+        max=None if minimum is None else minimum + 1,
+    )
+
+
+@st.composite
+def _series(draw: st.DrawFn) -> Series:
+    metric = draw(st.sampled_from([*ALL_DESCRIPTORS, "unknown"]))
+    bounds_size = len(ALL_DESCRIPTORS[metric].bounds) + 1 if metric in ALL_DESCRIPTORS else 1
+    return series(
+        metric,
+        draw(st.sampled_from(["r1", "r2", "r3", "gone"])),
+        draw(_shared_attributes | _attributes),
+        start_ns=draw(st.just(START) | _UINT64),
+        count=draw(st.integers(0, 2**63 - 1)),
+        total=draw(st.floats(allow_nan=False)),
+        buckets=draw(
+            st.none()
+            | st.lists(_UINT64, min_size=bounds_size, max_size=bounds_size)
+            | st.lists(_UINT64, max_size=3)
+        ),
+        exp=draw(_exp()),
+        exemplars=draw(_exemplars),
+    )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    items=st.lists(_series(), max_size=25),
+    temporality=st.sampled_from(list(Temporality)),
+    now_ns=st.just(NOW) | _UINT64,
+    max_bytes=st.sampled_from([1, 200, 600, 2000, 1 << 20]),
+)
+def test_property_same_requests_as_split_by_size(
+    items: list[Series], temporality: Temporality, now_ns: int, max_bytes: int
+) -> None:
+    compare(items, ALL_DESCRIPTORS, temporality=temporality, now_ns=now_ns, max_bytes=max_bytes)
+
+
+def test_split_points_match_at_every_limit() -> None:
+    """Every limit in a range, so each boundary (the ``ByteSize() + 8`` estimate) is crossed."""
+    items = [
+        series(metric, resource_id, (*ATTRIBUTES[:2], ("n", index)), buckets=None)
+        for index in range(3)
+        for resource_id in ("r1", "r2", "r3", "gone")
+        for metric in (CALLS.name, DURATION.name)
+    ]
+    for max_bytes in range(100, 1500):
+        compare(items, max_bytes=max_bytes)

@@ -1,0 +1,194 @@
+"""Folding a slot's delta log into its records: the arithmetic and the decisions, without Redis.
+
+The fold is the Python side of every emission; it must give what ``merge_series`` gives (the
+one definition of "add this to that"), whatever the order and grouping of the rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from state.codec import delta_payload, encode_meta
+from state.fold import ROW_OVERFLOW, FoldPlan, fold_log, overflow_series_id, pack_row, series_slot
+from worker.series import Series, merge_series, series_digest
+from worker.spanmetrics.exphistogram import ExpHistogram
+
+US = 1_000
+NOW_US = 1_800_000_000_000_000
+SLOTS = 4
+
+
+def _series(
+    name: str, count: int, *, metric: str = "duration", last_us: int = NOW_US, **extra: Any
+) -> Series:
+    return Series(
+        series_id=f"{metric}\x1er1\x1e{name}",
+        metric=metric,
+        resource_id="r1",
+        attributes=(("span.name", name), ("http.status_code", 200)),
+        start_ns=NOW_US * US,
+        last_ns=last_us * US,
+        count=count,
+        sum=count * 2.5,
+        **extra,
+    )
+
+
+def _row(series: Series, flags: int = 0) -> bytes:
+    return pack_row(series.digest, delta_payload(series, encode_meta(series)), flags)
+
+
+def _record(series: Series) -> bytes:
+    return msgpack.packb(delta_payload(series, encode_meta(series)), use_bin_type=True)
+
+
+def _fold(stored: dict[bytes, bytes], log: list[bytes], **options: Any) -> FoldPlan:
+    settings_: dict[str, Any] = {
+        "slots": SLOTS,
+        "max_exemplars": 2,
+        "exp_max_size": 20,
+        "limit": 0,
+        "delta_mode": False,
+    }
+    settings_.update(options)
+    return fold_log(stored, log, **settings_)
+
+
+def test_rows_of_one_series_add_up_into_its_record() -> None:
+    held = _series("a", 2, buckets=[1, 1, 0])
+    log = [
+        _row(_series("a", 3, buckets=[0, 1, 2], last_us=NOW_US + 5))
+        + _row(_series("b", 1, buckets=[1, 0, 0]))
+    ]
+    log.append(_row(_series("a", 1, buckets=[0, 0, 1], last_us=NOW_US + 9)))
+    plan = _fold({held.digest: _record(held)}, log)
+    assert plan.rows == 3
+    assert [digest for digest, _ in plan.updates] == [held.digest]
+    assert [new.digest for new in plan.created] == [_series("b", 1).digest]
+    a, b = plan.live
+    assert (a.count, a.buckets, a.sum, a.start_ns, a.last_ns) == (
+        6,
+        [1, 2, 3],
+        15.0,
+        held.start_ns,
+        (NOW_US + 9) * US,
+    )
+    assert a.attributes == held.attributes  # typed values survive
+    assert (b.count, b.buckets) == (1, [1, 0, 0])
+
+
+def test_an_idle_series_is_emitted_without_being_rewritten_and_expires_after_the_cut_off() -> None:
+    idle = _series("idle", 4, last_us=NOW_US - 100)
+    plan = _fold({idle.digest: _record(idle)}, [])
+    assert plan.updates == [] and plan.created == [] and [s.count for s in plan.live] == [4]
+    plan = _fold({idle.digest: _record(idle)}, [], expire_before_us=NOW_US)
+    assert plan.expired == [idle.digest] and plan.live == []
+    # Fresh rows keep it alive whatever its old last time.
+    plan = _fold({idle.digest: _record(idle)}, [_row(_series("idle", 1))], expire_before_us=NOW_US)
+    assert plan.expired == [] and [s.count for s in plan.live] == [5]
+
+
+def test_exemplars_are_capped_and_forgotten_once_published() -> None:
+    exemplars = [(b"t" * 16, b"s" * 8, 1.0, NOW_US * US + i) for i in range(3)]
+    plan = _fold({}, [_row(_series("a", 3, exemplars=exemplars))])
+    (stored,) = [(new.digest, new.record) for new in plan.created]
+    assert len(plan.live[0].exemplars) == 2  # max_exemplars
+    plan = _fold(dict([stored]), [], reset_emitted_us=NOW_US + 1)
+    assert plan.live[0].exemplars == [] and len(plan.updates) == 1
+    plan = _fold(dict([stored]), [])  # publication not confirmed: they go out again
+    assert len(plan.live[0].exemplars) == 2 and plan.updates == []
+
+
+def test_delta_temporality_publishes_what_arrived_since_the_last_publication() -> None:
+    held = _series("a", 5, buckets=[2, 3])
+    stored = {held.digest: _record(held)}
+    plan = _fold(stored, [], delta_mode=True, reset_emitted_us=NOW_US + 7)
+    assert plan.live == []  # nothing new: no zero point goes out
+    ((digest, record),) = plan.updates
+    plan = _fold(
+        {digest: record},
+        [_row(_series("a", 2, buckets=[1, 1]))],
+        delta_mode=True,
+        reset_emitted_us=NOW_US + 7,
+    )
+    (series,) = plan.live
+    assert (series.count, series.buckets, series.start_ns) == (2, [1, 1], (NOW_US + 7) * US)
+
+
+def test_new_series_carry_where_they_go_if_the_tenant_limit_refuses_them() -> None:
+    plan = _fold({}, [_row(_series("a", 3)) + _row(_series("b", 1))], limit=10)
+    overflow_id = overflow_series_id("duration", "r1")
+    assert plan.overflow_slots == [series_slot(overflow_id, SLOTS)]
+    for new, name in zip(plan.created, "ab", strict=True):
+        assert new.overflow_target == 0
+        digest, record, flags = msgpack.unpackb(new.overflow_row, raw=True)
+        assert (digest, flags) == (series_digest(overflow_id), ROW_OVERFLOW)
+        assert record[3] == (3 if name == "a" else 1)  # the same delta, under the overflow series
+        assert msgpack.unpackb(record[0])[2] == [["otel.metric.overflow", True]]
+    # An overflow series itself is never refused, and without a limit nothing is.
+    (overflow,) = _fold({}, [plan.created[0].overflow_row], limit=10).created
+    assert overflow.overflow_target == -1
+    assert all(new.overflow_target == -1 for new in _fold({}, [_row(_series("a", 1))]).created)
+
+
+def test_a_changed_bucket_layout_restarts_the_buckets() -> None:
+    held = _series("a", 2, buckets=[1, 1])
+    plan = _fold({held.digest: _record(held)}, [_row(_series("a", 1, buckets=[0, 1, 0]))])
+    assert plan.live[0].buckets == [0, 1, 0]
+
+
+def test_exponential_histograms_fold_exactly() -> None:
+    total = ExpHistogram(max_size=20)
+    log = []
+    for round_number in range(5):
+        delta = ExpHistogram(max_size=20)
+        for index in range(40):
+            delta.record(1.7 ** (index % 23) * (round_number + 1))
+        total.merge(delta)
+        log.append(_row(_series("e", delta.count, exp=delta)))
+    (series,) = _fold({}, log).live
+    assert series.exp is not None
+    assert series.exp.to_state() == total.to_state()
+
+
+_counts = st.lists(st.integers(0, 50), min_size=3, max_size=3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    held=st.dictionaries(st.sampled_from("abcd"), _counts, max_size=4),
+    rows=st.lists(st.tuples(st.sampled_from("abcde"), _counts), max_size=12),
+    entries=st.integers(1, 4),
+)
+def test_folding_equals_merge_series_whatever_the_grouping(
+    held: dict[str, list[int]], rows: list[tuple[str, list[int]]], entries: int
+) -> None:
+    stored = {}
+    expected: dict[str, Series] = {}
+    for name, buckets in held.items():
+        series = _series(name, sum(buckets), buckets=buckets)
+        stored[series.digest] = _record(series)
+        expected[name] = series.copy()
+    log: list[bytes] = [b"" for _ in range(entries)]
+    for index, (name, buckets) in enumerate(rows):
+        delta = _series(name, sum(buckets), buckets=buckets, last_us=NOW_US + index)
+        log[index % entries] += _row(delta)
+        if name in expected:
+            merge_series(expected[name], delta, max_exemplars=2)
+        else:
+            expected[name] = delta.copy()
+    plan = _fold(stored, [entry for entry in log if entry])
+    folded = {dict(s.attributes)["span.name"]: s for s in plan.live}
+    assert folded.keys() == expected.keys()
+    for name, series in expected.items():
+        got = folded[name]
+        assert (got.count, got.buckets, got.sum, got.last_ns) == (
+            series.count,
+            series.buckets,
+            series.sum,
+            series.last_ns,
+        )
