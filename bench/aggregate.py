@@ -5,7 +5,8 @@ Builds realistic OTLP batches (by default 1,000 spans from 5 services, 6 span at
 several rounds:
 
 (a) decode only: ``ExportTraceServiceRequest.FromString`` on every batch;
-(b) decode + aggregate: the same, then ``SpanMetricsProcessor.consume`` on the result, with
+(b) decode + aggregate: the worker's decode (``decode_batch``: the batch schema of
+    ``worker.otlp.batch``), then ``SpanMetricsProcessor.consume`` on the result, with
     ``take_deltas`` at the end of each round (one flush interval per round).
 
 It prints the median spans/s of each and the ratio (b)/(a): the fraction of the decode-only
@@ -20,7 +21,7 @@ each (about 5.5 spans, from ``worker.loadgen``, dimensions ``http.request.method
 ``http.response.status_code``). ``--pipeline`` aggregates with ``worker.pipeline.Pipeline``, span
 metrics plus service graphs, as the worker does. ``--join N`` decodes N consecutive records in
 one ``FromString`` call in (b) (protobuf concatenation merges the requests), as the worker's
-record handler does; (a) always decodes record by record.
+record handler does (``decode_batch_proto``); (a) always decodes record by record.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from worker.config import Settings, SpanMetricsConfig
+from worker.otlp.decode import decode_batch, decode_batch_proto, is_plain_request
 from worker.pipeline import Pipeline
 from worker.spanmetrics.processor import SpanMetricsProcessor
 
@@ -180,19 +182,16 @@ def make_pipeline_run(
     """Decode (``join`` records per call) and consume with the whole pipeline."""
 
     def decode_and_aggregate(payloads: list[bytes]) -> None:
-        from_string = ExportTraceServiceRequest.FromString
         consume = pipeline.consume
         if join > 1:
             # As the worker's record handler: each record checked, then joined.
-            from worker.otlp.decode import is_plain_request
-
             for start in range(0, len(payloads), join):
                 run = payloads[start : start + join]
                 if all([is_plain_request(payload) for payload in run]):
-                    consume(from_string(b"".join(run)), "tenant", 0)
+                    consume(decode_batch_proto(b"".join(run)), "tenant", 0)
         else:
             for payload in payloads:
-                consume(from_string(payload), "tenant", 0)
+                consume(decode_batch(payload), "tenant", 0)
         pipeline.expire(BASE_NS * 2)
         if series_seen is not None:
             series_seen.append(pipeline.spanmetrics.pending_series())
@@ -211,10 +210,9 @@ def make_decode_and_aggregate(
     processor: SpanMetricsProcessor, series_seen: list[int] | None = None
 ) -> Callable[[list[bytes]], None]:
     def decode_and_aggregate(payloads: list[bytes]) -> None:
-        from_string = ExportTraceServiceRequest.FromString
         consume = processor.consume
         for payload in payloads:
-            consume(from_string(payload), "tenant")
+            consume(decode_batch(payload), "tenant")
         if series_seen is not None:
             series_seen.append(processor.pending_series())
         processor.take_deltas()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from worker.config import Settings
+from worker.otlp.batch import SpanBatch
 from worker.series import MetricDescriptor
 from worker.servicegraphs.processor import ServiceGraphsProcessor
 from worker.spanmetrics.processor import SpanMetricsProcessor, TenantDeltas, group_request
@@ -62,8 +63,15 @@ class Pipeline:
             described.extend(self.servicegraphs.descriptors())
         return {d.name: d for d in described}
 
-    def consume(self, request: ExportTraceServiceRequest, tenant: str, partition: int = 0) -> PipelineStats:
-        # The request's resources and spans are read once for both processors.
+    def consume(
+        self, request: ExportTraceServiceRequest | SpanBatch, tenant: str, partition: int = 0
+    ) -> PipelineStats:
+        """Aggregate one request with every processor.
+
+        ``request`` is best in the batch schema (``decode_batch``, :mod:`worker.otlp.batch`); a
+        standard request is converted first, at the cost of serializing and parsing it again.
+        The request's resources and spans are read once for both processors.
+        """
         groups = group_request(request)
         spans = self.spanmetrics.consume(request, tenant, groups=groups)
         stats = PipelineStats(

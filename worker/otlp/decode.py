@@ -5,6 +5,11 @@ both are accepted on the same topic. A JSON document starts with ``{`` after opt
 whitespace. A serialized request starts with the tag of field 1, ``0x0a``, which is also a
 newline, and its length byte may happen to be ``{``; so a record that looks like JSON but does
 not parse as JSON and starts with ``0x0a`` is tried as protobuf before it is refused.
+
+``decode_traces`` and ``decode_traces_proto`` return standard OTLP messages. The worker's hot path
+uses ``decode_batch`` and ``decode_batch_proto`` instead: the same decisions and the same errors,
+but the request comes in the batch schema (:mod:`worker.otlp.batch`, span attributes as a map),
+which is what the processors read.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from worker.exceptions import OtlpDecodeError
+from worker.otlp.batch import SpanBatch, as_batch, parse_batch
 from worker.otlp.json_codec import traces_from_json
 
-__all__ = ["decode_traces", "decode_traces_proto", "is_plain_request"]
+__all__ = ["decode_batch", "decode_batch_proto", "decode_traces", "decode_traces_proto", "is_plain_request"]
 
 _PROTOBUF_FIRST_BYTE = 0x0A
 #: What ``bytes.lstrip()`` strips: ASCII whitespace, as ``bytes.isspace`` defines it.
@@ -56,6 +62,24 @@ def decode_traces(data: bytes) -> ExportTraceServiceRequest:
         if data[0] != _PROTOBUF_FIRST_BYTE:
             raise
     return decode_traces_proto(data)
+
+
+def decode_batch_proto(data: bytes) -> SpanBatch:
+    """:func:`decode_traces_proto` into the batch schema: the same bytes accepted and refused."""
+    return parse_batch(data)
+
+
+def decode_batch(data: bytes) -> SpanBatch:
+    """:func:`decode_traces` into the batch schema (OTLP/JSON is parsed, then converted)."""
+    if not _looks_like_json(data):
+        return parse_batch(data)
+    try:
+        request = traces_from_json(data)
+    except OtlpDecodeError:
+        if data[0] != _PROTOBUF_FIRST_BYTE:
+            raise
+        return parse_batch(data)
+    return as_batch(request)
 
 
 def is_plain_request(data: bytes) -> bool:

@@ -55,9 +55,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from worker.config import ServiceGraphsConfig
+from worker.otlp.batch import BatchResource, BatchSpan, SpanBatch
 from worker.series import (
     SERIES_ID_SEPARATOR,
     Attributes,
@@ -66,7 +66,7 @@ from worker.series import (
     Series,
     make_series_id,
 )
-from worker.servicegraphs.attributes import attribute_token, find_attribute
+from worker.servicegraphs.attributes import AttributeMap, find_attribute, span_attribute
 from worker.servicegraphs.labels import sanitize_label_name, tempo_string
 from worker.servicegraphs.pending import Edge, EdgeKey, decode_pending, encode_pending
 from worker.spanmetrics.processor import ResourceGroup, TenantDeltas, group_request
@@ -123,6 +123,7 @@ _CONSUMER = 5
 _STATUS_ERROR = 2
 
 _DEFAULT_RESOURCE_CACHE_SIZE = 1000
+_PORT_ATTRIBUTE = (_NETWORK_PEER_PORT,)
 
 _DESCRIPTIONS = {
     REQUEST_TOTAL: "Total count of requests between two nodes",
@@ -203,22 +204,14 @@ class ServiceGraphsProcessor:
         self._bucket_count = len(self._bounds) + 1
         self._messaging_latency = config.enable_messaging_system_latency_histogram
         self._virtual_node_label = config.enable_virtual_node_label
-        #: (attribute, search token) in the configured order: the first one found wins.
-        self._peer_attributes = tuple((name, attribute_token(name)) for name in config.peer_attributes)
-        self._database_attributes = tuple(
-            (name, attribute_token(name)) for name in config.database_name_attributes
-        )
+        #: Attribute names in the configured order: the first one found wins.
+        self._peer_attributes = tuple(config.peer_attributes)
+        self._database_attributes = tuple(config.database_name_attributes)
         #: Tempo's order for naming the database: peer.service, server.address, network.peer.address.
-        self._database_servers = tuple(
-            (name, attribute_token(name)) for name in (_PEER_SERVICE, _SERVER_ADDRESS, _NETWORK_PEER_ADDRESS)
-        )
-        self._port_token = attribute_token(_NETWORK_PEER_PORT)
-        #: (attribute, search token, client-side label, server-side label) per dimension.
-        dimensions, self._label_names = _dimension_labels(
+        self._database_servers = (_PEER_SERVICE, _SERVER_ADDRESS, _NETWORK_PEER_ADDRESS)
+        #: (attribute, client-side label, server-side label) per dimension.
+        self._dimensions, self._label_names = _dimension_labels(
             config.dimensions, config.enable_client_server_prefix, config.enable_virtual_node_label
-        )
-        self._dimensions = tuple(
-            (name, attribute_token(name), client, server) for name, client, server in dimensions
         )
         #: Looked up resource-first (Tempo passes the resource attributes first for these).
         self._resource_keys = frozenset(
@@ -228,7 +221,7 @@ class ServiceGraphsProcessor:
                 _SERVER_ADDRESS,
                 _NETWORK_PEER_ADDRESS,
                 _NETWORK_PEER_PORT,
-                *(name for name, _, _ in dimensions),
+                *(name for name, _, _ in self._dimensions),
             }
         )
 
@@ -276,7 +269,7 @@ class ServiceGraphsProcessor:
 
     def consume(
         self,
-        request: ExportTraceServiceRequest,
+        request: ExportTraceServiceRequest | SpanBatch,
         tenant: str,
         partition: int = 0,
         *,
@@ -296,19 +289,21 @@ class ServiceGraphsProcessor:
             edges = by_tenant[tenant] = {}
         capacity = self._max_items - self._pending_elsewhere(tenant, partition)
         interval = self._interval(tenant)
+        work: list[tuple[_Resource, Sequence[BatchSpan]]] = []
         for resource_message, cache_key, scopes in group_request(request) if groups is None else groups:
             resource = self._resource(resource_message, cache_key)
             if resource.service is None:
                 stats.skipped_no_service += sum(len(spans) for _, spans in scopes)
                 continue
             for _, spans in scopes:
-                self._observe(spans, resource, edges, capacity, interval, now, stats)
+                work.append((resource, spans))
+        if work:
+            self._observe(work, edges, capacity, interval, now, stats)
         return stats
 
     def _observe(
         self,
-        spans: Sequence[Any],
-        resource: _Resource,
+        work: list[tuple[_Resource, Sequence[BatchSpan]]],
         edges: dict[EdgeKey, Edge],
         capacity: int,
         interval: _Interval,
@@ -317,53 +312,55 @@ class ServiceGraphsProcessor:
     ) -> None:
         """The per-span loop: a kind check, then for edge spans one lookup and one insert or delete.
 
-        Client spans are serialized once for the few attribute lookups they need (see
-        :mod:`worker.servicegraphs.attributes`); server spans only when they are roots or
-        dimensions are configured.
+        Attributes are looked up in the span's attribute map (:mod:`worker.otlp.batch`): client
+        spans for the database and peer attributes, server spans only when they are roots or
+        dimensions are configured. One call per request, not per scope (most scopes hold a span
+        or two).
         """
-        service: str = resource.service  # type: ignore[assignment]
-        resource_values = resource.values
         deadline = now + self._wait_ns
         edges_get = edges.get
         client_side = self._client_side
         server_side = self._server_side
         complete = self._complete
-        for span in spans:
-            kind = span.kind
-            if kind in (_CLIENT, _PRODUCER):
-                key: EdgeKey = (span.trace_id, span.span_id)
-                edge = edges_get(key)
-                stored = edge is not None
-                if edge is None:
-                    edge = Edge(deadline)
-                client_side(edge, service, resource_values, span, kind)
-                side = "client"
-            elif kind in (_SERVER, _CONSUMER):
-                parent = span.parent_span_id
-                key = (span.trace_id, parent)
-                edge = edges_get(key)
-                stored = edge is not None
-                if edge is None:
-                    edge = Edge(deadline)
-                server_side(edge, service, resource_values, span, kind, not parent)
-                side = "server"
-            else:
-                continue
-            stats.spans += 1
-            if edge.client and edge.server:
-                if stored:
-                    del edges[key]
-                complete(interval, edge, "", now)
-                stats.edges += 1
-            elif not stored:
-                if len(edges) >= capacity:
-                    stats.dropped += 1
-                    self._count(interval, DROPPED_SPANS_TOTAL, side, service, now)
+        for resource, spans in work:
+            service: str = resource.service  # type: ignore[assignment]
+            resource_values = resource.values
+            for span in spans:
+                kind = span.kind
+                if kind in (_CLIENT, _PRODUCER):
+                    key: EdgeKey = (span.trace_id, span.span_id)
+                    edge = edges_get(key)
+                    stored = edge is not None
+                    if edge is None:
+                        edge = Edge(deadline)
+                    client_side(edge, service, resource_values, span, kind)
+                    side = "client"
+                elif kind in (_SERVER, _CONSUMER):
+                    parent = span.parent_span_id
+                    key = (span.trace_id, parent)
+                    edge = edges_get(key)
+                    stored = edge is not None
+                    if edge is None:
+                        edge = Edge(deadline)
+                    server_side(edge, service, resource_values, span, kind, not parent)
+                    side = "server"
                 else:
-                    edges[key] = edge
+                    continue
+                stats.spans += 1
+                if edge.client and edge.server:
+                    if stored:
+                        del edges[key]
+                    complete(interval, edge, "", now)
+                    stats.edges += 1
+                elif not stored:
+                    if len(edges) >= capacity:
+                        stats.dropped += 1
+                        self._count(interval, DROPPED_SPANS_TOTAL, side, service, now)
+                    else:
+                        edges[key] = edge
 
     def _client_side(
-        self, edge: Edge, service: str, resource_values: dict[str, str], span: Any, kind: int
+        self, edge: Edge, service: str, resource_values: dict[str, str], span: BatchSpan, kind: int
     ) -> None:
         """Tempo's ``updateClientEdge``, including ``upsertDatabaseRequest`` and ``upsertPeerNode``."""
         edge.connection_type = CONNECTION_MESSAGING_SYSTEM if kind == _PRODUCER else ""
@@ -375,43 +372,43 @@ class ServiceGraphsProcessor:
         edge.client_end_ns = end
         if span.status.code == _STATUS_ERROR:
             edge.failed = True
-        blob: bytes = span.SerializeToString()
+        attributes = span.attributes
         if self._dimensions:
-            self._set_dimensions(edge, resource_values, span, blob, client=True)
-        database = None
-        for name, token in self._database_attributes:
-            database = resource_values.get(name)
-            if database is None and token in blob:
-                database = find_attribute(span, blob, token, name)
-            if database is not None:
-                break
+            self._set_dimensions(edge, resource_values, attributes, client=True)
+        database = find_attribute(self._database_attributes, resource_values, attributes)
         if database is not None:
             edge.connection_type = CONNECTION_DATABASE
             edge.server_seconds = seconds
-            server = None
-            for name, token in self._database_servers:
-                server = resource_values.get(name)
-                if server is None and token in blob:
-                    server = find_attribute(span, blob, token, name)
-                if server is not None:
-                    if name == _NETWORK_PEER_ADDRESS:
-                        port = resource_values.get(_NETWORK_PEER_PORT)
-                        if port is None and self._port_token in blob:
-                            port = find_attribute(span, blob, self._port_token, _NETWORK_PEER_PORT)
-                        if port is not None:
-                            server = server + ":" + port
-                    break
+            server = self._database_server(resource_values, attributes)
             if server is not None:
                 edge.server = server
-            elif database:
-                edge.server = database
+            elif database[1]:
+                edge.server = database[1]
         if not edge.server:
             # The edge will wait: remember what to call the server if it never answers. (Tempo
             # records the peer for every client span; it is read only when an edge expires.)
-            self._set_peer(edge, span, blob)
+            self._set_peer(edge, attributes)
+
+    def _database_server(self, resource_values: dict[str, str], attributes: AttributeMap) -> str | None:
+        """Tempo's name for the database: peer.service, server.address, network.peer.address[:port]."""
+        found = find_attribute(self._database_servers, resource_values, attributes)
+        if found is None:
+            return None
+        name, server = found
+        if name == _NETWORK_PEER_ADDRESS:
+            port = find_attribute(_PORT_ATTRIBUTE, resource_values, attributes)
+            if port is not None:
+                return server + ":" + port[1]
+        return server
 
     def _server_side(
-        self, edge: Edge, service: str, resource_values: dict[str, str], span: Any, kind: int, root: bool
+        self,
+        edge: Edge,
+        service: str,
+        resource_values: dict[str, str],
+        span: BatchSpan,
+        kind: int,
+        root: bool,
     ) -> None:
         """Tempo's ``updateServerEdge``: the peer attribute matters only on a root span."""
         edge.connection_type = CONNECTION_MESSAGING_SYSTEM if kind == _CONSUMER else ""
@@ -423,35 +420,34 @@ class ServiceGraphsProcessor:
         if span.status.code == _STATUS_ERROR:
             edge.failed = True
         if self._dimensions or root:
-            blob: bytes = span.SerializeToString()
+            attributes = span.attributes
             if self._dimensions:
-                self._set_dimensions(edge, resource_values, span, blob, client=False)
+                self._set_dimensions(edge, resource_values, attributes, client=False)
             if root:
-                self._set_peer(edge, span, blob)
+                self._set_peer(edge, attributes)
 
-    def _set_peer(self, edge: Edge, span: Any, blob: bytes) -> None:
+    def _set_peer(self, edge: Edge, attributes: AttributeMap) -> None:
         """Tempo's ``upsertPeerNode``: the first peer attribute of the span (never the resource)."""
-        for name, token in self._peer_attributes:
-            # A key absent from the bytes is absent from the span: no call needed to know it.
-            value = find_attribute(span, blob, token, name) if token in blob else None
-            if value is not None:
-                edge.peer = value
-                return
+        peer = span_attribute(self._peer_attributes, attributes)
+        if peer is not None:
+            edge.peer = peer
 
     def _set_dimensions(
-        self, edge: Edge, resource_values: dict[str, str], span: Any, blob: bytes, *, client: bool
+        self, edge: Edge, resource_values: dict[str, str], attributes: AttributeMap, *, client: bool
     ) -> None:
         """Tempo's ``upsertDimensions``: a value found replaces the other side's (unprefixed labels)."""
         dimensions = edge.dimensions
         if dimensions is None:
             dimensions = edge.dimensions = {}
-        for name, token, client_label, server_label in self._dimensions:
+        for name, client_label, server_label in self._dimensions:
             label = client_label if client else server_label
             if label is None:
                 continue
             value = resource_values.get(name)
-            if value is None and token in blob:
-                value = find_attribute(span, blob, token, name)
+            if value is None:
+                found = attributes.get(name)
+                if found is not None:
+                    value = tempo_string(found)
             if value is not None:
                 dimensions[label] = value
 
@@ -485,9 +481,21 @@ class ServiceGraphsProcessor:
                 )
             failed.count += 1
             failed.last_ns = now
+        # Both latency histograms, inline (this runs for nearly every edge span). Prometheus
+        # buckets are upper-inclusive (le): a value equal to a bound belongs to it.
         bounds = self._bounds
-        _observe(group.server, edge.server_seconds, bounds, now)
-        _observe(group.client, edge.client_seconds, bounds, now)
+        seconds = edge.server_seconds
+        series = group.server
+        series.count += 1
+        series.sum += seconds
+        series.last_ns = now
+        series.buckets[bisect_left(bounds, seconds)] += 1  # type: ignore[index]
+        seconds = edge.client_seconds
+        series = group.client
+        series.count += 1
+        series.sum += seconds
+        series.last_ns = now
+        series.buckets[bisect_left(bounds, seconds)] += 1  # type: ignore[index]
         if (
             self._messaging_latency
             and edge.connection_type == CONNECTION_MESSAGING_SYSTEM
@@ -685,7 +693,7 @@ class ServiceGraphsProcessor:
             interval = self._intervals[tenant] = _Interval()
         return interval
 
-    def _resource(self, resource: Resource, cache_key: bytes) -> _Resource:
+    def _resource(self, resource: BatchResource, cache_key: bytes) -> _Resource:
         # ``cache_key`` is the serialized resource (one C call); the lookups below are
         # Python-level reads per attribute.
         entry = self._resources.get(cache_key)
@@ -696,7 +704,7 @@ class ServiceGraphsProcessor:
             self._resources[cache_key] = entry
         return entry
 
-    def _build_resource(self, resource: Resource) -> _Resource:
+    def _build_resource(self, resource: BatchResource) -> _Resource:
         service: str | None = None
         values: dict[str, str] = {}
         wanted = self._resource_keys

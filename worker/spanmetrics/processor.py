@@ -5,20 +5,14 @@ protobuf runtime, decoding a span costs about 0.5 us and every field read from P
 (each sub-message read builds a wrapper object), so the loop in
 :meth:`SpanMetricsProcessor._observe_spans` reads each span field it needs once and nothing else:
 
+* requests come in the batch schema (:mod:`worker.otlp.batch`), where a span's attributes are a
+  map: a configured dimension is one C-level map lookup, present or not. (OTLP requires unique
+  attribute keys; for invalid input with a repeated key the map holds the last occurrence.)
 * per ``ResourceSpans`` the resource work (identity, service name, the string form of
   resource-level dimension values) is done once and cached, keyed by the resource's serialized
   bytes;
-* per span the configured dimensions are read where they were found in the previous span of the
-  same resource and scope (instrumentations write attributes in a fixed order), and the guess is
-  checked; when it misses, one pass over the span's attributes finds them (first occurrence wins)
-  and updates the guess. A dimension the previous span lacked is checked for absence first: the
-  span is serialized (one C call) and searched for the attribute's key field, which every
-  encoding of such an attribute contains; only when it is there are the attributes walked. (Spans
-  without the configured dimensions, e.g. database or internal spans next to HTTP dimensions, are
-  common.) A guessed attribute is serialized (one C call) and its key and string
-  form come from a cache of serialized attributes, which is cheaper than reading its key and
-  value from Python. (OTLP requires unique attribute keys; for invalid input with a repeated key,
-  a correct guess may pick a later occurrence than the first.)
+* the loop runs once per request over all its scopes (the setup of its locals is paid once: an
+  SDK's request holds many scopes of one or two spans each);
 * the series is found by a tuple of plain strings and ints in a dict (one lookup for both
   ``calls`` and ``duration`` when they share dimensions), the histogram bucket by bisection;
 * everything that is per *series* (typed attributes, canonical id) is computed when a series
@@ -42,11 +36,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from worker.config import Dimension, SpanMetricsConfig, Temporality
+from worker.otlp.batch import BatchResource, BatchScope, BatchScopeSpans, BatchSpan, SpanBatch, as_batch
 from worker.otlp.values import any_value_to_python, stringify_any_value, stringify_python
 from worker.series import (
     SERIES_ID_SEPARATOR,
@@ -89,8 +82,6 @@ SCOPE_VERSION_ATTRIBUTE = "span.instrumentation.scope.version"
 
 _SERVICE_NAME = "service.name"
 _OVERFLOW_KEY: tuple[Any, ...] = ("\x00overflow",)
-#: A remembered attribute position that never matches (no span has this many attributes).
-_NO_POSITION = 1 << 62
 #: The most one span counts for. The sampling threshold allows 2^56 (a probability of 2^-56);
 #: counted as that, 128 such spans overflow an int64 counter (Redis scripts wrap it negative).
 #: Capped at about one in a million, the practical floor of probability sampling.
@@ -100,11 +91,8 @@ _MAX_WEIGHT = float(1 << 20)
 _MAX_TIME_NS = (1 << 53) * 1000
 #: Series attributes and ids kept across intervals when ``dimensions_cache_size`` is not set.
 _DEFAULT_TEMPLATE_CACHE_SIZE = 10_000
-#: Serialized span attributes (KeyValue) whose key and key string are remembered.
-_ATTRIBUTE_CACHE_SIZE = 1 << 16
-#: Larger attributes (and resources) are not cached: the caches' memory stays bounded by their
-#: entry counts times this, whatever the size of the values that come in.
-_CACHE_ENTRY_MAX_BYTES = 1024
+#: Larger resources are not cached: the cache's memory stays bounded by its entry count times
+#: this, whatever the size of the resources that come in.
 _RESOURCE_CACHE_ENTRY_MAX_BYTES = 64 * 1024
 
 
@@ -137,8 +125,6 @@ class _Resource:
     values: dict[str, AnyValue]
     #: per span-dimension slot: the string form to use when the span lacks it (resource, default, None).
     fallback: list[str | None] = field(default_factory=list)
-    #: scope name -> per slot, where the previous span of this scope had the attribute.
-    positions: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -151,6 +137,10 @@ class _Accumulator:
     events: dict[tuple[Any, ...], Series] = field(default_factory=dict)
     #: key -> (calls series, duration series) when both metrics use the same key: one lookup per span.
     pairs: dict[tuple[Any, ...], tuple[Series, Series]] = field(default_factory=dict)
+
+
+#: One scope's spans with what they are aggregated into: (accumulator, resource, scope key, spans).
+_ScopeWork = tuple[_Accumulator, _Resource, tuple[str, ...], Sequence[BatchSpan]]
 
 
 def resource_identity(
@@ -167,21 +157,25 @@ def resource_identity(
 
 
 #: One ``ResourceSpans`` read once for every processor: the resource, its serialized bytes (the
-#: processors' resource cache key) and its non-empty scopes with their spans: the resource is
-#: serialized and the message tree down to the spans walked from Python only once.
-ResourceGroup = tuple[Resource, bytes, list[tuple[InstrumentationScope, Sequence[Span]]]]
+#: processors' resource cache key) and its non-empty ``ScopeSpans`` with their spans: the
+#: resource is serialized and the message tree down to the spans walked from Python only once.
+#: (The scope itself is read only by a processor that needs it: every read builds a wrapper.)
+ResourceGroup = tuple[BatchResource, bytes, list[tuple[BatchScopeSpans, Sequence[BatchSpan]]]]
 
 
-def group_request(request: ExportTraceServiceRequest) -> list[ResourceGroup]:
-    """The request's resources and spans, read once (see :data:`ResourceGroup`)."""
+def group_request(request: ExportTraceServiceRequest | SpanBatch) -> list[ResourceGroup]:
+    """The request's resources and spans, read once (see :data:`ResourceGroup`).
+
+    A standard request is turned into the batch schema first (see :func:`as_batch`).
+    """
     groups: list[ResourceGroup] = []
-    for resource_spans in request.resource_spans:
+    for resource_spans in as_batch(request).resource_spans:
         resource = resource_spans.resource
-        scopes = [
-            (scope_spans.scope, spans)
-            for scope_spans in resource_spans.scope_spans
-            if (spans := scope_spans.spans)
-        ]
+        scopes: list[tuple[BatchScopeSpans, Sequence[BatchSpan]]] = []
+        for scope_spans in resource_spans.scope_spans:
+            spans = scope_spans.spans
+            if spans:
+                scopes.append((scope_spans, spans))
         groups.append((resource, resource.SerializeToString(), scopes))
     return groups
 
@@ -189,22 +183,6 @@ def group_request(request: ExportTraceServiceRequest) -> list[ResourceGroup]:
 def _resource_id(identity: tuple[tuple[str, str], ...]) -> str:
     text = SERIES_ID_SEPARATOR.join(f"{k}={v}" for k, v in identity)
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
-
-
-def _key_token(name: str) -> bytes:
-    """A KeyValue's key field on the wire, ``0x0a <varint length> <utf-8 key>``.
-
-    Every serialization of an attribute with this key contains these bytes, so a serialized span
-    without them has no such attribute (the converse does not hold: values may contain them).
-    """
-    encoded = name.encode("utf-8", "surrogatepass")
-    length = len(encoded)
-    varint = bytearray()
-    while length >= 0x80:
-        varint.append((length & 0x7F) | 0x80)
-        length >>= 7
-    varint.append(length)
-    return b"\x0a" + bytes(varint) + encoded
 
 
 def _value_string(value: AnyValue) -> str:
@@ -261,8 +239,6 @@ class SpanMetricsProcessor:
         for dimension in span_dimensions:
             self._dimension_index.setdefault(dimension.name, len(self._dimension_index))
         self._slot_names: tuple[str, ...] = tuple(self._dimension_index)
-        #: per slot, the bytes every serialized attribute with that key contains (see _key_token).
-        self._slot_tokens: tuple[bytes, ...] = tuple(_key_token(name) for name in self._slot_names)
         self._dimension_defaults: list[AnyValue | None] = [None] * len(self._dimension_index)
         for dimension in span_dimensions:
             if dimension.default is not None:
@@ -292,10 +268,6 @@ class SpanMetricsProcessor:
         #: across intervals so a series that recurs every interval is not rebuilt every interval.
         self._templates: OrderedDict[tuple[str, str, tuple[Any, ...]], tuple[str, Attributes]] = OrderedDict()
         self._template_cache_size = config.dimensions_cache_size or _DEFAULT_TEMPLATE_CACHE_SIZE
-        #: serialized KeyValue -> (key, key string of the value). Serializing a KeyValue is one C
-        #: call, cheaper than reading its key and value from Python, and the cached strings hash
-        #: once, which makes the series lookups faster too.
-        self._attribute_strings: dict[bytes, tuple[str, str]] = {}
 
     # ------------------------------------------------------------------ descriptors
 
@@ -329,7 +301,7 @@ class SpanMetricsProcessor:
 
     def consume(
         self,
-        request: ExportTraceServiceRequest,
+        request: ExportTraceServiceRequest | SpanBatch,
         tenant: str,
         *,
         groups: list[ResourceGroup] | None = None,
@@ -341,6 +313,8 @@ class SpanMetricsProcessor:
         """
         stats = ConsumeStats()
         now = self._clock()
+        work: list[_ScopeWork] = []
+        scopes_configured = bool(self._scopes)
         for resource_message, cache_key, scopes in group_request(request) if groups is None else groups:
             resource = self._resource(resource_message, cache_key)
             if resource is None:
@@ -352,12 +326,15 @@ class SpanMetricsProcessor:
             accumulator = self._pending.get((tenant, resource.resource_id))
             if accumulator is None:
                 accumulator = self._pending[(tenant, resource.resource_id)] = _Accumulator(resource)
-            for scope, spans in scopes:
-                self._observe_spans(tenant, accumulator, resource, spans, scope, now, stats)
+            for scope_spans, spans in scopes:
+                scope_key = self._scope_key(scope_spans.scope) if scopes_configured else ()
+                work.append((accumulator, resource, scope_key, spans))
                 stats.spans += len(spans)
+        if work:
+            self._observe_spans(tenant, work, now, stats)
         return stats
 
-    def _resource(self, resource: Resource, cache_key: bytes) -> _Resource | None:
+    def _resource(self, resource: BatchResource, cache_key: bytes) -> _Resource | None:
         # ``cache_key`` is the serialized resource: one C call; the cached work below is dozens
         # of Python-level reads.
         cached = self._resources.get(cache_key)
@@ -371,7 +348,7 @@ class SpanMetricsProcessor:
                 self._resources.popitem(last=False)
         return entry if entry.service_name is not None else None
 
-    def _build_resource(self, resource: Resource) -> _Resource:
+    def _build_resource(self, resource: BatchResource) -> _Resource:
         attributes = resource.attributes
         service_name: str | None = None
         values: dict[str, AnyValue] = {}
@@ -385,8 +362,8 @@ class SpanMetricsProcessor:
                 service_name = kv.value.string_value
             if kv.key in wanted and kv.key not in values:
                 # A copy: a sub-message would keep the whole request it came from alive.
-                values[kv.key] = AnyValue()
-                values[kv.key].CopyFrom(kv.value)
+                values[kv.key] = copy = type(kv.value)()
+                copy.CopyFrom(kv.value)
         if self._key_attributes:
             identity = resource_identity(attributes, self._key_attributes)
             kept = [kv for kv in attributes if kv.key in self._key_attributes]
@@ -407,7 +384,7 @@ class SpanMetricsProcessor:
             fallback=fallback,
         )
 
-    def _scope_key(self, scope: InstrumentationScope) -> tuple[str, ...]:
+    def _scope_key(self, scope: BatchScope) -> tuple[str, ...]:
         if self._scopes and scope.name and scope.name in self._scopes:
             return (scope.name, scope.version)
         return ()
@@ -420,214 +397,142 @@ class SpanMetricsProcessor:
                 self._tracestate_weights[tracestate] = weight
         return stochastic_round(weight, self._uniform) if not weight.is_integer() else int(weight)
 
-    def _observe_spans(
-        self,
-        tenant: str,
-        accumulator: _Accumulator,
-        resource: _Resource,
-        spans: Sequence[Span],
-        scope: InstrumentationScope,
-        now: int,
-        stats: ConsumeStats,
-    ) -> None:
-        """The hot loop: every name below is a local, every span field is read once."""
-        scope_key = self._scope_key(scope)
-        service = resource.service_name if self._include_service else None
+    def _observe_spans(self, tenant: str, work: list[_ScopeWork], now: int, stats: ConsumeStats) -> None:
+        """The hot loop: every name below is a local, every span field is read once.
+
+        One call per request, not per scope: a request from an SDK holds many scopes of one or
+        two spans each, and the setup below would cost more than the spans.
+        """
         no_exclusions = self._no_exclusions
-        include_name, include_kind, include_status = (
+        include_service, include_name, include_kind, include_status = (
+            self._include_service,
             self._include_name,
             self._include_kind,
             self._include_status,
         )
         slot_names = self._slot_names
-        slot_tokens = self._slot_tokens
         slot_count = len(slot_names)
         slot_range = range(slot_count)
         only_base_slots = self._only_base_slots
         base_slots, calls_slots, histogram_slots = self._base_slots, self._calls_slots, self._histogram_slots
-        fallback = resource.fallback
-        positions = resource.positions.get(scope.name)
-        if positions is None:
-            positions = resource.positions[scope.name] = [_NO_POSITION] * slot_count
-        scan = self._scan
-        attribute_strings = self._attribute_strings
-        attribute_strings_get = attribute_strings.get
-        remember = self._remember_attribute
         divisor = self._divisor
         histogram_enabled = self._histogram_enabled
         bounds = self._bounds
         max_exemplars = self._exemplars
         events_enabled = self._events_enabled
         weight_of = self._weight
-        calls = accumulator.calls
-        durations = accumulator.duration
-        calls_get = calls.get
-        durations_get = durations.get
         new_series = self._new_series
         calls_name, duration_name = self.calls_name, self.duration_name
         calls_extra, histogram_extra = self._calls_extra, self._histogram_extra
 
         # With no per-metric dimensions both metrics share the key, and one lookup finds both series.
         paired = histogram_enabled and only_base_slots
-        pairs = accumulator.pairs
-        pairs_get = pairs.get
         name: str | None
         kind: int | None
         status: int | None
         series: Series
         histogram: Series | None
 
-        for span in spans:
-            name = span.name
-            kind = span.kind
-            status = span.status.code
-            if not no_exclusions:
-                name = name if include_name else None
-                kind = kind if include_kind else None
-                status = status if include_status else None
-            if slot_count:
-                attributes = span.attributes
-                size = len(attributes)
-                strings: list[str | None] = fallback.copy()
-                blob = None
-                for slot in slot_range:
-                    position = positions[slot]
-                    if position < size:
-                        kv = attributes[position]
-                        serialized = kv.SerializeToString()
-                        entry = attribute_strings_get(serialized)
-                        if entry is None:
-                            entry = remember(serialized, kv)
-                        if entry[0] == slot_names[slot]:
-                            strings[slot] = entry[1]
-                            continue
-                    elif position == _NO_POSITION:
-                        # The previous span lacked it: if this one does too, the fallback stands.
-                        if blob is None:
-                            blob = span.SerializeToString()
-                        if slot_tokens[slot] not in blob:
-                            continue
-                    strings = scan(attributes, positions, fallback)
-                    break
-                if only_base_slots:
-                    key = (service, scope_key, name, kind, status, *strings)
+        for accumulator, resource, scope_key, spans in work:
+            service = resource.service_name if include_service else None
+            fallback = resource.fallback
+            calls = accumulator.calls
+            durations = accumulator.duration
+            calls_get = calls.get
+            durations_get = durations.get
+            pairs = accumulator.pairs
+            pairs_get = pairs.get
+            for span in spans:
+                name = span.name
+                kind = span.kind
+                status = span.status.code
+                if not no_exclusions:
+                    name = name if include_name else None
+                    kind = kind if include_kind else None
+                    status = status if include_status else None
+                if slot_count:
+                    lookup = span.attributes.get
+                    strings: list[str | None] = fallback.copy()
+                    for slot in slot_range:
+                        value = lookup(slot_names[slot])
+                        if value is not None:
+                            strings[slot] = value.string_value or _value_string(value)
+                    if only_base_slots:
+                        key = (service, scope_key, name, kind, status, *strings)
+                    else:
+                        key = (service, scope_key, name, kind, status, *[strings[i] for i in base_slots])
                 else:
-                    key = (service, scope_key, name, kind, status, *[strings[i] for i in base_slots])
-            else:
-                key = (service, scope_key, name, kind, status)
-            trace_state = span.trace_state
-            weight = weight_of(trace_state) if trace_state else 1
-            start = span.start_time_unix_nano
-            end = span.end_time_unix_nano
-            duration = (end - start) / divisor if end > start else 0.0
+                    key = (service, scope_key, name, kind, status)
+                trace_state = span.trace_state
+                weight = weight_of(trace_state) if trace_state else 1
+                start = span.start_time_unix_nano
+                end = span.end_time_unix_nano
+                duration = (end - start) / divisor if end > start else 0.0
 
-            if paired:
-                pair = pairs_get(key)
-                if pair is None:
-                    pair = pairs[key] = (
-                        calls_get(key)
-                        or new_series(tenant, accumulator, resource, calls, calls_name, key, span, scope_key,
-                                      calls_extra, now, stats),
-                        durations_get(key)
-                        or new_series(tenant, accumulator, resource, durations, duration_name, key, span,
-                                      scope_key, histogram_extra, now, stats),
-                    )  # fmt: skip
-                series, histogram = pair
-            else:
-                calls_key = key + tuple(strings[i] for i in calls_slots) if calls_slots else key
-                series = calls_get(calls_key) or new_series(tenant, accumulator, resource, calls, calls_name,
-                                                            calls_key, span, scope_key, calls_extra, now,
-                                                            stats)  # fmt: skip
-                histogram = None
-                if histogram_enabled:
-                    if histogram_slots:
-                        key = key + tuple(strings[i] for i in histogram_slots)
-                    histogram = durations_get(key) or new_series(tenant, accumulator, resource, durations,
-                                                                 duration_name, key, span, scope_key,
-                                                                 histogram_extra, now, stats)  # fmt: skip
-
-            series.count += weight
-            series.last_ns = now
-            if histogram is not None:
-                histogram.count += weight
-                histogram.sum += duration * weight
-                histogram.last_ns = now
-                buckets = histogram.buckets
-                if buckets is not None:
-                    buckets[bisect_left(bounds, duration)] += weight
+                if paired:
+                    pair = pairs_get(key)
+                    if pair is None:
+                        pair = pairs[key] = (
+                            calls_get(key)
+                            or new_series(tenant, accumulator, resource, calls, calls_name, key, span,
+                                          scope_key, calls_extra, now, stats),
+                            durations_get(key)
+                            or new_series(tenant, accumulator, resource, durations, duration_name, key, span,
+                                          scope_key, histogram_extra, now, stats),
+                        )  # fmt: skip
+                    series, histogram = pair
                 else:
-                    exp = histogram.exp
-                    if exp is not None:
-                        exp.record(duration, weight)
+                    calls_key = key + tuple(strings[i] for i in calls_slots) if calls_slots else key
+                    series = calls_get(calls_key) or new_series(tenant, accumulator, resource, calls,
+                                                                calls_name, calls_key, span, scope_key,
+                                                                calls_extra, now, stats)  # fmt: skip
+                    histogram = None
+                    if histogram_enabled:
+                        if histogram_slots:
+                            key = key + tuple(strings[i] for i in histogram_slots)
+                        histogram = durations_get(key) or new_series(tenant, accumulator, resource, durations,
+                                                                     duration_name, key, span, scope_key,
+                                                                     histogram_extra, now, stats)  # fmt: skip
 
-            exemplar = None
-            if max_exemplars:
-                trace_id = span.trace_id
-                if trace_id:
-                    # Past 2255 a time no longer survives Redis (microseconds in Lua doubles).
-                    exemplar = (trace_id, span.span_id, duration, end if 0 < end < _MAX_TIME_NS else now)
-                    if len(series.exemplars) < max_exemplars:
-                        series.exemplars.append(exemplar)
-                    if histogram is not None and len(histogram.exemplars) < max_exemplars:
-                        histogram.exemplars.append(exemplar)
+                series.count += weight
+                series.last_ns = now
+                if histogram is not None:
+                    histogram.count += weight
+                    histogram.sum += duration * weight
+                    histogram.last_ns = now
+                    buckets = histogram.buckets
+                    if buckets is not None:
+                        buckets[bisect_left(bounds, duration)] += weight
+                    else:
+                        exp = histogram.exp
+                        if exp is not None:
+                            exp.record(duration, weight)
 
-            if events_enabled and span.events:
-                self._observe_events(
-                    tenant, accumulator, resource, span, scope_key, weight, exemplar, now, stats
-                )
+                exemplar = None
+                if max_exemplars:
+                    trace_id = span.trace_id
+                    if trace_id:
+                        # Past 2255 a time no longer survives Redis (microseconds in Lua doubles).
+                        exemplar = (trace_id, span.span_id, duration, end if 0 < end < _MAX_TIME_NS else now)
+                        if len(series.exemplars) < max_exemplars:
+                            series.exemplars.append(exemplar)
+                        if histogram is not None and len(histogram.exemplars) < max_exemplars:
+                            histogram.exemplars.append(exemplar)
 
-    def _remember_attribute(self, serialized: bytes, kv: Any) -> tuple[str, str]:
-        value = kv.value
-        entry = (kv.key, value.string_value or _value_string(value))
-        if len(serialized) > _CACHE_ENTRY_MAX_BYTES:
-            return entry
-        if len(self._attribute_strings) >= _ATTRIBUTE_CACHE_SIZE:
-            self._attribute_strings.clear()
-        self._attribute_strings[serialized] = entry
-        return entry
+                if events_enabled and span.events:
+                    self._observe_events(
+                        tenant, accumulator, resource, span, scope_key, weight, exemplar, now, stats
+                    )
 
-    def _scan(
-        self, attributes: Sequence[Any], positions: list[int], fallback: list[str | None]
-    ) -> list[str | None]:
-        """One pass over a span's attributes: the first occurrence of each dimension wins.
-
-        Remembers where each was found, so the next span of the same scope can look there first.
-        """
-        index = self._dimension_index
-        strings = fallback.copy()
-        found = [False] * len(strings)
-        missing = len(strings)
-        for position, kv in enumerate(attributes):
-            slot = index.get(kv.key)
-            if slot is not None and not found[slot]:
-                found[slot] = True
-                positions[slot] = position
-                value = kv.value
-                strings[slot] = value.string_value or _value_string(value)
-                missing -= 1
-                if not missing:
-                    break
-        for slot, seen in enumerate(found):
-            if not seen:
-                positions[slot] = _NO_POSITION
-        return strings
-
-    def _lookup(self, span: Span, resource: _Resource) -> list[AnyValue | None]:
+    def _lookup(self, span: BatchSpan, resource: _Resource) -> list[AnyValue | None]:
         """Configured dimension values, typed: span attribute, else resource attribute, else default."""
-        index = self._dimension_index
-        found: list[AnyValue | None] = [None] * len(index)
-        missing = len(index)
-        for kv in span.attributes:
-            slot = index.get(kv.key)
-            if slot is not None and found[slot] is None:
-                found[slot] = kv.value
-                missing -= 1
-                if not missing:
-                    return found
-        for dimension_name, slot in index.items():
-            if found[slot] is None:
-                value = resource.values.get(dimension_name)
-                found[slot] = value if value is not None else self._dimension_defaults[slot]
+        attributes = span.attributes
+        found: list[AnyValue | None] = []
+        for slot, name in enumerate(self._slot_names):
+            value = attributes.get(name)
+            if value is None:
+                value = resource.values.get(name)
+            found.append(value if value is not None else self._dimension_defaults[slot])
         return found
 
     def _observe_events(
@@ -635,7 +540,7 @@ class SpanMetricsProcessor:
         tenant: str,
         accumulator: _Accumulator,
         resource: _Resource,
-        span: Span,
+        span: BatchSpan,
         scope_key: tuple[str, ...],
         weight: int,
         exemplar: tuple[bytes, bytes, float, int] | None,
@@ -643,9 +548,7 @@ class SpanMetricsProcessor:
         stats: ConsumeStats,
     ) -> None:
         """Events are rare next to spans, so this path favours clarity over speed."""
-        span_attributes: dict[str, AnyValue] = {}
-        for kv in span.attributes:
-            span_attributes.setdefault(kv.key, kv.value)
+        span_attributes = span.attributes
         dimensions = (*self._dimensions, *self._event_dimensions)
         for event in span.events:
             event_attributes: dict[str, AnyValue] = {}
@@ -695,7 +598,7 @@ class SpanMetricsProcessor:
         target: dict[tuple[Any, ...], Series],
         metric: str,
         key: tuple[Any, ...],
-        span: Span,
+        span: BatchSpan,
         scope_key: tuple[str, ...],
         extra: tuple[Dimension, ...],
         now: int,
@@ -754,7 +657,7 @@ class SpanMetricsProcessor:
     def _attributes(
         self,
         resource: _Resource,
-        span: Span,
+        span: BatchSpan,
         scope_key: tuple[str, ...],
         dimensions: Sequence[tuple[Dimension, AnyValue | None]],
     ) -> Attributes:

@@ -166,11 +166,12 @@ def test_configured_dimensions_follow_the_defaults_in_config_order() -> None:
     assert list(point.attributes)[4:] == ["b", "a"]
 
 
-def test_the_first_of_duplicate_span_attributes_is_used() -> None:
+def test_of_duplicate_span_attributes_the_last_is_used() -> None:
+    """Invalid OTLP (keys must be unique): span attributes are a map (worker.otlp.batch), last wins."""
     span = make_span(attributes=[("region", "first"), ("region", "second")])
     out = Pipeline({"dimensions": ["region"]}).run(simple_request(span))
     [point] = points(out, "calls")
-    assert point.attributes["region"] == "first"
+    assert point.attributes["region"] == "second"
 
 
 def test_an_empty_string_value_is_a_value_not_a_missing_one() -> None:
@@ -305,11 +306,11 @@ def test_tenants_are_aggregated_separately() -> None:
     assert calls == {"t1": 2, "t2": 1}
 
 
-# ---------------------------------------------------------------------------------------- fast-path caches
+# ---------------------------------------------------------------------------------------- lookups and caches
 
 
 def test_attribute_order_may_change_from_span_to_span() -> None:
-    """The processor looks where the previous span had an attribute; that guess must be checked."""
+    """Attributes are looked up by key, wherever they are in the span."""
     spans = [
         make_span(attributes=[("a", "1"), ("b", "2")]),
         make_span(attributes=[("b", "2"), ("a", "1")]),
@@ -344,18 +345,6 @@ def test_same_attribute_bytes_under_another_key_are_not_confused() -> None:
     spans = [make_span(attributes=[("a", "v")]), make_span(attributes=[("b", "v")])]
     out = Pipeline({"dimensions": ["a", "b"]}).run(simple_request(*spans))
     assert counts_by(out, "calls", "a", "b") == {("v", None): 1, (None, "v"): 1}
-
-
-def test_attribute_cache_overflow_keeps_results_right(monkeypatch: pytest.MonkeyPatch) -> None:
-    import worker.spanmetrics.processor as processor_module
-
-    monkeypatch.setattr(processor_module, "_ATTRIBUTE_CACHE_SIZE", 2)
-    spans = [make_span(attributes={"user": f"u{i % 5}", "code": i % 3}) for i in range(30)]
-    out = Pipeline({"dimensions": ["user", "code"]}).run(simple_request(*spans))
-    expected: dict[tuple[str, int], int] = {}
-    for i in range(30):
-        expected[(f"u{i % 5}", i % 3)] = expected.get((f"u{i % 5}", i % 3), 0) + 1
-    assert counts_by(out, "calls", "user", "code") == expected
 
 
 def test_series_keep_their_first_typed_value_across_intervals() -> None:

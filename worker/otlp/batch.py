@@ -1,0 +1,125 @@
+"""The decode schema of the hot path: OTLP traces with span attributes as a map.
+
+Profiles of the worker show most of its time in Python reading span fields, and the costliest
+reads were span attributes: a repeated ``KeyValue`` field can only be walked, and every element
+read from Python builds a wrapper and a key string. The processors want a handful of known keys
+per span (the configured dimensions, the service-graph peer and database attributes), so here a
+span's attributes are declared as ``map<string, AnyValue>``: a ``KeyValue`` is wire-compatible
+with a map entry (key = field 1, value = field 2), upb fills a hash table while it parses, and a
+lookup from Python is one C-level map access (``span.attributes.get(key)``).
+
+Everything else is the OTLP schema unchanged, copied from the generated descriptors into a
+private pool at import (no protoc involved): every field keeps its type, so the parser accepts
+and refuses exactly the same bytes as ``ExportTraceServiceRequest`` (UTF-8 checks of strings,
+nested ``AnyValue`` structure, depth limits), and unknown fields are kept as they are.
+
+The one difference is for invalid input: OTLP requires the attribute keys of a span to be
+unique, and when a key is repeated anyway the map keeps the *last* occurrence, where walking
+the list finds the first (what the Collector and Tempo use). Valid OTLP reads the same either
+way. Map iteration order is not the wire order; the processors only look keys up.
+
+A :data:`SpanBatch` is a message of this schema; :func:`as_batch` turns a standard request (from
+OTLP/JSON, tests, the offline command) into one by serializing and parsing it again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.proto.resource.v1 import resource_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+from worker.exceptions import OtlpDecodeError
+
+__all__ = [
+    "BatchRequest",
+    "BatchResource",
+    "BatchScope",
+    "BatchScopeSpans",
+    "BatchSpan",
+    "SpanBatch",
+    "as_batch",
+    "is_batch",
+    "parse_batch",
+]
+
+# The classes are built at runtime, so static typing sees their messages as ``Any``; the names
+# say which message is meant.
+#: An ``ExportTraceServiceRequest`` of the batch schema.
+SpanBatch = Any
+#: A ``Resource`` of the batch schema (as the standard one).
+BatchResource = Any
+#: An ``InstrumentationScope`` of the batch schema (as the standard one).
+BatchScope = Any
+#: A ``ScopeSpans`` of the batch schema (as the standard one).
+BatchScopeSpans = Any
+#: A ``Span`` of the batch schema: ``attributes`` is a map of key to ``AnyValue``.
+BatchSpan = Any
+
+_SPAN = "opentelemetry.proto.trace.v1.Span"
+_ANY_VALUE = ".opentelemetry.proto.common.v1.AnyValue"
+_ENTRY = "AttributesEntry"
+_FIELD = descriptor_pb2.FieldDescriptorProto
+
+
+def _with_attribute_map(span: descriptor_pb2.DescriptorProto) -> None:
+    """Redeclare ``Span.attributes`` (field 9, repeated KeyValue) as ``map<string, AnyValue>``."""
+    entry = span.nested_type.add(name=_ENTRY)
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_STRING)
+    entry.field.add(
+        name="value", number=2, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_MESSAGE, type_name=_ANY_VALUE
+    )
+    [attributes] = [f for f in span.field if f.name == "attributes"]
+    if attributes.number != 9 or attributes.label != _FIELD.LABEL_REPEATED:  # pragma: no cover
+        raise RuntimeError("unexpected OTLP Span.attributes declaration")
+    attributes.type_name = f".{_SPAN}.{_ENTRY}"
+
+
+def _build() -> Any:
+    """The batch schema's ExportTraceServiceRequest class, in a pool of its own."""
+    pool = descriptor_pool.DescriptorPool()
+    for module in (common_pb2, resource_pb2, trace_pb2, trace_service_pb2):
+        file = descriptor_pb2.FileDescriptorProto()
+        module.DESCRIPTOR.CopyToProto(file)
+        file.ClearField("service")  # the gRPC service is not needed
+        if module is trace_pb2:
+            [span] = [m for m in file.message_type if m.name == "Span"]
+            _with_attribute_map(span)
+        pool.Add(file)
+    descriptor = pool.FindMessageTypeByName(ExportTraceServiceRequest.DESCRIPTOR.full_name)
+    return message_factory.GetMessageClass(descriptor)
+
+
+#: ``ExportTraceServiceRequest`` with span attributes as a map (see the module docstring).
+BatchRequest: Any = _build()
+
+
+def parse_batch(data: bytes) -> SpanBatch:
+    """Parse protobuf bytes; anything the parser refuses becomes an OtlpDecodeError."""
+    request = BatchRequest()
+    try:
+        request.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise OtlpDecodeError(f"not an OTLP ExportTraceServiceRequest (protobuf): {exc}") from None
+    return request
+
+
+def is_batch(request: Any) -> bool:
+    return isinstance(request, BatchRequest)
+
+
+def as_batch(request: ExportTraceServiceRequest | SpanBatch) -> SpanBatch:
+    """``request`` in the batch schema: as it is when it already is, else serialized and parsed.
+
+    Raises OtlpDecodeError for what the parser refuses although a message holds it (nesting
+    deeper than the parser's recursion limit).
+    """
+    if isinstance(request, BatchRequest):
+        return request
+    return parse_batch(request.SerializeToString())
