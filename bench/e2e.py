@@ -759,6 +759,11 @@ def _flush_figures(flush: dict[str, Any], merged_spans: int) -> dict[str, Any]:
         "seconds": seconds,
         "redis_seconds": redis_seconds,
         "emission_and_commit_seconds": round(seconds - redis_seconds, 3),
+        # The emission's parts, as the worker logs them: fold (read, fold, commit), encode and
+        # hand to the producer, wait for the broker's acknowledgements.
+        "fold_seconds": float(flush.get("fold_seconds", 0)),
+        "send_seconds": float(flush.get("send_seconds", 0)),
+        "confirm_seconds": float(flush.get("confirm_seconds", 0)),
         "emitted_series": int(flush.get("emitted_series", 0)),
         "emitted_records": int(flush.get("emitted_records", 0)),
         "merged_spans": merged_spans,
@@ -1263,7 +1268,9 @@ def print_report(result: dict[str, Any]) -> None:
             slow = ", ".join(f"{k} {v['count']}x {v['seconds']}s" for k, v in f["redis_slowlog"].items())
             print(
                 f"  {label:<13} {f['seconds']:.3f}s (Redis step {f['redis_seconds']:.3f}s, emission+commit "
-                f"{f['emission_and_commit_seconds']:.3f}s), merged {f['merged_spans']:,} spans, emitted "
+                f"{f['emission_and_commit_seconds']:.3f}s: fold {f['fold_seconds']:.3f}s, encode+send "
+                f"{f['send_seconds']:.3f}s, acks {f['confirm_seconds']:.3f}s), merged {f['merged_spans']:,} "
+                "spans, emitted "
                 f"{f['emitted_series']:,} series in {f['emitted_records']} records; "
                 f"Redis slowlog: {slow or '-'}"
             )

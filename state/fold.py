@@ -27,15 +27,14 @@ from typing import Any, cast
 
 import msgpack
 
-from state.codec import exp_from_state, exp_state
-from worker.series import Attributes, Series, make_series_id, series_digest
+from state.codec import exp_from_state, exp_state, pack_meta, unpack_meta
+from worker.series import Series, make_series_id, series_digest
 from worker.spanmetrics.processor import OVERFLOW_ATTRIBUTE
 
 __all__ = [
     "ROW_OVERFLOW",
     "FoldPlan",
     "NewSeries",
-    "decode_meta",
     "fold_log",
     "overflow_series_id",
     "pack_row",
@@ -72,21 +71,6 @@ def pack_row(digest: bytes, record: Sequence[Any], flags: int = 0) -> bytes:
     return cast(bytes, _packb([digest, record, flags]))
 
 
-def decode_meta(meta: bytes) -> tuple[str, str, Attributes]:
-    """(metric, resource id, attributes) of a packed meta, in one C call in the common case.
-
-    Decoded with tuples for arrays, so the attribute pairs come out as the tuples ``Attributes``
-    wants; only a value that is itself an array (an OTLP array attribute, kept as a list
-    elsewhere) needs the slower second decode.
-    """
-    metric, resource_id, pairs = msgpack.unpackb(meta, raw=False, use_list=False, strict_map_key=False)
-    for _, value in pairs:
-        if type(value) is tuple:
-            metric, resource_id, lists = msgpack.unpackb(meta, raw=False, strict_map_key=False)
-            return metric, resource_id, tuple((key, value) for key, value in lists)
-    return metric, resource_id, pairs
-
-
 @dataclass(slots=True)
 class NewSeries:
     """A series the log brings that the slot does not hold yet."""
@@ -114,7 +98,7 @@ class FoldPlan:
     overflow_slots: list[int] = field(default_factory=list)
     #: Series to emit, in slot order; a refused new series is removed by the store.
     live: list[Series] = field(default_factory=list)
-    #: How many spans/values the log added (for the logs; not used for correctness).
+    #: Log rows folded (for the logs).
     rows: int = 0
 
 
@@ -177,7 +161,7 @@ def _reset(record: list[Any], delta_mode: bool, emitted_us: int) -> bool:
 
 
 def _series(record: Sequence[Any], exp_max_size: int) -> Series:
-    metric, resource_id, attributes = decode_meta(record[_META])
+    metric, resource_id, attributes, parts = unpack_meta(record[_META])
     buckets = record[_BUCKETS]
     exp = record[_EXP]
     exemplars = record[_EXEMPLARS]
@@ -195,6 +179,7 @@ def _series(record: Sequence[Any], exp_max_size: int) -> Series:
         exemplars=(
             [(bytes(t), bytes(s), float(v), int(ts) * 1000) for t, s, v, ts in exemplars] if exemplars else []
         ),
+        attribute_parts=parts,
     )
 
 
@@ -205,7 +190,7 @@ def _overflow(metric: str, resource_id: str, slots: int, targets: list[int]) -> 
     slot = series_slot(overflow_id, slots)
     if slot not in targets:
         targets.append(slot)
-    meta = _packb([metric, resource_id, [[OVERFLOW_ATTRIBUTE, True]]])
+    meta = pack_meta(metric, resource_id, ((OVERFLOW_ATTRIBUTE, True),))
     return targets.index(slot), series_digest(overflow_id), meta
 
 

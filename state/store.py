@@ -28,8 +28,8 @@ from typing import Any
 import msgpack
 from redis.asyncio import Redis
 
-from state.codec import decode_attributes, delta_payload, encode_attributes, encode_meta
-from state.fold import fold_log, pack_row, series_slot, slot_of
+from state.codec import attributes_of_parts, decode_attributes, delta_payload, encode_attributes, encode_meta
+from state.fold import fold_log, series_slot, slot_of
 from state.keys import KeySpace, escape_tenant, unescape_tenant
 from worker.exceptions import StateError
 from worker.series import Attributes, Series, series_digest
@@ -113,10 +113,10 @@ class RedisStateStore:
         self.max_exemplars = max_exemplars
         self.exp_max_size = exp_max_size
         self.active_series_limit = active_series_limit
-        #: series_id -> slot, digest, packed meta and the attributes it was packed from (see
-        #: _constants): constant per series, and computing them was a third of the Python side
-        #: of a flush. Bounded; emptied when full.
-        self._constants_cache: dict[str, tuple[int, bytes, bytes, Attributes]] = {}
+        #: series_id -> slot, digest and packed meta (None unless all attribute values are
+        #: strings; see _constants): constant per series, and computing them was a third of
+        #: the Python side of a flush. Bounded; emptied when full.
+        self._constants_cache: dict[str, tuple[int, bytes, bytes | None]] = {}
         self._constants_limit = max(active_series_limit, _CONSTANTS_CACHE_SIZE)
         self._merge = client.register_script(_script("merge.lua"))
         self._fold = client.register_script(_script("fold.lua"))
@@ -124,18 +124,17 @@ class RedisStateStore:
     def _constants(self, series: Series) -> tuple[int, bytes, bytes]:
         """(slot, digest, packed meta) of a series, cached by series id.
 
-        Slot and digest are functions of the id; the meta is a function of the attributes, and
-        the id holds attribute values in their string form (``200`` and ``"200"`` share an id,
-        not a meta). So the cached meta is reused when the attributes are the very tuple it was
-        packed from (processors hand out one tuple per series for as long as they cache it) or
-        when all values are strings on both sides; otherwise it is packed again.
+        Slot and digest are functions of the id. The meta is reused only when every attribute
+        value is a string, in the cached series and in this one: the id holds values in their
+        string form, so ``200`` and ``"200"`` share an id but not a meta. (The entry must not
+        hold the attributes themselves: it would keep alive every tuple the processors' bounded
+        caches let go, ~1.3 KB per series.)
         """
         cache = self._constants_cache
-        attributes = series.attributes
         found = cache.get(series.series_id)
         if found is not None:
-            slot, digest, meta, packed_from = found
-            if packed_from is attributes or (_all_strings(packed_from) and _all_strings(attributes)):
+            slot, digest, meta = found
+            if meta is not None and _all_strings(series.attributes):
                 return slot, digest, meta
             return slot, digest, encode_meta(series)
         if len(cache) >= self._constants_limit:
@@ -143,7 +142,7 @@ class RedisStateStore:
         slot = series_slot(series.series_id, self.slots)
         digest = series_digest(series.series_id)
         meta = encode_meta(series)
-        cache[series.series_id] = (slot, digest, meta, attributes)
+        cache[series.series_id] = (slot, digest, meta if _all_strings(series.attributes) else None)
         return slot, digest, meta
 
     # ------------------------------------------------------------------ ownership and offsets
@@ -211,23 +210,24 @@ class RedisStateStore:
         changes nothing) when any token is stale. Idempotent: calling it again with the same
         arguments (a retry after a lost reply) applies nothing more.
         """
-        entries: list[bytes] = []
+        entries: list[memoryview] = []
         tenants: list[list[Any]] = []
         total = 0
         for tenant, tenant_deltas in deltas.items():
-            rows: dict[int, list[bytes]] = {}
+            # Rows are packed straight into one buffer per slot (the log entry), which Redis
+            # receives without a copy: at 100k series, separate row objects joined afterwards
+            # were two copies of the batch at the flush's memory peak.
+            packers: dict[int, msgpack.Packer] = {}
             for series in tenant_deltas.series:
                 slot, digest, meta = self._constants(series)
-                row = pack_row(digest, delta_payload(series, meta))
-                found = rows.get(slot)
-                if found is None:
-                    rows[slot] = [row]
-                else:
-                    found.append(row)
+                packer = packers.get(slot)
+                if packer is None:
+                    packer = packers[slot] = msgpack.Packer(use_bin_type=True, autoreset=False)
+                packer.pack([digest, delta_payload(series, meta), 0])  # a row: see state.fold
             total += len(tenant_deltas.series)
             logs = []
-            for slot, slot_rows in sorted(rows.items()):
-                entries.append(b"".join(slot_rows))
+            for slot, packer in sorted(packers.items()):
+                entries.append(packer.getbuffer())
                 logs.append([slot, len(entries) + 2])  # ARGV index (1-based, after header and id)
             resource_rows = [[rid, encode_attributes(a)] for rid, a in tenant_deltas.resources.items()]
             tenants.append([escape_tenant(tenant), resource_rows, logs])
@@ -298,6 +298,9 @@ class RedisStateStore:
             delta_mode=False,
         )
         digests = [bytes(d) for d in stored] + [new.digest for new in plan.created]
+        for series in plan.live:
+            if series.attribute_parts is not None:
+                series.attributes = attributes_of_parts(series.attribute_parts)
         return [StoredSeries(digest, series) for digest, series in zip(digests, plan.live, strict=True)]
 
     async def fold_slot(

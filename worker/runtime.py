@@ -430,6 +430,9 @@ class StreamWorker:
             partitions=sorted(self.tokens),
             emitted_series=report.series if report else 0,
             emitted_records=report.records if report else 0,
+            fold_seconds=round(report.fold_seconds, 3) if report else 0,
+            send_seconds=round(report.send_seconds, 3) if report else 0,
+            confirm_seconds=round(report.confirm_seconds, 3) if report else 0,
             spans=self.stats.spans,
         )
         await self.metrics.refresh()  # consumer lag and active series; bounded, never raises

@@ -77,6 +77,10 @@ class Series:
     buckets: list[int] | None = None
     exp: ExpHistogram | None = None
     exemplars: list[Exemplar] = field(default_factory=list)
+    #: The attributes already serialized for an OTLP data point, one length-prefixed
+    #: ``KeyValue`` each, as the Redis store keeps them: emission then writes them out as they
+    #: are. ``attributes`` may be left empty when these are set (see ``state.codec``).
+    attribute_parts: list[bytes] | None = None
 
     @property
     def digest(self) -> bytes:
@@ -95,6 +99,7 @@ class Series:
             buckets=list(self.buckets) if self.buckets is not None else None,
             exp=_copy_exp(self.exp),
             exemplars=list(self.exemplars),
+            attribute_parts=self.attribute_parts,
         )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from state.codec import attributes_of_parts
 from state.keys import KeySpace
 from state.store import FencedError, RedisStateStore, series_slot
 from worker.series import Series
@@ -62,6 +63,9 @@ async def _fold_all(
         result = await store.fold_slot(tenant, slot, tokens[slot], **kwargs)
         assert result.committed
         emitted.extend(result.live)
+    for series in emitted:  # emitted from their OTLP encoding; typed again for the assertions
+        if series.attribute_parts is not None:
+            series.attributes = attributes_of_parts(series.attribute_parts)
     return emitted
 
 

@@ -29,7 +29,7 @@ from worker.config import Temporality
 from worker.otlp.values import AttributeValue
 from worker.series import Attributes, Exemplar, MetricDescriptor, MetricKind, Series
 
-__all__ = ["EncodedRequest", "clear_caches", "encode_any_value", "encode_requests"]
+__all__ = ["EncodedRequest", "attribute_parts", "clear_caches", "encode_any_value", "encode_requests"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +172,16 @@ def _tuple_cache(tag: bytes) -> dict[int, tuple[Attributes, bytes]]:
     return cache
 
 
+def attribute_parts(attributes: Attributes) -> list[bytes]:
+    """Each attribute as a length-prefixed ``KeyValue``: the ``attributes`` entries of a data
+    point without their field tag, which differs by data point type (see Series.attribute_parts)."""
+    parts = []
+    for key, value in attributes:
+        body = _key_value(key, value)
+        parts.append(_length(len(body)) + body)
+    return parts
+
+
 def _encode_attributes(
     tag: bytes, attributes: Attributes, cache: dict[int, tuple[Attributes, bytes]]
 ) -> bytes:
@@ -276,9 +286,8 @@ _SUM_HEAD = struct.Struct("<BQBQBq")  # start_time (2), time (3), as_int (6)
 PointEncoder = Callable[[Series], bytes]
 
 
-def _sum_encoder(now_ns: int) -> PointEncoder:
+def _sum_encoder(now_ns: int, cache: dict[int, tuple[Attributes, bytes]]) -> PointEncoder:
     """NumberDataPoint{start=2, time=3, exemplars=5, as_int=6, attributes=7}, as a data_points entry."""
-    cache = _tuple_cache(b"\x3a")
     head = _SUM_HEAD.pack
     prefixes = _FIELD1_PREFIXES
     encode_attributes = _encode_attributes
@@ -293,12 +302,16 @@ def _sum_encoder(now_ns: int) -> PointEncoder:
         return _field1(body + b"\x31" + _pack_int64(item.count) + attributes)
 
     def encode(item: Series) -> bytes:
-        attributes = item.attributes
-        hit = cache.get(id(attributes))
-        if hit is not None and hit[0] is attributes:
-            blob = hit[1]
+        parts = item.attribute_parts
+        if parts is not None:
+            blob = b"\x3a" + b"\x3a".join(parts) if parts else b""
         else:
-            blob = encode_attributes(b"\x3a", attributes, cache)
+            attributes = item.attributes
+            hit = cache.get(id(attributes))
+            if hit is not None and hit[0] is attributes:
+                blob = hit[1]
+            else:
+                blob = encode_attributes(b"\x3a", attributes, cache)
         start = item.start_ns
         if start and now_ns and not item.exemplars:
             size = 27 + len(blob)
@@ -309,10 +322,11 @@ def _sum_encoder(now_ns: int) -> PointEncoder:
     return encode
 
 
-def _histogram_encoder(now_ns: int, bounds: tuple[float, ...]) -> PointEncoder:
+def _histogram_encoder(
+    now_ns: int, bounds: tuple[float, ...], cache: dict[int, tuple[Attributes, bytes]]
+) -> PointEncoder:
     """HistogramDataPoint{start=2, time=3, count=4, sum=5, bucket_counts=6, explicit_bounds=7,
     exemplars=8, attributes=9}, as a data_points entry."""
-    cache = _tuple_cache(b"\x4a")
     bounds_field = _explicit_bounds(bounds)
     prefixes = _FIELD1_PREFIXES
     encode_attributes = _encode_attributes
@@ -353,12 +367,16 @@ def _histogram_encoder(now_ns: int, bounds: tuple[float, ...]) -> PointEncoder:
     fixed_size = fixed.size
 
     def encode(item: Series) -> bytes:
-        attributes = item.attributes
-        hit = cache.get(id(attributes))
-        if hit is not None and hit[0] is attributes:
-            blob = hit[1]
+        parts = item.attribute_parts
+        if parts is not None:
+            blob = b"\x4a" + b"\x4a".join(parts) if parts else b""
         else:
-            blob = encode_attributes(b"\x4a", attributes, cache)
+            attributes = item.attributes
+            hit = cache.get(id(attributes))
+            if hit is not None and hit[0] is attributes:
+                blob = hit[1]
+            else:
+                blob = encode_attributes(b"\x4a", attributes, cache)
         start = item.start_ns
         count = item.count
         buckets = item.buckets
@@ -395,15 +413,18 @@ def _packed_uint64(values: list[int]) -> bytes:
     return b"".join(_varint(value) for value in values)
 
 
-def _exponential_encoder(now_ns: int) -> PointEncoder:
+def _exponential_encoder(now_ns: int, cache: dict[int, tuple[Attributes, bytes]]) -> PointEncoder:
     """ExponentialHistogramDataPoint{attributes=1, start=2, time=3, count=4, sum=5, scale=6
     (sint32), zero_count=7, positive=8 (Buckets{offset=1 sint32, bucket_counts=2 packed}),
     exemplars=11, min=12, max=13}, as a data_points entry."""
-    cache = _tuple_cache(b"\x0a")
     time_field = b"\x19" + _pack_uint64(now_ns) if now_ns else b""
 
     def encode(item: Series) -> bytes:
-        body = _encode_attributes(b"\x0a", item.attributes, cache)
+        parts = item.attribute_parts
+        if parts is not None:
+            body = b"\x0a" + b"\x0a".join(parts) if parts else b""
+        else:
+            body = _encode_attributes(b"\x0a", item.attributes, cache)
         if item.start_ns:
             body += b"\x11" + _pack_uint64(item.start_ns)
         body += time_field
@@ -475,16 +496,23 @@ class _Plan:
     encode: PointEncoder
 
 
-def _plans(descriptors: Mapping[str, MetricDescriptor], temporality: int, now_ns: int) -> dict[str, _Plan]:
+def _plans(
+    descriptors: Mapping[str, MetricDescriptor], temporality: int, now_ns: int, reuse_tuples: bool
+) -> dict[str, _Plan]:
+    def cache(tag: bytes) -> dict[int, tuple[Attributes, bytes]]:
+        # Without reuse the per-tuple cache would only keep dead tuples alive: a dict for this
+        # call, dropped with it.
+        return _tuple_cache(tag) if reuse_tuples else {}
+
     plans = {}
     for name, descriptor in descriptors.items():
         header, data_tag, trailer = _metric_parts(descriptor, temporality)
         if descriptor.kind is MetricKind.SUM:
-            encode = _sum_encoder(now_ns)
+            encode = _sum_encoder(now_ns, cache(b"\x3a"))
         elif descriptor.kind is MetricKind.HISTOGRAM:
-            encode = _histogram_encoder(now_ns, tuple(descriptor.bounds))
+            encode = _histogram_encoder(now_ns, tuple(descriptor.bounds), cache(b"\x4a"))
         else:
-            encode = _exponential_encoder(now_ns)
+            encode = _exponential_encoder(now_ns, cache(b"\x0a"))
         plans[name] = _Plan(
             (descriptor.scope, descriptor.order, name), descriptor.scope, header, data_tag, trailer, encode
         )
@@ -527,9 +555,15 @@ def encode_requests(
     temporality: Temporality,
     now_ns: int,
     max_bytes: int,
+    *,
+    reuse_attribute_tuples: bool = True,
 ) -> Iterator[EncodedRequest]:
     """Serialized requests of at most ``max_bytes``, grouped by resource: what
     ``split_by_size(...)`` followed by ``SerializeToString()`` gives, request for request.
+
+    ``reuse_attribute_tuples``: whether the caller hands over the same attributes tuple objects
+    flush after flush (then their encoding is cached per tuple). A caller that decodes fresh
+    tuples every time says False, or the cache would fill with tuples that never come back.
 
     Resources in first-seen order, a missing resource written without attributes, series of
     unknown metrics skipped; a resource whose series exceed the limit is split into several
@@ -540,7 +574,7 @@ def encode_requests(
     """
     if not 0 <= now_ns < _UINT64_LIMIT:
         raise ValueError(f"now_ns out of range: {now_ns}")
-    plans = _plans(descriptors, _AGGREGATION_TEMPORALITY[temporality], now_ns)
+    plans = _plans(descriptors, _AGGREGATION_TEMPORALITY[temporality], now_ns, reuse_attribute_tuples)
     # One pass: group by resource (first seen first) and encode each series as it is met, so
     # each Series object is read once (at 100,000 series, reading them is mostly cache misses).
     pending: dict[str, _Resource] = {}

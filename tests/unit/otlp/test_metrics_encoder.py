@@ -541,3 +541,52 @@ def test_split_points_match_at_every_limit() -> None:
     ]
     for max_bytes in range(100, 1500):
         compare(items, max_bytes=max_bytes)
+
+
+def test_fresh_attribute_tuples_give_the_same_bytes_and_are_not_kept() -> None:
+    """The emitter decodes attributes afresh at every fold: caching them per tuple would only
+    keep tuples alive that never come back."""
+    items = [
+        series(CALLS.name, attributes=(*ATTRIBUTES, ("user", f"u{i}")), count=i + 1) for i in range(50)
+    ] + [series(DURATION.name, buckets=[1] * (len(DEFAULT_HISTOGRAM_BUCKETS) + 1))]
+    metrics_encoder.clear_caches()
+    reused = list(encode_requests(RESOURCES, items, SPAN_DESCRIPTORS, Temporality.CUMULATIVE, NOW, 1 << 20))
+    metrics_encoder.clear_caches()
+    fresh = list(
+        encode_requests(
+            RESOURCES,
+            items,
+            SPAN_DESCRIPTORS,
+            Temporality.CUMULATIVE,
+            NOW,
+            1 << 20,
+            reuse_attribute_tuples=False,
+        )
+    )
+    assert fresh == reused
+    assert sum(len(cache) for cache in metrics_encoder._tuple_caches.values()) == 0
+
+
+def test_pre_encoded_attribute_parts_give_the_same_bytes() -> None:
+    """The store keeps attributes in their OTLP encoding and emits them as they are."""
+    typed: Attributes = (
+        *ATTRIBUTES,
+        ("http.status_code", 200),
+        ("ok", True),
+        ("ratio", 0.5),
+        ("raw", b"\x00"),
+    )
+    items = [
+        series(CALLS.name, attributes=typed),
+        series(DURATION.name, attributes=typed, buckets=[1] * (len(DEFAULT_HISTOGRAM_BUCKETS) + 1)),
+        series("exp", attributes=typed, exp=exp_histogram(0.5, 2.0, 8.0)),
+        series(EVENTS.name, attributes=()),
+    ]
+    encoded = []
+    for one in items:
+        encoded.append(series(one.metric, attributes=(), buckets=one.buckets, exp=one.exp))
+        encoded[-1].attribute_parts = metrics_encoder.attribute_parts(one.attributes)
+    args = (RESOURCES, ALL_DESCRIPTORS, Temporality.CUMULATIVE, NOW, 1 << 20)
+    assert list(encode_requests(args[0], encoded, *args[1:])) == list(
+        encode_requests(args[0], items, *args[1:])
+    )

@@ -12,7 +12,7 @@ import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from state.codec import delta_payload, encode_meta
+from state.codec import attributes_of_parts, delta_payload, encode_meta, unpack_meta
 from state.fold import ROW_OVERFLOW, FoldPlan, fold_log, overflow_series_id, pack_row, series_slot
 from worker.series import Series, merge_series, series_digest
 from worker.spanmetrics.exphistogram import ExpHistogram
@@ -77,7 +77,8 @@ def test_rows_of_one_series_add_up_into_its_record() -> None:
         held.start_ns,
         (NOW_US + 9) * US,
     )
-    assert a.attributes == held.attributes  # typed values survive
+    assert a.attributes == ()  # emitted from their OTLP encoding, which keeps the types:
+    assert a.attribute_parts is not None and attributes_of_parts(a.attribute_parts) == held.attributes
     assert (b.count, b.buckets) == (1, [1, 0, 0])
 
 
@@ -128,7 +129,8 @@ def test_new_series_carry_where_they_go_if_the_tenant_limit_refuses_them() -> No
         digest, record, flags = msgpack.unpackb(new.overflow_row, raw=True)
         assert (digest, flags) == (series_digest(overflow_id), ROW_OVERFLOW)
         assert record[3] == (3 if name == "a" else 1)  # the same delta, under the overflow series
-        assert msgpack.unpackb(record[0])[2] == [["otel.metric.overflow", True]]
+        _, _, _, parts = unpack_meta(record[0])
+        assert parts is not None and attributes_of_parts(parts) == (("otel.metric.overflow", True),)
     # An overflow series itself is never refused, and without a limit nothing is.
     (overflow,) = _fold({}, [plan.created[0].overflow_row], limit=10).created
     assert overflow.overflow_target == -1
@@ -182,7 +184,7 @@ def test_folding_equals_merge_series_whatever_the_grouping(
         else:
             expected[name] = delta.copy()
     plan = _fold(stored, [entry for entry in log if entry])
-    folded = {dict(s.attributes)["span.name"]: s for s in plan.live}
+    folded = {dict(attributes_of_parts(s.attribute_parts or []))["span.name"]: s for s in plan.live}
     assert folded.keys() == expected.keys()
     for name, series in expected.items():
         got = folded[name]
@@ -192,3 +194,14 @@ def test_folding_equals_merge_series_whatever_the_grouping(
             series.sum,
             series.last_ns,
         )
+
+
+def test_series_stored_by_earlier_versions_keep_their_typed_attributes() -> None:
+    """Earlier versions stored ``[key, value]`` pairs in the meta: they still read, and emit."""
+    old = _series("a", 2)
+    meta = msgpack.packb(
+        [old.metric, old.resource_id, [[k, v] for k, v in old.attributes]], use_bin_type=True
+    )
+    record = msgpack.packb(delta_payload(old, meta), use_bin_type=True)
+    (series,) = _fold({old.digest: record}, []).live
+    assert series.attributes == old.attributes and series.attribute_parts is None
