@@ -20,7 +20,7 @@ A series' cumulative value is its record plus the rows still in its slot's log;
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -29,7 +29,7 @@ import msgpack
 from redis.asyncio import Redis
 
 from state.codec import attributes_of_parts, decode_attributes, delta_payload, encode_attributes, encode_meta
-from state.fold import fold_log, series_slot, slot_of
+from state.fold import FoldPlan, fold_log, series_slot, slot_of
 from state.keys import KeySpace, escape_tenant, unescape_tenant
 from worker.exceptions import StateError
 from worker.series import Attributes, Series, series_digest
@@ -46,6 +46,8 @@ __all__ = [
 ]
 
 
+#: Attribute value types whose string form in a series id identifies the value.
+_SCALARS = frozenset((str, int, float, bool))
 #: Entries of the per-series constants cache when no active-series limit is configured.
 _CONSTANTS_CACHE_SIZE = 200_000
 
@@ -113,10 +115,11 @@ class RedisStateStore:
         self.max_exemplars = max_exemplars
         self.exp_max_size = exp_max_size
         self.active_series_limit = active_series_limit
-        #: series_id -> slot, digest and packed meta (None unless all attribute values are
-        #: strings; see _constants): constant per series, and computing them was a third of
-        #: the Python side of a flush. Bounded; emptied when full.
-        self._constants_cache: dict[str, tuple[int, bytes, bytes | None]] = {}
+        #: series_id -> slot, digest, packed meta and the value types it was packed for (see
+        #: _constants): constant per series, and computing them was a third of the Python side
+        #: of a flush. Bounded; emptied when full.
+        self._constants_cache: dict[str, tuple[int, bytes, bytes, tuple[type, ...] | None]] = {}
+        self._signatures: dict[tuple[type, ...], tuple[type, ...]] = {}
         self._constants_limit = max(active_series_limit, _CONSTANTS_CACHE_SIZE)
         self._merge = client.register_script(_script("merge.lua"))
         self._fold = client.register_script(_script("fold.lua"))
@@ -124,26 +127,38 @@ class RedisStateStore:
     def _constants(self, series: Series) -> tuple[int, bytes, bytes]:
         """(slot, digest, packed meta) of a series, cached by series id.
 
-        Slot and digest are functions of the id. The meta is reused only when every attribute
-        value is a string, in the cached series and in this one: the id holds values in their
-        string form, so ``200`` and ``"200"`` share an id but not a meta. (The entry must not
-        hold the attributes themselves: it would keep alive every tuple the processors' bounded
-        caches let go, ~1.3 KB per series.)
+        Slot and digest are functions of the id. The meta also depends on the attribute values'
+        types: the id holds values in their string form, so ``200`` and ``"200"`` share an id but
+        not a meta. For scalar values the id and the types together fix the meta, so it is
+        cached with the types it was packed for; other values (bytes, arrays, maps) are packed
+        again. (The entry must not hold the attributes themselves: that would keep alive every
+        tuple the processors' bounded caches let go, ~1.3 KB per series.)
         """
-        cache = self._constants_cache
-        found = cache.get(series.series_id)
+        types = self._types(series.attributes)
+        found = self._constants_cache.get(series.series_id)
         if found is not None:
-            slot, digest, meta = found
-            if meta is not None and _all_strings(series.attributes):
-                return slot, digest, meta
-            return slot, digest, encode_meta(series)
-        if len(cache) >= self._constants_limit:
-            cache.clear()
+            slot, digest, meta, packed_for = found
+            return slot, digest, meta if types is not None and packed_for is types else encode_meta(series)
+        if len(self._constants_cache) >= self._constants_limit:
+            self._constants_cache.clear()
         slot = series_slot(series.series_id, self.slots)
         digest = series_digest(series.series_id)
         meta = encode_meta(series)
-        cache[series.series_id] = (slot, digest, meta if _all_strings(series.attributes) else None)
+        self._constants_cache[series.series_id] = (slot, digest, meta, types)
         return slot, digest, meta
+
+    def _types(self, attributes: Attributes) -> tuple[type, ...] | None:
+        """The attribute values' types, one shared tuple per distinct signature; None when a
+        value is not a scalar the series id spells out unambiguously."""
+        types = tuple([type(value) for _, value in attributes])
+        shared = self._signatures.get(types)
+        if shared is None:
+            if not _SCALARS.issuperset(types):
+                return None
+            if len(self._signatures) >= 4096:
+                self._signatures.clear()
+            shared = self._signatures[types] = types
+        return shared
 
     # ------------------------------------------------------------------ ownership and offsets
 
@@ -285,18 +300,20 @@ class RedisStateStore:
             stored, log = await pipe.execute()
         return stored, log
 
-    async def read_slot(self, tenant: str, slot: int) -> list[StoredSeries]:
-        """Every series of the slot with its cumulative value (record + unfolded rows); read only."""
-        stored, log = await self._read_slot_and_log(escape_tenant(tenant), slot)
-        plan = fold_log(
+    def _fold_plan(self, stored: Mapping[bytes, bytes], log: Sequence[bytes], **options: Any) -> FoldPlan:
+        return fold_log(
             stored,
             log,
             slots=self.slots,
             max_exemplars=self.max_exemplars,
             exp_max_size=self.exp_max_size,
-            limit=0,
-            delta_mode=False,
+            **options,
         )
+
+    async def read_slot(self, tenant: str, slot: int) -> list[StoredSeries]:
+        """Every series of the slot with its cumulative value (record + unfolded rows); read only."""
+        stored, log = await self._read_slot_and_log(escape_tenant(tenant), slot)
+        plan = self._fold_plan(stored, log, limit=0, delta_mode=False)
         digests = [bytes(d) for d in stored] + [new.digest for new in plan.created]
         for series in plan.live:
             if series.attribute_parts is not None:
@@ -321,12 +338,9 @@ class RedisStateStore:
         """
         escaped = escape_tenant(tenant)
         stored, log = await self._read_slot_and_log(escaped, slot)
-        plan = fold_log(
+        plan = self._fold_plan(
             stored,
             log,
-            slots=self.slots,
-            max_exemplars=self.max_exemplars,
-            exp_max_size=self.exp_max_size,
             limit=self.active_series_limit,
             delta_mode=delta_mode,
             expire_before_us=expire_before_ns // 1000,
@@ -370,10 +384,6 @@ class RedisStateStore:
             expired=len(plan.expired),
             rows=plan.rows,
         )
-
-
-def _all_strings(attributes: Attributes) -> bool:
-    return all(type(value) is str for _, value in attributes)
 
 
 def _bytes(value: bytes | str) -> bytes:

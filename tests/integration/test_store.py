@@ -254,3 +254,16 @@ async def test_a_changed_partition_count_is_refused(redis_client: Redis, unique_
         await RedisStateStore(
             redis_client, KeySpace(unique_name, "in"), slots=12, max_exemplars=0
         ).check_layout()
+
+
+def test_the_cached_meta_follows_the_value_types_not_only_the_series_id(store: RedisStateStore) -> None:
+    # 200 and "200" are spelled the same in a series id; the stored attributes keep the type.
+    as_int = _series("calls\x1er1\x1ecode=200", count=1)
+    as_str = _series("calls\x1er1\x1ecode=200", count=1)
+    as_str.attributes = tuple(
+        (k, str(v)) if k == "http.status_code" else (k, v) for k, v in as_int.attributes
+    )
+    first = store._constants(as_int)[2]
+    assert store._constants(_series("calls\x1er1\x1ecode=200", count=2))[2] is first  # cached
+    assert store._constants(as_str)[2] != first
+    assert store._constants(as_int)[2] == first

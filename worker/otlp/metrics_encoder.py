@@ -220,6 +220,19 @@ def _encode_attributes(
     return encoded
 
 
+def _point_attributes(tag: bytes, item: Series, cache: dict[int, tuple[Attributes, bytes]]) -> bytes:
+    """A data point's ``attributes`` fields: the stored encoding when the series carries it,
+    else the cached encoding of its attributes tuple, else encoded now."""
+    parts = item.attribute_parts
+    if parts is not None:
+        return tag + tag.join(parts) if parts else b""
+    attributes = item.attributes
+    hit = cache.get(id(attributes))
+    if hit is not None and hit[0] is attributes:
+        return hit[1]
+    return _encode_attributes(tag, attributes, cache)
+
+
 #: resource id -> (attributes it was encoded from, serialized Resource body).
 _RESOURCE_CACHE_LIMIT = 4096
 _resource_cache: dict[str, tuple[Attributes, bytes]] = {}
@@ -290,7 +303,7 @@ def _sum_encoder(now_ns: int, cache: dict[int, tuple[Attributes, bytes]]) -> Poi
     """NumberDataPoint{start=2, time=3, exemplars=5, as_int=6, attributes=7}, as a data_points entry."""
     head = _SUM_HEAD.pack
     prefixes = _FIELD1_PREFIXES
-    encode_attributes = _encode_attributes
+    point_attributes = _point_attributes
     time_field = b"\x19" + _pack_uint64(now_ns) if now_ns else b""
 
     def general(item: Series, attributes: bytes) -> bytes:
@@ -302,16 +315,7 @@ def _sum_encoder(now_ns: int, cache: dict[int, tuple[Attributes, bytes]]) -> Poi
         return _field1(body + b"\x31" + _pack_int64(item.count) + attributes)
 
     def encode(item: Series) -> bytes:
-        parts = item.attribute_parts
-        if parts is not None:
-            blob = b"\x3a" + b"\x3a".join(parts) if parts else b""
-        else:
-            attributes = item.attributes
-            hit = cache.get(id(attributes))
-            if hit is not None and hit[0] is attributes:
-                blob = hit[1]
-            else:
-                blob = encode_attributes(b"\x3a", attributes, cache)
+        blob = point_attributes(b"\x3a", item, cache)
         start = item.start_ns
         if start and now_ns and not item.exemplars:
             size = 27 + len(blob)
@@ -329,7 +333,7 @@ def _histogram_encoder(
     exemplars=8, attributes=9}, as a data_points entry."""
     bounds_field = _explicit_bounds(bounds)
     prefixes = _FIELD1_PREFIXES
-    encode_attributes = _encode_attributes
+    point_attributes = _point_attributes
     empty_buckets = [0] * (len(bounds) + 1)
     time_field = b"\x19" + _pack_uint64(now_ns) if now_ns else b""
     #: number of buckets -> (packer of the counts, their field's tag and length)
@@ -367,16 +371,7 @@ def _histogram_encoder(
     fixed_size = fixed.size
 
     def encode(item: Series) -> bytes:
-        parts = item.attribute_parts
-        if parts is not None:
-            blob = b"\x4a" + b"\x4a".join(parts) if parts else b""
-        else:
-            attributes = item.attributes
-            hit = cache.get(id(attributes))
-            if hit is not None and hit[0] is attributes:
-                blob = hit[1]
-            else:
-                blob = encode_attributes(b"\x4a", attributes, cache)
+        blob = point_attributes(b"\x4a", item, cache)
         start = item.start_ns
         count = item.count
         buckets = item.buckets
@@ -420,11 +415,7 @@ def _exponential_encoder(now_ns: int, cache: dict[int, tuple[Attributes, bytes]]
     time_field = b"\x19" + _pack_uint64(now_ns) if now_ns else b""
 
     def encode(item: Series) -> bytes:
-        parts = item.attribute_parts
-        if parts is not None:
-            body = b"\x0a" + b"\x0a".join(parts) if parts else b""
-        else:
-            body = _encode_attributes(b"\x0a", item.attributes, cache)
+        body = _point_attributes(b"\x0a", item, cache)
         if item.start_ns:
             body += b"\x11" + _pack_uint64(item.start_ns)
         body += time_field
