@@ -24,10 +24,10 @@ OTLP/JSON, tests, the offline command) into one by serializing and parsing it ag
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1 import common_pb2
@@ -46,6 +46,7 @@ __all__ = [
     "as_batch",
     "is_batch",
     "parse_batch",
+    "parse_into",
 ]
 
 # The classes are built at runtime, so static typing sees their messages as ``Any``; the names
@@ -61,6 +62,7 @@ BatchScopeSpans = Any
 #: A ``Span`` of the batch schema: ``attributes`` is a map of key to ``AnyValue``.
 BatchSpan = Any
 
+_M = TypeVar("_M", bound=Message)
 _SPAN = "opentelemetry.proto.trace.v1.Span"
 _ANY_VALUE = ".opentelemetry.proto.common.v1.AnyValue"
 _ENTRY = "AttributesEntry"
@@ -100,14 +102,19 @@ def _build() -> Any:
 BatchRequest: Any = _build()
 
 
-def parse_batch(data: bytes) -> SpanBatch:
-    """Parse protobuf bytes; anything the parser refuses becomes an OtlpDecodeError."""
-    request = BatchRequest()
+def parse_into(request: _M, data: bytes) -> _M:
+    """Parse protobuf bytes into ``request`` (either schema); anything the parser refuses
+    becomes an OtlpDecodeError."""
     try:
         request.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise OtlpDecodeError(f"not an OTLP ExportTraceServiceRequest (protobuf): {exc}") from None
     return request
+
+
+def parse_batch(data: bytes) -> SpanBatch:
+    """Parse protobuf bytes in the batch schema (see :func:`parse_into`)."""
+    return parse_into(BatchRequest(), data)
 
 
 def is_batch(request: Any) -> bool:

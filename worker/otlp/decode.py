@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import re
 
-from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from worker.exceptions import OtlpDecodeError
-from worker.otlp.batch import SpanBatch, as_batch, parse_batch
+from worker.otlp.batch import SpanBatch, as_batch, parse_batch, parse_into
 from worker.otlp.json_codec import traces_from_json
 
 __all__ = ["decode_batch", "decode_batch_proto", "decode_traces", "decode_traces_proto", "is_plain_request"]
@@ -32,12 +31,7 @@ _FIRST_NON_SPACE = re.compile(rb"[^ \t\n\r\x0b\x0c]")
 
 def decode_traces_proto(data: bytes) -> ExportTraceServiceRequest:
     """Parse protobuf bytes; anything the parser refuses becomes an OtlpDecodeError."""
-    request = ExportTraceServiceRequest()
-    try:
-        request.ParseFromString(data)
-    except (DecodeError, RuntimeError, ValueError) as exc:
-        raise OtlpDecodeError(f"not an OTLP ExportTraceServiceRequest (protobuf): {exc}") from None
-    return request
+    return parse_into(ExportTraceServiceRequest(), data)
 
 
 def _looks_like_json(data: bytes) -> bool:
