@@ -54,9 +54,9 @@ DROP_REASONS: tuple[str, ...] = (
     "too_many_pending_edges",
 )
 
-#: A flush merges into Redis, commits to Kafka and emits the owned slots: milliseconds to a minute.
+#: A flush records deltas in Redis, commits to Kafka, folds and emits owned slots: milliseconds to a minute.
 FLUSH_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-#: One atomic Lua merge (including retries while Redis is unreachable).
+#: One atomic flush script: offsets and delta logs (including retries while Redis is unreachable).
 REDIS_STEP_BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip

@@ -3,7 +3,8 @@
 Processors produce *deltas* as :class:`Series` objects covering one flush interval; stores (the
 in-memory one for ``process`` and tests, the Redis one for the stream worker) merge deltas into
 cumulative :class:`Series` with :func:`merge_series`. Both sides use the same shape, so there is
-one definition of "add this to that", and the Redis Lua script mirrors it field for field.
+one definition of "add this to that", and the Redis store's fold (``state.fold``) mirrors it field
+for field.
 """
 
 from __future__ import annotations

@@ -330,7 +330,7 @@ class ExpHistogram:
         self.counts = merged
 
     def to_state(self) -> list[Any]:
-        """Compact list for msgpack (and the Redis Lua merge).
+        """Compact list for msgpack (the Redis state keeps it in this layout).
 
         Layout: ``[scale, zero_count, offset, counts, count, sum, min, max]``; ``min``/``max`` are ``None``
         while the histogram is empty. ``max_size`` is configuration, not state, so it is not stored.
