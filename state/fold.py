@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import add
 from typing import Any, cast
 
 import msgpack
@@ -122,7 +123,7 @@ def _add(record: list[Any], delta: Sequence[Any], max_exemplars: int, exp_max_si
             # The bucket layout changed (reconfigured bounds): restart from the delta.
             record[_BUCKETS] = list(added)
         else:
-            record[_BUCKETS] = [a + b for a, b in zip(buckets, added, strict=True)]
+            record[_BUCKETS] = list(map(add, buckets, added))
     if delta[_EXP]:
         if record[_EXP]:
             merged = exp_from_state(record[_EXP], exp_max_size)
@@ -161,25 +162,26 @@ def _reset(record: list[Any], delta_mode: bool, emitted_us: int) -> bool:
 
 
 def _series(record: Sequence[Any], exp_max_size: int) -> Series:
+    """The series to emit. Runs for every series at every flush, hence positional arguments and
+    ``map``; ``int``/``float`` because state written by Lua in earlier versions may hold integral
+    doubles, which the encoder's fixed-width fields would refuse."""
     metric, resource_id, attributes, parts = unpack_meta(record[_META])
     buckets = record[_BUCKETS]
     exp = record[_EXP]
     exemplars = record[_EXEMPLARS]
     return Series(
-        series_id="",
-        metric=metric,
-        resource_id=resource_id,
-        attributes=attributes,
-        start_ns=int(record[_START]) * 1000,
-        last_ns=int(record[_LAST]) * 1000,
-        count=int(record[_COUNT]),
-        sum=float(record[_SUM]),
-        buckets=[int(b) for b in buckets] if buckets else None,
-        exp=exp_from_state(exp, exp_max_size) if exp else None,
-        exemplars=(
-            [(bytes(t), bytes(s), float(v), int(ts) * 1000) for t, s, v, ts in exemplars] if exemplars else []
-        ),
-        attribute_parts=parts,
+        "",
+        metric,
+        resource_id,
+        attributes,
+        int(record[_START]) * 1000,
+        int(record[_LAST]) * 1000,
+        int(record[_COUNT]),
+        float(record[_SUM]),
+        list(map(int, buckets)) if buckets else None,
+        exp_from_state(exp, exp_max_size) if exp else None,
+        [(bytes(t), bytes(s), float(v), int(ts) * 1000) for t, s, v, ts in exemplars] if exemplars else [],
+        parts,
     )
 
 
