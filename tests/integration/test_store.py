@@ -267,3 +267,46 @@ def test_the_cached_meta_follows_the_value_types_not_only_the_series_id(store: R
     assert store._constants(_series("calls\x1er1\x1ecode=200", count=2))[2] is first  # cached
     assert store._constants(as_str)[2] != first
     assert store._constants(as_int)[2] == first
+
+
+async def test_two_owners_under_the_tenant_limit_lose_nothing(redis_client: Redis, unique_name: str) -> None:
+    """Two workers, each owning half the slots, both merging deltas of every slot while the
+    tenant's limit refuses most new series: whichever owner refuses a series, its counts reach
+    the overflow series (possibly in the other owner's slot) exactly once."""
+    limit = 5
+    stores = [
+        RedisStateStore(
+            redis_client, KeySpace(unique_name, "in"), slots=4, max_exemplars=0, active_series_limit=limit
+        )
+        for _ in range(2)
+    ]
+    first = await stores[0].claim([0, 1])
+    second = await stores[1].claim([2, 3])
+    owners = {slot: (stores[0], first[slot]) for slot in (0, 1)} | {
+        slot: (stores[1], second[slot]) for slot in (2, 3)
+    }
+    rng = random.Random(11)
+    produced = 0
+    for round_number in range(6):
+        for index, (store, tokens) in enumerate(((stores[0], first), (stores[1], second))):
+            deltas = []
+            for _ in range(15):
+                count = rng.randint(1, 4)
+                produced += count
+                deltas.append(_series(f"calls\x1er1\x1ek{rng.randint(0, 40)}", count=count))
+            partition = next(iter(tokens))
+            await store.merge(
+                _deltas(*deltas), {partition: (tokens[partition], round_number * 2 + index + 1)}
+            )
+        for slot in rng.sample(range(4), 4):  # the owners' emissions interleave in any order
+            store, token = owners[slot]
+            assert (await store.fold_slot("acme", slot, token)).committed
+    for _ in range(2):  # overflow rows routed to slots already folded this round
+        for slot, (store, token) in owners.items():
+            await store.fold_slot("acme", slot, token)
+    series = [s.series for slot in range(4) for s in await stores[0].read_slot("acme", slot)]
+    assert sum(s.count for s in series) == produced
+    overflow = [s for s in series if s.attributes == (("otel.metric.overflow", True),)]
+    assert len(overflow) == 1 and overflow[0].count > 0
+    assert len(series) == limit + 1  # the admitted ones and the one overflow series
+    assert await stores[0].active_series("acme") == limit + 1
