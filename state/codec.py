@@ -24,6 +24,7 @@ from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 
 from worker.otlp.metrics_encoder import attribute_parts
 from worker.otlp.values import any_value_to_python
+from worker.otlp.wire import read_varint
 from worker.series import Attributes, Series
 from worker.spanmetrics.exphistogram import ExpHistogram
 
@@ -80,21 +81,10 @@ def attributes_of_parts(parts: Iterable[bytes]) -> Attributes:
     """Typed attributes back from their OTLP encoding (the slow path: inspection, tests)."""
     attributes = []
     for part in parts:
-        length, position = _decode_varint(part)
+        length, position = read_varint(part)
         kv = KeyValue.FromString(part[position : position + length])
         attributes.append((kv.key, any_value_to_python(kv.value)))
     return tuple(attributes)
-
-
-def _decode_varint(data: bytes) -> tuple[int, int]:
-    value = shift = position = 0
-    while True:
-        byte = data[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, position
-        shift += 7
 
 
 def _exemplars(series: Series) -> list[list[Any]]:

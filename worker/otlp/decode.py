@@ -21,6 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from worker.exceptions import OtlpDecodeError
 from worker.otlp.batch import SpanBatch, as_batch, parse_batch, parse_into
 from worker.otlp.json_codec import traces_from_json
+from worker.otlp.wire import read_varint
 
 __all__ = ["decode_batch", "decode_batch_proto", "decode_traces", "decode_traces_proto", "is_plain_request"]
 
@@ -90,17 +91,9 @@ def is_plain_request(data: bytes) -> bool:
     while position < size:
         if data[position] != _PROTOBUF_FIRST_BYTE:
             return False
-        position += 1
-        length = 0
-        shift = 0
-        while True:
-            if position >= size or shift > 28:
-                return False
-            byte = data[position]
-            position += 1
-            length |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                break
-            shift += 7
+        try:
+            length, position = read_varint(data, position + 1, max_bytes=5)
+        except ValueError:
+            return False
         position += length
     return position == size and not _looks_like_json(data)

@@ -19,6 +19,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 
 from worker.config import Temporality
 from worker.otlp.values import AttributeValue, fill_key_values, python_to_any_value
+from worker.otlp.wire import varint
 from worker.series import Attributes, MetricDescriptor, MetricKind, Series
 
 __all__ = ["build_metrics_request", "build_resource_metrics", "split_by_size"]
@@ -47,21 +48,12 @@ _encoded: dict[int, dict[tuple[str, type, object], bytes]] = {
 }
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _encode_key_value(field_number: int, key: str, value: AttributeValue) -> bytes:
     """One ``attributes`` entry of a data point, serialized (tag, length, KeyValue)."""
     kv = KeyValue(key=key)
     python_to_any_value(value, kv.value)
     body: bytes = kv.SerializeToString()
-    return _varint(field_number << 3 | 2) + _varint(len(body)) + body
+    return varint(field_number << 3 | 2) + varint(len(body)) + body
 
 
 def _encoded_attributes(field_number: int, attributes: Attributes) -> bytes:

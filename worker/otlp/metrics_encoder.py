@@ -27,6 +27,7 @@ from typing import Any
 
 from worker.config import Temporality
 from worker.otlp.values import AttributeValue
+from worker.otlp.wire import varint
 from worker.series import Attributes, Exemplar, MetricDescriptor, MetricKind, Series
 
 __all__ = ["EncodedRequest", "attribute_parts", "clear_caches", "encode_any_value", "encode_requests"]
@@ -52,28 +53,12 @@ _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
 
 
-def _varint(value: int) -> bytes:
-    """Unsigned varint; ``ValueError`` outside uint64, as protobuf raises for such a field."""
-    if value < 0x80:
-        if value < 0:
-            raise ValueError(f"value out of range: {value}")
-        return bytes((value,))
-    if value >= _UINT64_LIMIT:
-        raise ValueError(f"value out of range: {value}")
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 #: Varints of 0 .. 16383: nearly every length in an OTLP request.
-_SMALL_VARINTS = tuple(_varint(n) for n in range(1 << 14))
+_SMALL_VARINTS = tuple(varint(n) for n in range(1 << 14))
 
 
 def _length(size: int) -> bytes:
-    return _SMALL_VARINTS[size] if size < 16384 else _varint(size)
+    return _SMALL_VARINTS[size] if size < 16384 else varint(size)
 
 
 #: ``0x0a`` (field 1, length-delimited) + the varint length, for bodies below 16384 bytes: the
@@ -85,7 +70,7 @@ def _field1(body: bytes) -> bytes:
     size = len(body)
     if size < 16384:
         return _FIELD1_PREFIXES[size] + body
-    return b"\x0a" + _varint(size) + body
+    return b"\x0a" + varint(size) + body
 
 
 def _message(tag: bytes, body: bytes) -> bytes:
@@ -120,7 +105,7 @@ def encode_any_value(value: AttributeValue) -> bytes | None:
     if isinstance(value, int):
         if not _INT64_MIN <= value <= _INT64_MAX:
             raise ValueError(f"value out of range: {value}")
-        return b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF)
+        return b"\x18" + varint(value & 0xFFFFFFFFFFFFFFFF)
     if isinstance(value, float):
         return b"\x21" + _pack_double(value)
     if isinstance(value, bytes):
@@ -405,7 +390,7 @@ def _histogram_encoder(
 def _packed_uint64(values: list[int]) -> bytes:
     if values and max(values) < 0x80:
         return bytes(values)  # one byte each; ValueError on a negative count, as protobuf
-    return b"".join(_varint(value) for value in values)
+    return b"".join(varint(value) for value in values)
 
 
 def _exponential_encoder(now_ns: int, cache: dict[int, tuple[Attributes, bytes]]) -> PointEncoder:
@@ -425,10 +410,10 @@ def _exponential_encoder(now_ns: int, cache: dict[int, tuple[Attributes, bytes]]
         exp = item.exp
         if exp is not None:
             if exp.scale:
-                body += b"\x30" + _varint(_zigzag32(exp.scale))
+                body += b"\x30" + varint(_zigzag32(exp.scale))
             if exp.zero_count:
                 body += b"\x39" + _pack_uint64(exp.zero_count)
-            positive = b"\x08" + _varint(_zigzag32(exp.offset)) if exp.offset else b""
+            positive = b"\x08" + varint(_zigzag32(exp.offset)) if exp.offset else b""
             if exp.counts:
                 positive += _message(b"\x12", _packed_uint64(exp.counts))
             body += _message(b"\x42", positive)
@@ -461,7 +446,7 @@ def _metric_parts(descriptor: MetricDescriptor, temporality: int) -> tuple[bytes
         ):
             if text:
                 header += _message(tag, text.encode("utf-8"))
-        trailer = b"\x10" + _varint(temporality)
+        trailer = b"\x10" + varint(temporality)
         if descriptor.kind is MetricKind.SUM:
             data_tag, trailer = b"\x3a", trailer + b"\x18\x01"  # sum (7), is_monotonic
         elif descriptor.kind is MetricKind.HISTOGRAM:
