@@ -39,6 +39,7 @@ __all__ = [
     "fold_log",
     "overflow_series_id",
     "pack_row",
+    "row",
     "series_slot",
     "slot_of",
 ]
@@ -68,8 +69,13 @@ def overflow_series_id(metric: str, resource_id: str) -> str:
     return make_series_id(metric, resource_id, f"{OVERFLOW_ATTRIBUTE}=true")
 
 
+def row(digest: bytes, record: Sequence[Any], flags: int = 0) -> list[Any]:
+    """A log row, as packed into a slot's log entry (see the module docstring)."""
+    return [digest, record, flags]
+
+
 def pack_row(digest: bytes, record: Sequence[Any], flags: int = 0) -> bytes:
-    return cast(bytes, _packb([digest, record, flags]))
+    return cast(bytes, _packb(row(digest, record, flags)))
 
 
 @dataclass(slots=True)
@@ -99,7 +105,7 @@ class FoldPlan:
     overflow_slots: list[int] = field(default_factory=list)
     #: Series to emit, in slot order; a refused new series is removed by the store.
     live: list[Series] = field(default_factory=list)
-    #: Log rows folded (for the logs).
+    #: Log rows folded (a diagnostic: several rows of one series add up before the fold).
     rows: int = 0
 
 

@@ -29,7 +29,7 @@ import msgpack
 from redis.asyncio import Redis
 
 from state.codec import attributes_of_parts, decode_attributes, delta_payload, encode_attributes, encode_meta
-from state.fold import FoldPlan, fold_log, series_slot, slot_of
+from state.fold import FoldPlan, fold_log, row, series_slot, slot_of
 from state.keys import KeySpace, escape_tenant, unescape_tenant
 from worker.exceptions import StateError
 from worker.series import Attributes, Series, series_digest
@@ -38,7 +38,6 @@ from worker.spanmetrics.processor import TenantDeltas
 __all__ = [
     "FencedError",
     "FoldResult",
-    "MergeResult",
     "RedisStateStore",
     "StoredSeries",
     "series_slot",
@@ -60,13 +59,6 @@ class FencedError(StateError):
         self.partition = partition
 
 
-@dataclass(frozen=True, slots=True)
-class MergeResult:
-    #: Series deltas appended, and the slot log entries they went into.
-    series: int
-    entries: int
-
-
 @dataclass(slots=True)
 class StoredSeries:
     """A series as stored (record plus unfolded log rows), with its Redis field."""
@@ -82,11 +74,9 @@ class FoldResult:
     #: False when the slot's token was stale: nothing was committed, nothing must be published.
     committed: bool
     live: list[Series] = field(default_factory=list)
-    created: int = 0
     #: New series the tenant's active-series limit refused: folded into the overflow series.
     overflowed: int = 0
     expired: int = 0
-    rows: int = 0
 
 
 def _script(name: str) -> str:
@@ -217,7 +207,7 @@ class RedisStateStore:
         deltas: Mapping[str, TenantDeltas],
         fences: Mapping[int, tuple[int, int]],
         pending: Mapping[int, bytes] | None = None,
-    ) -> MergeResult:
+    ) -> None:
         """Append all deltas to their slots' logs and advance offsets in one atomic step.
 
         ``fences`` maps partition -> (fencing token, next offset to apply); ``pending`` holds
@@ -227,7 +217,6 @@ class RedisStateStore:
         """
         entries: list[memoryview] = []
         tenants: list[list[Any]] = []
-        total = 0
         for tenant, tenant_deltas in deltas.items():
             # Rows are packed straight into one buffer per slot (the log entry), which Redis
             # receives without a copy: at 100k series, separate row objects joined afterwards
@@ -238,8 +227,7 @@ class RedisStateStore:
                 packer = packers.get(slot)
                 if packer is None:
                     packer = packers[slot] = msgpack.Packer(use_bin_type=True, autoreset=False)
-                packer.pack([digest, delta_payload(series, meta), 0])  # a row: see state.fold
-            total += len(tenant_deltas.series)
+                packer.pack(row(digest, delta_payload(series, meta)))
             logs = []
             for slot, packer in sorted(packers.items()):
                 entries.append(packer.getbuffer())
@@ -268,7 +256,6 @@ class RedisStateStore:
             raise FencedError(int(_text(reply[1])))
         if status != "OK":
             raise StateError(f"unexpected reply from the merge script: {reply!r}")
-        return MergeResult(series=total, entries=len(entries))
 
     async def read_pending(self, partitions: Iterable[int]) -> dict[int, bytes]:
         """The half-edges saved with each partition's offsets (absent: none pending)."""
@@ -379,10 +366,8 @@ class RedisStateStore:
         return FoldResult(
             committed=True,
             live=live,
-            created=len(plan.created) - len(refused),
             overflowed=len(refused),
             expired=len(plan.expired),
-            rows=plan.rows,
         )
 
 

@@ -61,8 +61,7 @@ class EmitReport:
     records: int = 0
     bytes: int = 0
     expired: int = 0
-    #: New series the fold admitted, and those the tenant's active-series limit refused.
-    created: int = 0
+    #: New series the tenant's active-series limit refused (folded into the overflow series).
     overflowed: int = 0
     slots: list[int] = field(default_factory=list)
     #: Slots lost while this emission ran (revoked, or taken over while the process was frozen):
@@ -164,7 +163,6 @@ class Emitter:
                     report.skipped.append(slot)
                     continue
                 report.expired += fold.expired
-                report.created += fold.created
                 report.overflowed += fold.overflowed
                 if not fold.live:
                     self._published[(tenant, slot)] = (token, now_ns)

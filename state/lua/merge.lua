@@ -13,7 +13,7 @@
 -- ARGV[2] = digest of the whole batch: its id. It is recorded for every fenced partition under
 --   P:batch:<topic>; a batch whose id is already recorded there was applied and its reply lost
 --   (the caller timed out and retried), so it is acknowledged without being applied again.
--- Returns {'OK', entries} (also for such a repeat, with 0) or {'FENCED', partition}.
+-- Returns {'OK'} (also for such a repeat) or {'FENCED', partition}.
 
 local batch = cmsgpack.unpack(ARGV[1])
 local prefix, topic, fences, tenants = batch[1], batch[2], batch[3], batch[4]
@@ -29,7 +29,7 @@ local batch_key = prefix .. ':batch:' .. topic
 local batch_id = ARGV[2]
 if batch_id and #fences > 0 then
   if redis.call('HGET', batch_key, fences[1][1]) == batch_id then
-    return {'OK', 0}
+    return {'OK'}
   end
   for _, fence in ipairs(fences) do
     redis.call('HSET', batch_key, fence[1], batch_id)
@@ -53,7 +53,6 @@ for _, item in ipairs(batch[5] or {}) do
   end
 end
 
-local entries = 0
 for _, tenant in ipairs(tenants) do
   local root = prefix .. ':t:' .. tenant[1]
   redis.call('SADD', prefix .. ':tenants', tenant[1])
@@ -62,7 +61,6 @@ for _, tenant in ipairs(tenants) do
   end
   for _, log in ipairs(tenant[3]) do
     redis.call('RPUSH', root .. ':d:' .. log[1], ARGV[log[2]])
-    entries = entries + 1
   end
 end
-return {'OK', entries}
+return {'OK'}
