@@ -46,6 +46,8 @@ TENANT_HEADER = "X-Scope-OrgID"
 #: "" is the default tenant: records without the header (and output records without it).
 TENANTS: tuple[str, ...] = ("", "acme", "globex")
 SERVICE_GRAPH_REQUESTS = "traces_service_graph_request_total"
+#: What the scenarios with service graphs count: span metrics and service-graph requests.
+COUNTED_METRICS = ("calls", "duration", SERVICE_GRAPH_REQUESTS)
 REPORTS = "spanmetrics_fault_reports"
 
 
@@ -399,6 +401,18 @@ class Output:
             if time.monotonic() - started > timeout:
                 raise AssertionError(f"totals after {timeout:.0f} s: {current}, expected {expected}")
             await asyncio.sleep(0.25)
+
+
+async def stop_traffic_and_wait(
+    traffic: Traffic, output: Output, *, timeout: float, metrics: tuple[str, ...] = COUNTED_METRICS
+) -> tuple[dict[tuple[str, str], int], float]:
+    """Stop the traffic, then wait until the output shows all it produced: (expected totals,
+    seconds waited). Raises AssertionError when the totals do not get there in ``timeout``."""
+    await traffic.stop()
+    expected = traffic.expected()
+    if SERVICE_GRAPH_REQUESTS in metrics:
+        expected.update(traffic.expected_service_graph_requests())
+    return expected, await output.wait_for(expected, timeout=timeout, metrics=metrics)
 
 
 # ----------------------------------------------------------------------------------- workers

@@ -15,7 +15,7 @@ from pathlib import Path
 from worker.devservers import EmbeddedKafka, RedisEndpoint
 
 from .harness import (
-    SERVICE_GRAPH_REQUESTS,
+    COUNTED_METRICS,
     Output,
     ScenarioReport,
     Traffic,
@@ -23,6 +23,7 @@ from .harness import (
     create_scenario_topics,
     problems_in_logs,
     stop_all,
+    stop_traffic_and_wait,
     write_config,
 )
 
@@ -78,13 +79,9 @@ async def test_broker_pause_workers_recover_by_themselves(
                 f"({rebalances} assignments)"
             )
         await asyncio.sleep(2)
-        await traffic.stop()
-        expected = traffic.expected()
-        metrics = ["calls", "duration", SERVICE_GRAPH_REQUESTS]
-        expected.update(traffic.expected_service_graph_requests())
-        converged = await output.wait_for(expected, timeout=90, metrics=metrics)
+        expected, converged = await stop_traffic_and_wait(traffic, output, timeout=90)
         await asyncio.sleep(2)
-        counted = output.totals(metrics)
+        counted = output.totals(COUNTED_METRICS)
         alive = [w.name for w in workers if w.alive]
     finally:
         await traffic.stop()

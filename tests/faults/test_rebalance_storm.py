@@ -10,7 +10,7 @@ from pathlib import Path
 from worker.devservers import KafkaEndpoint, RedisEndpoint
 
 from .harness import (
-    SERVICE_GRAPH_REQUESTS,
+    COUNTED_METRICS,
     Output,
     ScenarioReport,
     Traffic,
@@ -18,6 +18,7 @@ from .harness import (
     create_scenario_topics,
     problems_in_logs,
     stop_all,
+    stop_traffic_and_wait,
     write_config,
 )
 
@@ -65,14 +66,10 @@ async def test_rebalance_storm_counts_every_span_once(
                 # Leave in the background: the storm goes on while it flushes and leaves.
                 departures.append(loop.run_in_executor(None, leaving.stop, 30.0))
         storm_ended = time.monotonic()
-        await traffic.stop()
-        expected = traffic.expected()
-        metrics = ["calls", "duration", SERVICE_GRAPH_REQUESTS]
-        expected.update(traffic.expected_service_graph_requests())
-        await output.wait_for(expected, timeout=120, metrics=metrics)
+        expected, _ = await stop_traffic_and_wait(traffic, output, timeout=120)
         recovered = time.monotonic() - storm_ended
         await asyncio.sleep(2)
-        counted = output.totals(metrics)
+        counted = output.totals(COUNTED_METRICS)
     finally:
         await traffic.stop()
         codes = await stop_all(live)

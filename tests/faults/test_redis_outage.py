@@ -17,7 +17,7 @@ from pathlib import Path
 from worker.devservers import EmbeddedRedis, KafkaEndpoint, free_port
 
 from .harness import (
-    SERVICE_GRAPH_REQUESTS,
+    COUNTED_METRICS,
     Output,
     ScenarioReport,
     Traffic,
@@ -25,6 +25,7 @@ from .harness import (
     create_scenario_topics,
     problems_in_logs,
     stop_all,
+    stop_traffic_and_wait,
     wait_for_redis_keys,
     write_config,
 )
@@ -128,13 +129,9 @@ async def test_redis_outage_and_hang_lose_nothing(
                 f"{ready:.1f} s, flushing again in {flushing:.1f} s"
             )
         await asyncio.sleep(2)
-        await traffic.stop()
-        expected = traffic.expected()
-        metrics = ["calls", "duration", SERVICE_GRAPH_REQUESTS]
-        expected.update(traffic.expected_service_graph_requests())
-        converged = await output.wait_for(expected, timeout=90, metrics=metrics)
+        expected, converged = await stop_traffic_and_wait(traffic, output, timeout=90)
         await asyncio.sleep(2)
-        counted = output.totals(metrics)
+        counted = output.totals(COUNTED_METRICS)
         alive = [w.name for w in workers if w.alive]
     finally:
         await traffic.stop()

@@ -10,7 +10,7 @@ from pathlib import Path
 from worker.devservers import KafkaEndpoint, RedisEndpoint
 
 from .harness import (
-    SERVICE_GRAPH_REQUESTS,
+    COUNTED_METRICS,
     Output,
     ScenarioReport,
     Traffic,
@@ -18,6 +18,7 @@ from .harness import (
     create_scenario_topics,
     problems_in_logs,
     stop_all,
+    stop_traffic_and_wait,
     write_config,
 )
 
@@ -74,14 +75,10 @@ async def test_sigkill_storm_counts_every_span_once(
             everyone.append(workers[index])
         last_kill = time.monotonic()
         await asyncio.sleep(1)
-        await traffic.stop()
-        expected = traffic.expected()
-        metrics = ["calls", "duration", SERVICE_GRAPH_REQUESTS]
-        expected.update(traffic.expected_service_graph_requests())
-        await output.wait_for(expected, timeout=120, metrics=metrics)
+        expected, _ = await stop_traffic_and_wait(traffic, output, timeout=120)
         recovered = time.monotonic() - last_kill
         await asyncio.sleep(2)  # more flushes: the totals must stay put
-        counted = output.totals(metrics)
+        counted = output.totals(COUNTED_METRICS)
     finally:
         await traffic.stop()
         codes = await stop_all(workers)

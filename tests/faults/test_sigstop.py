@@ -28,6 +28,7 @@ from .harness import (
     fence_tokens,
     problems_in_logs,
     stop_all,
+    stop_traffic_and_wait,
     wait_for_tokens_to_change,
     write_config,
 )
@@ -89,9 +90,9 @@ async def test_frozen_worker_is_fenced_and_does_not_emit_lost_slots(
             )
             rounds.append((lost, evicted, frozen_for, woke_ms, _epoch_ms(reassigned["timestamp"])))
         await asyncio.sleep(2)
-        await traffic.stop()
-        expected = traffic.expected()
-        converged = await output.wait_for(expected, timeout=90)
+        expected, converged = await stop_traffic_and_wait(
+            traffic, output, timeout=90, metrics=("calls", "duration")
+        )
         await asyncio.sleep(2)
         counted = output.totals()
     finally:
