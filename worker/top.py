@@ -423,10 +423,15 @@ def render_red(rows: Sequence[RedRow], *, max_width: int = 48) -> list[str]:
         for r in rows
     ]
     if with_tenant:
-        headers.insert(0, "TENANT")
-        for cell, row in zip(cells, rows, strict=True):
-            cell.insert(0, row.tenant or "-")
+        _add_tenant_column(headers, cells, [row.tenant for row in rows])
     return _table(headers, cells, len(headers) - 5, max_width)
+
+
+def _add_tenant_column(headers: list[str], cells: list[list[str]], tenants: Sequence[str]) -> None:
+    """A leading TENANT column, for when rows of several tenants share the table."""
+    headers.insert(0, "TENANT")
+    for cell, tenant in zip(cells, tenants, strict=True):
+        cell.insert(0, tenant or "-")
 
 
 def render_edges(rows: Sequence[EdgeRow], *, max_width: int = 48) -> list[str]:
@@ -445,9 +450,7 @@ def render_edges(rows: Sequence[EdgeRow], *, max_width: int = 48) -> list[str]:
         for r in rows
     ]
     if with_tenant:
-        headers.insert(0, "TENANT")
-        for cell, row in zip(cells, rows, strict=True):
-            cell.insert(0, row.tenant or "-")
+        _add_tenant_column(headers, cells, [row.tenant for row in rows])
     return _table(headers, cells, len(headers) - 3, max_width)
 
 
