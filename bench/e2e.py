@@ -14,7 +14,8 @@
    prints the scaling factor, with the machine's core count: with broker and Redis on the same
    cores the figure is indicative only;
 5. builds >= 100,000 active series (a high-cardinality dimension), then reports Redis memory per
-   series (``INFO memory`` delta / HLEN over the slot hashes), the worker's peak RSS (VmHWM), and
+   series (``INFO memory`` delta / the series in the slot hashes, a record with a ``calls``
+   companion counting as two), the worker's peak RSS (VmHWM), and
    the duration of one flush (Redis step + emission) from the worker's own flush log line.
 
 It prints a table and writes the same figures as JSON (``bench/results/e2e-<time>.json`` or
@@ -776,14 +777,17 @@ async def _redis_series_figures(client: Redis, prefix: str, topic: str) -> dict[
     fields = 0
     hash_bytes = 0
     by_metric: dict[str, list[int]] = defaultdict(list)
+    companions: dict[str, int] = defaultdict(int)
     for slot in range(INPUT_PARTITIONS):
         key = keys.slot(tenant, slot)
         fields += int(await client.hlen(key))
         hash_bytes += int(await client.memory_usage(key, samples=0) or 0)
         async for _field, value in client.hscan_iter(key, count=2000):
-            meta = msgpack.unpackb(value, raw=True, strict_map_key=False)[0]
-            metric = msgpack.unpackb(meta, raw=False, strict_map_key=False)[0]
+            record = msgpack.unpackb(value, raw=True, strict_map_key=False)
+            metric = msgpack.unpackb(record[0], raw=False, strict_map_key=False)[0]
             by_metric[str(metric)].append(len(value))
+            if len(record) > 8 and record[8]:  # a duration record standing for its calls counter
+                companions[record[8].decode()] += 1
     active = int(await client.get(keys.active(tenant)) or 0)
     resources_bytes = int(await client.memory_usage(keys.resources(tenant), samples=0) or 0)
     return {
@@ -791,7 +795,11 @@ async def _redis_series_figures(client: Redis, prefix: str, topic: str) -> dict[
         "active_counter": active,
         "slot_hashes_memory_usage_bytes": hash_bytes,
         "resources_hash_bytes": resources_bytes,
-        "series_by_metric": {m: len(v) for m, v in sorted(by_metric.items())},
+        # Active series: a record with a companion is two (see state.fold).
+        "series_by_metric": {
+            m: len(by_metric.get(m, ())) + companions.get(m, 0)
+            for m in sorted(by_metric.keys() | companions.keys())
+        },
         "mean_record_bytes_by_metric": {
             m: round(statistics.mean(v), 1) for m, v in sorted(by_metric.items())
         },
@@ -914,7 +922,7 @@ async def series_phase(
         await asyncio.to_thread(stop_workers, [worker])
         await client.aclose()
     used_delta = int(info_after["used_memory"]) - int(info_before["used_memory"])
-    series = figures["slot_hash_fields"]
+    series = sum(figures["series_by_metric"].values())
     span_metric_series = sum(v for m, v in figures["series_by_metric"].items() if m in ("calls", "duration"))
     calls_series = figures["series_by_metric"].get("calls", 0)
     flush_a_start = event_time(flush_a) - float(flush_a["seconds"]) - started
@@ -932,6 +940,7 @@ async def series_phase(
             "used_memory_after": int(info_after["used_memory"]),
             "used_memory_delta": used_delta,
             "series": series,
+            "records": figures["slot_hash_fields"],
             "span_metrics_series": span_metric_series,
             "bytes_per_series": round(used_delta / series, 1) if series else None,
             "bytes_per_series_memory_usage": (
@@ -1247,7 +1256,7 @@ def print_report(result: dict[str, Any]) -> None:
     if series and not series.get("failure"):
         print()
         print(
-            f"series phase: {series['series']:,} active series "
+            f"series phase: {series['series']:,} active series in {series['records']:,} records "
             f"({series['span_metrics_series']:,} calls+duration, "
             f"{series['histogram_buckets']} buckets), {series['spans_per_round']:,} spans per round"
         )

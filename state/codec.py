@@ -2,8 +2,10 @@
 
 A record is a flat msgpack array::
 
-    [meta, start_us, last_us, count, sum, buckets, exp, exemplars]
+    [meta, start_us, last_us, count, sum, buckets, exp, exemplars, companion]
 
+``companion`` is the name of the counter a ``duration`` record also stands for (see
+``Series.companion``), "" for none; records written by earlier versions end before it.
 ``meta`` is an opaque blob (itself msgpack: metric, resource id, the attributes in their OTLP
 encoding), written when the series is created and never changed. Times are microseconds, and
 "no buckets" / "no exponential histogram" are empty arrays: the layout Redis Lua scripts merged in earlier
@@ -94,7 +96,8 @@ def _exemplars(series: Series) -> list[list[Any]]:
 
 
 def delta_payload(series: Series, meta: bytes) -> list[Any]:
-    """The values a merge adds: ``[meta, first_us, last_us, count, sum, buckets, exp, exemplars]``."""
+    """The values a merge adds: ``[meta, first_us, last_us, count, sum, buckets, exp, exemplars,
+    companion]``."""
     return [
         meta,
         series.start_ns // 1000,
@@ -104,6 +107,7 @@ def delta_payload(series: Series, meta: bytes) -> list[Any]:
         series.buckets if series.buckets is not None else [],
         exp_state(series.exp),
         _exemplars(series),
+        series.companion or "",
     ]
 
 

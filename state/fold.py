@@ -12,8 +12,13 @@ it, and what is emitted. :mod:`state.store` reads the inputs and commits the out
 
 Records and log rows share the codec's layout (see :mod:`state.codec`)::
 
-    record = [meta, start_us, last_us, count, sum, buckets, exp, exemplars]
+    record = [meta, start_us, last_us, count, sum, buckets, exp, exemplars, companion]
     row    = [digest, record, flags]            # flags: ROW_OVERFLOW for an overflow series
+
+``companion`` names the counter a ``duration`` record also stands for (``calls``: see
+``Series.companion``), "" for none; records of earlier versions have no such field, and rows
+without it leave a record's companion as it is (see :func:`_add`). A record with a companion is
+two active series for the tenant's limit, and emits two series.
 
 A log entry is several msgpack rows one after the other (a stream, not an array), so entries
 can be built by concatenating packed rows, by Python and by Lua alike.
@@ -29,7 +34,8 @@ from typing import Any, cast
 import msgpack
 
 from state.codec import exp_from_state, exp_state, pack_meta, unpack_meta
-from worker.series import Series, make_series_id, series_digest
+from worker.otlp.metrics_encoder import attribute_parts
+from worker.series import Series, companion_series, make_series_id, series_digest
 from worker.spanmetrics.processor import OVERFLOW_ATTRIBUTE
 
 __all__ = [
@@ -48,7 +54,7 @@ __all__ = [
 #: (it is where the series refused by the limit go, so refusing it would lose them).
 ROW_OVERFLOW = 1
 
-_META, _START, _LAST, _COUNT, _SUM, _BUCKETS, _EXP, _EXEMPLARS = range(8)
+_META, _START, _LAST, _COUNT, _SUM, _BUCKETS, _EXP, _EXEMPLARS, _COMPANION = range(9)
 _packb = msgpack.Packer(use_bin_type=True).pack
 
 
@@ -89,8 +95,12 @@ class NewSeries:
     overflow_target: int
     #: The row to append to that slot's log instead (the same delta under the overflow series).
     overflow_row: bytes
-    #: Position in :attr:`FoldPlan.live` (-1: not emitted, e.g. a zero DELTA).
+    #: Position in :attr:`FoldPlan.live` (-1: not emitted, e.g. a zero DELTA) and how many
+    #: series it emits there (2 with a companion).
     live_index: int
+    live_count: int = 1
+    #: Active series it is for the tenant's limit (2 with a companion).
+    weight: int = 1
 
 
 @dataclass(slots=True)
@@ -105,6 +115,11 @@ class FoldPlan:
     overflow_slots: list[int] = field(default_factory=list)
     #: Series to emit, in slot order; a refused new series is removed by the store.
     live: list[Series] = field(default_factory=list)
+    #: The record each series of ``live`` comes from (a companion shares its record's).
+    live_digests: list[bytes] = field(default_factory=list)
+    #: How the tenant's active-series count changes through held records: expired ones leave,
+    #: and a record that gains (or loses) a companion is one series more (or fewer).
+    held_change: int = 0
     #: Log rows folded (a diagnostic: several rows of one series add up before the fold).
     rows: int = 0
 
@@ -143,6 +158,13 @@ def _add(record: list[Any], delta: Sequence[Any], max_exemplars: int, exp_max_si
         room = max_exemplars - len(kept)
         if room > 0:
             record[_EXEMPLARS] = [*kept, *exemplars[:room]]
+    if len(delta) > _COMPANION:
+        # The latest writer's configuration decides; rows of earlier versions (no field) keep
+        # the record's, so a rolling upgrade does not switch the counter on and off.
+        if len(record) > _COMPANION:
+            record[_COMPANION] = delta[_COMPANION]
+        else:
+            record.append(delta[_COMPANION])
 
 
 def _reset(record: list[Any], delta_mode: bool, emitted_us: int) -> bool:
@@ -167,6 +189,25 @@ def _reset(record: list[Any], delta_mode: bool, emitted_us: int) -> bool:
     return changed
 
 
+#: Companion names as stored (bytes) -> as emitted: a handful of distinct values.
+_COMPANION_NAMES: dict[bytes, str | None] = {b"": None}
+
+
+def _companion(record: Sequence[Any]) -> str | None:
+    if len(record) <= _COMPANION:
+        return None
+    raw = bytes(record[_COMPANION])
+    name = _COMPANION_NAMES.get(raw)
+    if name is None and raw:
+        name = _COMPANION_NAMES[raw] = raw.decode("utf-8", "surrogateescape")
+    return name
+
+
+def _weight(record: Sequence[Any]) -> int:
+    """Active series a record is: two when it also stands for its companion counter."""
+    return 2 if len(record) > _COMPANION and record[_COMPANION] else 1
+
+
 def _series(record: Sequence[Any], exp_max_size: int) -> Series:
     """The series to emit. Runs for every series at every flush, hence positional arguments and
     ``map``; ``int``/``float`` because state written by Lua in earlier versions may hold integral
@@ -188,7 +229,19 @@ def _series(record: Sequence[Any], exp_max_size: int) -> Series:
         exp_from_state(exp, exp_max_size) if exp else None,
         [(bytes(t), bytes(s), float(v), int(ts) * 1000) for t, s, v, ts in exemplars] if exemplars else [],
         parts,
+        _companion(record),
     )
+
+
+def _emit(plan: FoldPlan, digest: bytes, series: Series) -> int:
+    """Add a record's series to what is emitted (with its companion counter); how many."""
+    plan.live.append(series)
+    plan.live_digests.append(digest)
+    if series.companion is None:
+        return 1
+    plan.live.append(companion_series(series))
+    plan.live_digests.append(digest)
+    return 2
 
 
 def _overflow(metric: str, resource_id: str, slots: int, targets: list[int]) -> tuple[int, bytes, bytes]:
@@ -200,6 +253,59 @@ def _overflow(metric: str, resource_id: str, slots: int, targets: list[int]) -> 
         targets.append(slot)
     meta = pack_meta(metric, resource_id, ((OVERFLOW_ATTRIBUTE, True),))
     return targets.index(slot), series_digest(overflow_id), meta
+
+
+def _attribute_key(series: Series) -> tuple[bytes, ...]:
+    parts = series.attribute_parts
+    return tuple(parts if parts is not None else attribute_parts(series.attributes))
+
+
+def _drop_superseded_counters(plan: FoldPlan, held: set[bytes]) -> None:
+    """Drop ``calls`` records that a ``duration`` record with that companion now stands for.
+
+    Earlier versions stored the counter as a record of its own. Once a record of the same
+    series carries it as its companion, the old record would emit a second, frozen copy of
+    the counter: it leaves the slot (its count is the histogram's, which kept counting). Rows
+    such a version still appends during a rolling upgrade are dropped the same way.
+    """
+    names = {series.companion for series in plan.live if series.companion is not None}
+    if not names:
+        return
+    candidates = [
+        index
+        for index, series in enumerate(plan.live)
+        if series.metric in names
+        and series.companion is None
+        and not (index and plan.live_digests[index - 1] == plan.live_digests[index])  # a derived one
+    ]
+    if not candidates:
+        return
+    paired = {
+        (series.companion, series.resource_id, _attribute_key(series))
+        for series in plan.live
+        if series.companion is not None
+    }
+    superseded = {
+        plan.live_digests[index]
+        for index in candidates
+        if (plan.live[index].metric, plan.live[index].resource_id, _attribute_key(plan.live[index])) in paired
+    }
+    if not superseded:
+        return
+    plan.updates = [(digest, record) for digest, record in plan.updates if digest not in superseded]
+    for digest in superseded & held:
+        plan.expired.append(digest)
+        plan.held_change -= 1
+    kept = [index for index, digest in enumerate(plan.live_digests) if digest not in superseded]
+    moved = {old: new for new, old in enumerate(kept)}
+    plan.live = [plan.live[index] for index in kept]
+    plan.live_digests = [plan.live_digests[index] for index in kept]
+    created = []
+    for new in plan.created:
+        if new.digest not in superseded:
+            new.live_index = moved.get(new.live_index, -1)
+            created.append(new)
+    plan.created = created
 
 
 def fold_log(
@@ -233,22 +339,26 @@ def fold_log(
             _add(found[0], delta, max_exemplars, exp_max_size)
 
     unpackb = msgpack.unpackb
-    live = plan.live
+    held: set[bytes] = set()
     for digest, blob in stored.items():
         digest = bytes(digest)
+        held.add(digest)
         pending = deltas.pop(digest, None)
         record = unpackb(blob, raw=True, strict_map_key=False)
+        weight = _weight(record)
         changed = reset_emitted_us is not None and _reset(record, delta_mode, reset_emitted_us)
         if pending is not None:
             _add(record, pending[0], max_exemplars, exp_max_size)
+            plan.held_change += _weight(record) - weight
             changed = True
         elif expire_before_us and record[_LAST] < expire_before_us:
             plan.expired.append(digest)
+            plan.held_change -= weight
             continue
         if changed:
             plan.updates.append((digest, _packb(record)))
         if not (delta_mode and record[_COUNT] == 0):
-            live.append(_series(record, exp_max_size))
+            _emit(plan, digest, _series(record, exp_max_size))
 
     # (metric, resource id) -> (index into overflow_slots, overflow digest, overflow meta)
     overflows: dict[tuple[str, str], tuple[int, bytes, bytes]] = {}
@@ -265,9 +375,12 @@ def fold_log(
                 )
             target = overflow[0]
             overflow_row = pack_row(overflow[1], [overflow[2], *record[1:]], ROW_OVERFLOW)
-        live_index = -1
+        live_index, live_count = -1, 0
         if not (delta_mode and record[_COUNT] == 0):
-            live_index = len(live)
-            live.append(series)
-        plan.created.append(NewSeries(digest, _packb(record), target, overflow_row, live_index))
+            live_index = len(plan.live)
+            live_count = _emit(plan, digest, series)
+        plan.created.append(
+            NewSeries(digest, _packb(record), target, overflow_row, live_index, live_count, _weight(record))
+        )
+    _drop_superseded_counters(plan, held)
     return plan

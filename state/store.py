@@ -301,11 +301,12 @@ class RedisStateStore:
         """Every series of the slot with its cumulative value (record + unfolded rows); read only."""
         stored, log = await self._read_slot_and_log(escape_tenant(tenant), slot)
         plan = self._fold_plan(stored, log, limit=0, delta_mode=False)
-        digests = [bytes(d) for d in stored] + [new.digest for new in plan.created]
         for series in plan.live:
             if series.attribute_parts is not None:
                 series.attributes = attributes_of_parts(series.attribute_parts)
-        return [StoredSeries(digest, series) for digest, series in zip(digests, plan.live, strict=True)]
+        return [
+            StoredSeries(digest, series) for digest, series in zip(plan.live_digests, plan.live, strict=True)
+        ]
 
     async def fold_slot(
         self,
@@ -346,13 +347,16 @@ class RedisStateStore:
                 len(log),
                 self.active_series_limit,
                 plan.expired,
+                plan.held_change,
                 [self.keys.log(escaped, target) for target in plan.overflow_slots],
             ],
             use_bin_type=False,
         )
         updates = [part for pair in plan.updates for part in pair]
         created = [part for new in plan.created for part in (new.digest, new.record)]
-        overflow = [part for new in plan.created for part in (new.overflow_target, new.overflow_row)]
+        overflow = [
+            part for new in plan.created for part in (new.overflow_target, new.overflow_row, new.weight)
+        ]
         pack = msgpack.Packer(use_bin_type=False).pack  # Lua's cmsgpack knows no bin type
         args = [header, pack(updates), pack(created), pack(overflow)]
         reply = await self._fold(args=args)
@@ -361,7 +365,14 @@ class RedisStateStore:
         live = plan.live
         refused = [int(n) for n in reply[1]]
         if refused:
-            dropped = {plan.created[n - 1].live_index for n in refused}
+            dropped = {
+                index
+                for n in refused
+                for index in range(
+                    plan.created[n - 1].live_index,
+                    plan.created[n - 1].live_index + plan.created[n - 1].live_count,
+                )
+            }
             live = [series for index, series in enumerate(live) if index not in dropped]
         return FoldResult(
             committed=True,

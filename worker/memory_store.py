@@ -2,7 +2,9 @@
 
 It has the same semantics as the Redis store (merge deltas, keep start times, expire idle
 series, clear exemplars after each emission, DELTA emits only the change), so the pure pipeline
-can be checked end to end without servers.
+can be checked end to end without servers. Like the Redis store it keeps a paired ``duration``
+series as one series and writes its ``calls`` companion out when it emits (see
+:attr:`worker.series.Series.companion`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from worker.config import Temporality
-from worker.series import Attributes, Series, merge_series
+from worker.series import Attributes, Series, companion_series, merge_series
 from worker.spanmetrics.processor import TenantDeltas
 
 __all__ = ["Collected", "MemoryStore"]
@@ -50,10 +52,15 @@ class MemoryStore:
                     merge_series(current, delta, self.max_exemplars)
 
     def series_count(self, tenant: str) -> int:
-        return len(self._series.get(tenant, {}))
+        """Active series, as emitted: a series with a companion counter is two."""
+        return sum(1 if s.companion is None else 2 for s in self._series.get(tenant, {}).values())
 
     def collect(self, now_ns: int) -> dict[str, Collected]:
-        """Snapshot what to emit now, then expire, clear exemplars and (DELTA) reset."""
+        """Snapshot what to emit now, then expire, clear exemplars and (DELTA) reset.
+
+        A paired series is emitted followed by its companion counter, derived from the emitted
+        copy (so it is not touched by the reset or the exemplar clearing that follow).
+        """
         result: dict[str, Collected] = {}
         for tenant, table in self._series.items():
             collected = Collected(resources=dict(self._resources.get(tenant, {})))
@@ -63,7 +70,10 @@ class MemoryStore:
                     continue
                 if self.temporality is Temporality.DELTA and series.count == 0:
                     continue
-                collected.series.append(series.copy())
+                emitted = series.copy()
+                collected.series.append(emitted)
+                if emitted.companion is not None:
+                    collected.series.append(companion_series(emitted))
                 series.exemplars.clear()
                 if self.temporality is Temporality.DELTA:
                     _reset(series, now_ns)

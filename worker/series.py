@@ -10,6 +10,7 @@ for field.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -24,9 +25,11 @@ __all__ = [
     "MetricDescriptor",
     "MetricKind",
     "Series",
+    "companion_series",
     "make_series_id",
     "merge_series",
     "series_digest",
+    "with_companions",
 ]
 
 #: Separates the parts of a series id (metric, resource id, ``name=value`` attributes).
@@ -82,6 +85,12 @@ class Series:
     #: ``KeyValue`` each, as the Redis store keeps them: emission then writes them out as they
     #: are. ``attributes`` may be left empty when these are set (see ``state.codec``).
     attribute_parts: list[bytes] | None = None
+    #: The name of a Sum metric this series also stands for, or None. Set on a ``duration``
+    #: histogram whose ``calls`` counter has the same attributes (the default configuration):
+    #: that counter's value, start and exemplars are the histogram's count, start and exemplars,
+    #: so one series carries both through processing and storage (half the per-series work and
+    #: memory) and :func:`with_companions` writes the counter out where metrics are emitted.
+    companion: str | None = None
 
     @property
     def digest(self) -> bytes:
@@ -101,6 +110,7 @@ class Series:
             exp=_copy_exp(self.exp),
             exemplars=list(self.exemplars),
             attribute_parts=self.attribute_parts,
+            companion=self.companion,
         )
 
 
@@ -124,12 +134,49 @@ def series_digest(series_id: str) -> bytes:
     return hashlib.blake2b(series_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
+def companion_series(series: Series) -> Series:
+    """The Sum series a paired histogram stands for (see :attr:`Series.companion`).
+
+    Its count is the histogram's count; it shares the histogram's times, attributes and
+    exemplars (the same exemplar went to both before they were paired). The exemplar list is
+    shared, not copied: emitted series are read, never changed.
+    """
+    assert series.companion is not None
+    _, _, rest = series.series_id.partition(SERIES_ID_SEPARATOR)
+    return Series(
+        f"{series.companion}{SERIES_ID_SEPARATOR}{rest}" if rest else "",
+        series.companion,
+        series.resource_id,
+        series.attributes,
+        series.start_ns,
+        series.last_ns,
+        series.count,
+        0.0,
+        None,
+        None,
+        series.exemplars,
+        series.attribute_parts,
+    )
+
+
+def with_companions(series: Iterable[Series]) -> list[Series]:
+    """Every series, each paired histogram followed by the counter it stands for."""
+    result: list[Series] = []
+    for one in series:
+        result.append(one)
+        if one.companion is not None:
+            result.append(companion_series(one))
+    return result
+
+
 def merge_series(target: Series, delta: Series, max_exemplars: int) -> None:
     """Add ``delta`` into ``target`` in place.
 
     A bucket layout that no longer matches (the bounds were reconfigured) restarts the series'
     buckets from the delta, because adding counts of different buckets would be a lie.
     """
+    if delta.companion is not None:
+        target.companion = delta.companion
     target.count += delta.count
     target.sum += delta.sum
     if delta.last_ns > target.last_ns:

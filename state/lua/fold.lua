@@ -4,14 +4,17 @@
 -- log stay in it for the next fold.
 --
 -- ARGV[1] = msgpack {fence_key, slot, token, slot_key, log_key, active_key, folded, limit,
---                    expired, overflow_logs}
+--                    expired, held_change, overflow_logs}
 --   expired       = {digest, ...}
+--   held_change   = how the tenant's active-series count changes through held records
+--                   (expired ones leave; a record gaining or losing a companion counter)
 --   overflow_logs = log keys of the slots that receive refused new series
 -- ARGV[2] = msgpack {digest, record, digest, record, ...}: held series whose record changed
 -- ARGV[3] = msgpack {digest, record, ...}: new series, in order
--- ARGV[4] = msgpack {overflow_target, overflow_row, ...} per new series; overflow_target is a
---           0-based index into overflow_logs, or -1 for a series never refused (an overflow
---           series itself, or no limit)
+-- ARGV[4] = msgpack {overflow_target, overflow_row, weight, ...} per new series;
+--           overflow_target is a 0-based index into overflow_logs, or -1 for a series never
+--           refused (an overflow series itself, or no limit); weight is how many active series
+--           the record is (2 when it also stands for its companion counter)
 -- (A few large arguments rather than one per series: the client encodes each one in Python.)
 -- Returns {'OK', refused}: the 1-based positions of the new series the tenant's active-series
 -- limit refused (their rows went to the overflow series' logs instead), or {'FENCED'}.
@@ -19,7 +22,7 @@
 local args = cmsgpack.unpack(ARGV[1])
 local fence_key, slot, token = args[1], args[2], args[3]
 local slot_key, log_key, active_key = args[4], args[5], args[6]
-local folded, limit, expired, overflow_logs = args[7], args[8], args[9], args[10]
+local folded, limit, expired, held_change, overflow_logs = args[7], args[8], args[9], args[10], args[11]
 if redis.call('HGET', fence_key, slot) ~= token then
   return {'FENCED'}
 end
@@ -34,8 +37,9 @@ local function each_chunk(items, command)
 end
 
 each_chunk(cmsgpack.unpack(ARGV[2]), 'HSET')
-local active = tonumber(redis.call('GET', active_key) or '0')
-active = active - each_chunk(expired, 'HDEL')
+each_chunk(expired, 'HDEL')
+-- Exact: only the owner writes the slot's records, and it read them all at one point in time.
+local active = tonumber(redis.call('GET', active_key) or '0') + held_change
 if active < 0 then active = 0 end
 
 -- New series are admitted in order while the tenant is under its limit; the rest go to the
@@ -44,11 +48,11 @@ local created = cmsgpack.unpack(ARGV[3])
 local overflow = cmsgpack.unpack(ARGV[4])
 local admitted, refused, rows_by_log = {}, {}, {}
 for n = 1, #created / 2 do
-  local target = overflow[2 * n - 1]
-  if target < 0 or limit == 0 or active < limit then
+  local target, weight = overflow[3 * n - 2], overflow[3 * n]
+  if target < 0 or limit == 0 or active + weight <= limit then
     admitted[#admitted + 1] = created[2 * n - 1]
     admitted[#admitted + 1] = created[2 * n]
-    active = active + 1
+    active = active + weight
   else
     refused[#refused + 1] = n
     local rows = rows_by_log[target + 1]
@@ -56,12 +60,10 @@ for n = 1, #created / 2 do
       rows = {}
       rows_by_log[target + 1] = rows
     end
-    rows[#rows + 1] = overflow[2 * n]
+    rows[#rows + 1] = overflow[3 * n - 1]
   end
 end
--- A "new" series may exist after all (state written while this fold was decided cannot be,
--- as only the owner writes records; but stay exact): HSET counts only fields it added.
-active = active - (#admitted / 2 - each_chunk(admitted, 'HSET'))
+each_chunk(admitted, 'HSET')
 for index, rows in pairs(rows_by_log) do
   redis.call('RPUSH', overflow_logs[index], table.concat(rows))
 end

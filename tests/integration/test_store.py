@@ -10,10 +10,11 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import msgpack
 import pytest
 from redis.asyncio import Redis
 
-from state.codec import attributes_of_parts
+from state.codec import attributes_of_parts, delta_payload, encode_meta
 from state.keys import KeySpace
 from state.store import FencedError, RedisStateStore, series_slot
 from worker.series import Series
@@ -310,3 +311,61 @@ async def test_two_owners_under_the_tenant_limit_lose_nothing(redis_client: Redi
     assert len(overflow) == 1 and overflow[0].count > 0
     assert len(series) == limit + 1  # the admitted ones and the one overflow series
     assert await stores[0].active_series("acme") == limit + 1
+
+
+async def test_paired_series_count_twice_against_the_tenant_limit(
+    redis_client: Redis, unique_name: str
+) -> None:
+    """A duration record standing for its calls counter is two active series: the limit admits
+    or refuses the pair as a whole, and the overflow series is a pair too."""
+    store = RedisStateStore(
+        redis_client, KeySpace(unique_name, "in"), slots=2, max_exemplars=0, active_series_limit=5
+    )
+    tokens = await store.claim([0])
+    deltas = [_series(f"duration\x1er1\x1e{i}", count=i + 1, buckets=[i + 1, 0]) for i in range(4)]
+    for delta in deltas:
+        delta.companion = "calls"
+    await store.merge(_deltas(*deltas), {0: (tokens[0], 1)})
+    await _fold_all(store, tokens)
+    await _fold_all(store, tokens)  # the overflow rows may land in a slot folded earlier
+    # Two pairs admitted (4 series); a third would make 6 > 5; the overflow pair is never refused.
+    assert await store.active_series("acme") == 6
+    series = [s.series for slot in range(2) for s in await store.read_slot("acme", slot)]
+    assert sorted(s.metric for s in series) == ["calls"] * 3 + ["duration"] * 3
+    for metric in ("calls", "duration"):
+        assert sum(s.count for s in series if s.metric == metric) == 1 + 2 + 3 + 4
+        overflow = [
+            s for s in series if s.metric == metric and s.attributes == (("otel.metric.overflow", True),)
+        ]
+        assert len(overflow) == 1
+    records = [int(await redis_client.hlen(store.keys.slot("acme", slot))) for slot in range(2)]
+    assert sum(records) == 3  # one record per pair
+
+
+async def test_an_upgraded_worker_folds_the_separate_calls_record_into_the_pair(
+    store: RedisStateStore, redis_client: Redis
+) -> None:
+    """State of an earlier version: calls and duration stored as two records. The first paired
+    row makes the duration record stand for the counter and the calls record leaves; the
+    counter goes on from where it was, and the tenant's active count stays exact."""
+    calls = _series("calls\x1er1\x1ea", count=5)
+    duration = _series("duration\x1er1\x1ea", count=5, buckets=[2, 3])
+    slot = series_slot(duration.series_id, store.slots)
+    assert series_slot(calls.series_id, store.slots) == slot
+    for old in (calls, duration):
+        payload = delta_payload(old, encode_meta(old))[:8]  # records of earlier versions end here
+        await redis_client.hset(
+            store.keys.slot("acme", slot), old.digest, msgpack.packb(payload, use_bin_type=True)
+        )
+    await redis_client.set(store.keys.active("acme"), 2)
+    tokens = await store.claim([0])
+    update = _series("duration\x1er1\x1ea", count=2, buckets=[1, 1])
+    update.companion = "calls"
+    await store.merge(_deltas(update), {0: (tokens[0], 1)})
+    emitted = await _fold_all(store, tokens)
+    assert sorted((s.metric, s.count, s.start_ns) for s in emitted) == [
+        ("calls", 7, NOW),
+        ("duration", 7, NOW),
+    ]
+    assert await store.active_series("acme") == 2
+    assert await redis_client.hkeys(store.keys.slot("acme", slot)) == [duration.digest]

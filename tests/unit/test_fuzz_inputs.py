@@ -51,6 +51,7 @@ from worker.otlp.decode import decode_traces
 from worker.otlp.json_codec import traces_to_json
 from worker.otlp.metrics_builder import split_by_size
 from worker.pipeline import Pipeline
+from worker.series import with_companions
 from worker.spanmetrics.sampling import adjusted_count
 
 SCALE = max(1, int(os.environ.get("SPANMETRICS_FUZZ_SCALE", "1")))
@@ -82,7 +83,12 @@ EXPLICIT = Settings(spanmetrics=_SPANMETRICS, servicegraphs=_SERVICEGRAPHS)
 EXPONENTIAL = Settings(
     spanmetrics={**_SPANMETRICS, "histogram": {"exponential": {"max_size": 20}}}, servicegraphs=_SERVICEGRAPHS
 )
-PIPELINES = {"explicit": Pipeline(EXPLICIT), "exponential": Pipeline(EXPONENTIAL)}
+#: No per-metric dimensions: ``calls`` is the companion of each ``duration`` series.
+PAIRED = Settings(
+    spanmetrics={k: v for k, v in _SPANMETRICS.items() if k not in ("calls_dimensions", "histogram")},
+    servicegraphs=_SERVICEGRAPHS,
+)
+PIPELINES = {"explicit": Pipeline(EXPLICIT), "exponential": Pipeline(EXPONENTIAL), "paired": Pipeline(PAIRED)}
 
 FUZZ = settings(
     max_examples=150 * SCALE,
@@ -141,7 +147,7 @@ def check_request(pipeline: Pipeline, request: ExportTraceServiceRequest, name: 
     restored.restore_pending(0, pending[0], now)
     pipeline.expire(now + 3600 * 10**9)  # every waiting half-edge resolves
     deltas = pipeline.take_deltas()
-    calls = sum(s.count for d in deltas.values() for s in d.series if s.metric == "calls")
+    calls = sum(s.count for d in deltas.values() for s in with_companions(d.series) if s.metric == "calls")
     expected = _expected_calls(request)
     if expected is not None:
         assert calls == expected, (name, calls, expected)
@@ -153,7 +159,7 @@ def check_request(pipeline: Pipeline, request: ExportTraceServiceRequest, name: 
         msgpack.packb(rows, use_bin_type=False)  # what store.merge hands to Lua
         for out in split_by_size(
             tenant_deltas.resources,
-            tenant_deltas.series,
+            with_companions(tenant_deltas.series),
             descriptors,
             Temporality.CUMULATIVE,
             now,

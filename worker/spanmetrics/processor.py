@@ -13,8 +13,12 @@ protobuf runtime, decoding a span costs about 0.5 us and every field read from P
   bytes;
 * the loop runs once per request over all its scopes (the setup of its locals is paid once: an
   SDK's request holds many scopes of one or two spans each);
-* the series is found by a tuple of plain strings and ints in a dict (one lookup for both
-  ``calls`` and ``duration`` when they share dimensions), the histogram bucket by bisection;
+* the series is found by a tuple of plain strings and ints in a dict, the histogram bucket by
+  bisection;
+* when ``calls`` and ``duration`` share their dimensions (the default), one ``duration`` series
+  stands for both (:attr:`Series.companion`): the counter is the histogram's count, start and
+  exemplars, so each span updates one series, and the counter is written out where metrics are
+  emitted (:func:`worker.series.with_companions`);
 * everything that is per *series* (typed attributes, canonical id) is computed when a series
   first appears, and cached across flush intervals (``dimensions_cache_size`` entries).
 
@@ -135,8 +139,6 @@ class _Accumulator:
     calls: dict[tuple[Any, ...], Series] = field(default_factory=dict)
     duration: dict[tuple[Any, ...], Series] = field(default_factory=dict)
     events: dict[tuple[Any, ...], Series] = field(default_factory=dict)
-    #: key -> (calls series, duration series) when both metrics use the same key: one lookup per span.
-    pairs: dict[tuple[Any, ...], tuple[Series, Series]] = field(default_factory=dict)
 
 
 #: One scope's spans with what they are aggregated into: (accumulator, resource, scope key, spans).
@@ -256,6 +258,10 @@ class SpanMetricsProcessor:
         self.calls_name = config.metric_name("calls")
         self.duration_name = config.metric_name("duration")
         self.events_name = config.metric_name("events")
+        # With no per-metric dimensions both metrics share the key: then ``calls`` is no series of
+        # its own but the companion of ``duration`` (see :attr:`Series.companion`).
+        self._paired = self._histogram_enabled and self._only_base_slots
+        self._companion = self.calls_name if self._paired else None
 
         #: (serialized resource bytes) -> the resource's cached work.
         self._resources: OrderedDict[bytes, _Resource] = OrderedDict()
@@ -425,12 +431,13 @@ class SpanMetricsProcessor:
         calls_name, duration_name = self.calls_name, self.duration_name
         calls_extra, histogram_extra = self._calls_extra, self._histogram_extra
 
-        # With no per-metric dimensions both metrics share the key, and one lookup finds both series.
-        paired = histogram_enabled and only_base_slots
+        # With no per-metric dimensions both metrics share the key, and the duration series
+        # stands for both: one lookup and one series update per span.
+        paired = self._paired
         name: str | None
         kind: int | None
         status: int | None
-        series: Series
+        series: Series | None
         histogram: Series | None
 
         for accumulator, resource, scope_key, spans in work:
@@ -440,8 +447,6 @@ class SpanMetricsProcessor:
             durations = accumulator.duration
             calls_get = calls.get
             durations_get = durations.get
-            pairs = accumulator.pairs
-            pairs_get = pairs.get
             for span in spans:
                 name = span.name
                 kind = span.kind
@@ -470,22 +475,18 @@ class SpanMetricsProcessor:
                 duration = (end - start) / divisor if end > start else 0.0
 
                 if paired:
-                    pair = pairs_get(key)
-                    if pair is None:
-                        pair = pairs[key] = (
-                            calls_get(key)
-                            or new_series(tenant, accumulator, resource, calls, calls_name, key, span,
-                                          scope_key, calls_extra, now, stats),
-                            durations_get(key)
-                            or new_series(tenant, accumulator, resource, durations, duration_name, key, span,
-                                          scope_key, histogram_extra, now, stats),
-                        )  # fmt: skip
-                    series, histogram = pair
+                    # The calls counter is this series' companion: nothing else to update.
+                    series = None
+                    histogram = durations_get(key) or new_series(tenant, accumulator, resource, durations,
+                                                                 duration_name, key, span, scope_key,
+                                                                 histogram_extra, now, stats)  # fmt: skip
                 else:
                     calls_key = key + tuple(strings[i] for i in calls_slots) if calls_slots else key
                     series = calls_get(calls_key) or new_series(tenant, accumulator, resource, calls,
                                                                 calls_name, calls_key, span, scope_key,
                                                                 calls_extra, now, stats)  # fmt: skip
+                    series.count += weight
+                    series.last_ns = now
                     histogram = None
                     if histogram_enabled:
                         if histogram_slots:
@@ -494,8 +495,6 @@ class SpanMetricsProcessor:
                                                                      duration_name, key, span, scope_key,
                                                                      histogram_extra, now, stats)  # fmt: skip
 
-                series.count += weight
-                series.last_ns = now
                 if histogram is not None:
                     histogram.count += weight
                     histogram.sum += duration * weight
@@ -514,10 +513,10 @@ class SpanMetricsProcessor:
                     if trace_id:
                         # Past 2255 a time no longer survives Redis (microseconds in Lua doubles).
                         exemplar = (trace_id, span.span_id, duration, end if 0 < end < _MAX_TIME_NS else now)
-                        if len(series.exemplars) < max_exemplars:
-                            series.exemplars.append(exemplar)
                         if histogram is not None and len(histogram.exemplars) < max_exemplars:
                             histogram.exemplars.append(exemplar)
+                        if series is not None and len(series.exemplars) < max_exemplars:
+                            series.exemplars.append(exemplar)
 
                 if events_enabled and span.events:
                     self._observe_events(
@@ -635,7 +634,11 @@ class SpanMetricsProcessor:
         now: int,
         stats: ConsumeStats,
     ) -> Series | None:
-        """Apply the cardinality limit: None admits ``key``, else the overflow series to use."""
+        """Apply the cardinality limit: None admits ``key``, else the overflow series to use.
+
+        A paired ``duration`` series (see :attr:`Series.companion`) is admitted or refused for
+        both metrics at once, and a refusal counts for both, as for two separate series.
+        """
         if not self._limit:
             return None
         admitted = self._admitted.setdefault((tenant, accumulator.resource.resource_id, metric), set())
@@ -644,7 +647,7 @@ class SpanMetricsProcessor:
         if len(admitted) < self._limit:
             admitted.add(key)
             return None
-        stats.overflowed += 1
+        stats.overflowed += 2 if self._paired and metric == self.duration_name else 1
         series = target.get(_OVERFLOW_KEY)
         if series is None:
             series = self._create(
@@ -712,17 +715,29 @@ class SpanMetricsProcessor:
                 series.exp = ExpHistogram(max_size=self._exponential_size)
             else:
                 series.buckets = [0] * (len(self._bounds) + 1)
+            series.companion = self._companion
         target[key] = series
         return series
 
     # ------------------------------------------------------------------ hand over
 
     def pending_series(self) -> int:
-        """How many distinct series the current interval holds (memory bound check)."""
-        return sum(len(a.calls) + len(a.duration) + len(a.events) for a in self._pending.values())
+        """How many distinct metric series the current interval holds (memory bound check).
+
+        A paired ``duration`` series counts twice: it stands for the ``calls`` series too.
+        """
+        per_duration = 2 if self._paired else 1
+        return sum(
+            len(a.calls) + per_duration * len(a.duration) + len(a.events) for a in self._pending.values()
+        )
 
     def take_deltas(self) -> dict[str, TenantDeltas]:
-        """Hand over this interval's deltas grouped by tenant, and start a new interval."""
+        """Hand over this interval's deltas grouped by tenant, and start a new interval.
+
+        Paired ``duration`` series are handed over as they are, standing for their ``calls``
+        companions too (see :attr:`Series.companion`): where metrics are emitted,
+        :func:`worker.series.with_companions` writes the counters out.
+        """
         pending, self._pending = self._pending, {}
         result: dict[str, TenantDeltas] = {}
         for (tenant, resource_id), accumulator in pending.items():

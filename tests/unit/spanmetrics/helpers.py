@@ -23,6 +23,7 @@ from worker.config import SpanMetricsConfig
 from worker.memory_store import MemoryStore
 from worker.otlp.metrics_builder import build_metrics_request
 from worker.otlp.values import python_to_any_value
+from worker.series import with_companions
 from worker.spanmetrics.processor import ConsumeStats, SpanMetricsProcessor, TenantDeltas
 
 TENANT = "tenant-a"
@@ -213,6 +214,18 @@ def total(request: ExportMetricsServiceRequest, metric_name: str) -> int:
     return sum(point.value for point in points(request, metric_name))
 
 
+def emitted(deltas: Mapping[str, TenantDeltas]) -> dict[str, TenantDeltas]:
+    """The deltas with every paired ``duration`` series followed by its ``calls`` companion.
+
+    ``take_deltas`` hands a paired series over once for both metrics (``Series.companion``);
+    this is the series as they are emitted, for tests about what the metrics say.
+    """
+    return {
+        tenant: TenantDeltas(resources=dict(one.resources), series=with_companions(one.series))
+        for tenant, one in deltas.items()
+    }
+
+
 # ---------------------------------------------------------------------------------------- pipeline
 
 
@@ -251,9 +264,12 @@ class Pipeline:
         return stats
 
     def take_deltas(self) -> dict[str, TenantDeltas]:
+        """The processor's deltas as it hands them over (paired, see :func:`emitted`), checked
+        and applied to the store."""
         deltas = self.processor.take_deltas()
-        for tenant_deltas in deltas.values():
-            # Two delta series with one id would mean one span shape was keyed two ways.
+        for tenant_deltas in emitted(deltas).values():
+            # Two delta series with one id would mean one span shape was keyed two ways (or a
+            # companion counter named like a series of its own).
             ids = [series.series_id for series in tenant_deltas.series]
             assert len(ids) == len(set(ids)), "take_deltas returned a series twice"
             assert {series.resource_id for series in tenant_deltas.series} <= set(tenant_deltas.resources)

@@ -17,6 +17,7 @@ from tests.unit.spanmetrics.helpers import (
     Pipeline,
     attribute_types,
     counts_by,
+    emitted,
     make_request,
     make_resource_spans,
     make_span,
@@ -271,7 +272,7 @@ def _series_ids(config: dict[str, Any]) -> set[str]:
     processor = SpanMetricsProcessor(SpanMetricsConfig.model_validate(config), clock=FakeClock())
     span = make_span(attributes={"x": "v", "y": "v"})
     processor.consume(simple_request(span), TENANT)
-    return {series.series_id for series in processor.take_deltas()[TENANT].series}
+    return {series.series_id for series in emitted(processor.take_deltas())[TENANT].series}
 
 
 def test_the_series_identity_names_the_dimension() -> None:
@@ -289,7 +290,7 @@ def test_the_series_identity_differs_per_metric_and_tenant() -> None:
     processor = SpanMetricsProcessor(SpanMetricsConfig(), clock=FakeClock())
     processor.consume(simple_request(make_span()), "t1")
     processor.consume(simple_request(make_span()), "t2")
-    deltas = processor.take_deltas()
+    deltas = emitted(processor.take_deltas())
     assert set(deltas) == {"t1", "t2"}
     for tenant_deltas in deltas.values():
         ids = [series.series_id for series in tenant_deltas.series]
@@ -301,7 +302,7 @@ def test_tenants_are_aggregated_separately() -> None:
     processor = SpanMetricsProcessor(SpanMetricsConfig(), clock=FakeClock())
     processor.consume(simple_request(make_span(), make_span()), "t1")
     processor.consume(simple_request(make_span()), "t2")
-    deltas = processor.take_deltas()
+    deltas = emitted(processor.take_deltas())
     calls = {tenant: sum(s.count for s in d.series if s.metric == "calls") for tenant, d in deltas.items()}
     assert calls == {"t1": 2, "t2": 1}
 

@@ -205,3 +205,91 @@ def test_series_stored_by_earlier_versions_keep_their_typed_attributes() -> None
     record = msgpack.packb(delta_payload(old, meta), use_bin_type=True)
     (series,) = _fold({old.digest: record}, []).live
     assert series.attributes == old.attributes and series.attribute_parts is None
+
+
+# ------------------------------------------------------------------ paired calls + duration
+
+
+def _legacy_record(series: Series, meta: bytes | None = None) -> bytes:
+    """A record as earlier versions stored it: no companion field."""
+    payload = delta_payload(series, meta or encode_meta(series))[:8]
+    return msgpack.packb(payload, use_bin_type=True)
+
+
+def _legacy_row(series: Series) -> bytes:
+    return msgpack.packb(
+        [series.digest, delta_payload(series, encode_meta(series))[:8], 0], use_bin_type=True
+    )
+
+
+def test_a_duration_record_with_a_companion_emits_the_counter_too_and_weighs_two() -> None:
+    exemplars = [(b"t" * 16, b"s" * 8, 1.5, NOW_US * US)]
+    paired = _series("a", 3, buckets=[1, 2], exemplars=exemplars, companion="traces.calls")
+    plan = _fold({}, [_row(paired)])
+    (new,) = plan.created
+    assert (new.weight, new.live_index, new.live_count) == (2, 0, 2)
+    histogram, counter = plan.live
+    assert plan.live_digests == [paired.digest, paired.digest]
+    assert (histogram.metric, histogram.companion, histogram.buckets) == ("duration", "traces.calls", [1, 2])
+    assert (counter.metric, counter.companion, counter.buckets) == ("traces.calls", None, None)
+    assert (counter.count, counter.start_ns, counter.last_ns) == (3, histogram.start_ns, histogram.last_ns)
+    assert counter.exemplars == histogram.exemplars == exemplars
+    assert counter.attribute_parts == histogram.attribute_parts
+    # Held, it keeps its companion through rows, and leaves the limit's count by two.
+    stored = {new.digest: new.record}
+    assert [s.metric for s in _fold(stored, [_row(paired)]).live] == ["duration", "traces.calls"]
+    plan = _fold(stored, [], expire_before_us=NOW_US + 1)
+    assert (plan.expired, plan.held_change, plan.live) == ([paired.digest], -2, [])
+
+
+def test_rows_without_the_companion_field_keep_the_records_and_a_new_configuration_decides() -> None:
+    paired = _series("a", 3, companion="calls")
+    stored = {paired.digest: _record(paired)}
+    # A row from an earlier version (rolling upgrade): the record keeps its companion.
+    plan = _fold(stored, [_legacy_row(_series("a", 1))])
+    assert [s.metric for s in plan.live] == ["duration", "calls"] and plan.held_change == 0
+    assert plan.live[1].count == 4
+    # A row written without a companion (calls got dimensions of its own): the record stops
+    # standing for the counter, and is one series fewer.
+    plan = _fold(stored, [_row(_series("a", 1))])
+    assert [s.metric for s in plan.live] == ["duration"] and plan.held_change == -1
+
+
+def test_a_counter_stored_on_its_own_by_earlier_versions_gives_way_to_the_companion() -> None:
+    """After an upgrade the duration record gains the companion; the old calls record would
+    emit a frozen second copy of the counter, so it leaves (its count is the histogram's)."""
+    duration = _series("a", 5, buckets=[2, 3])
+    calls = _series("a", 5, metric="calls")
+    other_calls = _series("b", 7, metric="calls")  # no histogram with these attributes: kept
+    stored = {
+        calls.digest: _legacy_record(calls),
+        duration.digest: _legacy_record(duration),
+        other_calls.digest: _legacy_record(other_calls),
+    }
+    # Before any new row nothing changes.
+    plan = _fold(stored, [])
+    assert sorted(s.metric for s in plan.live) == ["calls", "calls", "duration"] and plan.expired == []
+    legacy_row = _legacy_row(_series("a", 1, metric="calls"))  # from a not yet upgraded worker
+    plan = _fold(stored, [_row(_series("a", 2, buckets=[1, 1], companion="calls")) + legacy_row])
+    assert plan.expired == [calls.digest] and plan.held_change == 0  # +1 companion, -1 record
+    assert [digest for digest, _ in plan.updates] == [duration.digest]
+    assert plan.created == []
+    emitted = sorted((s.metric, s.count) for s in plan.live)
+    assert emitted == [("calls", 7), ("calls", 7), ("duration", 7)]
+    assert plan.live_digests.count(other_calls.digest) == 1
+    # A legacy counter row for a new series whose histogram arrives paired is not created either.
+    plan = _fold(
+        {}, [_legacy_row(_series("n", 1, metric="calls")) + _row(_series("n", 1, companion="calls"))]
+    )
+    assert [new.digest for new in plan.created] == [_series("n", 1).digest]
+    assert [s.metric for s in plan.live] == ["duration", "calls"]
+    assert plan.created[0].live_index == 0
+
+
+def test_a_refused_pair_overflows_as_a_pair() -> None:
+    plan = _fold({}, [_row(_series("a", 3, companion="calls"))], limit=10)
+    (new,) = plan.created
+    _, record, flags = msgpack.unpackb(new.overflow_row, raw=True)
+    assert record[8] == b"calls" and flags == ROW_OVERFLOW
+    (overflow,) = _fold({}, [new.overflow_row], limit=10).created
+    assert overflow.weight == 2 and overflow.overflow_target == -1
