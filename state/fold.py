@@ -18,7 +18,8 @@ Records and log rows share the codec's layout (see :mod:`state.codec`)::
 ``companion`` names the counter a ``duration`` record also stands for (``calls``: see
 ``Series.companion``), "" for none; records of earlier versions have no such field, and rows
 without it leave a record's companion as it is (see :func:`_add`). A record with a companion is
-two active series for the tenant's limit, and emits two series.
+two active series for the tenant's limit, and is emitted as two series (by the encoder,
+``worker.otlp.metrics_encoder``).
 
 A log entry is several msgpack rows one after the other (a stream, not an array), so entries
 can be built by concatenating packed rows, by Python and by Lua alike.
@@ -35,7 +36,7 @@ import msgpack
 
 from state.codec import exp_from_state, exp_state, pack_meta, unpack_meta
 from worker.otlp.metrics_encoder import attribute_parts
-from worker.series import Series, companion_series, make_series_id, series_digest
+from worker.series import Series, make_series_id, series_digest
 from worker.spanmetrics.processor import OVERFLOW_ATTRIBUTE
 
 __all__ = [
@@ -95,10 +96,8 @@ class NewSeries:
     overflow_target: int
     #: The row to append to that slot's log instead (the same delta under the overflow series).
     overflow_row: bytes
-    #: Position in :attr:`FoldPlan.live` (-1: not emitted, e.g. a zero DELTA) and how many
-    #: series it emits there (2 with a companion).
+    #: Position in :attr:`FoldPlan.live` (-1: not emitted, e.g. a zero DELTA).
     live_index: int
-    live_count: int = 1
     #: Active series it is for the tenant's limit (2 with a companion).
     weight: int = 1
 
@@ -113,10 +112,14 @@ class FoldPlan:
     expired: list[bytes] = field(default_factory=list)
     #: Slots whose logs receive refused new series (indexes of NewSeries.overflow_target).
     overflow_slots: list[int] = field(default_factory=list)
-    #: Series to emit, in slot order; a refused new series is removed by the store.
+    #: Series to emit, in slot order (a series with a companion is written out as two by the
+    #: encoder); a refused new series is removed by the store.
     live: list[Series] = field(default_factory=list)
-    #: The record each series of ``live`` comes from (a companion shares its record's).
+    #: The record each series of ``live`` comes from.
     live_digests: list[bytes] = field(default_factory=list)
+    #: Positions in ``live`` of series without a companion: where counters stored on their own
+    #: by earlier versions can be (see :func:`_drop_superseded_counters`).
+    plain: list[int] = field(default_factory=list)
     #: How the tenant's active-series count changes through held records: expired ones leave,
     #: and a record that gains (or loses) a companion is one series more (or fewer).
     held_change: int = 0
@@ -234,14 +237,12 @@ def _series(record: Sequence[Any], exp_max_size: int) -> Series:
 
 
 def _emit(plan: FoldPlan, digest: bytes, series: Series) -> int:
-    """Add a record's series to what is emitted (with its companion counter); how many."""
+    """Add a record's series to what is emitted; its position there."""
+    if series.companion is None:
+        plan.plain.append(len(plan.live))
     plan.live.append(series)
     plan.live_digests.append(digest)
-    if series.companion is None:
-        return 1
-    plan.live.append(companion_series(series))
-    plan.live_digests.append(digest)
-    return 2
+    return len(plan.live) - 1
 
 
 def _overflow(metric: str, resource_id: str, slots: int, targets: list[int]) -> tuple[int, bytes, bytes]:
@@ -268,16 +269,10 @@ def _drop_superseded_counters(plan: FoldPlan, held: set[bytes]) -> None:
     the counter: it leaves the slot (its count is the histogram's, which kept counting). Rows
     such a version still appends during a rolling upgrade are dropped the same way.
     """
-    names = {series.companion for series in plan.live if series.companion is not None}
-    if not names:
+    if not plan.plain or len(plan.plain) == len(plan.live):
         return
-    candidates = [
-        index
-        for index, series in enumerate(plan.live)
-        if series.metric in names
-        and series.companion is None
-        and not (index and plan.live_digests[index - 1] == plan.live_digests[index])  # a derived one
-    ]
+    names = {series.companion for series in plan.live if series.companion is not None}
+    candidates = [index for index in plan.plain if plan.live[index].metric in names]
     if not candidates:
         return
     paired = {
@@ -300,6 +295,7 @@ def _drop_superseded_counters(plan: FoldPlan, held: set[bytes]) -> None:
     moved = {old: new for new, old in enumerate(kept)}
     plan.live = [plan.live[index] for index in kept]
     plan.live_digests = [plan.live_digests[index] for index in kept]
+    plan.plain = [moved[index] for index in plan.plain if index in moved]
     created = []
     for new in plan.created:
         if new.digest not in superseded:
@@ -375,12 +371,9 @@ def fold_log(
                 )
             target = overflow[0]
             overflow_row = pack_row(overflow[1], [overflow[2], *record[1:]], ROW_OVERFLOW)
-        live_index, live_count = -1, 0
-        if not (delta_mode and record[_COUNT] == 0):
-            live_index = len(plan.live)
-            live_count = _emit(plan, digest, series)
+        live_index = -1 if delta_mode and record[_COUNT] == 0 else _emit(plan, digest, series)
         plan.created.append(
-            NewSeries(digest, _packb(record), target, overflow_row, live_index, live_count, _weight(record))
+            NewSeries(digest, _packb(record), target, overflow_row, live_index, _weight(record))
         )
     _drop_superseded_counters(plan, held)
     return plan

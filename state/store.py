@@ -32,7 +32,7 @@ from state.codec import attributes_of_parts, decode_attributes, delta_payload, e
 from state.fold import FoldPlan, fold_log, row, series_slot, slot_of
 from state.keys import KeySpace, escape_tenant, unescape_tenant
 from worker.exceptions import StateError
-from worker.series import Attributes, Series, series_digest
+from worker.series import Attributes, Series, series_digest, with_companions
 from worker.spanmetrics.processor import TenantDeltas
 
 __all__ = [
@@ -73,10 +73,16 @@ class FoldResult:
 
     #: False when the slot's token was stale: nothing was committed, nothing must be published.
     committed: bool
+    #: What to publish: a series with a companion is written out as two (see state.fold).
     live: list[Series] = field(default_factory=list)
     #: New series the tenant's active-series limit refused: folded into the overflow series.
     overflowed: int = 0
     expired: int = 0
+
+    @property
+    def emitted(self) -> int:
+        """How many series ``live`` publishes."""
+        return sum(1 if series.companion is None else 2 for series in self.live)
 
 
 def _script(name: str) -> str:
@@ -301,12 +307,12 @@ class RedisStateStore:
         """Every series of the slot with its cumulative value (record + unfolded rows); read only."""
         stored, log = await self._read_slot_and_log(escape_tenant(tenant), slot)
         plan = self._fold_plan(stored, log, limit=0, delta_mode=False)
-        for series in plan.live:
+        result: list[StoredSeries] = []
+        for digest, series in zip(plan.live_digests, plan.live, strict=True):
             if series.attribute_parts is not None:
                 series.attributes = attributes_of_parts(series.attribute_parts)
-        return [
-            StoredSeries(digest, series) for digest, series in zip(plan.live_digests, plan.live, strict=True)
-        ]
+            result.extend(StoredSeries(digest, one) for one in with_companions([series]))
+        return result
 
     async def fold_slot(
         self,
@@ -365,14 +371,7 @@ class RedisStateStore:
         live = plan.live
         refused = [int(n) for n in reply[1]]
         if refused:
-            dropped = {
-                index
-                for n in refused
-                for index in range(
-                    plan.created[n - 1].live_index,
-                    plan.created[n - 1].live_index + plan.created[n - 1].live_count,
-                )
-            }
+            dropped = {plan.created[n - 1].live_index for n in refused}
             live = [series for index, series in enumerate(live) if index not in dropped]
         return FoldResult(
             committed=True,

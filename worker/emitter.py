@@ -175,7 +175,7 @@ class Emitter:
                 report.send_seconds += time.perf_counter() - started
                 if in_flight is not None:
                     await self._confirm(in_flight, now_ns, report)
-                in_flight = _InFlight((tenant, slot), token, sent, len(fold.live))
+                in_flight = _InFlight((tenant, slot), token, sent, fold.emitted)
         if in_flight is not None:
             await self._confirm(in_flight, now_ns, report)
         return report

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from worker.config import Temporality
-from worker.series import Attributes, Series, companion_series, merge_series
+from worker.series import Attributes, Series, merge_series, with_companions
 from worker.spanmetrics.processor import TenantDeltas
 
 __all__ = ["Collected", "MemoryStore"]
@@ -70,10 +70,7 @@ class MemoryStore:
                     continue
                 if self.temporality is Temporality.DELTA and series.count == 0:
                     continue
-                emitted = series.copy()
-                collected.series.append(emitted)
-                if emitted.companion is not None:
-                    collected.series.append(companion_series(emitted))
+                collected.series.extend(with_companions([series.copy()]))
                 series.exemplars.clear()
                 if self.temporality is Temporality.DELTA:
                     _reset(series, now_ns)

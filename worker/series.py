@@ -9,6 +9,7 @@ for field.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -160,12 +161,18 @@ def companion_series(series: Series) -> Series:
 
 
 def with_companions(series: Iterable[Series]) -> list[Series]:
-    """Every series, each paired histogram followed by the counter it stands for."""
+    """The series as they are emitted: each paired histogram (a shallow copy without its
+    companion) followed by the counter it stands for. Handing the result to the encoder, which
+    writes companions itself, therefore writes each counter once."""
     result: list[Series] = []
     for one in series:
-        result.append(one)
-        if one.companion is not None:
-            result.append(companion_series(one))
+        if one.companion is None:
+            result.append(one)
+            continue
+        histogram = copy.copy(one)
+        histogram.companion = None
+        result.append(histogram)
+        result.append(companion_series(one))
     return result
 
 

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from state.codec import attributes_of_parts, delta_payload, encode_meta
 from state.keys import KeySpace
 from state.store import FencedError, RedisStateStore, series_slot
-from worker.series import Series
+from worker.series import Series, with_companions
 from worker.spanmetrics.exphistogram import ExpHistogram
 from worker.spanmetrics.processor import TenantDeltas
 
@@ -63,7 +63,7 @@ async def _fold_all(
     for slot in range(store.slots):
         result = await store.fold_slot(tenant, slot, tokens[slot], **kwargs)
         assert result.committed
-        emitted.extend(result.live)
+        emitted.extend(with_companions(result.live))  # as the encoder writes them out
     for series in emitted:  # emitted from their OTLP encoding; typed again for the assertions
         if series.attribute_parts is not None:
             series.attributes = attributes_of_parts(series.attribute_parts)

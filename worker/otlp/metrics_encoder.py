@@ -535,7 +535,8 @@ def encode_requests(
     reuse_attribute_tuples: bool = True,
 ) -> Iterator[EncodedRequest]:
     """Serialized requests of at most ``max_bytes``, grouped by resource: what
-    ``split_by_size(...)`` followed by ``SerializeToString()`` gives, request for request.
+    ``split_by_size(...)`` followed by ``SerializeToString()`` gives, request for request, for
+    the series expanded with their companion counters (``with_companions``).
 
     ``reuse_attribute_tuples``: whether the caller hands over the same attributes tuple objects
     flush after flush (then their encoding is cached per tuple). A caller that decodes fresh
@@ -559,20 +560,12 @@ def encode_requests(
             group = pending.get(item.resource_id)
             if group is None:
                 group = pending[item.resource_id] = _Resource()
-            name = item.metric
-            group.metrics.append(name)
-            plan = plans.get(name)
-            if plan is None:
-                group.points.append(None)
-                continue
-            point = plan.encode(item)
-            group.points.append(point)
-            group.known += 1
-            points = group.by_metric.get(name)
-            if points is None:
-                group.by_metric[name] = [point]
-            else:
-                points.append(point)
+            group.add(item.metric, plans, item)
+            if item.companion is not None:
+                # The counter this series stands for, right after it: as if it were expanded
+                # with ``with_companions`` (its point reads the same count, times, exemplars
+                # and attributes), without building a Series for it.
+                group.add(item.companion, plans, item)
     except struct.error as error:  # a value outside its fixed-width field
         raise ValueError(str(error)) from error
 
@@ -606,6 +599,22 @@ class _Resource:
     #: Data points per known metric, in arrival order.
     by_metric: dict[str, list[bytes]] = field(default_factory=dict)
     known: int = 0
+
+    def add(self, name: str, plans: dict[str, _Plan], item: Series) -> None:
+        """Encode ``item`` as a data point of metric ``name`` (skipped if not described)."""
+        self.metrics.append(name)
+        plan = plans.get(name)
+        if plan is None:
+            self.points.append(None)
+            return
+        point = plan.encode(item)
+        self.points.append(point)
+        self.known += 1
+        points = self.by_metric.get(name)
+        if points is None:
+            self.by_metric[name] = [point]
+        else:
+            points.append(point)
 
 
 def _resource_pieces(

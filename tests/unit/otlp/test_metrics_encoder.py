@@ -16,7 +16,7 @@ from worker.otlp import metrics_encoder
 from worker.otlp.metrics_builder import split_by_size
 from worker.otlp.metrics_encoder import EncodedRequest, encode_any_value, encode_requests
 from worker.otlp.values import python_to_any_value
-from worker.series import Attributes, MetricDescriptor, MetricKind, Series
+from worker.series import Attributes, MetricDescriptor, MetricKind, Series, with_companions
 from worker.spanmetrics.exphistogram import ExpHistogram
 
 NOW = 1_700_000_000_123_456_789
@@ -590,3 +590,33 @@ def test_pre_encoded_attribute_parts_give_the_same_bytes() -> None:
     assert list(encode_requests(args[0], encoded, *args[1:])) == list(
         encode_requests(args[0], items, *args[1:])
     )
+
+
+@pytest.mark.parametrize("max_bytes", [1, 300, 2000, 1 << 20])
+def test_a_paired_series_is_written_as_its_histogram_and_its_companion_counter(max_bytes: int) -> None:
+    """A duration series with a companion (Series.companion) goes out exactly as the two series
+    ``with_companions`` expands it into: same bytes, same split into requests."""
+    exemplars = [(TRACE, SPAN, 4.5, NOW - 1000)]
+    items = []
+    for index in range(30):
+        attributes = (*ATTRIBUTES, ("n", index))
+        paired = series(
+            DURATION.name,
+            ("r1", "r2", "gone")[index % 3],
+            attributes,
+            count=index + 1,
+            buckets=[index] + [0] * len(DEFAULT_HISTOGRAM_BUCKETS),
+            exemplars=exemplars if index % 2 else None,
+        )
+        paired.companion = CALLS.name
+        items.append(paired)
+        if index % 5 == 0:
+            items.append(series(EVENTS.name, paired.resource_id, attributes))
+    items[3].companion = "not described"  # skipped, as an unknown metric is
+    expanded = with_companions(items)
+    encoded = list(
+        encode_requests(RESOURCES, items, SPAN_DESCRIPTORS, Temporality.CUMULATIVE, NOW, max_bytes)
+    )
+    expected = compare(expanded, max_bytes=max_bytes)
+    assert [(r.data, r.key, r.series) for r in encoded] == [(r.data, r.key, r.series) for r in expected]
+    assert sum(r.series for r in encoded) == 30 + 29 + 6

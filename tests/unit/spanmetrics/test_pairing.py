@@ -106,8 +106,13 @@ def test_the_companion_counter_is_the_histogram_count_start_and_exemplars(
     series = processor.take_deltas()[TENANT].series
     assert series
     for duration in series:
-        [same, calls] = with_companions([duration])
-        assert same is duration
+        [histogram, calls] = with_companions([duration])
+        assert histogram.companion is None and duration.companion == "calls"  # a copy, as emitted
+        assert (histogram.series_id, histogram.count, histogram.buckets) == (
+            duration.series_id,
+            duration.count,
+            duration.buckets,
+        )
         assert calls.metric == "calls"
         assert calls.companion is None
         assert (calls.buckets, calls.exp, calls.sum) == (None, None, 0.0)
@@ -377,6 +382,6 @@ def test_emitted_helper_expands_only_paired_series() -> None:
     processor.consume(simple_request(*spans), TENANT)
     deltas = processor.take_deltas()
     [duration] = deltas[TENANT].series
-    [same, calls] = emitted(deltas)[TENANT].series
-    assert same is duration
+    [histogram, calls] = emitted(deltas)[TENANT].series
+    assert (histogram.metric, histogram.count, histogram.companion) == (duration.metric, 3, None)
     assert calls.count == 3

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from state.codec import attributes_of_parts, delta_payload, encode_meta, unpack_meta
 from state.fold import ROW_OVERFLOW, FoldPlan, fold_log, overflow_series_id, pack_row, series_slot
-from worker.series import Series, merge_series, series_digest
+from worker.series import Series, merge_series, series_digest, with_companions
 from worker.spanmetrics.exphistogram import ExpHistogram
 
 US = 1_000
@@ -227,17 +227,18 @@ def test_a_duration_record_with_a_companion_emits_the_counter_too_and_weighs_two
     paired = _series("a", 3, buckets=[1, 2], exemplars=exemplars, companion="traces.calls")
     plan = _fold({}, [_row(paired)])
     (new,) = plan.created
-    assert (new.weight, new.live_index, new.live_count) == (2, 0, 2)
-    histogram, counter = plan.live
-    assert plan.live_digests == [paired.digest, paired.digest]
-    assert (histogram.metric, histogram.companion, histogram.buckets) == ("duration", "traces.calls", [1, 2])
+    assert (new.weight, new.live_index) == (2, 0)
+    assert plan.live_digests == [paired.digest]
+    assert plan.live[0].companion == "traces.calls"
+    histogram, counter = with_companions(plan.live)  # as the encoder writes them out
+    assert (histogram.metric, histogram.companion, histogram.buckets) == ("duration", None, [1, 2])
     assert (counter.metric, counter.companion, counter.buckets) == ("traces.calls", None, None)
     assert (counter.count, counter.start_ns, counter.last_ns) == (3, histogram.start_ns, histogram.last_ns)
     assert counter.exemplars == histogram.exemplars == exemplars
     assert counter.attribute_parts == histogram.attribute_parts
     # Held, it keeps its companion through rows, and leaves the limit's count by two.
     stored = {new.digest: new.record}
-    assert [s.metric for s in _fold(stored, [_row(paired)]).live] == ["duration", "traces.calls"]
+    assert [s.companion for s in _fold(stored, [_row(paired)]).live] == ["traces.calls"]
     plan = _fold(stored, [], expire_before_us=NOW_US + 1)
     assert (plan.expired, plan.held_change, plan.live) == ([paired.digest], -2, [])
 
@@ -247,12 +248,11 @@ def test_rows_without_the_companion_field_keep_the_records_and_a_new_configurati
     stored = {paired.digest: _record(paired)}
     # A row from an earlier version (rolling upgrade): the record keeps its companion.
     plan = _fold(stored, [_legacy_row(_series("a", 1))])
-    assert [s.metric for s in plan.live] == ["duration", "calls"] and plan.held_change == 0
-    assert plan.live[1].count == 4
+    assert [(s.companion, s.count) for s in plan.live] == [("calls", 4)] and plan.held_change == 0
     # A row written without a companion (calls got dimensions of its own): the record stops
     # standing for the counter, and is one series fewer.
     plan = _fold(stored, [_row(_series("a", 1))])
-    assert [s.metric for s in plan.live] == ["duration"] and plan.held_change == -1
+    assert [s.companion for s in plan.live] == [None] and plan.held_change == -1
 
 
 def test_a_counter_stored_on_its_own_by_earlier_versions_gives_way_to_the_companion() -> None:
@@ -274,7 +274,7 @@ def test_a_counter_stored_on_its_own_by_earlier_versions_gives_way_to_the_compan
     assert plan.expired == [calls.digest] and plan.held_change == 0  # +1 companion, -1 record
     assert [digest for digest, _ in plan.updates] == [duration.digest]
     assert plan.created == []
-    emitted = sorted((s.metric, s.count) for s in plan.live)
+    emitted = sorted((s.metric, s.count) for s in with_companions(plan.live))
     assert emitted == [("calls", 7), ("calls", 7), ("duration", 7)]
     assert plan.live_digests.count(other_calls.digest) == 1
     # A legacy counter row for a new series whose histogram arrives paired is not created either.
@@ -282,7 +282,7 @@ def test_a_counter_stored_on_its_own_by_earlier_versions_gives_way_to_the_compan
         {}, [_legacy_row(_series("n", 1, metric="calls")) + _row(_series("n", 1, companion="calls"))]
     )
     assert [new.digest for new in plan.created] == [_series("n", 1).digest]
-    assert [s.metric for s in plan.live] == ["duration", "calls"]
+    assert [(s.metric, s.companion) for s in plan.live] == [("duration", "calls")]
     assert plan.created[0].live_index == 0
 
 
