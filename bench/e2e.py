@@ -999,8 +999,8 @@ _COMPONENTS: list[tuple[str, str, str]] = [
 #: Innermost frame inside a flush: which component.
 _FLUSH_COMPONENTS: list[tuple[str, str, str]] = [
     ("state/fold.py", "", "fold: delta log into records (msgpack -> Series)"),
-    ("worker/otlp/metrics_builder.py", "", "emit: build OTLP protobuf (incl. size splitting)"),
-    ("worker/emitter.py", "Emitter._publish", "emit: serialize + hand to the producer"),
+    ("worker/otlp/metrics_encoder.py", "", "emit: write OTLP bytes (incl. size splitting)"),
+    ("worker/emitter.py", "", "emit: hand to the producer, await acks"),
     ("aiokafka/", "", "aiokafka (producer send, commit)"),
     ("state/store.py", "RedisStateStore.merge", "Redis step: build the batch (digests, msgpack)"),
     ("state/store.py", "RedisStateStore.fold_slot", "fold: read + commit (redis replies)"),

@@ -261,7 +261,7 @@ def _attribute_key(series: Series) -> tuple[bytes, ...]:
     return tuple(parts if parts is not None else attribute_parts(series.attributes))
 
 
-def _drop_superseded_counters(plan: FoldPlan, held: set[bytes]) -> None:
+def _drop_superseded_counters(plan: FoldPlan, held: Mapping[bytes, bytes]) -> None:
     """Drop ``calls`` records that a ``duration`` record with that companion now stands for.
 
     Earlier versions stored the counter as a record of its own. Once a record of the same
@@ -288,7 +288,9 @@ def _drop_superseded_counters(plan: FoldPlan, held: set[bytes]) -> None:
     if not superseded:
         return
     plan.updates = [(digest, record) for digest, record in plan.updates if digest not in superseded]
-    for digest in superseded & held:
+    for digest in sorted(superseded):
+        if digest not in held:
+            continue  # a row only: it is not created
         plan.expired.append(digest)
         plan.held_change -= 1
     kept = [index for index, digest in enumerate(plan.live_digests) if digest not in superseded]
@@ -334,27 +336,27 @@ def fold_log(
         else:
             _add(found[0], delta, max_exemplars, exp_max_size)
 
-    unpackb = msgpack.unpackb
-    held: set[bytes] = set()
+    # The loop below runs for every series of the slot at every flush: names are locals, and
+    # the weight is only looked at where it can change.
+    unpackb, packb, series_of, updates = msgpack.unpackb, _packb, _series, plan.updates
     for digest, blob in stored.items():
         digest = bytes(digest)
-        held.add(digest)
         pending = deltas.pop(digest, None)
         record = unpackb(blob, raw=True, strict_map_key=False)
-        weight = _weight(record)
         changed = reset_emitted_us is not None and _reset(record, delta_mode, reset_emitted_us)
         if pending is not None:
+            weight = _weight(record)
             _add(record, pending[0], max_exemplars, exp_max_size)
             plan.held_change += _weight(record) - weight
             changed = True
         elif expire_before_us and record[_LAST] < expire_before_us:
             plan.expired.append(digest)
-            plan.held_change -= weight
+            plan.held_change -= _weight(record)
             continue
         if changed:
-            plan.updates.append((digest, _packb(record)))
+            updates.append((digest, packb(record)))
         if not (delta_mode and record[_COUNT] == 0):
-            _emit(plan, digest, _series(record, exp_max_size))
+            _emit(plan, digest, series_of(record, exp_max_size))
 
     # (metric, resource id) -> (index into overflow_slots, overflow digest, overflow meta)
     overflows: dict[tuple[str, str], tuple[int, bytes, bytes]] = {}
@@ -375,5 +377,5 @@ def fold_log(
         plan.created.append(
             NewSeries(digest, _packb(record), target, overflow_row, live_index, _weight(record))
         )
-    _drop_superseded_counters(plan, held)
+    _drop_superseded_counters(plan, stored)
     return plan
