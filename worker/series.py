@@ -90,7 +90,8 @@ class Series:
     #: histogram whose ``calls`` counter has the same attributes (the default configuration):
     #: that counter's value, start and exemplars are the histogram's count, start and exemplars,
     #: so one series carries both through processing and storage (half the per-series work and
-    #: memory) and :func:`with_companions` writes the counter out where metrics are emitted.
+    #: memory); the counter is written out where metrics are emitted (by the OTLP encoder, or
+    #: as a Series of its own by :func:`with_companions`).
     companion: str | None = None
 
     @property

@@ -18,7 +18,7 @@ protobuf runtime, decoding a span costs about 0.5 us and every field read from P
 * when ``calls`` and ``duration`` share their dimensions (the default), one ``duration`` series
   stands for both (:attr:`Series.companion`): the counter is the histogram's count, start and
   exemplars, so each span updates one series, and the counter is written out where metrics are
-  emitted (:func:`worker.series.with_companions`);
+  emitted (the OTLP encoder writes both data points; :func:`worker.series.with_companions`);
 * everything that is per *series* (typed attributes, canonical id) is computed when a series
   first appears, and cached across flush intervals (``dimensions_cache_size`` entries).
 
@@ -736,7 +736,7 @@ class SpanMetricsProcessor:
 
         Paired ``duration`` series are handed over as they are, standing for their ``calls``
         companions too (see :attr:`Series.companion`): where metrics are emitted,
-        :func:`worker.series.with_companions` writes the counters out.
+        the OTLP encoder (or :func:`worker.series.with_companions`) writes the counters out.
         """
         pending, self._pending = self._pending, {}
         result: dict[str, TenantDeltas] = {}
