@@ -14,8 +14,11 @@ from hypothesis import strategies as st
 
 from state.codec import attributes_of_parts, delta_payload, encode_meta, unpack_meta
 from state.fold import ROW_OVERFLOW, FoldPlan, fold_log, overflow_series_id, pack_row, series_slot
+from worker.config import Temporality
+from worker.memory_store import MemoryStore
 from worker.series import Series, merge_series, series_digest, with_companions
 from worker.spanmetrics.exphistogram import ExpHistogram
+from worker.spanmetrics.processor import TenantDeltas
 
 US = 1_000
 NOW_US = 1_800_000_000_000_000
@@ -293,3 +296,49 @@ def test_a_refused_pair_overflows_as_a_pair() -> None:
     assert record[8] == b"calls" and flags == ROW_OVERFLOW
     (overflow,) = _fold({}, [new.overflow_row], limit=10).created
     assert overflow.weight == 2 and overflow.overflow_target == -1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rounds=st.lists(
+        st.lists(st.tuples(st.sampled_from("abc"), st.integers(1, 5), st.booleans()), max_size=6),
+        min_size=1,
+        max_size=4,
+    ),
+    entries=st.integers(1, 3),
+)
+def test_folded_pairs_emit_what_the_memory_store_emits(
+    rounds: list[list[tuple[str, int, bool]]], entries: int
+) -> None:
+    """Flush after flush, the records a fold commits emit the same calls and duration values as
+    the in-memory reference store fed the same deltas, whatever the grouping of the rows."""
+    stored: dict[bytes, bytes] = {}
+    memory = MemoryStore(Temporality.CUMULATIVE, max_exemplars=2)
+
+    def name(series: Series) -> str:
+        attributes = series.attributes or attributes_of_parts(series.attribute_parts or [])
+        return str(dict(attributes)["span.name"])
+
+    for index, round_rows in enumerate(rounds):
+        deltas = [
+            _series(
+                key,
+                count,
+                buckets=[count, 0] if late else [0, count],
+                last_us=NOW_US + index,
+                companion="calls",
+            )
+            for key, count, late in round_rows
+        ]
+        log = [b"".join(_row(delta) for delta in deltas[part::entries]) for part in range(entries)]
+        plan = _fold(stored, [entry for entry in log if entry])
+        stored.update(plan.updates)
+        stored.update((new.digest, new.record) for new in plan.created)
+        memory.apply({"t": TenantDeltas(resources={"r1": ()}, series=deltas)})
+        emitted = sorted((s.metric, name(s), s.count, s.buckets) for s in with_companions(plan.live))
+        collected = memory.collect(NOW_US * US).get("t")
+        expected = sorted(
+            (s.metric, name(s), s.count, s.buckets) for s in (collected.series if collected else [])
+        )
+        assert emitted == expected
+        assert len(stored) == len({key for rows in rounds[: index + 1] for key, _, _ in rows})
