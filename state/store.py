@@ -32,7 +32,7 @@ from state.codec import attributes_of_parts, decode_attributes, delta_payload, e
 from state.fold import FoldPlan, fold_log, row, series_slot, slot_of
 from state.keys import KeySpace, escape_tenant, unescape_tenant
 from worker.exceptions import StateError
-from worker.series import Attributes, Series, series_digest, with_companions
+from worker.series import Attributes, Series, emitted_count, series_digest, with_companions
 from worker.spanmetrics.processor import TenantDeltas
 
 __all__ = [
@@ -82,7 +82,7 @@ class FoldResult:
     @property
     def emitted(self) -> int:
         """How many series ``live`` publishes."""
-        return sum(1 if series.companion is None else 2 for series in self.live)
+        return emitted_count(self.live)
 
 
 def _script(name: str) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from worker.config import Temporality
-from worker.series import Attributes, Series, merge_series, with_companions
+from worker.series import Attributes, Series, emitted_count, merge_series, with_companions
 from worker.spanmetrics.processor import TenantDeltas
 
 __all__ = ["Collected", "MemoryStore"]
@@ -53,7 +53,7 @@ class MemoryStore:
 
     def series_count(self, tenant: str) -> int:
         """Active series, as emitted: a series with a companion counter is two."""
-        return sum(1 if s.companion is None else 2 for s in self._series.get(tenant, {}).values())
+        return emitted_count(self._series.get(tenant, {}).values())
 
     def collect(self, now_ns: int) -> dict[str, Collected]:
         """Snapshot what to emit now, then expire, clear exemplars and (DELTA) reset.

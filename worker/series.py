@@ -27,6 +27,7 @@ __all__ = [
     "MetricKind",
     "Series",
     "companion_series",
+    "emitted_count",
     "make_series_id",
     "merge_series",
     "series_digest",
@@ -175,6 +176,11 @@ def with_companions(series: Iterable[Series]) -> list[Series]:
         result.append(histogram)
         result.append(companion_series(one))
     return result
+
+
+def emitted_count(series: Iterable[Series]) -> int:
+    """How many series these are as emitted: one with a companion counter is two."""
+    return sum(1 if one.companion is None else 2 for one in series)
 
 
 def merge_series(target: Series, delta: Series, max_exemplars: int) -> None:
