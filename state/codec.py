@@ -89,24 +89,21 @@ def attributes_of_parts(parts: Iterable[bytes]) -> Attributes:
     return tuple(attributes)
 
 
-def _exemplars(series: Series) -> list[list[Any]]:
-    return [
-        [trace_id, span_id, value, time_ns // 1000] for trace_id, span_id, value, time_ns in series.exemplars
-    ]
-
-
 def delta_payload(series: Series, meta: bytes) -> list[Any]:
     """The values a merge adds: ``[meta, first_us, last_us, count, sum, buckets, exp, exemplars,
-    companion]``."""
+    companion]``. Built for every series at every flush, so empty parts are tested inline."""
+    buckets, exp, exemplars = series.buckets, series.exp, series.exemplars
     return [
         meta,
         series.start_ns // 1000,
         series.last_ns // 1000,
         series.count,
         float(series.sum),
-        series.buckets if series.buckets is not None else [],
-        exp_state(series.exp),
-        _exemplars(series),
+        buckets if buckets is not None else [],
+        exp_state(exp) if exp is not None else [],
+        [[trace_id, span_id, value, time_ns // 1000] for trace_id, span_id, value, time_ns in exemplars]
+        if exemplars
+        else [],
         series.companion or "",
     ]
 

@@ -27,16 +27,16 @@ can be built by concatenating packed rows, by Python and by Lua alike.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import add
 from typing import Any, cast
 
 import msgpack
 
-from state.codec import exp_from_state, exp_state, pack_meta, unpack_meta
+from state.codec import exp_from_state, exp_state, pack_meta
 from worker.otlp.metrics_encoder import attribute_parts
-from worker.series import Series, make_series_id, series_digest
+from worker.series import Attributes, Series, make_series_id, series_digest
 from worker.spanmetrics.processor import OVERFLOW_ATTRIBUTE
 
 __all__ = [
@@ -57,6 +57,8 @@ ROW_OVERFLOW = 1
 
 _META, _START, _LAST, _COUNT, _SUM, _BUCKETS, _EXP, _EXEMPLARS, _COMPANION = range(9)
 _packb = msgpack.Packer(use_bin_type=True).pack
+#: Largest stored value (record or meta) a fold reads: far above any real one.
+_MAX_BLOB = 64 << 20
 
 
 def slot_of(digest: bytes, slots: int) -> int:
@@ -196,14 +198,18 @@ def _reset(record: list[Any], delta_mode: bool, emitted_us: int) -> bool:
 _COMPANION_NAMES: dict[bytes, str | None] = {b"": None}
 
 
-def _companion(record: Sequence[Any]) -> str | None:
-    if len(record) <= _COMPANION:
-        return None
-    raw = bytes(record[_COMPANION])
+def _companion_name(raw: bytes) -> str | None:
     name = _COMPANION_NAMES.get(raw)
     if name is None and raw:
-        name = _COMPANION_NAMES[raw] = raw.decode("utf-8", "surrogateescape")
+        name = _COMPANION_NAMES[raw] = bytes(raw).decode("utf-8", "surrogateescape")
     return name
+
+
+def _complete(record: list[Any]) -> list[Any]:
+    """A record of an earlier version gains the fields added since (no companion)."""
+    if len(record) <= _COMPANION:
+        record.append(b"")
+    return record
 
 
 def _weight(record: Sequence[Any]) -> int:
@@ -211,28 +217,57 @@ def _weight(record: Sequence[Any]) -> int:
     return 2 if len(record) > _COMPANION and record[_COMPANION] else 1
 
 
-def _series(record: Sequence[Any], exp_max_size: int) -> Series:
+def _reader(*, raw: bool) -> Callable[[bytes], Any]:
+    """Read one msgpack object per blob through a single Unpacker.
+
+    ``msgpack.unpackb`` sets up a new unpacker at every call, which was most of the cost of
+    reading a record or a meta (two of each per series at every fold). A blob must hold exactly
+    one object: anything left over would be read as the next blob's, so it is an error.
+    """
+    unpacker = msgpack.Unpacker(raw=raw, strict_map_key=False, max_buffer_size=_MAX_BLOB)
+    feed, unpack, tell = unpacker.feed, unpacker.unpack, unpacker.tell
+    consumed = 0
+
+    def read(blob: bytes) -> Any:
+        nonlocal consumed
+        feed(blob)
+        consumed += len(blob)
+        value = unpack()
+        if tell() != consumed:
+            raise ValueError(f"a stored value holds {consumed - tell()} bytes after its msgpack object")
+        return value
+
+    return read
+
+
+def _series(record: Sequence[Any], exp_max_size: int, read_meta: Callable[[bytes], Any]) -> Series:
     """The series to emit. Runs for every series at every flush, hence positional arguments and
-    ``map``; ``int``/``float`` because state written by Lua in earlier versions may hold integral
-    doubles, which the encoder's fixed-width fields would refuse."""
-    metric, resource_id, attributes, parts = unpack_meta(record[_META])
-    buckets = record[_BUCKETS]
-    exp = record[_EXP]
-    exemplars = record[_EXEMPLARS]
+    type checks before conversions: state written by Lua in earlier versions may hold integral
+    doubles, which the encoder's fixed-width fields would refuse. ``record`` has all its fields
+    (see :func:`_complete`)."""
+    meta, start, last, count, total, buckets, exp, exemplars, companion = record
+    metric, resource_id, items = read_meta(meta)
+    if items and type(items[0]) is not bytes:
+        # A meta of an earlier version: [key, value] pairs instead of encoded parts.
+        attributes: Attributes = tuple((key, value) for key, value in items)
+        parts = None
+    else:
+        attributes, parts = (), items
     return Series(
         "",
         metric,
         resource_id,
         attributes,
-        int(record[_START]) * 1000,
-        int(record[_LAST]) * 1000,
-        int(record[_COUNT]),
-        float(record[_SUM]),
-        list(map(int, buckets)) if buckets else None,
+        (start if type(start) is int else int(start)) * 1000,
+        (last if type(last) is int else int(last)) * 1000,
+        count if type(count) is int else int(count),
+        total if type(total) is float else float(total),
+        # (the sum of the counts is a float exactly when one of them is)
+        (buckets if type(sum(buckets)) is int else list(map(int, buckets))) if buckets else None,
         exp_from_state(exp, exp_max_size) if exp else None,
         [(bytes(t), bytes(s), float(v), int(ts) * 1000) for t, s, v, ts in exemplars] if exemplars else [],
         parts,
-        _companion(record),
+        _companion_name(companion),
     )
 
 
@@ -337,17 +372,22 @@ def fold_log(
             _add(found[0], delta, max_exemplars, exp_max_size)
 
     # The loop below runs for every series of the slot at every flush: names are locals, and
-    # the weight is only looked at where it can change.
-    unpackb, packb, series_of, updates = msgpack.unpackb, _packb, _series, plan.updates
+    # the weight is only looked at where it can change (a row's companion differs).
+    read_record, read_meta = _reader(raw=True), _reader(raw=False)
+    packb, series_of, updates = _packb, _series, plan.updates
     for digest, blob in stored.items():
         digest = bytes(digest)
         pending = deltas.pop(digest, None)
-        record = unpackb(blob, raw=True, strict_map_key=False)
+        record = _complete(read_record(blob))
         changed = reset_emitted_us is not None and _reset(record, delta_mode, reset_emitted_us)
         if pending is not None:
-            weight = _weight(record)
-            _add(record, pending[0], max_exemplars, exp_max_size)
-            plan.held_change += _weight(record) - weight
+            delta = pending[0]
+            if len(delta) > _COMPANION and delta[_COMPANION] != record[_COMPANION]:
+                plan.held_change -= _weight(record)  # it gains or loses its companion
+                _add(record, delta, max_exemplars, exp_max_size)
+                plan.held_change += _weight(record)
+            else:
+                _add(record, delta, max_exemplars, exp_max_size)
             changed = True
         elif expire_before_us and record[_LAST] < expire_before_us:
             plan.expired.append(digest)
@@ -356,14 +396,15 @@ def fold_log(
         if changed:
             updates.append((digest, packb(record)))
         if not (delta_mode and record[_COUNT] == 0):
-            _emit(plan, digest, series_of(record, exp_max_size))
+            _emit(plan, digest, series_of(record, exp_max_size, read_meta))
 
     # (metric, resource id) -> (index into overflow_slots, overflow digest, overflow meta)
     overflows: dict[tuple[str, str], tuple[int, bytes, bytes]] = {}
     for digest, (record, flags) in deltas.items():
+        _complete(record)
         if len(record[_EXEMPLARS]) > max_exemplars:
             record[_EXEMPLARS] = record[_EXEMPLARS][:max_exemplars]
-        series = _series(record, exp_max_size)
+        series = _series(record, exp_max_size, read_meta)
         target, overflow_row = -1, b""
         if limit and not flags & ROW_OVERFLOW:
             overflow = overflows.get((series.metric, series.resource_id))

@@ -115,7 +115,6 @@ class RedisStateStore:
         #: _constants): constant per series, and computing them was a third of the Python side
         #: of a flush. Bounded; emptied when full.
         self._constants_cache: dict[str, tuple[int, bytes, bytes, tuple[type, ...] | None]] = {}
-        self._signatures: dict[tuple[type, ...], tuple[type, ...]] = {}
         self._constants_limit = max(active_series_limit, _CONSTANTS_CACHE_SIZE)
         self._merge = client.register_script(_script("merge.lua"))
         self._fold = client.register_script(_script("fold.lua"))
@@ -130,31 +129,20 @@ class RedisStateStore:
         again. (The entry must not hold the attributes themselves: that would keep alive every
         tuple the processors' bounded caches let go, ~1.3 KB per series.)
         """
-        types = self._types(series.attributes)
+        types = tuple([type(value) for _, value in series.attributes])
         found = self._constants_cache.get(series.series_id)
         if found is not None:
             slot, digest, meta, packed_for = found
-            return slot, digest, meta if types is not None and packed_for is types else encode_meta(series)
+            return slot, digest, meta if packed_for == types else encode_meta(series)
         if len(self._constants_cache) >= self._constants_limit:
             self._constants_cache.clear()
         slot = series_slot(series.series_id, self.slots)
         digest = series_digest(series.series_id)
         meta = encode_meta(series)
-        self._constants_cache[series.series_id] = (slot, digest, meta, types)
+        # Reused only for the same scalar types (None never equals a tuple of types).
+        packed_for = types if _SCALARS.issuperset(types) else None
+        self._constants_cache[series.series_id] = (slot, digest, meta, packed_for)
         return slot, digest, meta
-
-    def _types(self, attributes: Attributes) -> tuple[type, ...] | None:
-        """The attribute values' types, one shared tuple per distinct signature; None when a
-        value is not a scalar the series id spells out unambiguously."""
-        types = tuple([type(value) for _, value in attributes])
-        shared = self._signatures.get(types)
-        if shared is None:
-            if not _SCALARS.issuperset(types):
-                return None
-            if len(self._signatures) >= 4096:
-                self._signatures.clear()
-            shared = self._signatures[types] = types
-        return shared
 
     # ------------------------------------------------------------------ ownership and offsets
 

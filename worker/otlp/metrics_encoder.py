@@ -555,17 +555,18 @@ def encode_requests(
     # One pass: group by resource (first seen first) and encode each series as it is met, so
     # each Series object is read once (at 100,000 series, reading them is mostly cache misses).
     pending: dict[str, _Resource] = {}
+    plan_of = plans.get
     try:
         for item in series:
             group = pending.get(item.resource_id)
             if group is None:
                 group = pending[item.resource_id] = _Resource()
-            group.add(item.metric, plans, item)
+            group.add(item.metric, plan_of(item.metric), item)
             if item.companion is not None:
                 # The counter this series stands for, right after it: as if it were expanded
                 # with ``with_companions`` (its point reads the same count, times, exemplars
                 # and attributes), without building a Series for it.
-                group.add(item.companion, plans, item)
+                group.add(item.companion, plan_of(item.companion), item)
     except struct.error as error:  # a value outside its fixed-width field
         raise ValueError(str(error)) from error
 
@@ -591,30 +592,34 @@ def encode_requests(
 
 @dataclass(slots=True)
 class _Resource:
-    """One resource's series, encoded, in arrival order and per metric."""
+    """One resource's data points, encoded: per known metric in arrival order, plus the metric
+    of every series in arrival order (read only to split a resource too large for a request)."""
 
-    #: The series' metrics and their encoded data points (``None``: metric not in descriptors).
-    metrics: list[str] = field(default_factory=list)
-    points: list[bytes | None] = field(default_factory=list)
-    #: Data points per known metric, in arrival order.
+    names: list[str] = field(default_factory=list)
     by_metric: dict[str, list[bytes]] = field(default_factory=dict)
-    known: int = 0
 
-    def add(self, name: str, plans: dict[str, _Plan], item: Series) -> None:
-        """Encode ``item`` as a data point of metric ``name`` (skipped if not described)."""
-        self.metrics.append(name)
-        plan = plans.get(name)
+    def add(self, name: str, plan: _Plan | None, item: Series) -> None:
+        """Encode ``item`` as a data point of metric ``name`` (``plan`` None: not described,
+        skipped)."""
+        self.names.append(name)
         if plan is None:
-            self.points.append(None)
             return
         point = plan.encode(item)
-        self.points.append(point)
-        self.known += 1
         points = self.by_metric.get(name)
         if points is None:
             self.by_metric[name] = [point]
         else:
             points.append(point)
+
+    def known(self) -> int:
+        """Data points of described metrics."""
+        return sum(len(points) for points in self.by_metric.values())
+
+    def in_arrival_order(self) -> list[bytes | None]:
+        """Every series' data point in arrival order (None for metrics not described): the
+        k-th series of a metric is the k-th point in its list."""
+        cursors = {name: iter(points) for name, points in self.by_metric.items()}
+        return [next(cursors[name]) if name in cursors else None for name in self.names]
 
 
 def _resource_pieces(
@@ -625,11 +630,11 @@ def _resource_pieces(
     into ``ceil(size * 5 / (max_bytes * 4))`` (at least 2) near-equal runs of series, again and
     again, until each fits or holds one series. Series are encoded once; pieces only join."""
     body = _resource_metrics(resource, group.by_metric, plans)
-    total = len(group.points)
+    total = len(group.names)
     if len(body) + 8 <= max_bytes or total <= 1:
-        yield body, group.known
+        yield body, group.known()
         return
-    metrics, points = group.metrics, group.points
+    metrics, points = group.names, group.in_arrival_order()
 
     def build(start: int, end: int) -> tuple[bytes, int]:
         grouped: dict[str, list[bytes]] = {}
@@ -648,7 +653,7 @@ def _resource_pieces(
         return _resource_metrics(resource, grouped, plans), carried
 
     chunks: list[tuple[int, int]] = [(0, total)]
-    built: tuple[bytes, int] | None = (body, group.known)
+    built: tuple[bytes, int] | None = (body, group.known())
     while chunks:
         start, end = chunks.pop(0)
         if built is None:

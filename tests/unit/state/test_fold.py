@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -208,6 +209,27 @@ def test_series_stored_by_earlier_versions_keep_their_typed_attributes() -> None
     record = msgpack.packb(delta_payload(old, meta), use_bin_type=True)
     (series,) = _fold({old.digest: record}, []).live
     assert series.attributes == old.attributes and series.attribute_parts is None
+
+
+def test_integral_doubles_written_by_earlier_lua_scripts_are_emitted_as_integers() -> None:
+    """Lua numbers are doubles: state its scripts wrote may hold 3.0 where an int belongs."""
+    old = _series("a", 3, buckets=[1, 2])
+    payload = delta_payload(old, encode_meta(old))
+    payload[1:4] = [float(payload[1]), float(payload[2]), 3.0]
+    payload[5] = [1.0, 2.0]
+    (series,) = _fold({old.digest: msgpack.packb(payload, use_bin_type=True)}, []).live
+    assert (series.start_ns, series.last_ns, series.count) == (old.start_ns, old.last_ns, 3)
+    assert series.buckets == [1, 2] and all(type(value) is int for value in series.buckets)
+    assert type(series.count) is int and type(series.start_ns) is int
+
+
+def test_a_stored_value_with_bytes_after_its_object_is_refused_not_misread() -> None:
+    """Records are read through one reused unpacker: leftover bytes would become the start of
+    the next record, so they are an error."""
+    first, second = _series("a", 1), _series("b", 2)
+    stored = {first.digest: _record(first) + b"\x01", second.digest: _record(second)}
+    with pytest.raises(ValueError, match="1 bytes after its msgpack object"):
+        _fold(stored, [])
 
 
 # ------------------------------------------------------------------ paired calls + duration
