@@ -362,19 +362,21 @@ def fold_log(
     plan = FoldPlan()
     # Every row of one series adds up into one delta before it meets the record.
     deltas: dict[bytes, tuple[list[Any], int]] = {}
-    for row in _iter_rows(log):
-        plan.rows += 1
-        digest, delta, flags = bytes(row[0]), row[1], row[2]
+    rows = 0
+    for digest, delta, flags in _iter_rows(log):
+        rows += 1
         found = deltas.get(digest)
         if found is None:
             deltas[digest] = (delta, flags)
         else:
             _add(found[0], delta, max_exemplars, exp_max_size)
+    plan.rows = rows
 
     # The loop below runs for every series of the slot at every flush: names are locals, and
     # the weight is only looked at where it can change (a row's companion differs).
     read_record, read_meta = _reader(raw=True), _reader(raw=False)
     packb, series_of, updates = _packb, _series, plan.updates
+    live, live_digests, plain = plan.live, plan.live_digests, plan.plain
     for digest, blob in stored.items():
         digest = bytes(digest)
         pending = deltas.pop(digest, None)
@@ -396,7 +398,11 @@ def fold_log(
         if changed:
             updates.append((digest, packb(record)))
         if not (delta_mode and record[_COUNT] == 0):
-            _emit(plan, digest, series_of(record, exp_max_size, read_meta))
+            series = series_of(record, exp_max_size, read_meta)  # as _emit, inline
+            if series.companion is None:
+                plain.append(len(live))
+            live.append(series)
+            live_digests.append(digest)
 
     # (metric, resource id) -> (index into overflow_slots, overflow digest, overflow meta)
     overflows: dict[tuple[str, str], tuple[int, bytes, bytes]] = {}

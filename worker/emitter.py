@@ -48,7 +48,7 @@ def _fit_otlp(series: Series) -> None:
         if exp is not None:
             exp.zero_count = min(max(exp.zero_count, 0), _UINT64_MAX)
             exp.counts = [min(max(c, 0), _UINT64_MAX) for c in exp.counts]
-    if any(not 0 <= exemplar[3] <= _UINT64_MAX for exemplar in series.exemplars):
+    if series.exemplars and any(not 0 <= exemplar[3] <= _UINT64_MAX for exemplar in series.exemplars):
         series.exemplars = [
             (trace_id, span_id, value, min(max(time_ns, 0), _UINT64_MAX))
             for trace_id, span_id, value, time_ns in series.exemplars
