@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import gc
 import json
+import resource
 import statistics
 import sys
 import time
@@ -205,6 +206,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "update_median": _median(updates),
         "idle_median": _median(idle),
         "series": updates[-1].series,
+        # The process also holds the load's records: compare this between versions, not with
+        # a worker's RSS (bench/e2e.py measures that).
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 
 
@@ -232,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     print(_line("create", _median([FlushFigures(**result["create"])]), result["create"]["series"]))
     print(_line("update", result["update_median"], result["series"]))
     print(_line("idle", result["idle_median"], result["idle"][-1]["series"]))
+    print(f"  peak RSS of this process (load included): {result['peak_rss_mib']} MiB")
     verdict = "ok" if result["update_median"]["seconds"] < TARGET_FLUSH_S else "MISS"
     print(f"  [{verdict}] update flush < {TARGET_FLUSH_S:g} s (Redis step + emission, without the broker)")
     path = args.json or RESULTS_DIR / f"flush-{datetime.now():%Y%m%d-%H%M%S}.json"

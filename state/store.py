@@ -115,6 +115,7 @@ class RedisStateStore:
         #: _constants): constant per series, and computing them was a third of the Python side
         #: of a flush. Bounded; emptied when full.
         self._constants_cache: dict[str, tuple[int, bytes, bytes, tuple[type, ...] | None]] = {}
+        self._signatures: dict[tuple[type, ...], tuple[type, ...]] = {}
         self._constants_limit = max(active_series_limit, _CONSTANTS_CACHE_SIZE)
         self._merge = client.register_script(_script("merge.lua"))
         self._fold = client.register_script(_script("fold.lua"))
@@ -139,8 +140,13 @@ class RedisStateStore:
         slot = series_slot(series.series_id, self.slots)
         digest = series_digest(series.series_id)
         meta = encode_meta(series)
-        # Reused only for the same scalar types (None never equals a tuple of types).
-        packed_for = types if _SCALARS.issuperset(types) else None
+        # Reused only for the same scalar types (None never equals a tuple of types); one shared
+        # tuple per distinct signature, not one per series (~100 bytes each at 100k series).
+        packed_for = None
+        if _SCALARS.issuperset(types):
+            if len(self._signatures) >= 4096:
+                self._signatures.clear()
+            packed_for = self._signatures.setdefault(types, types)
         self._constants_cache[series.series_id] = (slot, digest, meta, packed_for)
         return slot, digest, meta
 
