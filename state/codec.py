@@ -38,6 +38,7 @@ __all__ = [
     "encode_meta",
     "exp_from_state",
     "exp_state",
+    "meta_fields",
     "pack_meta",
     "unpack_meta",
 ]
@@ -73,7 +74,13 @@ def unpack_meta(meta: bytes) -> tuple[str, str, Attributes, list[bytes] | None]:
     back as typed attributes with parts None. New ones come back with parts and no attributes
     (:func:`attributes_of_parts` recovers them when needed, e.g. to inspect state).
     """
-    metric, resource_id, items = msgpack.unpackb(meta, raw=False, strict_map_key=False)
+    return meta_fields(msgpack.unpackb(meta, raw=False, strict_map_key=False))
+
+
+def meta_fields(unpacked: list[Any]) -> tuple[str, str, Attributes, list[bytes] | None]:
+    """:func:`unpack_meta` of a meta already unpacked (``raw=False``): the fold reads its
+    metas through one reused unpacker."""
+    metric, resource_id, items = unpacked
     if items and type(items[0]) is not bytes:
         return metric, resource_id, tuple((key, value) for key, value in items), None
     return metric, resource_id, (), items

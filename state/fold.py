@@ -34,9 +34,9 @@ from typing import Any, cast
 
 import msgpack
 
-from state.codec import exp_from_state, exp_state, pack_meta
+from state.codec import exp_from_state, exp_state, meta_fields, pack_meta
 from worker.otlp.metrics_encoder import attribute_parts
-from worker.series import Attributes, Series, make_series_id, series_digest
+from worker.series import Series, make_series_id, series_digest
 from worker.spanmetrics.processor import OVERFLOW_ATTRIBUTE
 
 __all__ = [
@@ -213,8 +213,9 @@ def _complete(record: list[Any]) -> list[Any]:
 
 
 def _weight(record: Sequence[Any]) -> int:
-    """Active series a record is: two when it also stands for its companion counter."""
-    return 2 if len(record) > _COMPANION and record[_COMPANION] else 1
+    """Active series a record is: two when it also stands for its companion counter. (Every
+    record the fold weighs has all its fields: see :func:`_complete`.)"""
+    return 2 if record[_COMPANION] else 1
 
 
 def _reader(*, raw: bool) -> Callable[[bytes], Any]:
@@ -246,13 +247,7 @@ def _series(record: Sequence[Any], exp_max_size: int, read_meta: Callable[[bytes
     doubles, which the encoder's fixed-width fields would refuse. ``record`` has all its fields
     (see :func:`_complete`)."""
     meta, start, last, count, total, buckets, exp, exemplars, companion = record
-    metric, resource_id, items = read_meta(meta)
-    if items and type(items[0]) is not bytes:
-        # A meta of an earlier version: [key, value] pairs instead of encoded parts.
-        attributes: Attributes = tuple((key, value) for key, value in items)
-        parts = None
-    else:
-        attributes, parts = (), items
+    metric, resource_id, attributes, parts = meta_fields(read_meta(meta))
     return Series(
         "",
         metric,
@@ -376,7 +371,6 @@ def fold_log(
     # the weight is only looked at where it can change (a row's companion differs).
     read_record, read_meta = _reader(raw=True), _reader(raw=False)
     packb, series_of, updates = _packb, _series, plan.updates
-    live, live_digests, plain = plan.live, plan.live_digests, plan.plain
     for digest, blob in stored.items():
         digest = bytes(digest)
         pending = deltas.pop(digest, None)
@@ -398,11 +392,7 @@ def fold_log(
         if changed:
             updates.append((digest, packb(record)))
         if not (delta_mode and record[_COUNT] == 0):
-            series = series_of(record, exp_max_size, read_meta)  # as _emit, inline
-            if series.companion is None:
-                plain.append(len(live))
-            live.append(series)
-            live_digests.append(digest)
+            _emit(plan, digest, series_of(record, exp_max_size, read_meta))
 
     # (metric, resource id) -> (index into overflow_slots, overflow digest, overflow meta)
     overflows: dict[tuple[str, str], tuple[int, bytes, bytes]] = {}
