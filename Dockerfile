@@ -21,6 +21,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY worker ./worker
 COPY state ./state
+# devtools: the load generator the compose stack runs from this image (its embedded servers are not installed).
+COPY devtools ./devtools
 
 RUN python -m pip wheel --wheel-dir /wheels . \
  && python -m venv /opt/venv \

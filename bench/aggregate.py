@@ -17,8 +17,8 @@ CPU frequency drift and cache effects from favouring one side.
     python bench/aggregate.py --profile        # pyinstrument profile of (b), printed after the figures
 
 ``--traces N`` replaces the batches by the end-to-end benchmark's load: N records of one trace
-each (about 5.5 spans, from ``worker.loadgen``, dimensions ``http.request.method`` and
-``http.response.status_code``). ``--pipeline`` aggregates with ``worker.pipeline.Pipeline``, span
+each (about 5.5 spans, from ``devtools.loadgen``, dimensions ``http.request.method`` and
+``http.response.status_code``). ``--pipeline`` aggregates with ``worker.processors.pipeline.Pipeline``, span
 metrics plus service graphs, as the worker does. ``--join N`` decodes N consecutive records in
 one ``FromString`` call in (b) (protobuf concatenation merges the requests), as the worker's
 record handler does (``decode_batch_proto``); (a) always decodes record by record.
@@ -45,8 +45,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 from worker.config import Settings, SpanMetricsConfig
 from worker.otlp.decode import decode_batch, decode_batch_proto, is_plain_request
-from worker.pipeline import Pipeline
-from worker.spanmetrics.processor import SpanMetricsProcessor
+from worker.processors.pipeline import Pipeline
+from worker.processors.spanmetrics.processor import SpanMetricsProcessor
 
 TARGET_RATIO = 0.25
 SERVICES = ("frontend", "cart", "checkout", "payment", "shipping")
@@ -162,7 +162,7 @@ TRACE_DIMENSIONS = [{"name": "http.request.method"}, {"name": "http.response.sta
 
 def build_traces(traces: int, seed: int = 7) -> list[bytes]:
     """The end-to-end benchmark's records: one serialized trace each."""
-    from worker.loadgen.model import TraceGenerator, build_model
+    from devtools.loadgen.model import TraceGenerator, build_model
 
     generator = TraceGenerator(build_model(services=6, seed=seed), seed=seed)
     now = BASE_NS

@@ -72,16 +72,16 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from redis.asyncio import Redis
 
-from state.keys import KeySpace, escape_tenant
-from worker.config import DEFAULT_HISTOGRAM_BUCKETS
-from worker.devservers import (
+from devtools.loadgen.model import TraceGenerator, build_model
+from devtools.servers import (
     KafkaEndpoint,
     RedisEndpoint,
     create_topics,
     kafka_from_env_or_embedded,
     redis_from_env_or_embedded,
 )
-from worker.loadgen.model import TraceGenerator, build_model
+from state.keys import KeySpace, escape_tenant
+from worker.config import DEFAULT_HISTOGRAM_BUCKETS
 from worker.otlp.decode import decode_traces
 
 INPUT_PARTITIONS = 8
@@ -976,11 +976,11 @@ _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 #: Outermost frame that decides what part of the worker a sample belongs to: (file part, function).
 _PHASES: list[tuple[str, str, str]] = [
-    ("worker/runtime.py", "StreamWorker._handle", "consume (_handle)"),
-    ("worker/runtime.py", "StreamWorker._merge_step", "flush: Redis step"),
-    ("worker/runtime.py", "StreamWorker._emit", "flush: emission"),
-    ("worker/runtime.py", "StreamWorker._commit_to_kafka", "flush: Kafka commit"),
-    ("worker/selfmetrics.py", "WorkerMetrics.refresh", "flush: self-metrics refresh"),
+    ("worker/stream/worker.py", "StreamWorker._handle", "consume (_handle)"),
+    ("worker/stream/worker.py", "StreamWorker._merge_step", "flush: Redis step"),
+    ("worker/stream/worker.py", "StreamWorker._emit", "flush: emission"),
+    ("worker/stream/worker.py", "StreamWorker._commit_to_kafka", "flush: Kafka commit"),
+    ("worker/observability/selfmetrics.py", "WorkerMetrics.refresh", "flush: self-metrics refresh"),
     ("aiokafka/consumer/consumer.py", "AIOKafkaConsumer.getmany", "aiokafka getmany (fetch results, unpack)"),
     ("aiokafka/consumer/fetcher.py", "", "aiokafka fetcher task"),
     ("aiokafka/", "", "aiokafka other (coordinator, producer, conn)"),
@@ -993,17 +993,17 @@ _COMPONENTS: list[tuple[str, str, str]] = [
     ("worker/otlp/decode.py", "", "decode (protobuf)"),
     ("worker/spanmetrics/", "", "span metrics processor"),
     ("worker/servicegraphs/", "", "service graphs processor"),
-    ("worker/pipeline.py", "", "pipeline glue"),
-    ("worker/records.py", "", "tenant header"),
+    ("worker/processors/pipeline.py", "", "pipeline glue"),
+    ("worker/stream/records.py", "", "tenant header"),
 ]
 #: Innermost frame inside a flush: which component.
 _FLUSH_COMPONENTS: list[tuple[str, str, str]] = [
     ("state/fold.py", "", "fold: delta log into records (msgpack -> Series)"),
     ("worker/otlp/metrics_encoder.py", "", "emit: write OTLP bytes (incl. size splitting)"),
-    ("worker/emitter.py", "", "emit: hand to the producer, await acks"),
+    ("worker/stream/emission.py", "", "emit: hand to the producer, await acks"),
     ("aiokafka/", "", "aiokafka (producer send, commit)"),
-    ("state/store.py", "RedisStateStore.merge", "Redis step: build the batch (digests, msgpack)"),
-    ("state/store.py", "RedisStateStore.fold_slot", "fold: read + commit (redis replies)"),
+    ("state/redis_store.py", "RedisStateStore.merge", "Redis step: build the batch (digests, msgpack)"),
+    ("state/redis_store.py", "RedisStateStore.fold_slot", "fold: read + commit (redis replies)"),
     ("redis/", "", "redis-py (encode/send/parse)"),
     ("worker/spanmetrics/", "", "take deltas (span metrics)"),
     ("worker/servicegraphs/", "", "take deltas / pending (service graphs)"),

@@ -31,11 +31,11 @@ from typing import Any
 
 import msgpack
 
-from worker.config import DEFAULT_HISTOGRAM_BUCKETS, Temporality
+from worker.config import DEFAULT_HISTOGRAM_BUCKETS
+from worker.model.series import Attributes, Exemplar, MetricDescriptor, MetricKind, Series, Temporality
 from worker.otlp import metrics_encoder
 from worker.otlp.metrics_builder import split_by_size
 from worker.otlp.metrics_encoder import encode_requests
-from worker.series import Attributes, Exemplar, MetricDescriptor, MetricKind, Series
 
 DESCRIPTORS = {
     "traces.span.metrics.calls": MetricDescriptor("traces.span.metrics.calls", MetricKind.SUM, order=0),
@@ -161,7 +161,7 @@ def run_cold(resources: Any, series: list[Series], now: int, max_bytes: int) -> 
 
 
 def timed(fn: Callable[..., Any], *args: Any) -> tuple[float, Any]:
-    """Run with the collector paused, as the worker's flush runs (worker/runtime.py)."""
+    """Run with the collector paused, as the worker's flush runs (worker/stream/worker.py)."""
     gc.collect()
     gc.disable()
     try:

@@ -47,13 +47,13 @@ from e2e import (
 )
 from redis.asyncio import Redis
 
+from devtools.servers import redis_from_env_or_embedded
 from state.keys import KeySpace
-from state.store import RedisStateStore
+from state.redis_store import RedisStateStore
 from worker.config import Settings
-from worker.devservers import redis_from_env_or_embedded
 from worker.otlp.decode import decode_batch_proto
 from worker.otlp.metrics_encoder import encode_requests
-from worker.pipeline import Pipeline
+from worker.processors.pipeline import Pipeline
 
 #: As the e2e load: 8 input partitions, so 8 slots, all owned by the one worker here.
 PARTITIONS = 8
@@ -81,7 +81,7 @@ async def _flush(
 ) -> FlushFigures:
     """What a worker's flush does with its owned slots, minus Kafka: merge, fold, encode."""
     gc_was_enabled = gc.isenabled()
-    gc.disable()  # as the worker's flush (worker.runtime)
+    gc.disable()  # as the worker's flush (worker.stream.worker)
     try:
         started, cpu_started = time.perf_counter(), time.process_time()
         await store.merge(pipeline.take_deltas(), {p: (token, offset) for p, token in tokens.items()})

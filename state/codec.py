@@ -24,11 +24,10 @@ from typing import Any, cast
 import msgpack
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 
-from worker.otlp.metrics_encoder import attribute_parts
-from worker.otlp.values import any_value_to_python
-from worker.otlp.wire import read_varint
-from worker.series import Attributes, Series
-from worker.spanmetrics.exphistogram import ExpHistogram
+from worker.model.exphistogram import ExpHistogram
+from worker.model.series import Attributes, Series
+from worker.model.values import any_value_to_python, attribute_parts
+from worker.model.wire import read_varint
 
 __all__ = [
     "attributes_of_parts",

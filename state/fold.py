@@ -8,7 +8,7 @@ per-series arithmetic runs in the workers, which scale out, instead of in Redis'
 
 This module decides everything about one fold: which records change, which series are new,
 which expire, what each new series turns into should the tenant's active-series limit refuse
-it, and what is emitted. :mod:`state.store` reads the inputs and commits the outcome atomically.
+it, and what is emitted. :mod:`state.redis_store` reads the inputs and commits the outcome atomically.
 
 Records and log rows share the codec's layout (see :mod:`state.codec`)::
 
@@ -35,9 +35,8 @@ from typing import Any, cast
 import msgpack
 
 from state.codec import exp_from_state, exp_state, meta_fields, pack_meta
-from worker.otlp.metrics_encoder import attribute_parts
-from worker.series import Series, make_series_id, series_digest
-from worker.spanmetrics.processor import OVERFLOW_ATTRIBUTE
+from worker.model.series import OVERFLOW_ATTRIBUTE, Series, make_series_id, series_digest
+from worker.model.values import attribute_parts
 
 __all__ = [
     "ROW_OVERFLOW",
@@ -137,7 +136,7 @@ def _iter_rows(log: Iterable[bytes]) -> Iterable[list[Any]]:
 
 
 def _add(record: list[Any], delta: Sequence[Any], max_exemplars: int, exp_max_size: int) -> None:
-    """Add a delta into a record in place (the Python twin of ``worker.series.merge_series``)."""
+    """Add a delta into a record in place (the Python twin of ``worker.model.series.merge_series``)."""
     if delta[_LAST] > record[_LAST]:
         record[_LAST] = delta[_LAST]
     record[_COUNT] += delta[_COUNT]

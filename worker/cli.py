@@ -17,7 +17,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from worker import __version__
 from worker.config import Settings, load_config
-from worker.exceptions import SpanmetricsError
+from worker.model.errors import SpanmetricsError
 
 __all__ = ["main"]
 
@@ -103,7 +103,7 @@ def run(config: str | None) -> None:
 
 def _duration_seconds(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
     """Click callback: a duration option ("25", "25s", "1m30s") in seconds."""
-    from worker.durations import parse_duration
+    from worker.model.durations import parse_duration
 
     if value is None:
         return None
@@ -145,7 +145,7 @@ def dev(
     keep_logs: bool,
 ) -> None:
     """Run broker, Redis, workers and load generator locally and show the live RED table."""
-    from worker.devstack import DevOptions, run_dev
+    from devtools.devstack import DevOptions, run_dev
 
     options = DevOptions(workers, duration, rate, services, flush_interval, service_graphs, keep_logs)
     try:
@@ -180,7 +180,7 @@ def loadgen(
     error_rate: float,
 ) -> None:
     """Produce realistic OTLP traces (one record per trace) to a Kafka topic."""
-    from worker.loadgen.producer import loadgen_command
+    from devtools.loadgen.producer import loadgen_command
 
     try:
         loadgen_command(
@@ -208,7 +208,7 @@ def loadgen(
 @click.option("--duration", callback=_duration_seconds, help="Stop after this long (default: Ctrl-C).")
 def top(bootstrap_servers: str, topic: str, refresh: float, duration: float | None) -> None:
     """Show a live RED table (and service-graph edges) from the worker's output topic."""
-    from worker.top import top_command
+    from devtools.top import top_command
 
     if refresh <= 0:
         fail("--refresh must be positive")

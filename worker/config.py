@@ -8,7 +8,7 @@ variables override the file: ``SPANMETRICS_<SECTION>__<OPTION>`` (for example
 ``REDIS_URL`` override the server addresses.
 
 Every invalid value fails at start with one line naming the option and what is allowed
-(:func:`load_config` raises :class:`~worker.exceptions.ConfigError`), never with a traceback.
+(:func:`load_config` raises :class:`~worker.model.errors.ConfigError`), never with a traceback.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from worker.durations import parse_duration
-from worker.exceptions import ConfigError
+from worker.model.durations import parse_duration
+from worker.model.errors import ConfigError
+from worker.model.series import Temporality
 
 __all__ = [
     "DEFAULT_HISTOGRAM_BUCKETS",
@@ -83,11 +84,6 @@ class HistogramUnit(StrEnum):
     def divisor_ns(self) -> float:
         """Nanoseconds in one unit: span durations are nanoseconds, the histogram is in this unit."""
         return 1e6 if self is HistogramUnit.MILLISECONDS else 1e9
-
-
-class Temporality(StrEnum):
-    CUMULATIVE = "CUMULATIVE"
-    DELTA = "DELTA"
 
 
 def _temporality(value: object) -> object:

@@ -15,13 +15,13 @@ from typing import Literal
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from state.memory_store import MemoryStore
 from worker.config import Settings
-from worker.exceptions import OtlpDecodeError
-from worker.memory_store import MemoryStore
+from worker.model.errors import OtlpDecodeError
 from worker.otlp.decode import decode_traces_proto
 from worker.otlp.json_codec import traces_from_json
 from worker.otlp.metrics_builder import build_metrics_request
-from worker.pipeline import Pipeline
+from worker.processors.pipeline import Pipeline
 
 __all__ = ["InputFormat", "ProcessResult", "process_documents", "read_documents"]
 

@@ -18,11 +18,11 @@ from prometheus_client import (
 from redis.exceptions import RedisError
 
 from worker.config import Settings
-from worker.exceptions import SpanmetricsError
-from worker.http_server import HttpServer
-from worker.logs import configure_logging, redact_url
-from worker.runtime import StreamWorker
-from worker.selfmetrics import WorkerMetrics
+from worker.model.errors import SpanmetricsError
+from worker.observability.http import HttpServer
+from worker.observability.logs import configure_logging, redact_url
+from worker.observability.selfmetrics import WorkerMetrics
+from worker.stream.worker import StreamWorker
 
 __all__ = ["effective_configuration", "log_configuration", "make_registry", "run_service", "run_worker"]
 

@@ -24,11 +24,11 @@ from typing import Any
 
 import pytest
 
+from devtools import top
 from tests.deploy.helpers import DASHBOARD, DEPLOY, WORKER_CONFIG, load_yaml
-from worker import top
 from worker.config import RESERVED_DIMENSIONS, load_config
-from worker.series import MetricKind
-from worker.spanmetrics.processor import SpanMetricsProcessor
+from worker.model.series import MetricKind
+from worker.processors.spanmetrics.processor import SpanMetricsProcessor
 
 # --------------------------------------------------------------------------------------------------
 # The Collector's OTLP -> Prometheus naming

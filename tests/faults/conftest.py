@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.devservers import (
+from devtools.servers import (
     KAFKA_ENV_VAR,
     REDIS_ENV_VAR,
     EmbeddedKafka,

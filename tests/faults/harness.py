@@ -35,12 +35,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from devtools.loadgen.model import TraceGenerator, build_model
+from devtools.servers import create_topics
 from state.keys import KeySpace
 from worker.config import ServiceGraphsConfig
-from worker.devservers import create_topics
-from worker.emitter import WORKER_HEADER
-from worker.loadgen.model import TraceGenerator, build_model
-from worker.otlp.values import any_value_to_python
+from worker.model.values import any_value_to_python
+from worker.stream.emission import WORKER_HEADER
 
 TENANT_HEADER = "X-Scope-OrgID"
 #: "" is the default tenant: records without the header (and output records without it).
@@ -247,7 +247,7 @@ class Traffic:
 
     def expected_service_graph_requests(self) -> dict[tuple[str, str], int]:
         """The request total a service-graph processor computes from exactly these traces."""
-        from worker.servicegraphs.processor import ServiceGraphsProcessor
+        from worker.processors.servicegraphs.processor import ServiceGraphsProcessor
 
         result: dict[tuple[str, str], int] = {}
         for tenant in self.tenants:

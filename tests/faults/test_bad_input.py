@@ -18,7 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from worker.devservers import KafkaEndpoint, RedisEndpoint
+from devtools.servers import KafkaEndpoint, RedisEndpoint
 
 from ..integration.helpers import RunningWorker, make_settings, span_count, traces
 from .harness import TENANT_HEADER, Output, ScenarioReport, create_scenario_topics

@@ -12,7 +12,7 @@ import random
 import time
 from pathlib import Path
 
-from worker.devservers import EmbeddedKafka, RedisEndpoint
+from devtools.servers import EmbeddedKafka, RedisEndpoint
 
 from .harness import (
     COUNTED_METRICS,

@@ -14,7 +14,7 @@ import signal
 import time
 from pathlib import Path
 
-from worker.devservers import EmbeddedRedis, KafkaEndpoint, free_port
+from devtools.servers import EmbeddedRedis, KafkaEndpoint, free_port
 
 from .harness import (
     COUNTED_METRICS,
@@ -164,9 +164,8 @@ async def test_a_merge_applied_after_its_timeout_is_not_applied_again(
     import redis.asyncio as aioredis
 
     from state.keys import KeySpace
-    from state.store import RedisStateStore
-    from worker.series import Series
-    from worker.spanmetrics.processor import TenantDeltas
+    from state.redis_store import RedisStateStore
+    from worker.model.series import Series, TenantDeltas
 
     client = aioredis.Redis.from_url(own_redis.url, socket_timeout=0.5)
     store = RedisStateStore(client, KeySpace("idem", "in"), slots=2, max_exemplars=0)

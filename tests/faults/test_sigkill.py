@@ -7,7 +7,7 @@ import random
 import time
 from pathlib import Path
 
-from worker.devservers import KafkaEndpoint, RedisEndpoint
+from devtools.servers import KafkaEndpoint, RedisEndpoint
 
 from .harness import (
     COUNTED_METRICS,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from worker.devservers import KafkaEndpoint, RedisEndpoint
+from devtools.servers import KafkaEndpoint, RedisEndpoint
 
 from .harness import (
     Output,
@@ -139,7 +139,7 @@ async def test_emission_frozen_after_its_ownership_check_skips_slots_taken_over(
     import redis.asyncio as aioredis
 
     from state.keys import KeySpace
-    from state.store import RedisStateStore
+    from state.redis_store import RedisStateStore
 
     from ..integration.helpers import RunningWorker, make_settings, produce, span_count, traces
 

@@ -1,6 +1,6 @@
 """Fixtures for integration tests: one real Kafka-protocol broker and one real Redis per test session.
 
-The servers come from :mod:`worker.devservers`: embedded Tansu and Valkey started from wheels, or the
+The servers come from :mod:`devtools.servers`: embedded Tansu and Valkey started from wheels, or the
 servers named by ``KAFKA_BOOTSTRAP_SERVERS`` / ``REDIS_URL`` when those are set. They are shared by the
 whole session (start-up is cheap, but sharing keeps the suite fast), so tests isolate themselves by
 naming everything they create - topics, consumer groups, Redis keys - after ``unique_name``. Nothing
@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-from worker.devservers import (
+from devtools.servers import (
     KafkaEndpoint,
     RedisEndpoint,
     kafka_from_env_or_embedded,
@@ -39,7 +39,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def kafka_server() -> Iterator[KafkaEndpoint]:
-    """The session's Kafka: an :class:`~worker.devservers.EmbeddedKafka`, or the external cluster."""
+    """The session's Kafka: an :class:`~devtools.servers.EmbeddedKafka`, or the external cluster."""
     server = kafka_from_env_or_embedded()
     try:
         yield server
@@ -55,7 +55,7 @@ def kafka_bootstrap(kafka_server: KafkaEndpoint) -> str:
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisEndpoint]:
-    """The session's Redis: an :class:`~worker.devservers.EmbeddedRedis` (AOF on), or the external one."""
+    """The session's Redis: an :class:`~devtools.servers.EmbeddedRedis` (AOF on), or the external one."""
     server = redis_from_env_or_embedded()
     try:
         yield server

@@ -11,10 +11,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from devtools.loadgen.model import TraceGenerator, build_model
 from worker.config import Settings
-from worker.loadgen.model import TraceGenerator, build_model
-from worker.otlp.values import any_value_to_python
-from worker.runtime import StreamWorker
+from worker.model.values import any_value_to_python
+from worker.stream.worker import StreamWorker
 
 
 def make_settings(kafka: str, redis: str, name: str, **spanmetrics: object) -> Settings:

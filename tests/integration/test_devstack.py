@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.loadgen.model import build_model
+from devtools.loadgen.model import build_model
 
 pytestmark = pytest.mark.timeout(240)
 

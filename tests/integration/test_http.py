@@ -12,12 +12,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
+from devtools.servers import create_topics
 from worker.config import HttpConfig, Settings
-from worker.devservers import create_topics
-from worker.http_server import HttpServer
-from worker.runtime import StreamWorker
-from worker.selfmetrics import WorkerMetrics
+from worker.observability.http import HttpServer
+from worker.observability.selfmetrics import WorkerMetrics
 from worker.service import run_worker
+from worker.stream.worker import StreamWorker
 
 from .helpers import make_settings, produce, span_count, traces
 

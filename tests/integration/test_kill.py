@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from worker.devservers import create_topics
+from devtools.servers import create_topics
 
 from .helpers import produce, read_until, span_count, traces
 

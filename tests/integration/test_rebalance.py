@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import time
 
-from worker.devservers import create_topics
+from devtools.servers import create_topics
 
 from .helpers import Observed, RunningWorker, make_settings, produce, read_until, span_count, traces
 

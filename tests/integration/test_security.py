@@ -51,13 +51,13 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
+from devtools.servers import EmbeddedRedis, create_topics, free_port
 from state.keys import KeySpace, escape_tenant
-from state.store import RedisStateStore
+from state.redis_store import RedisStateStore
 from worker.config import KafkaConfig, Settings
-from worker.devservers import EmbeddedRedis, create_topics, free_port
-from worker.exceptions import SpanmetricsError
-from worker.kafka_clients import common_options
-from worker.runtime import StreamWorker
+from worker.model.errors import SpanmetricsError
+from worker.stream.kafka_clients import common_options
+from worker.stream.worker import StreamWorker
 
 from .helpers import Observed, RunningWorker, make_settings, observe, produce, read_until, span_count, traces
 

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 
-from worker.devservers import (
+from devtools.servers import (
     KAFKA_ENV_VAR,
     REDIS_ENV_VAR,
     EmbeddedKafka,

@@ -7,8 +7,8 @@ import time
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from devtools.servers import create_topics
 from worker.config import Settings
-from worker.devservers import create_topics
 
 from .helpers import Observed, RunningWorker, make_settings, produce, read_until, span_count, traces
 

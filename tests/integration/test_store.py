@@ -16,10 +16,9 @@ from redis.asyncio import Redis
 
 from state.codec import attributes_of_parts, delta_payload, encode_meta
 from state.keys import KeySpace
-from state.store import FencedError, RedisStateStore, series_slot
-from worker.series import Series, with_companions
-from worker.spanmetrics.exphistogram import ExpHistogram
-from worker.spanmetrics.processor import TenantDeltas
+from state.redis_store import FencedError, RedisStateStore, series_slot
+from worker.model.exphistogram import ExpHistogram
+from worker.model.series import Series, TenantDeltas, with_companions
 
 NOW = 1_800_000_000_000_000_000
 
@@ -247,7 +246,7 @@ async def test_a_failed_publication_is_not_forgotten(store: RedisStateStore) -> 
 
 
 async def test_a_changed_partition_count_is_refused(redis_client: Redis, unique_name: str) -> None:
-    from worker.exceptions import StateError
+    from worker.model.errors import StateError
 
     await RedisStateStore(redis_client, KeySpace(unique_name, "in"), slots=8, max_exemplars=0).check_layout()
     await RedisStateStore(redis_client, KeySpace(unique_name, "in"), slots=8, max_exemplars=0).check_layout()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from worker.devservers import create_topics
+from devtools.servers import create_topics
 
 from .helpers import Observed, RunningWorker, make_settings, produce, read_until, span_count, traces
 

@@ -10,16 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from worker.cli import cli
-from worker.config import (
-    DEFAULT_HISTOGRAM_BUCKETS,
-    HistogramUnit,
-    Settings,
-    SpanMetricsConfig,
-    Temporality,
-    load_config,
-)
-from worker.durations import format_duration, parse_duration
-from worker.exceptions import ConfigError
+from worker.config import DEFAULT_HISTOGRAM_BUCKETS, HistogramUnit, Settings, SpanMetricsConfig, load_config
+from worker.model.durations import format_duration, parse_duration
+from worker.model.errors import ConfigError
+from worker.model.series import Temporality
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 

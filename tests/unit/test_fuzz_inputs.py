@@ -45,14 +45,14 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from state.codec import delta_payload, encode_attributes, encode_meta
-from worker.config import Settings, Temporality
-from worker.exceptions import OtlpDecodeError
+from worker.config import Settings
+from worker.model.errors import OtlpDecodeError
+from worker.model.series import Temporality, with_companions
 from worker.otlp.decode import decode_traces
 from worker.otlp.json_codec import traces_to_json
 from worker.otlp.metrics_builder import split_by_size
-from worker.pipeline import Pipeline
-from worker.series import with_companions
-from worker.spanmetrics.sampling import adjusted_count
+from worker.processors.pipeline import Pipeline
+from worker.processors.spanmetrics.sampling import adjusted_count
 
 SCALE = max(1, int(os.environ.get("SPANMETRICS_FUZZ_SCALE", "1")))
 #: The per-span weight cap of the processor (a sampling probability of about one in a million).
@@ -555,7 +555,7 @@ def test_atheris_coverage_guided(tmp_path: Path) -> None:
     """libFuzzer mutations guided by coverage of worker/ and state/, from a seed corpus of real
     requests (protobuf and OTLP/JSON, the load generator's traces and the absurd fixed cases)."""
     pytest.importorskip("atheris")
-    from worker.loadgen.model import TraceGenerator, build_model
+    from devtools.loadgen.model import TraceGenerator, build_model
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()

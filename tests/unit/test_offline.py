@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from tests.unit.spanmetrics.helpers import (
+from tests.unit.processors.spanmetrics.helpers import (
     FakeClock,
     attribute_dict,
     make_span,
@@ -21,7 +21,7 @@ from tests.unit.spanmetrics.helpers import (
 )
 from worker.cli import cli
 from worker.config import Settings
-from worker.exceptions import OtlpDecodeError
+from worker.model.errors import OtlpDecodeError
 from worker.offline import process_documents, read_documents
 from worker.otlp.json_codec import metrics_to_dict, traces_from_json, traces_to_json
 

@@ -24,6 +24,7 @@ OTLP/JSON, tests, the offline command) into one by serializing and parsing it ag
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -34,7 +35,7 @@ from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from worker.exceptions import OtlpDecodeError
+from worker.model.errors import OtlpDecodeError
 
 __all__ = [
     "BatchRequest",
@@ -130,3 +131,27 @@ def as_batch(request: ExportTraceServiceRequest | SpanBatch) -> SpanBatch:
     if isinstance(request, BatchRequest):
         return request
     return parse_batch(request.SerializeToString())
+
+
+#: One ``ResourceSpans`` read once for every processor: the resource, its serialized bytes (the
+#: processors' resource cache key) and its non-empty ``ScopeSpans`` with their spans: the
+#: resource is serialized and the message tree down to the spans walked from Python only once.
+#: (The scope itself is read only by a processor that needs it: every read builds a wrapper.)
+ResourceGroup = tuple[BatchResource, bytes, list[tuple[BatchScopeSpans, Sequence[BatchSpan]]]]
+
+
+def group_request(request: ExportTraceServiceRequest | SpanBatch) -> list[ResourceGroup]:
+    """The request's resources and spans, read once (see :data:`ResourceGroup`).
+
+    A standard request is turned into the batch schema first (see :func:`as_batch`).
+    """
+    groups: list[ResourceGroup] = []
+    for resource_spans in as_batch(request).resource_spans:
+        resource = resource_spans.resource
+        scopes: list[tuple[BatchScopeSpans, Sequence[BatchSpan]]] = []
+        for scope_spans in resource_spans.scope_spans:
+            spans = scope_spans.spans
+            if spans:
+                scopes.append((scope_spans, spans))
+        groups.append((resource, resource.SerializeToString(), scopes))
+    return groups

@@ -18,10 +18,10 @@ import re
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from worker.exceptions import OtlpDecodeError
+from worker.model.errors import OtlpDecodeError
+from worker.model.wire import read_varint
 from worker.otlp.batch import SpanBatch, as_batch, parse_batch, parse_into
 from worker.otlp.json_codec import traces_from_json
-from worker.otlp.wire import read_varint
 
 __all__ = ["decode_batch", "decode_batch_proto", "decode_traces", "decode_traces_proto", "is_plain_request"]
 

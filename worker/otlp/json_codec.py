@@ -19,7 +19,7 @@ Before ``ParseDict`` we walk the document once, guided by the protobuf descripto
 be explicit: it silently accepts an unknown enum name and it iterates a string given where an
 object belongs (ignoring every "field" it finds). The walk rejects those, converts the IDs,
 and gives every error a path such as ``resourceSpans[0].scopeSpans[0].spans[1].spanId``.
-Every decoding failure is raised as :class:`worker.exceptions.OtlpDecodeError`, so callers
+Every decoding failure is raised as :class:`worker.model.errors.OtlpDecodeError`, so callers
 (e.g. a Kafka consumer that dead-letters bad records) need to catch exactly one type.
 """
 
@@ -36,7 +36,7 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from worker.exceptions import OtlpDecodeError
+from worker.model.errors import OtlpDecodeError
 
 __all__ = [
     "metrics_from_json",

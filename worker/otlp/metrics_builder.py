@@ -17,10 +17,9 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     ResourceMetrics,
 )
 
-from worker.config import Temporality
-from worker.otlp.values import AttributeValue, fill_key_values, python_to_any_value
-from worker.otlp.wire import varint
-from worker.series import Attributes, MetricDescriptor, MetricKind, Series
+from worker.model.series import Attributes, MetricDescriptor, MetricKind, Series, Temporality
+from worker.model.values import AttributeValue, fill_key_values, python_to_any_value
+from worker.model.wire import varint
 
 __all__ = ["build_metrics_request", "build_resource_metrics", "split_by_size"]
 

@@ -25,12 +25,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.config import Temporality
-from worker.otlp.values import AttributeValue
-from worker.otlp.wire import varint
-from worker.series import Attributes, Exemplar, MetricDescriptor, MetricKind, Series
+from worker.model.series import Attributes, Exemplar, MetricDescriptor, MetricKind, Series, Temporality
+from worker.model.values import key_value as _key_value
+from worker.model.wire import length_prefix, varint
+from worker.model.wire import length_prefix as _length
+from worker.model.wire import message as _message
 
-__all__ = ["EncodedRequest", "attribute_parts", "clear_caches", "encode_any_value", "encode_requests"]
+__all__ = ["EncodedRequest", "clear_caches", "encode_requests", "fit_otlp"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,17 +54,9 @@ _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
 
 
-#: Varints of 0 .. 16383: nearly every length in an OTLP request.
-_SMALL_VARINTS = tuple(varint(n) for n in range(1 << 14))
-
-
-def _length(size: int) -> bytes:
-    return _SMALL_VARINTS[size] if size < 16384 else varint(size)
-
-
 #: ``0x0a`` (field 1, length-delimited) + the varint length, for bodies below 16384 bytes: the
 #: prefix of every data point (``data_points`` is field 1 of Sum, Histogram, ExponentialHistogram).
-_FIELD1_PREFIXES = tuple(b"\x0a" + v for v in _SMALL_VARINTS)
+_FIELD1_PREFIXES = tuple(b"\x0a" + length_prefix(n) for n in range(1 << 14))
 
 
 def _field1(body: bytes) -> bytes:
@@ -71,10 +64,6 @@ def _field1(body: bytes) -> bytes:
     if size < 16384:
         return _FIELD1_PREFIXES[size] + body
     return b"\x0a" + varint(size) + body
-
-
-def _message(tag: bytes, body: bytes) -> bytes:
-    return tag + _length(len(body)) + body
 
 
 def _zigzag32(value: int) -> int:
@@ -89,44 +78,6 @@ _pack_int64 = struct.Struct("<q").pack
 
 
 # ---------------------------------------------------------------------------------- attributes
-
-
-def encode_any_value(value: AttributeValue) -> bytes | None:
-    """An ``AnyValue`` body as :func:`worker.otlp.values.python_to_any_value` fills it.
-
-    ``None`` when that function sets nothing (``None`` or an unsupported type), so the enclosing
-    ``KeyValue`` has no ``value`` field at all; an empty body is an AnyValue set to an empty
-    array or map.
-    """
-    if isinstance(value, str):
-        return _message(b"\x0a", value.encode("utf-8"))
-    if isinstance(value, bool):
-        return b"\x10\x01" if value else b"\x10\x00"
-    if isinstance(value, int):
-        if not _INT64_MIN <= value <= _INT64_MAX:
-            raise ValueError(f"value out of range: {value}")
-        return b"\x18" + varint(value & 0xFFFFFFFFFFFFFFFF)
-    if isinstance(value, float):
-        return b"\x21" + _pack_double(value)
-    if isinstance(value, bytes):
-        return _message(b"\x3a", value)
-    if isinstance(value, list | tuple):
-        items = b"".join(_message(b"\x0a", encode_any_value(item) or b"") for item in value)
-        return _message(b"\x2a", items)
-    if isinstance(value, dict):
-        entries = b"".join(_message(b"\x0a", _key_value(str(key), item)) for key, item in value.items())
-        return _message(b"\x32", entries)
-    return None
-
-
-def _key_value(key: str, value: AttributeValue) -> bytes:
-    """A ``KeyValue`` body: ``key`` (left out when empty) and ``value`` (left out when unset)."""
-    encoded_key = key.encode("utf-8")
-    body = _message(b"\x0a", encoded_key) if encoded_key else b""
-    any_value = encode_any_value(value)
-    if any_value is not None:
-        body += _message(b"\x12", any_value)
-    return body
 
 
 #: Limits of the caches below; each is cleared when it reaches its limit.
@@ -155,16 +106,6 @@ def _tuple_cache(tag: bytes) -> dict[int, tuple[Attributes, bytes]]:
     if cache is None:
         cache = _tuple_caches[tag] = {}
     return cache
-
-
-def attribute_parts(attributes: Attributes) -> list[bytes]:
-    """Each attribute as a length-prefixed ``KeyValue``: the ``attributes`` entries of a data
-    point without their field tag, which differs by data point type (see Series.attribute_parts)."""
-    parts = []
-    for key, value in attributes:
-        body = _key_value(key, value)
-        parts.append(_length(len(body)) + body)
-    return parts
 
 
 def _encode_attributes(
@@ -673,3 +614,29 @@ def _resource_pieces(
             chunks[:0] = pieces
             continue
         yield chunk_body, carried
+
+
+_UINT64_MAX = _UINT64_LIMIT - 1
+
+
+def fit_otlp(series: Series) -> None:
+    """Keep every value within its OTLP field (int64 counts, uint64 buckets and times).
+
+    State written before a limit existed, or pushed past one (counts and times come back from
+    Lua doubles), must never fail the emission: one value out of range would fail it again at
+    every flush, for every series after it.
+    Cumulative counts never go below zero, so they are clamped to [0, int64 max].
+    """
+    if not 0 <= series.count <= _INT64_MAX:
+        series.count = min(max(series.count, 0), _INT64_MAX)
+        if series.buckets:
+            series.buckets = [min(max(b, 0), _UINT64_MAX) for b in series.buckets]
+        exp = series.exp
+        if exp is not None:
+            exp.zero_count = min(max(exp.zero_count, 0), _UINT64_MAX)
+            exp.counts = [min(max(c, 0), _UINT64_MAX) for c in exp.counts]
+    if series.exemplars and any(not 0 <= exemplar[3] <= _UINT64_MAX for exemplar in series.exemplars):
+        series.exemplars = [
+            (trace_id, span_id, value, min(max(time_ns, 0), _UINT64_MAX))
+            for trace_id, span_id, value, time_ns in series.exemplars
+        ]

@@ -10,8 +10,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from worker.exceptions import OtlpDecodeError
-from worker.loadgen.model import TraceGenerator, build_model
+from devtools.loadgen.model import TraceGenerator, build_model
+from worker.model.errors import OtlpDecodeError
 from worker.otlp.batch import BatchRequest, as_batch, is_batch, parse_batch
 from worker.otlp.decode import decode_batch, decode_batch_proto, decode_traces, decode_traces_proto
 from worker.otlp.json_codec import traces_to_json

@@ -10,11 +10,11 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from worker.config import Settings
-from worker.exceptions import OtlpDecodeError
+from worker.model.errors import OtlpDecodeError
+from worker.model.series import with_companions
+from worker.otlp.batch import group_request
 from worker.otlp.decode import decode_traces, decode_traces_proto, is_plain_request
-from worker.pipeline import Pipeline
-from worker.series import with_companions
-from worker.spanmetrics.processor import group_request
+from worker.processors.pipeline import Pipeline
 
 
 def _record(service: str, spans: int, seed: int) -> bytes:

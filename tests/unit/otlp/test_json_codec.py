@@ -28,7 +28,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-from worker.exceptions import OtlpDecodeError
+from worker.model.errors import OtlpDecodeError
 from worker.otlp.json_codec import (
     metrics_from_json,
     metrics_to_dict,

@@ -11,13 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
-from worker.config import DEFAULT_HISTOGRAM_BUCKETS, Temporality
+from worker.config import DEFAULT_HISTOGRAM_BUCKETS
+from worker.model.exphistogram import ExpHistogram
+from worker.model.series import Attributes, MetricDescriptor, MetricKind, Series, Temporality, with_companions
+from worker.model.values import attribute_parts, encode_any_value, python_to_any_value
 from worker.otlp import metrics_encoder
 from worker.otlp.metrics_builder import split_by_size
-from worker.otlp.metrics_encoder import EncodedRequest, encode_any_value, encode_requests
-from worker.otlp.values import python_to_any_value
-from worker.series import Attributes, MetricDescriptor, MetricKind, Series, with_companions
-from worker.spanmetrics.exphistogram import ExpHistogram
+from worker.otlp.metrics_encoder import EncodedRequest, encode_requests
 
 NOW = 1_700_000_000_123_456_789
 START = 1_699_999_000_000_000_000
@@ -585,7 +585,7 @@ def test_pre_encoded_attribute_parts_give_the_same_bytes() -> None:
     encoded = []
     for one in items:
         encoded.append(series(one.metric, attributes=(), buckets=one.buckets, exp=one.exp))
-        encoded[-1].attribute_parts = metrics_encoder.attribute_parts(one.attributes)
+        encoded[-1].attribute_parts = attribute_parts(one.attributes)
     args = (RESOURCES, ALL_DESCRIPTORS, Temporality.CUMULATIVE, NOW, 1 << 20)
     assert list(encode_requests(args[0], encoded, *args[1:])) == list(
         encode_requests(args[0], items, *args[1:])

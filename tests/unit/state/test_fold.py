@@ -15,11 +15,16 @@ from hypothesis import strategies as st
 
 from state.codec import attributes_of_parts, delta_payload, encode_meta, unpack_meta
 from state.fold import ROW_OVERFLOW, FoldPlan, fold_log, overflow_series_id, pack_row, series_slot
-from worker.config import Temporality
-from worker.memory_store import MemoryStore
-from worker.series import Series, merge_series, series_digest, with_companions
-from worker.spanmetrics.exphistogram import ExpHistogram
-from worker.spanmetrics.processor import TenantDeltas
+from state.memory_store import MemoryStore
+from worker.model.exphistogram import ExpHistogram
+from worker.model.series import (
+    Series,
+    Temporality,
+    TenantDeltas,
+    merge_series,
+    series_digest,
+    with_companions,
+)
 
 US = 1_000
 NOW_US = 1_800_000_000_000_000

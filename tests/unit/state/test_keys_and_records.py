@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from state.keys import MAX_TENANT_LENGTH, KeySpace, escape_tenant, unescape_tenant, validate_tenant
-from worker.records import DLQ_ERROR, DLQ_OFFSET, dlq_headers, tenant_of
+from worker.stream.records import DLQ_ERROR, DLQ_OFFSET, dlq_headers, tenant_of
 
 
 @given(st.text(min_size=1, max_size=50))

@@ -1,0 +1,168 @@
+"""Span builders and a small pipeline for the service-graph unit tests.
+
+Spans are built as opentelemetry-proto messages directly; results are read back from the
+processor's deltas merged in a :class:`~state.memory_store.MemoryStore`, keyed by the exact
+label set, so a test also notices a label that should not be there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+
+from state.memory_store import MemoryStore
+
+# The clock, the time constants and the attribute builders are the span-metrics tests' own.
+from tests.unit.processors.spanmetrics.helpers import (  # noqa: F401 - re-exported for the graph tests
+    BASE_NS,
+    MS,
+    SECOND,
+    TENANT,
+    FakeClock,
+    any_value,
+    key_values,
+)
+from worker.config import ServiceGraphsConfig
+from worker.model.series import Series, Temporality, TenantDeltas
+from worker.otlp.metrics_builder import build_metrics_request
+from worker.processors.servicegraphs import ServiceGraphsProcessor, ServiceGraphStats
+
+SERVER = Span.SPAN_KIND_SERVER
+CLIENT = Span.SPAN_KIND_CLIENT
+PRODUCER = Span.SPAN_KIND_PRODUCER
+CONSUMER = Span.SPAN_KIND_CONSUMER
+INTERNAL = Span.SPAN_KIND_INTERNAL
+UNSPECIFIED = Span.SPAN_KIND_UNSPECIFIED
+OK = Status.STATUS_CODE_OK
+ERROR = Status.STATUS_CODE_ERROR
+UNSET = Status.STATUS_CODE_UNSET
+
+REQUEST_TOTAL = "traces_service_graph_request_total"
+REQUEST_FAILED_TOTAL = "traces_service_graph_request_failed_total"
+SERVER_SECONDS = "traces_service_graph_request_server_seconds"
+CLIENT_SECONDS = "traces_service_graph_request_client_seconds"
+MESSAGING_SECONDS = "traces_service_graph_request_messaging_system_seconds"
+UNPAIRED = "traces_service_graph_unpaired_spans_total"
+DROPPED = "traces_service_graph_dropped_spans_total"
+
+
+def trace_id(number: int) -> bytes:
+    return number.to_bytes(16, "big")
+
+
+def span_id(number: int) -> bytes:
+    return number.to_bytes(8, "big")
+
+
+def make_span(
+    kind: int,
+    *,
+    trace: int = 1,
+    span: int,
+    parent: int | None = None,
+    start_ms: float = 0.0,
+    duration_ms: float = 10.0,
+    status: int = UNSET,
+    attributes: Mapping[str, Any] | Iterable[tuple[str, Any]] = (),
+    name: str = "operation",
+) -> Span:
+    """A span of ``kind``; times are milliseconds after :data:`BASE_NS`."""
+    start = BASE_NS + round(start_ms * MS)
+    return Span(
+        trace_id=trace_id(trace),
+        span_id=span_id(span),
+        parent_span_id=span_id(parent) if parent is not None else b"",
+        name=name,
+        kind=kind,  # type: ignore[arg-type]
+        start_time_unix_nano=start,
+        end_time_unix_nano=start + round(duration_ms * MS),
+        attributes=key_values(attributes),
+        status=Status(code=status),  # type: ignore[arg-type]
+    )
+
+
+def resource_spans(service: str | None, *spans: Span, **resource: Any) -> ResourceSpans:
+    """One resource (``service.name`` unless None, plus ``resource``) holding ``spans``."""
+    attributes = dict(resource)
+    if service is not None:
+        attributes = {"service.name": service, **attributes}
+    return ResourceSpans(
+        resource=Resource(attributes=key_values(attributes)),
+        scope_spans=[ScopeSpans(spans=list(spans))],
+    )
+
+
+def make_request(*items: ResourceSpans) -> ExportTraceServiceRequest:
+    return ExportTraceServiceRequest(resource_spans=list(items))
+
+
+Labels = frozenset[tuple[str, Any]]
+
+
+class Harness:
+    """Processor + fake clock + MemoryStore: consume, expire, then read series by exact labels."""
+
+    def __init__(self, config: ServiceGraphsConfig | None = None, **options: Any) -> None:
+        self.config = config or ServiceGraphsConfig(**options)
+        self.clock = FakeClock()
+        self.processor = ServiceGraphsProcessor(self.config, clock=self.clock)
+        self.store = MemoryStore(Temporality.CUMULATIVE, max_exemplars=0)
+        self.descriptors = {d.name: d for d in self.processor.descriptors()}
+
+    def consume(self, *items: ResourceSpans, tenant: str = TENANT, partition: int = 0) -> ServiceGraphStats:
+        return self.processor.consume(make_request(*items), tenant, partition)
+
+    def expire_after(self, seconds: float) -> None:
+        self.processor.expire(self.clock.advance(seconds))
+
+    def take(self) -> dict[str, TenantDeltas]:
+        deltas = self.processor.take_deltas()
+        for tenant_deltas in deltas.values():
+            ids = [series.series_id for series in tenant_deltas.series]
+            assert len(ids) == len(set(ids)), "take_deltas returned a series twice"
+            assert {s.resource_id for s in tenant_deltas.series} <= set(tenant_deltas.resources)
+        self.store.apply(deltas)
+        return deltas
+
+    def series(self, tenant: str = TENANT) -> dict[tuple[str, Labels], Series]:
+        """Everything recorded so far for ``tenant``, by (metric, exact label set)."""
+        self.take()
+        collected = self.store.collect(self.clock()).get(tenant)
+        if collected is None:
+            return {}
+        return {(s.metric, frozenset(s.attributes)): s for s in collected.series}
+
+    def get(self, metric: str, tenant: str = TENANT, **labels: str) -> Series | None:
+        return self.series(tenant).get((metric, frozenset(labels.items())))
+
+    def count(self, metric: str, tenant: str = TENANT, **labels: str) -> int:
+        """The value of the series with exactly ``labels`` (0 when there is none)."""
+        found = self.get(metric, tenant, **labels)
+        return found.count if found is not None else 0
+
+    def label_sets(self, metric: str, tenant: str = TENANT) -> list[dict[str, Any]]:
+        return sorted(
+            (dict(labels) for name, labels in self.series(tenant) if name == metric),
+            key=lambda item: sorted(item.items()),
+        )
+
+    def metrics_request(self, tenant: str = TENANT) -> ExportMetricsServiceRequest:
+        self.take()
+        now = self.clock()
+        collected = self.store.collect(now).get(tenant)
+        assert collected is not None
+        return build_metrics_request(
+            collected.resources, collected.series, self.descriptors, Temporality.CUMULATIVE, now
+        )
+
+
+def edge_labels(client: str, server: str, connection_type: str = "", **extra: str) -> dict[str, str]:
+    labels = {"client": client, "server": server, **extra}
+    if connection_type:
+        labels["connection_type"] = connection_type
+    return labels

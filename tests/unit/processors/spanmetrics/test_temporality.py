@@ -1,0 +1,165 @@
+"""Cumulative and delta emission through the processor and the in-memory store, flush by flush."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+from state.memory_store import MemoryStore
+from tests.unit.processors.spanmetrics.helpers import (
+    FakeClock,
+    Pipeline,
+    counts_by,
+    emitted,
+    make_span,
+    points,
+    simple_request,
+)
+from worker.model.series import Series, Temporality
+
+
+def test_cumulative_start_time_is_fixed_and_values_only_grow(clock: FakeClock) -> None:
+    pipeline = Pipeline(clock=clock)
+    created = clock.now
+    pipeline.consume(simple_request(make_span("a", duration_ms=1)))
+    first = pipeline.flush(advance_s=15)
+    first_time = clock.now
+
+    pipeline.consume(simple_request(make_span("a", duration_ms=3), make_span("a", duration_ms=700)))
+    second = pipeline.flush(advance_s=15)
+    third = pipeline.flush(advance_s=15)  # idle interval
+    pipeline.consume(simple_request(make_span("a", duration_ms=5)))
+    fourth = pipeline.flush(advance_s=15)
+
+    calls = [points(out, "calls") for out in (first, second, third, fourth)]
+    assert [[p.value for p in flush] for flush in calls] == [[1], [3], [3], [4]]
+    for flush in calls:
+        assert flush[0].proto.start_time_unix_nano == created
+    assert calls[0][0].proto.time_unix_nano == first_time
+    assert [flush[0].proto.time_unix_nano for flush in calls] == sorted(
+        {flush[0].proto.time_unix_nano for flush in calls}
+    )
+
+    durations = [points(out, "duration")[0].proto for out in (first, second, third, fourth)]
+    assert [d.count for d in durations] == [1, 3, 3, 4]
+    assert [d.sum for d in durations] == [1.0, 704.0, 704.0, 709.0]
+    for earlier, later in pairwise(durations):
+        assert all(b >= a for a, b in zip(earlier.bucket_counts, later.bucket_counts, strict=True))
+        assert later.start_time_unix_nano == earlier.start_time_unix_nano == created
+
+
+def test_cumulative_new_series_start_when_they_appear(clock: FakeClock) -> None:
+    pipeline = Pipeline(clock=clock)
+    pipeline.run(simple_request(make_span("a")))
+    later = clock.now
+    out = pipeline.run(simple_request(make_span("b")))
+    starts = {p.attributes["span.name"]: p.proto.start_time_unix_nano for p in points(out, "calls")}
+    assert starts["b"] == later
+    assert starts["a"] < later
+
+
+def test_delta_emits_only_the_change_since_the_previous_flush(clock: FakeClock) -> None:
+    pipeline = Pipeline({"aggregation_temporality": "DELTA"}, clock=clock)
+    created = clock.now
+    pipeline.consume(simple_request(make_span("a"), make_span("a")))
+    first = pipeline.flush(advance_s=15)
+    first_flush = clock.now
+
+    pipeline.consume(simple_request(make_span("a", duration_ms=1), make_span("b")))
+    second = pipeline.flush(advance_s=15)
+    second_flush = clock.now
+
+    third = pipeline.flush(advance_s=15)  # nothing happened
+
+    pipeline.consume(simple_request(make_span("a")))
+    fourth = pipeline.flush(advance_s=15)
+
+    assert counts_by(first, "calls", "span.name") == {"a": 2}
+    assert counts_by(second, "calls", "span.name") == {"a": 1, "b": 1}
+    assert third.resource_metrics == []
+    assert counts_by(fourth, "calls", "span.name") == {"a": 1}
+
+    [a1] = points(first, "calls")
+    assert a1.proto.start_time_unix_nano == created
+    assert a1.proto.time_unix_nano == first_flush
+    a2 = next(p for p in points(second, "calls") if p.attributes["span.name"] == "a")
+    assert a2.proto.start_time_unix_nano == first_flush
+    assert a2.proto.time_unix_nano == second_flush
+    # The series was idle for one interval: its next point starts where its last one ended.
+    [a4] = points(fourth, "calls")
+    assert a4.proto.start_time_unix_nano == second_flush
+
+    [d2] = [p.proto for p in points(second, "duration") if p.attributes["span.name"] == "a"]
+    assert (d2.count, d2.sum, d2.bucket_counts[0]) == (1, 1.0, 1)
+    assert d2.start_time_unix_nano == first_flush
+
+
+def test_delta_idle_series_are_not_emitted(clock: FakeClock) -> None:
+    pipeline = Pipeline({"aggregation_temporality": "DELTA"}, clock=clock)
+    pipeline.run(simple_request(make_span("a"), make_span("b")))
+    out = pipeline.run(simple_request(make_span("b")))
+    assert counts_by(out, "calls", "span.name") == {"b": 1}
+    assert counts_by(out, "duration", "span.name") == {"b": 1}
+
+
+def test_delta_exponential_histogram_resets(clock: FakeClock) -> None:
+    config = {"aggregation_temporality": "DELTA", "histogram": {"exponential": {"max_size": 20}}}
+    pipeline = Pipeline(config, clock=clock)
+    pipeline.run(simple_request(make_span(duration_ms=1), make_span(duration_ms=1000)))
+    out = pipeline.run(simple_request(make_span(duration_ms=8)))
+    [point] = points(out, "duration")
+    assert (point.proto.count, point.proto.sum) == (1, 8.0)
+    assert sum(point.proto.positive.bucket_counts) == 1
+
+
+def test_several_take_deltas_before_one_collect_add_up(clock: FakeClock) -> None:
+    pipeline = Pipeline(clock=clock)
+    for _ in range(3):
+        pipeline.consume(simple_request(make_span()))
+        pipeline.take_deltas()
+    out = pipeline.flush()
+    [point] = points(out, "calls")
+    assert point.value == 3
+
+
+def test_take_deltas_starts_a_new_interval(clock: FakeClock) -> None:
+    pipeline = Pipeline(clock=clock)
+    pipeline.consume(simple_request(make_span()))
+    assert pipeline.processor.pending_series() == 2
+    first = emitted(pipeline.processor.take_deltas())
+    assert pipeline.processor.pending_series() == 0
+    assert pipeline.processor.take_deltas() == {}
+    assert sum(s.count for s in first["tenant-a"].series if s.metric == "calls") == 1
+
+
+def test_metrics_expiration_drops_idle_series(clock: FakeClock) -> None:
+    pipeline = Pipeline({"metrics_expiration": "40s"}, clock=clock)
+    pipeline.run(simple_request(make_span("a")))
+    pipeline.consume(simple_request(make_span("b")))
+    # "a" was last seen 35 s ago, "b" 20 s ago: both kept.
+    assert counts_by(pipeline.flush(advance_s=20), "calls", "span.name") == {"a": 1, "b": 1}
+    # "a" 45 s, "b" 30 s.
+    assert counts_by(pipeline.flush(advance_s=10), "calls", "span.name") == {"b": 1}
+    assert pipeline.flush(advance_s=15).resource_metrics == []
+
+
+def _series(count: int, start: int, last: int) -> Series:
+    return Series(
+        series_id="calls|r|x",
+        metric="calls",
+        resource_id="r",
+        attributes=(),
+        start_ns=start,
+        last_ns=last,
+        count=count,
+    )
+
+
+def test_memory_store_keeps_the_first_start_time() -> None:
+    from worker.model.series import TenantDeltas
+
+    store = MemoryStore(Temporality.CUMULATIVE, max_exemplars=0)
+    store.apply({"t": TenantDeltas(resources={"r": ()}, series=[_series(2, 100, 100)])})
+    store.apply({"t": TenantDeltas(resources={"r": ()}, series=[_series(3, 200, 250)])})
+    [series] = store.collect(300)["t"].series
+    assert (series.count, series.start_ns, series.last_ns) == (5, 100, 250)
+    assert store.series_count("t") == 1

@@ -1,0 +1,1 @@
+"""Self-metrics, logs and the HTTP probes; depends on nothing above it."""

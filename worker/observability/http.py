@@ -1,0 +1,142 @@
+"""The HTTP side port: ``/metrics``, ``/healthz`` and ``/readyz``, served in the worker's event loop.
+
+* ``/metrics``: Prometheus exposition of the injected registry (prometheus_client's own aiohttp
+  handler: text format, or OpenMetrics when the scraper asks for it; gzip when accepted).
+* ``/healthz`` (liveness): 200 while the worker's consume loop keeps turning, i.e.
+  ``StreamWorker.last_tick`` is younger than ``stall_after`` (default: the Kafka
+  ``max_poll_interval``, the longest any legitimate step may hold the loop - a Redis outage is
+  retried for half of it, then the worker exits). Answering at all proves the event loop runs.
+  Never depends on Kafka or Redis being reachable: restarting the pod would not bring them back.
+* ``/readyz`` (readiness): 200 when the worker has completed its consumer-group assignment
+  (``StreamWorker.ready``, or it still owns partitions, i.e. holds fencing tokens) AND Redis
+  answers a PING within ``ping_timeout``; else 503. A worker whose assignment is empty (more
+  replicas than partitions) is ready: it is a warm standby.
+
+Both probes answer a small JSON document saying why, for ``kubectl port-forward`` and ``curl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from worker.stream.worker import StreamWorker
+
+__all__ = ["HttpServer"]
+
+log = structlog.get_logger("spanmetrics.http")
+
+#: A readiness probe must answer well inside the kubelet's default 1 s probe timeout.
+DEFAULT_PING_TIMEOUT_S = 0.5
+
+
+class HttpServer:
+    """aiohttp server for one worker; ``port=0`` binds a free port (read it from :attr:`port`)."""
+
+    def __init__(
+        self,
+        worker: StreamWorker,
+        *,
+        host: str = "0.0.0.0",
+        port: int = 8080,
+        registry: CollectorRegistry | None = None,
+        redis: Redis | None = None,
+        ping_timeout: float = DEFAULT_PING_TIMEOUT_S,
+        stall_after: float | None = None,
+    ) -> None:
+        self.worker = worker
+        self.host = host
+        self.requested_port = port
+        self.registry = registry if registry is not None else worker.metrics.registry
+        #: The Redis client readiness pings; the worker's own by default.
+        self.redis = redis if redis is not None else worker.redis
+        self.ping_timeout = ping_timeout
+        self.stall_after = stall_after if stall_after is not None else worker.settings.kafka.max_poll_interval
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", make_aiohttp_handler(self.registry))
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        return app
+
+    async def start(self) -> None:
+        """Bind and serve; raises OSError when the address is taken."""
+        # No access log: probes and scrapes every few seconds would drown the one line per flush.
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.host, self.requested_port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        log.info("http server listening", host=self.host, port=self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+            log.info("http server stopped", port=self.port)
+
+    async def __aenter__(self) -> HttpServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    # ------------------------------------------------------------------ probes
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        age = time.monotonic() - self.worker.last_tick
+        body: dict[str, Any] = {"last_tick_seconds_ago": round(age, 3), "stall_after": self.stall_after}
+        if age > self.stall_after:
+            return web.json_response({"status": "stalled", **body}, status=503)
+        return web.json_response({"status": "ok", **body})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        worker = self.worker
+        partitions = sorted(worker.tokens)
+        # ``ready`` drops on revoke and on a failed Redis step; owning partitions (tokens) means the
+        # assignment is done and the Redis question is answered by the PING below.
+        assigned = worker.ready or bool(partitions)
+        redis_error = await self._ping()
+        body: dict[str, Any] = {
+            "assigned": assigned,
+            "partitions": partitions,
+            "redis": "ok" if redis_error is None else redis_error,
+        }
+        if assigned and redis_error is None:
+            return web.json_response({"status": "ready", **body})
+        return web.json_response({"status": "not ready", **body}, status=503)
+
+    async def _ping(self) -> str | None:
+        """None when Redis answered PING in time, else why (redis-py names host:port, never a password)."""
+        try:
+            await asyncio.wait_for(self.redis.ping(), timeout=self.ping_timeout)
+        except TimeoutError:
+            return f"no PING answer within {self.ping_timeout}s"
+        except Exception as exc:  # any failure means not ready; say which kind
+            return f"{type(exc).__name__}: {exc}"[:300]
+        return None

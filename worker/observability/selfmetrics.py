@@ -1,0 +1,294 @@
+"""The worker's own Prometheus metrics, as one bundle created against an injected registry.
+
+Design (as faust's and arroyo's metrics objects: one object the runtime calls into):
+
+* **Counters are read at scrape time.** The hot path already keeps running totals in
+  :class:`~worker.stream.worker.WorkerStats` (plain integer additions); a custom collector turns them
+  into counter families when Prometheus scrapes. Consuming a record therefore costs nothing
+  more than it did, and the numbers on ``/metrics`` are exactly those the worker logs and the
+  tests read.
+* **Histograms are observed directly**, once per flush (flush duration) and once per Redis step
+  (the atomic merge): a handful of observations per flush interval, never per span.
+* **Gauges that need I/O** (consumer lag from the broker's high watermark, active series per
+  tenant from Redis) are refreshed by :meth:`WorkerMetrics.refresh` at the end of each flush, and
+  the collector serves the last snapshot; a scrape never waits on Kafka or Redis.
+
+Every name has the prefix ``spanmetrics_`` and is in base units (seconds, bytes). Labels are
+bounded: ``reason`` (a fixed set), ``partition`` (the input topic's partitions this worker owns)
+and ``tenant`` (bounded by the per-tenant limits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
+from aiokafka import TopicPartition
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from worker import __version__
+
+if TYPE_CHECKING:
+    from worker.stream.worker import WorkerStats
+
+__all__ = [
+    "DROP_REASONS",
+    "FLUSH_BUCKETS",
+    "PREFIX",
+    "REDIS_STEP_BUCKETS",
+    "WorkerMetrics",
+]
+
+PREFIX = "spanmetrics_"
+
+#: Reasons a span (or, for ``undecodable``, a whole record) is not counted; always exported, 0 or not.
+DROP_REASONS: tuple[str, ...] = (
+    "undecodable",
+    "no_service_name",
+    "cardinality_overflow",
+    "too_many_pending_edges",
+)
+
+#: A flush records deltas in Redis, commits to Kafka, folds and emits owned slots: milliseconds to a minute.
+FLUSH_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: One atomic flush script: offsets and delta logs (including retries while Redis is unreachable).
+REDIS_STEP_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+#: Bound on the I/O of one refresh: metrics must never hold a flush up for long.
+REFRESH_TIMEOUT_S = 2.0
+
+log = structlog.get_logger("spanmetrics.metrics")
+
+
+class _Store(Protocol):
+    async def tenants(self) -> list[str]: ...
+
+    async def active_series(self, tenant: str) -> int: ...
+
+
+class _Source(Protocol):
+    """What the bundle reads from the worker (a :class:`~worker.stream.worker.StreamWorker`)."""
+
+    stats: WorkerStats
+    tokens: dict[int, int]
+    applied: dict[int, int]
+    topic: str
+    consumer: Any
+    store: Any
+
+
+class WorkerMetrics:
+    """All self-metrics of one worker, registered in ``registry`` (inject your own in tests)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.flush_duration = Histogram(
+            "spanmetrics_flush_duration_seconds",
+            "Duration of a flush: the atomic Redis step, the Kafka offset commit and the emission.",
+            buckets=FLUSH_BUCKETS,
+            registry=registry,
+        )
+        self.redis_step_duration = Histogram(
+            "spanmetrics_redis_step_duration_seconds",
+            "Duration of one atomic Redis merge of deltas and offsets (retries included).",
+            buckets=REDIS_STEP_BUCKETS,
+            registry=registry,
+        )
+        self._source: _Source | None = None
+        #: partition -> records between the high watermark and what is applied in Redis.
+        self._lag: dict[int, int] = {}
+        #: tenant -> active series (the quantity max_active_series_per_tenant limits).
+        self._active_series: dict[str, int] = {}
+        self._last_flush_unix: float | None = None
+        registry.register(_StatsCollector(self))
+
+    # ------------------------------------------------------------------ hooks the runtime calls
+
+    def bind(self, source: _Source) -> None:
+        """Read counters and ownership from this worker at scrape time."""
+        self._source = source
+
+    def observe_flush(self, seconds: float) -> None:
+        self.flush_duration.observe(seconds)
+        self._last_flush_unix = time.time()
+
+    def observe_redis_step(self, seconds: float) -> None:
+        self.redis_step_duration.observe(seconds)
+
+    async def refresh(self) -> None:
+        """At the end of a flush: recompute consumer lag and active series. Never raises.
+
+        Lag is ``highwater - applied``: records the broker holds that are not yet merged into
+        Redis (what a crash would make the next owner replay), per owned partition. The
+        high watermark comes from the consumer's last fetch response, so this costs no request.
+        """
+        source = self._source
+        if source is None:
+            return
+        try:
+            lag = await asyncio.wait_for(self._lag_of(source), timeout=REFRESH_TIMEOUT_S)
+        except Exception as exc:  # metrics must never break the flush
+            log.debug("consumer lag refresh failed", error=str(exc))
+        else:
+            self._lag = lag
+        if source.store is None:
+            return
+        try:
+            active = await asyncio.wait_for(self._active_of(source.store), timeout=REFRESH_TIMEOUT_S)
+        except Exception as exc:
+            log.debug("active series refresh failed", error=str(exc))
+        else:
+            self._active_series = active
+
+    # ------------------------------------------------------------------ direct setters (tests, tools)
+
+    def set_lag(self, lag: Mapping[int, int]) -> None:
+        self._lag = dict(lag)
+
+    def set_active_series(self, active: Mapping[str, int]) -> None:
+        self._active_series = dict(active)
+
+    # ------------------------------------------------------------------ internals
+
+    @staticmethod
+    async def _lag_of(source: _Source) -> dict[int, int]:
+        consumer = source.consumer
+        assigned = consumer.assignment()
+        lag: dict[int, int] = {}
+        for partition in sorted(source.tokens):
+            tp = TopicPartition(source.topic, partition)
+            if tp not in assigned:
+                continue
+            highwater = consumer.highwater(tp)
+            if highwater is None:  # no fetch response for it yet
+                continue
+            position = source.applied.get(partition)
+            if position is None:  # nothing applied from it yet: where the consumer reads from
+                position = await consumer.position(tp)
+            lag[partition] = max(0, int(highwater) - int(position))
+        return lag
+
+    @staticmethod
+    async def _active_of(store: _Store) -> dict[str, int]:
+        tenants = await store.tenants()
+        counts = await asyncio.gather(*(store.active_series(t) for t in tenants))
+        return dict(zip(tenants, counts, strict=True))
+
+    def _families(self, with_samples: bool) -> Iterator[Metric]:
+        source = self._source if with_samples else None
+        stats = source.stats if source is not None else None
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            family = CounterMetricFamily(PREFIX + name, doc)
+            if stats is not None:
+                family.add_metric([], value)
+            return family
+
+        def total(attribute: str) -> int:
+            return int(getattr(stats, attribute)) if stats is not None else 0
+
+        yield counter(
+            "records_consumed",
+            "Input records consumed (replays skipped per Redis offsets not included).",
+            total("records"),
+        )
+        yield counter("consumed_bytes", "Bytes of input record values consumed.", total("bytes"))
+        yield counter("spans_processed", "Spans aggregated into series.", total("spans"))
+        dropped = CounterMetricFamily(
+            PREFIX + "spans_dropped",
+            "Spans not counted, by reason (undecodable counts whole records sent to the DLQ).",
+            labels=["reason"],
+        )
+        if stats is not None:
+            for reason in _reasons(stats.dropped):
+                dropped.add_metric([reason], stats.dropped.get(reason, 0))
+        yield dropped
+        yield counter("dlq_records", "Records published to the dead-letter topic.", total("dlq"))
+        yield counter(
+            "records_emitted", "OTLP metrics records published to the output topic.", total("emitted_records")
+        )
+        yield counter("emitted_bytes", "Bytes of OTLP metrics records published.", total("emitted_bytes"))
+        yield counter(
+            "series_emitted", "Series published (each live series once per flush).", total("emitted_series")
+        )
+        yield counter("series_expired", "Series removed after metrics_expiration idle.", total("expired"))
+        yield counter(
+            "series_overflowed",
+            "New series folded into a tenant's overflow series (max_active_series_per_tenant reached).",
+            total("overflowed"),
+        )
+        yield counter("flushes", "Completed flushes.", total("flushes"))
+        yield counter(
+            "rebalances", "Consumer-group rebalances this worker took part in.", total("rebalances")
+        )
+        yield counter(
+            "replay_skipped_records",
+            "Records skipped because Redis already holds them (exactly-once replay protection).",
+            total("skipped_replay"),
+        )
+        yield counter(
+            "fenced_flushes",
+            "Flushes refused because another worker claimed a partition (state replayed from Redis).",
+            total("fenced"),
+        )
+
+        tokens = source.tokens if source is not None else {}
+        assigned = GaugeMetricFamily(PREFIX + "assigned_partitions", "Input partitions this worker owns.")
+        if source is not None:
+            assigned.add_metric([], len(tokens))
+        yield assigned
+        lag = GaugeMetricFamily(
+            PREFIX + "consumer_lag_records",
+            "Records on the broker not yet applied to Redis, per owned input partition (per flush).",
+            labels=["partition"],
+        )
+        for partition, value in sorted(self._lag.items()):
+            if partition in tokens:  # revoked since the last refresh: not ours to report
+                lag.add_metric([str(partition)], value)
+        yield lag
+        active = GaugeMetricFamily(
+            PREFIX + "active_series",
+            "Active series per tenant in Redis, the quantity max_active_series_per_tenant limits "
+            "(the same on every worker: aggregate with max, not sum).",
+            labels=["tenant"],
+        )
+        if source is not None:
+            for tenant, value in sorted(self._active_series.items()):
+                active.add_metric([tenant], value)
+        yield active
+        last = GaugeMetricFamily(
+            PREFIX + "last_flush_timestamp_seconds", "Unix time of the last completed flush."
+        )
+        if source is not None and self._last_flush_unix is not None:
+            last.add_metric([], self._last_flush_unix)
+        yield last
+        info = GaugeMetricFamily(PREFIX + "build_info", "Always 1; the worker's version.", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+
+
+def _reasons(dropped: Mapping[str, int]) -> Iterable[str]:
+    """The known reasons first (always exported), then any other the runtime recorded."""
+    yield from DROP_REASONS
+    yield from sorted(r for r in dropped if r not in DROP_REASONS)
+
+
+class _StatsCollector(Collector):
+    """Serves the bundle's scrape-time families (counters from WorkerStats, gauge snapshots)."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self.metrics._families(with_samples=True))
+
+    def describe(self) -> Iterable[Metric]:
+        # Names only: lets the registry refuse a second bundle in the same registry.
+        return list(self.metrics._families(with_samples=False))

@@ -1,0 +1,1 @@
+"""Processors: pure, spans in, deltas out (span metrics, service graphs)."""

@@ -1,0 +1,37 @@
+"""The service-graph processor: Tempo's ``service-graphs`` edges from spans (pure, no I/O)."""
+
+from worker.processors.servicegraphs.processor import (
+    CONNECTION_DATABASE,
+    CONNECTION_MESSAGING_SYSTEM,
+    CONNECTION_VIRTUAL_NODE,
+    DROPPED_SPANS_TOTAL,
+    REQUEST_CLIENT_SECONDS,
+    REQUEST_FAILED_TOTAL,
+    REQUEST_MESSAGING_SYSTEM_SECONDS,
+    REQUEST_SERVER_SECONDS,
+    REQUEST_TOTAL,
+    RESOURCE_ATTRIBUTES,
+    RESOURCE_ID,
+    SCOPE_NAME,
+    UNPAIRED_SPANS_TOTAL,
+    ServiceGraphsProcessor,
+    ServiceGraphStats,
+)
+
+__all__ = [
+    "CONNECTION_DATABASE",
+    "CONNECTION_MESSAGING_SYSTEM",
+    "CONNECTION_VIRTUAL_NODE",
+    "DROPPED_SPANS_TOTAL",
+    "REQUEST_CLIENT_SECONDS",
+    "REQUEST_FAILED_TOTAL",
+    "REQUEST_MESSAGING_SYSTEM_SECONDS",
+    "REQUEST_SERVER_SECONDS",
+    "REQUEST_TOTAL",
+    "RESOURCE_ATTRIBUTES",
+    "RESOURCE_ID",
+    "SCOPE_NAME",
+    "UNPAIRED_SPANS_TOTAL",
+    "ServiceGraphStats",
+    "ServiceGraphsProcessor",
+]

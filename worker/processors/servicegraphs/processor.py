@@ -1,0 +1,767 @@
+"""Spans in, service-graph edges out: Tempo metrics-generator's ``service-graphs`` processor, without I/O.
+
+Semantics follow Tempo (``modules/generator/processor/servicegraphs/servicegraphs.go`` and
+``store/``), so Grafana's service graph view works on the output unchanged:
+
+* A CLIENT span and its direct child SERVER span form an edge; so do a PRODUCER span and its
+  child CONSUMER span (``connection_type="messaging_system"``). Both sides are stored under
+  ``(trace_id, client span id)`` (the server side uses its parent span id) and the edge is
+  recorded the moment both service names are known. The side that arrives last sets the
+  connection type; the edge failed when either side has status ERROR.
+* A CLIENT (or PRODUCER) span with one of ``database_name_attributes`` (resource attributes
+  first, then span attributes, as Tempo's ``FindAttributeValue(key, resource, span)``) is a
+  ``connection_type="database"`` edge on its own. The server is named by ``peer.service``, else
+  ``server.address``, else ``network.peer.address`` (``:network.peer.port`` appended when
+  present), else the database attribute's value; its server latency is the client's.
+* An edge still waiting after ``wait`` expires (:meth:`ServiceGraphsProcessor.expire`): a root
+  SERVER/CONSUMER span becomes an edge from the client named by its first peer attribute, else
+  ``user``; a client side with a peer attribute becomes an edge to that peer; both with
+  ``connection_type="virtual_node"`` and, with ``enable_virtual_node_label``, a ``virtual_node``
+  label (``client`` or ``server``: which side is virtual). The missing side's latency is observed
+  as 0, as Tempo does. Anything else counts in ``traces_service_graph_unpaired_spans_total``.
+* At most ``max_items`` half-edges wait per tenant; a new one beyond that is dropped and counted
+  in ``traces_service_graph_dropped_spans_total``. Edges that complete at once (databases, or the
+  second side of a waiting edge) are never dropped.
+
+Tempo itself exposes unpaired and dropped spans only as its own ``tempo_metrics_generator_*``
+counters; the two ``traces_service_graph_*`` counters here have the names and the ``client`` /
+``server`` label of the Grafana Agent's service-graph processor (where Tempo's docs list them).
+
+Labels: ``client``, ``server``, ``connection_type`` (absent for a plain request), the configured
+dimensions (resource attributes first, then span attributes, label names sanitized as Prometheus'
+``SanitizeLabelName`` does, ``client_``/``server_`` prefixed with ``enable_client_server_prefix``),
+then ``virtual_node``. Empty label values are left out: Prometheus treats an empty label as an
+absent one, so Tempo's series carry exactly these label sets.
+
+Output shape: every series belongs to one fixed, empty resource (:data:`RESOURCE_ID`). Tempo's
+series carry no resource labels, and an empty resource keeps it that way after OTLP ingestion
+(no ``job``/``instance`` labels, no ``target_info``), so the queries Grafana issues
+(``sum by (client, server) (rate(traces_service_graph_request_total[...]))`` and the
+``_bucket``/``_sum``/``_count`` histogram series) return the same series as with Tempo. The scope
+is :data:`SCOPE_NAME`. Counters are plain counts (no span multiplier; Tempo's
+``span_multiplier_key`` is not offered), histograms carry no exemplars.
+
+Pending edges live per input partition and tenant, so the worker can export and restore them
+with the partition (:meth:`export_pending`, :meth:`restore_pending`); an edge's remaining wait
+survives the move.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from worker.config import ServiceGraphsConfig
+from worker.model.series import (
+    SERIES_ID_SEPARATOR,
+    Attributes,
+    MetricDescriptor,
+    MetricKind,
+    Series,
+    TenantDeltas,
+    make_series_id,
+)
+from worker.otlp.batch import BatchResource, BatchSpan, ResourceGroup, SpanBatch, group_request
+from worker.processors.servicegraphs.attributes import AttributeMap, find_attribute, span_attribute
+from worker.processors.servicegraphs.labels import sanitize_label_name, tempo_string
+from worker.processors.servicegraphs.pending import Edge, EdgeKey, decode_pending, encode_pending
+
+__all__ = [
+    "CONNECTION_DATABASE",
+    "CONNECTION_MESSAGING_SYSTEM",
+    "CONNECTION_VIRTUAL_NODE",
+    "DROPPED_SPANS_TOTAL",
+    "REQUEST_CLIENT_SECONDS",
+    "REQUEST_FAILED_TOTAL",
+    "REQUEST_MESSAGING_SYSTEM_SECONDS",
+    "REQUEST_SERVER_SECONDS",
+    "REQUEST_TOTAL",
+    "RESOURCE_ATTRIBUTES",
+    "RESOURCE_ID",
+    "SCOPE_NAME",
+    "UNPAIRED_SPANS_TOTAL",
+    "ServiceGraphStats",
+    "ServiceGraphsProcessor",
+]
+
+REQUEST_TOTAL = "traces_service_graph_request_total"
+REQUEST_FAILED_TOTAL = "traces_service_graph_request_failed_total"
+REQUEST_SERVER_SECONDS = "traces_service_graph_request_server_seconds"
+REQUEST_CLIENT_SECONDS = "traces_service_graph_request_client_seconds"
+REQUEST_MESSAGING_SYSTEM_SECONDS = "traces_service_graph_request_messaging_system_seconds"
+UNPAIRED_SPANS_TOTAL = "traces_service_graph_unpaired_spans_total"
+DROPPED_SPANS_TOTAL = "traces_service_graph_dropped_spans_total"
+
+CONNECTION_MESSAGING_SYSTEM = "messaging_system"
+CONNECTION_DATABASE = "database"
+CONNECTION_VIRTUAL_NODE = "virtual_node"
+
+#: The instrumentation scope of every service-graph metric.
+SCOPE_NAME = "servicegraphs"
+#: The one resource all service-graph series belong to (not a hex digest, so it never collides
+#: with a span-metrics resource id), and its attributes: none, like Tempo's series.
+RESOURCE_ID = "servicegraphs"
+RESOURCE_ATTRIBUTES: Attributes = ()
+
+_VIRTUAL_NODE_LABEL = "virtual_node"
+_SERVICE_NAME = "service.name"
+_PEER_SERVICE = "peer.service"
+_SERVER_ADDRESS = "server.address"
+_NETWORK_PEER_ADDRESS = "network.peer.address"
+_NETWORK_PEER_PORT = "network.peer.port"
+
+# opentelemetry.proto.trace.v1.Span.SpanKind and Status.StatusCode values.
+_SERVER = 2
+_CLIENT = 3
+_PRODUCER = 4
+_CONSUMER = 5
+_STATUS_ERROR = 2
+
+_DEFAULT_RESOURCE_CACHE_SIZE = 1000
+_PORT_ATTRIBUTE = (_NETWORK_PEER_PORT,)
+
+_DESCRIPTIONS = {
+    REQUEST_TOTAL: "Total count of requests between two nodes",
+    REQUEST_FAILED_TOTAL: "Total count of failed requests between two nodes",
+    REQUEST_SERVER_SECONDS: "Time for a request between two nodes as seen from the server",
+    REQUEST_CLIENT_SECONDS: "Time for a request between two nodes as seen from the client",
+    REQUEST_MESSAGING_SYSTEM_SECONDS: "Time between publishing and receiving a message, between two nodes",
+    UNPAIRED_SPANS_TOTAL: "Total count of unpaired spans",
+    DROPPED_SPANS_TOTAL: "Total count of dropped spans",
+}
+
+
+@dataclass(slots=True)
+class ServiceGraphStats:
+    """What one ``consume`` call did, for the worker's self-metrics and logs."""
+
+    #: CLIENT, SERVER, PRODUCER and CONSUMER spans looked at (other kinds are ignored).
+    spans: int = 0
+    #: Edges recorded (both sides known, or a database call).
+    edges: int = 0
+    #: Spans whose half-edge did not fit under ``max_items``.
+    dropped: int = 0
+    #: Spans of resources without ``service.name``.
+    skipped_no_service: int = 0
+
+
+@dataclass(slots=True)
+class _Resource:
+    """Per-resource work done once: the service name and the resource-level lookup values."""
+
+    #: None when the resource has no ``service.name``: its spans are skipped, as in Tempo.
+    service: str | None
+    #: attribute name -> Tempo string, for the attributes looked up resource-first.
+    values: dict[str, str]
+
+
+@dataclass(slots=True)
+class _EdgeSeries:
+    """The series of one label set in the current interval."""
+
+    attributes: Attributes
+    body: str
+    total: Series
+    server: Series
+    client: Series
+    failed: Series | None = None
+    messaging: Series | None = None
+
+
+@dataclass(slots=True)
+class _Interval:
+    """One tenant's deltas since the last :meth:`ServiceGraphsProcessor.take_deltas`."""
+
+    edges: dict[tuple[str, ...], _EdgeSeries] = field(default_factory=dict)
+    #: (metric, "client" or "server", service) -> unpaired or dropped counter.
+    counters: dict[tuple[str, str, str], Series] = field(default_factory=dict)
+
+
+class ServiceGraphsProcessor:
+    """Pairs spans into edges and aggregates them into per-series deltas.
+
+    Not thread-safe; one instance per worker event loop. ``clock`` returns unix nanoseconds: it
+    stamps series and starts each half-edge's wait (``expire`` takes the time explicitly).
+    """
+
+    def __init__(
+        self,
+        config: ServiceGraphsConfig,
+        *,
+        clock: Callable[[], int] = time.time_ns,
+        resource_cache_size: int = _DEFAULT_RESOURCE_CACHE_SIZE,
+    ) -> None:
+        self.config = config
+        self._clock = clock
+        self._wait_ns = round(config.wait * 1e9)
+        self._max_items = config.max_items
+        self._bounds: tuple[float, ...] = tuple(float(b) for b in config.histogram_buckets)
+        self._bucket_count = len(self._bounds) + 1
+        self._messaging_latency = config.enable_messaging_system_latency_histogram
+        self._virtual_node_label = config.enable_virtual_node_label
+        #: Attribute names in the configured order: the first one found wins.
+        self._peer_attributes = tuple(config.peer_attributes)
+        self._database_attributes = tuple(config.database_name_attributes)
+        #: Tempo's order for naming the database: peer.service, server.address, network.peer.address.
+        self._database_servers = (_PEER_SERVICE, _SERVER_ADDRESS, _NETWORK_PEER_ADDRESS)
+        #: (attribute, client-side label, server-side label) per dimension.
+        self._dimensions, self._label_names = _dimension_labels(
+            config.dimensions, config.enable_client_server_prefix, config.enable_virtual_node_label
+        )
+        #: Looked up resource-first (Tempo passes the resource attributes first for these).
+        self._resource_keys = frozenset(
+            {
+                *config.database_name_attributes,
+                _PEER_SERVICE,
+                _SERVER_ADDRESS,
+                _NETWORK_PEER_ADDRESS,
+                _NETWORK_PEER_PORT,
+                *(name for name, _, _ in self._dimensions),
+            }
+        )
+
+        #: serialized Resource -> its cached work (insertion order: the oldest is evicted first).
+        self._resources: dict[bytes, _Resource] = {}
+        self._resource_cache_size = max(1, resource_cache_size)
+        #: partition -> tenant -> waiting half-edges, in insertion (hence deadline) order.
+        self._pending: dict[int, dict[str, dict[EdgeKey, Edge]]] = {}
+        self._intervals: dict[str, _Interval] = {}
+
+    # ------------------------------------------------------------------ descriptors
+
+    def descriptors(self) -> list[MetricDescriptor]:
+        """The metrics this processor emits, in output order."""
+
+        def sum_(name: str, order: int) -> MetricDescriptor:
+            return MetricDescriptor(
+                name, MetricKind.SUM, description=_DESCRIPTIONS[name], scope=SCOPE_NAME, order=order
+            )
+
+        def histogram(name: str, order: int) -> MetricDescriptor:
+            return MetricDescriptor(
+                name,
+                MetricKind.HISTOGRAM,
+                unit="s",
+                description=_DESCRIPTIONS[name],
+                bounds=self._bounds,
+                scope=SCOPE_NAME,
+                order=order,
+            )
+
+        result = [
+            sum_(REQUEST_TOTAL, 0),
+            sum_(REQUEST_FAILED_TOTAL, 1),
+            histogram(REQUEST_SERVER_SECONDS, 2),
+            histogram(REQUEST_CLIENT_SECONDS, 3),
+        ]
+        if self._messaging_latency:
+            result.append(histogram(REQUEST_MESSAGING_SYSTEM_SECONDS, 4))
+        result.append(sum_(UNPAIRED_SPANS_TOTAL, 5))
+        result.append(sum_(DROPPED_SPANS_TOTAL, 6))
+        return result
+
+    # ------------------------------------------------------------------ consume
+
+    def consume(
+        self,
+        request: ExportTraceServiceRequest | SpanBatch,
+        tenant: str,
+        partition: int = 0,
+        *,
+        groups: list[ResourceGroup] | None = None,
+    ) -> ServiceGraphStats:
+        """Pair the edge spans of one OTLP request with what ``partition`` already holds for ``tenant``.
+
+        ``groups`` is ``group_request(request)`` when the caller already has it.
+        """
+        stats = ServiceGraphStats()
+        now = self._clock()
+        by_tenant = self._pending.get(partition)
+        if by_tenant is None:
+            by_tenant = self._pending[partition] = {}
+        edges = by_tenant.get(tenant)
+        if edges is None:
+            edges = by_tenant[tenant] = {}
+        capacity = self._max_items - self._pending_elsewhere(tenant, partition)
+        interval = self._interval(tenant)
+        work: list[tuple[_Resource, Sequence[BatchSpan]]] = []
+        for resource_message, cache_key, scopes in group_request(request) if groups is None else groups:
+            resource = self._resource(resource_message, cache_key)
+            if resource.service is None:
+                stats.skipped_no_service += sum(len(spans) for _, spans in scopes)
+                continue
+            for _, spans in scopes:
+                work.append((resource, spans))
+        if work:
+            self._observe(work, edges, capacity, interval, now, stats)
+        return stats
+
+    def _observe(
+        self,
+        work: list[tuple[_Resource, Sequence[BatchSpan]]],
+        edges: dict[EdgeKey, Edge],
+        capacity: int,
+        interval: _Interval,
+        now: int,
+        stats: ServiceGraphStats,
+    ) -> None:
+        """The per-span loop: a kind check, then for edge spans one lookup and one insert or delete.
+
+        Attributes are looked up in the span's attribute map (:mod:`worker.otlp.batch`): client
+        spans for the database and peer attributes, server spans only when they are roots or
+        dimensions are configured. One call per request, not per scope (most scopes hold a span
+        or two).
+        """
+        deadline = now + self._wait_ns
+        edges_get = edges.get
+        client_side = self._client_side
+        server_side = self._server_side
+        complete = self._complete
+        for resource, spans in work:
+            service: str = resource.service  # type: ignore[assignment]
+            resource_values = resource.values
+            for span in spans:
+                kind = span.kind
+                if kind in (_CLIENT, _PRODUCER):
+                    key: EdgeKey = (span.trace_id, span.span_id)
+                    edge = edges_get(key)
+                    stored = edge is not None
+                    if edge is None:
+                        edge = Edge(deadline)
+                    client_side(edge, service, resource_values, span, kind)
+                    side = "client"
+                elif kind in (_SERVER, _CONSUMER):
+                    parent = span.parent_span_id
+                    key = (span.trace_id, parent)
+                    edge = edges_get(key)
+                    stored = edge is not None
+                    if edge is None:
+                        edge = Edge(deadline)
+                    server_side(edge, service, resource_values, span, kind, not parent)
+                    side = "server"
+                else:
+                    continue
+                stats.spans += 1
+                if edge.client and edge.server:
+                    if stored:
+                        del edges[key]
+                    complete(interval, edge, "", now)
+                    stats.edges += 1
+                elif not stored:
+                    if len(edges) >= capacity:
+                        stats.dropped += 1
+                        self._count(interval, DROPPED_SPANS_TOTAL, side, service, now)
+                    else:
+                        edges[key] = edge
+
+    def _client_side(
+        self, edge: Edge, service: str, resource_values: dict[str, str], span: BatchSpan, kind: int
+    ) -> None:
+        """Tempo's ``updateClientEdge``, including ``upsertDatabaseRequest`` and ``upsertPeerNode``."""
+        edge.connection_type = CONNECTION_MESSAGING_SYSTEM if kind == _PRODUCER else ""
+        edge.client = service
+        start = span.start_time_unix_nano
+        end = span.end_time_unix_nano
+        seconds = (end - start) / 1e9 if end > start else 0.0
+        edge.client_seconds = seconds
+        edge.client_end_ns = end
+        if span.status.code == _STATUS_ERROR:
+            edge.failed = True
+        attributes = span.attributes
+        if self._dimensions:
+            self._set_dimensions(edge, resource_values, attributes, client=True)
+        database = find_attribute(self._database_attributes, resource_values, attributes)
+        if database is not None:
+            edge.connection_type = CONNECTION_DATABASE
+            edge.server_seconds = seconds
+            server = self._database_server(resource_values, attributes)
+            if server is not None:
+                edge.server = server
+            elif database[1]:
+                edge.server = database[1]
+        if not edge.server:
+            # The edge will wait: remember what to call the server if it never answers. (Tempo
+            # records the peer for every client span; it is read only when an edge expires.)
+            self._set_peer(edge, attributes)
+
+    def _database_server(self, resource_values: dict[str, str], attributes: AttributeMap) -> str | None:
+        """Tempo's name for the database: peer.service, server.address, network.peer.address[:port]."""
+        found = find_attribute(self._database_servers, resource_values, attributes)
+        if found is None:
+            return None
+        name, server = found
+        if name == _NETWORK_PEER_ADDRESS:
+            port = find_attribute(_PORT_ATTRIBUTE, resource_values, attributes)
+            if port is not None:
+                return server + ":" + port[1]
+        return server
+
+    def _server_side(
+        self,
+        edge: Edge,
+        service: str,
+        resource_values: dict[str, str],
+        span: BatchSpan,
+        kind: int,
+        root: bool,
+    ) -> None:
+        """Tempo's ``updateServerEdge``: the peer attribute matters only on a root span."""
+        edge.connection_type = CONNECTION_MESSAGING_SYSTEM if kind == _CONSUMER else ""
+        edge.server = service
+        start = span.start_time_unix_nano
+        end = span.end_time_unix_nano
+        edge.server_seconds = (end - start) / 1e9 if end > start else 0.0
+        edge.server_start_ns = start
+        if span.status.code == _STATUS_ERROR:
+            edge.failed = True
+        if self._dimensions or root:
+            attributes = span.attributes
+            if self._dimensions:
+                self._set_dimensions(edge, resource_values, attributes, client=False)
+            if root:
+                self._set_peer(edge, attributes)
+
+    def _set_peer(self, edge: Edge, attributes: AttributeMap) -> None:
+        """Tempo's ``upsertPeerNode``: the first peer attribute of the span (never the resource)."""
+        peer = span_attribute(self._peer_attributes, attributes)
+        if peer is not None:
+            edge.peer = peer
+
+    def _set_dimensions(
+        self, edge: Edge, resource_values: dict[str, str], attributes: AttributeMap, *, client: bool
+    ) -> None:
+        """Tempo's ``upsertDimensions``: a value found replaces the other side's (unprefixed labels)."""
+        dimensions = edge.dimensions
+        if dimensions is None:
+            dimensions = edge.dimensions = {}
+        for name, client_label, server_label in self._dimensions:
+            label = client_label if client else server_label
+            if label is None:
+                continue
+            value = resource_values.get(name)
+            if value is None:
+                found = attributes.get(name)
+                if found is not None:
+                    value = tempo_string(found)
+            if value is not None:
+                dimensions[label] = value
+
+    # ------------------------------------------------------------------ recording
+
+    def _complete(self, interval: _Interval, edge: Edge, virtual_node: str, now: int) -> None:
+        """Tempo's ``onComplete``: count the request and observe both latencies."""
+        label_names = self._label_names
+        if label_names:
+            dimensions = edge.dimensions or _NO_DIMENSIONS
+            key: tuple[str, ...] = (
+                edge.client,
+                edge.server,
+                edge.connection_type,
+                virtual_node,
+                *[dimensions.get(name, "") for name in label_names],
+            )
+        else:
+            key = (edge.client, edge.server, edge.connection_type, virtual_node)
+        group = interval.edges.get(key)
+        if group is None:
+            group = interval.edges[key] = self._new_group(key, now)
+        total = group.total
+        total.count += 1
+        total.last_ns = now
+        if edge.failed:
+            failed = group.failed
+            if failed is None:
+                failed = group.failed = self._series(
+                    REQUEST_FAILED_TOTAL, group.attributes, group.body, now, histogram=False
+                )
+            failed.count += 1
+            failed.last_ns = now
+        # Both latency histograms, inline (this runs for nearly every edge span). Prometheus
+        # buckets are upper-inclusive (le): a value equal to a bound belongs to it.
+        bounds = self._bounds
+        seconds = edge.server_seconds
+        series = group.server
+        series.count += 1
+        series.sum += seconds
+        series.last_ns = now
+        series.buckets[bisect_left(bounds, seconds)] += 1  # type: ignore[index]
+        seconds = edge.client_seconds
+        series = group.client
+        series.count += 1
+        series.sum += seconds
+        series.last_ns = now
+        series.buckets[bisect_left(bounds, seconds)] += 1  # type: ignore[index]
+        if (
+            self._messaging_latency
+            and edge.connection_type == CONNECTION_MESSAGING_SYSTEM
+            and edge.server_start_ns > edge.client_end_ns
+        ):
+            # Tempo skips a zero or negative lag (unsynchronized clocks) with a warning.
+            messaging = group.messaging
+            if messaging is None:
+                messaging = group.messaging = self._series(
+                    REQUEST_MESSAGING_SYSTEM_SECONDS, group.attributes, group.body, now, histogram=True
+                )
+            _observe(messaging, (edge.server_start_ns - edge.client_end_ns) / 1e9, bounds, now)
+
+    def _new_group(self, key: tuple[str, ...], now: int) -> _EdgeSeries:
+        client, server, connection_type, virtual_node, *dimension_values = key
+        attributes: list[tuple[str, Any]] = [("client", client), ("server", server)]
+        if connection_type:
+            attributes.append(("connection_type", connection_type))
+        for name, value in zip(self._label_names, dimension_values, strict=True):
+            if value:
+                attributes.append((name, value))
+        if virtual_node:
+            attributes.append((_VIRTUAL_NODE_LABEL, virtual_node))
+        frozen = tuple(attributes)
+        body = SERIES_ID_SEPARATOR.join(f"{name}={value}" for name, value in frozen)
+        return _EdgeSeries(
+            attributes=frozen,
+            body=body,
+            total=self._series(REQUEST_TOTAL, frozen, body, now, histogram=False),
+            server=self._series(REQUEST_SERVER_SECONDS, frozen, body, now, histogram=True),
+            client=self._series(REQUEST_CLIENT_SECONDS, frozen, body, now, histogram=True),
+        )
+
+    def _series(self, metric: str, attributes: Attributes, body: str, now: int, *, histogram: bool) -> Series:
+        return Series(
+            series_id=_series_id(metric, body),
+            metric=metric,
+            resource_id=RESOURCE_ID,
+            attributes=attributes,
+            start_ns=now,
+            last_ns=now,
+            buckets=[0] * self._bucket_count if histogram else None,
+        )
+
+    def _count(self, interval: _Interval, metric: str, side: str, service: str, now: int) -> None:
+        """One unpaired or dropped span, labelled with its own side's service."""
+        key = (metric, side, service)
+        series = interval.counters.get(key)
+        if series is None:
+            attributes: Attributes = ((side, service),) if service else ()
+            body = f"{side}={service}" if service else ""
+            series = interval.counters[key] = self._series(metric, attributes, body, now, histogram=False)
+        series.count += 1
+        series.last_ns = now
+
+    # ------------------------------------------------------------------ expiry
+
+    def expire(self, now_ns: int) -> None:
+        """Give up on every half-edge whose wait ended at or before ``now_ns`` (Tempo's ``onExpire``)."""
+        for by_tenant in self._pending.values():
+            for tenant, edges in by_tenant.items():
+                expired: list[EdgeKey] = []
+                for key, edge in edges.items():
+                    if edge.deadline_ns > now_ns:
+                        break
+                    expired.append(key)
+                if expired:
+                    interval = self._interval(tenant)
+                    for key in expired:
+                        self._expire_edge(interval, key, edges.pop(key), now_ns)
+
+    def expire_all(self) -> None:
+        """Expire everything now, whatever its wait: the end of the input (``spanmetrics process``)."""
+        now = self._clock()
+        for by_tenant in self._pending.values():
+            for tenant, edges in by_tenant.items():
+                if edges:
+                    interval = self._interval(tenant)
+                    for key, edge in edges.items():
+                        self._expire_edge(interval, key, edge, now)
+                    edges.clear()
+
+    def _expire_edge(self, interval: _Interval, key: EdgeKey, edge: Edge, now: int) -> None:
+        edge.connection_type = CONNECTION_VIRTUAL_NODE
+        if not edge.client:
+            if not key[1]:
+                # A root span: the request came from outside (a browser, curl, an uninstrumented caller).
+                edge.client = edge.peer or "user"
+                self._complete(interval, edge, "client" if self._virtual_node_label else "", now)
+            else:
+                self._count(interval, UNPAIRED_SPANS_TOTAL, "server", edge.server, now)
+        elif not edge.server and edge.peer:
+            # A call to something that sends no spans (an external API, an uninstrumented service).
+            edge.server = edge.peer
+            self._complete(interval, edge, "server" if self._virtual_node_label else "", now)
+        else:
+            self._count(interval, UNPAIRED_SPANS_TOTAL, "client", edge.client, now)
+
+    # ------------------------------------------------------------------ hand over
+
+    def take_deltas(self) -> dict[str, TenantDeltas]:
+        """Hand over the deltas recorded since the last call, grouped by tenant, and start anew."""
+        intervals, self._intervals = self._intervals, {}
+        result: dict[str, TenantDeltas] = {}
+        for tenant, interval in intervals.items():
+            series: list[Series] = []
+            for group in interval.edges.values():
+                series.append(group.total)
+                if group.failed is not None:
+                    series.append(group.failed)
+                series.append(group.server)
+                series.append(group.client)
+                if group.messaging is not None:
+                    series.append(group.messaging)
+            series.extend(interval.counters.values())
+            if series:
+                result[tenant] = TenantDeltas(resources={RESOURCE_ID: RESOURCE_ATTRIBUTES}, series=series)
+        return result
+
+    # ------------------------------------------------------------------ pending edges
+
+    def pending_count(self, partition: int | None = None) -> int:
+        """Half-edges waiting for their other side (in one partition, or in all)."""
+        if partition is not None:
+            return sum(len(edges) for edges in self._pending.get(partition, {}).values())
+        return sum(len(edges) for by_tenant in self._pending.values() for edges in by_tenant.values())
+
+    def partitions(self) -> list[int]:
+        """Partitions that hold (or held) pending edges, sorted."""
+        return sorted(self._pending)
+
+    def export_pending(self, partition: int) -> bytes:
+        """The waiting half-edges of ``partition`` (all tenants) as msgpack, each with its remaining wait.
+
+        The edges stay in this processor; call :meth:`drop_partition` when the partition is gone.
+        """
+        by_tenant = self._pending.get(partition, {})
+        return encode_pending(
+            ((tenant, edges.items()) for tenant, edges in by_tenant.items() if edges), self._clock()
+        )
+
+    def restore_pending(self, partition: int, blob: bytes, now_ns: int) -> int:
+        """Add the half-edges of an :meth:`export_pending` blob to ``partition``; returns how many.
+
+        Each edge waits what it had left when exported, counted from ``now_ns`` (never more than
+        this processor's ``wait``). An edge already held under the same key is kept as is, so
+        restoring twice changes nothing. Edges beyond ``max_items`` for their tenant are dropped
+        and counted as dropped spans. A damaged or foreign blob raises ``ValueError`` and
+        restores nothing.
+        """
+        decoded = decode_pending(blob, now_ns, self._wait_ns)
+        restored = 0
+        by_tenant = self._pending.setdefault(partition, {})
+        for tenant, rows in decoded:
+            if not rows:
+                continue
+            edges = by_tenant.setdefault(tenant, {})
+            had_edges = bool(edges)
+            room = self._max_items - self._pending_elsewhere(tenant, partition) - len(edges)
+            for key, edge in rows:
+                if key in edges:
+                    continue
+                if room <= 0:
+                    side, service = ("client", edge.client) if edge.client else ("server", edge.server)
+                    self._count(self._interval(tenant), DROPPED_SPANS_TOTAL, side, service, now_ns)
+                    continue
+                edges[key] = edge
+                room -= 1
+                restored += 1
+            if had_edges:
+                # Expiry walks the edges in insertion order and stops at the first one still waiting.
+                ordered = sorted(edges.items(), key=lambda item: item[1].deadline_ns)
+                edges.clear()
+                edges.update(ordered)
+        return restored
+
+    def drop_partition(self, partition: int) -> None:
+        """Forget the waiting half-edges of a partition this worker no longer owns (nothing is recorded)."""
+        self._pending.pop(partition, None)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _pending_elsewhere(self, tenant: str, partition: int) -> int:
+        total = 0
+        for other, by_tenant in self._pending.items():
+            if other != partition:
+                edges = by_tenant.get(tenant)
+                if edges:
+                    total += len(edges)
+        return total
+
+    def _interval(self, tenant: str) -> _Interval:
+        interval = self._intervals.get(tenant)
+        if interval is None:
+            interval = self._intervals[tenant] = _Interval()
+        return interval
+
+    def _resource(self, resource: BatchResource, cache_key: bytes) -> _Resource:
+        # ``cache_key`` is the serialized resource (one C call); the lookups below are
+        # Python-level reads per attribute.
+        entry = self._resources.get(cache_key)
+        if entry is None:
+            entry = self._build_resource(resource)
+            if len(self._resources) >= self._resource_cache_size:
+                del self._resources[next(iter(self._resources))]
+            self._resources[cache_key] = entry
+        return entry
+
+    def _build_resource(self, resource: BatchResource) -> _Resource:
+        service: str | None = None
+        values: dict[str, str] = {}
+        wanted = self._resource_keys
+        for kv in resource.attributes:
+            key = kv.key
+            if key == _SERVICE_NAME and service is None:
+                service = tempo_string(kv.value)
+            if key in wanted and key not in values:
+                values[key] = tempo_string(kv.value)
+        return _Resource(service=service, values=values)
+
+
+_NO_DIMENSIONS: dict[str, str] = {}
+
+
+def _observe(series: Series, value: float, bounds: tuple[float, ...], now: int) -> None:
+    series.count += 1
+    series.sum += value
+    series.last_ns = now
+    # Prometheus buckets are upper-inclusive (le): a value equal to a bound belongs to it.
+    series.buckets[bisect_left(bounds, value)] += 1  # type: ignore[index]
+
+
+def _series_id(metric: str, body: str) -> str:
+    """Same layout as the span metrics' ids: metric, resource id, then ``name=value`` pairs."""
+    return make_series_id(metric, RESOURCE_ID, body)
+
+
+def _dimension_labels(
+    dimensions: Sequence[str], prefix: bool, virtual_node_label: bool
+) -> tuple[tuple[tuple[str, str | None, str | None], ...], tuple[str, ...]]:
+    """Per dimension (attribute, client-side label, server-side label), and all label names in order.
+
+    Without the prefix both sides write the same label (the side seen last wins, as in Tempo).
+    A label name that is already taken (``client``, ``server``, ``connection_type``,
+    ``virtual_node`` when enabled, or an earlier dimension's sanitized name) is left out rather
+    than emitted twice.
+    """
+    taken = {"client", "server", "connection_type"}
+    if virtual_node_label:
+        taken.add(_VIRTUAL_NODE_LABEL)
+    result: list[tuple[str, str | None, str | None]] = []
+    names: list[str] = []
+
+    def claim(label: str) -> str | None:
+        if label in taken:
+            return None
+        taken.add(label)
+        names.append(label)
+        return label
+
+    for attribute in dict.fromkeys(dimensions):
+        if prefix:
+            client_label = claim(sanitize_label_name("client_" + attribute))
+            server_label = claim(sanitize_label_name("server_" + attribute))
+        else:
+            client_label = server_label = claim(sanitize_label_name(attribute))
+        if client_label is not None or server_label is not None:
+            result.append((attribute, client_label, server_label))
+    return tuple(result), tuple(names)

@@ -1,0 +1,1 @@
+"""The stream loop in parts: ingest, checkpoint, emission, rebalance."""
