@@ -46,6 +46,7 @@ from devtools.servers import (
     create_topics,
     kafka_from_env_or_embedded,
     redis_from_env_or_embedded,
+    require_server_wheels_for_env,
 )
 from devtools.top import run_top
 from worker.model.errors import ConfigError
@@ -354,6 +355,7 @@ def run_dev(options: DevOptions, *, out: TextIO | None = None) -> int:
     generator failed.
     """
     options.check()
+    require_server_wheels_for_env()
     out = out if out is not None else sys.stdout
     log_dir = Path(tempfile.mkdtemp(prefix="spanmetrics-dev-"))
     session = _Session(options=options, log_dir=log_dir, config_path=log_dir / "config.yaml")

