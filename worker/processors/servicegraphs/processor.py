@@ -67,6 +67,7 @@ from worker.model.series import (
     make_series_id,
 )
 from worker.otlp.batch import BatchResource, BatchSpan, ResourceGroup, SpanBatch, group_request
+from worker.processors.base import PipelineStats
 from worker.processors.servicegraphs.attributes import AttributeMap, find_attribute, span_attribute
 from worker.processors.servicegraphs.labels import sanitize_label_name, tempo_string
 from worker.processors.servicegraphs.pending import Edge, EdgeKey, decode_pending, encode_pending
@@ -148,6 +149,10 @@ class ServiceGraphStats:
     dropped: int = 0
     #: Spans of resources without ``service.name``.
     skipped_no_service: int = 0
+
+    def add_to(self, total: PipelineStats) -> None:
+        total.edges += self.edges
+        total.dropped_edges += self.dropped
 
 
 @dataclass(slots=True)

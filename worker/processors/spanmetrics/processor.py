@@ -58,6 +58,7 @@ from worker.model.series import (
 )
 from worker.model.values import any_value_to_python, stringify_any_value, stringify_python
 from worker.otlp.batch import BatchResource, BatchScope, BatchSpan, ResourceGroup, SpanBatch, group_request
+from worker.processors.base import PipelineStats
 from worker.processors.spanmetrics.sampling import adjusted_count, stochastic_round
 
 __all__ = [
@@ -109,6 +110,11 @@ class ConsumeStats:
     spans: int = 0
     skipped_no_service: int = 0
     overflowed: int = 0
+
+    def add_to(self, total: PipelineStats) -> None:
+        total.spans += self.spans
+        total.skipped_no_service += self.skipped_no_service
+        total.overflowed += self.overflowed
 
 
 @dataclass(slots=True)
@@ -279,13 +285,14 @@ class SpanMetricsProcessor:
         self,
         request: ExportTraceServiceRequest | SpanBatch,
         tenant: str,
+        partition: int = 0,
         *,
         groups: list[ResourceGroup] | None = None,
     ) -> ConsumeStats:
         """Aggregate every span of one OTLP request into the current interval's deltas.
 
-        ``groups`` is ``group_request(request)`` when the caller already has it (the pipeline
-        reads the request once for all processors).
+        ``partition`` does not matter here (nothing waits across requests); ``groups`` is
+        ``group_request(request)`` when the caller already has it.
         """
         stats = ConsumeStats()
         now = self._clock()
@@ -690,6 +697,12 @@ class SpanMetricsProcessor:
         return series
 
     # ------------------------------------------------------------------ hand over
+
+    def expire(self, now_ns: int) -> None:
+        """Nothing waits here: every span is counted when it is consumed."""
+
+    def expire_all(self) -> None:
+        """Nothing waits here: every span is counted when it is consumed."""
 
     def pending_series(self) -> int:
         """How many distinct metric series the current interval holds (memory bound check).
