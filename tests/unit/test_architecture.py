@@ -439,3 +439,57 @@ def test_rules_catch_what_they_forbid() -> None:
     assert devtools_outside_dev_commands([_imp("worker.cli", "devtools.top", "run")])
     assert devtools_outside_dev_commands([_imp("worker.service", "devtools.servers", "dev")])
     assert devtools_outside_dev_commands([_imp("state.fold", "devtools.servers")])
+
+
+# -- the graph for readers: python -m tests.unit.test_architecture [--modules] ----------------------
+
+
+def _group(module: str) -> str:
+    parts = module.split(".")
+    for end in range(len(parts), 0, -1):
+        if ".".join(parts[:end]) in LAYERS:
+            return ".".join(parts[:end])
+    return parts[0] if parts[0] != "worker" else module
+
+
+def _rank(name: str) -> int:
+    """Layer for ordering the printout; devtools on top."""
+    return 9 if _within(name, "devtools") else (layer(name) or 0)
+
+
+def describe(modules: bool = False) -> str:
+    """The package graph (or every module's imports), top layer first; cycles and upward imports marked."""
+    edges = GRAPH.edges()
+    lines: list[str] = []
+    if modules:
+        for module in sorted(MODULES, key=lambda m: (-_rank(m), m)):
+            lines.append(f"{module}  ->  {', '.join(sorted(edges[module] - {module})) or '-'}")
+    else:
+        between: dict[str, dict[str, int]] = {}
+        for imp in GRAPH.imports:
+            source, target = _group(imp.source), _group(imp.target)
+            if source != target:
+                counts = between.setdefault(source, {})
+                counts[target] = counts.get(target, 0) + 1
+        for group in sorted({_group(m) for m in MODULES}, key=lambda g: (-_rank(g), g)):
+            ordered = sorted(between.get(group, {}).items(), key=lambda item: (-_rank(item[0]), item[0]))
+            listed = ", ".join(f"{target} ({count})" for target, count in ordered)
+            lines.append(f"{group}  ->  {listed or '-'}")
+    cycles = [" -> ".join(cycle_path(edges, c)) for c in strongly_connected(edges)]
+    lines += [f"CYCLE: {cycle}" for cycle in cycles]
+    lines += [f"UPWARD: {item}" for item in upward(GRAPH.imports)]
+    return "\n".join(lines)
+
+
+def test_describe_prints_the_package_graph() -> None:
+    lines = describe().splitlines()
+    assert any(line.startswith("state  ->  worker.model (") for line in lines)
+    assert any(line.startswith("worker.cli  ->  devtools (") for line in lines)
+    assert "worker.model  ->  -" in lines
+    assert "worker.processors.pipeline  ->  " in describe(modules=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(describe(modules="--modules" in sys.argv[1:]))
