@@ -1,20 +1,6 @@
-"""``spanmetrics dev``: the whole pipeline on one machine - broker, Redis, N workers, load, live table.
+"""``spanmetrics dev``: broker, Redis, N worker processes, load and the live table on one machine.
 
-Why it exists: to see the worker do its job (and to demo it) without Docker or a cluster. It starts
-the embedded Tansu broker and Valkey from :mod:`devtools.servers` (or uses ``KAFKA_BOOTSTRAP_SERVERS``
-/ ``REDIS_URL``), creates the topics, writes one YAML config, starts the workers as real separate
-processes (``python -m worker run --config FILE``, so partition assignment, rebalancing and the
-Redis fencing are exercised as in production), feeds them from the load generator and shows the
-``top`` tables of the output topic, refreshed every flush.
-
-Everything it starts, it stops: on ``--duration``, Ctrl-C or SIGTERM the load stops, every worker gets
-SIGTERM (the worker flushes, commits and leaves its group) and SIGKILL after a grace period, then
-the embedded servers are stopped. Workers run in their own sessions so a terminal's Ctrl-C reaches
-only this process, which then stops them in order; on Linux they also get ``PR_SET_PDEATHSIG`` so
-they die with this process even if it is killed outright. A second Ctrl-C skips the grace period.
-
-Each run uses its own consumer group and Redis key prefix, so an external Kafka or Redis is never
-mixed up with an earlier run's state (the keys stay behind on an external Redis).
+Everything it starts, it stops (``--duration``, Ctrl-C, SIGTERM); each run has its own group and prefix.
 """
 
 from __future__ import annotations

