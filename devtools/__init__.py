@@ -1,3 +1,4 @@
 """Development tools (the ``dev`` extra): embedded servers, dev stack, load generator, ``top``.
 
-Never imported by ``spanmetrics run``."""
+Never imported by ``spanmetrics run``.
+"""

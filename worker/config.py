@@ -1,14 +1,6 @@
-"""Configuration: one YAML file, validated once at start into one frozen object.
+"""Settings: one YAML file with upstream option names and environment overrides, validated into one object.
 
-The ``spanmetrics:`` section takes the OpenTelemetry Collector spanmetrics connector's options
-under their upstream names (as Grafana Alloy documents them), so a user can paste the settings
-they already run. ``servicegraphs:`` takes Tempo's metrics-generator options. Environment
-variables override the file: ``SPANMETRICS_<SECTION>__<OPTION>`` (for example
-``SPANMETRICS_KAFKA__GROUP_ID``), and the conventional ``KAFKA_BOOTSTRAP_SERVERS`` and
-``REDIS_URL`` override the server addresses.
-
-Every invalid value fails at start with one line naming the option and what is allowed
-(:func:`load_config` raises :class:`~worker.model.errors.ConfigError`), never with a traceback.
+Invalid values fail at start with one line naming the option (:class:`~worker.model.errors.ConfigError`).
 """
 
 from __future__ import annotations

@@ -1,35 +1,6 @@
-"""The traffic model of the load generator: a shop-like microservice system that emits OTLP traces.
+"""The load generator's traffic model: a shop-like microservice system emitting realistic OTLP traces.
 
-Why it looks the way it does: the worker computes RED metrics per span and service-graph edges from
-CLIENT->SERVER, PRODUCER->CONSUMER and database CLIENT spans, so the load has to contain exactly the
-shapes a real system produces, with realistic proportions:
-
-* **Topology.** A storefront (``frontend``) calls a checkout service, which calls payment,
-  inventory (PostgreSQL behind a Redis cache) and shipping; shipping publishes to a Kafka topic
-  that an email service consumes. Further named services (cart, catalog, currency, ...) follow;
-  beyond the named ones ``svc-N`` services are generated with deterministic, acyclic call edges.
-  A given ``seed`` always yields the same topology and, with the same generator seed, the same
-  bytes.
-* **Spans.** Each request is a call tree: a root SERVER span, then per downstream call a CLIENT
-  span in the caller and a SERVER span in the callee whose ``parent_span_id`` is the client span.
-  Database calls are CLIENT spans with ``db.system``; a queue hop is a PRODUCER span plus a
-  CONSUMER span (in another service) whose parent is the producer and which starts after the
-  producer ended. INTERNAL spans appear for notable in-process work.
-* **Latency.** Per operation a log-normal distribution (real latencies are right-skewed: a tight
-  body and a long tail) plus rare multi-second outliers (GC pauses, lock waits, retries).
-  Children lie inside their parent's time window; the trace ends at ``now_ns`` because a Collector
-  exports a span only after it ended.
-* **Errors.** About ``error_rate`` of all spans end with status ERROR: some spans fail on their
-  own, a failed callee turns its client span into an error (the caller saw a 5xx / gRPC error)
-  and the caller's server span fails too about half the time (the rest retried or degraded).
-* **Resources.** Every service runs a few pods; each pod is one OTLP ``Resource`` (``service.name``,
-  ``service.instance.id``, ``k8s.pod.name``, ...), built once and reused, because real exporters
-  send the same resource with every batch and because it is much faster.
-
-Span attributes follow the current OpenTelemetry semantic conventions (``http.request.method``,
-``url.path``, ``rpc.method``, ``server.address``, ``db.namespace``, ``messaging.destination.name``,
-...); a few services use the older database conventions (``db.name``, ``db.statement``) as
-services still do in the wild.
+A ``seed`` always gives the same topology and, with the same generator seed, the same bytes.
 """
 
 from __future__ import annotations

@@ -1,19 +1,4 @@
-"""``spanmetrics loadgen``: produce traces from the traffic model to a Kafka topic at a steady rate.
-
-Why it is shaped this way:
-
-* **One record per trace**, value = serialized ``ExportTraceServiceRequest`` of the whole trace,
-  key = the trace ID as the Collector's Kafka exporter writes it with ``partition_traces_by_id``
-  (lowercase hex text, see :meth:`TraceGenerator.trace_request`), so the worker sees exactly what a
-  production pipeline would send and all spans of a trace land on one partition.
-* **Token-bucket pacing in one loop**: tokens accrue at ``rate`` per second up to a small burst, and
-  the loop produces as many traces as it holds tokens. No task per message and no per-message
-  sleep, so thousands of traces per second cost little more than generating them; after a stall the
-  burst cap keeps the generator from flooding the broker to "catch up".
-* **Bounded in-flight sends**: at most ``max_in_flight`` delivery futures are outstanding; beyond
-  that the loop awaits the oldest one, which gives back-pressure instead of unbounded memory when
-  the broker is slower than the generator (``rate=0``).
-"""
+"""``spanmetrics loadgen``: traces from the traffic model to a topic, one record per trace, steadily paced."""
 
 from __future__ import annotations
 

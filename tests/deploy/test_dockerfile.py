@@ -196,6 +196,17 @@ def test_copy_sources_exist_and_are_in_the_build_context() -> None:
             assert _dockerignore_included(relative, patterns), f"{relative} is excluded by .dockerignore"
 
 
+def test_builder_copies_every_package_of_the_wheel() -> None:
+    """devtools included: the compose stack runs ``spanmetrics loadgen`` from this image."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    packages = [p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]]
+    assert "devtools" in packages
+    _, stages = _stages()
+    copied = {rest.split()[0].rstrip("/") for keyword, rest in stages[0].instructions if keyword == "COPY"}
+    missing = [package for package in packages if package not in copied]
+    assert not missing, f"the builder does not COPY {missing}"
+
+
 def test_package_data_reaches_the_build_context() -> None:
     patterns = _ignore_patterns()
     lua = sorted((REPO / "state" / "lua").glob("*.lua"))

@@ -1,3 +1,1 @@
-"""Pure types shared by every layer: series identity, deltas, descriptors, values, errors.
-
-No I/O, and no imports of other project modules."""
+"""Pure types shared by every layer (series, deltas, descriptors, values, errors); imports nothing else."""

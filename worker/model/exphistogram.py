@@ -1,35 +1,6 @@
-"""A pure-Python base-2 exponential histogram for span durations.
+"""Base-2 exponential histogram of span durations, bucketed and downscaled as go-expohisto does.
 
-It follows the OpenTelemetry metrics data model
-(https://opentelemetry.io/docs/specs/otel/metrics/data-model/#exponentialhistogram) and mirrors the
-behaviour of ``github.com/lightstep/go-expohisto``, the library the OpenTelemetry Collector's spanmetrics
-connector uses: the histogram starts at the maximum scale (20), keeps at most ``max_size`` buckets per
-range (160 by default) and, when a new value would make the bucket range wider than that, downscales by
-the smallest amount that makes it fit.
-
-Bucket ``i`` at scale ``s`` covers ``(base**i, base**(i + 1)]`` with ``base = 2 ** (2 ** -s)``: the
-*upper* bound is inclusive, so exact powers of two land in the bucket below them (``1.0`` at scale 0 is
-index -1, ``2.0`` is index 0).
-
-Why the layout is plain data: the worker keeps one histogram per series in Redis and merges partial
-histograms there with a Lua script, so the state is a flat list (:meth:`ExpHistogram.to_state`) and the
-merge is nothing more than "shift indexes right to a common scale, add counts" -- easy to mirror in Lua.
-
-Non-positive values: span durations cannot be negative, and the Collector's spanmetrics connector clamps a
-span whose end precedes its start to a duration of 0. This histogram does the same: any value ``<= 0``
-(including ``-0.0``) is recorded as ``0.0`` in the zero bucket, so the negative range is never used and is
-not represented at all. NaN and infinities are rejected with :class:`ValueError` because they would poison
-``sum`` and have no bucket.
-
-Exactness: for scale <= 0 bucket boundaries are exact powers of two and the index comes from the float's
-exponent (``math.frexp``), as the spec recommends. For scale > 0 the index comes from the scaled natural
-logarithm, as in the spec's logarithm method; when that lands within a hair of a boundary (always the case
-for an exact power of two, which the spec asks to special-case) the index is decided from the float's
-exponent and a comparison against the boundary floats of :func:`lower_boundary` themselves. The result
-is that every recorded normal value satisfies ``lower_boundary(i) < v <= lower_boundary(i + 1)`` with the
-very floats this module returns, and that ``map_to_index(v, s) >> k == map_to_index(v, s - k)``
-holds exactly, which is what makes :meth:`ExpHistogram.merge` exact (merging equals recording everything
-into one histogram).
+Bucket ``i`` covers ``(base**i, base**(i + 1)]``, ``base = 2 ** (2 ** -scale)``; values ``<= 0`` count as 0.
 """
 
 from __future__ import annotations

@@ -1,11 +1,4 @@
-"""The unit of state: one series (metric + resource + attribute set) and how two of them merge.
-
-Processors produce *deltas* as :class:`Series` objects covering one flush interval; stores (the
-in-memory one for ``process`` and tests, the Redis one for the stream worker) merge deltas into
-cumulative :class:`Series` with :func:`merge_series`. Both sides use the same shape, so there is
-one definition of "add this to that", and the Redis store's fold (``state.fold``) mirrors it field
-for field.
-"""
+"""The unit of state: one series (metric + resource + attribute set), its deltas, and how two merge."""
 
 from __future__ import annotations
 

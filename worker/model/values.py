@@ -1,10 +1,4 @@
-"""OTLP ``AnyValue`` <-> Python values, and the string form used in series keys.
-
-The string form follows the Collector's ``pcommon.Value.AsString``: ints in decimal, bools as
-``true``/``false``, doubles in the shortest round-trip form (ES6 number formatting, so ``2.0`` is
-``"2"``), bytes as base64, arrays and maps as compact JSON. The key uses the string form so
-``200`` and ``"200"`` land in one series (as upstream), while data points keep the original type.
-"""
+"""OTLP ``AnyValue`` <-> Python values, and the Collector's ``AsString`` form used in series keys."""
 
 from __future__ import annotations
 

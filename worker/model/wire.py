@@ -1,8 +1,4 @@
-"""Protobuf varints, the one piece of the wire format written and read by hand in several places
-(the OTLP encoders, the record sniffing before a joined decode, the stored attribute encoding).
-
-https://protobuf.dev/programming-guides/encoding/#varints
-"""
+"""Protobuf varints and length prefixes, the part of the wire format written and read by hand."""
 
 from __future__ import annotations
 

@@ -1,25 +1,6 @@
-"""The decode schema of the hot path: OTLP traces with span attributes as a map.
+"""The hot path's decode schema: OTLP traces with span attributes read as a ``map<string, AnyValue>``.
 
-Profiles of the worker show most of its time in Python reading span fields, and the costliest
-reads were span attributes: a repeated ``KeyValue`` field can only be walked, and every element
-read from Python builds a wrapper and a key string. The processors want a handful of known keys
-per span (the configured dimensions, the service-graph peer and database attributes), so here a
-span's attributes are declared as ``map<string, AnyValue>``: a ``KeyValue`` is wire-compatible
-with a map entry (key = field 1, value = field 2), upb fills a hash table while it parses, and a
-lookup from Python is one C-level map access (``span.attributes.get(key)``).
-
-Everything else is the OTLP schema unchanged, copied from the generated descriptors into a
-private pool at import (no protoc involved): every field keeps its type, so the parser accepts
-and refuses exactly the same bytes as ``ExportTraceServiceRequest`` (UTF-8 checks of strings,
-nested ``AnyValue`` structure, depth limits), and unknown fields are kept as they are.
-
-The one difference is for invalid input: OTLP requires the attribute keys of a span to be
-unique, and when a key is repeated anyway the map keeps the *last* occurrence, where walking
-the list finds the first (what the Collector and Tempo use). Valid OTLP reads the same either
-way. Map iteration order is not the wire order; the processors only look keys up.
-
-A :data:`SpanBatch` is a message of this schema; :func:`as_batch` turns a standard request (from
-OTLP/JSON, tests, the offline command) into one by serializing and parsing it again.
+A :data:`SpanBatch` parses the very bytes ``ExportTraceServiceRequest`` does; :func:`as_batch` converts one.
 """
 
 from __future__ import annotations

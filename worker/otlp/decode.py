@@ -1,16 +1,4 @@
-"""Kafka record value -> ``ExportTraceServiceRequest``, whichever encoding the producer chose.
-
-The Collector's Kafka exporter writes ``otlp_proto`` by default and ``otlp_json`` on request;
-both are accepted on the same topic. A JSON document starts with ``{`` after optional
-whitespace. A serialized request starts with the tag of field 1, ``0x0a``, which is also a
-newline, and its length byte may happen to be ``{``; so a record that looks like JSON but does
-not parse as JSON and starts with ``0x0a`` is tried as protobuf before it is refused.
-
-``decode_traces`` and ``decode_traces_proto`` return standard OTLP messages. The worker's hot path
-uses ``decode_batch`` and ``decode_batch_proto`` instead: the same decisions and the same errors,
-but the request comes in the batch schema (:mod:`worker.otlp.batch`, span attributes as a map),
-which is what the processors read.
-"""
+"""Kafka record value -> OTLP traces: protobuf or JSON, detected per record; batch schema for the hot path."""
 
 from __future__ import annotations
 

@@ -1,27 +1,4 @@
-"""OTLP/JSON <-> protobuf export requests: traces (read from Kafka/files) and metrics (written).
-
-OTLP/JSON is the proto3 JSON mapping with a few deliberate deviations, which is why
-``google.protobuf.json_format`` alone is not enough
-(https://opentelemetry.io/docs/specs/otlp/#json-protobuf-encoding):
-
-* ``traceId``/``spanId``/``parentSpanId`` (also in span links and exemplars) are hex strings,
-  not base64 like every other ``bytes`` field. We convert them to base64 before
-  ``json_format.ParseDict`` and back to hex after ``json_format.MessageToDict``.
-* Enums are written as integers (``"kind": 2``); names are accepted on input.
-* Receivers must ignore unknown fields, so newer producers never break older consumers.
-
-Everything else (lowerCamelCase or snake_case keys on input, lowerCamelCase on output, 64-bit
-integers as decimal strings on output and strings or numbers on input) is what ``json_format``
-already does. The output matches what the Collector's file exporter and OTLP/HTTP JSON write.
-
-Before ``ParseDict`` we walk the document once, guided by the protobuf descriptors, because
-``ParseDict`` with ``ignore_unknown_fields=True`` is too lenient for a decoder whose errors must
-be explicit: it silently accepts an unknown enum name and it iterates a string given where an
-object belongs (ignoring every "field" it finds). The walk rejects those, converts the IDs,
-and gives every error a path such as ``resourceSpans[0].scopeSpans[0].spans[1].spanId``.
-Every decoding failure is raised as :class:`worker.model.errors.OtlpDecodeError`, so callers
-(e.g. a Kafka consumer that dead-letters bad records) need to catch exactly one type.
-"""
+"""OTLP/JSON <-> protobuf export requests: traces in (strict, errors with a field path), metrics out."""
 
 from __future__ import annotations
 

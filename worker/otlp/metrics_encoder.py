@@ -1,21 +1,6 @@
-"""Series -> serialized ``ExportMetricsServiceRequest`` bytes, without building protobuf objects.
+"""Series -> serialized ``ExportMetricsServiceRequest`` bytes, written straight in the wire format.
 
-The same requests as :func:`worker.otlp.metrics_builder.split_by_size` (parsed, they compare
-equal, and the bytes are the ones ``SerializeToString`` writes: fields in number order, proto3
-defaults left out, the same size-based splitting), written straight in the protobuf wire format.
-On 100,000 series (bench/encode.py) building and serializing the protobuf objects costs ~9-11 us
-per series on the dev machine, this ~2-3 us with warm caches (~6 us on the first flush).
-
-What is per-series constant is encoded once and cached: a data point's attributes (per attributes
-tuple object, then per ``(key, value)`` pair), a resource's attributes (per resource id), a
-metric's header and trailer (per descriptor and temporality) and the ``explicit_bounds`` field (per
-bounds tuple). Every cache is a dict cleared when it reaches its limit, so high-cardinality
-attributes cost time (they miss), never unbounded memory; the largest, per attributes tuple,
-holds ~350 bytes per entry (~35 MiB at 100,000 series, at most ~70 MiB at its limits).
-
-Wire format reminders (https://protobuf.dev/programming-guides/encoding/): a tag is
-``field << 3 | wire type`` (0 varint, 1 fixed64, 2 length-delimited); fixed-width fields are
-little-endian; a nested message is its tag, the varint length of its body, then the body.
+Byte for byte what ``split_by_size`` then ``SerializeToString`` give (tests/unit/otlp compare them).
 """
 
 from __future__ import annotations

@@ -1,13 +1,4 @@
-"""Reading a few named attributes of a span, as Tempo's ``FindAttributeValue`` does.
-
-Spans arrive in the batch schema (:mod:`worker.otlp.batch`), where a span's attributes are a map
-of key to ``AnyValue``: the service-graph processor wants a handful of keys (peer and database
-attributes, dimensions) out of the ten or so a span carries, and usually finds one or none, so
-each is one C-level map lookup instead of a walk over the attribute messages.
-
-The values the processor keeps per resource are already Tempo strings (looked up once per
-resource); the span's are turned into strings only when found.
-"""
+"""Named attributes of a span, found as Tempo's ``FindAttributeValue`` finds them (one map lookup each)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,4 @@
-"""Attribute values and label names as Tempo's metrics-generator writes them.
-
-Tempo turns attribute values into label values with ``pkg/util.StringifyAnyValue`` and label
-names into Prometheus-safe names with ``strutil.SanitizeLabelName``. Both differ in details from
-the Collector's ``AsString`` used by the span metrics (doubles are never in exponent form, arrays
-and maps are concatenated without separators, bytes are empty), and service-graph series must
-carry exactly the label values Tempo would, so they get their own small implementation here.
-"""
+"""Label values (``StringifyAnyValue``) and label names (``SanitizeLabelName``) as Tempo writes them."""
 
 from __future__ import annotations
 

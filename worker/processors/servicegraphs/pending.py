@@ -1,13 +1,6 @@
-"""Half-edges waiting for their other side, and their portable form.
+"""Half-edges waiting for their other side (Tempo's ``store.Edge``), and their portable form for a handover.
 
-An :class:`Edge` is Tempo's ``store.Edge``: one request between two services, filled in from the
-client side (CLIENT or PRODUCER span), the server side (SERVER or CONSUMER span), or both. It is
-stored under ``(trace_id, client span id)`` until both sides are known or its wait runs out.
-
-:func:`encode_pending` / :func:`decode_pending` move the waiting edges of one input partition
-between workers (msgpack). Each edge travels with the wait it has *left*, not an absolute
-deadline: the new owner re-reads the partition from the committed offset, so the time the
-partition spent without an owner must not count against the edges.
+An edge travels with the wait it has *left*, so time without an owner does not count against it.
 """
 
 from __future__ import annotations

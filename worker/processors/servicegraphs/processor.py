@@ -1,49 +1,6 @@
 """Spans in, service-graph edges out: Tempo metrics-generator's ``service-graphs`` processor, without I/O.
 
-Semantics follow Tempo (``modules/generator/processor/servicegraphs/servicegraphs.go`` and
-``store/``), so Grafana's service graph view works on the output unchanged:
-
-* A CLIENT span and its direct child SERVER span form an edge; so do a PRODUCER span and its
-  child CONSUMER span (``connection_type="messaging_system"``). Both sides are stored under
-  ``(trace_id, client span id)`` (the server side uses its parent span id) and the edge is
-  recorded the moment both service names are known. The side that arrives last sets the
-  connection type; the edge failed when either side has status ERROR.
-* A CLIENT (or PRODUCER) span with one of ``database_name_attributes`` (resource attributes
-  first, then span attributes, as Tempo's ``FindAttributeValue(key, resource, span)``) is a
-  ``connection_type="database"`` edge on its own. The server is named by ``peer.service``, else
-  ``server.address``, else ``network.peer.address`` (``:network.peer.port`` appended when
-  present), else the database attribute's value; its server latency is the client's.
-* An edge still waiting after ``wait`` expires (:meth:`ServiceGraphsProcessor.expire`): a root
-  SERVER/CONSUMER span becomes an edge from the client named by its first peer attribute, else
-  ``user``; a client side with a peer attribute becomes an edge to that peer; both with
-  ``connection_type="virtual_node"`` and, with ``enable_virtual_node_label``, a ``virtual_node``
-  label (``client`` or ``server``: which side is virtual). The missing side's latency is observed
-  as 0, as Tempo does. Anything else counts in ``traces_service_graph_unpaired_spans_total``.
-* At most ``max_items`` half-edges wait per tenant; a new one beyond that is dropped and counted
-  in ``traces_service_graph_dropped_spans_total``. Edges that complete at once (databases, or the
-  second side of a waiting edge) are never dropped.
-
-Tempo itself exposes unpaired and dropped spans only as its own ``tempo_metrics_generator_*``
-counters; the two ``traces_service_graph_*`` counters here have the names and the ``client`` /
-``server`` label of the Grafana Agent's service-graph processor (where Tempo's docs list them).
-
-Labels: ``client``, ``server``, ``connection_type`` (absent for a plain request), the configured
-dimensions (resource attributes first, then span attributes, label names sanitized as Prometheus'
-``SanitizeLabelName`` does, ``client_``/``server_`` prefixed with ``enable_client_server_prefix``),
-then ``virtual_node``. Empty label values are left out: Prometheus treats an empty label as an
-absent one, so Tempo's series carry exactly these label sets.
-
-Output shape: every series belongs to one fixed, empty resource (:data:`RESOURCE_ID`). Tempo's
-series carry no resource labels, and an empty resource keeps it that way after OTLP ingestion
-(no ``job``/``instance`` labels, no ``target_info``), so the queries Grafana issues
-(``sum by (client, server) (rate(traces_service_graph_request_total[...]))`` and the
-``_bucket``/``_sum``/``_count`` histogram series) return the same series as with Tempo. The scope
-is :data:`SCOPE_NAME`. Counters are plain counts (no span multiplier; Tempo's
-``span_multiplier_key`` is not offered), histograms carry no exemplars.
-
-Pending edges live per input partition and tenant, so the worker can export and restore them
-with the partition (:meth:`export_pending`, :meth:`restore_pending`); an edge's remaining wait
-survives the move.
+Semantics, names and labels follow Tempo (README "Service graphs"); pending edges live per input partition.
 """
 
 from __future__ import annotations
@@ -67,6 +24,7 @@ from worker.model.series import (
     make_series_id,
 )
 from worker.otlp.batch import BatchResource, BatchSpan, ResourceGroup, SpanBatch, group_request
+from worker.processors.base import PipelineStats
 from worker.processors.servicegraphs.attributes import AttributeMap, find_attribute, span_attribute
 from worker.processors.servicegraphs.labels import sanitize_label_name, tempo_string
 from worker.processors.servicegraphs.pending import Edge, EdgeKey, decode_pending, encode_pending
@@ -148,6 +106,10 @@ class ServiceGraphStats:
     dropped: int = 0
     #: Spans of resources without ``service.name``.
     skipped_no_service: int = 0
+
+    def add_to(self, total: PipelineStats) -> None:
+        total.edges += self.edges
+        total.dropped_edges += self.dropped
 
 
 @dataclass(slots=True)

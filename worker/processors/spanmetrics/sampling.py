@@ -1,10 +1,4 @@
-"""Sampling-aware counting: a span sampled at 50 % stands for two spans.
-
-OpenTelemetry's consistent probability sampling records the rejection threshold in the W3C
-tracestate as ``ot=th:<hex>`` (up to 14 hex digits, trailing zeros dropped). The adjusted count
-is ``2**56 / (2**56 - threshold)``; ``th:8`` is 50 % and counts 2. As the Collector's connector
-does, a fractional count is rounded stochastically so counters stay integers and unbiased.
-"""
+"""Sampling-aware counting: a span's adjusted count from its ``ot=th:`` tracestate, rounded stochastically."""
 
 from __future__ import annotations
 
