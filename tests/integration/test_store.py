@@ -15,8 +15,10 @@ import pytest
 from redis.asyncio import Redis
 
 from state.codec import attributes_of_parts, delta_payload, encode_meta
+from state.fold import series_slot
 from state.keys import KeySpace
-from state.redis_store import FencedError, RedisStateStore, series_slot
+from state.protocol import FencedError
+from state.redis_store import RedisStateStore
 from worker.model.exphistogram import ExpHistogram
 from worker.model.series import Series, TenantDeltas, with_companions
 
@@ -263,10 +265,10 @@ def test_the_cached_meta_follows_the_value_types_not_only_the_series_id(store: R
     as_str.attributes = tuple(
         (k, str(v)) if k == "http.status_code" else (k, v) for k, v in as_int.attributes
     )
-    first = store._constants(as_int)[2]
-    assert store._constants(_series("calls\x1er1\x1ecode=200", count=2))[2] is first  # cached
-    assert store._constants(as_str)[2] != first
-    assert store._constants(as_int)[2] == first
+    first = store.packer.constants(as_int)[2]
+    assert store.packer.constants(_series("calls\x1er1\x1ecode=200", count=2))[2] is first  # cached
+    assert store.packer.constants(as_str)[2] != first
+    assert store.packer.constants(as_int)[2] == first
 
 
 async def test_two_owners_under_the_tenant_limit_lose_nothing(redis_client: Redis, unique_name: str) -> None:
