@@ -94,9 +94,8 @@ class SeriesStore(Protocol):
         fences: Mapping[int, tuple[int, int]],
         pending: Mapping[int, bytes] | None = None,
     ) -> None:
-        """Append the deltas to their slots' logs and advance the fenced partitions' offsets
-        (partition -> (token, next offset)) in one step; FencedError on a stale token; a
-        repeated call applies nothing more."""
+        """Append the deltas to their slots' logs and advance the fenced partitions' offsets in
+        one step; FencedError on a stale token; a repeated call applies nothing more."""
 
     async def read_pending(self, partitions: Iterable[int]) -> dict[int, bytes]:
         """The service-graph half-edges saved with each partition's offsets."""
