@@ -24,9 +24,11 @@ import gc
 import json
 import random
 import statistics
+import sys
 import time
 import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -34,8 +36,10 @@ import msgpack
 from worker.config import DEFAULT_HISTOGRAM_BUCKETS
 from worker.model.series import Attributes, Exemplar, MetricDescriptor, MetricKind, Series, Temporality
 from worker.otlp import metrics_encoder
-from worker.otlp.metrics_builder import split_by_size
 from worker.otlp.metrics_encoder import encode_requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the protobuf reference lives in tests/
+from tests.reference.metrics_builder import split_by_size
 
 DESCRIPTORS = {
     "traces.span.metrics.calls": MetricDescriptor("traces.span.metrics.calls", MetricKind.SUM, order=0),

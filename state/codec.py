@@ -1,20 +1,5 @@
-"""Series records <-> msgpack, in the layout stored in Redis.
-
-A record is a flat msgpack array::
-
-    [meta, start_us, last_us, count, sum, buckets, exp, exemplars, companion]
-
-``companion`` is the name of the counter a ``duration`` record also stands for (see
-``Series.companion``), "" for none; records written by earlier versions end before it.
-``meta`` is an opaque blob (itself msgpack: metric, resource id, the attributes in their OTLP
-encoding), written when the series is created and never changed. Times are microseconds, and
-"no buckets" / "no exponential histogram" are empty arrays: the layout Redis Lua scripts merged in earlier
-versions (Lua numbers are doubles, and a nil inside a Lua array ends it), kept so that state
-written by them reads the same. Exemplars are ``[trace_id, span_id, value, time_us]``.
-
-Those scripts re-packed strings as msgpack ``str`` even when they held binary (the meta blob,
-trace IDs), so records are decoded with ``raw=True`` and only the meta blob is decoded as text.
-"""
+"""Series records <-> msgpack, in the layout stored in Redis (and the memory store):
+``[meta, start_us, last_us, count, sum, buckets, exp, exemplars, companion]``."""
 
 from __future__ import annotations
 
@@ -60,19 +45,14 @@ def encode_meta(series: Series) -> bytes:
 
 
 def pack_meta(metric: str, resource_id: str, attributes: Attributes) -> bytes:
-    """``[metric, resource_id, parts]``: the attributes are kept as their OTLP encoding (see
-    ``Series.attribute_parts``), so the flush after flush emission of a series copies them
-    rather than decoding and encoding them again: that was half the cost of an emission."""
+    """``[metric, resource_id, parts]``: the attributes in their OTLP encoding, which emission
+    copies as they are."""
     return cast(bytes, _packer.pack([metric, resource_id, attribute_parts(attributes)]))
 
 
 def unpack_meta(meta: bytes) -> tuple[str, str, Attributes, list[bytes] | None]:
-    """(metric, resource id, attributes, attribute parts) of a packed meta.
-
-    Metas written by earlier versions hold ``[key, value]`` pairs instead of parts: those come
-    back as typed attributes with parts None. New ones come back with parts and no attributes
-    (:func:`attributes_of_parts` recovers them when needed, e.g. to inspect state).
-    """
+    """(metric, resource id, attributes, attribute parts) of a packed meta: parts and no
+    attributes, or (metas of earlier versions) typed attributes and parts None."""
     return meta_fields(msgpack.unpackb(meta, raw=False, strict_map_key=False))
 
 

@@ -1,29 +1,5 @@
-"""Folding a slot's delta log into its cumulative records: pure code, no I/O.
-
-Any worker's flush appends the deltas it computed to the delta log of the slot each series
-belongs to (``P:t:<T>:d:<slot>``), in the same atomic step that records its input offsets; the
-owner of the slot folds that log into the slot's records (``P:t:<T>:s:<slot>``) when it emits.
-Redis thus does O(slots) work per flush instead of a read-modify-write per series, and the
-per-series arithmetic runs in the workers, which scale out, instead of in Redis's single thread.
-
-This module decides everything about one fold: which records change, which series are new,
-which expire, what each new series turns into should the tenant's active-series limit refuse
-it, and what is emitted. :mod:`state.redis_store` reads the inputs and commits the outcome atomically.
-
-Records and log rows share the codec's layout (see :mod:`state.codec`)::
-
-    record = [meta, start_us, last_us, count, sum, buckets, exp, exemplars, companion]
-    row    = [digest, record, flags]            # flags: ROW_OVERFLOW for an overflow series
-
-``companion`` names the counter a ``duration`` record also stands for (``calls``: see
-``Series.companion``), "" for none; records of earlier versions have no such field, and rows
-without it leave a record's companion as it is (see :func:`_add`). A record with a companion is
-two active series for the tenant's limit, and is emitted as two series (by the encoder,
-``worker.otlp.metrics_encoder``).
-
-A log entry is several msgpack rows one after the other (a stream, not an array), so entries
-can be built by concatenating packed rows, by Python and by Lua alike.
-"""
+"""Folding a slot's delta log into its records (pure, no I/O): every change of one fold, and what
+is emitted. A log entry is rows ``[digest, record, flags]`` packed back to back (see state.codec)."""
 
 from __future__ import annotations
 
@@ -50,8 +26,7 @@ __all__ = [
     "slot_of",
 ]
 
-#: Row flag: the row is an overflow series' delta, created whatever the tenant's limit says
-#: (it is where the series refused by the limit go, so refusing it would lose them).
+#: Row flag: an overflow series' delta, created whatever the tenant's limit says.
 ROW_OVERFLOW = 1
 
 _META, _START, _LAST, _COUNT, _SUM, _BUCKETS, _EXP, _EXEMPLARS, _COMPANION = range(9)
@@ -67,7 +42,7 @@ def slot_of(digest: bytes, slots: int) -> int:
 
 def series_slot(series_id: str, slots: int) -> int:
     """Slot by resource and attributes, not metric: ``calls`` and ``duration`` of one span
-    series share a slot, so one read of the slot gives a consistent point in time for both."""
+    series share a slot (one read of the slot sees both at one point in time)."""
     _, _, without_metric = series_id.partition("\x1e")
     return slot_of(series_digest(without_metric), slots)
 
@@ -163,8 +138,7 @@ def _add(record: list[Any], delta: Sequence[Any], max_exemplars: int, exp_max_si
         if room > 0:
             record[_EXEMPLARS] = [*kept, *exemplars[:room]]
     if len(delta) > _COMPANION:
-        # The latest writer's configuration decides; rows of earlier versions (no field) keep
-        # the record's, so a rolling upgrade does not switch the counter on and off.
+        # The latest writer's configuration decides; rows of earlier versions keep the record's.
         if len(record) > _COMPANION:
             record[_COMPANION] = delta[_COMPANION]
         else:
@@ -172,12 +146,8 @@ def _add(record: list[Any], delta: Sequence[Any], max_exemplars: int, exp_max_si
 
 
 def _reset(record: list[Any], delta_mode: bool, emitted_us: int) -> bool:
-    """Forget what the previous emission published: its exemplars, and for DELTA its values.
-
-    Returns whether the record changed. The owner commits a fold before publishing, so a
-    record's values at the next fold are exactly what was published (only the owner writes
-    records), provided that publication succeeded: the caller only resets then.
-    """
+    """Forget what the previous, confirmed emission published: its exemplars, and for DELTA its
+    values. Returns whether the record changed."""
     changed = False
     if record[_EXEMPLARS]:
         record[_EXEMPLARS] = []
@@ -212,18 +182,13 @@ def _complete(record: list[Any]) -> list[Any]:
 
 
 def _weight(record: Sequence[Any]) -> int:
-    """Active series a record is: two when it also stands for its companion counter. (Every
-    record the fold weighs has all its fields: see :func:`_complete`.)"""
+    """Active series a record is: two when it also stands for its companion counter."""
     return 2 if record[_COMPANION] else 1
 
 
 def _reader(*, raw: bool) -> Callable[[bytes], Any]:
-    """Read one msgpack object per blob through a single Unpacker.
-
-    ``msgpack.unpackb`` sets up a new unpacker at every call, which was most of the cost of
-    reading a record or a meta (two of each per series at every fold). A blob must hold exactly
-    one object: anything left over would be read as the next blob's, so it is an error.
-    """
+    """Read one msgpack object per blob through a single, reused Unpacker (``unpackb`` per
+    blob was most of a fold's cost); a blob holding more than one object is an error."""
     unpacker = msgpack.Unpacker(raw=raw, strict_map_key=False, max_buffer_size=_MAX_BLOB)
     feed, unpack, tell = unpacker.feed, unpacker.unpack, unpacker.tell
     consumed = 0
@@ -241,10 +206,8 @@ def _reader(*, raw: bool) -> Callable[[bytes], Any]:
 
 
 def _series(record: Sequence[Any], exp_max_size: int, read_meta: Callable[[bytes], Any]) -> Series:
-    """The series to emit. Runs for every series at every flush, hence positional arguments and
-    type checks before conversions: state written by Lua in earlier versions may hold integral
-    doubles, which the encoder's fixed-width fields would refuse. ``record`` has all its fields
-    (see :func:`_complete`)."""
+    """The series to emit (hot: positional arguments; integral doubles written by earlier Lua
+    scripts become ints, as the encoder's fixed-width fields need)."""
     meta, start, last, count, total, buckets, exp, exemplars, companion = record
     metric, resource_id, attributes, parts = meta_fields(read_meta(meta))
     return Series(
@@ -291,13 +254,8 @@ def _attribute_key(series: Series) -> tuple[bytes, ...]:
 
 
 def _drop_superseded_counters(plan: FoldPlan, held: Mapping[bytes, bytes]) -> None:
-    """Drop ``calls`` records that a ``duration`` record with that companion now stands for.
-
-    Earlier versions stored the counter as a record of its own. Once a record of the same
-    series carries it as its companion, the old record would emit a second, frozen copy of
-    the counter: it leaves the slot (its count is the histogram's, which kept counting). Rows
-    such a version still appends during a rolling upgrade are dropped the same way.
-    """
+    """Drop ``calls`` records (and rows) of earlier versions that a ``duration`` record with
+    that companion now stands for: they would emit a second, frozen copy of the counter."""
     if not plan.plain or len(plan.plain) == len(plan.live):
         return
     names = {series.companion for series in plan.live if series.companion is not None}
@@ -348,11 +306,7 @@ def fold_log(
     reset_emitted_us: int | None = None,
 ) -> FoldPlan:
     """Fold ``log`` (entries of packed rows) into the slot's ``stored`` records.
-
-    ``reset_emitted_us`` is the time of this owner's previous, successful emission of the slot:
-    what it published is forgotten first (see :func:`_reset`); None when there is none to trust
-    (a new owner, a failed publication), in which case it goes out again.
-    """
+    ``reset_emitted_us``: this owner's previous, confirmed emission of the slot (None: none)."""
     plan = FoldPlan()
     # Every row of one series adds up into one delta before it meets the record.
     deltas: dict[bytes, tuple[list[Any], int]] = {}

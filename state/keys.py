@@ -1,26 +1,5 @@
-"""Redis key layout, in one place so that nothing else builds key strings by hand.
-
-Everything lives under ``<prefix>:``; tenant data under ``<prefix>:t:<escaped tenant>:``:
-
-==============================  ======  ============================================
-key                             type    holds
-==============================  ======  ============================================
-``P:offsets:<topic>``           hash    partition -> next input offset to apply
-``P:fence:<topic>``             hash    partition -> fencing token of its owner
-``P:batch:<topic>``             hash    partition -> digest of the last merge applied (retry guard)
-``P:slots:<topic>``             string  the slot count the state was written with
-``P:edges:<topic>:<partition>`` string  pending service-graph half-edges of a partition
-``P:tenants``                   set     escaped tenants that have state
-``P:t:<T>:r``                   hash    resource id -> msgpack resource attributes
-``P:t:<T>:s:<slot>``            hash    16-byte series digest -> msgpack series record
-``P:t:<T>:d:<slot>``            list    delta log: flushes' rows for the slot, not yet folded
-``P:t:<T>:n``                   string  number of active series (the tenant limit)
-==============================  ======  ============================================
-
-Tenant values come from a Kafka header, i.e. from outside: they are validated and escaped
-(percent-encoding of everything but ``[A-Za-z0-9_.-]``) so that no value can reach another
-tenant's keys, inject a separator, or contain glob characters.
-"""
+"""The Redis key layout (everything under ``<prefix>:``), and tenant validation and escaping:
+no tenant value can reach another tenant's keys, inject a separator or hold glob characters."""
 
 from __future__ import annotations
 
@@ -74,30 +53,38 @@ class KeySpace:
 
     @property
     def offsets(self) -> str:
+        """hash: partition -> next input offset to apply."""
         return f"{self.prefix}:offsets:{self.topic}"
 
     @property
     def fence(self) -> str:
+        """hash: partition -> fencing token of its owner."""
         return f"{self.prefix}:fence:{self.topic}"
 
     @property
     def tenants(self) -> str:
+        """set: escaped tenants that have state."""
         return f"{self.prefix}:tenants"
 
     def tenant_root(self, escaped_tenant: str) -> str:
         return f"{self.prefix}:t:{escaped_tenant}"
 
     def resources(self, escaped_tenant: str) -> str:
+        """hash: resource id -> msgpack resource attributes."""
         return f"{self.prefix}:t:{escaped_tenant}:r"
 
     def slot(self, escaped_tenant: str, slot: int) -> str:
+        """hash: 16-byte series digest -> msgpack series record."""
         return f"{self.prefix}:t:{escaped_tenant}:s:{slot}"
 
     def log(self, escaped_tenant: str, slot: int) -> str:
+        """list: the slot's delta log, flushes' rows not yet folded."""
         return f"{self.prefix}:t:{escaped_tenant}:d:{slot}"
 
     def active(self, escaped_tenant: str) -> str:
+        """string: the tenant's active series (its limit)."""
         return f"{self.prefix}:t:{escaped_tenant}:n"
 
     def pending_edges(self, partition: int) -> str:
+        """string: the partition's pending service-graph half-edges."""
         return f"{self.prefix}:edges:{self.topic}:{partition}"

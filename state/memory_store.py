@@ -1,96 +1,228 @@
-"""Cumulative series held in memory: the store behind ``spanmetrics process`` and the unit tests.
-
-It has the same semantics as the Redis store (merge deltas, keep start times, expire idle
-series, clear exemplars after each emission, DELTA emits only the change), so the pure pipeline
-can be checked end to end without servers. Like the Redis store it keeps a paired ``duration``
-series as one series and writes its ``calls`` companion out when it emits (see
-:attr:`worker.model.series.Series.companion`).
-"""
+"""The in-memory SeriesStore (``spanmetrics process``, tests): the Redis store's layout in dicts,
+with merge.lua and fold.lua written out in Python over the same fold."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from worker.model.series import (
-    Attributes,
-    Series,
-    Temporality,
-    TenantDeltas,
-    emitted_count,
-    merge_series,
-    with_companions,
-)
+import msgpack
 
-__all__ = ["Collected", "MemoryStore"]
+from state.codec import decode_attributes
+from state.deltalog import LogPacker, PackedTenant
+from state.fold import FoldPlan, fold_log
+from state.protocol import FencedError, FoldResult, StoredSeries, fold_result, stored_series
+from worker.model.series import Attributes, TenantDeltas
+
+__all__ = ["MemoryStore"]
 
 
 @dataclass(slots=True)
-class Collected:
-    """What one tenant emits at one flush."""
+class _Slot:
+    """``P:t:<T>:s:<slot>`` and ``P:t:<T>:d:<slot>``."""
 
-    resources: dict[str, Attributes] = field(default_factory=dict)
-    series: list[Series] = field(default_factory=list)
+    records: dict[bytes, bytes] = field(default_factory=dict)
+    log: list[bytes] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Tenant:
+    """``P:t:<T>:r`` and ``P:t:<T>:n``, and the tenant's slots."""
+
+    resources: dict[str, bytes] = field(default_factory=dict)
+    active: int = 0
+    slots: dict[int, _Slot] = field(default_factory=dict)
+
+    def slot(self, slot: int) -> _Slot:
+        found = self.slots.get(slot)
+        if found is None:
+            found = self.slots[slot] = _Slot()
+        return found
 
 
 class MemoryStore:
-    def __init__(self, temporality: Temporality, max_exemplars: int, expiration_s: float = 0.0) -> None:
-        self.temporality = temporality
+    """The state of one input topic, in this process."""
+
+    def __init__(
+        self, *, slots: int, max_exemplars: int, exp_max_size: int = 160, active_series_limit: int = 0
+    ) -> None:
+        if slots < 1:
+            raise ValueError("slots must be at least 1 (the input topic's partition count)")
+        self.slots = slots
         self.max_exemplars = max_exemplars
-        self.expiration_ns = int(expiration_s * 1e9)
-        self._series: dict[str, dict[str, Series]] = {}
-        self._resources: dict[str, dict[str, Attributes]] = {}
+        self.exp_max_size = exp_max_size
+        self.active_series_limit = active_series_limit
+        self.packer = LogPacker(slots, active_series_limit)
+        self._fence: dict[int, int] = {}
+        self._offsets: dict[int, int] = {}
+        self._batches: dict[int, bytes] = {}
+        self._pending: dict[int, bytes] = {}
+        self._tenants: dict[str, _Tenant] = {}
 
-    def apply(self, deltas: Mapping[str, TenantDeltas]) -> None:
-        """Merge one flush's deltas; a new series starts at the delta's start time."""
-        for tenant, tenant_deltas in deltas.items():
-            resources = self._resources.setdefault(tenant, {})
-            for resource_id, attributes in tenant_deltas.resources.items():
-                resources.setdefault(resource_id, attributes)
-            table = self._series.setdefault(tenant, {})
-            for delta in tenant_deltas.series:
-                current = table.get(delta.series_id)
-                if current is None:
-                    table[delta.series_id] = delta.copy()
-                    if len(delta.exemplars) > self.max_exemplars:
-                        del table[delta.series_id].exemplars[self.max_exemplars :]
-                else:
-                    merge_series(current, delta, self.max_exemplars)
+    # ------------------------------------------------------------------ ownership and offsets
 
-    def series_count(self, tenant: str) -> int:
-        """Active series, as emitted: a series with a companion counter is two."""
-        return emitted_count(self._series.get(tenant, {}).values())
+    async def check_layout(self) -> None:
+        """Nothing to check: this state was written for this store's slots."""
 
-    def collect(self, now_ns: int) -> dict[str, Collected]:
-        """Snapshot what to emit now, then expire, clear exemplars and (DELTA) reset.
+    async def claim(self, partitions: Iterable[int]) -> dict[int, int]:
+        tokens = {}
+        for partition in sorted(set(partitions)):
+            tokens[partition] = self._fence[partition] = self._fence.get(partition, 0) + 1
+        return tokens
 
-        A paired series is emitted followed by its companion counter, derived from the emitted
-        copy (so it is not touched by the reset or the exemplar clearing that follow).
-        """
-        result: dict[str, Collected] = {}
-        for tenant, table in self._series.items():
-            collected = Collected(resources=dict(self._resources.get(tenant, {})))
-            for series_id, series in list(table.items()):
-                if self.expiration_ns and now_ns - series.last_ns >= self.expiration_ns:
-                    del table[series_id]
-                    continue
-                if self.temporality is Temporality.DELTA and series.count == 0:
-                    continue
-                collected.series.extend(with_companions([series.copy()]))
-                series.exemplars.clear()
-                if self.temporality is Temporality.DELTA:
-                    _reset(series, now_ns)
-            if collected.series:
-                result[tenant] = collected
-        return result
+    async def owns(self, tokens: Mapping[int, int]) -> set[int]:
+        return {partition for partition, token in tokens.items() if self._fence.get(partition) == token}
+
+    async def applied_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
+        return {p: self._offsets[p] for p in sorted(set(partitions)) if p in self._offsets}
+
+    # ------------------------------------------------------------------ the flush
+
+    async def merge(
+        self,
+        deltas: Mapping[str, TenantDeltas],
+        fences: Mapping[int, tuple[int, int]],
+        pending: Mapping[int, bytes] | None = None,
+    ) -> None:
+        """merge.lua: fence check, retry guard, offsets, half-edges, then the log entries."""
+        packed = self.packer.pack(deltas)
+        ordered = sorted(fences.items())
+        for partition, (token, _) in ordered:
+            if self._fence.get(partition) != token:
+                raise FencedError(partition)
+        half_edges = [(p, blob) for p, blob in sorted((pending or {}).items()) if p in fences]
+        if ordered:
+            batch_id = _batch_id(ordered, half_edges, packed)
+            if self._batches.get(ordered[0][0]) == batch_id:
+                return  # a retry of the merge applied last
+            for partition, _ in ordered:
+                self._batches[partition] = batch_id
+        for partition, (_, offset) in ordered:
+            current = self._offsets.get(partition)
+            if offset != -1 and (current is None or current < offset):
+                self._offsets[partition] = offset
+        for partition, blob in half_edges:
+            if blob:
+                self._pending[partition] = bytes(blob)
+            else:
+                self._pending.pop(partition, None)
+        for one in packed:
+            tenant = self._tenants.setdefault(one.tenant, _Tenant())
+            for resource_id, blob in one.resources:
+                tenant.resources.setdefault(resource_id, blob)
+            for slot, entry in one.entries:
+                tenant.slot(slot).log.append(bytes(entry))
+
+    async def read_pending(self, partitions: Iterable[int]) -> dict[int, bytes]:
+        return {p: self._pending[p] for p in sorted(set(partitions)) if p in self._pending}
+
+    # ------------------------------------------------------------------ emission
+
+    async def tenants(self) -> list[str]:
+        return sorted(self._tenants)
+
+    async def resources(self, tenant: str) -> dict[str, Attributes]:
+        found = self._tenants.get(tenant, _Tenant())
+        return {rid: decode_attributes(blob) for rid, blob in found.resources.items()}
+
+    async def active_series(self, tenant: str) -> int:
+        found = self._tenants.get(tenant)
+        return 0 if found is None else found.active
+
+    async def read_slot(self, tenant: str, slot: int) -> list[StoredSeries]:
+        stored = self._tenants.get(tenant, _Tenant()).slot(slot)
+        return stored_series(self._plan(stored, limit=0, delta_mode=False))
+
+    async def fold_slot(
+        self,
+        tenant: str,
+        slot: int,
+        token: int,
+        *,
+        expire_before_ns: int = 0,
+        delta_mode: bool = False,
+        reset_emitted_ns: int | None = None,
+    ) -> FoldResult:
+        """Fold the slot's log into its records and commit that as the slot's owner (``token``)."""
+        state = self._tenants.get(tenant, _Tenant())  # (nothing to fold: left unregistered)
+        stored = state.slot(slot)
+        plan = self._plan(
+            stored,
+            limit=self.active_series_limit,
+            delta_mode=delta_mode,
+            expire_before_us=expire_before_ns // 1000,
+            reset_emitted_us=None if reset_emitted_ns is None else reset_emitted_ns // 1000,
+        )
+        if not (plan.updates or plan.created or plan.expired or stored.log):
+            return FoldResult(committed=True, live=plan.live)
+        refused = self._commit_fold(state, slot, token, plan, folded=len(stored.log))
+        return fold_result(plan, refused)
+
+    def _commit_fold(
+        self, tenant: _Tenant, slot: int, token: int, plan: FoldPlan, folded: int
+    ) -> list[int] | None:
+        """fold.lua: commit ``plan`` (decided over the first ``folded`` log entries) while
+        ``token`` is current; the 1-based positions of the new series refused, None if fenced."""
+        if self._fence.get(slot) != token:
+            return None
+        stored = tenant.slot(slot)
+        stored.records.update(plan.updates)
+        for digest in plan.expired:
+            stored.records.pop(digest, None)
+        active = max(tenant.active + plan.held_change, 0)
+        # New series are admitted in order while the tenant is under its limit; the rest go to
+        # the overflow series (never refused themselves), whose rows go to their slots' logs.
+        limit = self.active_series_limit
+        admitted: dict[bytes, bytes] = {}
+        refused: list[int] = []
+        rows_by_log: dict[int, list[bytes]] = {}
+        for n, new in enumerate(plan.created, start=1):
+            if new.overflow_target < 0 or limit == 0 or active + new.weight <= limit:
+                admitted[new.digest] = new.record
+                active += new.weight
+            else:
+                refused.append(n)
+                rows_by_log.setdefault(new.overflow_target, []).append(new.overflow_row)
+        stored.records.update(admitted)
+        for target, rows in rows_by_log.items():
+            tenant.slot(plan.overflow_slots[target]).log.append(b"".join(rows))
+        tenant.active = active
+        del stored.log[:folded]
+        return refused
+
+    # ------------------------------------------------------------------ helpers
+
+    def _plan(
+        self,
+        stored: _Slot,
+        *,
+        limit: int,
+        delta_mode: bool,
+        expire_before_us: int = 0,
+        reset_emitted_us: int | None = None,
+    ) -> FoldPlan:
+        return fold_log(
+            stored.records,
+            list(stored.log),
+            slots=self.slots,
+            max_exemplars=self.max_exemplars,
+            exp_max_size=self.exp_max_size,
+            limit=limit,
+            delta_mode=delta_mode,
+            expire_before_us=expire_before_us,
+            reset_emitted_us=reset_emitted_us,
+        )
 
 
-def _reset(series: Series, now_ns: int) -> None:
-    """After a DELTA emission the next interval starts now, from zero."""
-    series.start_ns = now_ns
-    series.count = 0
-    series.sum = 0.0
-    if series.buckets is not None:
-        series.buckets = [0] * len(series.buckets)
-    if series.exp is not None:
-        series.exp = type(series.exp)(max_size=series.exp.max_size)
+def _batch_id(
+    fences: list[tuple[int, tuple[int, int]]], pending: list[tuple[int, bytes]], packed: list[PackedTenant]
+) -> bytes:
+    """What identifies a merge's content (the Redis store digests its script arguments)."""
+    digest = hashlib.blake2b(msgpack.packb([fences, pending], use_bin_type=True), digest_size=16)
+    for tenant in packed:
+        digest.update(msgpack.packb([tenant.tenant, tenant.resources], use_bin_type=True))
+        for slot, entry in tenant.entries:
+            digest.update(slot.to_bytes(4, "big"))
+            digest.update(entry)
+    return digest.digest()

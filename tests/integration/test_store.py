@@ -1,4 +1,5 @@
-"""The Redis store against a real Redis: merges append to slot logs, the owner's fold commits them.
+"""The Redis store against a real Redis: merges append to slot logs, the owner's fold commits them;
+the memory store folds what it folds.
 
 A series' value is its record plus the unfolded rows of its slot's log; these tests check that
 value through ``read_slot`` (a read-only view) and through ``fold_slot`` (what the owner emits),
@@ -7,18 +8,33 @@ and that the Lua scripts keep the invariants: fencing, retries, the active-serie
 
 from __future__ import annotations
 
+import asyncio
 import random
+import uuid
 from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from state.codec import attributes_of_parts, delta_payload, encode_meta
+from state.fold import series_slot
 from state.keys import KeySpace
-from state.redis_store import FencedError, RedisStateStore, series_slot
+from state.memory_store import MemoryStore
+from state.protocol import FencedError, SeriesStore
+from state.redis_store import RedisStateStore
 from worker.model.exphistogram import ExpHistogram
-from worker.model.series import Series, TenantDeltas, with_companions
+from worker.model.series import (
+    MetricDescriptor,
+    MetricKind,
+    Series,
+    Temporality,
+    TenantDeltas,
+    with_companions,
+)
+from worker.otlp.metrics_encoder import encode_requests, fit_otlp
 
 NOW = 1_800_000_000_000_000_000
 
@@ -263,10 +279,10 @@ def test_the_cached_meta_follows_the_value_types_not_only_the_series_id(store: R
     as_str.attributes = tuple(
         (k, str(v)) if k == "http.status_code" else (k, v) for k, v in as_int.attributes
     )
-    first = store._constants(as_int)[2]
-    assert store._constants(_series("calls\x1er1\x1ecode=200", count=2))[2] is first  # cached
-    assert store._constants(as_str)[2] != first
-    assert store._constants(as_int)[2] == first
+    first = store.packer.constants(as_int)[2]
+    assert store.packer.constants(_series("calls\x1er1\x1ecode=200", count=2))[2] is first  # cached
+    assert store.packer.constants(as_str)[2] != first
+    assert store.packer.constants(as_int)[2] == first
 
 
 async def test_two_owners_under_the_tenant_limit_lose_nothing(redis_client: Redis, unique_name: str) -> None:
@@ -368,3 +384,135 @@ async def test_an_upgraded_worker_folds_the_separate_calls_record_into_the_pair(
     ]
     assert await store.active_series("acme") == 2
     assert await redis_client.hkeys(store.keys.slot("acme", slot)) == [duration.digest]
+
+
+# ---------------------------------------------------------------------------------------- the memory twin
+
+_TWIN_DESCRIPTORS = {
+    "calls": MetricDescriptor("calls", MetricKind.SUM, order=0),
+    "duration": MetricDescriptor("duration", MetricKind.HISTOGRAM, bounds=(1.0, 10.0), order=1),
+    "size": MetricDescriptor("size", MetricKind.EXPONENTIAL_HISTOGRAM, order=2),
+}
+#: (series name, kind, count, exemplars): kinds "paired" (duration standing for calls), "calls"
+#: (a counter of its own, superseded by a paired record of the same name), "size" (exponential).
+_delta = st.tuples(
+    st.sampled_from("abcde"),
+    st.sampled_from(["paired", "calls", "size"]),
+    st.integers(1, 5),
+    st.integers(0, 2),
+)
+_flushes = st.lists(
+    st.tuples(st.lists(_delta, max_size=8), st.sampled_from([10, 30])),  # deltas, seconds to the flush
+    min_size=1,
+    max_size=4,
+)
+
+
+def _twin_delta(name: str, kind: str, count: int, exemplars: int, now_ns: int) -> Series:
+    metric = "duration" if kind == "paired" else kind
+    series = _series(f"{metric}\x1er1\x1ename={name}", count=count, start=now_ns - 5_000_000_123)
+    series.attributes = (("name", name), ("code", 200))
+    series.last_ns = now_ns - 1_000_000_456
+    series.exemplars = [(b"t" * 16, bytes([n]) * 8, float(n), now_ns - n) for n in range(exemplars)]
+    if kind == "paired":
+        series.buckets, series.companion = [count, 0, count], "calls"
+    elif kind == "size":
+        series.exp = ExpHistogram(max_size=20)
+        for n in range(count):
+            series.exp.record(0.5 + n * 3.25)
+    return series
+
+
+def _canonical(live: list[Series]) -> list[Series]:
+    """Live series in one order for both stores: a Redis hash does not keep insertion order."""
+    return sorted(live, key=lambda s: (s.metric, s.resource_id, s.attribute_parts or []))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    flushes=_flushes,
+    slots=st.integers(1, 3),
+    limit=st.sampled_from([0, 2, 5]),
+    delta=st.booleans(),
+    expiration_s=st.sampled_from([0, 20]),
+)
+def test_the_memory_store_folds_what_the_redis_store_folds(
+    redis_url: str,
+    flushes: list[tuple[list[tuple[str, str, int, int]], int]],
+    slots: int,
+    limit: int,
+    delta: bool,
+    expiration_s: int,
+) -> None:
+    """The same flushes through both stores, each folded by the owner of every slot as the
+    emitter folds them: the same fold results and the same encoded requests, flush by flush."""
+    temporality = Temporality.DELTA if delta else Temporality.CUMULATIVE
+
+    async def run() -> None:
+        prefix = f"twin-{uuid.uuid4().hex[:12]}"
+        client = Redis.from_url(redis_url)
+        options: dict[str, Any] = {"slots": slots, "max_exemplars": 2, "exp_max_size": 20}
+        redis = RedisStateStore(client, KeySpace(prefix, "in"), active_series_limit=limit, **options)
+        memory = MemoryStore(active_series_limit=limit, **options)
+        stores: tuple[SeriesStore, SeriesStore] = (redis, memory)
+        try:
+            tokens = [await store.claim(range(slots)) for store in stores]
+            assert tokens[0] == tokens[1]
+            now, previous = NOW, None
+            for offset, (rows, advance_s) in enumerate(flushes, start=1):
+                now += advance_s * 1_000_000_000
+                deltas = {"acme": TenantDeltas(resources={"r1": (("service.name", "svc"),)}, series=[])}
+                seen = set()
+                for name, kind, count, exemplars in rows:
+                    if (name, kind) not in seen:  # one delta per series and flush, as take_deltas gives
+                        seen.add((name, kind))
+                        deltas["acme"].series.append(_twin_delta(name, kind, count, exemplars, now))
+                for store, owned in zip(stores, tokens, strict=True):
+                    fences = {p: (token, offset if p == 0 else -1) for p, token in owned.items()}
+                    await store.merge(deltas, fences)
+                for slot in range(slots):
+                    results = [
+                        await store.fold_slot(
+                            "acme",
+                            slot,
+                            owned[slot],
+                            expire_before_ns=now - expiration_s * 1_000_000_000 if expiration_s else 0,
+                            delta_mode=delta,
+                            reset_emitted_ns=previous,
+                        )
+                        for store, owned in zip(stores, tokens, strict=True)
+                    ]
+                    from_redis, from_memory = results
+                    assert from_redis.committed and from_memory.committed
+                    assert (from_memory.overflowed, from_memory.expired) == (
+                        from_redis.overflowed,
+                        from_redis.expired,
+                    )
+                    assert _canonical(from_memory.live) == _canonical(from_redis.live)
+                    encoded = []
+                    for store, result in zip(stores, results, strict=True):
+                        live = _canonical(result.live)
+                        for series in live:
+                            fit_otlp(series)
+                        requests = encode_requests(
+                            await store.resources("acme"), live, _TWIN_DESCRIPTORS, temporality, now, 1 << 40,
+                            reuse_attribute_tuples=False,
+                        )  # fmt: skip
+                        encoded.append([request.data for request in requests])
+                    assert encoded[0] == encoded[1]
+                previous = now
+                for slot in range(slots):  # records and the rows left in the log (refused series)
+                    held = [
+                        sorted((s.digest, repr(s.series)) for s in await store.read_slot("acme", slot))
+                        for store in stores
+                    ]
+                    assert held[0] == held[1]
+                assert await memory.active_series("acme") == await redis.active_series("acme")
+                assert await memory.applied_offsets([0]) == await redis.applied_offsets([0]) == {0: offset}
+        finally:
+            keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
+            if keys:
+                await client.delete(*keys)
+            await client.aclose()
+
+    asyncio.run(run())

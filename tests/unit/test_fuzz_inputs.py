@@ -45,12 +45,12 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from state.codec import delta_payload, encode_attributes, encode_meta
+from tests.reference.metrics_builder import split_by_size
 from worker.config import Settings
 from worker.model.errors import OtlpDecodeError
 from worker.model.series import Temporality, with_companions
 from worker.otlp.decode import decode_traces
 from worker.otlp.json_codec import traces_to_json
-from worker.otlp.metrics_builder import split_by_size
 from worker.processors.pipeline import Pipeline
 from worker.processors.spanmetrics.sampling import adjusted_count
 

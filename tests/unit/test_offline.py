@@ -1,7 +1,9 @@
-"""``spanmetrics process``: the connector documentation's examples, input formats and input errors."""
+"""``spanmetrics process``: the worker's own path, the connector documentation's examples, input
+formats and input errors."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -10,8 +12,14 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
+from state.memory_store import MemoryStore
+from tests.reference.metrics_builder import build_metrics_request
 from tests.unit.processors.spanmetrics.helpers import (
+    BASE_NS,
+    CLIENT,
+    SERVER,
     FakeClock,
     attribute_dict,
     make_span,
@@ -22,8 +30,11 @@ from tests.unit.processors.spanmetrics.helpers import (
 from worker.cli import cli
 from worker.config import Settings
 from worker.model.errors import OtlpDecodeError
+from worker.model.series import Temporality, with_companions
 from worker.offline import process_documents, read_documents
 from worker.otlp.json_codec import metrics_to_dict, traces_from_json, traces_to_json
+from worker.otlp.metrics_encoder import encode_requests, fit_otlp
+from worker.processors.pipeline import Pipeline
 
 DOCS = Path(__file__).resolve().parents[1] / "data" / "connector_docs"
 NO_HISTOGRAM = "spanmetrics:\n  histogram:\n    disable: true\n"
@@ -303,3 +314,85 @@ def test_malformed_input_in_a_real_process(tmp_path: Path) -> None:
     assert "Traceback" not in stderr
     assert stderr.startswith(f"spanmetrics: error: {path}: line 3: ")
     assert completed.stdout == b""
+
+
+# ---------------------------------------------------------------------------------------- the worker's path
+
+
+def _by_hand(settings: Settings, documents: list[Any], clock: FakeClock) -> tuple[bytes, bytes]:
+    """(the worker's bytes, the protobuf builder's bytes) for the documents in one flush: the
+    pipeline, then the memory store's merge and fold and the encoder, each called directly."""
+    pipeline = Pipeline(settings, clock=clock)
+    store = MemoryStore(
+        slots=1,
+        max_exemplars=pipeline.max_exemplars,
+        active_series_limit=settings.worker.max_active_series_per_tenant,
+    )
+    tenant = settings.kafka.default_tenant
+    for document in documents:
+        pipeline.consume(document, tenant)
+    pipeline.expire_all()
+    deltas = pipeline.take_deltas()
+    temporality = settings.spanmetrics.aggregation_temporality
+    now = clock()
+    builder = build_metrics_request(
+        deltas[tenant].resources,
+        with_companions(deltas[tenant].series),
+        pipeline.descriptors(),
+        temporality,
+        now,
+    ).SerializeToString()
+
+    async def worker() -> bytes:
+        [token] = (await store.claim([0])).values()
+        await store.merge(deltas, {0: (token, 1)})
+        fold = await store.fold_slot(tenant, 0, token, delta_mode=temporality is Temporality.DELTA)
+        assert fold.committed
+        for series in fold.live:
+            fit_otlp(series)
+        [request] = encode_requests(
+            await store.resources(tenant),
+            fold.live,
+            pipeline.descriptors(),
+            temporality,
+            now,
+            1 << 40,
+            reuse_attribute_tuples=False,
+        )
+        return request.data
+
+    return asyncio.run(worker()), builder
+
+
+@pytest.mark.parametrize("temporality", ["CUMULATIVE", "DELTA"])
+def test_process_emits_the_bytes_of_the_workers_store_fold_and_encoder(temporality: str) -> None:
+    settings = Settings.model_validate(
+        {
+            "spanmetrics": {
+                "aggregation_temporality": temporality,
+                "exemplars": {"enabled": True},
+                "histogram": {"exponential": {"max_size": 40}},
+            },
+            "servicegraphs": {"enabled": True},
+        }
+    )
+    spans = [make_span("a", kind=kind, duration_ms=n) for n, kind in enumerate((SERVER, CLIENT) * 3)]
+    documents = [simple_request(*spans[:4]), simple_request(*spans[4:], service="other")]
+    # An odd clock: the fold keeps microseconds, so its start times differ from the deltas' own.
+    start = BASE_NS + 1_234_567
+    result = process_documents(settings, documents, clock=FakeClock(start))
+    worker, builder = _by_hand(settings, documents, FakeClock(start))
+    assert result.data == worker
+    assert result.request == ExportMetricsServiceRequest.FromString(worker)
+    assert worker != builder  # (so the equality above says which path process took)
+    assert metrics_to_dict(ExportMetricsServiceRequest.FromString(builder)) != metrics_to_dict(result.request)
+
+
+def test_process_applies_the_workers_active_series_limit() -> None:
+    """A new series past the tenant's limit goes to the overflow series at the next fold, as in
+    the worker: one flush emits only the admitted ones."""
+    settings = Settings.model_validate({"worker": {"max_active_series_per_tenant": 2}})
+    result = process_documents(
+        settings, [simple_request(*(make_span(f"s{n}") for n in range(3)))], clock=FakeClock()
+    )
+    assert total(result.request, "calls") == 1  # calls and duration of the first span series

@@ -11,12 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
+from tests.reference.metrics_builder import split_by_size
 from worker.config import DEFAULT_HISTOGRAM_BUCKETS
 from worker.model.exphistogram import ExpHistogram
 from worker.model.series import Attributes, MetricDescriptor, MetricKind, Series, Temporality, with_companions
 from worker.model.values import attribute_parts, encode_any_value, python_to_any_value
 from worker.otlp import metrics_encoder
-from worker.otlp.metrics_builder import split_by_size
 from worker.otlp.metrics_encoder import EncodedRequest, encode_requests
 
 NOW = 1_700_000_000_123_456_789

@@ -1,7 +1,7 @@
 """Span builders and a small pipeline for the service-graph unit tests.
 
 Spans are built as opentelemetry-proto messages directly; results are read back from the
-processor's deltas merged in a :class:`~state.memory_store.MemoryStore`, keyed by the exact
+processor's deltas merged and folded as the worker does (``worker.offline.LocalWorker``), keyed by the exact
 label set, so a test also notices a label that should not be there.
 """
 
@@ -15,6 +15,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
+from state.codec import attributes_of_parts
 from state.memory_store import MemoryStore
 
 # The clock, the time constants and the attribute builders are the span-metrics tests' own.
@@ -28,8 +29,8 @@ from tests.unit.processors.spanmetrics.helpers import (  # noqa: F401 - re-expor
     key_values,
 )
 from worker.config import ServiceGraphsConfig
-from worker.model.series import Series, Temporality, TenantDeltas
-from worker.otlp.metrics_builder import build_metrics_request
+from worker.model.series import Series, Temporality, TenantDeltas, with_companions
+from worker.offline import LocalWorker
 from worker.processors.servicegraphs import ServiceGraphsProcessor, ServiceGraphStats
 
 SERVER = Span.SPAN_KIND_SERVER
@@ -111,8 +112,10 @@ class Harness:
         self.config = config or ServiceGraphsConfig(**options)
         self.clock = FakeClock()
         self.processor = ServiceGraphsProcessor(self.config, clock=self.clock)
-        self.store = MemoryStore(Temporality.CUMULATIVE, max_exemplars=0)
         self.descriptors = {d.name: d for d in self.processor.descriptors()}
+        self.worker = LocalWorker(
+            MemoryStore(slots=1, max_exemplars=0), self.descriptors, Temporality.CUMULATIVE
+        )
 
     def consume(self, *items: ResourceSpans, tenant: str = TENANT, partition: int = 0) -> ServiceGraphStats:
         return self.processor.consume(make_request(*items), tenant, partition)
@@ -126,16 +129,17 @@ class Harness:
             ids = [series.series_id for series in tenant_deltas.series]
             assert len(ids) == len(set(ids)), "take_deltas returned a series twice"
             assert {s.resource_id for s in tenant_deltas.series} <= set(tenant_deltas.resources)
-        self.store.apply(deltas)
+        self.worker.merge(deltas)
         return deltas
 
     def series(self, tenant: str = TENANT) -> dict[tuple[str, Labels], Series]:
         """Everything recorded so far for ``tenant``, by (metric, exact label set)."""
         self.take()
-        collected = self.store.collect(self.clock()).get(tenant)
-        if collected is None:
-            return {}
-        return {(s.metric, frozenset(s.attributes)): s for s in collected.series}
+        [live] = self.worker.fold(tenant, self.clock())
+        emitted = with_companions(live)
+        for series in emitted:  # folded series carry their attributes in their OTLP encoding
+            series.attributes = attributes_of_parts(series.attribute_parts or ())
+        return {(s.metric, frozenset(s.attributes)): s for s in emitted}
 
     def get(self, metric: str, tenant: str = TENANT, **labels: str) -> Series | None:
         return self.series(tenant).get((metric, frozenset(labels.items())))
@@ -153,12 +157,9 @@ class Harness:
 
     def metrics_request(self, tenant: str = TENANT) -> ExportMetricsServiceRequest:
         self.take()
-        now = self.clock()
-        collected = self.store.collect(now).get(tenant)
-        assert collected is not None
-        return build_metrics_request(
-            collected.resources, collected.series, self.descriptors, Temporality.CUMULATIVE, now
-        )
+        requests = self.worker.emit(tenant, self.clock())
+        assert requests
+        return ExportMetricsServiceRequest.FromString(b"".join(request.data for request in requests))
 
 
 def edge_labels(client: str, server: str, connection_type: str = "", **extra: str) -> dict[str, str]:

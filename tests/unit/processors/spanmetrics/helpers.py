@@ -23,7 +23,7 @@ from state.memory_store import MemoryStore
 from worker.config import SpanMetricsConfig
 from worker.model.series import TenantDeltas, with_companions
 from worker.model.values import python_to_any_value
-from worker.otlp.metrics_builder import build_metrics_request
+from worker.offline import LocalWorker
 from worker.processors.spanmetrics.processor import ConsumeStats, SpanMetricsProcessor
 
 TENANT = "tenant-a"
@@ -230,7 +230,8 @@ def emitted(deltas: Mapping[str, TenantDeltas]) -> dict[str, TenantDeltas]:
 
 
 class Pipeline:
-    """Processor + MemoryStore + OTLP builder, flushed by hand with a fake clock."""
+    """Processor + the worker's store, fold and encoder (offline.LocalWorker), flushed by hand
+    with a fake clock."""
 
     def __init__(
         self,
@@ -250,8 +251,17 @@ class Pipeline:
             self.config, clock=self.clock, uniform=uniform or random.Random(1234).random
         )
         self.descriptors = {d.name: d for d in self.processor.descriptors()}
+        exponential = self.config.histogram.exponential
         self.store = MemoryStore(
-            self.config.aggregation_temporality, self.processor.max_exemplars, self.config.metrics_expiration
+            slots=1,
+            max_exemplars=self.processor.max_exemplars,
+            exp_max_size=exponential.max_size if exponential else 160,
+        )
+        self.worker = LocalWorker(
+            self.store,
+            self.descriptors,
+            self.config.aggregation_temporality,
+            expiration_s=self.config.metrics_expiration,
         )
 
     def consume(self, *requests: ExportTraceServiceRequest) -> ConsumeStats:
@@ -273,19 +283,14 @@ class Pipeline:
             ids = [series.series_id for series in tenant_deltas.series]
             assert len(ids) == len(set(ids)), "take_deltas returned a series twice"
             assert {series.resource_id for series in tenant_deltas.series} <= set(tenant_deltas.resources)
-        self.store.apply(deltas)
+        self.worker.merge(deltas)
         return deltas
 
     def flush(self, advance_s: float = 15.0) -> ExportMetricsServiceRequest:
-        """Hand the interval's deltas to the store, move the clock, and build what is emitted."""
+        """Hand the interval's deltas to the store, move the clock, and emit as the worker does."""
         self.take_deltas()
-        now = self.clock.advance(advance_s)
-        collected = self.store.collect(now).get(self.tenant)
-        if collected is None:
-            return ExportMetricsServiceRequest()
-        return build_metrics_request(
-            collected.resources, collected.series, self.descriptors, self.config.aggregation_temporality, now
-        )
+        requests = self.worker.emit(self.tenant, self.clock.advance(advance_s))
+        return ExportMetricsServiceRequest.FromString(b"".join(request.data for request in requests))
 
     def run(self, *requests: ExportTraceServiceRequest) -> ExportMetricsServiceRequest:
         """Consume and flush once."""

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from state.memory_store import MemoryStore
 from tests.unit.processors.spanmetrics.helpers import (
     BASE_NS,
     MS,
@@ -33,7 +32,6 @@ from worker.model.series import (
     OVERFLOW_ATTRIBUTE,
     SERIES_ID_SEPARATOR,
     Series,
-    Temporality,
     TenantDeltas,
     companion_series,
     with_companions,
@@ -283,59 +281,6 @@ def test_exponential_overflow_is_paired() -> None:
         ((OVERFLOW_ATTRIBUTE, True), "calls", 2),
     ]
     assert all(s.exp is not None and s.exp.count == s.count for s in series)
-
-
-# ---------------------------------------------------------------------------------------- memory store
-
-
-def _paired_series(count: int, start: int, last: int, exemplars: int = 1) -> Series:
-    return Series(
-        series_id=f"duration{SERIES_ID_SEPARATOR}r{SERIES_ID_SEPARATOR}a=1",
-        metric="duration",
-        resource_id="r",
-        attributes=(("a", "1"),),
-        start_ns=start,
-        last_ns=last,
-        count=count,
-        sum=2.5 * count,
-        buckets=[count, 0],
-        exemplars=[(b"t" * 16, bytes([n]) * 8, 2.5, last) for n in range(exemplars)],
-        companion="calls",
-    )
-
-
-def _one(series: Series) -> dict[str, TenantDeltas]:
-    return {"t": TenantDeltas(resources={"r": ()}, series=[series])}
-
-
-def test_memory_store_emits_the_companion_counter() -> None:
-    store = MemoryStore(Temporality.CUMULATIVE, max_exemplars=5)
-    store.apply(_one(_paired_series(2, 100, 150)))
-    store.apply(_one(_paired_series(3, 200, 250)))
-    assert store.series_count("t") == 2  # one stored series, two emitted
-    duration, calls = store.collect(300)["t"].series
-    assert (duration.metric, calls.metric) == ("duration", "calls")
-    assert calls.series_id == f"calls{SERIES_ID_SEPARATOR}r{SERIES_ID_SEPARATOR}a=1"
-    assert (calls.count, calls.start_ns, calls.last_ns) == (5, 100, 250)
-    assert (duration.count, duration.buckets) == (5, [5, 0])
-    # The emitted exemplars survive the store clearing its own after the emission.
-    assert len(calls.exemplars) == len(duration.exemplars) == 2
-    duration, calls = store.collect(400)["t"].series
-    assert (calls.count, calls.exemplars, duration.exemplars) == (5, [], [])
-
-
-def test_memory_store_delta_emits_the_companion_and_resets_once() -> None:
-    store = MemoryStore(Temporality.DELTA, max_exemplars=5)
-    store.apply(_one(_paired_series(2, 100, 150)))
-    duration, calls = store.collect(300)["t"].series
-    assert (calls.count, calls.start_ns, len(calls.exemplars)) == (2, 100, 1)
-    assert calls.exemplars is duration.exemplars
-    assert "t" not in store.collect(400)  # nothing new: neither metric is emitted
-    store.apply(_one(_paired_series(4, 500, 550, exemplars=0)))
-    duration, calls = store.collect(600)["t"].series
-    # Both start where the last emission ended (an interval with nothing is not emitted).
-    assert (calls.count, calls.start_ns, calls.exemplars) == (4, 300, [])
-    assert (duration.count, duration.start_ns, duration.buckets) == (4, 300, [4, 0])
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,10 @@
-"""Cumulative and delta emission through the processor and the in-memory store, flush by flush."""
+"""Cumulative and delta emission through the processor and the worker's store, fold and encoder,
+flush by flush."""
 
 from __future__ import annotations
 
 from itertools import pairwise
 
-from state.memory_store import MemoryStore
 from tests.unit.processors.spanmetrics.helpers import (
     FakeClock,
     Pipeline,
@@ -14,7 +14,6 @@ from tests.unit.processors.spanmetrics.helpers import (
     points,
     simple_request,
 )
-from worker.model.series import Series, Temporality
 
 
 def test_cumulative_start_time_is_fixed_and_values_only_grow(clock: FakeClock) -> None:
@@ -69,6 +68,7 @@ def test_delta_emits_only_the_change_since_the_previous_flush(clock: FakeClock) 
     second_flush = clock.now
 
     third = pipeline.flush(advance_s=15)  # nothing happened
+    third_flush = clock.now
 
     pipeline.consume(simple_request(make_span("a")))
     fourth = pipeline.flush(advance_s=15)
@@ -84,9 +84,10 @@ def test_delta_emits_only_the_change_since_the_previous_flush(clock: FakeClock) 
     a2 = next(p for p in points(second, "calls") if p.attributes["span.name"] == "a")
     assert a2.proto.start_time_unix_nano == first_flush
     assert a2.proto.time_unix_nano == second_flush
-    # The series was idle for one interval: its next point starts where its last one ended.
+    # The series was idle for one interval: its next point starts at the slot's last emission
+    # (the fold resets a DELTA record at every emission of its slot, emitted or not).
     [a4] = points(fourth, "calls")
-    assert a4.proto.start_time_unix_nano == second_flush
+    assert a4.proto.start_time_unix_nano == third_flush
 
     [d2] = [p.proto for p in points(second, "duration") if p.attributes["span.name"] == "a"]
     assert (d2.count, d2.sum, d2.bucket_counts[0]) == (1, 1.0, 1)
@@ -140,26 +141,3 @@ def test_metrics_expiration_drops_idle_series(clock: FakeClock) -> None:
     # "a" 45 s, "b" 30 s.
     assert counts_by(pipeline.flush(advance_s=10), "calls", "span.name") == {"b": 1}
     assert pipeline.flush(advance_s=15).resource_metrics == []
-
-
-def _series(count: int, start: int, last: int) -> Series:
-    return Series(
-        series_id="calls|r|x",
-        metric="calls",
-        resource_id="r",
-        attributes=(),
-        start_ns=start,
-        last_ns=last,
-        count=count,
-    )
-
-
-def test_memory_store_keeps_the_first_start_time() -> None:
-    from worker.model.series import TenantDeltas
-
-    store = MemoryStore(Temporality.CUMULATIVE, max_exemplars=0)
-    store.apply({"t": TenantDeltas(resources={"r": ()}, series=[_series(2, 100, 100)])})
-    store.apply({"t": TenantDeltas(resources={"r": ()}, series=[_series(3, 200, 250)])})
-    [series] = store.collect(300)["t"].series
-    assert (series.count, series.start_ns, series.last_ns) == (5, 100, 250)
-    assert store.series_count("t") == 1

@@ -1,0 +1,122 @@
+"""The SeriesStore protocol the stream worker drives, and the types both stores share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from state.codec import attributes_of_parts
+from state.fold import FoldPlan
+from worker.model.errors import StateError
+from worker.model.series import Attributes, Series, TenantDeltas, emitted_count, with_companions
+
+__all__ = ["FencedError", "FoldResult", "SeriesStore", "StoredSeries", "fold_result", "stored_series"]
+
+
+class FencedError(StateError):
+    """Another worker owns the partition now; this worker's deltas for it must be dropped."""
+
+    def __init__(self, partition: int) -> None:
+        super().__init__(f"partition {partition} is owned by another worker (fencing token changed)")
+        self.partition = partition
+
+
+@dataclass(slots=True)
+class StoredSeries:
+    """A series as stored (record plus unfolded log rows), with its record's digest."""
+
+    digest: bytes
+    series: Series
+
+
+@dataclass(slots=True)
+class FoldResult:
+    """One committed fold of a slot: what to publish, and what changed."""
+
+    #: False when the slot's token was stale: nothing was committed, nothing must be published.
+    committed: bool
+    #: What to publish: a series with a companion is written out as two (see state.fold).
+    live: list[Series] = field(default_factory=list)
+    #: New series the tenant's active-series limit refused: folded into the overflow series.
+    overflowed: int = 0
+    expired: int = 0
+
+    @property
+    def emitted(self) -> int:
+        """How many series ``live`` publishes."""
+        return emitted_count(self.live)
+
+
+def fold_result(plan: FoldPlan, refused: list[int] | None) -> FoldResult:
+    """The outcome of committing ``plan``: ``refused`` holds the 1-based positions of the new
+    series the limit refused (as fold.lua returns them), None when the token was stale."""
+    if refused is None:
+        return FoldResult(committed=False)
+    live = plan.live
+    if refused:
+        dropped = {plan.created[n - 1].live_index for n in refused}
+        live = [series for index, series in enumerate(live) if index not in dropped]
+    return FoldResult(committed=True, live=live, overflowed=len(refused), expired=len(plan.expired))
+
+
+def stored_series(plan: FoldPlan) -> list[StoredSeries]:
+    """``read_slot``'s answer from a read-only plan: typed attributes, companions written out."""
+    result: list[StoredSeries] = []
+    for digest, series in zip(plan.live_digests, plan.live, strict=True):
+        if series.attribute_parts is not None:
+            series.attributes = attributes_of_parts(series.attribute_parts)
+        result.extend(StoredSeries(digest, one) for one in with_companions([series]))
+    return result
+
+
+class SeriesStore(Protocol):
+    """Cumulative series of one input topic: fenced merges of deltas with their offsets, and
+    folds of a slot's delta log by its owner (see DESIGN.md, invariants 1, 2, 7)."""
+
+    slots: int
+
+    async def check_layout(self) -> None:
+        """Refuse state written for another slot count."""
+
+    async def claim(self, partitions: Iterable[int]) -> dict[int, int]:
+        """A new fencing token per partition, which stales every older owner."""
+
+    async def owns(self, tokens: Mapping[int, int]) -> set[int]:
+        """The partitions among ``tokens`` whose token is still current."""
+
+    async def applied_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
+        """Next offset to apply per partition (absent: nothing applied yet)."""
+
+    async def merge(
+        self,
+        deltas: Mapping[str, TenantDeltas],
+        fences: Mapping[int, tuple[int, int]],
+        pending: Mapping[int, bytes] | None = None,
+    ) -> None:
+        """Append the deltas to their slots' logs and advance the fenced partitions' offsets in
+        one step; FencedError on a stale token; a repeated call applies nothing more."""
+
+    async def read_pending(self, partitions: Iterable[int]) -> dict[int, bytes]:
+        """The service-graph half-edges saved with each partition's offsets."""
+
+    async def tenants(self) -> list[str]: ...
+
+    async def resources(self, tenant: str) -> dict[str, Attributes]: ...
+
+    async def active_series(self, tenant: str) -> int: ...
+
+    async def fold_slot(
+        self,
+        tenant: str,
+        slot: int,
+        token: int,
+        *,
+        expire_before_ns: int = 0,
+        delta_mode: bool = False,
+        reset_emitted_ns: int | None = None,
+    ) -> FoldResult:
+        """Fold the slot's log into its records and commit that as the slot's owner."""
+
+    async def read_slot(self, tenant: str, slot: int) -> list[StoredSeries]:
+        """Every series of the slot with its cumulative value; read only."""
