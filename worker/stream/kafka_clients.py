@@ -1,8 +1,6 @@
 """aiokafka clients built from :class:`~worker.config.KafkaConfig`, security options included.
 
-Auto-commit is always off: offsets are committed to Kafka only after the Redis step that
-applied them (lag exporters and KEDA read the group's commits), and the authoritative position
-is the one stored in Redis.
+Auto-commit is always off: Kafka commits follow the Redis step, whose offsets are authoritative.
 """
 
 from __future__ import annotations
