@@ -60,7 +60,7 @@ async def run_service(settings: Settings) -> None:
 
 
 async def run_worker(worker: StreamWorker, server: HttpServer | None) -> None:
-    """Serve ``server`` (if any) for the whole life of ``worker``: opened before it connects, closed after it left."""
+    """Serve ``server`` (if any) for the life of ``worker``: open before it connects, closed after it left."""
     if server is not None:
         try:
             await server.start()
