@@ -133,12 +133,8 @@ class WorkerMetrics:
         self.redis_step_duration.observe(seconds)
 
     async def refresh(self) -> None:
-        """At the end of a flush: recompute consumer lag and active series. Never raises.
-
-        Lag is ``highwater - applied``: records the broker holds that are not yet merged into
-        Redis (what a crash would make the next owner replay), per owned partition. The
-        high watermark comes from the consumer's last fetch response, so this costs no request.
-        """
+        """At the end of a flush: recompute consumer lag (``highwater - applied`` per owned
+        partition, from the last fetch response: no request) and active series. Never raises."""
         source = self._source
         if source is None:
             return

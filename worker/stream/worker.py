@@ -7,17 +7,15 @@ import contextlib
 import gc
 import time
 import uuid
-from typing import Any
 
 import structlog
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from state.keys import KeySpace
 from state.redis_store import RedisStateStore
-from worker.config import KafkaConfig, RedisConfig, Settings
+from worker.config import Settings
 from worker.model.errors import SpanmetricsError
 from worker.model.series import MetricDescriptor
 from worker.observability.logs import redact_url
@@ -26,41 +24,18 @@ from worker.observability.stats import WorkerStats
 from worker.processors.pipeline import Pipeline
 from worker.sinks.kafka import KafkaSink
 from worker.stream.checkpoint import Checkpoint
+from worker.stream.clients import kafka_start_problem, make_consumer, make_producer, make_redis
 from worker.stream.emission import Emission, EmitReport
 from worker.stream.ingest import Ingest
-from worker.stream.kafka_clients import make_consumer, make_producer
 from worker.stream.partitions import Partitions
 from worker.stream.rebalance import Listener, Rebalance
 
-__all__ = ["StreamWorker", "make_redis"]
+__all__ = ["StreamWorker"]
 
 #: How often pending service-graph half-edges are checked against ``wait`` (Tempo: 2 s).
 _EXPIRY_PERIOD = 2.0
 
 log = structlog.get_logger("spanmetrics.worker")
-
-
-def make_redis(config: RedisConfig) -> Redis:
-    """The async Redis client; ``rediss://`` URLs get TLS, with a CA bundle when configured."""
-    options: dict[str, Any] = {
-        "password": config.password.get_secret_value() if config.password else None,
-        "socket_timeout": config.socket_timeout,
-        "socket_connect_timeout": config.connect_timeout,
-    }
-    if config.ssl_ca_certs:
-        options["ssl_ca_certs"] = config.ssl_ca_certs
-    return Redis.from_url(config.url.get_secret_value(), **options)
-
-
-def _kafka_start_problem(config: KafkaConfig, exc: Exception) -> str:
-    """One line for a Kafka client that did not start: which cluster, what went wrong."""
-    where = f"Kafka at {config.bootstrap_servers} ({config.security_protocol})"
-    if config.security_protocol.startswith("SASL") and not isinstance(exc, KafkaConnectionError):
-        return (
-            f"{where}: SASL {config.sasl_mechanism} login as {config.sasl_username!r} failed - check "
-            f"sasl_username, sasl_password and sasl_mechanism ({type(exc).__name__}: {exc})"
-        )
-    return f"{where}: {type(exc).__name__}: {exc}"
 
 
 class StreamWorker:
@@ -134,7 +109,7 @@ class StreamWorker:
             self.consumer.subscribe([self.topic], listener=Listener(self.rebalance))
             await self.consumer.start()
         except Exception as exc:  # aiokafka reports a refused SASL login as KeyError & co
-            raise SpanmetricsError(_kafka_start_problem(self.settings.kafka, exc)) from None
+            raise SpanmetricsError(kafka_start_problem(self.settings.kafka, exc)) from None
         self.partitions = await self._partition_count()
         settings = self.settings
         spanmetrics = settings.spanmetrics
