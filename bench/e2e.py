@@ -976,10 +976,9 @@ _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 #: Outermost frame that decides what part of the worker a sample belongs to: (file part, function).
 _PHASES: list[tuple[str, str, str]] = [
-    ("worker/stream/worker.py", "StreamWorker._handle", "consume (_handle)"),
-    ("worker/stream/worker.py", "StreamWorker._merge_step", "flush: Redis step"),
-    ("worker/stream/worker.py", "StreamWorker._emit", "flush: emission"),
-    ("worker/stream/worker.py", "StreamWorker._commit_to_kafka", "flush: Kafka commit"),
+    ("worker/stream/ingest.py", "Ingest.handle", "consume (Ingest.handle)"),
+    ("worker/stream/checkpoint.py", "Checkpoint.run", "flush: checkpoint (Redis step, Kafka commit)"),
+    ("worker/stream/emission.py", "Emission.run", "flush: emission"),
     ("worker/observability/selfmetrics.py", "WorkerMetrics.refresh", "flush: self-metrics refresh"),
     ("aiokafka/consumer/consumer.py", "AIOKafkaConsumer.getmany", "aiokafka getmany (fetch results, unpack)"),
     ("aiokafka/consumer/fetcher.py", "", "aiokafka fetcher task"),
@@ -1000,7 +999,8 @@ _COMPONENTS: list[tuple[str, str, str]] = [
 _FLUSH_COMPONENTS: list[tuple[str, str, str]] = [
     ("state/fold.py", "", "fold: delta log into records (msgpack -> Series)"),
     ("worker/otlp/metrics_encoder.py", "", "emit: write OTLP bytes (incl. size splitting)"),
-    ("worker/stream/emission.py", "", "emit: hand to the producer, await acks"),
+    ("worker/sinks/", "", "emit: sinks (hand to the producer, await acks)"),
+    ("worker/stream/emission.py", "", "emit: slot loop"),
     ("aiokafka/", "", "aiokafka (producer send, commit)"),
     ("state/redis_store.py", "RedisStateStore.merge", "Redis step: build the batch (digests, msgpack)"),
     ("state/redis_store.py", "RedisStateStore.fold_slot", "fold: read + commit (redis replies)"),
@@ -1052,7 +1052,7 @@ def summarize_profile(path: Path, top: int = 25) -> dict[str, Any]:
             "event loop / other",
         )
         phases[phase] += count
-        if phase == "consume (_handle)":
+        if phase == "consume (Ingest.handle)":
             component = next(
                 (
                     rule[2]
@@ -1060,7 +1060,7 @@ def summarize_profile(path: Path, top: int = 25) -> dict[str, Any]:
                     for rule in _COMPONENTS
                     if _matches(rule, func, file)
                 ),
-                "_handle itself (loop, offsets, stats)",
+                "Ingest.handle itself (loop, offsets, stats)",
             )
             components[component] += count
         elif phase.startswith("flush"):

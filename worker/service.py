@@ -60,11 +60,7 @@ async def run_service(settings: Settings) -> None:
 
 
 async def run_worker(worker: StreamWorker, server: HttpServer | None) -> None:
-    """Serve ``server`` (if any) for the whole life of ``worker``: start, run until stopped, stop.
-
-    The HTTP port opens before the worker connects, so liveness answers during start-up and
-    readiness says "not yet"; it closes once the worker has flushed and left the group.
-    """
+    """Serve ``server`` (if any) for the life of ``worker``: open before it connects, closed after it left."""
     if server is not None:
         try:
             await server.start()
@@ -86,11 +82,7 @@ async def run_worker(worker: StreamWorker, server: HttpServer | None) -> None:
 
 
 def effective_configuration(settings: Settings) -> dict[str, Any]:
-    """Every section of the effective configuration, secrets masked as '**********'.
-
-    SecretStr fields dump masked; the Redis URL (a SecretStr, since it may hold a password) is
-    shown with only its password masked, so the operator still sees which server it is.
-    """
+    """Every section of the effective configuration, secrets masked (the Redis URL: only its password)."""
     dumped: dict[str, Any] = settings.model_dump(mode="json")
     dumped["redis"]["url"] = redact_url(settings.redis.url.get_secret_value())
     return dumped

@@ -40,7 +40,7 @@ from devtools.servers import create_topics
 from state.keys import KeySpace
 from worker.config import ServiceGraphsConfig
 from worker.model.values import any_value_to_python
-from worker.stream.emission import WORKER_HEADER
+from worker.sinks.kafka import WORKER_HEADER
 
 TENANT_HEADER = "X-Scope-OrgID"
 #: "" is the default tenant: records without the header (and output records without it).

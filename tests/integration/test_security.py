@@ -56,7 +56,7 @@ from state.keys import KeySpace, escape_tenant
 from state.redis_store import RedisStateStore
 from worker.config import KafkaConfig, Settings
 from worker.model.errors import SpanmetricsError
-from worker.stream.kafka_clients import common_options
+from worker.stream.clients import common_options
 from worker.stream.worker import StreamWorker
 
 from .helpers import Observed, RunningWorker, make_settings, observe, produce, read_until, span_count, traces

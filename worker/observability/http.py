@@ -1,37 +1,57 @@
-"""The HTTP side port: ``/metrics``, ``/healthz`` and ``/readyz``, served in the worker's event loop.
+"""The HTTP side port in the worker's event loop: ``/metrics``, ``/healthz`` (the loop ticks) and ``/readyz``.
 
-* ``/metrics``: Prometheus exposition of the injected registry (prometheus_client's own aiohttp
-  handler: text format, or OpenMetrics when the scraper asks for it; gzip when accepted).
-* ``/healthz`` (liveness): 200 while the worker's consume loop keeps turning, i.e.
-  ``StreamWorker.last_tick`` is younger than ``stall_after`` (default: the Kafka
-  ``max_poll_interval``, the longest any legitimate step may hold the loop - a Redis outage is
-  retried for half of it, then the worker exits). Answering at all proves the event loop runs.
-  Never depends on Kafka or Redis being reachable: restarting the pod would not bring them back.
-* ``/readyz`` (readiness): 200 when the worker has completed its consumer-group assignment
-  (``StreamWorker.ready``, or it still owns partitions, i.e. holds fencing tokens) AND Redis
-  answers a PING within ``ping_timeout``; else 503. A worker whose assignment is empty (more
-  replicas than partitions) is ready: it is a warm standby.
-
-Both probes answer a small JSON document saying why, for ``kubectl port-forward`` and ``curl``.
+Ready: assignment done (or partitions owned) and Redis answers PING; liveness never asks Kafka or Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
+from worker.config import Settings
 
-    from worker.stream.worker import StreamWorker
 
-__all__ = ["HttpServer"]
+class Pinger(Protocol):
+    """A Redis client, as far as readiness asks it."""
+
+    def ping(self) -> Any: ...  # awaitable (redis.asyncio types it as a union)
+
+
+class HasRegistry(Protocol):
+    @property
+    def registry(self) -> CollectorRegistry: ...
+
+
+class Probed(Protocol):
+    """What the probes read from the worker."""
+
+    @property
+    def last_tick(self) -> float: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def tokens(self) -> Mapping[int, int]: ...
+
+    @property
+    def metrics(self) -> HasRegistry: ...
+
+    @property
+    def redis(self) -> Pinger: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+
+__all__ = ["HasRegistry", "HttpServer", "Pinger", "Probed"]
 
 log = structlog.get_logger("spanmetrics.http")
 
@@ -44,12 +64,12 @@ class HttpServer:
 
     def __init__(
         self,
-        worker: StreamWorker,
+        worker: Probed,
         *,
         host: str = "0.0.0.0",
         port: int = 8080,
         registry: CollectorRegistry | None = None,
-        redis: Redis | None = None,
+        redis: Pinger | None = None,
         ping_timeout: float = DEFAULT_PING_TIMEOUT_S,
         stall_after: float | None = None,
     ) -> None:

@@ -1,15 +1,6 @@
-"""structlog set-up: JSON lines in production, a readable console renderer on a terminal.
+"""structlog set-up: one pipeline (ours and the libraries' loggers), JSON lines or a console renderer.
 
-One pipeline for everything: our structlog loggers and the standard-library loggers of aiokafka,
-redis and aiohttp all end in the same handler, rendered by the same processors, so a log stream
-has one format (one JSON object per line with ``event``, ``level``, ``timestamp`` and
-``logger``). The worker logs one line per flush and per rebalance, never one per span or record
-(dead-lettered records excepted: they are rare and each needs its partition and offset).
-
-Secrets never reach the output: configuration values are :class:`pydantic.SecretStr`, and a
-last processor before rendering masks whatever would still carry one - SecretStr values, values
-under secret-looking keys (``password``, ``sasl_password``, ``secret``...), and the password in
-any ``scheme://user:password@host`` URL, exception text included.
+A last processor masks secrets (SecretStr values, secret-looking keys, passwords in URLs).
 """
 
 from __future__ import annotations

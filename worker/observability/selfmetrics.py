@@ -1,29 +1,15 @@
-"""The worker's own Prometheus metrics, as one bundle created against an injected registry.
+"""The worker's own Prometheus metrics: one bundle against an injected registry, reading the loop's totals.
 
-Design (as faust's and arroyo's metrics objects: one object the runtime calls into):
-
-* **Counters are read at scrape time.** The hot path already keeps running totals in
-  :class:`~worker.stream.worker.WorkerStats` (plain integer additions); a custom collector turns them
-  into counter families when Prometheus scrapes. Consuming a record therefore costs nothing
-  more than it did, and the numbers on ``/metrics`` are exactly those the worker logs and the
-  tests read.
-* **Histograms are observed directly**, once per flush (flush duration) and once per Redis step
-  (the atomic merge): a handful of observations per flush interval, never per span.
-* **Gauges that need I/O** (consumer lag from the broker's high watermark, active series per
-  tenant from Redis) are refreshed by :meth:`WorkerMetrics.refresh` at the end of each flush, and
-  the collector serves the last snapshot; a scrape never waits on Kafka or Redis.
-
-Every name has the prefix ``spanmetrics_`` and is in base units (seconds, bytes). Labels are
-bounded: ``reason`` (a fixed set), ``partition`` (the input topic's partitions this worker owns)
-and ``tenant`` (bounded by the per-tenant limits).
+Counters come from :class:`WorkerStats` at scrape time; histograms are observed per flush; lag and
+active series are refreshed at the end of a flush, so a scrape never waits on Kafka or Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from typing import Protocol
 
 import structlog
 from aiokafka import TopicPartition
@@ -32,15 +18,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from worker import __version__
-
-if TYPE_CHECKING:
-    from worker.stream.worker import WorkerStats
+from worker.observability.stats import WorkerStats
 
 __all__ = [
     "DROP_REASONS",
     "FLUSH_BUCKETS",
     "PREFIX",
     "REDIS_STEP_BUCKETS",
+    "ActiveSeriesSource",
+    "LagSource",
+    "MetricsSource",
     "WorkerMetrics",
 ]
 
@@ -67,21 +54,44 @@ REFRESH_TIMEOUT_S = 2.0
 log = structlog.get_logger("spanmetrics.metrics")
 
 
-class _Store(Protocol):
+class ActiveSeriesSource(Protocol):
+    """The state store, for the active series per tenant."""
+
     async def tenants(self) -> list[str]: ...
 
     async def active_series(self, tenant: str) -> int: ...
 
 
-class _Source(Protocol):
-    """What the bundle reads from the worker (a :class:`~worker.stream.worker.StreamWorker`)."""
+class LagSource(Protocol):
+    """The consumer, for the high watermark and position of each assigned partition."""
 
-    stats: WorkerStats
-    tokens: dict[int, int]
-    applied: dict[int, int]
-    topic: str
-    consumer: Any
-    store: Any
+    def assignment(self) -> Collection[TopicPartition]: ...
+
+    def highwater(self, tp: TopicPartition) -> int | None: ...
+
+    async def position(self, tp: TopicPartition) -> int: ...
+
+
+class MetricsSource(Protocol):
+    """What the bundle reads from the worker at scrape and refresh time."""
+
+    @property
+    def stats(self) -> WorkerStats: ...
+
+    @property
+    def tokens(self) -> Mapping[int, int]: ...
+
+    @property
+    def applied(self) -> Mapping[int, int]: ...
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def consumer(self) -> LagSource: ...
+
+    @property
+    def store(self) -> ActiveSeriesSource | None: ...
 
 
 class WorkerMetrics:
@@ -101,7 +111,7 @@ class WorkerMetrics:
             buckets=REDIS_STEP_BUCKETS,
             registry=registry,
         )
-        self._source: _Source | None = None
+        self._source: MetricsSource | None = None
         #: partition -> records between the high watermark and what is applied in Redis.
         self._lag: dict[int, int] = {}
         #: tenant -> active series (the quantity max_active_series_per_tenant limits).
@@ -111,7 +121,7 @@ class WorkerMetrics:
 
     # ------------------------------------------------------------------ hooks the runtime calls
 
-    def bind(self, source: _Source) -> None:
+    def bind(self, source: MetricsSource) -> None:
         """Read counters and ownership from this worker at scrape time."""
         self._source = source
 
@@ -123,12 +133,8 @@ class WorkerMetrics:
         self.redis_step_duration.observe(seconds)
 
     async def refresh(self) -> None:
-        """At the end of a flush: recompute consumer lag and active series. Never raises.
-
-        Lag is ``highwater - applied``: records the broker holds that are not yet merged into
-        Redis (what a crash would make the next owner replay), per owned partition. The
-        high watermark comes from the consumer's last fetch response, so this costs no request.
-        """
+        """At the end of a flush: recompute consumer lag (``highwater - applied`` per owned
+        partition, from the last fetch response: no request) and active series. Never raises."""
         source = self._source
         if source is None:
             return
@@ -158,7 +164,7 @@ class WorkerMetrics:
     # ------------------------------------------------------------------ internals
 
     @staticmethod
-    async def _lag_of(source: _Source) -> dict[int, int]:
+    async def _lag_of(source: MetricsSource) -> dict[int, int]:
         consumer = source.consumer
         assigned = consumer.assignment()
         lag: dict[int, int] = {}
@@ -176,7 +182,7 @@ class WorkerMetrics:
         return lag
 
     @staticmethod
-    async def _active_of(store: _Store) -> dict[str, int]:
+    async def _active_of(store: ActiveSeriesSource) -> dict[str, int]:
         tenants = await store.tenants()
         counts = await asyncio.gather(*(store.active_series(t) for t in tenants))
         return dict(zip(tenants, counts, strict=True))

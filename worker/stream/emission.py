@@ -1,32 +1,24 @@
-"""Emission: the owner of a slot folds its delta log into its records, then publishes them.
-
-Each series belongs to one slot (``slot_of(digest, partitions)``) and the worker that holds input
-partition N emits slot N, so every live series is published once per flush by exactly one
-worker, including idle series, until they expire. The fold is committed (fenced by the owner's
-token) before anything is published, so what goes out is always what Redis holds. Records stay
-under the configured size and carry the tenant header of the input.
-"""
+"""Emission: fold each owned slot through the store and hand its live series to the sinks."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
+from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
 
 from state.redis_store import RedisStateStore
-from worker.model.series import Attributes, MetricDescriptor, Series, Temporality
-from worker.otlp.metrics_encoder import encode_requests, fit_otlp
+from worker.model.series import Attributes, Temporality
+from worker.observability.stats import WorkerStats
+from worker.sinks.base import Delivery, Sink
+from worker.stream.partitions import Partitions
 
-__all__ = ["WORKER_HEADER", "EmitReport", "Emitter"]
+__all__ = ["Emission", "EmitReport"]
 
-WORKER_HEADER = "x-spanmetrics-worker"
 
-_TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 @dataclass(slots=True)
 class EmitReport:
     series: int = 0
@@ -39,58 +31,93 @@ class EmitReport:
     #: Slots lost while this emission ran (revoked, or taken over while the process was frozen):
     #: not published, so no stale value goes out under a time stamp another owner also uses.
     skipped: list[int] = field(default_factory=list)
-    #: Records not published because they are too large for the producer or the broker (a
-    #: single series with a 10 MB attribute value, say); everything else still goes out.
+    #: Records not published because they are too large for the output (producer or broker).
     too_large: int = 0
-    #: Where the emission's time went: folding (Redis reads, the fold, its commit), encoding and
-    #: handing records to the producer, and waiting for the broker's acknowledgements.
+    #: Where the time went: folding (Redis reads, the fold, its commit), encoding and handing
+    #: records to the sinks, and waiting for delivery.
     fold_seconds: float = 0.0
     send_seconds: float = 0.0
     confirm_seconds: float = 0.0
 
 
-class Emitter:
+@dataclass(slots=True)
+class _InFlight:
+    """A slot's series handed to the sinks, not yet delivered."""
+
+    key: tuple[str, int]
+    token: int
+    deliveries: list[Delivery]
+    series: int
+
+
+class Emission:
+    """Publishes the slots this worker owns, each once per flush, through ``sinks``."""
+
     def __init__(
         self,
         store: RedisStateStore,
-        producer: AIOKafkaProducer,
+        sinks: Sequence[Sink],
+        shared: Partitions,
+        stats: WorkerStats,
+        log: Any,
         *,
-        topic: str,
-        tenant_header: str,
-        default_tenant: str,
-        descriptors: Mapping[str, MetricDescriptor],
         temporality: Temporality,
         expiration_s: float,
-        max_record_bytes: int,
-        worker_id: str = "",
+        recheck_after: float,
     ) -> None:
         self.store = store
-        self.producer = producer
-        self.topic = topic
-        self.tenant_header = tenant_header
-        self.default_tenant = default_tenant
-        self.descriptors = dict(descriptors)
+        self.sinks = list(sinks)
+        self.shared = shared
+        self.stats = stats
+        self.log = log
         self.temporality = temporality
         self.expiration_ns = int(expiration_s * 1e9)
-        self.max_record_bytes = max_record_bytes
-        self.worker_id = worker_id.encode()
+        #: Ownership is asked again before a publication when this long passed since the last check.
+        self.recheck_after = recheck_after
         self._resources: dict[str, dict[str, Attributes]] = {}
         #: (tenant, slot) -> (token, time) of this worker's last successful publication of the
         #: slot: the next fold may forget what that publication carried (exemplars; DELTA values).
         self._published: dict[tuple[str, int], tuple[int, int]] = {}
 
-    async def _resources_for(self, tenant: str, needed: Collection[str]) -> dict[str, Attributes]:
-        known = self._resources.get(tenant, {})
-        if any(rid not in known for rid in needed):
-            known = self._resources[tenant] = await self.store.resources(tenant)
-        return known
+    async def run(self) -> EmitReport | None:
+        """Emit the slots owned now; None when it failed (it is retried at the next flush)."""
+        store = self.store
+        shared = self.shared
+        tokens = dict(shared.tokens)
+        try:
+            owned = await store.owns(tokens)
+            checked = time.monotonic()
 
-    def _headers(self, tenant: str) -> list[tuple[str, bytes]]:
-        # Which worker emitted a record: for operators tracing a series, and for the tests.
-        headers = [(WORKER_HEADER, self.worker_id)]
-        if tenant != self.default_tenant:
-            headers.append((self.tenant_header, tenant.encode("utf-8")))
-        return headers
+            async def still_owned(slot: int) -> bool:
+                # Revoked or fenced meanwhile; or this process stood still for longer than a
+                # heartbeat (frozen, SIGSTOP, a long pause), so the group may have moved the
+                # slot: ask Redis again before publishing it.
+                nonlocal owned, checked
+                if shared.tokens.get(slot) != tokens.get(slot):
+                    return False
+                if time.monotonic() - checked > self.recheck_after:
+                    owned = await store.owns(tokens)
+                    checked = time.monotonic()
+                return slot in owned
+
+            report = await self.emit(
+                {slot: tokens[slot] for slot in owned}, time.time_ns(), still_owned=still_owned
+            )
+        except (RedisError, OSError, KafkaError) as exc:
+            self.log.warning("emission failed; it is retried at the next flush", error=str(exc))
+            return None
+        stats = self.stats
+        if report.skipped:
+            self.log.warning("slots lost during the emission were not published", slots=report.skipped)
+        if report.too_large:
+            stats.drop("output_record_too_large", report.too_large)
+            self.log.warning("output records too large to publish were skipped", records=report.too_large)
+        stats.emitted_series += report.series
+        stats.emitted_records += report.records
+        stats.emitted_bytes += report.bytes
+        stats.expired += report.expired
+        stats.overflowed += report.overflowed
+        return report
 
     async def emit(
         self,
@@ -102,8 +129,7 @@ class Emitter:
         """Fold and publish every live series of the owned slots (slot -> fencing token).
 
         ``still_owned(slot)`` is asked right before each publication: the fold's commit proved
-        ownership, but a rebalance (or a process frozen past its session timeout) can move a
-        slot to another worker in the meantime.
+        ownership, but a rebalance can move the slot to another worker in the meantime.
         """
         report = EmitReport(slots=sorted(tokens))
         self._published = {key: value for key, value in self._published.items() if key[1] in tokens}
@@ -111,9 +137,8 @@ class Emitter:
             return report
         expire_before = now_ns - self.expiration_ns if self.expiration_ns else 0
         delta = self.temporality is Temporality.DELTA
-        # One slot's records are delivered while the next slot is folded and encoded: the
-        # broker's acknowledgements overlap Python work, and at most two slots' records are
-        # held at a time.
+        # One slot's records are delivered while the next slot is folded and encoded: at most
+        # two slots' records are held at a time.
         in_flight: _InFlight | None = None
         for tenant in await self.store.tenants():
             for slot in sorted(tokens):
@@ -143,70 +168,34 @@ class Emitter:
                     report.skipped.append(slot)
                     continue
                 started = time.perf_counter()
-                sent = await self._send(tenant, fold.live, now_ns, report)
+                resources = await self._resources_for(tenant, {s.resource_id for s in fold.live})
+                deliveries = [await sink.publish(tenant, resources, fold.live, now_ns) for sink in self.sinks]
                 report.send_seconds += time.perf_counter() - started
                 if in_flight is not None:
                     await self._confirm(in_flight, now_ns, report)
-                in_flight = _InFlight((tenant, slot), token, sent, fold.emitted)
+                in_flight = _InFlight((tenant, slot), token, deliveries, fold.emitted)
         if in_flight is not None:
             await self._confirm(in_flight, now_ns, report)
         return report
 
-    async def _confirm(self, sent: _InFlight, now_ns: int, report: EmitReport) -> None:
-        """Wait for a slot's records; only then may the next fold forget what went out.
+    async def _resources_for(self, tenant: str, needed: Collection[str]) -> dict[str, Attributes]:
+        known = self._resources.get(tenant, {})
+        if any(rid not in known for rid in needed):
+            known = self._resources[tenant] = await self.store.resources(tenant)
+        return known
 
-        A record the broker refuses as too large would be refused at every flush: it is counted
-        and skipped, so it cannot hold back the series emitted after it. Any other failure
-        raises, and the slot is not recorded as published (its exemplars and DELTA values go
-        out again at the next flush).
+    async def _confirm(self, sent: _InFlight, now_ns: int, report: EmitReport) -> None:
+        """Wait for a slot's deliveries; only then may the next fold forget what went out.
+
+        A failure raises, and the slot is not recorded as published (its exemplars and DELTA
+        values go out again at the next flush).
         """
         started = time.perf_counter()
-        results = await asyncio.gather(*sent.deliveries, return_exceptions=True)
+        for delivery in sent.deliveries:
+            delivered = await delivery.wait()
+            report.records += delivered.records
+            report.bytes += delivered.bytes
+            report.too_large += delivered.too_large
         report.confirm_seconds += time.perf_counter() - started
-        for result in results:
-            if isinstance(result, _TOO_LARGE):
-                report.too_large += 1
-                report.records -= 1
-            elif isinstance(result, BaseException):
-                raise result
         report.series += sent.series
         self._published[sent.key] = (sent.token, now_ns)
-
-    async def _send(
-        self, tenant: str, series: Sequence[Series], now_ns: int, report: EmitReport
-    ) -> list[asyncio.Future[Any]]:
-        """Encode and hand a slot's series to the producer; returns the delivery futures."""
-        for one in series:
-            fit_otlp(one)
-        resources = await self._resources_for(tenant, {s.resource_id for s in series})
-        headers = self._headers(tenant)
-        deliveries = []
-        for request in encode_requests(
-            resources,
-            series,
-            self.descriptors,
-            self.temporality,
-            now_ns,
-            self.max_record_bytes,
-            reuse_attribute_tuples=False,  # decoded afresh from Redis at every fold
-        ):
-            try:
-                deliveries.append(
-                    await self.producer.send(self.topic, request.data, key=request.key, headers=headers)
-                )
-            except _TOO_LARGE:
-                report.too_large += 1  # one series over the producer's limit: never sendable
-                continue
-            report.records += 1
-            report.bytes += len(request.data)
-        return deliveries
-
-
-@dataclass(slots=True)
-class _InFlight:
-    """A slot's records handed to the producer, not yet acknowledged."""
-
-    key: tuple[str, int]
-    token: int
-    deliveries: list[asyncio.Future[Any]]
-    series: int

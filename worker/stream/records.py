@@ -1,7 +1,4 @@
-"""Per-record rules that need no I/O: which tenant a record belongs to, and DLQ headers.
-
-Kept apart from the consumer loop so the rules are unit-tested directly.
-"""
+"""Per-record rules that need no I/O: which tenant a record belongs to, and DLQ headers."""
 
 from __future__ import annotations
 

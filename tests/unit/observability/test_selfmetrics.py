@@ -13,7 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from worker import __version__
 from worker.config import Settings
 from worker.observability.selfmetrics import DROP_REASONS, WorkerMetrics
-from worker.stream.worker import StreamWorker, WorkerStats
+from worker.observability.stats import WorkerStats
+from worker.stream.worker import StreamWorker
 
 TOPIC = "spans"
 

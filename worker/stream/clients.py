@@ -1,8 +1,6 @@
-"""aiokafka clients built from :class:`~worker.config.KafkaConfig`, security options included.
+"""The clients built from the configuration: aiokafka (security options included) and Redis.
 
-Auto-commit is always off: offsets are committed to Kafka only after the Redis step that
-applied them (lag exporters and KEDA read the group's commits), and the authoritative position
-is the one stored in Redis.
+Auto-commit is never on: Kafka commits follow the Redis step, whose offsets are authoritative.
 """
 
 from __future__ import annotations
@@ -10,11 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
 from aiokafka.helpers import create_ssl_context
+from redis.asyncio import Redis
 
-from worker.config import KafkaConfig
+from worker.config import KafkaConfig, RedisConfig
 
-__all__ = ["common_options", "make_consumer", "make_producer"]
+__all__ = ["common_options", "kafka_start_problem", "make_consumer", "make_producer", "make_redis"]
 
 
 def common_options(config: KafkaConfig) -> dict[str, Any]:
@@ -68,3 +68,26 @@ def make_producer(config: KafkaConfig) -> AIOKafkaProducer:
         linger_ms=5,
         **common_options(config),
     )
+
+
+def make_redis(config: RedisConfig) -> Redis:
+    """The async Redis client; ``rediss://`` URLs get TLS, with a CA bundle when configured."""
+    options: dict[str, Any] = {
+        "password": config.password.get_secret_value() if config.password else None,
+        "socket_timeout": config.socket_timeout,
+        "socket_connect_timeout": config.connect_timeout,
+    }
+    if config.ssl_ca_certs:
+        options["ssl_ca_certs"] = config.ssl_ca_certs
+    return Redis.from_url(config.url.get_secret_value(), **options)
+
+
+def kafka_start_problem(config: KafkaConfig, exc: Exception) -> str:
+    """One line for a Kafka client that did not start: which cluster, what went wrong."""
+    where = f"Kafka at {config.bootstrap_servers} ({config.security_protocol})"
+    if config.security_protocol.startswith("SASL") and not isinstance(exc, KafkaConnectionError):
+        return (
+            f"{where}: SASL {config.sasl_mechanism} login as {config.sasl_username!r} failed - check "
+            f"sasl_username, sasl_password and sasl_mechanism ({type(exc).__name__}: {exc})"
+        )
+    return f"{where}: {type(exc).__name__}: {exc}"

@@ -1,0 +1,32 @@
+"""Running totals of one worker (plain integer additions on the hot path), read by the self-metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["WorkerStats"]
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Running totals; the self-metrics endpoint and the tests read them."""
+
+    records: int = 0
+    bytes: int = 0
+    spans: int = 0
+    skipped_replay: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    dlq: int = 0
+    flushes: int = 0
+    fenced: int = 0
+    rebalances: int = 0
+    emitted_series: int = 0
+    emitted_records: int = 0
+    emitted_bytes: int = 0
+    expired: int = 0
+    overflowed: int = 0
+    last_flush_seconds: float = 0.0
+    last_redis_seconds: float = 0.0
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + count

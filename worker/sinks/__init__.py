@@ -1,0 +1,1 @@
+"""Outputs for folded series: the Sink protocol and its implementations (Kafka OTLP)."""

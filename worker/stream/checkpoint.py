@@ -1,0 +1,127 @@
+"""Checkpoint: deltas and the offsets they cover into Redis in one atomic step, then offsets to Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from state.redis_store import FencedError, RedisStateStore
+from worker.observability.selfmetrics import WorkerMetrics
+from worker.observability.stats import WorkerStats
+from worker.processors.pipeline import Pipeline
+from worker.stream.partitions import Partitions
+from worker.stream.retry import with_redis_retry
+
+__all__ = ["Checkpoint"]
+
+
+class Checkpoint:
+    """The ordered commit unit of the loop (:meth:`run`); a fenced step resets memory to Redis."""
+
+    def __init__(
+        self,
+        store: RedisStateStore,
+        pipeline: Pipeline,
+        consumer: AIOKafkaConsumer,
+        shared: Partitions,
+        stats: WorkerStats,
+        metrics: WorkerMetrics,
+        log: Any,
+        *,
+        topic: str,
+        retry_within: float,
+        rewind: Callable[[Collection[int]], Awaitable[None]],
+        forget: Callable[[Collection[int]], None],
+    ) -> None:
+        self.store = store
+        self.pipeline = pipeline
+        self.consumer = consumer
+        self.shared = shared
+        self.stats = stats
+        self.metrics = metrics
+        self.log = log
+        self.topic = topic
+        self.retry_within = retry_within
+        #: Resume these partitions from Redis, discarding memory (the rebalance part's rewind).
+        self._rewind = rewind
+        #: Give these partitions up: token, applied offset, processor state (the rebalance part's).
+        self._forget = forget
+
+    async def run(self, *, deadline: float | None = None, releasing: Collection[int] = ()) -> bool:
+        """One checkpoint, in order; ``releasing`` partitions are forgotten once their state is stored.
+
+        Returns False when fenced (memory was reset to Redis and nothing is committed). Raises
+        TimeoutError past ``deadline`` and StateError when Redis stays unreachable.
+        """
+        shared = self.shared
+        async with shared.lock, asyncio.timeout(deadline):
+            # 1. Take what memory holds: deltas, the offsets they cover, pending half-edges.
+            deltas = self.pipeline.take_deltas()
+            progress = shared.take_progress()
+            fences = {p: (token, progress.get(p, -1)) for p, token in shared.tokens.items()}
+            pending = self.pipeline.export_pending(fences)
+            committed: dict[int, int] | None = {}
+            if fences:
+                # 2. One atomic Redis step: deltas, offsets and half-edges, fenced by our tokens.
+                redis_started = time.monotonic()
+                store = self.store
+                try:
+                    await with_redis_retry(
+                        lambda: store.merge(deltas, fences, pending),
+                        within=self.retry_within,
+                        shared=shared,
+                        log=self.log,
+                    )
+                except FencedError as exc:
+                    self.stats.fenced += 1
+                    self.log.warning(
+                        "fenced: another worker owns a partition; replaying from Redis",
+                        partition=exc.partition,
+                    )
+                    await self._reset_to_redis()
+                    committed = None
+                else:
+                    self.stats.last_redis_seconds = time.monotonic() - redis_started
+                    self.metrics.observe_redis_step(self.stats.last_redis_seconds)
+                    # 3. Stored: records below these offsets are replays from now on.
+                    shared.advance_applied(progress)
+                    committed = {p: o for p, o in progress.items() if p in shared.tokens}
+            elif deltas:
+                # Deltas without an owned partition cannot be recorded exactly once; their
+                # partitions' new owners replay them from the stored offsets.
+                self.log.warning("dropping deltas of partitions no longer owned", tenants=len(deltas))
+            # 4. Partitions being given up go before anything else can take the lock.
+            self._forget(releasing)
+        if committed is None:
+            return False
+        # 5. Then Kafka, for lag exporters and KEDA (Redis holds the truth).
+        await self._commit_to_kafka(committed)
+        return True
+
+    async def _commit_to_kafka(self, offsets: dict[int, int]) -> None:
+        if not offsets:
+            return
+        to_commit = {TopicPartition(self.topic, p): OffsetAndMetadata(o, "") for p, o in offsets.items()}
+        try:
+            await asyncio.wait_for(self.consumer.commit(to_commit), timeout=5)
+        except (KafkaError, TimeoutError) as exc:
+            # Redis holds the truth; the group commit only feeds lag monitoring.
+            self.log.info("kafka commit skipped", error=str(exc))
+
+    async def _reset_to_redis(self) -> None:
+        """Fenced: drop in-memory state, forget lost partitions, replay the rest from Redis."""
+        shared = self.shared
+        owned = await self.store.owns(shared.tokens)
+        lost = set(shared.tokens) - owned
+        for partition in lost:
+            shared.tokens.pop(partition, None)
+            self.pipeline.drop_partition(partition)
+        if lost:
+            self.consumer.pause(*(TopicPartition(self.topic, p) for p in lost))
+        await self._rewind(owned)
