@@ -19,8 +19,7 @@ from state.protocol import FencedError, FoldResult, StoredSeries, fold_result, s
 from worker.model.errors import StateError
 from worker.model.series import Attributes, TenantDeltas
 
-# FencedError: until worker/stream imports it from state.protocol.
-__all__ = ["FencedError", "RedisStateStore"]
+__all__ = ["RedisStateStore"]
 
 
 def _script(name: str) -> str:

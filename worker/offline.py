@@ -15,11 +15,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from state.memory_store import MemoryStore
 from worker.config import Settings
 from worker.model.errors import OtlpDecodeError
-from worker.model.series import MetricDescriptor, Series, Temporality, TenantDeltas
+from worker.model.series import MetricDescriptor, Temporality, TenantDeltas
 from worker.otlp.decode import decode_traces_proto
 from worker.otlp.json_codec import traces_from_json
-from worker.otlp.metrics_encoder import EncodedRequest, encode_requests, fit_otlp
 from worker.processors.pipeline import Pipeline
+from worker.sinks.memory import MemorySink, Published
+from worker.stream.slots import SlotEmitter
 
 __all__ = [
     "UNLIMITED_BYTES",
@@ -94,8 +95,8 @@ def read_documents(
 
 
 class LocalWorker:
-    """A worker owning every slot of a MemoryStore: merges flushes and emits slots as the stream
-    worker's checkpoint and emitter do (worker/stream), without Kafka or Redis."""
+    """A worker owning every slot of a MemoryStore: merges flushes as the checkpoint does and emits
+    through the stream worker's own slot emitter into a :class:`MemorySink`."""
 
     def __init__(
         self,
@@ -107,14 +108,10 @@ class LocalWorker:
         max_record_bytes: int = UNLIMITED_BYTES,
     ) -> None:
         self.store = store
-        self.descriptors = dict(descriptors)
-        self.temporality = temporality
-        self.expiration_ns = int(expiration_s * 1e9)
-        self.max_record_bytes = max_record_bytes
+        self.sink = MemorySink(dict(descriptors), temporality, max_record_bytes)
+        self.emitter = SlotEmitter(store, [self.sink], temporality=temporality, expiration_s=expiration_s)
         self.tokens = run_ready(store.claim(range(store.slots)))
         self._offset = 0
-        #: (tenant, slot) -> time of its last emission (always delivered here).
-        self._published: dict[tuple[str, int], int] = {}
 
     def merge(self, deltas: Mapping[str, TenantDeltas], pending: Mapping[int, bytes] | None = None) -> None:
         """One checkpoint: the deltas with every partition fenced, its input one step further."""
@@ -122,45 +119,11 @@ class LocalWorker:
         fences = {partition: (token, self._offset) for partition, token in self.tokens.items()}
         run_ready(self.store.merge(deltas, fences, pending))
 
-    def fold(self, tenant: str, now_ns: int) -> list[list[Series]]:
-        """Fold every slot of ``tenant`` as its owner, in slot order: each slot's live series."""
-        expire_before = now_ns - self.expiration_ns if self.expiration_ns else 0
-        folded = []
-        for slot in sorted(self.tokens):
-            result = run_ready(
-                self.store.fold_slot(
-                    tenant,
-                    slot,
-                    self.tokens[slot],
-                    expire_before_ns=expire_before,
-                    delta_mode=self.temporality is Temporality.DELTA,
-                    reset_emitted_ns=self._published.get((tenant, slot)),
-                )
-            )
-            assert result.committed, "a local worker owns every slot"
-            self._published[(tenant, slot)] = now_ns
-            folded.append(result.live)
-        return folded
-
-    def emit(self, tenant: str, now_ns: int) -> list[EncodedRequest]:
-        """What the emitter publishes for ``tenant`` at ``now_ns``: each slot folded, then encoded."""
-        requests: list[EncodedRequest] = []
-        resources = run_ready(self.store.resources(tenant))
-        for live in self.fold(tenant, now_ns):
-            for series in live:
-                fit_otlp(series)
-            requests.extend(
-                encode_requests(
-                    resources,
-                    live,
-                    self.descriptors,
-                    self.temporality,
-                    now_ns,
-                    self.max_record_bytes,
-                    reuse_attribute_tuples=False,
-                )
-            )
-        return requests
+    def emit(self, now_ns: int) -> list[Published]:
+        """One emission at ``now_ns``: every slot of every tenant folded and published, in order."""
+        report = run_ready(self.emitter.emit(self.tokens, now_ns))
+        assert not report.skipped, "a local worker owns every slot"
+        return self.sink.take()
 
 
 def process_documents(
@@ -195,7 +158,7 @@ def process_documents(
         skipped += stats.skipped_no_service
     pipeline.expire_all()
     worker.merge(pipeline.take_deltas(), pipeline.export_pending(worker.tokens))
-    data = b"".join(request.data for request in worker.emit(tenant, clock()))
+    data = b"".join(r.data for published in worker.emit(clock()) for r in published.requests)
     request = ExportMetricsServiceRequest.FromString(data)
     return ProcessResult(request=request, data=data, spans=spans, skipped_no_service=skipped)
 

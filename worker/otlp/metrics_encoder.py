@@ -6,7 +6,7 @@ Byte for byte what ``split_by_size`` then ``SerializeToString`` give (tests/unit
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +16,7 @@ from worker.model.wire import length_prefix, varint
 from worker.model.wire import length_prefix as _length
 from worker.model.wire import message as _message
 
-__all__ = ["EncodedRequest", "clear_caches", "encode_requests", "fit_otlp"]
+__all__ = ["EncodedRequest", "clear_caches", "encode_requests", "encode_slot", "fit_otlp"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -625,3 +625,26 @@ def fit_otlp(series: Series) -> None:
             (trace_id, span_id, value, min(max(time_ns, 0), _UINT64_MAX))
             for trace_id, span_id, value, time_ns in series.exemplars
         ]
+
+
+def encode_slot(
+    resources: Mapping[str, Attributes],
+    series: Sequence[Series],
+    descriptors: Mapping[str, MetricDescriptor],
+    temporality: Temporality,
+    now_ns: int,
+    max_bytes: int,
+) -> Iterator[EncodedRequest]:
+    """One emission slot's folded series as OTLP requests, each within ``max_bytes``: what every
+    OTLP sink publishes (series are fitted to their OTLP fields in place first)."""
+    for one in series:
+        fit_otlp(one)
+    return encode_requests(
+        resources,
+        series,
+        descriptors,
+        temporality,
+        now_ns,
+        max_bytes,
+        reuse_attribute_tuples=False,  # folded series are decoded afresh at every fold
+    )

@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
 from worker.model.series import Attributes, MetricDescriptor, Series, Temporality
-from worker.otlp.metrics_encoder import encode_requests, fit_otlp
+from worker.otlp.metrics_encoder import encode_slot
 from worker.sinks.base import Delivered
 
 __all__ = ["WORKER_HEADER", "KafkaDelivery", "KafkaSink"]
@@ -74,19 +74,11 @@ class KafkaSink:
     async def publish(
         self, tenant: str, resources: Mapping[str, Attributes], series: Sequence[Series], now_ns: int
     ) -> KafkaDelivery:
-        for one in series:
-            fit_otlp(one)
         headers = self._headers(tenant)
         delivery = KafkaDelivery()
         handed = delivery.handed
-        for request in encode_requests(
-            resources,
-            series,
-            self.descriptors,
-            self.temporality,
-            now_ns,
-            self.max_record_bytes,
-            reuse_attribute_tuples=False,  # decoded afresh from Redis at every fold
+        for request in encode_slot(
+            resources, series, self.descriptors, self.temporality, now_ns, self.max_record_bytes
         ):
             try:
                 delivery.futures.append(

@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from state.redis_store import FencedError, RedisStateStore
+from state.protocol import FencedError, SeriesStore
 from worker.observability.selfmetrics import WorkerMetrics
 from worker.observability.stats import WorkerStats
 from worker.processors.pipeline import Pipeline
@@ -26,7 +26,7 @@ class Checkpoint:
 
     def __init__(
         self,
-        store: RedisStateStore,
+        store: SeriesStore,
         pipeline: Pipeline,
         consumer: AIOKafkaConsumer,
         shared: Partitions,

@@ -1,53 +1,22 @@
-"""Emission: fold each owned slot through the store and hand its live series to the sinks."""
+"""Emission: once per flush, the slots this worker owns, published while it still owns them."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
-from state.redis_store import RedisStateStore
-from worker.model.series import Attributes, Temporality
+from state.protocol import SeriesStore
+from worker.model.series import Temporality
 from worker.observability.stats import WorkerStats
-from worker.sinks.base import Delivery, Sink
+from worker.sinks.base import Sink
 from worker.stream.partitions import Partitions
+from worker.stream.slots import EmitReport, SlotEmitter
 
-__all__ = ["Emission", "EmitReport"]
-
-
-@dataclass(slots=True)
-class EmitReport:
-    series: int = 0
-    records: int = 0
-    bytes: int = 0
-    expired: int = 0
-    #: New series the tenant's active-series limit refused (folded into the overflow series).
-    overflowed: int = 0
-    slots: list[int] = field(default_factory=list)
-    #: Slots lost while this emission ran (revoked, or taken over while the process was frozen):
-    #: not published, so no stale value goes out under a time stamp another owner also uses.
-    skipped: list[int] = field(default_factory=list)
-    #: Records not published because they are too large for the output (producer or broker).
-    too_large: int = 0
-    #: Where the time went: folding (Redis reads, the fold, its commit), encoding and handing
-    #: records to the sinks, and waiting for delivery.
-    fold_seconds: float = 0.0
-    send_seconds: float = 0.0
-    confirm_seconds: float = 0.0
-
-
-@dataclass(slots=True)
-class _InFlight:
-    """A slot's series handed to the sinks, not yet delivered."""
-
-    key: tuple[str, int]
-    token: int
-    deliveries: list[Delivery]
-    series: int
+__all__ = ["Emission"]
 
 
 class Emission:
@@ -55,7 +24,7 @@ class Emission:
 
     def __init__(
         self,
-        store: RedisStateStore,
+        store: SeriesStore,
         sinks: Sequence[Sink],
         shared: Partitions,
         stats: WorkerStats,
@@ -66,18 +35,12 @@ class Emission:
         recheck_after: float,
     ) -> None:
         self.store = store
-        self.sinks = list(sinks)
+        self.slots = SlotEmitter(store, sinks, temporality=temporality, expiration_s=expiration_s)
         self.shared = shared
         self.stats = stats
         self.log = log
-        self.temporality = temporality
-        self.expiration_ns = int(expiration_s * 1e9)
         #: Ownership is asked again before a publication when this long passed since the last check.
         self.recheck_after = recheck_after
-        self._resources: dict[str, dict[str, Attributes]] = {}
-        #: (tenant, slot) -> (token, time) of this worker's last successful publication of the
-        #: slot: the next fold may forget what that publication carried (exemplars; DELTA values).
-        self._published: dict[tuple[str, int], tuple[int, int]] = {}
 
     async def run(self) -> EmitReport | None:
         """Emit the slots owned now; None when it failed (it is retried at the next flush)."""
@@ -100,7 +63,7 @@ class Emission:
                     checked = time.monotonic()
                 return slot in owned
 
-            report = await self.emit(
+            report = await self.slots.emit(
                 {slot: tokens[slot] for slot in owned}, time.time_ns(), still_owned=still_owned
             )
         except (RedisError, OSError, KafkaError) as exc:
@@ -118,84 +81,3 @@ class Emission:
         stats.expired += report.expired
         stats.overflowed += report.overflowed
         return report
-
-    async def emit(
-        self,
-        tokens: Mapping[int, int],
-        now_ns: int,
-        *,
-        still_owned: Callable[[int], Awaitable[bool]] | None = None,
-    ) -> EmitReport:
-        """Fold and publish every live series of the owned slots (slot -> fencing token).
-
-        ``still_owned(slot)`` is asked right before each publication: the fold's commit proved
-        ownership, but a rebalance can move the slot to another worker in the meantime.
-        """
-        report = EmitReport(slots=sorted(tokens))
-        self._published = {key: value for key, value in self._published.items() if key[1] in tokens}
-        if not tokens:
-            return report
-        expire_before = now_ns - self.expiration_ns if self.expiration_ns else 0
-        delta = self.temporality is Temporality.DELTA
-        # One slot's records are delivered while the next slot is folded and encoded: at most
-        # two slots' records are held at a time.
-        in_flight: _InFlight | None = None
-        for tenant in await self.store.tenants():
-            for slot in sorted(tokens):
-                if slot in report.skipped:
-                    continue
-                token = tokens[slot]
-                previous = self._published.pop((tenant, slot), None)
-                started = time.perf_counter()
-                fold = await self.store.fold_slot(
-                    tenant,
-                    slot,
-                    token,
-                    expire_before_ns=expire_before,
-                    delta_mode=delta,
-                    reset_emitted_ns=previous[1] if previous is not None and previous[0] == token else None,
-                )
-                report.fold_seconds += time.perf_counter() - started
-                if not fold.committed:
-                    report.skipped.append(slot)
-                    continue
-                report.expired += fold.expired
-                report.overflowed += fold.overflowed
-                if not fold.live:
-                    self._published[(tenant, slot)] = (token, now_ns)
-                    continue
-                if still_owned is not None and not await still_owned(slot):
-                    report.skipped.append(slot)
-                    continue
-                started = time.perf_counter()
-                resources = await self._resources_for(tenant, {s.resource_id for s in fold.live})
-                deliveries = [await sink.publish(tenant, resources, fold.live, now_ns) for sink in self.sinks]
-                report.send_seconds += time.perf_counter() - started
-                if in_flight is not None:
-                    await self._confirm(in_flight, now_ns, report)
-                in_flight = _InFlight((tenant, slot), token, deliveries, fold.emitted)
-        if in_flight is not None:
-            await self._confirm(in_flight, now_ns, report)
-        return report
-
-    async def _resources_for(self, tenant: str, needed: Collection[str]) -> dict[str, Attributes]:
-        known = self._resources.get(tenant, {})
-        if any(rid not in known for rid in needed):
-            known = self._resources[tenant] = await self.store.resources(tenant)
-        return known
-
-    async def _confirm(self, sent: _InFlight, now_ns: int, report: EmitReport) -> None:
-        """Wait for a slot's deliveries; only then may the next fold forget what went out.
-
-        A failure raises, and the slot is not recorded as published (its exemplars and DELTA
-        values go out again at the next flush).
-        """
-        started = time.perf_counter()
-        for delivery in sent.deliveries:
-            delivered = await delivery.wait()
-            report.records += delivered.records
-            report.bytes += delivered.bytes
-            report.too_large += delivered.too_large
-        report.confirm_seconds += time.perf_counter() - started
-        report.series += sent.series
-        self._published[sent.key] = (sent.token, now_ns)

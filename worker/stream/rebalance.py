@@ -11,7 +11,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from redis.exceptions import RedisError
 
-from state.redis_store import RedisStateStore
+from state.protocol import SeriesStore
 from worker.model.errors import SpanmetricsError
 from worker.observability.stats import WorkerStats
 from worker.processors.pipeline import Pipeline
@@ -45,10 +45,10 @@ class Rebalance:
         self.topic = topic
         self.revoke_deadline = revoke_deadline
         self.retry_within = retry_within
-        self.store: RedisStateStore | None = None
+        self.store: SeriesStore | None = None
         self.checkpoint: Checkpoint | None = None
 
-    def attach(self, store: RedisStateStore, checkpoint: Checkpoint) -> None:
+    def attach(self, store: SeriesStore, checkpoint: Checkpoint) -> None:
         self.store = store
         self.checkpoint = checkpoint
 
@@ -121,7 +121,7 @@ class Rebalance:
                 self.shared.applied.pop(partition, None)
             self.pipeline.restore_pending(partition, pending.get(partition), now)
 
-    async def _wait_for_store(self) -> RedisStateStore:
+    async def _wait_for_store(self) -> SeriesStore:
         # The first assignment can arrive while start() is still reading metadata.
         for _ in range(300):
             if self.store is not None:

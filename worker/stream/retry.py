@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
-from state.redis_store import FencedError
+from state.protocol import FencedError
 from worker.model.errors import StateError
 from worker.stream.partitions import Partitions
 

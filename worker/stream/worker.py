@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
 from state.keys import KeySpace
+from state.protocol import SeriesStore
 from state.redis_store import RedisStateStore
 from worker.config import Settings
 from worker.model.errors import SpanmetricsError
@@ -25,10 +26,11 @@ from worker.processors.pipeline import Pipeline
 from worker.sinks.kafka import KafkaSink
 from worker.stream.checkpoint import Checkpoint
 from worker.stream.clients import kafka_start_problem, make_consumer, make_producer, make_redis
-from worker.stream.emission import Emission, EmitReport
+from worker.stream.emission import Emission
 from worker.stream.ingest import Ingest
 from worker.stream.partitions import Partitions
 from worker.stream.rebalance import Listener, Rebalance
+from worker.stream.slots import EmitReport
 
 __all__ = ["StreamWorker"]
 
@@ -70,7 +72,7 @@ class StreamWorker:
             retry_within=kafka.max_poll_interval * 0.5,
         )
         #: Set by start(), once the partition count (the number of emission slots) is known.
-        self.store: RedisStateStore | None = None
+        self.store: SeriesStore | None = None
         self.checkpoint: Checkpoint | None = None
         self.emission: Emission | None = None
         self._stop = asyncio.Event()

@@ -135,7 +135,7 @@ class Harness:
     def series(self, tenant: str = TENANT) -> dict[tuple[str, Labels], Series]:
         """Everything recorded so far for ``tenant``, by (metric, exact label set)."""
         self.take()
-        [live] = self.worker.fold(tenant, self.clock())
+        live = [s for one in self.worker.emit(self.clock()) if one.tenant == tenant for s in one.series]
         emitted = with_companions(live)
         for series in emitted:  # folded series carry their attributes in their OTLP encoding
             series.attributes = attributes_of_parts(series.attribute_parts or ())
@@ -157,7 +157,7 @@ class Harness:
 
     def metrics_request(self, tenant: str = TENANT) -> ExportMetricsServiceRequest:
         self.take()
-        requests = self.worker.emit(tenant, self.clock())
+        requests = [r for one in self.worker.emit(self.clock()) if one.tenant == tenant for r in one.requests]
         assert requests
         return ExportMetricsServiceRequest.FromString(b"".join(request.data for request in requests))
 

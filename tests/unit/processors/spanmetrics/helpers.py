@@ -289,8 +289,9 @@ class Pipeline:
     def flush(self, advance_s: float = 15.0) -> ExportMetricsServiceRequest:
         """Hand the interval's deltas to the store, move the clock, and emit as the worker does."""
         self.take_deltas()
-        requests = self.worker.emit(self.tenant, self.clock.advance(advance_s))
-        return ExportMetricsServiceRequest.FromString(b"".join(request.data for request in requests))
+        published = self.worker.emit(self.clock.advance(advance_s))
+        data = b"".join(r.data for one in published if one.tenant == self.tenant for r in one.requests)
+        return ExportMetricsServiceRequest.FromString(data)
 
     def run(self, *requests: ExportTraceServiceRequest) -> ExportMetricsServiceRequest:
         """Consume and flush once."""
