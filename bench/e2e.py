@@ -990,8 +990,8 @@ _PHASES: list[tuple[str, str, str]] = [
 #: Innermost frame inside "consume": which component.
 _COMPONENTS: list[tuple[str, str, str]] = [
     ("worker/otlp/decode.py", "", "decode (protobuf)"),
-    ("worker/spanmetrics/", "", "span metrics processor"),
-    ("worker/servicegraphs/", "", "service graphs processor"),
+    ("worker/processors/spanmetrics/", "", "span metrics processor"),
+    ("worker/processors/servicegraphs/", "", "service graphs processor"),
     ("worker/processors/pipeline.py", "", "pipeline glue"),
     ("worker/stream/records.py", "", "tenant header"),
 ]
@@ -1000,13 +1000,14 @@ _FLUSH_COMPONENTS: list[tuple[str, str, str]] = [
     ("state/fold.py", "", "fold: delta log into records (msgpack -> Series)"),
     ("worker/otlp/metrics_encoder.py", "", "emit: write OTLP bytes (incl. size splitting)"),
     ("worker/sinks/", "", "emit: sinks (hand to the producer, await acks)"),
+    ("worker/stream/slots.py", "", "emit: slot loop"),
     ("worker/stream/emission.py", "", "emit: slot loop"),
     ("aiokafka/", "", "aiokafka (producer send, commit)"),
     ("state/redis_store.py", "RedisStateStore.merge", "Redis step: build the batch (digests, msgpack)"),
     ("state/redis_store.py", "RedisStateStore.fold_slot", "fold: read + commit (redis replies)"),
     ("redis/", "", "redis-py (encode/send/parse)"),
-    ("worker/spanmetrics/", "", "take deltas (span metrics)"),
-    ("worker/servicegraphs/", "", "take deltas / pending (service graphs)"),
+    ("worker/processors/spanmetrics/", "", "take deltas (span metrics)"),
+    ("worker/processors/servicegraphs/", "", "take deltas / pending (service graphs)"),
 ]
 
 

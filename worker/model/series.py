@@ -1,4 +1,8 @@
-"""The unit of state: one series (metric + resource + attribute set), its deltas, and how two merge."""
+"""The unit of state: one series (metric + resource + attribute set), as a delta or cumulative value.
+
+``merge_series`` merges deltas within a processor's interval; both stores fold with state/fold.py,
+its field-for-field twin on stored records (tests/unit/state/test_fold.py checks they agree).
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Series -> serialized ``ExportMetricsServiceRequest`` bytes, written straight in the wire format.
 
-Byte for byte what ``split_by_size`` then ``SerializeToString`` give (tests/unit/otlp compare them).
+Byte for byte what tests/reference/metrics_builder.py's ``split_by_size`` then ``SerializeToString``
+give (tests/unit/otlp/test_metrics_encoder.py compares them).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class EncodedRequest:
 
     data: bytes
     #: The first ResourceMetrics' serialized ``resource`` truncated to 64 bytes (``b""`` for a
-    #: resource without attributes), as the emitter keys records.
+    #: resource without attributes), as the Kafka sink keys records.
     key: bytes | None
     #: Data points carried (series of metrics missing from ``descriptors`` are not carried).
     series: int
