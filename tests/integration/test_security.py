@@ -265,7 +265,7 @@ def _request(service: str, spans: int) -> ExportTraceServiceRequest:
         scope.spans.add(
             name="op",
             trace_id=b"\x01" * 16,
-            span_id=index.to_bytes(8, "big"),
+            span_id=(index + 1).to_bytes(8, "big"),  # an all-zero span id is invalid
             kind=2,
             start_time_unix_nano=time.time_ns(),
             end_time_unix_nano=time.time_ns() + 1000,

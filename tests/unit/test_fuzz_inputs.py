@@ -1,17 +1,18 @@
 """Bad input, fuzzed: whatever a record holds, it is counted correctly or refused with a reason.
 
-Every input goes the whole way a record goes in the worker, without the servers: ``decode_traces``
-(protobuf or OTLP/JSON), both processors (span metrics with dimensions, events, exemplars and a
-cardinality limit; service graphs), the expiry of waiting half-edges, the msgpack rows the Redis
-merge sends, the pending half-edges saved with the offsets, and the OTLP metrics the emitter
-publishes. The contract checked for every input:
+Every input goes the whole way a record goes in the worker, without the servers:
+``decode_spans`` (protobuf or OTLP/JSON, span ids checked), both processors (span metrics with
+dimensions, events, exemplars and a cardinality limit; service graphs), the expiry of waiting
+half-edges, the msgpack rows the Redis merge sends, the pending half-edges saved with the
+offsets, and the OTLP metrics the emitter publishes. The contract checked for every input:
 
 * decoding either works or raises :class:`OtlpDecodeError` with a message (the record goes to
   the DLQ); nothing else may escape anywhere (another exception would stop the partition);
 * a decoded request is counted exactly: every span is counted (``calls`` add up to the spans'
   weights) or dropped with a reason (``skipped_no_service``);
 * the state built from it can always be stored and emitted (a value that fails there would
-  fail every flush again: a poison pill).
+  fail every flush again: a poison pill), and every output record the worker's encoder writes
+  decodes with the standard decoder (``ExportMetricsServiceRequest.FromString``).
 
 Inputs: random bytes, truncated and bit-flipped protobuf, valid protobuf with absurd values
 (end before start, 1970 and 2300 timestamps, the largest fixed64, kinds and status codes outside
@@ -35,11 +36,13 @@ import tracemalloc
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
@@ -49,8 +52,10 @@ from tests.reference.metrics_builder import split_by_size
 from worker.config import Settings
 from worker.model.errors import OtlpDecodeError
 from worker.model.series import Temporality, with_companions
-from worker.otlp.decode import decode_traces
+from worker.otlp.decode import decode_spans
+from worker.otlp.ids import span_id_problem
 from worker.otlp.json_codec import traces_to_json
+from worker.otlp.metrics_encoder import encode_slot
 from worker.processors.pipeline import Pipeline
 from worker.processors.spanmetrics.sampling import adjusted_count
 
@@ -126,7 +131,7 @@ def process(data: bytes, kind: str, pipeline: Pipeline | None = None) -> str:
     """One record through the whole worker path; returns "dlq" or "counted" (asserting the contract)."""
     TRIED[kind] += 1
     try:
-        request = decode_traces(data)
+        request = decode_spans(data).batch
     except OtlpDecodeError as exc:
         assert str(exc), "a refused record needs a reason for the DLQ header"
         OUTCOMES["dlq"] += 1
@@ -137,7 +142,7 @@ def process(data: bytes, kind: str, pipeline: Pipeline | None = None) -> str:
     return "counted"
 
 
-def check_request(pipeline: Pipeline, request: ExportTraceServiceRequest, name: str = "") -> None:
+def check_request(pipeline: Pipeline, request: Any, name: str = "") -> None:
     spans = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
     stats = pipeline.consume(request, "fuzz", 0)
     assert stats.spans + stats.skipped_no_service == spans, name
@@ -166,6 +171,10 @@ def check_request(pipeline: Pipeline, request: ExportTraceServiceRequest, name: 
             1 << 20,
         ):
             out.SerializeToString()
+        for encoded in encode_slot(
+            tenant_deltas.resources, tenant_deltas.series, descriptors, Temporality.CUMULATIVE, now, 1 << 20
+        ):
+            ExportMetricsServiceRequest.FromString(encoded.data)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -191,6 +200,9 @@ def _print_counts(request: pytest.FixtureRequest) -> Iterator[None]:
 
 ids = st.one_of(st.just(b""), st.binary(min_size=16, max_size=16), st.binary(min_size=1, max_size=20))
 span_ids = st.one_of(st.just(b""), st.binary(min_size=8, max_size=8), st.binary(min_size=1, max_size=12))
+#: Most requests have valid ids (or they only reach the DLQ): 16 and 8 bytes, not all zeros.
+valid_ids = st.binary(min_size=16, max_size=16).filter(any)
+valid_span_ids = st.binary(min_size=8, max_size=8).filter(any)
 times = st.one_of(
     st.sampled_from([0, 1, 10**9, YEAR_2300_NS, FIXED64_MAX, FIXED64_MAX - 1, 1 << 63]),
     st.integers(min_value=0, max_value=FIXED64_MAX),
@@ -263,7 +275,9 @@ def _fill(target: object, pairs: list[tuple[str, AnyValue]]) -> None:
 def requests(draw: st.DrawFn) -> ExportTraceServiceRequest:
     """Valid protobuf, absurd content."""
     request = ExportTraceServiceRequest()
-    trace_id = draw(ids)
+    odd = draw(st.integers(min_value=0, max_value=4)) == 0
+    trace_ids, own_ids = (ids, span_ids) if odd else (valid_ids, valid_span_ids)
+    trace_id = draw(trace_ids)
     known_ids: list[bytes] = [b""]
     for _ in range(draw(st.integers(min_value=0, max_value=3))):
         rs = request.resource_spans.add()
@@ -275,8 +289,8 @@ def requests(draw: st.DrawFn) -> ExportTraceServiceRequest:
             ss.scope.name = draw(texts)
             for _ in range(draw(st.integers(min_value=0, max_value=5))):
                 span = ss.spans.add()
-                span.trace_id = trace_id if draw(st.booleans()) else draw(ids)
-                span.span_id = draw(span_ids)
+                span.trace_id = trace_id if draw(st.booleans()) else draw(trace_ids)
+                span.span_id = draw(own_ids)
                 own_parent = draw(st.booleans())
                 span.parent_span_id = span.span_id if own_parent else draw(st.sampled_from(known_ids))
                 known_ids.append(span.span_id)
@@ -308,7 +322,13 @@ def test_random_bytes(data: bytes) -> None:
 @FUZZ
 @given(requests())
 def test_valid_protobuf_with_absurd_values(request: ExportTraceServiceRequest) -> None:
-    assert process(request.SerializeToString(), "absurd protobuf") == "counted"
+    valid_ids = all(
+        span_id_problem(span.trace_id, span.span_id) is None
+        for rs in request.resource_spans
+        for ss in rs.scope_spans
+        for span in ss.spans
+    )
+    assert process(request.SerializeToString(), "absurd protobuf") == ("counted" if valid_ids else "dlq")
 
 
 @FUZZ
@@ -476,7 +496,7 @@ def test_deep_trace_tree_and_own_parent() -> None:
     spans = []
     parent = b""
     for depth in range(5_000):
-        span_id = depth.to_bytes(8, "big")
+        span_id = (depth + 1).to_bytes(8, "big")  # not all zeros
         kind = Span.SPAN_KIND_CLIENT if depth % 2 else Span.SPAN_KIND_SERVER
         spans.append(_span(f"op{depth % 7}", span_id=span_id, parent_span_id=parent, kind=kind))
         parent = span_id
@@ -484,13 +504,39 @@ def test_deep_trace_tree_and_own_parent() -> None:
     assert process(_request(*spans).SerializeToString(), "fixed cases") == "counted"
 
 
-def test_empty_and_odd_ids() -> None:
-    spans = [
+@pytest.mark.parametrize(
+    "span",
+    [
         _span(trace_id=b"", span_id=b""),
         _span(trace_id=b"\x01", span_id=b"\x02" * 3, parent_span_id=b"\x03"),
         _span(trace_id=b"\x00" * 16, span_id=b"\x00" * 8, kind=Span.SPAN_KIND_CLIENT),
-    ]
+    ],
+    ids=["empty", "short", "zero"],
+)
+def test_empty_and_odd_ids_are_refused(span: Span) -> None:
+    """The OTel spec calls them invalid; Tempo refuses such a push, the Collector a wrong length."""
+    assert process(_request(_span(), span).SerializeToString(), "fixed cases") == "dlq"
+
+
+def test_odd_parent_ids_are_counted() -> None:
+    spans = [_span(parent_span_id=b"\x03"), _span(span_id=b"\x04" * 8, parent_span_id=b"\x00" * 8)]
     assert process(_request(*spans).SerializeToString(), "fixed cases") == "counted"
+
+
+@pytest.mark.parametrize("depth", [16, 17, 30, 47])
+def test_deep_attribute_values_stay_decodable_in_the_output(depth: int) -> None:
+    """Nested as deep as the input parser takes: every output record still decodes."""
+    value = AnyValue(string_value="leaf")
+    for _ in range(depth):
+        outer = AnyValue()
+        outer.array_value.values.append(value)
+        value = outer
+    for key in ("http.method", "region", "exception.type"):
+        span = _span(
+            attributes=[KeyValue(key=key, value=value)],
+            events=[{"name": "e", "attributes": [KeyValue(key=key, value=value)]}],
+        )
+        assert process(_request(span, _span("good")).SerializeToString(), "fixed cases") == "counted"
 
 
 def test_memory_stays_bounded_under_distinct_resources_and_values() -> None:

@@ -15,6 +15,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from worker.model.wire import length_prefix, message, varint
 
 __all__ = [
+    "MAX_LABEL_DEPTH",
+    "MAX_LABEL_LENGTH",
     "AttributeValue",
     "Attributes",
     "any_value_to_python",
@@ -23,6 +25,7 @@ __all__ = [
     "fill_key_values",
     "format_double",
     "key_value",
+    "label_value",
     "python_to_any_value",
     "stringify_any_value",
     "stringify_python",
@@ -123,6 +126,51 @@ def stringify_any_value(value: AnyValue) -> str:
     if kind == "string_value":
         return value.string_value
     return stringify_python(any_value_to_python(value))
+
+
+#: Lists and maps nested deeper than this become a label as their key string (JSON): an OTLP
+#: data point attribute sits 8 messages deep, each level adds 2 or 3, and standard protobuf
+#: decoders stop at 100 (upb, the Python and Java runtimes).
+MAX_LABEL_DEPTH = 16
+#: Label values are cut to this many characters (bytes for a bytes value); a list or map whose
+#: key string is longer becomes that string, cut.
+MAX_LABEL_LENGTH = 4096
+
+
+def _nesting(value: AttributeValue) -> int:
+    """Levels of lists and maps in a decoded value (0 for a scalar)."""
+    deepest = 0
+    level = [value]
+    while True:
+        containers = [item for item in level if isinstance(item, list | dict)]
+        if not containers:
+            return deepest
+        deepest += 1
+        level = [v for c in containers for v in (c.values() if isinstance(c, dict) else c)]
+
+
+def label_value(value: AnyValue) -> AttributeValue:
+    """A dimension value as a data point attribute: typed as it came (``any_value_to_python``),
+    within :data:`MAX_LABEL_DEPTH` and :data:`MAX_LABEL_LENGTH`.
+
+    A longer string or bytes value is cut; a list or map nested deeper, or whose key string is
+    longer, becomes its key string (``stringify_any_value``, cut). Within the bounds the value
+    and its key string are unchanged, so is the series it belongs to.
+    """
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        text = value.string_value
+        return text if len(text) <= MAX_LABEL_LENGTH else text[:MAX_LABEL_LENGTH]
+    decoded = any_value_to_python(value)
+    if kind == "bytes_value":
+        return decoded[:MAX_LABEL_LENGTH]
+    if isinstance(decoded, list | dict):
+        if _nesting(decoded) > MAX_LABEL_DEPTH:
+            return stringify_python(decoded)[:MAX_LABEL_LENGTH]
+        text = stringify_python(decoded)
+        if len(text) > MAX_LABEL_LENGTH:
+            return text[:MAX_LABEL_LENGTH]
+    return decoded
 
 
 def python_to_any_value(value: AttributeValue, out: AnyValue) -> None:

@@ -3,23 +3,45 @@
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from worker.model.errors import OtlpDecodeError
 from worker.model.wire import read_varint
-from worker.otlp.batch import SpanBatch, as_batch, parse_batch, parse_into
+from worker.otlp.batch import ResourceGroup, SpanBatch, group_request, parse_batch, parse_into
+from worker.otlp.ids import check_span_ids
 from worker.otlp.json_codec import traces_from_json
 
-__all__ = ["decode_batch", "decode_batch_proto", "decode_traces", "decode_traces_proto", "is_plain_request"]
+__all__ = [
+    "Decoded",
+    "decode_batch",
+    "decode_batch_proto",
+    "decode_spans",
+    "decode_spans_proto",
+    "decode_traces",
+    "decode_traces_proto",
+    "is_plain_request",
+]
 
 _PROTOBUF_FIRST_BYTE = 0x0A
 #: What ``bytes.lstrip()`` strips: ASCII whitespace, as ``bytes.isspace`` defines it.
 _FIRST_NON_SPACE = re.compile(rb"[^ \t\n\r\x0b\x0c]")
 
 
+class Decoded(NamedTuple):
+    """A record's spans as ``Pipeline.consume`` takes them: every span's ids checked."""
+
+    batch: SpanBatch
+    groups: list[ResourceGroup]
+
+
 def decode_traces_proto(data: bytes) -> ExportTraceServiceRequest:
-    """Parse protobuf bytes; anything the parser refuses becomes an OtlpDecodeError."""
+    """Parse protobuf bytes; anything the parser refuses becomes an OtlpDecodeError.
+
+    Parsing only: a record of the input topic is decoded with :func:`decode_spans`, which also
+    refuses spans without valid ids.
+    """
     return parse_into(ExportTraceServiceRequest(), data)
 
 
@@ -47,22 +69,45 @@ def decode_traces(data: bytes) -> ExportTraceServiceRequest:
     return decode_traces_proto(data)
 
 
-def decode_batch_proto(data: bytes) -> SpanBatch:
-    """:func:`decode_traces_proto` into the batch schema: the same bytes accepted and refused."""
-    return parse_batch(data)
+def _checked(batch: SpanBatch, data: bytes) -> Decoded:
+    groups = group_request(batch)
+    check_span_ids(groups, data)
+    return Decoded(batch, groups)
 
 
-def decode_batch(data: bytes) -> SpanBatch:
-    """:func:`decode_traces` into the batch schema (OTLP/JSON is parsed, then converted)."""
+def decode_spans_proto(data: bytes) -> Decoded:
+    """Protobuf bytes (one record, or several joined) in the batch schema, with their groups.
+
+    Raises OtlpDecodeError for what ``decode_traces_proto`` refuses and for a span whose trace
+    id or span id is invalid (see :mod:`worker.otlp.ids`): such "spans" come from another OTLP
+    message (metrics, logs) parsed as traces, or from a misconfigured producer.
+    """
+    return _checked(parse_batch(data), data)
+
+
+def decode_spans(data: bytes) -> Decoded:
+    """:func:`decode_spans_proto`, or OTLP/JSON when the record looks like JSON (as :func:`decode_traces`)."""
     if not _looks_like_json(data):
-        return parse_batch(data)
+        return decode_spans_proto(data)
     try:
         request = traces_from_json(data)
     except OtlpDecodeError:
         if data[0] != _PROTOBUF_FIRST_BYTE:
             raise
-        return parse_batch(data)
-    return as_batch(request)
+        return decode_spans_proto(data)
+    # Into the batch schema through its canonical bytes (see ``as_batch``), checked on those.
+    canonical = request.SerializeToString()
+    return _checked(parse_batch(canonical), canonical)
+
+
+def decode_batch_proto(data: bytes) -> SpanBatch:
+    """:func:`decode_spans_proto` without the groups."""
+    return decode_spans_proto(data).batch
+
+
+def decode_batch(data: bytes) -> SpanBatch:
+    """:func:`decode_spans` without the groups."""
+    return decode_spans(data).batch
 
 
 def is_plain_request(data: bytes) -> bool:

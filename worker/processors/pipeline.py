@@ -9,7 +9,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from worker.config import Settings
 from worker.model.series import MetricDescriptor, TenantDeltas, merge_deltas
-from worker.otlp.batch import SpanBatch, group_request
+from worker.otlp.batch import ResourceGroup, SpanBatch, group_request
 from worker.processors.base import PipelineStats, Processor
 from worker.processors.servicegraphs.processor import ServiceGraphsProcessor
 from worker.processors.spanmetrics.processor import SpanMetricsProcessor
@@ -39,14 +39,20 @@ class Pipeline:
         return {d.name: d for processor in self.processors for d in processor.descriptors()}
 
     def consume(
-        self, request: ExportTraceServiceRequest | SpanBatch, tenant: str, partition: int = 0
+        self,
+        request: ExportTraceServiceRequest | SpanBatch,
+        tenant: str,
+        partition: int = 0,
+        *,
+        groups: list[ResourceGroup] | None = None,
     ) -> PipelineStats:
         """Aggregate one request with every processor, reading its resources and spans once.
 
-        ``request`` is best a ``SpanBatch`` (``decode_batch``); a standard request is converted
-        first, at the cost of serializing and parsing it again.
+        ``request`` is best a ``SpanBatch`` (``decode_spans``, which gives ``groups`` too); a
+        standard request is converted first, at the cost of serializing and parsing it again.
         """
-        groups = group_request(request)
+        if groups is None:
+            groups = group_request(request)
         stats = PipelineStats()
         for processor in self.processors:
             processor.consume(request, tenant, partition, groups=groups).add_to(stats)

@@ -11,7 +11,7 @@ from aiokafka.structs import ConsumerRecord
 from worker.config import KafkaConfig
 from worker.model.errors import OtlpDecodeError
 from worker.observability.stats import WorkerStats
-from worker.otlp.decode import decode_batch, decode_batch_proto, is_plain_request
+from worker.otlp.decode import Decoded, decode_spans, decode_spans_proto, is_plain_request
 from worker.processors.pipeline import Pipeline, PipelineStats
 from worker.stream.partitions import Partitions
 from worker.stream.records import dlq_headers, tenant_of
@@ -105,17 +105,20 @@ class Ingest:
                 stats.drop("too_many_pending_edges", consumed.dropped_edges)
 
         if len(run) > 1:
+            joined: Decoded | None
             try:
-                request = decode_batch_proto(b"".join(value for _, value in run))
+                joined = decode_spans_proto(b"".join(value for _, value in run))
             except OtlpDecodeError:
-                request = None  # decoded one by one below: the DLQ gets exactly the bad ones
-            if request is not None:
+                joined = None  # decoded one by one below: the DLQ gets exactly the bad ones
+            if joined is not None:
                 for record, value in run:
                     shared.progress[partition] = record.offset + 1
                     stats.records += 1
                     stats.bytes += len(value)
                 try:
-                    consumed = self.pipeline.consume(request, tenant or "", partition)
+                    consumed = self.pipeline.consume(
+                        joined.batch, tenant or "", partition, groups=joined.groups
+                    )
                 except Exception as exc:  # bad data must never stop the partition
                     # Which record did it is unknown: none is counted as consumed.
                     for record, _ in run:
@@ -136,12 +139,12 @@ class Ingest:
                 )
                 continue
             try:
-                request = decode_batch(value)
+                decoded = decode_spans(value)
             except OtlpDecodeError as exc:
                 await self._dead_letter(record, str(exc))
                 continue
             try:
-                consumed = self.pipeline.consume(request, tenant, partition)
+                consumed = self.pipeline.consume(decoded.batch, tenant, partition, groups=decoded.groups)
             except Exception as exc:  # bad data must never stop the partition
                 await self._dead_letter(record, f"processing failed: {type(exc).__name__}: {exc}")
                 continue

@@ -14,6 +14,7 @@ from devtools.loadgen.model import TraceGenerator, build_model
 from worker.model.errors import OtlpDecodeError
 from worker.otlp.batch import BatchRequest, as_batch, is_batch, parse_batch
 from worker.otlp.decode import decode_batch, decode_batch_proto, decode_traces, decode_traces_proto
+from worker.otlp.ids import span_id_problem
 from worker.otlp.json_codec import traces_to_json
 
 
@@ -37,6 +38,13 @@ def _spans(request: object) -> list[object]:
         for scope_spans in resource_spans.scope_spans
         for span in scope_spans.spans
     ]
+
+
+def _traces_with_valid_ids(data: bytes) -> None:
+    for span in _spans(decode_traces(data)):
+        problem = span_id_problem(span.trace_id, span.span_id)  # type: ignore[attr-defined]
+        if problem:
+            raise OtlpDecodeError(problem)
 
 
 def _accepted(parse: object, data: bytes) -> bool:
@@ -99,8 +107,8 @@ def test_a_repeated_key_keeps_its_last_occurrence() -> None:
 def test_unknown_fields_are_kept() -> None:
     span = Span(name="s").SerializeToString() + b"\xf8\x07\x01"  # field 127, varint 1
     data = _field(0x0A, _field(0x12, _field(0x12, span)))  # resource_spans -> scope_spans -> spans
-    assert _accepted(decode_traces_proto, data) and _accepted(decode_batch_proto, data)
-    assert decode_batch_proto(data).SerializeToString() == decode_traces_proto(data).SerializeToString()
+    assert _accepted(decode_traces_proto, data) and _accepted(parse_batch, data)
+    assert parse_batch(data).SerializeToString() == decode_traces_proto(data).SerializeToString()
 
 
 def test_damaged_records_are_refused_alike() -> None:
@@ -118,8 +126,9 @@ def test_damaged_records_are_refused_alike() -> None:
                     damaged[rng.randrange(len(damaged))] ^= 1 << rng.randrange(8)
             data = bytes(damaged)
             standard = _accepted(decode_traces_proto, data)
-            assert _accepted(decode_batch_proto, data) == standard, data.hex()
-            assert _accepted(decode_batch, data) == _accepted(decode_traces, data), data.hex()
+            assert _accepted(parse_batch, data) == standard, data.hex()
+            # The record decode also refuses spans with invalid ids (worker.otlp.ids).
+            assert _accepted(decode_batch, data) == _accepted(_traces_with_valid_ids, data), data.hex()
             tried += 1
             refused += not standard
     assert 0 < refused < tried
@@ -171,6 +180,6 @@ def test_nesting_limits_are_the_same() -> None:
     for depth in range(20, 60):
         data = _deep_request(depth)
         accepted = _accepted(decode_traces_proto, data)
-        assert _accepted(decode_batch_proto, data) == accepted, depth
+        assert _accepted(parse_batch, data) == accepted, depth
         outcomes.add(accepted)
     assert outcomes == {True, False}, "the range covers the parser's recursion limit"

@@ -28,7 +28,7 @@ from worker.model.series import (
     make_series_id,
     merge_series,
 )
-from worker.model.values import any_value_to_python, stringify_any_value, stringify_python
+from worker.model.values import any_value_to_python, label_value, stringify_any_value, stringify_python
 from worker.otlp.batch import BatchResource, BatchScope, BatchSpan, ResourceGroup, SpanBatch, group_request
 from worker.processors.base import PipelineStats
 from worker.processors.spanmetrics.sampling import adjusted_count, stochastic_round
@@ -624,7 +624,8 @@ class SpanMetricsProcessor:
             attributes.append(("status.code", STATUS_CODE_NAMES.get(span.status.code, "")))
         for dimension, value in dimensions:
             if value is not None:
-                attributes.append((dimension.name, any_value_to_python(value)))
+                # Bounded: an output record must stay decodable whatever one span carries.
+                attributes.append((dimension.name, label_value(value)))
         if scope_key:
             attributes.append((SCOPE_NAME_ATTRIBUTE, scope_key[0]))
             if scope_key[1]:
