@@ -16,7 +16,9 @@ from state.memory_store import MemoryStore
 from worker.config import Settings
 from worker.model.errors import OtlpDecodeError
 from worker.model.series import MetricDescriptor, Temporality, TenantDeltas
+from worker.otlp.batch import group_request
 from worker.otlp.decode import decode_traces_proto
+from worker.otlp.ids import check_span_ids
 from worker.otlp.json_codec import traces_from_json
 from worker.processors.pipeline import Pipeline
 from worker.sinks.memory import MemorySink, Published
@@ -56,6 +58,12 @@ def _detect(data: bytes) -> InputFormat:
     return "otlp_json" if stripped[:1] in (b"{", b"[") else "otlp_proto"
 
 
+def _checked(request: ExportTraceServiceRequest) -> ExportTraceServiceRequest:
+    """The request, once every span has valid ids (as the worker requires: see worker.otlp.ids)."""
+    check_span_ids(group_request(request))
+    return request
+
+
 def read_documents(
     name: str, data: bytes, input_format: InputFormat | None
 ) -> Iterator[ExportTraceServiceRequest]:
@@ -64,7 +72,7 @@ def read_documents(
     fmt = input_format or _detect(data)
     if fmt == "otlp_proto":
         try:
-            yield decode_traces_proto(data)
+            yield _checked(decode_traces_proto(data))
         except OtlpDecodeError as exc:
             raise OtlpDecodeError(f"{name}: {exc}") from None
         return
@@ -81,7 +89,7 @@ def read_documents(
         whole_document = False
     if whole_document:
         try:
-            yield traces_from_json(text)
+            yield _checked(traces_from_json(text))
         except OtlpDecodeError as exc:
             raise OtlpDecodeError(f"{name}: {exc}") from None
         return
@@ -89,7 +97,7 @@ def read_documents(
         if not line.strip():
             continue
         try:
-            yield traces_from_json(line)
+            yield _checked(traces_from_json(line))
         except OtlpDecodeError as exc:
             raise OtlpDecodeError(f"{name}: line {number}: {exc}") from None
 

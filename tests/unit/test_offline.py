@@ -396,3 +396,16 @@ def test_process_applies_the_workers_active_series_limit() -> None:
         settings, [simple_request(*(make_span(f"s{n}") for n in range(3)))], clock=FakeClock()
     )
     assert total(result.request, "calls") == 1  # calls and duration of the first span series
+
+
+def test_a_metrics_request_is_refused_as_the_worker_refuses_it(tmp_path: Path) -> None:
+    """A metrics request parses as traces (protobuf is lenient): ``process`` names its bad span
+    instead of counting phantom spans, as the worker dead-letters such a record."""
+    from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics
+
+    metrics = ExportMetricsServiceRequest(resource_metrics=[ResourceMetrics()])
+    metrics.resource_metrics[0].scope_metrics.add().metrics.add(name="calls")
+    path = tmp_path / "metrics.pb"
+    path.write_bytes(metrics.SerializeToString())
+    with pytest.raises(OtlpDecodeError, match=r"metrics\.pb: span 0 of resource 0: trace_id"):
+        list(read_documents("metrics.pb", path.read_bytes(), "otlp_proto"))
