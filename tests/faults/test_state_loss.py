@@ -361,6 +361,9 @@ async def test_failover_to_a_stale_replica_is_survived(
         recovered = max(_logged_at(w, RECOVERED) for w in workers) - _unix_of(failover)
         await asyncio.sleep(1.5)
         counted = {k: v for k, v in output.totals(COUNTED_METRICS).items() if v}
+        # Nothing expires here: every series ever published is still published after the failover.
+        failover_ms = int(_unix_of(failover) * 1000)
+        vanished = [k for k, pts in output.series.items() if max(p.created_ms for p in pts) < failover_ms]
         reasons = [e.get("reason") for w in workers for e in w.events() if e.get("event") == LOST]
         metrics = [await scrape(w) for w in workers]
         readiness = [await w.ready() for w in workers]
@@ -381,6 +384,7 @@ async def test_failover_to_a_stale_replica_is_survived(
 
     assert recovered <= RECOVERY_BOUND_S
     assert counted == expected
+    assert vanished == []
     assert len(reasons) == WORKERS
     assert all(str(r).startswith("applied offsets went back") for r in reasons)
     for worker, values in zip(workers, metrics, strict=True):

@@ -4,13 +4,18 @@ lost its data, and how several workers noticing it at once agree on one new gene
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 
+from devtools.servers import create_topics
 from state.keys import KeySpace
 from state.memory_store import MemoryStore
 from state.protocol import FencedError, SeriesStore
 from state.redis_store import RedisStateStore
+
+from .helpers import Observed, RunningWorker, make_settings, produce, read_until, span_count, traces
 
 
 def _store(client: Redis, name: str, slots: int = 4) -> RedisStateStore:
@@ -83,3 +88,69 @@ async def test_the_memory_store_keeps_the_generation_as_the_redis_store_does(
         assert seen.tokens[0] > 1_600_000_000_000_000  # from the clock, in microseconds
         assert 9 not in seen.tokens  # not a partition of the topic
         assert await store.claim([0]) == {0: seen.tokens[0] + 1}
+        assert seen.applied == {}
+        tokens = await store.claim([0, 1])
+        await store.merge({}, {0: (tokens[0], 42), 1: (tokens[1], -1)})
+        assert (await store.ownership([0, 1])).applied == {0: 42}
+
+
+async def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def test_a_merge_fenced_by_a_loss_is_recovered_from(
+    kafka_bootstrap: str, redis_client: Redis, redis_url: str, unique_name: str
+) -> None:
+    """The loss lands between the flush's check and its merge: the merge is FENCED (the tokens are
+    gone), the checkpoint resets to Redis and owns nothing; the check after it finds the loss and
+    takes the partitions back from the committed offsets. Flushes are driven by the test."""
+    settings = make_settings(kafka_bootstrap, redis_url, unique_name, metrics_flush_interval="1h")
+    await create_topics(
+        kafka_bootstrap, {f"{unique_name}-in": 2, f"{unique_name}-out": 1, f"{unique_name}-dlq": 1}
+    )
+    before, after = traces(20, seed=3), traces(30, seed=4)
+    spans_before = span_count(r for _, r in before)
+    spans_after = span_count(r for _, r in after)
+    async with RunningWorker(settings, "lost") as running:
+        worker = running.worker
+        await _wait(lambda: sorted(worker.tokens) == [0, 1], 30, "the assignment")
+        await produce(kafka_bootstrap, f"{unique_name}-in", [(k, r.SerializeToString()) for k, r in before])
+        await _wait(lambda: worker.stats.spans == spans_before, 30, "the first spans consumed")
+        assert await worker.flush() is not None
+        first = await read_until(
+            kafka_bootstrap, f"{unique_name}-out", lambda o: o.total() == spans_before, timeout=30
+        )
+        assert first.total() == spans_before
+
+        held = worker.rebalance.held()
+        await redis_client.delete(*[k async for k in redis_client.scan_iter(match=f"{unique_name}:*")])
+        await produce(kafka_bootstrap, f"{unique_name}-in", [(k, r.SerializeToString()) for k, r in after])
+        await _wait(lambda: worker.stats.spans == spans_before + spans_after, 30, "the next spans consumed")
+
+        assert await worker.checkpoint.run() is False  # type: ignore[union-attr]
+        assert worker.tokens == {} and worker.assigned == [0, 1]  # stalled: not ready, lag from commits
+        assert worker.stats.state_lost == 0
+        assert await worker.rebalance.check_state(held) is True
+        assert sorted(worker.tokens) == [0, 1] and worker.stats.state_lost == 1
+        assert (await worker.rebalance.check_state()) is False  # adopted: no second loss
+        # The spans of the second batch are read again from the committed offsets (the end of the first).
+        await _wait(
+            lambda: worker.stats.spans == spans_before + 2 * spans_after, 30, "the next spans read again"
+        )
+        started = time.time_ns()
+        assert await worker.flush() is not None
+
+        def calls_since(observed: Observed) -> int:
+            return sum(v for (_, m, _), (_, t, v) in observed.latest.items() if m == "calls" and t >= started)
+
+        second = await read_until(
+            kafka_bootstrap, f"{unique_name}-out", lambda o: calls_since(o) == spans_after, timeout=30
+        )
+    # Counts restart: only the second batch, under series with a new start time.
+    assert calls_since(second) == spans_after
+    first_emission = max(t for _, t, _ in first.latest.values())
+    assert all(start > first_emission for start, t, _ in second.latest.values() if t >= started)
