@@ -62,6 +62,11 @@ class KeySpace:
         return f"{self.prefix}:fence:{self.topic}"
 
     @property
+    def generation(self) -> str:
+        """string: a random id made when the state was created; missing or changed: state was lost."""
+        return f"{self.prefix}:gen:{self.topic}"
+
+    @property
     def tenants(self) -> str:
         """set: escaped tenants that have state."""
         return f"{self.prefix}:tenants"

@@ -4,6 +4,7 @@ with merge.lua and fold.lua written out in Python over the same fold."""
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -12,7 +13,7 @@ import msgpack
 from state.codec import decode_attributes
 from state.deltalog import LogPacker, PackedTenant
 from state.fold import FoldPlan, fold_log
-from state.protocol import FencedError, FoldResult, StoredSeries, fold_result, stored_series
+from state.protocol import FencedError, FoldResult, Ownership, StoredSeries, fold_result, stored_series
 from worker.model.series import Attributes, TenantDeltas
 
 __all__ = ["MemoryStore"]
@@ -54,6 +55,7 @@ class MemoryStore:
         self.exp_max_size = exp_max_size
         self.active_series_limit = active_series_limit
         self.packer = LogPacker(slots, active_series_limit)
+        self._generation: str | None = None
         self._fence: dict[int, int] = {}
         self._offsets: dict[int, int] = {}
         self._batches: dict[int, bytes] = {}
@@ -76,6 +78,20 @@ class MemoryStore:
 
     async def applied_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
         return {p: self._offsets[p] for p in sorted(set(partitions)) if p in self._offsets}
+
+    async def generation(self, candidate: str) -> str:
+        """generation.lua: create the marker when missing, with tokens above any handed out before."""
+        if self._generation is None:
+            self._generation = candidate
+            floor = time.time_ns() // 1000
+            for partition in range(self.slots):
+                self._fence.setdefault(partition, floor)
+        return self._generation
+
+    async def ownership(self, partitions: Iterable[int]) -> Ownership:
+        ordered = sorted(set(partitions))
+        tokens = {p: self._fence[p] for p in ordered if p in self._fence}
+        return Ownership(self._generation, tokens, await self.applied_offsets(ordered))
 
     # ------------------------------------------------------------------ the flush
 

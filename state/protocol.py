@@ -11,7 +11,15 @@ from state.fold import FoldPlan
 from worker.model.errors import StateError
 from worker.model.series import Attributes, Series, TenantDeltas, emitted_count, with_companions
 
-__all__ = ["FencedError", "FoldResult", "SeriesStore", "StoredSeries", "fold_result", "stored_series"]
+__all__ = [
+    "FencedError",
+    "FoldResult",
+    "Ownership",
+    "SeriesStore",
+    "StoredSeries",
+    "fold_result",
+    "stored_series",
+]
 
 
 class FencedError(StateError):
@@ -20,6 +28,18 @@ class FencedError(StateError):
     def __init__(self, partition: int) -> None:
         super().__init__(f"partition {partition} is owned by another worker (fencing token changed)")
         self.partition = partition
+
+
+@dataclass(frozen=True, slots=True)
+class Ownership:
+    """The store's generation marker, fencing tokens and applied offsets, read at one point in time."""
+
+    #: None: the marker is missing (the state was lost, or never created).
+    generation: str | None
+    #: partition -> current fencing token (absent: none).
+    tokens: dict[int, int]
+    #: partition -> next offset to apply (absent: nothing applied).
+    applied: dict[int, int]
 
 
 @dataclass(slots=True)
@@ -87,6 +107,13 @@ class SeriesStore(Protocol):
 
     async def applied_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
         """Next offset to apply per partition (absent: nothing applied yet)."""
+
+    async def generation(self, candidate: str) -> str:
+        """The store's generation marker: created as ``candidate`` when missing (and then every
+        partition without a token gets one above any handed out before), else the one stored."""
+
+    async def ownership(self, partitions: Iterable[int]) -> Ownership:
+        """The generation marker, these partitions' tokens and applied offsets, in one round trip."""
 
     async def merge(
         self,

@@ -15,7 +15,7 @@ from state.codec import decode_attributes
 from state.deltalog import LogPacker
 from state.fold import FoldPlan, fold_log
 from state.keys import KeySpace, escape_tenant, unescape_tenant
-from state.protocol import FencedError, FoldResult, StoredSeries, fold_result, stored_series
+from state.protocol import FencedError, FoldResult, Ownership, StoredSeries, fold_result, stored_series
 from worker.model.errors import StateError
 from worker.model.series import Attributes, TenantDeltas
 
@@ -50,6 +50,7 @@ class RedisStateStore:
         self.packer = LogPacker(slots, active_series_limit)
         self._merge = client.register_script(_script("merge.lua"))
         self._fold = client.register_script(_script("fold.lua"))
+        self._generation = client.register_script(_script("generation.lua"))
 
     # ------------------------------------------------------------------ ownership and offsets
 
@@ -95,6 +96,30 @@ class RedisStateStore:
             return {}
         values = await self.client.hmget(self.keys.offsets, [str(p) for p in ordered])
         return {p: int(v) for p, v in zip(ordered, values, strict=True) if v is not None}
+
+    async def generation(self, candidate: str) -> str:
+        """The generation marker (generation.lua): created as ``candidate`` when missing, and then
+        every partition without a token gets one above any handed out before; else the stored one."""
+        keys = [self.keys.generation, self.keys.fence]
+        return _text(await self._generation(keys=keys, args=[candidate, self.slots]))
+
+    async def ownership(self, partitions: Iterable[int]) -> Ownership:
+        """The generation marker, these partitions' tokens and applied offsets, in one round trip."""
+        ordered = sorted(set(partitions))
+        fields = [str(p) for p in ordered]
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.get(self.keys.generation)
+            if ordered:
+                pipe.hmget(self.keys.fence, fields)
+                pipe.hmget(self.keys.offsets, fields)
+            replies = await pipe.execute()
+        marker = None if replies[0] is None else _text(replies[0])
+        tokens, applied = (replies[1], replies[2]) if ordered else ([], [])
+        return Ownership(
+            marker,
+            {p: int(v) for p, v in zip(ordered, tokens, strict=True) if v is not None},
+            {p: int(v) for p, v in zip(ordered, applied, strict=True) if v is not None},
+        )
 
     # ------------------------------------------------------------------ the flush
 

@@ -1,13 +1,14 @@
 """The HTTP side port in the worker's event loop: ``/metrics``, ``/healthz`` (the loop ticks) and ``/readyz``.
 
-Ready: assignment done (or partitions owned) and Redis answers PING; liveness never asks Kafka or Redis.
+Ready: assignment done, every assigned partition owned in Redis, and Redis answers PING; liveness
+never asks Kafka or Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Protocol
 
 import structlog
@@ -40,6 +41,9 @@ class Probed(Protocol):
 
     @property
     def tokens(self) -> Mapping[int, int]: ...
+
+    @property
+    def assigned(self) -> Collection[int]: ...
 
     @property
     def metrics(self) -> HasRegistry: ...
@@ -129,8 +133,16 @@ class HttpServer:
     # ------------------------------------------------------------------ probes
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        age = time.monotonic() - self.worker.last_tick
-        body: dict[str, Any] = {"last_tick_seconds_ago": round(age, 3), "stall_after": self.stall_after}
+        worker = self.worker
+        age = time.monotonic() - worker.last_tick
+        body: dict[str, Any] = {
+            "last_tick_seconds_ago": round(age, 3),
+            "stall_after": self.stall_after,
+            # Not part of liveness (a restart would not help a broker or Redis outage); /readyz
+            # and the alerts in README act on them.
+            "partitions_assigned": len(worker.assigned),
+            "partitions_owned": len(worker.tokens),
+        }
         if age > self.stall_after:
             return web.json_response({"status": "stalled", **body}, status=503)
         return web.json_response({"status": "ok", **body})
@@ -141,13 +153,17 @@ class HttpServer:
         # ``ready`` drops on revoke and on a failed Redis step; owning partitions (tokens) means the
         # assignment is done and the Redis question is answered by the PING below.
         assigned = worker.ready or bool(partitions)
+        # Assigned by the group but not owned in Redis: nobody consumes them (fenced, or Redis
+        # lost the state and the worker has not taken them back yet).
+        unowned = sorted(set(worker.assigned) - set(partitions))
         redis_error = await self._ping()
         body: dict[str, Any] = {
             "assigned": assigned,
             "partitions": partitions,
+            "unowned": unowned,
             "redis": "ok" if redis_error is None else redis_error,
         }
-        if assigned and redis_error is None:
+        if assigned and not unowned and redis_error is None:
             return web.json_response({"status": "ready", **body})
         return web.json_response({"status": "not ready", **body}, status=503)
 

@@ -63,13 +63,20 @@ class ActiveSeriesSource(Protocol):
 
 
 class LagSource(Protocol):
-    """The consumer, for the high watermark and position of each assigned partition."""
+    """The consumer, for the high watermark and position of each assigned partition (and, for
+    one not owned in Redis, so not consumed: the broker's end offset and the group's commit)."""
 
     def assignment(self) -> Collection[TopicPartition]: ...
 
     def highwater(self, tp: TopicPartition) -> int | None: ...
 
     async def position(self, tp: TopicPartition) -> int: ...
+
+    async def committed(self, tp: TopicPartition) -> int | None: ...
+
+    async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]: ...
+
+    async def beginning_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]: ...
 
 
 class MetricsSource(Protocol):
@@ -80,6 +87,9 @@ class MetricsSource(Protocol):
 
     @property
     def tokens(self) -> Mapping[int, int]: ...
+
+    @property
+    def assigned(self) -> Collection[int]: ...
 
     @property
     def applied(self) -> Mapping[int, int]: ...
@@ -117,6 +127,7 @@ class WorkerMetrics:
         #: tenant -> active series (the quantity max_active_series_per_tenant limits).
         self._active_series: dict[str, int] = {}
         self._last_flush_unix: float | None = None
+        self._last_emission_unix: float | None = None
         registry.register(_StatsCollector(self))
 
     # ------------------------------------------------------------------ hooks the runtime calls
@@ -129,12 +140,19 @@ class WorkerMetrics:
         self.flush_duration.observe(seconds)
         self._last_flush_unix = time.time()
 
+    def observe_emission(self) -> None:
+        """An emission published the slots of every partition assigned to this worker."""
+        self._last_emission_unix = time.time()
+
     def observe_redis_step(self, seconds: float) -> None:
         self.redis_step_duration.observe(seconds)
 
     async def refresh(self) -> None:
-        """At the end of a flush: recompute consumer lag (``highwater - applied`` per owned
-        partition, from the last fetch response: no request) and active series. Never raises."""
+        """At the end of a flush: recompute consumer lag and active series. Never raises.
+
+        Lag is ``highwater - applied`` per owned partition (from the last fetch response: no
+        request); a partition assigned but not owned in Redis is not consumed, so its lag is the
+        broker's end offset minus the group's committed offset (two requests)."""
         source = self._source
         if source is None:
             return
@@ -168,9 +186,13 @@ class WorkerMetrics:
         consumer = source.consumer
         assigned = consumer.assignment()
         lag: dict[int, int] = {}
-        for partition in sorted(source.tokens):
+        unowned: list[TopicPartition] = []
+        for partition in sorted(source.assigned):
             tp = TopicPartition(source.topic, partition)
             if tp not in assigned:
+                continue
+            if partition not in source.tokens:
+                unowned.append(tp)
                 continue
             highwater = consumer.highwater(tp)
             if highwater is None:  # no fetch response for it yet
@@ -179,6 +201,13 @@ class WorkerMetrics:
             if position is None:  # nothing applied from it yet: where the consumer reads from
                 position = await consumer.position(tp)
             lag[partition] = max(0, int(highwater) - int(position))
+        if unowned:
+            ends = await consumer.end_offsets(unowned)
+            for tp in unowned:
+                committed = await consumer.committed(tp)
+                if committed is None:
+                    committed = (await consumer.beginning_offsets([tp]))[tp]
+                lag[tp.partition] = max(0, int(ends[tp]) - int(committed))
         return lag
 
     @staticmethod
@@ -244,19 +273,35 @@ class WorkerMetrics:
             "Flushes refused because another worker claimed a partition (state replayed from Redis).",
             total("fenced"),
         )
+        yield counter(
+            "state_lost",
+            "Times this worker found Redis had lost its state (generation marker gone or changed, "
+            "fencing tokens gone back) and took its partitions back from the committed offsets.",
+            total("state_lost"),
+        )
 
         tokens = source.tokens if source is not None else {}
-        assigned = GaugeMetricFamily(PREFIX + "assigned_partitions", "Input partitions this worker owns.")
+        partitions = set(source.assigned) if source is not None else set()
+        assigned = GaugeMetricFamily(
+            PREFIX + "assigned_partitions", "Input partitions the consumer group assigned to this worker."
+        )
+        owned = GaugeMetricFamily(
+            PREFIX + "owned_partitions",
+            "Assigned input partitions this worker owns in Redis (holds their fencing token); "
+            "fewer than assigned: those partitions are not consumed.",
+        )
         if source is not None:
-            assigned.add_metric([], len(tokens))
+            assigned.add_metric([], len(partitions))
+            owned.add_metric([], len(tokens))
         yield assigned
+        yield owned
         lag = GaugeMetricFamily(
             PREFIX + "consumer_lag_records",
-            "Records on the broker not yet applied to Redis, per owned input partition (per flush).",
+            "Records on the broker not yet applied to Redis, per assigned input partition (per flush).",
             labels=["partition"],
         )
         for partition, value in sorted(self._lag.items()):
-            if partition in tokens:  # revoked since the last refresh: not ours to report
+            if partition in partitions:  # revoked since the last refresh: not ours to report
                 lag.add_metric([str(partition)], value)
         yield lag
         active = GaugeMetricFamily(
@@ -275,6 +320,14 @@ class WorkerMetrics:
         if source is not None and self._last_flush_unix is not None:
             last.add_metric([], self._last_flush_unix)
         yield last
+        emission = GaugeMetricFamily(
+            PREFIX + "last_emission_timestamp_seconds",
+            "Unix time of the last emission that published the slots of every assigned partition "
+            "(with none assigned, of the last emission).",
+        )
+        if source is not None and self._last_emission_unix is not None:
+            emission.add_metric([], self._last_emission_unix)
+        yield emission
         info = GaugeMetricFamily(PREFIX + "build_info", "Always 1; the worker's version.", labels=["version"])
         info.add_metric([__version__], 1)
         yield info

@@ -19,6 +19,8 @@ class WorkerStats:
     dlq: int = 0
     flushes: int = 0
     fenced: int = 0
+    #: Times this worker found Redis had lost its state (and recovered from the committed offsets).
+    state_lost: int = 0
     rebalances: int = 0
     emitted_series: int = 0
     emitted_records: int = 0

@@ -1,17 +1,20 @@
-"""Rebalance: checkpoint before giving partitions up; claim and resume from Redis when given some."""
+"""Rebalance: checkpoint before giving partitions up; claim and resume from Redis when given some;
+take them back when Redis lost its state (see README, "How it stays correct")."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import Collection
+import uuid
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
-from state.protocol import SeriesStore
+from state.protocol import Ownership, SeriesStore
 from worker.model.errors import SpanmetricsError
 from worker.observability.stats import WorkerStats
 from worker.processors.pipeline import Pipeline
@@ -19,7 +22,16 @@ from worker.stream.checkpoint import Checkpoint
 from worker.stream.partitions import Partitions
 from worker.stream.retry import with_redis_retry
 
-__all__ = ["Listener", "Rebalance"]
+__all__ = ["STATE_LOST", "STATE_RECOVERED", "Held", "Listener", "Rebalance"]
+
+#: Logged (at error level) once per loss of Redis state this worker sees.
+STATE_LOST = "Redis lost its state"
+#: Logged once the worker owns its assigned partitions again after a loss.
+STATE_RECOVERED = "state recovered"
+#: Fencing tokens and applied offsets a worker held, checked against the store's.
+Held = tuple[dict[int, int], dict[int, int]]
+#: Bound on the Kafka requests of a recovery (committed offsets), which holds the partitions' lock.
+_RECOVERY_TIMEOUT_S = 15.0
 
 
 class Rebalance:
@@ -47,10 +59,20 @@ class Rebalance:
         self.retry_within = retry_within
         self.store: SeriesStore | None = None
         self.checkpoint: Checkpoint | None = None
+        #: The store's generation marker as this worker last saw it (see :meth:`check_state`).
+        self.generation: str | None = None
+        #: Why the state was found lost, while the recovery has not succeeded yet.
+        self._lost: str | None = None
 
-    def attach(self, store: SeriesStore, checkpoint: Checkpoint) -> None:
+    async def attach(self, store: SeriesStore, checkpoint: Checkpoint) -> None:
+        """Remember the store's generation (created when missing), then take part in rebalances."""
+        self.generation = await store.generation(uuid.uuid4().hex)
         self.store = store
         self.checkpoint = checkpoint
+
+    def assigned(self) -> list[int]:
+        """The input partitions the consumer group assigned to this worker (owned or not)."""
+        return sorted(tp.partition for tp in self.consumer.assignment() if tp.topic == self.topic)
 
     async def on_revoked(self, revoked: Collection[TopicPartition]) -> None:
         """Checkpoint everything held (bounded by the revoke deadline) before letting go."""
@@ -106,20 +128,115 @@ class Rebalance:
         self.shared.discard_progress()
         await self.seek_to_applied(partitions)
 
-    async def seek_to_applied(self, partitions: Collection[int]) -> None:
-        """Seek to the stored offsets and restore the half-edges saved with them."""
+    async def seek_to_applied(
+        self, partitions: Collection[int], *, or_committed: bool = False
+    ) -> dict[int, int | None]:
+        """Seek to the stored offsets and restore the half-edges saved with them; where Redis holds
+        no offset, to the group's committed one if ``or_committed``. Returns where each resumes."""
         assert self.store is not None
         applied = await self.store.applied_offsets(partitions)
         pending = await self.store.read_pending(partitions) if self.pipeline.servicegraphs else {}
         now = time.time_ns()
+        resume: dict[int, int | None] = {}
         for partition in partitions:
             self.pipeline.drop_partition(partition)
+            tp = TopicPartition(self.topic, partition)
             if partition in applied:
-                self.shared.applied[partition] = applied[partition]
-                self.consumer.seek(TopicPartition(self.topic, partition), applied[partition])
+                self.shared.applied[partition] = resume[partition] = applied[partition]
+                self.consumer.seek(tp, applied[partition])
             else:
                 self.shared.applied.pop(partition, None)
+                resume[partition] = await self._seek_to_committed(tp) if or_committed else None
             self.pipeline.restore_pending(partition, pending.get(partition), now)
+        return resume
+
+    async def _seek_to_committed(self, tp: TopicPartition) -> int | None:
+        """What the last completed checkpoints reached (None: nothing committed, from the start)."""
+        committed = await self.consumer.committed(tp)
+        if committed is None:
+            await self.consumer.seek_to_beginning(tp)  # the consumer's auto_offset_reset
+            return None
+        self.consumer.seek(tp, committed)
+        return int(committed)
+
+    # ------------------------------------------------------------------ lost state
+
+    def held(self) -> Held:
+        """What this worker holds now, for a later :meth:`check_state`."""
+        return dict(self.shared.tokens), dict(self.shared.applied)
+
+    async def check_state(self, held: Held | None = None) -> bool:
+        """True when Redis lost the state since this worker last looked; then recover (retried at
+        each call until it succeeds). ``held``: what to check, taken before (default: now).
+
+        Never a guess: the generation marker is missing or changed, or a partition's fencing token
+        or applied offset is missing or lower than what this worker held (both only grow; what it
+        held was taken before this read, so a concurrent merge cannot look like a loss).
+        """
+        store = self.store
+        if store is None or self.generation is None:
+            return False
+        if self._lost is None:
+            tokens, applied = self.held() if held is None else held
+            try:
+                seen = await store.ownership(tokens)
+            except (RedisError, OSError):
+                return False  # an outage, not a loss: the checkpoint retries it
+            reason = self._loss_in(seen, tokens, applied)
+            if reason is None:
+                return False
+            self._lost = reason
+            self.stats.state_lost += 1
+            self.log.error(
+                STATE_LOST,
+                reason=reason,
+                generation=self.generation,
+                found=seen.generation,
+                partitions=sorted(tokens),
+                remedy="taking the partitions back from the group's committed offsets; "
+                "series restart with a new start time (run Redis with appendonly yes)",
+            )
+        try:
+            await asyncio.wait_for(self._recover(), timeout=_RECOVERY_TIMEOUT_S)
+        except (TimeoutError, RedisError, OSError, KafkaError, SpanmetricsError) as exc:
+            self.log.warning("recovery from lost state failed; retried at the next flush", error=str(exc))
+        else:
+            self._lost = None
+        return True
+
+    def _loss_in(self, seen: Ownership, tokens: Mapping[int, int], applied: Mapping[int, int]) -> str | None:
+        if seen.generation is None:
+            return "the generation marker is missing"
+        if seen.generation != self.generation:
+            return "the generation marker changed"
+        behind = sorted(p for p, token in tokens.items() if seen.tokens.get(p, -1) < token)
+        if behind:
+            return f"fencing tokens went back for partitions {behind}"
+        behind = sorted(p for p, at in applied.items() if p in tokens and seen.applied.get(p, -1) < at)
+        if behind:
+            return f"applied offsets went back for partitions {behind}"
+        return None
+
+    async def _recover(self) -> None:
+        """Adopt the store's new generation (creating it if no worker did yet), drop what memory
+        holds, claim the assigned partitions and resume them from Redis or the committed offsets."""
+        store = self.store
+        assert store is not None
+        shared = self.shared
+        async with shared.lock:
+            self.generation = await store.generation(uuid.uuid4().hex)
+            partitions = self.assigned()
+            self.pipeline.take_deltas()
+            shared.discard_progress()
+            for partition in set(shared.tokens) | set(partitions):
+                self.pipeline.drop_partition(partition)
+            shared.tokens.clear()
+            shared.applied.clear()
+            shared.tokens.update(await store.claim(partitions))
+            resume = await self.seek_to_applied(partitions, or_committed=True)
+        self.consumer.resume(*(TopicPartition(self.topic, p) for p in partitions))
+        shared.ready = True
+        self.log.info(STATE_RECOVERED, generation=self.generation, partitions=partitions, resume_from=resume)
 
     async def _wait_for_store(self) -> SeriesStore:
         # The first assignment can arrive while start() is still reading metadata.

@@ -97,6 +97,11 @@ class StreamWorker:
     def ready(self) -> bool:
         return self.shared.ready
 
+    @property
+    def assigned(self) -> list[int]:
+        """The input partitions the group assigned to this worker; owned when in :attr:`tokens`."""
+        return self.rebalance.assigned()
+
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
@@ -137,7 +142,7 @@ class StreamWorker:
             rewind=self.rebalance.rewind,
             forget=self.rebalance.forget,
         )
-        self.rebalance.attach(store, self.checkpoint)
+        await self.rebalance.attach(store, self.checkpoint)
         sink = KafkaSink(
             self.producer,
             topic=settings.kafka.output_topic,
@@ -232,17 +237,27 @@ class StreamWorker:
         """Checkpoint (Redis, then Kafka), then emit the owned slots; None when fenced or not started."""
         assert self.checkpoint is not None and self.emission is not None, "flush before start()"
         started = time.monotonic()
+        # Did Redis lose the state (generation marker, tokens)? Then recover first. Asked again
+        # where a loss shows: a fenced merge, a refused fold.
+        rebalance = self.rebalance
+        await rebalance.check_state()
+        held = rebalance.held()
         # The flush allocates several objects per series, none in reference cycles; with 100k+
         # live objects each collection would scan them all. Paused, not skipped.
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
             if not await self.checkpoint.run():
+                await rebalance.check_state(held)
                 return None
             report = await self.emission.run() if emit else None
         finally:
             if gc_was_enabled:
                 gc.enable()
+        if report is not None and report.skipped:
+            await rebalance.check_state(held)
+        elif report is not None and set(rebalance.assigned()) <= set(report.slots):
+            self.metrics.observe_emission()  # every assigned partition's slot was published
         stats = self.stats
         stats.flushes += 1
         stats.last_flush_seconds = time.monotonic() - started

@@ -34,20 +34,44 @@ EXPECTED_TYPES = {
     "spanmetrics_flushes": "counter",
     "spanmetrics_active_series": "gauge",
     "spanmetrics_assigned_partitions": "gauge",
+    "spanmetrics_owned_partitions": "gauge",
     "spanmetrics_consumer_lag_records": "gauge",
     "spanmetrics_last_flush_timestamp_seconds": "gauge",
+    "spanmetrics_last_emission_timestamp_seconds": "gauge",
     "spanmetrics_rebalances": "counter",
     "spanmetrics_replay_skipped_records": "counter",
     "spanmetrics_fenced_flushes": "counter",
+    "spanmetrics_state_lost": "counter",
     "spanmetrics_build_info": "gauge",
 }
 
 
 class FakeConsumer:
-    def __init__(self, assigned: set[int], highwater: dict[int, int], position: dict[int, int]) -> None:
+    def __init__(
+        self,
+        assigned: set[int],
+        highwater: dict[int, int],
+        position: dict[int, int],
+        *,
+        committed: dict[int, int] | None = None,
+        ends: dict[int, int] | None = None,
+        beginnings: dict[int, int] | None = None,
+    ) -> None:
         self._assigned = {TopicPartition(TOPIC, p) for p in assigned}
         self._highwater = highwater
         self._position = position
+        self._committed = committed or {}
+        self._ends = ends or {}
+        self._beginnings = beginnings or {}
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return self._committed.get(tp.partition)
+
+    async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self._ends[tp.partition] for tp in partitions}
+
+    async def beginning_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self._beginnings.get(tp.partition, 0) for tp in partitions}
 
     def assignment(self) -> set[TopicPartition]:
         return self._assigned
@@ -82,6 +106,13 @@ class FakeWorker:
     topic: str = TOPIC
     consumer: Any = None
     store: Any = None
+
+    @property
+    def assigned(self) -> list[int]:
+        """The consumer's assignment; without a consumer, the owned partitions."""
+        if self.consumer is None or not hasattr(self.consumer, "assignment"):
+            return sorted(self.tokens)
+        return sorted(tp.partition for tp in self.consumer.assignment())
 
 
 def simulated_stats() -> WorkerStats:
@@ -236,7 +267,46 @@ async def test_refresh_computes_lag_and_active_series() -> None:
 
     # Revoked since the last refresh: its lag is no longer reported, even before the next flush.
     worker.tokens.pop(0)
+    consumer._assigned.discard(TopicPartition(TOPIC, 0))
     assert value(registry, "spanmetrics_consumer_lag_records", partition="0") is None
+
+
+async def test_lag_is_reported_for_assigned_partitions_not_owned_in_redis() -> None:
+    """Redis lost the state (or another worker fenced this one): the partitions stay assigned but
+    are not consumed; their lag grows from the group's committed offsets, it does not vanish."""
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    consumer = FakeConsumer(
+        assigned={0, 1, 2},
+        highwater={0: 100, 1: 40, 2: 40},  # 1 and 2: stale, they are paused (not fetched)
+        position={},
+        committed={1: 30},
+        ends={1: 75, 2: 60},
+        beginnings={2: 5},
+    )
+    worker = FakeWorker(tokens={0: 7}, applied={0: 95}, consumer=consumer)
+    metrics.bind(worker)
+    await metrics.refresh()
+
+    assert value(registry, "spanmetrics_assigned_partitions") == 3
+    assert value(registry, "spanmetrics_owned_partitions") == 1
+    assert value(registry, "spanmetrics_consumer_lag_records", partition="0") == 5
+    assert value(registry, "spanmetrics_consumer_lag_records", partition="1") == 45  # end - committed
+    assert value(registry, "spanmetrics_consumer_lag_records", partition="2") == 55  # none committed
+
+
+def test_state_lost_and_last_emission() -> None:
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    worker = FakeWorker(tokens={0: 1})
+    metrics.bind(worker)
+    assert value(registry, "spanmetrics_state_lost_total") == 0
+    assert value(registry, "spanmetrics_last_emission_timestamp_seconds") is None
+    worker.stats.state_lost += 1
+    metrics.observe_emission()
+    assert value(registry, "spanmetrics_state_lost_total") == 1
+    last = value(registry, "spanmetrics_last_emission_timestamp_seconds")
+    assert last is not None and last > 1.7e9
 
 
 async def test_refresh_never_raises_and_keeps_the_last_snapshot() -> None:
@@ -269,7 +339,8 @@ async def test_stream_worker_uses_the_injected_bundle() -> None:
         assert value(registry, "spanmetrics_records_consumed_total") == 3
         assert value(registry, "spanmetrics_spans_processed_total") == 30
         assert value(registry, "spanmetrics_spans_dropped_total", reason="no_service_name") == 2
-        assert value(registry, "spanmetrics_assigned_partitions") == 1
+        assert value(registry, "spanmetrics_owned_partitions") == 1
+        assert value(registry, "spanmetrics_assigned_partitions") == 0  # not started: no assignment
         assert value(other.metrics.registry, "spanmetrics_spans_processed_total") == 0
     finally:
         await worker.close(0.1)
