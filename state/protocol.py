@@ -11,7 +11,15 @@ from state.fold import FoldPlan
 from worker.model.errors import StateError
 from worker.model.series import Attributes, Series, TenantDeltas, emitted_count, with_companions
 
-__all__ = ["FencedError", "FoldResult", "SeriesStore", "StoredSeries", "fold_result", "stored_series"]
+__all__ = [
+    "FencedError",
+    "FoldResult",
+    "Sequences",
+    "SeriesStore",
+    "StoredSeries",
+    "fold_result",
+    "stored_series",
+]
 
 
 class FencedError(StateError):
@@ -20,6 +28,28 @@ class FencedError(StateError):
     def __init__(self, partition: int) -> None:
         super().__init__(f"partition {partition} is owned by another worker (fencing token changed)")
         self.partition = partition
+
+
+class Sequences:
+    """A store's numbering of merges made without an explicit sequence: strictly increasing,
+    except that a call with the same content as the one before is taken for its retry."""
+
+    def __init__(self) -> None:
+        self.last = 0
+        self._previous: tuple[bytes, int] | None = None
+
+    def number(self, digest: bytes) -> int:
+        """The sequence of a merge whose content has this digest."""
+        if self._previous is not None and self._previous[0] == digest:
+            return self._previous[1]
+        self.last += 1
+        self._previous = (digest, self.last)
+        return self.last
+
+    def saw(self, sequence: int) -> None:
+        """A merge numbered by its caller: numbers given later stay above it."""
+        self.last = max(self.last, sequence)
+        self._previous = None
 
 
 @dataclass(slots=True)
@@ -93,9 +123,14 @@ class SeriesStore(Protocol):
         deltas: Mapping[str, TenantDeltas],
         fences: Mapping[int, tuple[int, int]],
         pending: Mapping[int, bytes] | None = None,
-    ) -> None:
+        *,
+        sequence: int | None = None,
+    ) -> bool:
         """Append the deltas to their slots' logs and advance the fenced partitions' offsets in
-        one step; FencedError on a stale token; a repeated call applies nothing more."""
+        one step; FencedError on a stale token. Applied (True) only if ``sequence`` (strictly
+        increasing per writer and token, the same for a retry) is above what every fenced
+        partition has applied; else nothing changes (False). Without ``sequence`` the store
+        numbers its calls, a call repeating the previous one being its retry."""
 
     async def read_pending(self, partitions: Iterable[int]) -> dict[int, bytes]:
         """The service-graph half-edges saved with each partition's offsets."""
@@ -116,7 +151,8 @@ class SeriesStore(Protocol):
         delta_mode: bool = False,
         reset_emitted_ns: int | None = None,
     ) -> FoldResult:
-        """Fold the slot's log into its records and commit that as the slot's owner."""
+        """Fold the slot's log into its records and commit that as the slot's owner, if the slot
+        is still as read (a compare-and-set on its version); else not committed."""
 
     async def read_slot(self, tenant: str, slot: int) -> list[StoredSeries]:
         """Every series of the slot with its cumulative value; read only."""
