@@ -57,6 +57,11 @@ class KeySpace:
         return f"{self.prefix}:offsets:{self.topic}"
 
     @property
+    def applied(self) -> str:
+        """hash: partition -> ``<token>:<sequence>`` of the last merge applied (merge.lua)."""
+        return f"{self.prefix}:applied:{self.topic}"
+
+    @property
     def fence(self) -> str:
         """hash: partition -> fencing token of its owner."""
         return f"{self.prefix}:fence:{self.topic}"
@@ -85,6 +90,10 @@ class KeySpace:
     def log(self, escaped_tenant: str, slot: int) -> str:
         """list: the slot's delta log, flushes' rows not yet folded."""
         return f"{self.prefix}:t:{escaped_tenant}:d:{slot}"
+
+    def version(self, escaped_tenant: str, slot: int) -> str:
+        """string: the slot's version, bumped by every committed fold (absent: 0)."""
+        return f"{self.prefix}:t:{escaped_tenant}:v:{slot}"
 
     def active(self, escaped_tenant: str) -> str:
         """string: the tenant's active series (its limit)."""

@@ -13,7 +13,15 @@ import msgpack
 from state.codec import decode_attributes
 from state.deltalog import LogPacker, PackedTenant
 from state.fold import FoldPlan, fold_log
-from state.protocol import FencedError, FoldResult, Ownership, StoredSeries, fold_result, stored_series
+from state.protocol import (
+    FencedError,
+    FoldResult,
+    Ownership,
+    Sequences,
+    StoredSeries,
+    fold_result,
+    stored_series,
+)
 from worker.model.series import Attributes, TenantDeltas
 
 __all__ = ["MemoryStore"]
@@ -21,10 +29,11 @@ __all__ = ["MemoryStore"]
 
 @dataclass(slots=True)
 class _Slot:
-    """``P:t:<T>:s:<slot>`` and ``P:t:<T>:d:<slot>``."""
+    """``P:t:<T>:s:<slot>``, ``P:t:<T>:d:<slot>`` and ``P:t:<T>:v:<slot>``."""
 
     records: dict[bytes, bytes] = field(default_factory=dict)
     log: list[bytes] = field(default_factory=list)
+    version: int = 0
 
 
 @dataclass(slots=True)
@@ -58,7 +67,9 @@ class MemoryStore:
         self._generation: str | None = None
         self._fence: dict[int, int] = {}
         self._offsets: dict[int, int] = {}
-        self._batches: dict[int, bytes] = {}
+        #: partition -> (token, sequence) of the last merge applied (``P:applied:<topic>``).
+        self._marks: dict[int, tuple[int, int]] = {}
+        self.sequences = Sequences()
         self._pending: dict[int, bytes] = {}
         self._tenants: dict[str, _Tenant] = {}
 
@@ -100,20 +111,26 @@ class MemoryStore:
         deltas: Mapping[str, TenantDeltas],
         fences: Mapping[int, tuple[int, int]],
         pending: Mapping[int, bytes] | None = None,
-    ) -> None:
-        """merge.lua: fence check, retry guard, offsets, half-edges, then the log entries."""
+        *,
+        sequence: int | None = None,
+    ) -> bool:
+        """merge.lua: fence check, sequence watermark, offsets, half-edges, then the log entries."""
         packed = self.packer.pack(deltas)
         ordered = sorted(fences.items())
+        half_edges = [(p, blob) for p, blob in sorted((pending or {}).items()) if p in fences]
+        if sequence is None:
+            sequence = self.sequences.number(_batch_id(ordered, half_edges, packed))
+        else:
+            self.sequences.saw(sequence)
         for partition, (token, _) in ordered:
             if self._fence.get(partition) != token:
                 raise FencedError(partition)
-        half_edges = [(p, blob) for p, blob in sorted((pending or {}).items()) if p in fences]
-        if ordered:
-            batch_id = _batch_id(ordered, half_edges, packed)
-            if self._batches.get(ordered[0][0]) == batch_id:
-                return  # a retry of the merge applied last
-            for partition, _ in ordered:
-                self._batches[partition] = batch_id
+        for partition, (token, _) in ordered:
+            mark = self._marks.get(partition)
+            if mark is not None and mark[0] == token and mark[1] >= sequence:
+                return False  # a retry, a duplicate or a late request: applied or overtaken
+        for partition, (token, _) in ordered:
+            self._marks[partition] = (token, sequence)
         for partition, (_, offset) in ordered:
             current = self._offsets.get(partition)
             if offset != -1 and (current is None or current < offset):
@@ -129,6 +146,7 @@ class MemoryStore:
                 tenant.resources.setdefault(resource_id, blob)
             for slot, entry in one.entries:
                 tenant.slot(slot).log.append(bytes(entry))
+        return True
 
     async def read_pending(self, partitions: Iterable[int]) -> dict[int, bytes]:
         return {p: self._pending[p] for p in sorted(set(partitions)) if p in self._pending}
@@ -172,17 +190,21 @@ class MemoryStore:
         )
         if not (plan.updates or plan.created or plan.expired or stored.log):
             return FoldResult(committed=True, live=plan.live)
-        refused = self._commit_fold(state, slot, token, plan, folded=len(stored.log))
+        refused = self._commit_fold(state, slot, token, plan, folded=len(stored.log), version=stored.version)
         return fold_result(plan, refused)
 
     def _commit_fold(
-        self, tenant: _Tenant, slot: int, token: int, plan: FoldPlan, folded: int
+        self, tenant: _Tenant, slot: int, token: int, plan: FoldPlan, folded: int, version: int
     ) -> list[int] | None:
-        """fold.lua: commit ``plan`` (decided over the first ``folded`` log entries) while
-        ``token`` is current; the 1-based positions of the new series refused, None if fenced."""
+        """fold.lua: commit ``plan`` (decided over the first ``folded`` log entries of the slot
+        at ``version``) while ``token`` is current and the slot is at ``version``; the 1-based
+        positions of the new series refused, None if fenced or stale."""
         if self._fence.get(slot) != token:
             return None
         stored = tenant.slot(slot)
+        if stored.version != version:
+            return None
+        stored.version += 1
         stored.records.update(plan.updates)
         for digest in plan.expired:
             stored.records.pop(digest, None)

@@ -15,6 +15,7 @@ __all__ = [
     "FencedError",
     "FoldResult",
     "Ownership",
+    "Sequences",
     "SeriesStore",
     "StoredSeries",
     "fold_result",
@@ -40,6 +41,28 @@ class Ownership:
     tokens: dict[int, int]
     #: partition -> next offset to apply (absent: nothing applied).
     applied: dict[int, int]
+
+
+class Sequences:
+    """A store's numbering of merges made without an explicit sequence: strictly increasing,
+    except that a call with the same content as the one before is taken for its retry."""
+
+    def __init__(self) -> None:
+        self.last = 0
+        self._previous: tuple[bytes, int] | None = None
+
+    def number(self, digest: bytes) -> int:
+        """The sequence of a merge whose content has this digest."""
+        if self._previous is not None and self._previous[0] == digest:
+            return self._previous[1]
+        self.last += 1
+        self._previous = (digest, self.last)
+        return self.last
+
+    def saw(self, sequence: int) -> None:
+        """A merge numbered by its caller: numbers given later stay above it."""
+        self.last = max(self.last, sequence)
+        self._previous = None
 
 
 @dataclass(slots=True)
@@ -120,9 +143,14 @@ class SeriesStore(Protocol):
         deltas: Mapping[str, TenantDeltas],
         fences: Mapping[int, tuple[int, int]],
         pending: Mapping[int, bytes] | None = None,
-    ) -> None:
+        *,
+        sequence: int | None = None,
+    ) -> bool:
         """Append the deltas to their slots' logs and advance the fenced partitions' offsets in
-        one step; FencedError on a stale token; a repeated call applies nothing more."""
+        one step; FencedError on a stale token. Applied (True) only if ``sequence`` (strictly
+        increasing per writer and token, the same for a retry) is above what every fenced
+        partition has applied; else nothing changes (False). Without ``sequence`` the store
+        numbers its calls, a call repeating the previous one being its retry."""
 
     async def read_pending(self, partitions: Iterable[int]) -> dict[int, bytes]:
         """The service-graph half-edges saved with each partition's offsets."""
@@ -143,7 +171,8 @@ class SeriesStore(Protocol):
         delta_mode: bool = False,
         reset_emitted_ns: int | None = None,
     ) -> FoldResult:
-        """Fold the slot's log into its records and commit that as the slot's owner."""
+        """Fold the slot's log into its records and commit that as the slot's owner, if the slot
+        is still as read (a compare-and-set on its version); else not committed."""
 
     async def read_slot(self, tenant: str, slot: int) -> list[StoredSeries]:
         """Every series of the slot with its cumulative value; read only."""

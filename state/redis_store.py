@@ -15,7 +15,15 @@ from state.codec import decode_attributes
 from state.deltalog import LogPacker
 from state.fold import FoldPlan, fold_log
 from state.keys import KeySpace, escape_tenant, unescape_tenant
-from state.protocol import FencedError, FoldResult, Ownership, StoredSeries, fold_result, stored_series
+from state.protocol import (
+    FencedError,
+    FoldResult,
+    Ownership,
+    Sequences,
+    StoredSeries,
+    fold_result,
+    stored_series,
+)
 from worker.model.errors import StateError
 from worker.model.series import Attributes, TenantDeltas
 
@@ -51,6 +59,7 @@ class RedisStateStore:
         self._merge = client.register_script(_script("merge.lua"))
         self._fold = client.register_script(_script("fold.lua"))
         self._generation = client.register_script(_script("generation.lua"))
+        self.sequences = Sequences()
 
     # ------------------------------------------------------------------ ownership and offsets
 
@@ -128,16 +137,20 @@ class RedisStateStore:
         deltas: Mapping[str, TenantDeltas],
         fences: Mapping[int, tuple[int, int]],
         pending: Mapping[int, bytes] | None = None,
-    ) -> None:
+        *,
+        sequence: int | None = None,
+    ) -> bool:
         """Append all deltas to their slots' logs and advance offsets in one atomic step
-        (merge.lua); FencedError on a stale token; a repeated call applies nothing more."""
+        (merge.lua); FencedError on a stale token. False (nothing applied) when the partitions
+        already applied this ``sequence`` or a later one: a retry, a duplicate, a late request.
+        Without ``sequence`` the store numbers the call, reusing the number of a repeated call."""
         entries: list[memoryview] = []
         tenants: list[list[Any]] = []
         for packed in self.packer.pack(deltas):
             logs = []
             for slot, entry in packed.entries:
                 entries.append(entry)
-                logs.append([slot, len(entries) + 2])  # ARGV index (1-based, after header and id)
+                logs.append([slot, len(entries) + 2])  # ARGV index (1-based, after header and sequence)
             resource_rows = [[rid, blob] for rid, blob in packed.resources]
             tenants.append([escape_tenant(packed.tenant), resource_rows, logs])
         header = msgpack.packb(
@@ -150,16 +163,20 @@ class RedisStateStore:
             ],
             use_bin_type=False,  # Lua's cmsgpack knows no bin type
         )
-        # The batch's digest identifies a retry of a merge whose reply was lost.
-        batch_id = hashlib.blake2b(header, digest_size=16)
-        for entry in entries:
-            batch_id.update(entry)
-        reply = await self._merge(args=[header, batch_id.hexdigest(), *entries])
+        if sequence is None:
+            digest = hashlib.blake2b(header, digest_size=16)
+            for entry in entries:
+                digest.update(entry)
+            sequence = self.sequences.number(digest.digest())
+        else:
+            self.sequences.saw(sequence)
+        reply = await self._merge(args=[header, str(sequence), *entries])
         status = _text(reply[0])
         if status == "FENCED":
             raise FencedError(int(_text(reply[1])))
-        if status != "OK":
+        if status not in ("OK", "SEEN"):
             raise StateError(f"unexpected reply from the merge script: {reply!r}")
+        return status == "OK"
 
     async def read_pending(self, partitions: Iterable[int]) -> dict[int, bytes]:
         """The half-edges saved with each partition's offsets (absent: none pending)."""
@@ -183,13 +200,16 @@ class RedisStateStore:
         value = await self.client.get(self.keys.active(escape_tenant(tenant)))
         return int(value or 0)
 
-    async def _read_slot_and_log(self, escaped: str, slot: int) -> tuple[dict[bytes, bytes], list[bytes]]:
-        """The slot's records and its whole log, read at one point in time."""
+    async def _read_slot_and_log(
+        self, escaped: str, slot: int
+    ) -> tuple[dict[bytes, bytes], list[bytes], str]:
+        """The slot's records, its whole log and its version, read at one point in time."""
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.hgetall(self.keys.slot(escaped, slot))
             pipe.lrange(self.keys.log(escaped, slot), 0, -1)
-            stored, log = await pipe.execute()
-        return stored, log
+            pipe.get(self.keys.version(escaped, slot))
+            stored, log, version = await pipe.execute()
+        return stored, log, "0" if version is None else _text(version)
 
     def _fold_plan(self, stored: Mapping[bytes, bytes], log: Sequence[bytes], **options: Any) -> FoldPlan:
         return fold_log(
@@ -203,7 +223,7 @@ class RedisStateStore:
 
     async def read_slot(self, tenant: str, slot: int) -> list[StoredSeries]:
         """Every series of the slot with its cumulative value (record + unfolded rows); read only."""
-        stored, log = await self._read_slot_and_log(escape_tenant(tenant), slot)
+        stored, log, _ = await self._read_slot_and_log(escape_tenant(tenant), slot)
         return stored_series(self._fold_plan(stored, log, limit=0, delta_mode=False))
 
     async def fold_slot(
@@ -217,9 +237,10 @@ class RedisStateStore:
         reset_emitted_ns: int | None = None,
     ) -> FoldResult:
         """Fold the slot's log into its records and commit that (fold.lua) as the slot's owner
-        (``token``); not committed, and nothing to publish, when the token is stale."""
+        (``token``) if the slot is still as read; not committed, and nothing to publish, when the
+        token is stale or another fold committed in between."""
         escaped = escape_tenant(tenant)
-        stored, log = await self._read_slot_and_log(escaped, slot)
+        stored, log, version = await self._read_slot_and_log(escaped, slot)
         plan = self._fold_plan(
             stored,
             log,
@@ -243,6 +264,8 @@ class RedisStateStore:
                 plan.expired,
                 plan.held_change,
                 [self.keys.log(escaped, target) for target in plan.overflow_slots],
+                self.keys.version(escaped, slot),
+                version,
             ],
             use_bin_type=False,
         )

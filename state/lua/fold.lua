@@ -1,10 +1,12 @@
 -- The owner of a slot commits a fold of the slot's delta log (state/fold.py decided it): new
 -- and changed records, expired series, and the log entries folded, all in one atomic step and
--- only while the owner's fencing token is current. Entries appended since the owner read the
--- log stay in it for the next fold.
+-- only while the owner's fencing token is current and the slot's version is still the one the
+-- fold read with the records and the log (a compare-and-set: a late or repeated fold, which
+-- another fold has overtaken, writes nothing). Entries appended since the owner read the log
+-- stay in it for the next fold.
 --
 -- ARGV[1] = msgpack {fence_key, slot, token, slot_key, log_key, active_key, folded, limit,
---                    expired, held_change, overflow_logs}
+--                    expired, held_change, overflow_logs, version_key, version}
 --   expired       = {digest, ...}
 --   held_change   = how the tenant's active-series count changes through held records
 --                   (expired ones leave; a record gaining or losing a companion counter)
@@ -17,15 +19,21 @@
 --           the record is (2 when it also stands for its companion counter)
 -- (A few large arguments rather than one per series: the client encodes each one in Python.)
 -- Returns {'OK', refused}: the 1-based positions of the new series the tenant's active-series
--- limit refused (their rows went to the overflow series' logs instead), or {'FENCED'}.
+-- limit refused (their rows went to the overflow series' logs instead), {'FENCED'} or {'STALE'}
+-- (the slot changed since the fold read it).
 
 local args = cmsgpack.unpack(ARGV[1])
 local fence_key, slot, token = args[1], args[2], args[3]
 local slot_key, log_key, active_key = args[4], args[5], args[6]
 local folded, limit, expired, held_change, overflow_logs = args[7], args[8], args[9], args[10], args[11]
+local version_key, version = args[12], args[13]
 if redis.call('HGET', fence_key, slot) ~= token then
   return {'FENCED'}
 end
+if (redis.call('GET', version_key) or '0') ~= version then
+  return {'STALE'}
+end
+redis.call('INCR', version_key)
 
 local CHUNK = 4000  -- arguments per command, well below Lua's C stack limit
 local function each_chunk(items, command)

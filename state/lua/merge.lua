@@ -1,8 +1,9 @@
 -- One flush = one atomic step: check that this worker still owns every partition it reports,
--- record how far each partition is applied, and append every series delta to the delta log of
--- the slot the series belongs to. Either all of it happens or none of it does, which is what
--- makes counting exactly-once. The slot's owner folds the log into the slot's records when it
--- emits (fold.lua), so Redis does a handful of commands per slot here, not work per series.
+-- check that the step is newer than what those partitions have applied, record how far each
+-- partition is applied, and append every series delta to the delta log of the slot the series
+-- belongs to. Either all of it happens or none of it does, which is what makes counting
+-- exactly-once. The slot's owner folds the log into the slot's records when it emits (fold.lua),
+-- so Redis does a handful of commands per slot here, not work per series.
 --
 -- ARGV[1] = msgpack {prefix, topic, fences, tenants, pending}
 --   fences  = {{partition, token, next_offset}, ...}        (strings: exact for any size)
@@ -10,10 +11,13 @@
 --     resources = {{resource_id, attributes_blob}, ...}
 --     logs      = {{slot, argv_index}, ...}  ARGV[argv_index] is the slot's log entry: packed rows
 --   pending = {{partition, blob}, ...}  service-graph half-edges as of these offsets ('' = none)
--- ARGV[2] = digest of the whole batch: its id. It is recorded for every fenced partition under
---   P:batch:<topic>; a batch whose id is already recorded there was applied and its reply lost
---   (the caller timed out and retried), so it is acknowledged without being applied again.
--- Returns {'OK'} (also for such a repeat) or {'FENCED', partition}.
+-- ARGV[2] = the step's sequence number: strictly increasing per writer within a token's epoch,
+--   the same for a retry. Each partition's watermark P:applied:<topic> holds the last applied
+--   '<token>:<sequence>'; a step applies only if its sequence is above the watermark of every
+--   partition it reports (under the same token), so a retry whose reply was lost, a duplicate
+--   and a late step overtaken by a newer one all change nothing. (Offsets cannot tell: a step
+--   of service-graph expiries carries deltas but no new offsets.)
+-- Returns {'OK'}, {'SEEN', partition} for such a no-op, or {'FENCED', partition}.
 
 local batch = cmsgpack.unpack(ARGV[1])
 local prefix, topic, fences, tenants = batch[1], batch[2], batch[3], batch[4]
@@ -25,15 +29,19 @@ for _, fence in ipairs(fences) do
     return {'FENCED', fence[1]}
   end
 end
-local batch_key = prefix .. ':batch:' .. topic
-local batch_id = ARGV[2]
-if batch_id and #fences > 0 then
-  if redis.call('HGET', batch_key, fences[1][1]) == batch_id then
-    return {'OK'}
+local marks_key = prefix .. ':applied:' .. topic
+local sequence = tonumber(ARGV[2])
+for _, fence in ipairs(fences) do
+  local mark = redis.call('HGET', marks_key, fence[1])
+  if mark then
+    local token, applied = string.match(mark, '^(%d+):(%d+)$')
+    if token == fence[2] and tonumber(applied) >= sequence then
+      return {'SEEN', fence[1]}
+    end
   end
-  for _, fence in ipairs(fences) do
-    redis.call('HSET', batch_key, fence[1], batch_id)
-  end
+end
+for _, fence in ipairs(fences) do
+  redis.call('HSET', marks_key, fence[1], fence[2] .. ':' .. ARGV[2])
 end
 for _, fence in ipairs(fences) do
   local current = redis.call('HGET', offsets_key, fence[1])

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -12,6 +13,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from state.protocol import FencedError, SeriesStore
+from worker.model.series import TenantDeltas
 from worker.observability.selfmetrics import WorkerMetrics
 from worker.observability.stats import WorkerStats
 from worker.processors.pipeline import Pipeline
@@ -52,6 +54,11 @@ class Checkpoint:
         self._rewind = rewind
         #: Give these partitions up: token, applied offset, processor state (the rebalance part's).
         self._forget = forget
+        #: The last merge's sequence: each merge takes the next one, its retries repeat it.
+        self._sequence = 0
+        #: The tokens of a merge whose outcome is unknown (retries ran out, the deadline passed,
+        #: cancelled): it may still be delivered, so it is settled before the next merge.
+        self._unsettled: dict[int, int] | None = None
 
     async def run(self, *, deadline: float | None = None, releasing: Collection[int] = ()) -> bool:
         """One checkpoint, in order; ``releasing`` partitions are forgotten once their state is stored.
@@ -61,6 +68,8 @@ class Checkpoint:
         """
         shared = self.shared
         async with shared.lock, asyncio.timeout(deadline):
+            if self._unsettled is not None:
+                await self._settle(self._unsettled)
             # 1. Take what memory holds: deltas, the offsets they cover, pending half-edges.
             deltas = self.pipeline.take_deltas()
             progress = shared.take_progress()
@@ -70,14 +79,8 @@ class Checkpoint:
             if fences:
                 # 2. One atomic Redis step: deltas, offsets and half-edges, fenced by our tokens.
                 redis_started = time.monotonic()
-                store = self.store
                 try:
-                    await with_redis_retry(
-                        lambda: store.merge(deltas, fences, pending),
-                        within=self.retry_within,
-                        shared=shared,
-                        log=self.log,
-                    )
+                    await self._merge(deltas, fences, pending)
                 except FencedError as exc:
                     self.stats.fenced += 1
                     self.log.warning(
@@ -103,6 +106,43 @@ class Checkpoint:
         # 5. Then Kafka, for lag exporters and KEDA (Redis holds the truth).
         await self._commit_to_kafka(committed)
         return True
+
+    async def _merge(
+        self,
+        deltas: Mapping[str, TenantDeltas],
+        fences: dict[int, tuple[int, int]],
+        pending: Mapping[int, bytes] | None,
+    ) -> None:
+        """One merge under a new sequence, retried through an outage with that same sequence."""
+        self._sequence += 1
+        sequence, store = self._sequence, self.store
+        try:
+            await with_redis_retry(
+                lambda: store.merge(deltas, fences, pending, sequence=sequence),
+                within=self.retry_within,
+                shared=self.shared,
+                log=self.log,
+            )
+        except FencedError:
+            raise  # refused: nothing applied, and never will be (its token is stale for good)
+        except BaseException:
+            self._unsettled = {p: token for p, (token, _) in fences.items()}
+            raise
+
+    async def _settle(self, unsettled: dict[int, int]) -> None:
+        """A merge of unknown outcome may still arrive (held in the network, queued in Redis):
+        make sure it never applies from now on, then resume from Redis (see README)."""
+        tokens = self.shared.tokens
+        held = {p: token for p, token in unsettled.items() if tokens.get(p) == token}
+        if held:
+            # Still held under the same tokens: a newer merge (with no deltas and no offsets)
+            # overtakes it on these partitions, or finds one taken over (it is fenced then too).
+            with contextlib.suppress(FencedError):
+                await self._merge({}, {p: (token, -1) for p, token in held.items()}, None)
+            await self._reset_to_redis()
+        # Otherwise its partitions were claimed again (it is fenced) or given up (their next
+        # owners claim them before they resume).
+        self._unsettled = None
 
     async def _commit_to_kafka(self, offsets: dict[int, int]) -> None:
         if not offsets:

@@ -159,3 +159,35 @@ async def test_expired_series_leave_the_slot_and_the_count() -> None:
     result = await store.fold_slot("t", 0, token, expire_before_ns=200 * US)
     assert result.expired == 1 and [s.metric for s in result.live] == ["duration"]
     assert await store.active_series("t") == 2
+
+
+async def test_a_merge_applies_only_above_each_partitions_watermark() -> None:
+    """merge.lua's rule: applied iff the sequence is above what every fenced partition applied
+    under the same token; a late, repeated or overtaken merge is a no-op, not an error."""
+    store = MemoryStore(slots=2, max_exemplars=0)
+    tokens = await store.claim([0, 1])
+    fences = {p: (token, -1) for p, token in tokens.items()}
+    assert await store.merge(_one(_calls("x", 2)), fences, sequence=2)
+    assert not await store.merge(_one(_calls("x", 5)), fences, sequence=1)  # late: overtaken
+    assert not await store.merge(_one(_calls("x", 2)), fences, sequence=2)  # repeated
+    # Partition 1 is claimed again: its epoch starts afresh, but partition 0 already applied 2.
+    tokens.update(await store.claim([1]))
+    fences = {p: (token, -1) for p, token in tokens.items()}
+    assert not await store.merge(_one(_calls("x", 7)), fences, sequence=2)
+    assert await store.merge(_one(_calls("x", 3)), fences, sequence=3)
+    [stored] = await store.read_slot("t", series_slot(_calls("x").series_id, 2))
+    assert stored.series.count == 5
+
+
+async def test_a_fold_commits_only_on_the_version_it_read() -> None:
+    """fold.lua's compare-and-set: a fold decided on an older version of the slot writes nothing."""
+    store = MemoryStore(slots=1, max_exemplars=0)
+    [token] = (await store.claim([0])).values()
+    await store.merge(_one(_calls("x", 2)), {0: (token, 1)})
+    tenant = store._tenants["t"]
+    late = store._plan(tenant.slot(0), limit=0, delta_mode=False)  # read, its commit delayed
+    assert (await store.fold_slot("t", 0, token)).committed  # the retry commits: version 1
+    await store.merge(_one(_calls("x", 3)), {0: (token, 2)})
+    assert store._commit_fold(tenant, 0, token, late, folded=1, version=0) is None
+    [stored] = await store.read_slot("t", 0)
+    assert stored.series.count == 5 and len(tenant.slot(0).log) == 1
