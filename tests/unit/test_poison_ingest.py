@@ -100,6 +100,15 @@ class _Producer:
         self.sent.append((value, dict(kwargs.get("headers") or [])))
 
 
+class _SendFailed(Exception):
+    pass
+
+
+class _BrokenProducer(_Producer):
+    async def send_and_wait(self, topic: str, value: bytes, **kwargs: Any) -> None:
+        raise _SendFailed("the DLQ topic is unreachable")
+
+
 def _poisoned(request: Any, groups: list[ResourceGroup] | None) -> bool:
     groups = group_request(request) if groups is None else groups
     return any(
@@ -158,13 +167,21 @@ def _records(
 
 async def _run(
     logs: dict[int, list[ConsumerRecord[bytes, bytes]]],
+    store: MemoryStore | None = None,
+    producer: _Producer | None = None,
+    *,
+    killed_after_dlq: int = 0,
 ) -> tuple[Counter[tuple[str, str]], _Producer]:
     """The worker's loop over ``logs``: batches under the lock, a checkpoint every few batches or
-    when forced; then every slot folded and emitted. Returns the emitted values and the DLQ."""
+    when forced; then every slot folded and emitted. Returns the emitted values and the DLQ.
+
+    ``killed_after_dlq``: stop dead (SIGKILL) once the DLQ holds that many records. A failed DLQ
+    send ends the loop as in the worker: the final checkpoint, then the error.
+    """
     pipeline = Pipeline(SETTINGS)
-    store = MemoryStore(slots=PARTITIONS, max_exemplars=pipeline.max_exemplars)
+    store = store or MemoryStore(slots=PARTITIONS, max_exemplars=pipeline.max_exemplars)
     consumer = _Consumer(logs)
-    producer = _Producer()
+    producer = producer or _Producer()
     shared = Partitions()
     stats = WorkerStats()
     log = _Log()
@@ -205,15 +222,21 @@ async def _run(
     )
     await rebalance.on_assigned(consumer.assignment())
     rounds = 0
-    while not consumer.done():
-        rounds += 1
-        assert rounds < 10_000, "the loop makes no progress"
-        batch = await consumer.getmany(SETTINGS.kafka.max_poll_records)
-        async with shared.lock:
-            for tp, records in batch.items():
-                await ingest.handle(tp, records)
-        if rounds % 7 == 0 or shared.buffered_spans >= SETTINGS.worker.max_buffered_spans:
-            assert await checkpoint.run()
+    try:
+        while not consumer.done():
+            rounds += 1
+            assert rounds < 10_000, "the loop makes no progress"
+            batch = await consumer.getmany(SETTINGS.kafka.max_poll_records)
+            async with shared.lock:
+                for tp, records in batch.items():
+                    await ingest.handle(tp, records)
+                    if killed_after_dlq and len(producer.sent) >= killed_after_dlq:
+                        return Counter(), producer
+            if rounds % 7 == 0 or shared.buffered_spans >= SETTINGS.worker.max_buffered_spans:
+                assert await checkpoint.run()
+    except _SendFailed:
+        assert await checkpoint.run()  # the worker's final flush on its way out
+        raise
     assert await checkpoint.run()
     assert await store.applied_offsets(range(PARTITIONS)) == {p: len(log) for p, log in logs.items()}
 
@@ -263,3 +286,52 @@ def test_a_record_whose_processing_raises_counts_nothing_and_is_dead_lettered_on
     assert sorted(value for value, _ in producer.sent) == sorted(poisoned)
     for _, headers in producer.sent:
         assert headers["x-spanmetrics-error"] == b"processing failed: RuntimeError: poisoned span"
+
+
+def _expected(logs: dict[int, list[ConsumerRecord[bytes, bytes]]], poisoned: set[bytes]) -> Counter[Any]:
+    """What the loop emits over the good records alone (no processor raises on them)."""
+    good = {p: [r for r in log if r.value not in poisoned] for p, log in logs.items()}
+    for log in good.values():
+        for offset, record in enumerate(log):
+            log[offset] = dataclasses.replace(record, offset=offset)
+    expected, none = asyncio.run(_run(good))
+    assert none.sent == []
+    return expected
+
+
+def test_a_worker_killed_after_the_dlq_send_leaves_the_record_to_be_dead_lettered_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At-least-once to the DLQ, exactly once into the counts."""
+    logs, poisoned = _records(300, poison_every=37)
+    expected = _expected(logs, poisoned)
+    _raise_on_poison(monkeypatch, ServiceGraphsProcessor)
+
+    async def scenario() -> tuple[Counter[Any], _Producer]:
+        store = MemoryStore(slots=PARTITIONS, max_exemplars=Pipeline(SETTINGS).max_exemplars)
+        producer = _Producer()
+        await _run(logs, store, producer, killed_after_dlq=1)
+        return await _run(logs, store, producer)  # the next owner, from what Redis holds
+
+    counted, producer = asyncio.run(scenario())
+    assert counted == expected
+    sent = [value for value, _ in producer.sent]
+    assert sorted(sent) == sorted([*poisoned, sent[0]])  # the first one twice, the others once
+
+
+def test_a_failed_dlq_send_leaves_nothing_partial_for_the_final_checkpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    logs, poisoned = _records(300, poison_every=37)
+    expected = _expected(logs, poisoned)
+    _raise_on_poison(monkeypatch, SpanMetricsProcessor)
+
+    async def scenario() -> tuple[Counter[Any], _Producer]:
+        store = MemoryStore(slots=PARTITIONS, max_exemplars=Pipeline(SETTINGS).max_exemplars)
+        with pytest.raises(_SendFailed):
+            await _run(logs, store, _BrokenProducer())
+        return await _run(logs, store)
+
+    counted, producer = asyncio.run(scenario())
+    assert counted == expected
+    assert sorted(value for value, _ in producer.sent) == sorted(poisoned)
