@@ -75,6 +75,10 @@ class _Consumer:
         return set()
 
 
+async def _no_rewind(partitions: object) -> None:
+    raise AssertionError("no processor may raise on these records")
+
+
 class _Log:
     def warning(self, *args: Any, **kwargs: Any) -> None:
         pass
@@ -231,7 +235,17 @@ def test_mutated_real_records_through_ingest_store_and_encoder() -> None:
         shared.tokens[0] = 1
         stats = WorkerStats()
         producer = _Producer()
-        ingest = Ingest(SETTINGS.kafka, _Consumer(), producer, pipeline, shared, stats, _Log())  # type: ignore[arg-type]
+        ingest = Ingest(
+            SETTINGS.kafka,
+            _Consumer(),  # type: ignore[arg-type]
+            producer,  # type: ignore[arg-type]
+            pipeline,
+            shared,
+            stats,
+            _Log(),
+            rewind=_no_rewind,
+            checkpoint_spans=SETTINGS.worker.max_buffered_spans,
+        )
         values = []
         for _ in range(rng.randint(1, 40)):
             seed = rng.choice(seeds)

@@ -1,7 +1,10 @@
-"""Ingest: fetched records into the processors (replays skipped, tenant, size, decode); bad ones to DLQ."""
+"""Ingest: fetched records into the processors (replays skipped, tenant, size, decode); bad ones to DLQ.
+A record whose processing raises counts nothing: memory is rewound to Redis (README, "poison")."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -15,12 +18,16 @@ from worker.otlp.decode import Decoded, decode_spans, decode_spans_proto, is_pla
 from worker.processors.pipeline import Pipeline, PipelineStats
 from worker.stream.partitions import Partitions
 from worker.stream.records import dlq_headers, tenant_of
+from worker.stream.retry import with_redis_retry
 
 __all__ = ["Ingest"]
 
 #: A run of plain protobuf records decoded together ends at this many records or bytes.
 _RUN_RECORDS = 64
 _RUN_BYTES = 1 << 20
+#: Dead-lettered (partition, offset)s remembered until a checkpoint has passed them; past this
+#: many the oldest is forgotten (it would be dead-lettered again, never counted).
+_MAX_REMEMBERED = 10_000
 
 
 class Ingest:
@@ -35,6 +42,9 @@ class Ingest:
         shared: Partitions,
         stats: WorkerStats,
         log: Any,
+        *,
+        rewind: Callable[[Collection[int]], Awaitable[None]],
+        checkpoint_spans: int,
     ) -> None:
         self.kafka = kafka
         self.consumer = consumer
@@ -43,6 +53,18 @@ class Ingest:
         self.shared = shared
         self.stats = stats
         self.log = log
+        #: Discard memory and resume these partitions from Redis (the rebalance part's rewind).
+        self._rewind = rewind
+        #: Buffered spans at which the loop checkpoints (``worker.max_buffered_spans``).
+        self.checkpoint_spans = checkpoint_spans
+        #: (partition, offset) dead-lettered because processing raised, until a checkpoint passed it.
+        self._dead: OrderedDict[tuple[int, int], None] = OrderedDict()
+        #: partition -> records below this offset are consumed one by one (a joined run raised).
+        self._alone: dict[int, int] = {}
+        #: partition -> offset of the first record memory holds (while it is in ``progress``).
+        self._first: dict[int, int] = {}
+        #: Partitions sought back by a rewind: records fetched before the seek are dropped.
+        self._sought: set[int] = set()
 
     async def handle(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
         """One partition's fetched records: skip replays, then consume runs of plain records together."""
@@ -55,9 +77,14 @@ class Ingest:
             if tp in self.consumer.assignment():
                 self.consumer.seek(tp, records[0].offset)
             return
+        if partition in self._sought and await self._fetched_before_rewind(tp, records):
+            return
         # Below the stored offset: already in Redis. Below our progress: already in memory
         # (a seek after a claim can hand the same records over twice).
-        floor = max(shared.applied.get(partition, -1), shared.progress.get(partition, -1))
+        applied = shared.applied.get(partition, -1)
+        floor = max(applied, shared.progress.get(partition, -1))
+        self._forget_below(partition, applied)
+        alone = self._alone.get(partition, -1)
         kafka = self.kafka
         run: list[tuple[ConsumerRecord, bytes]] = []
         run_tenant = ""
@@ -66,30 +93,49 @@ class Ingest:
             if record.offset < floor:
                 self.stats.skipped_replay += 1
                 continue
+            if (partition, record.offset) in self._dead:
+                # Dead-lettered before a rewind: counts nothing and is not sent again. Checkpoint
+                # past it before reading on, so that a later failure rewinds to after it.
+                if run and not await self._consume_records(partition, run, run_tenant):
+                    return
+                self.stats.skipped_replay += 1
+                self._advance(partition, record.offset)
+                shared.buffered_spans = max(shared.buffered_spans, self.checkpoint_spans)
+                if record is not records[-1]:
+                    self.consumer.seek(tp, record.offset + 1)
+                return
             value: bytes = record.value or b""
             tenant = tenant_of(record.headers, kafka.tenant_header, kafka.default_tenant)
             plain = (
-                tenant is not None and len(value) <= kafka.max_input_record_bytes and is_plain_request(value)
+                tenant is not None
+                and len(value) <= kafka.max_input_record_bytes
+                and record.offset >= alone
+                and is_plain_request(value)
             )
             if run and (
                 not plain or tenant != run_tenant or len(run) >= _RUN_RECORDS or run_bytes >= _RUN_BYTES
             ):
-                await self._consume_records(partition, run, run_tenant)
+                if not await self._consume_records(partition, run, run_tenant):
+                    return
                 run = []
                 run_bytes = 0
             if plain:
                 run.append((record, value))
                 run_tenant = tenant  # type: ignore[assignment]
                 run_bytes += len(value)
-            else:
-                await self._consume_records(partition, [(record, value)], tenant)
+            elif not await self._consume_records(partition, [(record, value)], tenant):
+                return
         if run:
             await self._consume_records(partition, run, run_tenant)
 
     async def _consume_records(
         self, partition: int, run: list[tuple[ConsumerRecord, bytes]], tenant: str | None
-    ) -> None:
-        """Records of one tenant: several (all plain) joined into one parse, else each alone."""
+    ) -> bool:
+        """Records of one tenant: several (all plain) joined into one parse, else each alone.
+
+        False when processing raised and memory was rewound: the caller drops the rest of the
+        fetched records (read again from Redis's offsets).
+        """
         kafka = self.kafka
         stats = self.stats
         shared = self.shared
@@ -112,7 +158,7 @@ class Ingest:
                 joined = None  # decoded one by one below: the DLQ gets exactly the bad ones
             if joined is not None:
                 for record, value in run:
-                    shared.progress[partition] = record.offset + 1
+                    self._advance(partition, record.offset)
                     stats.records += 1
                     stats.bytes += len(value)
                 try:
@@ -120,14 +166,16 @@ class Ingest:
                         joined.batch, tenant or "", partition, groups=joined.groups
                     )
                 except Exception as exc:  # bad data must never stop the partition
-                    # Which record did it is unknown: none is counted as consumed.
-                    for record, _ in run:
-                        await self._dead_letter(record, f"processing failed: {type(exc).__name__}: {exc}")
-                    return
+                    # Which record did it is unknown: after the rewind they are read one by one,
+                    # so that only the one that raises is dead-lettered.
+                    end = run[-1][0].offset + 1
+                    self._alone[partition] = max(self._alone.get(partition, -1), end)
+                    await self._discard_memory(partition, run[0][0].offset, exc)
+                    return False
                 count(consumed)
-                return
+                return True
         for record, value in run:
-            shared.progress[partition] = record.offset + 1
+            self._advance(partition, record.offset)
             stats.records += 1
             stats.bytes += len(value)
             if tenant is None:
@@ -146,9 +194,75 @@ class Ingest:
             try:
                 consumed = self.pipeline.consume(decoded.batch, tenant, partition, groups=decoded.groups)
             except Exception as exc:  # bad data must never stop the partition
+                # Memory first (a failed DLQ send then leaves nothing partial to checkpoint),
+                # then the DLQ; remembered so the re-read skips it.
+                await self._discard_memory(partition, record.offset, exc)
                 await self._dead_letter(record, f"processing failed: {type(exc).__name__}: {exc}")
-                continue
+                self._remember(partition, record.offset)
+                return False
             count(consumed)
+        return True
+
+    def _advance(self, partition: int, offset: int) -> None:
+        """Memory covers ``partition`` up to ``offset`` (inclusive)."""
+        progress = self.shared.progress
+        if partition not in progress:
+            self._first[partition] = offset  # where a rewind resumes when Redis holds no offset
+        progress[partition] = offset + 1
+
+    async def _discard_memory(self, partition: int, offset: int, exc: Exception) -> None:
+        """Processing raised, perhaps after adding part of its deltas: drop everything memory holds
+        and resume every owned partition from Redis (under the shared lock: no checkpoint between)."""
+        shared = self.shared
+        owned = sorted(shared.tokens)
+        # Where Redis holds no offset for a partition, memory began at its first record.
+        starts = {p: self._first[p] for p in shared.progress if p in self._first}
+        self.log.warning(
+            "processing failed; memory discarded, owned partitions re-read from Redis's offsets",
+            partition=partition,
+            offset=offset,
+            error=f"{type(exc).__name__}: {exc}"[:200],
+        )
+        await with_redis_retry(
+            lambda: self._rewind(owned),
+            within=self.kafka.max_poll_interval * 0.5,
+            shared=shared,
+            log=self.log,
+        )
+        topic = self.kafka.input_topic
+        for p in owned:
+            if p not in shared.applied and p in starts:
+                self.consumer.seek(TopicPartition(topic, p), starts[p])
+        self._first.clear()
+        self._sought.update(owned)
+        for key in [key for key in self._dead if key[0] not in shared.tokens]:
+            del self._dead[key]  # a new owner re-reads it: dead-lettered again, counted never
+        for p in [p for p in self._alone if p not in shared.tokens]:
+            del self._alone[p]
+
+    async def _fetched_before_rewind(self, tp: TopicPartition, records: list[ConsumerRecord]) -> bool:
+        """True for records of the batch that was being handled when a rewind sought ``tp`` back
+        (its position is then at or before them); they are fetched again."""
+        if tp not in self.consumer.assignment():
+            return True
+        if await self.consumer.position(tp) <= records[0].offset:
+            return True
+        self._sought.discard(tp.partition)
+        return False
+
+    def _remember(self, partition: int, offset: int) -> None:
+        dead = self._dead
+        dead[(partition, offset)] = None
+        while len(dead) > _MAX_REMEMBERED:
+            dead.popitem(last=False)
+
+    def _forget_below(self, partition: int, applied: int) -> None:
+        """What a checkpoint has passed is skipped as a replay anyway."""
+        if self._alone.get(partition, applied) < applied:
+            del self._alone[partition]
+        if self._dead:
+            for key in [key for key in self._dead if key[0] == partition and key[1] < applied]:
+                del self._dead[key]
 
     async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
         """Publish the record unchanged with why and where from; wait for delivery so it is never lost."""

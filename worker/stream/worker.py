@@ -58,9 +58,6 @@ class StreamWorker:
         self.pipeline = Pipeline(settings)
         self.descriptors: dict[str, MetricDescriptor] = self.pipeline.descriptors()
         self.shared = Partitions()
-        self.ingest = Ingest(
-            kafka, self.consumer, self.producer, self.pipeline, self.shared, self.stats, self.log
-        )
         self.rebalance = Rebalance(
             self.consumer,
             self.pipeline,
@@ -70,6 +67,17 @@ class StreamWorker:
             topic=self.topic,
             revoke_deadline=settings.worker.revoke_deadline,
             retry_within=kafka.max_poll_interval * 0.5,
+        )
+        self.ingest = Ingest(
+            kafka,
+            self.consumer,
+            self.producer,
+            self.pipeline,
+            self.shared,
+            self.stats,
+            self.log,
+            rewind=self.rebalance.rewind,
+            checkpoint_spans=settings.worker.max_buffered_spans,
         )
         #: Set by start(), once the partition count (the number of emission slots) is known.
         self.store: SeriesStore | None = None
