@@ -103,3 +103,37 @@ async def test_tenants_are_kept_apart(kafka_bootstrap: str, redis_url: str, uniq
     assert observed.total(tenant="acme") == expected_first
     assert observed.total(tenant="glob*:x") == expected_second
     assert observed.total(tenant="") == 0
+
+
+async def test_a_rewind_before_the_first_checkpoint_reads_the_records_again(
+    kafka_bootstrap: str, redis_url: str, unique_name: str
+) -> None:
+    """Memory discarded (a fenced step, a poisoned record) for a partition Redis holds no offset
+    for yet: its records are read again from the group's committed offset (here: the start),
+    not skipped."""
+    settings = make_settings(kafka_bootstrap, redis_url, unique_name, metrics_flush_interval="30s")
+    await create_topics(
+        kafka_bootstrap, {f"{unique_name}-in": 1, f"{unique_name}-out": 1, f"{unique_name}-dlq": 1}
+    )
+    batch = traces(20)
+    expected = span_count(r for _, r in batch)
+    await produce(kafka_bootstrap, f"{unique_name}-in", [(k, r.SerializeToString()) for k, r in batch])
+
+    async with RunningWorker(settings) as running:
+        worker = running.worker
+        for _ in range(300):
+            if worker.stats.spans >= expected:
+                break
+            await asyncio.sleep(0.1)
+        assert worker.stats.spans == expected  # consumed, not checkpointed (the interval is 30 s)
+        async with worker.shared.lock:
+            await worker.rebalance.rewind(list(worker.tokens))
+        for _ in range(300):
+            if worker.stats.spans >= 2 * expected:
+                break
+            await asyncio.sleep(0.1)
+        await worker.flush()
+        observed = await read_until(
+            kafka_bootstrap, f"{unique_name}-out", lambda o: o.total() >= expected, timeout=20
+        )
+    assert observed.total() == expected

@@ -73,6 +73,10 @@ class _Consumer:
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.positions[tp.partition] = offset
 
+    async def seek_to_beginning(self, *tps: TopicPartition) -> None:
+        for tp in tps:
+            self.positions[tp.partition] = 0
+
     async def position(self, tp: TopicPartition) -> int:
         return self.positions[tp.partition]
 

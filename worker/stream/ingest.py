@@ -61,8 +61,6 @@ class Ingest:
         self._dead: OrderedDict[tuple[int, int], None] = OrderedDict()
         #: partition -> records below this offset are consumed one by one (a joined run raised).
         self._alone: dict[int, int] = {}
-        #: partition -> offset of the first record memory holds (while it is in ``progress``).
-        self._first: dict[int, int] = {}
         #: Partitions sought back by a rewind: records fetched before the seek are dropped.
         self._sought: set[int] = set()
 
@@ -205,18 +203,13 @@ class Ingest:
 
     def _advance(self, partition: int, offset: int) -> None:
         """Memory covers ``partition`` up to ``offset`` (inclusive)."""
-        progress = self.shared.progress
-        if partition not in progress:
-            self._first[partition] = offset  # where a rewind resumes when Redis holds no offset
-        progress[partition] = offset + 1
+        self.shared.progress[partition] = offset + 1
 
     async def _discard_memory(self, partition: int, offset: int, exc: Exception) -> None:
         """Processing raised, perhaps after adding part of its deltas: drop everything memory holds
         and resume every owned partition from Redis (under the shared lock: no checkpoint between)."""
         shared = self.shared
         owned = sorted(shared.tokens)
-        # Where Redis holds no offset for a partition, memory began at its first record.
-        starts = {p: self._first[p] for p in shared.progress if p in self._first}
         self.log.warning(
             "processing failed; memory discarded, owned partitions re-read from Redis's offsets",
             partition=partition,
@@ -229,11 +222,6 @@ class Ingest:
             shared=shared,
             log=self.log,
         )
-        topic = self.kafka.input_topic
-        for p in owned:
-            if p not in shared.applied and p in starts:
-                self.consumer.seek(TopicPartition(topic, p), starts[p])
-        self._first.clear()
         self._sought.update(owned)
         for key in [key for key in self._dead if key[0] not in shared.tokens]:
             del self._dead[key]  # a new owner re-reads it: dead-lettered again, counted never

@@ -122,11 +122,13 @@ class Rebalance:
     async def rewind(self, partitions: Collection[int]) -> None:
         """Discard what memory holds and resume ``partitions`` from the state saved in Redis.
 
-        Deltas are not kept per partition, so any discard rewinds every partition still owned.
+        Deltas are not kept per partition, so any discard rewinds every partition still owned. A
+        partition Redis holds no offset for yet resumes where the group's committed offset says:
+        memory held every record since then.
         """
         self.pipeline.take_deltas()
         self.shared.discard_progress()
-        await self.seek_to_applied(partitions)
+        await self.seek_to_applied(partitions, or_committed=True)
 
     async def seek_to_applied(
         self, partitions: Collection[int], *, or_committed: bool = False
