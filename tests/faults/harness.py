@@ -476,6 +476,23 @@ class WorkerProcess:
             self.kill()
             return None
 
+    async def terminate(self, timeout: float) -> tuple[float, int | None]:
+        """SIGTERM only (no SIGCONT): (seconds until the process exited, exit code; None when it
+        was still running after ``timeout`` and had to be killed)."""
+        assert self.process is not None
+        process = self.process
+        started = time.monotonic()
+        self.signal(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        try:
+            code: int | None = await loop.run_in_executor(None, process.wait, timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        seconds = time.monotonic() - started
+        if code is None:
+            self.kill()
+        return seconds, code
+
     def events(self) -> list[dict[str, Any]]:
         """The JSON log lines so far (other lines, such as a crash's traceback, are skipped)."""
         events = []

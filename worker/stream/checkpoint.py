@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -53,18 +53,31 @@ class Checkpoint:
         #: Give these partitions up: token, applied offset, processor state (the rebalance part's).
         self._forget = forget
 
-    async def run(self, *, deadline: float | None = None, releasing: Collection[int] = ()) -> bool:
+    async def run(
+        self,
+        *,
+        deadline: float | None = None,
+        releasing: Collection[int] = (),
+        interrupt: Sequence[asyncio.Event] = (),
+    ) -> bool:
         """One checkpoint, in order; ``releasing`` partitions are forgotten once their state is stored.
 
         Returns False when fenced (memory was reset to Redis and nothing is committed). Raises
-        TimeoutError past ``deadline`` and StateError when Redis stays unreachable.
+        TimeoutError past ``deadline`` (waiting for the lock included), StateError when Redis stays
+        unreachable and RetryInterrupted when one of ``interrupt`` is set during the retries; then
+        the owned partitions are unsettled (paused until re-read from Redis).
         """
         shared = self.shared
-        async with shared.lock, asyncio.timeout(deadline):
+        async with asyncio.timeout(deadline), shared.lock:
             # 1. Take what memory holds: deltas, the offsets they cover, pending half-edges.
+            #    Unsettled partitions have nothing in memory and are left out.
             deltas = self.pipeline.take_deltas()
             progress = shared.take_progress()
-            fences = {p: (token, progress.get(p, -1)) for p, token in shared.tokens.items()}
+            fences = {
+                p: (token, progress.get(p, -1))
+                for p, token in shared.tokens.items()
+                if p not in shared.unsettled
+            }
             pending = self.pipeline.export_pending(fences)
             committed: dict[int, int] | None = {}
             if fences:
@@ -77,6 +90,7 @@ class Checkpoint:
                         within=self.retry_within,
                         shared=shared,
                         log=self.log,
+                        interrupt=interrupt,
                     )
                 except FencedError as exc:
                     self.stats.fenced += 1
@@ -84,8 +98,16 @@ class Checkpoint:
                         "fenced: another worker owns a partition; replaying from Redis",
                         partition=exc.partition,
                     )
-                    await self._reset_to_redis()
+                    try:
+                        await self._reset_to_redis()
+                    except BaseException:
+                        self.unsettle()
+                        raise
                     committed = None
+                except BaseException:
+                    # Taken from memory, maybe applied by Redis, maybe not: only Redis can say.
+                    self.unsettle()
+                    raise
                 else:
                     self.stats.last_redis_seconds = time.monotonic() - redis_started
                     self.metrics.observe_redis_step(self.stats.last_redis_seconds)
@@ -113,6 +135,15 @@ class Checkpoint:
         except (KafkaError, TimeoutError) as exc:
             # Redis holds the truth; the group commit only feeds lag monitoring.
             self.log.info("kafka commit skipped", error=str(exc))
+
+    def unsettle(self) -> None:
+        """Memory of the owned partitions is gone into a step of unknown outcome: pause them until
+        they are re-read from Redis (merging them again could count twice or skip records)."""
+        shared = self.shared
+        fresh = set(shared.tokens) - shared.unsettled
+        if fresh:
+            shared.unsettled |= fresh
+            self.consumer.pause(*(TopicPartition(self.topic, p) for p in fresh))
 
     async def _reset_to_redis(self) -> None:
         """Fenced: drop in-memory state, forget lost partitions, replay the rest from Redis."""

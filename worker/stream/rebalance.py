@@ -76,12 +76,22 @@ class Rebalance:
         partitions = sorted(tp.partition for tp in assigned if tp.topic == self.topic)
         store = self.store if self.store is not None else await self._wait_for_store()
         shared = self.shared
-        async with shared.lock:
-            tokens = await with_redis_retry(
-                lambda: store.claim(partitions), within=self.retry_within, shared=shared, log=self.log
-            )
-            shared.tokens.update(tokens)
-            await self.seek_to_applied(partitions)
+        try:
+            async with shared.lock:
+                tokens = await with_redis_retry(
+                    lambda: store.claim(partitions),
+                    within=self.retry_within,
+                    shared=shared,
+                    log=self.log,
+                    interrupt=(shared.stopping,),
+                )
+                shared.tokens.update(tokens)
+                await self.seek_to_applied(partitions)
+        except (SpanmetricsError, RedisError, OSError) as exc:
+            # Not for the whole outage: the group goes on; these stay paused, claimed later.
+            self.consumer.pause(*(TopicPartition(self.topic, p) for p in partitions))
+            self.log.warning("partitions assigned but not claimed yet", partitions=partitions, error=str(exc))
+            return
         self.consumer.resume(*(TopicPartition(self.topic, p) for p in partitions))
         shared.ready = True
         self.log.info(
@@ -114,6 +124,7 @@ class Rebalance:
         now = time.time_ns()
         for partition in partitions:
             self.pipeline.drop_partition(partition)
+            self.shared.unsettled.discard(partition)
             if partition in applied:
                 self.shared.applied[partition] = applied[partition]
                 self.consumer.seek(TopicPartition(self.topic, partition), applied[partition])
