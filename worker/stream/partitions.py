@@ -48,6 +48,8 @@ class Partitions:
         #: Partitions whose memory went into a Redis step of unknown outcome: paused, never merged
         #: again, until they are re-read from Redis (a seek to the stored offsets).
         self.unsettled: set[int] = set()
+        #: Assigned by the group, but the claim in Redis failed (an outage): paused, claimed later.
+        self.unclaimed: set[int] = set()
         #: Set on SIGTERM: Redis retries give up at once (what is not stored is re-read later).
         self.stopping = asyncio.Event()
 

@@ -208,7 +208,7 @@ class StreamWorker:
             async with asyncio.timeout(None) as self._drain:
                 while not self._stop.is_set():
                     self.last_tick = time.monotonic()
-                    if (shared.unsettled or self._unclaimed()) and self.last_tick >= self._next_settle:
+                    if (shared.unsettled or shared.unclaimed) and self.last_tick >= self._next_settle:
                         await self._settle()
                     if self.last_tick >= next_expiry:
                         async with shared.lock:
@@ -242,20 +242,14 @@ class StreamWorker:
             self._drain = None
             await self._shutdown()
 
-    def _unclaimed(self) -> set[int]:
-        """Assigned by the group but not claimed in Redis (the claim failed during an outage)."""
-        assigned = {tp.partition for tp in self.consumer.assignment() if tp.topic == self.topic}
-        return assigned - set(self.shared.tokens)
-
     async def _settle(self) -> None:
         """Claim what the group assigned but Redis did not grant, and re-read unsettled partitions
         from Redis; one bounded try, repeated every few seconds while Redis is away."""
         self._next_settle = time.monotonic() + _SETTLE_PERIOD
         shared = self.shared
-        unclaimed = self._unclaimed()
-        if unclaimed:
-            tps = [TopicPartition(self.topic, p) for p in sorted(unclaimed)]
-            await self.rebalance.on_assigned(tps)
+        if shared.unclaimed:
+            tps = [TopicPartition(self.topic, p) for p in sorted(shared.unclaimed)]
+            await self.rebalance.on_assigned(tps, retry=True)
         shared.unsettled &= set(shared.tokens)
         if not shared.unsettled:
             return
