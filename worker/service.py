@@ -66,6 +66,10 @@ async def run_service(settings: Settings) -> None:
         watchdog.cancel()
         for sig in signals:
             loop.remove_signal_handler(sig)
+            if watchdog.armed:
+                # Stopping already: a repeated SIGTERM while the process exits must not kill it
+                # with the default disposition (exit status -15 instead of 0).
+                signal.signal(sig, signal.SIG_IGN)
 
 
 class _Watchdog:
@@ -82,6 +86,10 @@ class _Watchdog:
             self.timer = threading.Timer(self.grace, self._fire)
             self.timer.daemon = True
             self.timer.start()
+
+    @property
+    def armed(self) -> bool:
+        return self.timer is not None
 
     def cancel(self) -> None:
         if self.timer is not None:

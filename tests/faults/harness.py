@@ -515,16 +515,21 @@ class WorkerProcess:
             self.kill()
             return None
 
-    async def terminate(self, timeout: float) -> tuple[float, int | None]:
-        """SIGTERM only (no SIGCONT): (seconds until the process exited, exit code; None when it
-        was still running after ``timeout`` and had to be killed)."""
+    async def terminate(self, timeout: float, *, repeat: float | None = None) -> tuple[float, int | None]:
+        """SIGTERM only (no SIGCONT), again every ``repeat`` seconds if given (an impatient
+        supervisor): (seconds until the process exited, exit code; None when it was still running
+        after ``timeout`` and had to be killed)."""
         assert self.process is not None
         process = self.process
         started = time.monotonic()
         self.signal(signal.SIGTERM)
         loop = asyncio.get_running_loop()
+        waiting = loop.run_in_executor(None, process.wait, timeout)
+        while repeat is not None and not waiting.done():
+            await asyncio.sleep(repeat)
+            self.signal(signal.SIGTERM)
         try:
-            code: int | None = await loop.run_in_executor(None, process.wait, timeout)
+            code: int | None = await waiting
         except subprocess.TimeoutExpired:
             code = None
         seconds = time.monotonic() - started
