@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import threading
 from typing import Any
 
 import structlog
@@ -50,13 +52,52 @@ async def run_service(settings: Settings) -> None:
         server = HttpServer(worker, host=settings.http.host, port=settings.http.port, registry=registry)
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)
+    watchdog = _Watchdog(settings.worker.shutdown_grace, log)
+
+    def stop() -> None:
+        worker.request_stop()
+        watchdog.arm()
+
     for sig in signals:
-        loop.add_signal_handler(sig, worker.request_stop)
+        loop.add_signal_handler(sig, stop)
     try:
         await run_worker(worker, server)
     finally:
+        watchdog.cancel()
         for sig in signals:
             loop.remove_signal_handler(sig)
+            if watchdog.armed:
+                # Stopping already: a repeated SIGTERM while the process exits must not kill it
+                # with the default disposition (exit status -15 instead of 0).
+                signal.signal(sig, signal.SIG_IGN)
+
+
+class _Watchdog:
+    """The last resort: if the bounded shutdown still runs at the grace, exit at once (code 1)
+    rather than be SIGKILLed; nothing is lost that a SIGKILL would not lose (Redis holds it)."""
+
+    def __init__(self, grace: float, log: Any) -> None:
+        self.grace = grace
+        self.log = log
+        self.timer: threading.Timer | None = None
+
+    def arm(self) -> None:
+        if self.timer is None:
+            self.timer = threading.Timer(self.grace, self._fire)
+            self.timer.daemon = True
+            self.timer.start()
+
+    @property
+    def armed(self) -> bool:
+        return self.timer is not None
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def _fire(self) -> None:
+        self.log.error("shutdown grace exceeded; exiting now", grace_seconds=self.grace)
+        os._exit(1)
 
 
 async def run_worker(worker: StreamWorker, server: HttpServer | None) -> None:

@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -34,6 +35,7 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from devtools.loadgen.model import TraceGenerator, build_model
 from devtools.servers import create_topics
@@ -207,6 +209,21 @@ class Traffic:
             self.records += len(pending)
             self.requests.extend(kept)
 
+    async def send_prepared(self, items: Iterable[tuple[str, bytes, ExportTraceServiceRequest]]) -> None:
+        """Produce ready-made (tenant, key, request) records; counted once all are acknowledged."""
+        assert self._producer is not None
+        async with self._lock:
+            pending = []
+            counted: Counter[str] = Counter()
+            for tenant, key, request in items:
+                headers = [(TENANT_HEADER, tenant.encode())] if tenant else []
+                counted[tenant] += sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+                value = request.SerializeToString()
+                pending.append(await self._producer.send(self.topic, value, key=key, headers=headers))
+            await asyncio.gather(*pending)
+            self.spans.update(counted)
+            self.records += len(pending)
+
     def run(self, rate: float, batch: int = 2) -> None:
         """Produce ``rate`` traces per second per tenant in the background."""
 
@@ -261,6 +278,28 @@ class Traffic:
                 total += sum(s.count for s in deltas.series if s.metric == SERVICE_GRAPH_REQUESTS)
             result[(SERVICE_GRAPH_REQUESTS, tenant)] = total
         return result
+
+
+def distinct_series_request(
+    service: str, names: Iterable[str], now_ns: int, rng: random.Random
+) -> tuple[bytes, ExportTraceServiceRequest]:
+    """(key, request): one server span per name, each name a new series (a cardinality storm)."""
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    attribute = resource_spans.resource.attributes.add()
+    attribute.key = "service.name"
+    attribute.value.string_value = service
+    scope_spans = resource_spans.scope_spans.add()
+    trace_id = rng.randbytes(15) + b"\x01"
+    for name in names:
+        span = scope_spans.spans.add()
+        span.trace_id = trace_id
+        span.span_id = rng.randbytes(7) + b"\x01"
+        span.name = name
+        span.kind = Span.SpanKind.SPAN_KIND_SERVER
+        span.start_time_unix_nano = now_ns - 5_000_000
+        span.end_time_unix_nano = now_ns
+    return trace_id, request
 
 
 # ----------------------------------------------------------------------------------- output
@@ -475,6 +514,28 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             self.kill()
             return None
+
+    async def terminate(self, timeout: float, *, repeat: float | None = None) -> tuple[float, int | None]:
+        """SIGTERM only (no SIGCONT), again every ``repeat`` seconds if given (an impatient
+        supervisor): (seconds until the process exited, exit code; None when it was still running
+        after ``timeout`` and had to be killed)."""
+        assert self.process is not None
+        process = self.process
+        started = time.monotonic()
+        self.signal(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        waiting = loop.run_in_executor(None, process.wait, timeout)
+        while repeat is not None and not waiting.done():
+            await asyncio.sleep(repeat)
+            self.signal(signal.SIGTERM)
+        try:
+            code: int | None = await waiting
+        except subprocess.TimeoutExpired:
+            code = None
+        seconds = time.monotonic() - started
+        if code is None:
+            self.kill()
+        return seconds, code
 
     def events(self) -> list[dict[str, Any]]:
         """The JSON log lines so far (other lines, such as a crash's traceback, are skipped)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -60,35 +60,54 @@ class Checkpoint:
         #: cancelled): it may still be delivered, so it is settled before the next merge.
         self._unsettled: dict[int, int] | None = None
 
-    async def run(self, *, deadline: float | None = None, releasing: Collection[int] = ()) -> bool:
+    async def run(
+        self,
+        *,
+        deadline: float | None = None,
+        releasing: Collection[int] = (),
+        interrupt: Sequence[asyncio.Event] = (),
+    ) -> bool:
         """One checkpoint, in order; ``releasing`` partitions are forgotten once their state is stored.
 
         Returns False when fenced (memory was reset to Redis and nothing is committed). Raises
-        TimeoutError past ``deadline`` and StateError when Redis stays unreachable.
+        TimeoutError past ``deadline`` (waiting for the lock included), StateError when Redis stays
+        unreachable and RetryInterrupted when one of ``interrupt`` is set during the retries; then
+        the owned partitions are unsettled (paused until re-read from Redis).
         """
         shared = self.shared
-        async with shared.lock, asyncio.timeout(deadline):
-            if self._unsettled is not None:
-                await self._settle(self._unsettled)
+        async with asyncio.timeout(deadline), shared.lock:
             # 1. Take what memory holds: deltas, the offsets they cover, pending half-edges.
+            #    Unsettled partitions have nothing in memory and are left out.
             deltas = self.pipeline.take_deltas()
             progress = shared.take_progress()
-            fences = {p: (token, progress.get(p, -1)) for p, token in shared.tokens.items()}
+            fences = {
+                p: (token, progress.get(p, -1))
+                for p, token in shared.tokens.items()
+                if p not in shared.unsettled
+            }
             pending = self.pipeline.export_pending(fences)
             committed: dict[int, int] | None = {}
             if fences:
                 # 2. One atomic Redis step: deltas, offsets and half-edges, fenced by our tokens.
                 redis_started = time.monotonic()
                 try:
-                    await self._merge(deltas, fences, pending)
+                    await self._merge(deltas, fences, pending, interrupt)
                 except FencedError as exc:
                     self.stats.fenced += 1
                     self.log.warning(
                         "fenced: another worker owns a partition; replaying from Redis",
                         partition=exc.partition,
                     )
-                    await self._reset_to_redis()
+                    try:
+                        await self._reset_to_redis()
+                    except BaseException:
+                        self.unsettle()
+                        raise
                     committed = None
+                except BaseException:
+                    # Taken from memory, maybe applied by Redis, maybe not: only Redis can say.
+                    self.unsettle()
+                    raise
                 else:
                     self.stats.last_redis_seconds = time.monotonic() - redis_started
                     self.metrics.observe_redis_step(self.stats.last_redis_seconds)
@@ -112,6 +131,7 @@ class Checkpoint:
         deltas: Mapping[str, TenantDeltas],
         fences: dict[int, tuple[int, int]],
         pending: Mapping[int, bytes] | None,
+        interrupt: Sequence[asyncio.Event] = (),
     ) -> None:
         """One merge under a new sequence, retried through an outage with that same sequence."""
         self._sequence += 1
@@ -122,6 +142,7 @@ class Checkpoint:
                 within=self.retry_within,
                 shared=self.shared,
                 log=self.log,
+                interrupt=interrupt,
             )
         except FencedError:
             raise  # refused: nothing applied, and never will be (its token is stale for good)
@@ -129,20 +150,21 @@ class Checkpoint:
             self._unsettled = {p: token for p, (token, _) in fences.items()}
             raise
 
-    async def _settle(self, unsettled: dict[int, int]) -> None:
-        """A merge of unknown outcome may still arrive (held in the network, queued in Redis):
-        make sure it never applies from now on, then resume from Redis (see README)."""
-        tokens = self.shared.tokens
-        held = {p: token for p, token in unsettled.items() if tokens.get(p) == token}
-        if held:
-            # Still held under the same tokens: a newer merge (with no deltas and no offsets)
-            # overtakes it on these partitions, or finds one taken over (it is fenced then too).
-            with contextlib.suppress(FencedError):
-                await self._merge({}, {p: (token, -1) for p, token in held.items()}, None)
-            await self._reset_to_redis()
-        # Otherwise its partitions were claimed again (it is fenced) or given up (their next
-        # owners claim them before they resume).
-        self._unsettled = None
+    async def settle(self) -> None:
+        """Re-read the owned partitions from Redis, once a merge of unknown outcome (held in the
+        network, queued in Redis) can no longer apply (see README); the caller resumes them."""
+        unsettled = self._unsettled
+        if unsettled is not None:
+            tokens = self.shared.tokens
+            held = {p: token for p, token in unsettled.items() if tokens.get(p) == token}
+            if held:
+                # A newer merge with no deltas and no offsets overtakes it on these partitions,
+                # or finds one taken over (then it is fenced for good too). Partitions claimed
+                # again or given up need nothing: their next owners claim before they resume.
+                with contextlib.suppress(FencedError):
+                    await self._merge({}, {p: (token, -1) for p, token in held.items()}, None)
+            self._unsettled = None
+        await self._reset_to_redis()
 
     async def _commit_to_kafka(self, offsets: dict[int, int]) -> None:
         if not offsets:
@@ -153,6 +175,15 @@ class Checkpoint:
         except (KafkaError, TimeoutError) as exc:
             # Redis holds the truth; the group commit only feeds lag monitoring.
             self.log.info("kafka commit skipped", error=str(exc))
+
+    def unsettle(self) -> None:
+        """Memory of the owned partitions is gone into a step of unknown outcome: pause them until
+        they are re-read from Redis (merging them again could count twice or skip records)."""
+        shared = self.shared
+        fresh = set(shared.tokens) - shared.unsettled
+        if fresh:
+            shared.unsettled |= fresh
+            self.consumer.pause(*(TopicPartition(self.topic, p) for p in fresh))
 
     async def _reset_to_redis(self) -> None:
         """Fenced: drop in-memory state, forget lost partitions, replay the rest from Redis."""

@@ -68,10 +68,10 @@ class Ingest:
         """One partition's fetched records: skip replays, then consume runs of plain records together."""
         partition = tp.partition
         shared = self.shared
-        if partition not in shared.tokens:
+        if partition not in shared.tokens or partition in shared.unsettled:
             # Fetched before our claim finished (aiokafka fetches while the assignment callback
-            # awaits Redis): fetch them again once claimed. If the partition is gone, its new
-            # owner replays them from the offsets stored in Redis.
+            # awaits Redis), or before the partition was paused: fetch them again once claimed
+            # (settled). If the partition is gone, its new owner replays them from Redis.
             if tp in self.consumer.assignment():
                 self.consumer.seek(tp, records[0].offset)
             return

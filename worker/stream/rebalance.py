@@ -93,17 +93,38 @@ class Rebalance:
             self.forget(partitions)
         self.log.info("partitions revoked", partitions=partitions)
 
-    async def on_assigned(self, assigned: Collection[TopicPartition]) -> None:
-        """Claim (fence out the previous owner), then resume from the offsets stored in Redis."""
+    async def on_assigned(self, assigned: Collection[TopicPartition], *, retry: bool = False) -> None:
+        """Claim (fence out the previous owner), then resume from the offsets stored in Redis.
+
+        A claim that fails within ``retry_within`` leaves the partitions paused and unclaimed (the
+        group's rebalance goes on); the loop tries again with ``retry=True``.
+        """
         partitions = sorted(tp.partition for tp in assigned if tp.topic == self.topic)
         store = self.store if self.store is not None else await self._wait_for_store()
         shared = self.shared
-        async with shared.lock:
-            tokens = await with_redis_retry(
-                lambda: store.claim(partitions), within=self.retry_within, shared=shared, log=self.log
-            )
-            shared.tokens.update(tokens)
-            await self.seek_to_applied(partitions)
+        try:
+            async with shared.lock:
+                if retry:  # only what is still assigned and unclaimed (no rebalance meanwhile)
+                    partitions = sorted(shared.unclaimed.intersection(partitions))
+                    if not partitions:
+                        return
+                tokens = await with_redis_retry(
+                    lambda: store.claim(partitions),
+                    within=self.retry_within,
+                    shared=shared,
+                    log=self.log,
+                    interrupt=(shared.stopping,),
+                )
+                shared.tokens.update(tokens)
+                await self.seek_to_applied(partitions)
+        except (SpanmetricsError, RedisError, OSError) as exc:
+            self.consumer.pause(*(TopicPartition(self.topic, p) for p in partitions))
+            for partition in partitions:
+                shared.tokens.pop(partition, None)
+            shared.unclaimed.update(partitions)
+            self.log.warning("partitions assigned but not claimed yet", partitions=partitions, error=str(exc))
+            return
+        shared.unclaimed.difference_update(partitions)
         self.consumer.resume(*(TopicPartition(self.topic, p) for p in partitions))
         shared.ready = True
         self.log.info(
@@ -116,6 +137,7 @@ class Rebalance:
         """Given up: no token, no applied offset, no processor state for these partitions."""
         for partition in partitions:
             self.shared.tokens.pop(partition, None)
+            self.shared.unclaimed.discard(partition)
             self.shared.applied.pop(partition, None)
             self.pipeline.drop_partition(partition)
 
@@ -143,6 +165,7 @@ class Rebalance:
         for partition in partitions:
             self.pipeline.drop_partition(partition)
             tp = TopicPartition(self.topic, partition)
+            self.shared.unsettled.discard(partition)
             if partition in applied:
                 self.shared.applied[partition] = resume[partition] = applied[partition]
                 self.consumer.seek(tp, applied[partition])

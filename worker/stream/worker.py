@@ -9,6 +9,7 @@ import time
 import uuid
 
 import structlog
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
@@ -30,12 +31,20 @@ from worker.stream.emission import Emission
 from worker.stream.ingest import Ingest
 from worker.stream.partitions import Partitions
 from worker.stream.rebalance import Listener, Rebalance
+from worker.stream.retry import RetryInterrupted
 from worker.stream.slots import EmitReport
 
 __all__ = ["StreamWorker"]
 
 #: How often pending service-graph half-edges are checked against ``wait`` (Tempo: 2 s).
 _EXPIRY_PERIOD = 2.0
+#: How often unclaimed or unsettled partitions are tried again while Redis is away.
+_SETTLE_PERIOD = 2.0
+#: Shares of ``shutdown_grace`` from SIGTERM: the step in progress ends by the first, the final
+#: flush (Redis step and Kafka commit) by the second, leaving the group and closing by the third.
+_DRAIN_SHARE = 0.35
+_FLUSH_SHARE = 0.65
+_END_SHARE = 0.9
 
 log = structlog.get_logger("spanmetrics.worker")
 
@@ -66,7 +75,9 @@ class StreamWorker:
             self.log,
             topic=self.topic,
             revoke_deadline=settings.worker.revoke_deadline,
-            retry_within=kafka.max_poll_interval * 0.5,
+            # A claim must not hold the group's rebalance for a whole Redis outage: past this
+            # the partitions stay paused and the loop claims them later.
+            retry_within=settings.worker.revoke_deadline,
         )
         self.ingest = Ingest(
             kafka,
@@ -84,6 +95,9 @@ class StreamWorker:
         self.checkpoint: Checkpoint | None = None
         self.emission: Emission | None = None
         self._stop = asyncio.Event()
+        self._stop_at: float | None = None
+        self._drain: asyncio.Timeout | None = None
+        self._next_settle = 0.0
         self.partitions = 0
         self.last_tick = time.monotonic()
         # Counters are read from self.stats at scrape time; the loop reports durations and
@@ -186,7 +200,15 @@ class StreamWorker:
             await asyncio.sleep(0.5)
 
     def request_stop(self) -> None:
+        """SIGTERM: the step in progress gets a share of the grace, then flush, commit and leave."""
+        if self._stop.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        self._stop_at = loop.time()
         self._stop.set()
+        self.shared.stopping.set()  # retry loops give up at once
+        if self._drain is not None and not self._drain.expired():
+            self._drain.reschedule(self._stop_at + self.settings.worker.shutdown_grace * _DRAIN_SHARE)
 
     async def run(self) -> None:
         """Consume and flush until stopped; then flush, commit and leave within the grace period."""
@@ -196,44 +218,101 @@ class StreamWorker:
         next_flush = time.monotonic() + interval
         next_expiry = time.monotonic() + _EXPIRY_PERIOD
         try:
-            while not self._stop.is_set():
-                self.last_tick = time.monotonic()
-                if self.last_tick >= next_expiry:
-                    async with shared.lock:
-                        self.pipeline.expire(time.time_ns())
-                    next_expiry = self.last_tick + _EXPIRY_PERIOD
-                timeout = max(0.0, min(next_flush - time.monotonic(), 0.5))
-                batch = await self.consumer.getmany(
-                    timeout_ms=int(timeout * 1000), max_records=self.settings.kafka.max_poll_records
-                )
-                if batch:
-                    async with shared.lock:
-                        for tp, records in batch.items():
-                            await self.ingest.handle(tp, records)
-                if time.monotonic() >= next_flush or shared.buffered_spans >= max_buffered:
-                    await self.flush(emit=time.monotonic() >= next_flush)
-                    if time.monotonic() >= next_flush:
-                        next_flush = time.monotonic() + interval
+            async with asyncio.timeout(None) as self._drain:
+                while not self._stop.is_set():
+                    self.last_tick = time.monotonic()
+                    if (shared.unsettled or shared.unclaimed) and self.last_tick >= self._next_settle:
+                        await self._settle()
+                    if self.last_tick >= next_expiry:
+                        async with shared.lock:
+                            self.pipeline.expire(time.time_ns())
+                        next_expiry = self.last_tick + _EXPIRY_PERIOD
+                    timeout = max(0.0, min(next_flush - time.monotonic(), 0.5))
+                    batch = await self.consumer.getmany(
+                        timeout_ms=int(timeout * 1000), max_records=self.settings.kafka.max_poll_records
+                    )
+                    if batch:
+                        async with shared.lock:
+                            for tp, records in batch.items():
+                                await self.ingest.handle(tp, records)
+                    if time.monotonic() >= next_flush or shared.buffered_spans >= max_buffered:
+                        try:
+                            await self.flush(emit=time.monotonic() >= next_flush)
+                        except RetryInterrupted:
+                            # A stop or a rebalance came first; the partitions are unsettled.
+                            self._next_settle = time.monotonic() + _SETTLE_PERIOD
+                        if time.monotonic() >= next_flush:
+                            next_flush = time.monotonic() + interval
+        except TimeoutError:
+            if self._drain is None or not self._drain.expired():
+                raise
+            # The step in progress at SIGTERM outlived its share of the grace: whatever memory
+            # holds may be half-done; none of it is stored, the next owner re-reads it.
+            self.log.warning("step in progress abandoned at shutdown")
+            assert self.checkpoint is not None
+            self.checkpoint.unsettle()
         finally:
+            self._drain = None
             await self._shutdown()
 
-    async def _shutdown(self) -> None:
-        grace = self.settings.worker.shutdown_grace
+    async def _settle(self) -> None:
+        """Claim what the group assigned but Redis did not grant, and re-read unsettled partitions
+        from Redis; one bounded try, repeated every few seconds while Redis is away."""
+        self._next_settle = time.monotonic() + _SETTLE_PERIOD
+        shared = self.shared
+        if shared.unclaimed:
+            tps = [TopicPartition(self.topic, p) for p in sorted(shared.unclaimed)]
+            await self.rebalance.on_assigned(tps, retry=True)
+        shared.unsettled &= set(shared.tokens)
+        if not shared.unsettled:
+            return
         try:
-            await asyncio.wait_for(self.flush(emit=False), timeout=grace * 0.6)
-        except (TimeoutError, SpanmetricsError, RedisError, KafkaError) as exc:
-            self.log.error("final flush failed; the next owner replays from Redis offsets", error=str(exc))
-        await self.close(grace * 0.4)
-        self.log.info("worker stopped", **self._totals())
+            async with asyncio.timeout(self.settings.worker.revoke_deadline), shared.lock:
+                assert self.checkpoint is not None
+                await self.checkpoint.settle()
+        except (TimeoutError, SpanmetricsError, RedisError, OSError, KafkaError) as exc:
+            self.log.warning("partitions not re-read from Redis yet; retrying", error=str(exc))
+            return
+        owned = sorted(shared.tokens)
+        settled = sorted(shared.unsettled)
+        shared.unsettled.clear()
+        self.consumer.resume(*(TopicPartition(self.topic, p) for p in owned))
+        shared.ready = True
+        self.log.info("partitions re-read from Redis after an interrupted step", partitions=settled)
+
+    async def _shutdown(self) -> None:
+        """Final flush, Kafka commit and leaving the group, all within one deadline from SIGTERM."""
+        loop = asyncio.get_running_loop()
+        grace = self.settings.worker.shutdown_grace
+        began = self._stop_at if self._stop_at is not None else loop.time()
+        end = began + grace * _END_SHARE
+        if self.checkpoint is not None and set(self.shared.tokens) - self.shared.unsettled:
+            try:
+                async with asyncio.timeout_at(began + grace * _FLUSH_SHARE):
+                    await self.flush(emit=False, final=True)
+            except (TimeoutError, SpanmetricsError, RedisError, KafkaError) as exc:
+                self.log.error(
+                    "final flush failed; the next owner replays from Redis offsets", error=str(exc)
+                )
+        elif self.shared.unsettled:
+            self.log.warning(
+                "no final flush: what memory held is re-read by the next owner",
+                partitions=sorted(self.shared.unsettled),
+            )
+        await self.close(max(0.5, end - loop.time()))
+        self.log.info("worker stopped", seconds=round(loop.time() - began, 1), **self._totals())
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Stop the clients (leaving the group), never raising: also used when start() fails."""
+        """Stop the clients (leaving the group) within ``timeout``, never raising: also used when
+        start() fails."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.consumer.stop(), timeout=timeout * 0.75)
+            await asyncio.wait_for(self.consumer.stop(), timeout=timeout * 0.6)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.producer.stop(), timeout=timeout * 0.25)
+            await asyncio.wait_for(self.producer.stop(), timeout=max(0.1, (end - loop.time()) * 0.7))
         with contextlib.suppress(Exception):
-            await self.redis.aclose()
+            await asyncio.wait_for(self.redis.aclose(), timeout=max(0.1, end - loop.time()))
 
     def _totals(self) -> dict[str, object]:
         s = self.stats
@@ -241,8 +320,12 @@ class StreamWorker:
 
     # ------------------------------------------------------------------ flush
 
-    async def flush(self, *, emit: bool = True) -> EmitReport | None:
-        """Checkpoint (Redis, then Kafka), then emit the owned slots; None when fenced or not started."""
+    async def flush(self, *, emit: bool = True, final: bool = False) -> EmitReport | None:
+        """Checkpoint (Redis, then Kafka), then emit the owned slots; None when fenced or not started.
+
+        Its Redis retries give way to a stop request and to a rebalance waiting for the lock,
+        except in the ``final`` flush at shutdown (bounded by the caller).
+        """
         assert self.checkpoint is not None and self.emission is not None, "flush before start()"
         started = time.monotonic()
         # Did Redis lose the state (generation marker, tokens)? Then recover first. Asked again
@@ -255,7 +338,9 @@ class StreamWorker:
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            if not await self.checkpoint.run():
+            shared = self.shared
+            interrupt = () if final else (shared.stopping, shared.lock.wanted)
+            if not await self.checkpoint.run(interrupt=interrupt):
                 await rebalance.check_state(held)
                 return None
             report = await self.emission.run() if emit else None
@@ -282,5 +367,6 @@ class StreamWorker:
             confirm_seconds=round(report.confirm_seconds, 3) if report else 0,
             spans=stats.spans,
         )
-        await self.metrics.refresh()  # consumer lag and active series; bounded, never raises
+        if not final:
+            await self.metrics.refresh()  # consumer lag and active series; bounded, never raises
         return report
