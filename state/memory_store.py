@@ -18,6 +18,7 @@ from state.protocol import (
     FoldResult,
     Ownership,
     Sequences,
+    StateBehindError,
     StoredSeries,
     fold_result,
     stored_series,
@@ -113,6 +114,7 @@ class MemoryStore:
         pending: Mapping[int, bytes] | None = None,
         *,
         sequence: int | None = None,
+        applied: Mapping[int, int] | None = None,
     ) -> bool:
         """merge.lua: fence check, sequence watermark, offsets, half-edges, then the log entries."""
         packed = self.packer.pack(deltas)
@@ -125,6 +127,11 @@ class MemoryStore:
         for partition, (token, _) in ordered:
             if self._fence.get(partition) != token:
                 raise FencedError(partition)
+        for partition, _ in ordered:
+            seen = (applied or {}).get(partition, -1)
+            current = self._offsets.get(partition)
+            if seen != -1 and (current is None or current < seen):
+                raise StateBehindError(partition)
         for partition, (token, _) in ordered:
             mark = self._marks.get(partition)
             if mark is not None and mark[0] == token and mark[1] >= sequence:

@@ -17,6 +17,7 @@ __all__ = [
     "Ownership",
     "Sequences",
     "SeriesStore",
+    "StateBehindError",
     "StoredSeries",
     "fold_result",
     "stored_series",
@@ -28,6 +29,18 @@ class FencedError(StateError):
 
     def __init__(self, partition: int) -> None:
         super().__init__(f"partition {partition} is owned by another worker (fencing token changed)")
+        self.partition = partition
+
+
+class StateBehindError(FencedError):
+    """Redis holds less of the partition than this writer saw applied: the state went back (a
+    failover to a replica that was behind). Nothing was written; the worker's state check recovers."""
+
+    def __init__(self, partition: int) -> None:
+        StateError.__init__(
+            self,
+            f"partition {partition}: Redis holds less than this worker saw applied (the state went back)",
+        )
         self.partition = partition
 
 
@@ -145,12 +158,15 @@ class SeriesStore(Protocol):
         pending: Mapping[int, bytes] | None = None,
         *,
         sequence: int | None = None,
+        applied: Mapping[int, int] | None = None,
     ) -> bool:
         """Append the deltas to their slots' logs and advance the fenced partitions' offsets in
         one step; FencedError on a stale token. Applied (True) only if ``sequence`` (strictly
         increasing per writer and token, the same for a retry) is above what every fenced
         partition has applied; else nothing changes (False). Without ``sequence`` the store
-        numbers its calls, a call repeating the previous one being its retry."""
+        numbers its calls, a call repeating the previous one being its retry. ``applied``: the
+        offsets this writer saw applied per partition; StateBehindError (nothing written) where
+        the store holds less."""
 
     async def read_pending(self, partitions: Iterable[int]) -> dict[int, bytes]:
         """The service-graph half-edges saved with each partition's offsets."""

@@ -20,6 +20,7 @@ from state.protocol import (
     FoldResult,
     Ownership,
     Sequences,
+    StateBehindError,
     StoredSeries,
     fold_result,
     stored_series,
@@ -139,6 +140,7 @@ class RedisStateStore:
         pending: Mapping[int, bytes] | None = None,
         *,
         sequence: int | None = None,
+        applied: Mapping[int, int] | None = None,
     ) -> bool:
         """Append all deltas to their slots' logs and advance offsets in one atomic step
         (merge.lua); FencedError on a stale token. False (nothing applied) when the partitions
@@ -157,7 +159,10 @@ class RedisStateStore:
             [
                 self.keys.prefix,
                 self.keys.topic,
-                [[str(p), str(token), str(offset)] for p, (token, offset) in sorted(fences.items())],
+                [
+                    [str(p), str(token), str(offset), str((applied or {}).get(p, -1))]
+                    for p, (token, offset) in sorted(fences.items())
+                ],
                 tenants,
                 [[str(p), blob] for p, blob in sorted((pending or {}).items()) if p in fences],
             ],
@@ -174,6 +179,8 @@ class RedisStateStore:
         status = _text(reply[0])
         if status == "FENCED":
             raise FencedError(int(_text(reply[1])))
+        if status == "BEHIND":
+            raise StateBehindError(int(_text(reply[1])))
         if status not in ("OK", "SEEN"):
             raise StateError(f"unexpected reply from the merge script: {reply!r}")
         return status == "OK"

@@ -6,7 +6,9 @@
 -- so Redis does a handful of commands per slot here, not work per series.
 --
 -- ARGV[1] = msgpack {prefix, topic, fences, tenants, pending}
---   fences  = {{partition, token, next_offset}, ...}        (strings: exact for any size)
+--   fences  = {{partition, token, next_offset, seen}, ...}  (strings: exact for any size)
+--     seen = the offset the writer saw applied ('-1': none): a partition holding less than that
+--     went back (a failover to a replica that was behind), and the step is refused
 --   tenants = {{escaped, resources, logs}, ...}
 --     resources = {{resource_id, attributes_blob}, ...}
 --     logs      = {{slot, argv_index}, ...}  ARGV[argv_index] is the slot's log entry: packed rows
@@ -17,7 +19,8 @@
 --   partition it reports (under the same token), so a retry whose reply was lost, a duplicate
 --   and a late step overtaken by a newer one all change nothing. (Offsets cannot tell: a step
 --   of service-graph expiries carries deltas but no new offsets.)
--- Returns {'OK'}, {'SEEN', partition} for such a no-op, or {'FENCED', partition}.
+-- Returns {'OK'}, {'SEEN', partition} for such a no-op, {'FENCED', partition} or
+-- {'BEHIND', partition}.
 
 local batch = cmsgpack.unpack(ARGV[1])
 local prefix, topic, fences, tenants = batch[1], batch[2], batch[3], batch[4]
@@ -27,6 +30,14 @@ local offsets_key = prefix .. ':offsets:' .. topic
 for _, fence in ipairs(fences) do
   if redis.call('HGET', fence_key, fence[1]) ~= fence[2] then
     return {'FENCED', fence[1]}
+  end
+end
+for _, fence in ipairs(fences) do
+  if fence[4] ~= '-1' then
+    local current = redis.call('HGET', offsets_key, fence[1])
+    if current == false or tonumber(current) < tonumber(fence[4]) then
+      return {'BEHIND', fence[1]}
+    end
   end
 end
 local marks_key = prefix .. ':applied:' .. topic

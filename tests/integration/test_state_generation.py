@@ -154,3 +154,37 @@ async def test_a_merge_fenced_by_a_loss_is_recovered_from(
     assert calls_since(second) == spans_after
     first_emission = max(t for _, t, _ in first.latest.values())
     assert all(start > first_emission for start, t, _ in second.latest.values() if t >= started)
+
+
+async def test_a_merge_onto_state_that_went_back_is_refused_by_both_stores(
+    redis_client: Redis, unique_name: str
+) -> None:
+    """A failover to a replica that was behind, between the worker's state check and its merge:
+    the merge must not move the offsets on from the replica's older ones (the records between
+    would never be counted); it is refused, nothing written, and the state check recovers."""
+    from state.protocol import StateBehindError
+    from worker.model.series import TenantDeltas
+
+    redis_store = _store(redis_client, unique_name)
+    memory_store = MemoryStore(slots=4, max_exemplars=0)
+    stores: list[SeriesStore] = [redis_store, memory_store]
+    for store in stores:
+        [token] = (await store.claim([0])).values()
+        assert await store.merge({}, {0: (token, 10)}, sequence=1, applied={})
+        assert await store.merge({}, {0: (token, 20)}, sequence=2, applied={0: 10})
+    # The replica had only the first step.
+    await redis_client.hset(redis_store.keys.offsets, "0", "10")
+    memory_store._offsets[0] = 10
+    for store in stores:
+        [token] = (await store.ownership([0])).tokens.values()
+        deltas = {"t": TenantDeltas()}
+        try:
+            await store.merge(deltas, {0: (token, 30)}, sequence=3, applied={0: 20})
+        except StateBehindError as exc:
+            assert exc.partition == 0
+        else:
+            raise AssertionError(f"{type(store).__name__} applied a merge onto state that went back")
+        assert await store.applied_offsets([0]) == {0: 10}
+        # The same step from a writer that saw what the store holds applies.
+        assert await store.merge({}, {0: (token, 30)}, sequence=4, applied={0: 10})
+        assert await store.applied_offsets([0]) == {0: 30}

@@ -94,10 +94,7 @@ class Checkpoint:
                     await self._merge(deltas, fences, pending, interrupt)
                 except FencedError as exc:
                     self.stats.fenced += 1
-                    self.log.warning(
-                        "fenced: another worker owns a partition; replaying from Redis",
-                        partition=exc.partition,
-                    )
+                    self.log.warning("fenced: replaying from Redis", partition=exc.partition, reason=str(exc))
                     try:
                         await self._reset_to_redis()
                     except BaseException:
@@ -136,9 +133,11 @@ class Checkpoint:
         """One merge under a new sequence, retried through an outage with that same sequence."""
         self._sequence += 1
         sequence, store = self._sequence, self.store
+        applied = self.shared.applied
+        seen = {p: applied[p] for p in fences if p in applied}
         try:
             await with_redis_retry(
-                lambda: store.merge(deltas, fences, pending, sequence=sequence),
+                lambda: store.merge(deltas, fences, pending, sequence=sequence, applied=seen),
                 within=self.retry_within,
                 shared=self.shared,
                 log=self.log,
