@@ -55,6 +55,8 @@ def process(config: str | None, input_format: str | None, tenant: str, files: tu
     from worker.otlp.json_codec import metrics_to_json
 
     settings = _settings(config)
+    for option, why, value in settings.warnings:
+        click.echo(f"spanmetrics: warning: {option}: {value!r} {why}", err=True)
     names = files or ("-",)
 
     def documents() -> Iterator[ExportTraceServiceRequest]:

@@ -18,6 +18,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -78,11 +80,23 @@ class HistogramUnit(StrEnum):
         return 1e6 if self is HistogramUnit.MILLISECONDS else 1e9
 
 
+def _unit(value: object) -> object:
+    # Upstream's Unit.UnmarshalText is case-insensitive (internal/metrics/unit.go, unit_test.go):
+    # ms, Ms, MS, s, S. Anything else goes on unchanged, to be refused naming what it was.
+    if isinstance(value, str) and value.lower() in {"ms", "s"}:
+        return value.lower()
+    return value
+
+
 def _temporality(value: object) -> object:
     if isinstance(value, str):
         text = value.strip().upper()
         return text.removeprefix("AGGREGATION_TEMPORALITY_")
     return value
+
+
+def _is_temporality(value: object) -> bool:
+    return _temporality(value) in {Temporality.CUMULATIVE.value, Temporality.DELTA.value}
 
 
 class Dimension(_Frozen):
@@ -119,7 +133,7 @@ class ExponentialBuckets(_Frozen):
 
 class HistogramConfig(_Frozen):
     disable: bool = False
-    unit: HistogramUnit = HistogramUnit.MILLISECONDS
+    unit: Annotated[HistogramUnit, BeforeValidator(_unit)] = HistogramUnit.MILLISECONDS
     dimensions: tuple[Dimension, ...] = ()
     explicit: ExplicitBuckets | None = None
     exponential: ExponentialBuckets | None = None
@@ -140,7 +154,11 @@ class HistogramConfig(_Frozen):
 
 class ExemplarsConfig(_Frozen):
     enabled: bool = False
-    max_per_data_point: int = Field(default=5, ge=1)
+    #: Only a negative value is an error (upstream config.go Validate). 0 means no exemplars: since
+    #: PR #41679 the field is a plain int defaulting to 5 (the pointer whose nil meant "unlimited"
+    #: is gone), and internal/metrics/metrics.go AddExemplar stops once the slice holds as many as
+    #: the maximum, so a maximum of 0 admits none.
+    max_per_data_point: int = Field(default=5, ge=0)
 
 
 class EventsConfig(_Frozen):
@@ -169,7 +187,11 @@ def _check_dimension_names(option: str, dimensions: Sequence[Dimension], taken: 
 
 
 class SpanMetricsConfig(_Frozen):
-    """The connector's options, under the upstream names."""
+    """The connector's options, under the upstream names.
+
+    Like upstream, some values are accepted with no effect: :attr:`warnings` names them, and the
+    worker logs each once at start.
+    """
 
     dimensions: tuple[Dimension, ...] = ()
     calls_dimensions: tuple[Dimension, ...] = ()
@@ -187,6 +209,30 @@ class SpanMetricsConfig(_Frozen):
     events: EventsConfig = EventsConfig()
     include_instrumentation_scope: tuple[str, ...] = ()
 
+    #: The aggregation_temporality given when it was neither CUMULATIVE nor DELTA (nor empty).
+    _unknown_temporality: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _temporality_as_upstream(
+        cls, data: object, handler: ModelWrapValidatorHandler[SpanMetricsConfig]
+    ) -> SpanMetricsConfig:
+        # Upstream's GetAggregationTemporality (config.go; config_test.go TestGetAggregationTemporality:
+        # empty -> cumulative) returns delta only for AGGREGATION_TEMPORALITY_DELTA and cumulative for
+        # any other string, with no error. Here: "" is cumulative silently, another unknown string
+        # cumulative with a warning at start.
+        unknown: str | None = None
+        if isinstance(data, Mapping) and isinstance(data.get("aggregation_temporality"), str):
+            given = data["aggregation_temporality"]
+            if not _is_temporality(given):
+                if given.strip():
+                    unknown = given
+                data = {**data, "aggregation_temporality": Temporality.CUMULATIVE.value}
+        config = handler(data)
+        if unknown is not None:
+            config._unknown_temporality = unknown
+        return config
+
     @model_validator(mode="after")
     def _dimension_names(self) -> SpanMetricsConfig:
         _check_dimension_names("dimensions", self.dimensions, set())
@@ -194,13 +240,33 @@ class SpanMetricsConfig(_Frozen):
         _check_dimension_names("calls_dimensions", self.calls_dimensions, base)
         _check_dimension_names("histogram.dimensions", self.histogram.dimensions, base)
         _check_dimension_names("events.dimensions", self.events.dimensions, base)
-        unknown = [name for name in self.exclude_dimensions if name not in RESERVED_DIMENSIONS]
-        if unknown:
-            raise ValueError(
-                f"exclude_dimensions: {unknown[0]!r} is not a default dimension "
-                f"(allowed: {', '.join(RESERVED_DIMENSIONS)})"
-            )
+        # exclude_dimensions naming something that is not a default dimension is accepted and
+        # ignored, as upstream does (connector_test.go: exclude_dimensions with "totallyWrong").
         return self
+
+    @property
+    def warnings(self) -> tuple[tuple[str, str, object], ...]:
+        """``(option, why, value)`` for each value accepted with no effect (logged once at start)."""
+        found: list[tuple[str, str, object]] = []
+        ignored = [name for name in self.exclude_dimensions if name not in RESERVED_DIMENSIONS]
+        if ignored:
+            found.append(
+                (
+                    "spanmetrics.exclude_dimensions",
+                    f"not a default dimension ({', '.join(RESERVED_DIMENSIONS)}); ignored, as upstream",
+                    ignored,
+                )
+            )
+        if self._unknown_temporality is not None:
+            found.append(
+                (
+                    "spanmetrics.aggregation_temporality",
+                    "neither AGGREGATION_TEMPORALITY_CUMULATIVE nor AGGREGATION_TEMPORALITY_DELTA; "
+                    "taken as cumulative, as upstream",
+                    self._unknown_temporality,
+                )
+            )
+        return tuple(found)
 
     def metric_name(self, name: str) -> str:
         """``calls`` or ``<namespace>.calls``: the connector's naming."""
@@ -220,6 +286,14 @@ class ServiceGraphsConfig(_Frozen):
     database_name_attributes: tuple[str, ...] = ("db.namespace", "db.name", "db.system", "db.system.name")
     enable_virtual_node_label: bool = False
     enable_messaging_system_latency_histogram: bool = False
+    workers: int | None = Field(
+        default=None,
+        description=(
+            "Tempo's service-graph worker count. Accepted so that a Tempo configuration loads, and "
+            "ignored: here the work is spread over the Kafka consumer group's workers (one per "
+            "input partition at most), not over goroutines of one process."
+        ),
+    )
 
     @field_validator("histogram_buckets")
     @classmethod
@@ -343,6 +417,11 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Environment first: it overrides the YAML file, which arrives as init arguments.
         return env_settings, init_settings
+
+    @property
+    def warnings(self) -> tuple[tuple[str, str, object], ...]:
+        """``(option, why, value)`` for each configured value that is accepted with no effect."""
+        return self.spanmetrics.warnings
 
 
 def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

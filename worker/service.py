@@ -130,5 +130,8 @@ def effective_configuration(settings: Settings) -> dict[str, Any]:
 
 
 def log_configuration(log: Any, settings: Settings) -> None:
-    """The one start-up line with the effective configuration."""
+    """The start-up line with the effective configuration, then one warning per value accepted with
+    no effect (found at config load, :attr:`Settings.warnings`)."""
     log.info("configuration", **effective_configuration(settings))
+    for option, why, value in settings.warnings:
+        log.warning("configuration value ignored", option=option, value=value, reason=why)

@@ -7,13 +7,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import structlog
 from click.testing import CliRunner
+from structlog.testing import capture_logs
 
 from worker.cli import cli
 from worker.config import DEFAULT_HISTOGRAM_BUCKETS, HistogramUnit, Settings, SpanMetricsConfig, load_config
 from worker.model.durations import format_duration, parse_duration
 from worker.model.errors import ConfigError
 from worker.model.series import Temporality
+from worker.service import log_configuration
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -137,6 +140,103 @@ def test_cumulative_with_the_proto_prefix(tmp_path: Path) -> None:
     assert settings.spanmetrics.aggregation_temporality is Temporality.CUMULATIVE
 
 
+# ---------------------------------------------------------------------------------------- upstream parity
+# Values the connector accepts (issue 16, "The connector"); each test names the upstream source.
+
+
+@pytest.mark.parametrize("value", ['""', "''"])
+def test_empty_temporality_is_cumulative(tmp_path: Path, value: str) -> None:
+    # Upstream: config_test.go TestGetAggregationTemporality: an empty aggregation_temporality
+    # gives cumulative (GetAggregationTemporality returns delta only for ..._DELTA), no error.
+    settings = load_text(tmp_path, f"spanmetrics: {{aggregation_temporality: {value}}}")
+    assert settings.spanmetrics.aggregation_temporality is Temporality.CUMULATIVE
+    assert settings.warnings == ()
+
+
+def test_unknown_temporality_is_cumulative_with_one_warning(tmp_path: Path) -> None:
+    # Upstream: config.go GetAggregationTemporality, "Returns cumulative, unless delta is correctly
+    # specified" (reference notes §1: any other string is cumulative without error). We also warn.
+    settings = load_text(tmp_path, "spanmetrics: {aggregation_temporality: WEEKLY}")
+    assert settings.spanmetrics.aggregation_temporality is Temporality.CUMULATIVE
+    [(option, why, value)] = settings.warnings
+    assert (option, value) == ("spanmetrics.aggregation_temporality", "WEEKLY")
+    assert "cumulative" in why
+
+
+@pytest.mark.parametrize(
+    ("text", "unit"),
+    [
+        ("ms", HistogramUnit.MILLISECONDS),
+        ("Ms", HistogramUnit.MILLISECONDS),
+        ("MS", HistogramUnit.MILLISECONDS),
+        ("s", HistogramUnit.SECONDS),
+        ("S", HistogramUnit.SECONDS),
+    ],
+)
+def test_histogram_unit_is_case_insensitive(tmp_path: Path, text: str, unit: HistogramUnit) -> None:
+    # Upstream: internal/metrics/unit_test.go: Unit.UnmarshalText takes ms/s in any case; an
+    # unknown unit is an error (config_test.go: unit "h"), refused here naming the allowed values.
+    settings = load_text(tmp_path, f"spanmetrics: {{histogram: {{unit: {text}}}}}")
+    assert settings.spanmetrics.histogram.unit is unit
+
+
+def test_exclude_dimensions_naming_a_non_default_is_ignored_with_one_warning(tmp_path: Path) -> None:
+    # Upstream: connector_test.go, the exclude_dimensions case [span.kind, span.name, totallyWrong]:
+    # unknown names are no error and change nothing (reference notes §1 and §3 case 5).
+    settings = load_text(
+        tmp_path, "spanmetrics: {exclude_dimensions: [span.kind, totallyWrong, http.method]}"
+    )
+    assert settings.spanmetrics.exclude_dimensions == ("span.kind", "totallyWrong", "http.method")
+    [(option, why, value)] = settings.warnings
+    assert option == "spanmetrics.exclude_dimensions"
+    assert value == ["totallyWrong", "http.method"]
+    assert "not a default dimension" in why
+
+
+def test_only_real_defaults_excluded_give_no_warning(tmp_path: Path) -> None:
+    settings = load_text(tmp_path, "spanmetrics: {exclude_dimensions: [span.kind, status.code]}")
+    assert settings.warnings == ()
+
+
+def test_ignored_values_are_logged_once_at_start(tmp_path: Path) -> None:
+    # The warnings are found at config load and logged once by log_configuration, at start.
+    settings = load_text(
+        tmp_path, "spanmetrics: {exclude_dimensions: [totallyWrong], aggregation_temporality: weekly}"
+    )
+    with capture_logs() as logs:
+        log_configuration(structlog.get_logger("spanmetrics"), settings)
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert [(e["option"], e["value"]) for e in warnings] == [
+        ("spanmetrics.exclude_dimensions", ["totallyWrong"]),
+        ("spanmetrics.aggregation_temporality", "weekly"),
+    ]
+
+
+def test_cli_process_prints_ignored_values_on_stderr(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "spanmetrics: {exclude_dimensions: [totallyWrong]}")
+    result = CliRunner().invoke(cli, ["process", "--config", str(path), "-"], input='{"resourceSpans": []}')
+    assert result.exit_code == 0, result.output
+    assert "warning: spanmetrics.exclude_dimensions: ['totallyWrong']" in result.stderr
+
+
+def test_zero_exemplars_per_data_point_is_accepted(tmp_path: Path) -> None:
+    # Upstream: config.go Validate refuses only max_per_data_point < 0 (reference notes §1);
+    # 0 means no exemplars (see ExemplarsConfig and test_max_per_data_point_zero_means_no_exemplars).
+    settings = load_text(tmp_path, "spanmetrics: {exemplars: {enabled: true, max_per_data_point: 0}}")
+    assert settings.spanmetrics.exemplars.max_per_data_point == 0
+
+
+@pytest.mark.parametrize("workers", [1, 10, 0])
+def test_servicegraphs_workers_is_accepted_and_ignored(tmp_path: Path, workers: int) -> None:
+    # Tempo: modules/generator/processor/servicegraphs/config.go has workers (default 10), the
+    # expiry goroutines of store/store.go (tempo reference notes §2.5). Accepted so that a pasted
+    # Tempo config loads; the worker count here is the consumer group's, so nothing reads it.
+    settings = load_text(tmp_path, f"servicegraphs: {{enabled: true, workers: {workers}}}")
+    assert settings.servicegraphs.workers == workers
+    description = type(settings.servicegraphs).model_fields["workers"].description or ""
+    assert "ignored" in description and "consumer group" in description
+
+
 def test_dimensions_cache_size_is_accepted(tmp_path: Path) -> None:
     settings = load_text(tmp_path, "spanmetrics: {dimensions_cache_size: 500}")
     assert settings.spanmetrics.dimensions_cache_size == 500
@@ -239,7 +339,7 @@ spanmetrics:
         ),
         pytest.param(
             "spanmetrics: {exemplars: {enabled: true, max_per_data_point: -2}}",
-            ["spanmetrics.exemplars.max_per_data_point", "greater than or equal to 1"],
+            ["spanmetrics.exemplars.max_per_data_point", "greater than or equal to 0", "-2"],
             id="negative-exemplars",
         ),
         pytest.param(
@@ -268,14 +368,14 @@ spanmetrics:
             id="unknown-section",
         ),
         pytest.param(
-            "spanmetrics: {aggregation_temporality: WEEKLY}",
-            ["spanmetrics.aggregation_temporality", "'CUMULATIVE' or 'DELTA'", "WEEKLY"],
-            id="invalid-temporality",
+            "spanmetrics: {histogram: {unit: h}}",
+            ["spanmetrics.histogram.unit", "'ms' or 's'", "'h'"],
+            id="unknown-unit-h",
         ),
         pytest.param(
-            "spanmetrics: {exclude_dimensions: [http.method]}",
-            ["exclude_dimensions", "http.method", "service.name"],
-            id="exclude-non-default",
+            "spanmetrics: {histogram: {unit: MSEC}}",
+            ["spanmetrics.histogram.unit", "'ms' or 's'", "'MSEC'"],
+            id="unknown-unit-keeps-its-spelling",
         ),
     ],
 )

@@ -190,10 +190,9 @@ def _expected_spans(value: bytes) -> tuple[int, int, int | None] | None:
     spans = unnamed = 0
     calls: int | None = 0
     for resource_spans in request.resource_spans:
-        named = any(
-            kv.key == "service.name" and kv.value.WhichOneof("value") == "string_value"
-            for kv in resource_spans.resource.attributes
-        )
+        # Upstream: a service.name of any type counts (a non-string one reads as ""); only an
+        # absent one skips the resource.
+        named = any(kv.key == "service.name" for kv in resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
             items = scope_spans.spans
             if not named:

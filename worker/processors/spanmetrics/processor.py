@@ -14,7 +14,7 @@ from typing import Any
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from worker.config import Dimension, SpanMetricsConfig
+from worker.config import RESERVED_DIMENSIONS, Dimension, SpanMetricsConfig
 from worker.model.exphistogram import ExpHistogram
 from worker.model.series import (
     OVERFLOW_ATTRIBUTE,
@@ -94,7 +94,8 @@ class _Resource:
     """Per-resource work done once: identity, typed attributes, resource-level dimension values."""
 
     resource_id: str
-    #: None when the resource has no string service.name: its spans are skipped.
+    #: None when the resource has no service.name: its spans are skipped. A non-string one reads
+    #: as "" (upstream's ``pcommon.Value.Str()``), and its spans are counted.
     service_name: str | None
     attributes: Attributes
     #: dimension name -> the resource's AnyValue for it (a copy: span attributes override these).
@@ -172,7 +173,8 @@ class SpanMetricsProcessor:
         self._limit = config.aggregation_cardinality_limit
         self._key_attributes = frozenset(config.resource_metrics_key_attributes)
 
-        excluded = set(config.exclude_dimensions)
+        # Names that are not default dimensions are accepted and ignored (config warns once).
+        excluded = set(config.exclude_dimensions).intersection(RESERVED_DIMENSIONS)
         self._include_service = _SERVICE_NAME not in excluded
         self._include_name = "span.name" not in excluded
         self._include_kind = "span.kind" not in excluded
@@ -309,12 +311,10 @@ class SpanMetricsProcessor:
         values: dict[str, AnyValue] = {}
         wanted = self._dimension_index.keys() | {d.name for d in self._event_dimensions}
         for kv in attributes:
-            if (
-                kv.key == _SERVICE_NAME
-                and service_name is None
-                and kv.value.WhichOneof("value") == "string_value"
-            ):
-                service_name = kv.value.string_value
+            if kv.key == _SERVICE_NAME and service_name is None:
+                # Upstream (connector.go aggregateMetrics): skip only when the attribute is absent;
+                # ``serviceAttr.Str()`` is "" for an int, bool, ... value.
+                service_name = kv.value.string_value if kv.value.WhichOneof("value") == "string_value" else ""
             if kv.key in wanted and kv.key not in values:
                 # A copy: a sub-message would keep the whole request it came from alive.
                 values[kv.key] = copy = type(kv.value)()

@@ -23,7 +23,6 @@ from tests.unit.processors.spanmetrics.helpers import (
     make_span,
     points,
     simple_request,
-    total,
 )
 from worker.config import SpanMetricsConfig
 from worker.processors.spanmetrics.processor import SpanMetricsProcessor
@@ -109,11 +108,19 @@ def test_resource_without_service_name_is_skipped_and_counted() -> None:
     assert counts_by(out, "calls", "service.name") == {"known": 1}
 
 
-def test_non_string_service_name_is_not_a_service_name() -> None:
+@pytest.mark.parametrize("value", [42, True, 1.5, [1], {"a": 1}])
+def test_non_string_service_name_is_counted_as_empty(value: object) -> None:
+    # Upstream: connector.go aggregateMetrics skips a resource only when service.name is absent
+    # (``resourceAttr.Get`` not ok) and reads it with ``serviceAttr.Str()``, which is "" for a
+    # non-string value; reference notes §2.2 quirk (c). Spans counted with service.name "".
     pipeline = Pipeline()
-    stats = pipeline.consume(make_request(make_resource_spans({"service.name": 42}, [make_span()])))
-    assert stats.skipped_no_service == 1
-    assert total(pipeline.flush(), "calls") == 0
+    stats = pipeline.consume(make_request(make_resource_spans({"service.name": value}, [make_span()])))
+    assert stats.skipped_no_service == 0
+    assert stats.spans == 1
+    out = pipeline.flush()
+    assert counts_by(out, "calls", "service.name") == {"": 1}
+    [duration] = points(out, "duration")
+    assert duration.attributes["service.name"] == ""
 
 
 def test_an_empty_service_name_string_still_counts() -> None:

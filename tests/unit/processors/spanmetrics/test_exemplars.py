@@ -58,6 +58,19 @@ def test_the_limit_holds_across_several_intervals_before_a_flush() -> None:
     assert len(point.proto.exemplars) == 3
 
 
+def test_max_per_data_point_zero_means_no_exemplars() -> None:
+    # Upstream accepts 0 (config.go Validate refuses only a negative max_per_data_point). Since
+    # PR #41679 the field is an int with default 5 (no more nil pointer meaning "unlimited"), and
+    # internal/metrics/metrics.go AddExemplar adds nothing once the slice holds max entries: with
+    # 0, no exemplars (metrics_test.go TestSum_AddExemplar is the cap check).
+    config = {"exemplars": {"enabled": True, "max_per_data_point": 0}}
+    out = Pipeline(config).run(simple_request(make_span(trace_id=TRACE_ID), make_span(trace_id=TRACE_ID)))
+    assert points(out, "calls") and points(out, "duration")
+    for point in points(out, "calls") + points(out, "duration"):
+        assert len(point.proto.exemplars) == 0
+    assert sum(p.proto.count for p in points(out, "duration")) == 2
+
+
 def test_default_maximum_is_five() -> None:
     spans = [make_span() for _ in range(8)]
     [point] = points(Pipeline(ENABLED).run(simple_request(*spans)), "duration")

@@ -8,10 +8,12 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans
 
 from tests.unit.processors.spanmetrics.helpers import (
     BASE_NS,
+    CLIENT,
     ERROR,
     MS,
     OK,
     SECOND,
+    SERVER,
     Pipeline,
     attribute_dict,
     counts_by,
@@ -410,6 +412,18 @@ def test_exclude_dimensions_drops_and_merges() -> None:
     assert all("span.name" not in p.attributes for p in calls)
     assert counts_by(out, "calls", "status.code") == {"STATUS_CODE_UNSET": 2, "STATUS_CODE_ERROR": 1}
     assert sorted(p.proto.count for p in points(out, "duration")) == [1, 2]
+
+
+def test_excluding_a_name_that_is_not_a_default_dimension_is_ignored() -> None:
+    # Upstream: connector_test.go excludes [span.kind, span.name, totallyWrong]; the bogus name is
+    # no error and has no effect, only the two real defaults are dropped (reference notes §3 case 5).
+    config = {"exclude_dimensions": ["span.kind", "span.name", "totallyWrong"]}
+    spans = [make_span("a", kind=SERVER), make_span("b", kind=CLIENT)]
+    out = Pipeline(config).run(simple_request(*spans))
+    [calls] = points(out, "calls")
+    assert calls.value == 2
+    assert sorted(calls.attributes) == ["service.name", "status.code"]
+    assert "totallyWrong" not in calls.attributes
 
 
 @pytest.mark.parametrize("excluded", ["service.name", "span.name", "span.kind", "status.code"])
