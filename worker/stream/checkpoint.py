@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from state.protocol import FencedError, SeriesStore
+from state.protocol import FencedError, SeriesStore, StateBehindError
 from worker.model.series import TenantDeltas
 from worker.observability.selfmetrics import WorkerMetrics
 from worker.observability.stats import WorkerStats
@@ -94,7 +94,12 @@ class Checkpoint:
                     await self._merge(deltas, fences, pending, interrupt)
                 except FencedError as exc:
                     self.stats.fenced += 1
-                    self.log.warning("fenced: replaying from Redis", partition=exc.partition, reason=str(exc))
+                    self.log.warning(
+                        "Redis holds less than this worker saw applied; checking the state"
+                        if isinstance(exc, StateBehindError)
+                        else "fenced: another worker owns a partition; replaying from Redis",
+                        partition=exc.partition,
+                    )
                     try:
                         await self._reset_to_redis()
                     except BaseException:
