@@ -14,7 +14,7 @@ from worker.processors.base import PipelineStats, Processor
 from worker.processors.servicegraphs.processor import ServiceGraphsProcessor
 from worker.processors.spanmetrics.processor import SpanMetricsProcessor
 
-__all__ = ["Pipeline", "PipelineStats", "merge_deltas"]
+__all__ = ["Pipeline", "PipelineStats"]
 
 
 class Pipeline:

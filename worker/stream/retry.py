@@ -10,7 +10,6 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
-from state.protocol import FencedError
 from worker.model.errors import StateError
 from worker.stream.partitions import Partitions
 
@@ -50,9 +49,7 @@ async def with_redis_retry(
         attempts += 1
         try:
             result = await (step() if attempts == 1 else _unless(step(), interrupt))
-        except (RedisError, OSError) as exc:
-            if isinstance(exc, FencedError):
-                raise
+        except (RedisError, OSError) as exc:  # a FencedError (a StateError) passes through
             error = str(exc)
             now = time.monotonic()
             _check(interrupt, attempts, now - started, error, log)
