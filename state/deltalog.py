@@ -24,8 +24,10 @@ class PackedTenant:
     """One tenant's share of a flush, in the stored layout."""
 
     tenant: str
-    #: (resource id, packed attributes), stored when the resource is first seen.
-    resources: list[tuple[str, bytes]] = field(default_factory=list)
+    #: (resource id, packed attributes, last seen in µs: the latest ``last_ns`` of its series
+    #: here, 0 if none). The attributes are stored when the resource is first seen; the
+    #: resource's last-seen time is raised to this one (``metrics_expiration``).
+    resources: list[tuple[str, bytes, int]] = field(default_factory=list)
     #: (slot, log entry) in slot order: the entry is the slot's rows packed one after the other.
     entries: list[tuple[int, memoryview]] = field(default_factory=list)
 
@@ -66,7 +68,10 @@ class LogPacker:
         packed = []
         for tenant, tenant_deltas in deltas.items():
             packers: dict[int, msgpack.Packer] = {}
+            seen: dict[str, int] = {}
             for series in tenant_deltas.series:
+                if series.last_ns > seen.get(series.resource_id, 0):
+                    seen[series.resource_id] = series.last_ns
                 slot, digest, meta = self.constants(series)
                 packer = packers.get(slot)
                 if packer is None:
@@ -75,7 +80,10 @@ class LogPacker:
             packed.append(
                 PackedTenant(
                     tenant,
-                    [(rid, encode_attributes(a)) for rid, a in tenant_deltas.resources.items()],
+                    [
+                        (rid, encode_attributes(a), seen.get(rid, 0) // 1000)
+                        for rid, a in tenant_deltas.resources.items()
+                    ],
                     [(slot, packer.getbuffer()) for slot, packer in sorted(packers.items())],
                 )
             )

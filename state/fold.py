@@ -1,5 +1,6 @@
 """Folding a slot's delta log into its records (pure, no I/O): every change of one fold, and what
-is emitted. A log entry is rows ``[digest, record, flags]`` packed back to back (see state.codec)."""
+is emitted. A log entry is rows ``[digest, record, flags]`` packed back to back (see state.codec);
+a stored record has one more field than a row: ``zero_us`` (see :func:`zero_time_us`)."""
 
 from __future__ import annotations
 
@@ -24,12 +25,15 @@ __all__ = [
     "row",
     "series_slot",
     "slot_of",
+    "zero_time_us",
 ]
 
 #: Row flag: an overflow series' delta, created whatever the tenant's limit says.
 ROW_OVERFLOW = 1
 
-_META, _START, _LAST, _COUNT, _SUM, _BUCKETS, _EXP, _EXEMPLARS, _COMPANION = range(9)
+_META, _START, _LAST, _COUNT, _SUM, _BUCKETS, _EXP, _EXEMPLARS, _COMPANION, _ZERO = range(10)
+_MINUTE_US = 60_000_000
+_SECOND_US = 1_000_000
 _packb = msgpack.Packer(use_bin_type=True).pack
 #: Largest stored value (record or meta) a fold reads: far above any real one.
 _MAX_BLOB = 64 << 20
@@ -45,6 +49,15 @@ def series_slot(series_id: str, slots: int) -> int:
     series share a slot (one read of the slot sees both at one point in time)."""
     _, _, without_metric = series_id.partition("\x1e")
     return slot_of(series_digest(without_metric), slots)
+
+
+def zero_time_us(start_us: int, now_us: int) -> int:
+    """When the zero point of a series first emitted at ``now_us`` goes: Tempo's
+    ``getEndOfLastMinuteMs`` (the end of the previous minute, so a downsampler keeping one sample
+    a minute keeps it), not before the series' start; 0 (no zero point) when that is not strictly
+    before ``now_us`` (a start not before the flush: another worker's clock ahead)."""
+    zero = max(start_us, now_us - now_us % _MINUTE_US - _SECOND_US)
+    return zero if zero < now_us else 0
 
 
 def overflow_series_id(metric: str, resource_id: str) -> str:
@@ -146,9 +159,14 @@ def _add(record: list[Any], delta: Sequence[Any], max_exemplars: int, exp_max_si
 
 
 def _reset(record: list[Any], delta_mode: bool, emitted_us: int) -> bool:
-    """Forget what the previous, confirmed emission published: its exemplars, and for DELTA its
-    values. Returns whether the record changed."""
+    """Forget what the previous, confirmed emission published: its exemplars, its zero point
+    (the series was in that publication: every held record is emitted at every fold but a
+    DELTA one at 0, which owes none), and for DELTA its values. Returns whether the record
+    changed."""
     changed = False
+    if record[_ZERO]:
+        record[_ZERO] = 0
+        changed = True
     if record[_EXEMPLARS]:
         record[_EXEMPLARS] = []
         changed = True
@@ -175,9 +193,12 @@ def _companion_name(raw: bytes) -> str | None:
 
 
 def _complete(record: list[Any]) -> list[Any]:
-    """A record of an earlier version gains the fields added since (no companion)."""
+    """A record (or row) of an earlier version gains the fields added since: no companion, and
+    no zero point owed (a stored one was emitted by that version already)."""
     if len(record) <= _COMPANION:
         record.append(b"")
+    if len(record) <= _ZERO:
+        record.append(0)
     return record
 
 
@@ -208,7 +229,7 @@ def _reader(*, raw: bool) -> Callable[[bytes], Any]:
 def _series(record: Sequence[Any], exp_max_size: int, read_meta: Callable[[bytes], Any]) -> Series:
     """The series to emit (hot: positional arguments; integral doubles written by earlier Lua
     scripts become ints, as the encoder's fixed-width fields need)."""
-    meta, start, last, count, total, buckets, exp, exemplars, companion = record
+    meta, start, last, count, total, buckets, exp, exemplars, companion, zero = record[:10]
     metric, resource_id, attributes, parts = meta_fields(read_meta(meta))
     return Series(
         "",
@@ -225,6 +246,7 @@ def _series(record: Sequence[Any], exp_max_size: int, read_meta: Callable[[bytes
         [(bytes(t), bytes(s), float(v), int(ts) * 1000) for t, s, v, ts in exemplars] if exemplars else [],
         parts,
         _companion_name(companion),
+        (zero if type(zero) is int else int(zero)) * 1000,
     )
 
 
@@ -275,9 +297,10 @@ def _drop_superseded_counters(plan: FoldPlan, held: Mapping[bytes, bytes]) -> No
     if not superseded:
         return
     plan.updates = [(digest, record) for digest, record in plan.updates if digest not in superseded]
+    expiring = set(plan.expired)
     for digest in sorted(superseded):
-        if digest not in held:
-            continue  # a row only: it is not created
+        if digest not in held or digest in expiring:
+            continue  # a row only: it is not created; or it expires anyway
         plan.expired.append(digest)
         plan.held_change -= 1
     kept = [index for index, digest in enumerate(plan.live_digests) if digest not in superseded]
@@ -304,9 +327,18 @@ def fold_log(
     delta_mode: bool,
     expire_before_us: int = 0,
     reset_emitted_us: int | None = None,
+    now_us: int = 0,
+    resource_expire_before_us: int = 0,
+    resource_seen_us: Mapping[str, int] | None = None,
 ) -> FoldPlan:
     """Fold ``log`` (entries of packed rows) into the slot's ``stored`` records.
-    ``reset_emitted_us``: this owner's previous, confirmed emission of the slot (None: none)."""
+    ``reset_emitted_us``: this owner's previous, confirmed emission of the slot (None: none).
+    ``now_us``: the emission's time; a new CUMULATIVE series owes a zero point (0: none).
+    ``expire_before_us``: a held series without rows last seen before it is dropped (series
+    expiration). ``resource_expire_before_us``: a held series without rows whose resource was
+    last seen before it (``resource_seen_us``, by resource id; a resource missing there counts
+    as last seen when the series was) is emitted one last time and dropped (metrics
+    expiration)."""
     plan = FoldPlan()
     # Every row of one series adds up into one delta before it meets the record.
     deltas: dict[bytes, tuple[list[Any], int]] = {}
@@ -324,6 +356,7 @@ def fold_log(
     # the weight is only looked at where it can change (a row's companion differs).
     read_record, read_meta = _reader(raw=True), _reader(raw=False)
     packb, series_of, updates = _packb, _series, plan.updates
+    resource_seen = resource_seen_us or {}
     for digest, blob in stored.items():
         digest = bytes(digest)
         pending = deltas.pop(digest, None)
@@ -342,6 +375,22 @@ def fold_log(
             plan.expired.append(digest)
             plan.held_change -= _weight(record)
             continue
+        elif resource_expire_before_us:
+            series = series_of(record, exp_max_size, read_meta)
+            # A resource's last-seen time is at least each of its series' (merges write both).
+            seen = resource_seen.get(series.resource_id, 0)
+            if max(seen, record[_LAST]) < resource_expire_before_us:
+                # Exported one last time, then dropped, as the connector does with a stale resource.
+                if not (delta_mode and record[_COUNT] == 0):
+                    _emit(plan, digest, series)
+                plan.expired.append(digest)
+                plan.held_change -= _weight(record)
+                continue
+            if changed:
+                updates.append((digest, packb(record)))
+            if not (delta_mode and record[_COUNT] == 0):
+                _emit(plan, digest, series)
+            continue
         if changed:
             updates.append((digest, packb(record)))
         if not (delta_mode and record[_COUNT] == 0):
@@ -351,6 +400,9 @@ def fold_log(
     overflows: dict[tuple[str, str], tuple[int, bytes, bytes]] = {}
     for digest, (record, flags) in deltas.items():
         _complete(record)
+        # A new series owes its zero point until a publication of it is confirmed, at the time
+        # pinned now: sent again, it is the same sample (see docs/internals.md).
+        record[_ZERO] = zero_time_us(int(record[_START]), now_us) if now_us and not delta_mode else 0
         if len(record[_EXEMPLARS]) > max_exemplars:
             record[_EXEMPLARS] = record[_EXEMPLARS][:max_exemplars]
         series = _series(record, exp_max_size, read_meta)
@@ -362,7 +414,7 @@ def fold_log(
                     series.metric, series.resource_id, slots, plan.overflow_slots
                 )
             target = overflow[0]
-            overflow_row = pack_row(overflow[1], [overflow[2], *record[1:]], ROW_OVERFLOW)
+            overflow_row = pack_row(overflow[1], [overflow[2], *record[1:_ZERO]], ROW_OVERFLOW)
         live_index = -1 if delta_mode and record[_COUNT] == 0 else _emit(plan, digest, series)
         plan.created.append(
             NewSeries(digest, _packb(record), target, overflow_row, live_index, _weight(record))

@@ -83,6 +83,10 @@ class KeySpace:
         """hash: resource id -> msgpack resource attributes."""
         return f"{self.prefix}:t:{escaped_tenant}:r"
 
+    def resource_seen(self, escaped_tenant: str) -> str:
+        """hash: resource id -> when a span of it was last seen (µs), raised by merges."""
+        return f"{self.prefix}:t:{escaped_tenant}:seen"
+
     def slot(self, escaped_tenant: str, slot: int) -> str:
         """hash: 16-byte series digest -> msgpack series record."""
         return f"{self.prefix}:t:{escaped_tenant}:s:{slot}"

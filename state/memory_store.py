@@ -39,9 +39,11 @@ class _Slot:
 
 @dataclass(slots=True)
 class _Tenant:
-    """``P:t:<T>:r`` and ``P:t:<T>:n``, and the tenant's slots."""
+    """``P:t:<T>:r``, ``P:t:<T>:seen`` and ``P:t:<T>:n``, and the tenant's slots."""
 
     resources: dict[str, bytes] = field(default_factory=dict)
+    #: resource id -> last seen (µs).
+    seen: dict[str, int] = field(default_factory=dict)
     active: int = 0
     slots: dict[int, _Slot] = field(default_factory=dict)
 
@@ -149,8 +151,10 @@ class MemoryStore:
                 self._pending.pop(partition, None)
         for one in packed:
             tenant = self._tenants.setdefault(one.tenant, _Tenant())
-            for resource_id, blob in one.resources:
+            for resource_id, blob, seen in one.resources:
                 tenant.resources.setdefault(resource_id, blob)
+                if seen and tenant.seen.get(resource_id, -1) < seen:
+                    tenant.seen[resource_id] = seen
             for slot, entry in one.entries:
                 tenant.slot(slot).log.append(bytes(entry))
         return True
@@ -166,6 +170,23 @@ class MemoryStore:
     async def resources(self, tenant: str) -> dict[str, Attributes]:
         found = self._tenants.get(tenant, _Tenant())
         return {rid: decode_attributes(blob) for rid, blob in found.resources.items()}
+
+    async def resource_seen(self, tenant: str) -> dict[str, int]:
+        found = self._tenants.get(tenant)
+        return {} if found is None else {rid: seen * 1000 for rid, seen in found.seen.items()}
+
+    async def forget_resources(self, tenant: str, resource_ids: Iterable[str], before_ns: int) -> int:
+        """forget.lua: the named resources still last seen before ``before_ns`` leave the hash."""
+        found = self._tenants.get(tenant)
+        if found is None:
+            return 0
+        removed = 0
+        for rid in resource_ids:
+            seen = found.seen.get(rid)
+            if seen is not None and seen < before_ns // 1000:
+                del found.seen[rid]
+                removed += 1
+        return removed
 
     async def active_series(self, tenant: str) -> int:
         found = self._tenants.get(tenant)
@@ -184,6 +205,9 @@ class MemoryStore:
         expire_before_ns: int = 0,
         delta_mode: bool = False,
         reset_emitted_ns: int | None = None,
+        now_ns: int = 0,
+        resource_expire_before_ns: int = 0,
+        resource_seen_ns: Mapping[str, int] | None = None,
     ) -> FoldResult:
         """Fold the slot's log into its records and commit that as the slot's owner (``token``)."""
         state = self._tenants.get(tenant, _Tenant())  # (nothing to fold: left unregistered)
@@ -194,6 +218,9 @@ class MemoryStore:
             delta_mode=delta_mode,
             expire_before_us=expire_before_ns // 1000,
             reset_emitted_us=None if reset_emitted_ns is None else reset_emitted_ns // 1000,
+            now_us=now_ns // 1000,
+            resource_expire_before_us=resource_expire_before_ns // 1000,
+            resource_seen_us=_micros(resource_seen_ns),
         )
         if not (plan.updates or plan.created or plan.expired or stored.log):
             return FoldResult(committed=True, live=plan.live)
@@ -246,6 +273,9 @@ class MemoryStore:
         delta_mode: bool,
         expire_before_us: int = 0,
         reset_emitted_us: int | None = None,
+        now_us: int = 0,
+        resource_expire_before_us: int = 0,
+        resource_seen_us: Mapping[str, int] | None = None,
     ) -> FoldPlan:
         return fold_log(
             stored.records,
@@ -257,7 +287,14 @@ class MemoryStore:
             delta_mode=delta_mode,
             expire_before_us=expire_before_us,
             reset_emitted_us=reset_emitted_us,
+            now_us=now_us,
+            resource_expire_before_us=resource_expire_before_us,
+            resource_seen_us=resource_seen_us,
         )
+
+
+def _micros(seen_ns: Mapping[str, int] | None) -> dict[str, int] | None:
+    return None if seen_ns is None else {rid: seen // 1000 for rid, seen in seen_ns.items()}
 
 
 def _batch_id(

@@ -177,6 +177,14 @@ class SeriesStore(Protocol):
 
     async def active_series(self, tenant: str) -> int: ...
 
+    async def resource_seen(self, tenant: str) -> dict[str, int]:
+        """Resource id -> when a span of it was last seen (ns): the largest ``last_ns`` of its
+        series any merge carried (a missing resource: none since it was forgotten)."""
+
+    async def forget_resources(self, tenant: str, resource_ids: Iterable[str], before_ns: int) -> int:
+        """Remove the named resources from the last-seen times if still last seen before
+        ``before_ns`` (those ``metrics_expiration`` dropped); how many were removed."""
+
     async def fold_slot(
         self,
         tenant: str,
@@ -186,9 +194,16 @@ class SeriesStore(Protocol):
         expire_before_ns: int = 0,
         delta_mode: bool = False,
         reset_emitted_ns: int | None = None,
+        now_ns: int = 0,
+        resource_expire_before_ns: int = 0,
+        resource_seen_ns: Mapping[str, int] | None = None,
     ) -> FoldResult:
         """Fold the slot's log into its records and commit that as the slot's owner, if the slot
-        is still as read (a compare-and-set on its version); else not committed."""
+        is still as read (a compare-and-set on its version); else not committed. ``now_ns``:
+        the emission's time (new CUMULATIVE series owe a zero point; 0: none). Held series
+        without new rows expire when last seen before ``expire_before_ns`` (not emitted), or
+        when their resource was last seen (``resource_seen_ns``) before
+        ``resource_expire_before_ns`` (emitted one last time); 0: never."""
 
     async def read_slot(self, tenant: str, slot: int) -> list[StoredSeries]:
         """Every series of the slot with its cumulative value; read only."""

@@ -60,6 +60,7 @@ class RedisStateStore:
         self._merge = client.register_script(_script("merge.lua"))
         self._fold = client.register_script(_script("fold.lua"))
         self._generation = client.register_script(_script("generation.lua"))
+        self._forget = client.register_script(_script("forget.lua"))
         self.sequences = Sequences()
 
     # ------------------------------------------------------------------ ownership and offsets
@@ -153,7 +154,7 @@ class RedisStateStore:
             for slot, entry in packed.entries:
                 entries.append(entry)
                 logs.append([slot, len(entries) + 2])  # ARGV index (1-based, after header and sequence)
-            resource_rows = [[rid, blob] for rid, blob in packed.resources]
+            resource_rows = [[rid, blob, str(seen)] for rid, blob, seen in packed.resources]
             tenants.append([escape_tenant(packed.tenant), resource_rows, logs])
         header = msgpack.packb(
             [
@@ -203,6 +204,19 @@ class RedisStateStore:
         raw = await self.client.hgetall(self.keys.resources(escape_tenant(tenant)))
         return {_text(rid): decode_attributes(_bytes(blob)) for rid, blob in raw.items()}
 
+    async def resource_seen(self, tenant: str) -> dict[str, int]:
+        """Resource id -> when a span of it was last seen (ns), as merges raised it."""
+        raw = await self.client.hgetall(self.keys.resource_seen(escape_tenant(tenant)))
+        return {_text(rid): int(_text(seen)) * 1000 for rid, seen in raw.items()}
+
+    async def forget_resources(self, tenant: str, resource_ids: Iterable[str], before_ns: int) -> int:
+        """The named resources still last seen before ``before_ns`` leave the hash (forget.lua)."""
+        ids = list(resource_ids)
+        if not ids:
+            return 0
+        key = self.keys.resource_seen(escape_tenant(tenant))
+        return int(await self._forget(keys=[key], args=[str(before_ns // 1000), *ids]))
+
     async def active_series(self, tenant: str) -> int:
         value = await self.client.get(self.keys.active(escape_tenant(tenant)))
         return int(value or 0)
@@ -242,6 +256,9 @@ class RedisStateStore:
         expire_before_ns: int = 0,
         delta_mode: bool = False,
         reset_emitted_ns: int | None = None,
+        now_ns: int = 0,
+        resource_expire_before_ns: int = 0,
+        resource_seen_ns: Mapping[str, int] | None = None,
     ) -> FoldResult:
         """Fold the slot's log into its records and commit that (fold.lua) as the slot's owner
         (``token``) if the slot is still as read; not committed, and nothing to publish, when the
@@ -255,6 +272,11 @@ class RedisStateStore:
             delta_mode=delta_mode,
             expire_before_us=expire_before_ns // 1000,
             reset_emitted_us=None if reset_emitted_ns is None else reset_emitted_ns // 1000,
+            now_us=now_ns // 1000,
+            resource_expire_before_us=resource_expire_before_ns // 1000,
+            resource_seen_us=None
+            if resource_seen_ns is None
+            else {rid: seen // 1000 for rid, seen in resource_seen_ns.items()},
         )
         if not (plan.updates or plan.created or plan.expired or log):
             return FoldResult(committed=True, live=plan.live)

@@ -199,7 +199,12 @@ class SpanMetricsConfig(_Frozen):
     histogram: HistogramConfig = HistogramConfig()
     aggregation_temporality: Annotated[Temporality, BeforeValidator(_temporality)] = Temporality.CUMULATIVE
     metrics_flush_interval: Duration = Field(default=15.0, gt=0)
+    #: Per resource: once no span of a resource was seen for this long, its series are emitted
+    #: one last time and dropped (upstream PR #31106). 0: never.
     metrics_expiration: Duration = 0.0
+    #: Per series: a series that received no span for this long is dropped (upstream PR #48270,
+    #: issue #44187). 0: never. Both may be set; whichever drops a series first wins.
+    series_expiration: Duration = 0.0
     namespace: str = ""
     resource_metrics_key_attributes: tuple[str, ...] = ()
     resource_metrics_cache_size: int = Field(default=1000, ge=1)

@@ -112,12 +112,19 @@ class LocalWorker:
         descriptors: Mapping[str, MetricDescriptor],
         temporality: Temporality,
         *,
-        expiration_s: float = 0.0,
+        series_expiration_s: float = 0.0,
+        resource_expiration_s: float = 0.0,
         max_record_bytes: int = UNLIMITED_BYTES,
     ) -> None:
         self.store = store
         self.sink = MemorySink(dict(descriptors), temporality, max_record_bytes)
-        self.emitter = SlotEmitter(store, [self.sink], temporality=temporality, expiration_s=expiration_s)
+        self.emitter = SlotEmitter(
+            store,
+            [self.sink],
+            temporality=temporality,
+            series_expiration_s=series_expiration_s,
+            resource_expiration_s=resource_expiration_s,
+        )
         self.tokens = run_ready(store.claim(range(store.slots)))
         self._offset = 0
 
@@ -156,7 +163,8 @@ def process_documents(
         store,
         pipeline.descriptors(),
         spanmetrics.aggregation_temporality,
-        expiration_s=spanmetrics.metrics_expiration,
+        series_expiration_s=spanmetrics.series_expiration,
+        resource_expiration_s=spanmetrics.metrics_expiration,
     )
     tenant = tenant or settings.kafka.default_tenant
     spans = skipped = 0

@@ -10,7 +10,8 @@
 --     seen = the offset the writer saw applied ('-1': none): a partition holding less than that
 --     went back (a failover to a replica that was behind), and the step is refused
 --   tenants = {{escaped, resources, logs}, ...}
---     resources = {{resource_id, attributes_blob}, ...}
+--     resources = {{resource_id, attributes_blob, last_seen_us}, ...}  (last seen: a string,
+--       '0' for none; the resource's last-seen time is raised to it, a max: a replay is a no-op)
 --     logs      = {{slot, argv_index}, ...}  ARGV[argv_index] is the slot's log entry: packed rows
 --   pending = {{partition, blob}, ...}  service-graph half-edges as of these offsets ('' = none)
 -- ARGV[2] = the step's sequence number: strictly increasing per writer within a token's epoch,
@@ -77,6 +78,13 @@ for _, tenant in ipairs(tenants) do
   redis.call('SADD', prefix .. ':tenants', tenant[1])
   for _, resource in ipairs(tenant[2]) do
     redis.call('HSETNX', root .. ':r', resource[1], resource[2])
+    local seen = resource[3]
+    if seen and seen ~= '0' then
+      local current = redis.call('HGET', root .. ':seen', resource[1])
+      if current == false or tonumber(current) < tonumber(seen) then
+        redis.call('HSET', root .. ':seen', resource[1], seen)
+      end
+    end
   end
   for _, log in ipairs(tenant[3]) do
     redis.call('RPUSH', root .. ':d:' .. log[1], ARGV[log[2]])

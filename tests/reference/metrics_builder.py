@@ -71,6 +71,13 @@ def _encoded_attributes(field_number: int, attributes: Attributes) -> bytes:
     return b"".join(parts)
 
 
+def _zero_point(descriptor: MetricDescriptor, item: Series, temporality: int, now_ns: int) -> bool:
+    """Whether ``item``'s zero point goes before its counted point: a ``zero_init`` metric,
+    CUMULATIVE, a zero time strictly before the flush."""
+    cumulative = temporality == AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+    return descriptor.zero_init and cumulative and 0 < item.zero_ns < now_ns
+
+
 def _fill_metric(
     metric: Metric, descriptor: MetricDescriptor, series: list[Series], temporality: int, now_ns: int
 ) -> None:
@@ -84,17 +91,28 @@ def _fill_metric(
         metric.sum.is_monotonic = True
         points = metric.sum.data_points
         for item in series:
+            if _zero_point(descriptor, item, temporality, now_ns):
+                zero = points.add(start_time_unix_nano=item.start_ns, time_unix_nano=item.zero_ns, as_int=0)
+                zero.MergeFromString(_encoded_attributes(_NUMBER_ATTRIBUTES, item.attributes))
             point = points.add(start_time_unix_nano=item.start_ns, time_unix_nano=now_ns, as_int=item.count)
             point.MergeFromString(_encoded_attributes(_NUMBER_ATTRIBUTES, item.attributes))
-            for trace_id, span_id, value, time_ns in item.exemplars:
+            for trace_id, span_id, value, _ in item.exemplars:
                 point.exemplars.add(
-                    trace_id=trace_id, span_id=span_id, as_double=value, time_unix_nano=time_ns
+                    trace_id=trace_id, span_id=span_id, as_double=value, time_unix_nano=now_ns
                 )
     elif descriptor.kind is MetricKind.HISTOGRAM:
         metric.histogram.aggregation_temporality = temporality  # type: ignore[assignment]
         histogram_points = metric.histogram.data_points
         bounds = list(descriptor.bounds)
         for item in series:
+            if _zero_point(descriptor, item, temporality, now_ns):
+                zero = histogram_points.add(
+                    start_time_unix_nano=item.start_ns,
+                    time_unix_nano=item.zero_ns,
+                    bucket_counts=[0] * len(item.buckets or [0] * (len(bounds) + 1)),
+                    explicit_bounds=bounds,
+                )
+                zero.MergeFromString(_encoded_attributes(_HISTOGRAM_ATTRIBUTES, item.attributes))
             histogram_point = histogram_points.add(
                 start_time_unix_nano=item.start_ns,
                 time_unix_nano=now_ns,
@@ -104,14 +122,20 @@ def _fill_metric(
                 explicit_bounds=bounds,
             )
             histogram_point.MergeFromString(_encoded_attributes(_HISTOGRAM_ATTRIBUTES, item.attributes))
-            for trace_id, span_id, value, time_ns in item.exemplars:
+            for trace_id, span_id, value, _ in item.exemplars:
                 histogram_point.exemplars.add(
-                    trace_id=trace_id, span_id=span_id, as_double=value, time_unix_nano=time_ns
+                    trace_id=trace_id, span_id=span_id, as_double=value, time_unix_nano=now_ns
                 )
     else:
         metric.exponential_histogram.aggregation_temporality = temporality  # type: ignore[assignment]
         exp_points = metric.exponential_histogram.data_points
         for item in series:
+            if _zero_point(descriptor, item, temporality, now_ns):
+                zero_exp = exp_points.add(start_time_unix_nano=item.start_ns, time_unix_nano=item.zero_ns)
+                if item.exp is not None:
+                    zero_exp.scale = item.exp.scale
+                    zero_exp.positive.SetInParent()
+                zero_exp.MergeFromString(_encoded_attributes(_EXPONENTIAL_ATTRIBUTES, item.attributes))
             exp_point = exp_points.add(
                 start_time_unix_nano=item.start_ns, time_unix_nano=now_ns, count=item.count, sum=item.sum
             )
@@ -125,9 +149,9 @@ def _fill_metric(
                     exp_point.min = exp.min
                     exp_point.max = exp.max
             exp_point.MergeFromString(_encoded_attributes(_EXPONENTIAL_ATTRIBUTES, item.attributes))
-            for trace_id, span_id, value, time_ns in item.exemplars:
+            for trace_id, span_id, value, _ in item.exemplars:
                 exp_point.exemplars.add(
-                    trace_id=trace_id, span_id=span_id, as_double=value, time_unix_nano=time_ns
+                    trace_id=trace_id, span_id=span_id, as_double=value, time_unix_nano=now_ns
                 )
 
 

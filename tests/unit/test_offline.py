@@ -54,6 +54,35 @@ def without_timestamps(document: Any) -> Any:
     return document
 
 
+_MINUTE_NS = 60 * 10**9
+
+
+def without_zero_points(document: Any) -> tuple[Any, list[dict[str, Any]]]:
+    """The document without its zero-initialisation points, and those points, each checked: a
+    sum point of value 0 right before the point of the same series (same attributes and start),
+    at max(start, the end of the minute before the flush) (Tempo's getEndOfLastMinuteMs)."""
+    zeros: list[dict[str, Any]] = []
+    for resource_metrics in document.get("resourceMetrics", []):
+        for scope_metrics in resource_metrics["scopeMetrics"]:
+            for metric in scope_metrics["metrics"]:
+                if "sum" not in metric:
+                    continue
+                kept = []
+                data_points = metric["sum"]["dataPoints"]
+                for index, point in enumerate(data_points):
+                    following = data_points[index + 1] if index + 1 < len(data_points) else None
+                    if following is not None and following["attributes"] == point["attributes"]:
+                        start, now = int(point["startTimeUnixNano"]), int(following["timeUnixNano"])
+                        assert int(point["asInt"]) == 0 and "exemplars" not in point
+                        assert point["startTimeUnixNano"] == following["startTimeUnixNano"]
+                        assert int(point["timeUnixNano"]) == max(start, now - now % _MINUTE_NS - 10**9) < now
+                        zeros.append(point)
+                    else:
+                        kept.append(point)
+                metric["sum"]["dataPoints"] = kept
+    return document, zeros
+
+
 def run_cli(*args: str, input: bytes | str | None = None) -> Result:
     return CliRunner().invoke(cli, ["process", *args], input=input)
 
@@ -128,7 +157,11 @@ def test_documented_output_exactly_without_the_histogram(example: str) -> None:
 def test_documented_output_through_the_cli(example: str, no_histogram_config: Path) -> None:
     result = run_cli("--config", str(no_histogram_config), str(DOCS / f"{example}_input.json"))
     assert result.exit_code == 0, result.output
-    produced = json.loads(result.stdout)
+    # The documented output predates zero-initialisation (connector PR #39052): each new calls
+    # series now also shows its 0 point first, in the same output (Tempo's way), then the
+    # documented point.
+    produced, zeros = without_zero_points(json.loads(result.stdout))
+    assert len(zeros) == (1 if example == "same_resource" else 2)
     documented = json.loads((DOCS / f"{example}_output.json").read_text(encoding="utf-8"))
     assert without_timestamps(produced) == without_timestamps(documented)
     assert result.stderr == ""
@@ -170,9 +203,10 @@ def test_json_lines_with_several_documents(tmp_path: Path) -> None:
 def test_stdin_dash() -> None:
     result = run_cli("-", input=_jsonl(simple_request(make_span()), simple_request(make_span())))
     assert result.exit_code == 0, result.output
-    assert int(json.loads(result.stdout)["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["sum"][
+    data_points = json.loads(result.stdout)["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["sum"][
         "dataPoints"
-    ][0]["asInt"]) == 2  # fmt: skip
+    ]
+    assert [int(p["asInt"]) for p in data_points] == [0, 2]  # the new series' zero point, then its count
 
 
 def test_stdin_without_arguments() -> None:
@@ -188,7 +222,8 @@ def test_protobuf_input(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     data_points = document["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["sum"]["dataPoints"]
-    assert sorted(int(p["asInt"]) for p in data_points) == [1, 2]
+    assert [int(p["asInt"]) for p in data_points[::2]] == [0, 0]  # each series' zero point first
+    assert sorted(int(p["asInt"]) for p in data_points[1::2]) == [1, 2]
 
 
 def test_explicit_protobuf_format(tmp_path: Path) -> None:
@@ -204,12 +239,10 @@ def test_several_files_are_one_interval(tmp_path: Path) -> None:
     second.write_bytes(simple_request(make_span()).SerializeToString())
     result = run_cli(str(first), str(second))
     assert result.exit_code == 0, result.output
-    assert (
-        json.loads(result.stdout)["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["sum"]["dataPoints"][
-            0
-        ]["asInt"]
-        == "2"
-    )
+    data_points = json.loads(result.stdout)["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["sum"][
+        "dataPoints"
+    ]
+    assert [p["asInt"] for p in data_points] == ["0", "2"]
 
 
 def test_empty_input_gives_an_empty_request() -> None:
@@ -409,3 +442,23 @@ def test_a_metrics_request_is_refused_as_the_worker_refuses_it(tmp_path: Path) -
     path.write_bytes(metrics.SerializeToString())
     with pytest.raises(OtlpDecodeError, match=r"metrics\.pb: span 0 of resource 0: trace_id"):
         list(read_documents("metrics.pb", path.read_bytes(), "otlp_proto"))
+
+
+def test_process_shows_the_zero_point_then_the_counted_value(tmp_path: Path) -> None:
+    """Tempo's initial zero sample (modules/generator/registry/counter_test.go Test_counter: 0 at
+    getEndOfLastMinuteMs, then the value, in one collection), for the connector's zero-initialised
+    counters (connector_test.go, #38537 / PR #39052: calls and events, not the histogram)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "spanmetrics:\n  events:\n    enabled: true\n    dimensions: [{name: exception.type}]\n",
+        encoding="utf-8",
+    )
+    span = make_span("a", events=[{"exception.type": "E"}])
+    result = run_cli("--config", str(config), "-", input=_jsonl(simple_request(span, span)))
+    assert result.exit_code == 0, result.output
+    document, zeros = without_zero_points(json.loads(result.stdout))
+    metrics = {m["name"]: m for m in document["resourceMetrics"][0]["scopeMetrics"][0]["metrics"]}
+    assert len(zeros) == 2  # calls and events
+    assert [p["asInt"] for p in metrics["calls"]["sum"]["dataPoints"]] == ["2"]
+    assert [p["asInt"] for p in metrics["events"]["sum"]["dataPoints"]] == ["2"]
+    assert [p["count"] for p in metrics["duration"]["histogram"]["dataPoints"]] == ["2"]  # no zero point

@@ -69,6 +69,9 @@ class MetricDescriptor:
     scope: str = "spanmetricsconnector"
     #: Position within its scope, so output order is stable (calls, duration, events).
     order: int = 0
+    #: CUMULATIVE only: a series' first emission writes a point of value 0 before its counted
+    #: point (see :attr:`Series.zero_ns`), so that ``rate()`` sees the first increment.
+    zero_init: bool = False
 
 
 @dataclass(slots=True)
@@ -101,6 +104,11 @@ class Series:
     #: memory); the counter is written out where metrics are emitted (by the OTLP encoder, or
     #: as a Series of its own by :func:`with_companions`).
     companion: str | None = None
+    #: When the series has not been in a confirmed publication yet (CUMULATIVE): the time of
+    #: the zero point written before its counted point, for metrics whose descriptor says
+    #: ``zero_init``; 0 for none. Set by the fold (state.fold), pinned at the series' first
+    #: emission.
+    zero_ns: int = 0
 
     @property
     def digest(self) -> bytes:
@@ -121,6 +129,7 @@ class Series:
             exemplars=list(self.exemplars),
             attribute_parts=self.attribute_parts,
             companion=self.companion,
+            zero_ns=self.zero_ns,
         )
 
 
@@ -188,6 +197,8 @@ def companion_series(series: Series) -> Series:
         None,
         series.exemplars,
         series.attribute_parts,
+        None,
+        series.zero_ns,
     )
 
 

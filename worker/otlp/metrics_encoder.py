@@ -174,12 +174,14 @@ def clear_caches() -> None:
 # ---------------------------------------------------------------------------------- data points
 
 
-def _exemplars(tag: bytes, exemplars: list[Exemplar]) -> bytes:
-    """``exemplars`` fields: Exemplar{time_unix_nano=2 fixed64, as_double=3, span_id=4, trace_id=5}."""
+def _exemplars(tag: bytes, exemplars: list[Exemplar], time_field: bytes) -> bytes:
+    """``exemplars`` fields: Exemplar{time_unix_nano=2 fixed64, as_double=3, span_id=4, trace_id=5}.
+    Every exemplar is stamped with the flush time (``time_field``), as the connector stamps them
+    (connector.go: exemplars get the timestamp of the metrics they are built with), not the
+    span's end time the stored exemplar keeps."""
     out = []
-    for trace_id, span_id, value, time_ns in exemplars:
-        body = b"\x11" + _pack_uint64(time_ns) if time_ns else b""
-        body += b"\x19" + _pack_double(value)
+    for trace_id, span_id, value, _ in exemplars:
+        body = time_field + b"\x19" + _pack_double(value)
         if span_id:
             body += _message(b"\x22", span_id)
         if trace_id:
@@ -211,19 +213,27 @@ _SUM_HEAD = struct.Struct("<BQBQBq")  # start_time (2), time (3), as_int (6)
 PointEncoder = Callable[[Series], bytes]
 
 
-def _sum_encoder(now_ns: int, cache: dict[int, tuple[Attributes, bytes]]) -> PointEncoder:
-    """NumberDataPoint{start=2, time=3, exemplars=5, as_int=6, attributes=7}, as a data_points entry."""
+def _sum_encoder(now_ns: int, cache: dict[int, tuple[Attributes, bytes]], zero_before: int) -> PointEncoder:
+    """NumberDataPoint{start=2, time=3, exemplars=5, as_int=6, attributes=7}, as a data_points
+    entry; preceded by the series' zero point (see :func:`_writes_zero`)."""
     head = _SUM_HEAD.pack
     prefixes = _FIELD1_PREFIXES
     point_attributes = _point_attributes
     time_field = b"\x19" + _pack_uint64(now_ns) if now_ns else b""
+    exemplar_time = b"\x11" + _pack_uint64(now_ns) if now_ns else b""
+    zero_value = b"\x31" + _pack_int64(0)
+
+    def zero(item: Series, attributes: bytes) -> bytes:
+        start = item.start_ns
+        body = b"\x11" + _pack_uint64(start) if start else b""
+        return _field1(body + b"\x19" + _pack_uint64(item.zero_ns) + zero_value + attributes)
 
     def general(item: Series, attributes: bytes) -> bytes:
         start = item.start_ns
         body = b"\x11" + _pack_uint64(start) if start else b""
         body += time_field
         if item.exemplars:
-            body += _exemplars(b"\x2a", item.exemplars)
+            body += _exemplars(b"\x2a", item.exemplars, exemplar_time)
         return _field1(body + b"\x31" + _pack_int64(item.count) + attributes)
 
     def encode(item: Series) -> bytes:
@@ -232,22 +242,27 @@ def _sum_encoder(now_ns: int, cache: dict[int, tuple[Attributes, bytes]]) -> Poi
         if start and now_ns and not item.exemplars:
             size = 27 + len(blob)
             if size < 16384:
-                return b"".join((prefixes[size], head(0x11, start, 0x19, now_ns, 0x31, item.count), blob))
-        return general(item, blob)
+                point = b"".join((prefixes[size], head(0x11, start, 0x19, now_ns, 0x31, item.count), blob))
+                return zero(item, blob) + point if 0 < item.zero_ns < zero_before else point
+        point = general(item, blob)
+        return zero(item, blob) + point if 0 < item.zero_ns < zero_before else point
 
     return encode
 
 
 def _histogram_encoder(
-    now_ns: int, bounds: tuple[float, ...], cache: dict[int, tuple[Attributes, bytes]]
+    now_ns: int, bounds: tuple[float, ...], cache: dict[int, tuple[Attributes, bytes]], zero_before: int
 ) -> PointEncoder:
     """HistogramDataPoint{start=2, time=3, count=4, sum=5, bucket_counts=6, explicit_bounds=7,
-    exemplars=8, attributes=9}, as a data_points entry."""
+    exemplars=8, attributes=9}, as a data_points entry; preceded by the series' zero point (see
+    :func:`_writes_zero`): no count, no sum (Tempo writes no ``_sum`` zero sample), every bucket
+    0, the same bounds."""
     bounds_field = _explicit_bounds(bounds)
     prefixes = _FIELD1_PREFIXES
     point_attributes = _point_attributes
     empty_buckets = [0] * (len(bounds) + 1)
     time_field = b"\x19" + _pack_uint64(now_ns) if now_ns else b""
+    exemplar_time = b"\x11" + _pack_uint64(now_ns) if now_ns else b""
     #: number of buckets -> (packer of the counts, their field's tag and length)
     layouts: dict[int, tuple[Callable[..., bytes], bytes]] = {}
 
@@ -271,7 +286,14 @@ def _histogram_encoder(
         body += b"\x29" + _pack_double(item.sum)
         body += buckets_field(item.buckets or empty_buckets) + bounds_field
         if item.exemplars:
-            body += _exemplars(b"\x42", item.exemplars)
+            body += _exemplars(b"\x42", item.exemplars, exemplar_time)
+        return _field1(body + attributes)
+
+    def zero(item: Series, attributes: bytes) -> bytes:
+        start = item.start_ns
+        body = b"\x11" + _pack_uint64(start) if start else b""
+        body += b"\x19" + _pack_uint64(item.zero_ns)
+        body += buckets_field([0] * len(item.buckets or empty_buckets)) + bounds_field
         return _field1(body + attributes)
 
     # The common layout (as many counts as the bounds call for) in one struct: the fixed fields,
@@ -287,10 +309,11 @@ def _histogram_encoder(
         start = item.start_ns
         count = item.count
         buckets = item.buckets
+        first = zero(item, blob) if 0 < item.zero_ns < zero_before else b""
         if start and now_ns and count and buckets and len(buckets) == size and not item.exemplars:
             length = fixed_size + len(blob)
             if length < 16384:
-                return b"".join(
+                return first + b"".join(
                     (
                         prefixes[length],
                         pack(
@@ -309,7 +332,7 @@ def _histogram_encoder(
                         blob,
                     )
                 )
-        return general(item, blob)
+        return first + general(item, blob)
 
     return encode
 
@@ -320,14 +343,32 @@ def _packed_uint64(values: list[int]) -> bytes:
     return b"".join(varint(value) for value in values)
 
 
-def _exponential_encoder(now_ns: int, cache: dict[int, tuple[Attributes, bytes]]) -> PointEncoder:
+def _exponential_encoder(
+    now_ns: int, cache: dict[int, tuple[Attributes, bytes]], zero_before: int
+) -> PointEncoder:
     """ExponentialHistogramDataPoint{attributes=1, start=2, time=3, count=4, sum=5, scale=6
     (sint32), zero_count=7, positive=8 (Buckets{offset=1 sint32, bucket_counts=2 packed}),
-    exemplars=11, min=12, max=13}, as a data_points entry."""
+    exemplars=11, min=12, max=13}, as a data_points entry; preceded by the series' zero point
+    (see :func:`_writes_zero`): an empty histogram of the same scale, without sum."""
     time_field = b"\x19" + _pack_uint64(now_ns) if now_ns else b""
+    exemplar_time = b"\x11" + _pack_uint64(now_ns) if now_ns else b""
+
+    def zero(item: Series, attributes: bytes) -> bytes:
+        body = attributes
+        if item.start_ns:
+            body += b"\x11" + _pack_uint64(item.start_ns)
+        body += b"\x19" + _pack_uint64(item.zero_ns)
+        exp = item.exp
+        if exp is not None:
+            if exp.scale:
+                body += b"\x30" + varint(_zigzag32(exp.scale))
+            body += b"\x42\x00"
+        return _field1(body)
 
     def encode(item: Series) -> bytes:
-        body = _point_attributes(b"\x0a", item, cache)
+        attributes = _point_attributes(b"\x0a", item, cache)
+        first = zero(item, attributes) if 0 < item.zero_ns < zero_before else b""
+        body = attributes
         if item.start_ns:
             body += b"\x11" + _pack_uint64(item.start_ns)
         body += time_field
@@ -345,10 +386,10 @@ def _exponential_encoder(now_ns: int, cache: dict[int, tuple[Attributes, bytes]]
                 positive += _message(b"\x12", _packed_uint64(exp.counts))
             body += _message(b"\x42", positive)
         if item.exemplars:
-            body += _exemplars(b"\x5a", item.exemplars)
+            body += _exemplars(b"\x5a", item.exemplars, exemplar_time)
         if exp is not None and exp.min is not None and exp.max is not None:
             body += b"\x61" + _pack_double(exp.min) + b"\x69" + _pack_double(exp.max)
-        return _field1(body)
+        return first + _field1(body)
 
     return encode
 
@@ -397,6 +438,12 @@ class _Plan:
     data_tag: bytes
     trailer: bytes
     encode: PointEncoder
+    #: Zero points are written for series whose ``zero_ns`` is below this (0: none).
+    zero_before: int = 0
+
+    def points(self, item: Series) -> int:
+        """Data points written for ``item``: 2 when its zero point goes first."""
+        return 2 if 0 < item.zero_ns < self.zero_before else 1
 
 
 def _plans(
@@ -410,16 +457,31 @@ def _plans(
     plans = {}
     for name, descriptor in descriptors.items():
         header, data_tag, trailer = _metric_parts(descriptor, temporality)
+        zero_before = _writes_zero(descriptor, temporality, now_ns)
         if descriptor.kind is MetricKind.SUM:
-            encode = _sum_encoder(now_ns, cache(b"\x3a"))
+            encode = _sum_encoder(now_ns, cache(b"\x3a"), zero_before)
         elif descriptor.kind is MetricKind.HISTOGRAM:
-            encode = _histogram_encoder(now_ns, tuple(descriptor.bounds), cache(b"\x4a"))
+            encode = _histogram_encoder(now_ns, tuple(descriptor.bounds), cache(b"\x4a"), zero_before)
         else:
-            encode = _exponential_encoder(now_ns, cache(b"\x0a"))
+            encode = _exponential_encoder(now_ns, cache(b"\x0a"), zero_before)
         plans[name] = _Plan(
-            (descriptor.scope, descriptor.order, name), descriptor.scope, header, data_tag, trailer, encode
+            (descriptor.scope, descriptor.order, name),
+            descriptor.scope,
+            header,
+            data_tag,
+            trailer,
+            encode,
+            zero_before,
         )
     return plans
+
+
+def _writes_zero(descriptor: MetricDescriptor, temporality: int, now_ns: int) -> int:
+    """Below which ``zero_ns`` a series of this metric gets its zero point first: only for a
+    ``zero_init`` metric, only CUMULATIVE (the connector's #40139/#40148: none for DELTA), and
+    only strictly before the counted point (a skewed clock of another owner could put it after)."""
+    cumulative = temporality == _AGGREGATION_TEMPORALITY[Temporality.CUMULATIVE]
+    return now_ns if descriptor.zero_init and cumulative else 0
 
 
 def _resource_metrics(resource: bytes, by_metric: dict[str, list[bytes]], plans: dict[str, _Plan]) -> bytes:
@@ -524,13 +586,17 @@ class _Resource:
 
     names: list[str] = field(default_factory=list)
     by_metric: dict[str, list[bytes]] = field(default_factory=dict)
+    #: Data points of each series in arrival order (2 with a zero point, 0 when not described).
+    weights: list[int] = field(default_factory=list)
 
     def add(self, name: str, plan: _Plan | None, item: Series) -> None:
         """Encode ``item`` as a data point of metric ``name`` (``plan`` None: not described,
-        skipped)."""
+        skipped); a zero point stays in one entry with the point it precedes."""
         self.names.append(name)
         if plan is None:
+            self.weights.append(0)
             return
+        self.weights.append(plan.points(item))
         point = plan.encode(item)
         points = self.by_metric.get(name)
         if points is None:
@@ -540,7 +606,7 @@ class _Resource:
 
     def known(self) -> int:
         """Data points of described metrics."""
-        return sum(len(points) for points in self.by_metric.values())
+        return sum(self.weights)
 
     def in_arrival_order(self) -> list[bytes | None]:
         """Every series' data point in arrival order (None for metrics not described): the
@@ -570,7 +636,7 @@ def _resource_pieces(
             point = points[index]
             if point is None:
                 continue
-            carried += 1
+            carried += group.weights[index]
             name = metrics[index]
             same = grouped.get(name)
             if same is None:

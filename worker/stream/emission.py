@@ -31,11 +31,18 @@ class Emission:
         log: Any,
         *,
         temporality: Temporality,
-        expiration_s: float,
+        series_expiration_s: float,
+        resource_expiration_s: float,
         recheck_after: float,
     ) -> None:
         self.store = store
-        self.slots = SlotEmitter(store, sinks, temporality=temporality, expiration_s=expiration_s)
+        self.slots = SlotEmitter(
+            store,
+            sinks,
+            temporality=temporality,
+            series_expiration_s=series_expiration_s,
+            resource_expiration_s=resource_expiration_s,
+        )
         self.shared = shared
         self.stats = stats
         self.log = log

@@ -48,12 +48,23 @@ class SlotEmitter:
     """Folds and publishes slots: each owned slot once per call, through every sink."""
 
     def __init__(
-        self, store: SeriesStore, sinks: Sequence[Sink], *, temporality: Temporality, expiration_s: float
+        self,
+        store: SeriesStore,
+        sinks: Sequence[Sink],
+        *,
+        temporality: Temporality,
+        series_expiration_s: float = 0.0,
+        resource_expiration_s: float = 0.0,
     ) -> None:
+        """``series_expiration_s``: a series idle that long is dropped (the connector's
+        ``series_expiration``, Tempo's ``registry.stale_duration``); ``resource_expiration_s``:
+        once no span of a resource was seen for that long, its series are emitted one last time
+        and dropped (the connector's ``metrics_expiration``). 0: never."""
         self.store = store
         self.sinks = list(sinks)
         self.temporality = temporality
-        self.expiration_ns = int(expiration_s * 1e9)
+        self.series_expiration_ns = int(series_expiration_s * 1e9)
+        self.resource_expiration_ns = int(resource_expiration_s * 1e9)
         self._resources: dict[str, dict[str, Attributes]] = {}
         #: (tenant, slot) -> (token, time) of this worker's last successful publication of the
         #: slot: the next fold may forget what that publication carried (exemplars; DELTA values).
@@ -75,12 +86,15 @@ class SlotEmitter:
         self._published = {key: value for key, value in self._published.items() if key[1] in tokens}
         if not tokens:
             return report
-        expire_before = now_ns - self.expiration_ns if self.expiration_ns else 0
+        expire_before = now_ns - self.series_expiration_ns if self.series_expiration_ns else 0
+        resource_before = now_ns - self.resource_expiration_ns if self.resource_expiration_ns else 0
         delta = self.temporality is Temporality.DELTA
         # One slot's records are delivered while the next slot is folded and encoded: at most
         # two slots' records are held at a time.
         in_flight: _InFlight | None = None
         for tenant in await self.store.tenants():
+            # Read once per tenant: the series of one resource are spread over every slot.
+            seen = await self.store.resource_seen(tenant) if resource_before else None
             for slot in sorted(tokens):
                 if slot in report.skipped:
                     continue
@@ -94,6 +108,9 @@ class SlotEmitter:
                     expire_before_ns=expire_before,
                     delta_mode=delta,
                     reset_emitted_ns=previous[1] if previous is not None and previous[0] == token else None,
+                    now_ns=now_ns,
+                    resource_expire_before_ns=resource_before,
+                    resource_seen_ns=seen,
                 )
                 report.fold_seconds += time.perf_counter() - started
                 if not fold.committed:
@@ -114,6 +131,9 @@ class SlotEmitter:
                 if in_flight is not None:
                     await self._confirm(in_flight, now_ns, report)
                 in_flight = _InFlight((tenant, slot), token, deliveries, fold.emitted)
+            if seen:
+                stale = [rid for rid, last in seen.items() if last < resource_before]
+                await self.store.forget_resources(tenant, stale, resource_before)
         if in_flight is not None:
             await self._confirm(in_flight, now_ns, report)
         return report

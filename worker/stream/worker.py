@@ -182,7 +182,8 @@ class StreamWorker:
             self.stats,
             self.log,
             temporality=spanmetrics.aggregation_temporality,
-            expiration_s=spanmetrics.metrics_expiration,
+            series_expiration_s=spanmetrics.series_expiration,
+            resource_expiration_s=spanmetrics.metrics_expiration,
             recheck_after=settings.kafka.heartbeat_interval,
         )
         await store.check_layout()

@@ -51,6 +51,11 @@ ALL_DESCRIPTORS = {
     GRAPH_TOTAL.name: GRAPH_TOTAL,
     GRAPH_SECONDS.name: GRAPH_SECONDS,
 }
+#: The same metrics, each zero-initialised (Tempo mode does it for counters and histograms).
+ZERO_DESCRIPTORS = {
+    name: MetricDescriptor(d.name, d.kind, d.unit, d.description, d.bounds, d.scope, d.order, zero_init=True)
+    for name, d in ALL_DESCRIPTORS.items()
+}
 RESOURCES: dict[str, Attributes] = {
     "r1": (("service.name", "frontend"), ("host.name", "node-1")),
     "r2": (("service.name", "cart"), ("k8s.pod.uid", b"\x00\x01"), ("replicas", 3), ("ratio", 0.5)),
@@ -75,6 +80,7 @@ def series(
     buckets: list[int] | None = None,
     exp: ExpHistogram | None = None,
     exemplars: list[tuple[bytes, bytes, float, int]] | None = None,
+    zero_ns: int = 0,
 ) -> Series:
     return Series(
         series_id=f"{metric}|{resource_id}|{attributes!r}",
@@ -88,6 +94,7 @@ def series(
         buckets=buckets,
         exp=exp,
         exemplars=exemplars or [],
+        zero_ns=zero_ns,
     )
 
 
@@ -399,7 +406,6 @@ def test_out_of_range_values_raise_value_error_like_protobuf() -> None:
         series(CALLS.name, count=2**63),
         series(CALLS.name, start_ns=2**64),
         series(CALLS.name, attributes=(("big", 2**63),)),
-        series(CALLS.name, exemplars=[(TRACE, SPAN, 1.0, -1)]),
     ):
         with pytest.raises(ValueError):
             list(split_by_size(RESOURCES, [bad], SPAN_DESCRIPTORS, Temporality.CUMULATIVE, NOW, 1 << 20))
@@ -515,6 +521,7 @@ def _series(draw: st.DrawFn) -> Series:
         ),
         exp=draw(_exp()),
         exemplars=draw(_exemplars),
+        zero_ns=draw(st.just(0) | st.just(NOW - 60 * 10**9) | _UINT64),
     )
 
 
@@ -524,11 +531,13 @@ def _series(draw: st.DrawFn) -> Series:
     temporality=st.sampled_from(list(Temporality)),
     now_ns=st.just(NOW) | _UINT64,
     max_bytes=st.sampled_from([1, 200, 600, 2000, 1 << 20]),
+    zero_init=st.booleans(),
 )
 def test_property_same_requests_as_split_by_size(
-    items: list[Series], temporality: Temporality, now_ns: int, max_bytes: int
+    items: list[Series], temporality: Temporality, now_ns: int, max_bytes: int, zero_init: bool
 ) -> None:
-    compare(items, ALL_DESCRIPTORS, temporality=temporality, now_ns=now_ns, max_bytes=max_bytes)
+    descriptors = ZERO_DESCRIPTORS if zero_init else ALL_DESCRIPTORS
+    compare(items, descriptors, temporality=temporality, now_ns=now_ns, max_bytes=max_bytes)
 
 
 def test_split_points_match_at_every_limit() -> None:
@@ -620,3 +629,117 @@ def test_a_paired_series_is_written_as_its_histogram_and_its_companion_counter(m
     expected = compare(expanded, max_bytes=max_bytes)
     assert [(r.data, r.key, r.series) for r in encoded] == [(r.data, r.key, r.series) for r in expected]
     assert sum(r.series for r in encoded) == 30 + 29 + 6
+
+
+# ---------------------------------------------------------------------------------- zero points
+
+ZERO_NS = 1_699_999_979_000_000_000  # the end of the minute before NOW (NOW is 20.12 s into one)
+
+
+def _points(request: ExportMetricsServiceRequest, name: str) -> list[Any]:
+    for resource_metrics in request.resource_metrics:
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                if metric.name == name:
+                    return list(getattr(metric, metric.WhichOneof("data")).data_points)
+    return []
+
+
+def _parsed(encoded: list[EncodedRequest]) -> ExportMetricsServiceRequest:
+    return ExportMetricsServiceRequest.FromString(b"".join(r.data for r in encoded))
+
+
+def test_a_zero_initialised_series_gets_a_zero_point_before_its_counted_one() -> None:
+    """upstream: tempo modules/generator/registry/counter_test.go Test_counter (a 0 sample at
+    getEndOfLastMinuteMs, then the value, in the same collection), histogram_test.go
+    Test_histogram (the same for _count and every _bucket, none for _sum) and
+    native_histogram_test.go (an empty histogram of the same schema)."""
+    buckets = [1] + [0] * len(DEFAULT_HISTOGRAM_BUCKETS)
+    items = [
+        series(CALLS.name, count=3, zero_ns=ZERO_NS),
+        series(DURATION.name, count=1, total=2.5, buckets=buckets, zero_ns=ZERO_NS),
+        series("exp", count=1, total=4.0, exp=exp_histogram(4.0), zero_ns=ZERO_NS),
+        series(EVENTS.name, "r2", count=2),  # already published: no zero point
+    ]
+    encoded = compare(items, ZERO_DESCRIPTORS)
+    assert sum(r.series for r in encoded) == 7
+    request = _parsed(encoded)
+    zero, counted = _points(request, CALLS.name)
+    assert (zero.start_time_unix_nano, zero.time_unix_nano, zero.as_int) == (START, ZERO_NS, 0)
+    assert zero.HasField("as_int") and list(zero.exemplars) == []
+    assert (counted.start_time_unix_nano, counted.time_unix_nano, counted.as_int) == (START, NOW, 3)
+    assert zero.attributes == counted.attributes
+    zero, counted = _points(request, DURATION.name)
+    assert (zero.start_time_unix_nano, zero.time_unix_nano, zero.count) == (START, ZERO_NS, 0)
+    assert not zero.HasField("sum")  # Tempo appends no zero sample to _sum
+    assert list(zero.bucket_counts) == [0] * len(buckets)
+    assert list(zero.explicit_bounds) == list(counted.explicit_bounds) == list(DEFAULT_HISTOGRAM_BUCKETS)
+    assert (counted.time_unix_nano, counted.count, list(counted.bucket_counts)) == (NOW, 1, buckets)
+    zero, counted = _points(request, "exp")
+    assert (zero.time_unix_nano, zero.count, zero.scale, zero.zero_count) == (ZERO_NS, 0, counted.scale, 0)
+    assert zero.HasField("positive") and list(zero.positive.bucket_counts) == []
+    assert not zero.HasField("sum") and not zero.HasField("min")
+    assert counted.count == 1
+    (only,) = _points(request, EVENTS.name)
+    assert only.time_unix_nano == NOW
+
+
+def test_no_zero_point_for_delta_nor_without_zero_init_nor_at_or_after_the_flush() -> None:
+    """upstream: connector_test.go (#40139 / PR #40148): delta sums are not zero-initialised; and
+    the connector zero-initialises no histogram (TestBuildMetrics... histogram count 1 at the
+    first flush)."""
+    items = [series(CALLS.name, zero_ns=ZERO_NS), series(DURATION.name, buckets=None, zero_ns=ZERO_NS)]
+    for descriptors, temporality in (
+        (ZERO_DESCRIPTORS, Temporality.DELTA),
+        (ALL_DESCRIPTORS, Temporality.CUMULATIVE),
+    ):
+        encoded = compare(items, descriptors, temporality=temporality)
+        assert sum(r.series for r in encoded) == 2
+    # A zero time not strictly before the flush (another owner's clock behind): left out.
+    for zero_ns in (NOW, NOW + 1):
+        encoded = compare([series(CALLS.name, zero_ns=zero_ns)], ZERO_DESCRIPTORS)
+        assert [p.time_unix_nano for p in _points(_parsed(encoded), CALLS.name)] == [NOW]
+
+
+def test_the_companion_counter_gets_its_zero_point_and_the_histogram_none() -> None:
+    """Connector mode: a paired duration series stands for its calls counter; the counter is
+    zero-initialised, the histogram is not (connector_test.go, PR #39052: calls 0 while the
+    duration count is 1)."""
+    calls = MetricDescriptor(CALLS.name, MetricKind.SUM, order=0, zero_init=True)
+    descriptors = {**SPAN_DESCRIPTORS, calls.name: calls}
+    paired = series(
+        DURATION.name, count=2, buckets=[2] + [0] * len(DEFAULT_HISTOGRAM_BUCKETS), zero_ns=ZERO_NS
+    )
+    paired.companion = CALLS.name
+    encoded = list(encode_requests(RESOURCES, [paired], descriptors, Temporality.CUMULATIVE, NOW, 1 << 20))
+    assert encoded == compare(with_companions([paired]), descriptors)
+    request = _parsed(encoded)
+    assert [(p.time_unix_nano, p.as_int) for p in _points(request, CALLS.name)] == [(ZERO_NS, 0), (NOW, 2)]
+    assert [(p.time_unix_nano, p.count) for p in _points(request, DURATION.name)] == [(NOW, 2)]
+    assert encoded[0].series == 3
+
+
+@pytest.mark.parametrize("max_bytes", [1, 150, 400])
+def test_a_zero_point_is_never_split_from_its_counted_point(max_bytes: int) -> None:
+    items = [series(CALLS.name, attributes=(("n", index),), zero_ns=ZERO_NS) for index in range(20)]
+    encoded = compare(items, ZERO_DESCRIPTORS, max_bytes=max_bytes)
+    assert len(encoded) > 1
+    for one in encoded:
+        points = _points(ExportMetricsServiceRequest.FromString(one.data), CALLS.name)
+        assert [p.time_unix_nano for p in points] == [ZERO_NS, NOW] * (len(points) // 2)
+
+
+def test_exemplars_carry_the_flush_time() -> None:
+    """upstream: connector_test.go (exemplars are stamped with the flush timestamp, not the span's
+    end; reference §2.7): the value is the span duration, on the calls sum too."""
+    exemplars = [(TRACE, SPAN, 12.5, NOW - 5_000_000_000), (TRACE, SPAN, 1.0, -1)]
+    items = [
+        series(CALLS.name, exemplars=exemplars),
+        series(DURATION.name, buckets=None, exemplars=exemplars),
+        series("exp", exp=exp_histogram(4.0), count=1, total=4.0, exemplars=exemplars),
+    ]
+    request = _parsed(compare(items, ALL_DESCRIPTORS))
+    for name in (CALLS.name, DURATION.name, "exp"):
+        (point,) = _points(request, name)
+        assert [(e.time_unix_nano, e.as_double) for e in point.exemplars] == [(NOW, 12.5), (NOW, 1.0)]
+        assert [e.trace_id for e in point.exemplars] == [TRACE, TRACE]

@@ -228,8 +228,9 @@ class SpanMetricsProcessor:
     # ------------------------------------------------------------------ descriptors
 
     def descriptors(self) -> list[MetricDescriptor]:
-        """The metrics this processor emits, in output order."""
-        result = [MetricDescriptor(self.calls_name, MetricKind.SUM, order=0)]
+        """The metrics this processor emits, in output order. The counters are zero-initialised
+        (CUMULATIVE), the histogram is not, as upstream (connector_test.go, PR #39052)."""
+        result = [MetricDescriptor(self.calls_name, MetricKind.SUM, order=0, zero_init=True)]
         if self._histogram_enabled:
             kind = MetricKind.EXPONENTIAL_HISTOGRAM if self._exponential_size else MetricKind.HISTOGRAM
             result.append(
@@ -242,7 +243,7 @@ class SpanMetricsProcessor:
                 )
             )
         if self._events_enabled:
-            result.append(MetricDescriptor(self.events_name, MetricKind.SUM, order=2))
+            result.append(MetricDescriptor(self.events_name, MetricKind.SUM, order=2, zero_init=True))
         return result
 
     @property

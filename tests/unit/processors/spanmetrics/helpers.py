@@ -15,7 +15,7 @@ from typing import Any
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
-from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
+from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
@@ -176,8 +176,12 @@ class Point:
         return int(self.proto.count)
 
 
-def points(request: ExportMetricsServiceRequest, metric_name: str) -> list[Point]:
-    """Every data point of ``metric_name`` across all resources."""
+def points(request: ExportMetricsServiceRequest, metric_name: str, *, zero: bool = False) -> list[Point]:
+    """The counted data points of ``metric_name`` across all resources; with ``zero``, the
+    zero-initialisation points instead. A zero point is recognised (a point followed by one with
+    the same attributes: a series is emitted once per flush) and checked wherever it appears:
+    only on a CUMULATIVE sum (the connector zero-initialises no histogram), value 0, no
+    exemplars, the start of its counted point and an earlier time."""
     found: list[Point] = []
     for resource_metrics in request.resource_metrics:
         resource = attribute_dict(resource_metrics.resource.attributes)
@@ -186,8 +190,20 @@ def points(request: ExportMetricsServiceRequest, metric_name: str) -> list[Point
                 if metric.name != metric_name:
                     continue
                 data = getattr(metric, metric.WhichOneof("data"))
-                for proto in data.data_points:
-                    found.append(Point(resource, metric, attribute_dict(proto.attributes), proto))
+                protos = list(data.data_points)
+                for index, proto in enumerate(protos):
+                    following = protos[index + 1] if index + 1 < len(protos) else None
+                    is_zero = following is not None and list(following.attributes) == list(proto.attributes)
+                    if is_zero:
+                        assert following is not None
+                        assert metric.WhichOneof("data") == "sum", "a histogram got a zero point"
+                        cumulative = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+                        assert data.aggregation_temporality == cumulative
+                        assert proto.HasField("as_int") and proto.as_int == 0 and not proto.exemplars
+                        assert proto.start_time_unix_nano == following.start_time_unix_nano
+                        assert proto.start_time_unix_nano <= proto.time_unix_nano < following.time_unix_nano
+                    if is_zero == zero:
+                        found.append(Point(resource, metric, attribute_dict(proto.attributes), proto))
     return found
 
 
@@ -261,7 +277,8 @@ class Pipeline:
             self.store,
             self.descriptors,
             self.config.aggregation_temporality,
-            expiration_s=self.config.metrics_expiration,
+            series_expiration_s=self.config.series_expiration,
+            resource_expiration_s=self.config.metrics_expiration,
         )
 
     def consume(self, *requests: ExportTraceServiceRequest) -> ConsumeStats:

@@ -27,10 +27,13 @@ def test_exemplar_carries_trace_id_span_id_and_duration() -> None:
     assert exemplar.trace_id == TRACE_ID
     assert exemplar.span_id == SPAN_ID
     assert exemplar.as_double == pytest.approx(12.5)
-    assert exemplar.time_unix_nano == BASE_NS + 12_500_000
+    # upstream connector_test.go (reference §2.7): stamped with the flush time, not the span end;
+    # on the calls sum the value is the duration too.
+    assert exemplar.time_unix_nano == histogram.proto.time_unix_nano == BASE_NS + 3615 * 10**9
     [calls] = points(out, "calls")
     [call_exemplar] = calls.proto.exemplars
     assert (call_exemplar.trace_id, call_exemplar.span_id) == (TRACE_ID, SPAN_ID)
+    assert (call_exemplar.as_double, call_exemplar.time_unix_nano) == (12.5, calls.proto.time_unix_nano)
 
 
 def test_exemplar_value_follows_the_unit() -> None:

@@ -132,8 +132,10 @@ def test_take_deltas_starts_a_new_interval(clock: FakeClock) -> None:
     assert sum(s.count for s in first["tenant-a"].series if s.metric == "calls") == 1
 
 
-def test_metrics_expiration_drops_idle_series(clock: FakeClock) -> None:
-    pipeline = Pipeline({"metrics_expiration": "40s"}, clock=clock)
+def test_series_expiration_drops_idle_series(clock: FakeClock) -> None:
+    """Per series, by last-seen time: upstream series_expiration (PR #48270, issue #44187); what
+    metrics_expiration did here before it became per resource."""
+    pipeline = Pipeline({"series_expiration": "40s"}, clock=clock)
     pipeline.run(simple_request(make_span("a")))
     pipeline.consume(simple_request(make_span("b")))
     # "a" was last seen 35 s ago, "b" 20 s ago: both kept.
