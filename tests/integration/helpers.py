@@ -99,9 +99,12 @@ def observe(observed: Observed, value: bytes, headers: Iterable[tuple[str, bytes
                     attrs = tuple(sorted((kv.key, any_value_to_python(kv.value)) for kv in point.attributes))
                     key = (tenant, metric.name, (*resource, *attrs))
                     value_now = point.as_int if metric.HasField("sum") else point.count
-                    # A series appearing twice with the same time stamp means two emitters.
+                    # A series appearing twice with the same time stamp means two emitters. Except
+                    # a zero point sent again at its pinned time (a new owner cannot know whether
+                    # the previous owner's publication went out: docs/internals.md "Zero points"):
+                    # the same sample, value 0 both times.
                     flush_key = (key, point.time_unix_nano)
-                    if flush_key in observed.seen:
+                    if flush_key in observed.seen and not (value_now == 0 and observed.seen[flush_key] == 0):
                         observed.duplicates.append(flush_key)
                     observed.seen[flush_key] = value_now
                     observed.emissions.setdefault(key, []).append((point.time_unix_nano, emitter))

@@ -389,20 +389,23 @@ async def test_an_upgraded_worker_folds_the_separate_calls_record_into_the_pair(
 # ---------------------------------------------------------------------------------------- the memory twin
 
 _TWIN_DESCRIPTORS = {
-    "calls": MetricDescriptor("calls", MetricKind.SUM, order=0),
+    "calls": MetricDescriptor("calls", MetricKind.SUM, order=0, zero_init=True),
     "duration": MetricDescriptor("duration", MetricKind.HISTOGRAM, bounds=(1.0, 10.0), order=1),
-    "size": MetricDescriptor("size", MetricKind.EXPONENTIAL_HISTOGRAM, order=2),
+    "size": MetricDescriptor("size", MetricKind.EXPONENTIAL_HISTOGRAM, order=2, zero_init=True),
 }
+_TWIN_RESOURCES = {"r1": (("service.name", "svc"),), "r2": (("service.name", "other"),)}
 #: (series name, kind, count, exemplars): kinds "paired" (duration standing for calls), "calls"
 #: (a counter of its own, superseded by a paired record of the same name), "size" (exponential).
+#: Names "a" to "c" belong to resource r1, "d" and "e" to r2.
 _delta = st.tuples(
     st.sampled_from("abcde"),
     st.sampled_from(["paired", "calls", "size"]),
     st.integers(1, 5),
     st.integers(0, 2),
 )
+#: (deltas, seconds to the flush, whether the flush's publication is confirmed)
 _flushes = st.lists(
-    st.tuples(st.lists(_delta, max_size=8), st.sampled_from([10, 30])),  # deltas, seconds to the flush
+    st.tuples(st.lists(_delta, max_size=8), st.sampled_from([10, 30]), st.booleans()),
     min_size=1,
     max_size=4,
 )
@@ -410,7 +413,9 @@ _flushes = st.lists(
 
 def _twin_delta(name: str, kind: str, count: int, exemplars: int, now_ns: int) -> Series:
     metric = "duration" if kind == "paired" else kind
-    series = _series(f"{metric}\x1er1\x1ename={name}", count=count, start=now_ns - 5_000_000_123)
+    resource = "r1" if name in "abc" else "r2"
+    series = _series(f"{metric}\x1e{resource}\x1ename={name}", count=count, start=now_ns - 5_000_000_123)
+    series.resource_id = resource
     series.attributes = (("name", name), ("code", 200))
     series.last_ns = now_ns - 1_000_000_456
     series.exemplars = [(b"t" * 16, bytes([n]) * 8, float(n), now_ns - n) for n in range(exemplars)]
@@ -435,17 +440,20 @@ def _canonical(live: list[Series]) -> list[Series]:
     limit=st.sampled_from([0, 2, 5]),
     delta=st.booleans(),
     expiration_s=st.sampled_from([0, 20]),
+    resource_expiration_s=st.sampled_from([0, 20, 35]),
 )
 def test_the_memory_store_folds_what_the_redis_store_folds(
     redis_url: str,
-    flushes: list[tuple[list[tuple[str, str, int, int]], int]],
+    flushes: list[tuple[list[tuple[str, str, int, int]], int, bool]],
     slots: int,
     limit: int,
     delta: bool,
     expiration_s: int,
+    resource_expiration_s: int,
 ) -> None:
     """The same flushes through both stores, each folded by the owner of every slot as the
-    emitter folds them: the same fold results and the same encoded requests, flush by flush."""
+    emitter folds them: the same fold results and the same encoded requests (zero points
+    included), the same resource last-seen times and forgetting, flush by flush."""
     temporality = Temporality.DELTA if delta else Temporality.CUMULATIVE
 
     async def run() -> None:
@@ -459,17 +467,24 @@ def test_the_memory_store_folds_what_the_redis_store_folds(
             tokens = [await store.claim(range(slots)) for store in stores]
             assert tokens[0] == tokens[1]
             now, previous = NOW, None
-            for offset, (rows, advance_s) in enumerate(flushes, start=1):
+            for offset, (rows, advance_s, confirmed) in enumerate(flushes, start=1):
                 now += advance_s * 1_000_000_000
-                deltas = {"acme": TenantDeltas(resources={"r1": (("service.name", "svc"),)}, series=[])}
+                deltas = {"acme": TenantDeltas(resources={}, series=[])}
                 seen = set()
                 for name, kind, count, exemplars in rows:
                     if (name, kind) not in seen:  # one delta per series and flush, as take_deltas gives
                         seen.add((name, kind))
-                        deltas["acme"].series.append(_twin_delta(name, kind, count, exemplars, now))
+                        one = _twin_delta(name, kind, count, exemplars, now)
+                        deltas["acme"].series.append(one)
+                        deltas["acme"].resources[one.resource_id] = _TWIN_RESOURCES[one.resource_id]
                 for store, owned in zip(stores, tokens, strict=True):
                     fences = {p: (token, offset if p == 0 else -1) for p, token in owned.items()}
                     await store.merge(deltas, fences)
+                    if offset == 1:
+                        await store.merge(deltas, fences)  # a duplicate: nothing changes
+                resource_before = now - resource_expiration_s * 10**9 if resource_expiration_s else 0
+                seen = [await store.resource_seen("acme") for store in stores]
+                assert seen[0] == seen[1]
                 for slot in range(slots):
                     results = [
                         await store.fold_slot(
@@ -479,6 +494,9 @@ def test_the_memory_store_folds_what_the_redis_store_folds(
                             expire_before_ns=now - expiration_s * 1_000_000_000 if expiration_s else 0,
                             delta_mode=delta,
                             reset_emitted_ns=previous,
+                            now_ns=now,
+                            resource_expire_before_ns=resource_before,
+                            resource_seen_ns=seen[0] if resource_before else None,
                         )
                         for store, owned in zip(stores, tokens, strict=True)
                     ]
@@ -500,7 +518,14 @@ def test_the_memory_store_folds_what_the_redis_store_folds(
                         )  # fmt: skip
                         encoded.append([request.data for request in requests])
                     assert encoded[0] == encoded[1]
-                previous = now
+                if resource_before:
+                    stale = [rid for rid, last in seen[0].items() if last < resource_before]
+                    forgotten = [
+                        await store.forget_resources("acme", stale, resource_before) for store in stores
+                    ]
+                    assert forgotten[0] == forgotten[1] == len(stale)
+                    assert await redis.resource_seen("acme") == await memory.resource_seen("acme")
+                previous = now if confirmed else None
                 for slot in range(slots):  # records and the rows left in the log (refused series)
                     held = [
                         sorted((s.digest, repr(s.series)) for s in await store.read_slot("acme", slot))
@@ -516,3 +541,66 @@ def test_the_memory_store_folds_what_the_redis_store_folds(
             await client.aclose()
 
     asyncio.run(run())
+
+
+# ---------------------------------------------------------------------------------------- issue 16
+
+
+async def test_a_zero_point_stays_pinned_across_owners_until_a_publication_is_confirmed(
+    store: RedisStateStore, redis_client: Redis
+) -> None:
+    """upstream: tempo registry counter_test.go Test_counter (0 at getEndOfLastMinuteMs, then the
+    value, in one collection). Across owners the zero point keeps its time, so sent again it is
+    the same sample, never a 0 after a value (a counter reset)."""
+    calls = _series("calls\x1er1\x1ea", count=2, start=NOW - 7_000_000_000)
+    slot = series_slot(calls.series_id, store.slots)
+    first = await store.claim([slot])
+    await store.merge(_deltas(calls), {slot: (first[slot], 1)})
+    now = NOW + 15_000_000_000
+    zero_ns = NOW - 1_000_000_000  # the end of the minute before the flush (NOW is on a minute)
+    (series,) = (await store.fold_slot("acme", slot, first[slot], now_ns=now)).live
+    assert series.zero_ns == zero_ns
+    # The owner lost the slot before its publication was confirmed: the next owner sends the
+    # same zero point (a new token proves nothing about the old owner's publication).
+    second = await store.claim([slot])
+    await store.merge(_deltas(_series("calls\x1er1\x1ea", count=1)), {slot: (second[slot], 2)})
+    (series,) = (await store.fold_slot("acme", slot, second[slot], now_ns=now + 60_000_000_000)).live
+    assert (series.zero_ns, series.count) == (zero_ns, 3)
+    # Its publication is confirmed: the record forgets the zero point.
+    (series,) = (
+        await store.fold_slot("acme", slot, second[slot], now_ns=now + 75_000_000_000, reset_emitted_ns=now)
+    ).live
+    assert series.zero_ns == 0
+    (record,) = (await redis_client.hgetall(store.keys.slot("acme", slot))).values()
+    assert msgpack.unpackb(record, raw=True)[9] == 0
+
+
+async def test_a_record_written_by_an_earlier_version_folds_without_a_zero_point(
+    store: RedisStateStore, redis_client: Redis
+) -> None:
+    calls = _series("calls\x1er1\x1ea", count=4)
+    slot = series_slot(calls.series_id, store.slots)
+    tokens = await store.claim([slot])
+    for fields in (8, 9):  # before the companion field, before the zero field
+        legacy = msgpack.packb(delta_payload(calls, encode_meta(calls))[:fields], use_bin_type=True)
+        await redis_client.hset(store.keys.slot("acme", slot), calls.digest, legacy)
+        (series,) = (await store.fold_slot("acme", slot, tokens[slot], now_ns=NOW + 10**9)).live
+        assert (series.count, series.zero_ns) == (4, 0)
+
+
+async def test_resource_last_seen_times_are_maxed_at_merge_and_forgotten_only_while_stale(
+    store: RedisStateStore,
+) -> None:
+    """metrics_expiration needs a resource's last-seen time whichever slot its series live in
+    (upstream PR #31106: per resource). A max: a replayed or late merge cannot lower it."""
+    tokens = await store.claim([0])
+    newer = _series("calls\x1er1\x1ea", count=1, start=NOW)
+    older = _series("calls\x1er1\x1eb", count=1, start=NOW - 50_000_000_000)
+    await store.merge(_deltas(newer), {0: (tokens[0], 1)})
+    await store.merge(_deltas(older), {0: (tokens[0], 2)})  # a replay of older spans
+    assert await store.resource_seen("acme") == {"r1": NOW}
+    assert await store.forget_resources("acme", ["r1", "nope"], NOW) == 0  # not before the cut-off
+    assert await store.forget_resources("acme", ["r1"], NOW + 1_000) == 1
+    assert await store.resource_seen("acme") == {}
+    await store.merge(_deltas(older), {0: (tokens[0], 3)})
+    assert await store.resource_seen("acme") == {"r1": NOW - 50_000_000_000}

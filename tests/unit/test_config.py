@@ -115,6 +115,7 @@ def test_durations_in_the_config(tmp_path: Path) -> None:
 spanmetrics:
   metrics_flush_interval: 1m30s
   metrics_expiration: 1h
+  series_expiration: 5m
   histogram:
     explicit:
       buckets: ["2ms", "1s", "1m30s"]
@@ -122,6 +123,9 @@ spanmetrics:
     )
     assert settings.spanmetrics.metrics_flush_interval == 90.0
     assert settings.spanmetrics.metrics_expiration == 3600.0
+    assert settings.spanmetrics.series_expiration == 300.0
+    # upstream config.go: both default to 0 (never); series_expiration is PR #48270's option.
+    assert (Settings().spanmetrics.metrics_expiration, Settings().spanmetrics.series_expiration) == (0, 0)
     assert settings.spanmetrics.histogram.bounds == (2.0, 1000.0, 90000.0)
 
 
@@ -311,6 +315,11 @@ spanmetrics:
             "spanmetrics: {metrics_expiration: -5m}",
             ["spanmetrics.metrics_expiration", "negative"],
             id="negative-expiration",
+        ),
+        pytest.param(
+            "spanmetrics: {series_expiration: -1s}",
+            ["spanmetrics.series_expiration", "negative"],
+            id="negative-series-expiration",
         ),
         pytest.param(
             "spanmetrics: {histogram: {explicit: {buckets: [2ms, -4ms]}}}",

@@ -253,7 +253,9 @@ class WorkerMetrics:
         yield counter(
             "series_emitted", "Series published (each live series once per flush).", total("emitted_series")
         )
-        yield counter("series_expired", "Series removed after metrics_expiration idle.", total("expired"))
+        yield counter(
+            "series_expired", "Series removed by series_expiration or metrics_expiration.", total("expired")
+        )
         yield counter(
             "series_overflowed",
             "New series folded into a tenant's overflow series (max_active_series_per_tenant reached).",

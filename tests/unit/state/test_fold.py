@@ -14,7 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from state.codec import attributes_of_parts, delta_payload, encode_meta, unpack_meta
-from state.fold import ROW_OVERFLOW, FoldPlan, fold_log, overflow_series_id, pack_row, series_slot
+from state.fold import (
+    ROW_OVERFLOW,
+    FoldPlan,
+    fold_log,
+    overflow_series_id,
+    pack_row,
+    series_slot,
+    zero_time_us,
+)
 from worker.model.exphistogram import ExpHistogram
 from worker.model.series import (
     Series,
@@ -369,3 +377,118 @@ def test_folded_pairs_emit_what_merge_series_gives(
         )
         assert emitted == expected
         assert len(stored) == len({key for rows in rounds[: index + 1] for key, _, _ in rows})
+
+
+# ------------------------------------------------------------------ zero points (issue 16)
+
+MINUTE_US = 60_000_000
+
+
+def test_zero_time_is_tempos_end_of_the_last_minute_never_before_the_start() -> None:
+    """upstream: tempo modules/generator/registry/counter.go getEndOfLastMinuteMs (floor to the
+    minute, minus 1 s), as counter_test.go Test_counter expects the initial 0 sample."""
+    minute = NOW_US - NOW_US % MINUTE_US
+    now = minute + 20 * 1_000_000
+    assert zero_time_us(minute - 10 * MINUTE_US, now) == minute - 1_000_000
+    assert zero_time_us(minute - 1_000_000, now) == minute - 1_000_000  # a start floored as Tempo's
+    assert zero_time_us(minute + 5, now) == minute + 5  # created within the minute: at its start
+    assert zero_time_us(now - 1, now) == now - 1
+    assert zero_time_us(now, now) == 0  # not strictly before the flush: none
+    assert zero_time_us(now + 7, now) == 0
+
+
+def test_a_new_cumulative_series_owes_its_zero_point_until_a_publication_is_confirmed() -> None:
+    """upstream: connector_test.go (#38537 / PR #39052): a new cumulative series shows 0 before
+    its first count; here in the same flush (Tempo's registry counter_test.go Test_counter)."""
+    now = NOW_US + 15 * 1_000_000
+    zero_us = zero_time_us(NOW_US, now)
+    plan = _fold({}, [_row(_series("a", 2))], now_us=now)
+    ((digest, record),) = [(new.digest, new.record) for new in plan.created]
+    assert plan.live[0].zero_ns == zero_us * US and msgpack.unpackb(record, raw=True)[9] == zero_us
+    # The publication failed (no reset): the same zero point goes out again, at the pinned time.
+    later = now + 15 * 1_000_000 + MINUTE_US
+    plan = _fold({digest: record}, [_row(_series("a", 1))], now_us=later)
+    assert plan.live[0].zero_ns == zero_us * US and plan.live[0].count == 3
+    ((_, record),) = plan.updates
+    # A confirmed publication: the record forgets it (a write once), no zero point from then on.
+    plan = _fold({digest: record}, [], now_us=later + 1, reset_emitted_us=later)
+    assert plan.live[0].zero_ns == 0 and len(plan.updates) == 1
+    ((_, record),) = plan.updates
+    assert msgpack.unpackb(record, raw=True)[9] == 0
+    plan = _fold({digest: record}, [], now_us=later + 2, reset_emitted_us=later + 1)
+    assert plan.live[0].zero_ns == 0 and plan.updates == []
+
+
+def test_records_of_earlier_versions_owe_no_zero_point_and_delta_none_at_all() -> None:
+    """A record stored before the field existed was emitted already: a zero point now would read
+    as a counter reset. DELTA: none (upstream #40139 / PR #40148)."""
+    held = _series("a", 4)
+    for stored in (_record(held), _legacy_record(held)):  # without the field; without companion too
+        plan = _fold({held.digest: stored}, [_row(_series("a", 1))], now_us=NOW_US + 10)
+        assert plan.live[0].zero_ns == 0 and plan.live[0].count == 5
+    plan = _fold(
+        {}, [_row(_series("b", 1)), _legacy_row(_series("c", 1))], now_us=NOW_US + 10, delta_mode=True
+    )
+    assert [s.zero_ns for s in plan.live] == [0, 0]
+    assert all(msgpack.unpackb(new.record, raw=True)[9] == 0 for new in plan.created)
+    plan = _fold({}, [_legacy_row(_series("c", 1))], now_us=NOW_US + 10)  # a row of an earlier version
+    assert plan.live[0].zero_ns == NOW_US * US
+    assert _fold({}, [_row(_series("d", 1))]).live[0].zero_ns == 0  # no emission time given
+
+
+def test_an_overflow_series_is_zero_initialised_too() -> None:
+    """upstream: connector_test.go / reference §2.8: overflow series are zero-initialised like the
+    others; tempo counter_test.go Test_counter_cantAdd (the metric_overflow series gets its 0)."""
+    plan = _fold({}, [_row(_series("a", 3))], limit=10)
+    row_record = msgpack.unpackb(plan.created[0].overflow_row, raw=True)[1]
+    assert len(row_record) == 9  # a row: the zero field belongs to the record
+    overflow = _fold({}, [plan.created[0].overflow_row], now_us=NOW_US + 10)
+    assert overflow.live[0].zero_ns == NOW_US * US
+
+
+# ------------------------------------------------------------------ expiry (issue 16)
+
+
+def _in(resource: str, name: str, count: int, last_us: int) -> Series:
+    series = _series(name, count, last_us=last_us)
+    series.resource_id = resource
+    series.series_id = f"duration\x1e{resource}\x1e{name}"
+    return series
+
+
+def test_metrics_expiration_drops_a_resource_idle_that_long_after_one_last_export() -> None:
+    """upstream: connector.go buildMetrics (PR #31106): each flush exports, then removes the
+    resources last seen at least metrics_expiration ago; a busy resource keeps its idle series."""
+    busy_idle = _in("busy", "idle", 2, NOW_US - 100)
+    busy_fresh = _in("busy", "fresh", 1, NOW_US)
+    gone = _in("gone", "x", 3, NOW_US - 90)
+    unknown = _in("unknown", "y", 4, NOW_US - 80)  # no last-seen time: its own counts
+    recent = _in("unknown", "z", 5, NOW_US + 10)
+    stored = {s.digest: _record(s) for s in (busy_idle, busy_fresh, gone, unknown, recent)}
+    seen = {"busy": NOW_US + 20, "gone": NOW_US - 50}
+    plan = _fold(stored, [], resource_expire_before_us=NOW_US, resource_seen_us=seen)
+    assert sorted(plan.expired) == sorted([gone.digest, unknown.digest])
+    assert plan.held_change == -2
+    # Exported one last time in this fold, then gone.
+    assert sorted(s.count for s in plan.live) == [1, 2, 3, 4, 5]
+    # Rows keep a series of an idle resource (they are newer than the last-seen time read).
+    plan = _fold(stored, [_row(_in("gone", "x", 1, NOW_US - 60))], resource_expire_before_us=NOW_US,
+                 resource_seen_us=seen)  # fmt: skip
+    assert sorted(plan.expired) == [unknown.digest]
+
+
+def test_series_and_metrics_expiration_together() -> None:
+    """Both may be set (upstream PR #48270 keeps metrics_expiration): a series goes when either
+    says so; series expiration drops without a last export (as before)."""
+    busy_idle = _in("busy", "idle", 2, NOW_US - 100)
+    gone = _in("gone", "x", 3, NOW_US - 10)
+    stored = {s.digest: _record(s) for s in (busy_idle, gone)}
+    plan = _fold(
+        stored,
+        [],
+        expire_before_us=NOW_US - 50,
+        resource_expire_before_us=NOW_US,
+        resource_seen_us={"busy": NOW_US + 20, "gone": NOW_US - 10},
+    )
+    assert sorted(plan.expired) == sorted([busy_idle.digest, gone.digest])
+    assert [s.count for s in plan.live] == [3]

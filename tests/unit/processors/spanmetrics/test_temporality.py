@@ -6,6 +6,7 @@ from __future__ import annotations
 from itertools import pairwise
 
 from tests.unit.processors.spanmetrics.helpers import (
+    TENANT,
     FakeClock,
     Pipeline,
     counts_by,
@@ -14,6 +15,7 @@ from tests.unit.processors.spanmetrics.helpers import (
     points,
     simple_request,
 )
+from worker.offline import run_ready
 
 
 def test_cumulative_start_time_is_fixed_and_values_only_grow(clock: FakeClock) -> None:
@@ -129,7 +131,7 @@ def test_take_deltas_starts_a_new_interval(clock: FakeClock) -> None:
     first = emitted(pipeline.processor.take_deltas())
     assert pipeline.processor.pending_series() == 0
     assert pipeline.processor.take_deltas() == {}
-    assert sum(s.count for s in first["tenant-a"].series if s.metric == "calls") == 1
+    assert sum(s.count for s in first[TENANT].series if s.metric == "calls") == 1
 
 
 def test_series_expiration_drops_idle_series(clock: FakeClock) -> None:
@@ -143,3 +145,56 @@ def test_series_expiration_drops_idle_series(clock: FakeClock) -> None:
     # "a" 45 s, "b" 30 s.
     assert counts_by(pipeline.flush(advance_s=10), "calls", "span.name") == {"b": 1}
     assert pipeline.flush(advance_s=15).resource_metrics == []
+
+
+def test_a_new_cumulative_counter_shows_zero_then_its_count_in_its_first_flush(clock: FakeClock) -> None:
+    """upstream: connector_test.go (#38537 / PR #39052): a new cumulative calls (and events)
+    series starts at 0 and the histogram does not; done Tempo's way (registry counter_test.go
+    Test_counter): the 0 and the count in the same flush, the 0 earlier, the same start."""
+    config = {"events": {"enabled": True, "dimensions": [{"name": "exception.type"}]}}
+    pipeline = Pipeline(config, clock=clock)
+    created = clock.now
+    pipeline.consume(simple_request(make_span("a", events=[{"exception.type": "E"}])))
+    first = pipeline.flush(advance_s=75)  # the flush is in the next minute but one
+    end_of_last_minute = clock.now - clock.now % (60 * 10**9) - 10**9
+    for metric in ("calls", "events"):
+        [zero] = points(first, metric, zero=True)
+        [counted] = points(first, metric)
+        assert (zero.value, zero.proto.start_time_unix_nano, zero.proto.time_unix_nano) == (
+            0,
+            created,
+            end_of_last_minute,
+        )
+        assert (counted.value, counted.proto.time_unix_nano) == (1, clock.now)
+    assert points(first, "duration", zero=True) == [] and len(points(first, "duration")) == 1
+    pipeline.consume(simple_request(make_span("a")))
+    second = pipeline.flush(advance_s=15)  # the first publication was confirmed: no zero point again
+    assert points(second, "calls", zero=True) == [] and [p.value for p in points(second, "calls")] == [2]
+
+
+def test_delta_counters_are_not_zero_initialised(clock: FakeClock) -> None:
+    """upstream: #40139 / PR #40148 (zero-init made delta calls always 0): cumulative only."""
+    pipeline = Pipeline({"aggregation_temporality": "AGGREGATION_TEMPORALITY_DELTA"}, clock=clock)
+    pipeline.consume(simple_request(make_span("a")))
+    out = pipeline.flush(advance_s=75)
+    assert points(out, "calls", zero=True) == [] and [p.value for p in points(out, "calls")] == [1]
+
+
+def test_metrics_expiration_drops_a_resource_idle_that_long(clock: FakeClock) -> None:
+    """upstream: connector.go (PR #31106): metrics_expiration is per resource; a stale resource
+    is exported one last time, then removed; a busy resource keeps its idle series."""
+    pipeline = Pipeline({"metrics_expiration": "40s"}, clock=clock)
+    pipeline.consume(
+        simple_request(make_span("a"), service="busy"), simple_request(make_span("b"), service="idle")
+    )
+    pipeline.flush(advance_s=15)
+    pipeline.consume(simple_request(make_span("c"), service="busy"))
+    assert counts_by(pipeline.flush(advance_s=20), "calls", "span.name") == {"a": 1, "b": 1, "c": 1}
+    pipeline.consume(simple_request(make_span("c"), service="busy"))
+    # "idle" last seen 55 s ago: exported one last time; "a" idle as long, but its resource is busy.
+    assert counts_by(pipeline.flush(advance_s=20), "calls", "span.name") == {"a": 1, "b": 1, "c": 2}
+    assert counts_by(pipeline.flush(advance_s=10), "calls", "span.name") == {"a": 1, "c": 2}
+    assert set(run_ready(pipeline.store.resource_seen(TENANT))) == {
+        rid for rid, attributes in run_ready(pipeline.store.resources(TENANT)).items()
+        if dict(attributes)["service.name"] == "busy"
+    }  # fmt: skip
