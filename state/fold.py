@@ -114,6 +114,10 @@ class FoldPlan:
     held_change: int = 0
     #: Log rows folded (a diagnostic: several rows of one series add up before the fold).
     rows: int = 0
+    #: (digest, record without its zero point) of each emitted series that owes one: what the
+    #: owner writes once this publication is confirmed (``confirm_zero``), over records that
+    #: still exist only (a refused, expired or superseded one is not brought back).
+    zero_owed: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
 def _iter_rows(log: Iterable[bytes]) -> Iterable[list[Any]]:
@@ -250,8 +254,10 @@ def _series(record: Sequence[Any], exp_max_size: int, read_meta: Callable[[bytes
     )
 
 
-def _emit(plan: FoldPlan, digest: bytes, series: Series) -> int:
+def _emit(plan: FoldPlan, digest: bytes, series: Series, record: list[Any]) -> int:
     """Add a record's series to what is emitted; its position there."""
+    if record[_ZERO]:
+        plan.zero_owed.append((digest, _packb([*record[:_ZERO], 0, *record[_ZERO + 1 :]])))
     if series.companion is None:
         plan.plain.append(len(plan.live))
     plan.live.append(series)
@@ -382,19 +388,19 @@ def fold_log(
             if max(seen, record[_LAST]) < resource_expire_before_us:
                 # Exported one last time, then dropped, as the connector does with a stale resource.
                 if not (delta_mode and record[_COUNT] == 0):
-                    _emit(plan, digest, series)
+                    _emit(plan, digest, series, record)
                 plan.expired.append(digest)
                 plan.held_change -= _weight(record)
                 continue
             if changed:
                 updates.append((digest, packb(record)))
             if not (delta_mode and record[_COUNT] == 0):
-                _emit(plan, digest, series)
+                _emit(plan, digest, series, record)
             continue
         if changed:
             updates.append((digest, packb(record)))
         if not (delta_mode and record[_COUNT] == 0):
-            _emit(plan, digest, series_of(record, exp_max_size, read_meta))
+            _emit(plan, digest, series_of(record, exp_max_size, read_meta), record)
 
     # (metric, resource id) -> (index into overflow_slots, overflow digest, overflow meta)
     overflows: dict[tuple[str, str], tuple[int, bytes, bytes]] = {}
@@ -415,7 +421,7 @@ def fold_log(
                 )
             target = overflow[0]
             overflow_row = pack_row(overflow[1], [overflow[2], *record[1:_ZERO]], ROW_OVERFLOW)
-        live_index = -1 if delta_mode and record[_COUNT] == 0 else _emit(plan, digest, series)
+        live_index = -1 if delta_mode and record[_COUNT] == 0 else _emit(plan, digest, series, record)
         plan.created.append(
             NewSeries(digest, _packb(record), target, overflow_row, live_index, _weight(record))
         )

@@ -223,9 +223,29 @@ class MemoryStore:
             resource_seen_us=_micros(resource_seen_ns),
         )
         if not (plan.updates or plan.created or plan.expired or stored.log):
-            return FoldResult(committed=True, live=plan.live)
+            return FoldResult(
+                committed=True, live=plan.live, version=stored.version, zero_owed=plan.zero_owed
+            )
         refused = self._commit_fold(state, slot, token, plan, folded=len(stored.log), version=stored.version)
-        return fold_result(plan, refused)
+        return fold_result(plan, refused, stored.version)
+
+    async def confirm_zero(
+        self, tenant: str, slot: int, token: int, version: int, records: list[tuple[bytes, bytes]]
+    ) -> bool:
+        """confirm.lua: the records, over those still held, while ``token`` and ``version`` hold."""
+        if not records:
+            return True  # (the Redis store sends nothing)
+        state = self._tenants.get(tenant)
+        if state is None or self._fence.get(slot) != token:
+            return False
+        stored = state.slot(slot)
+        if stored.version != version:
+            return False
+        stored.version += 1
+        for digest, record in records:
+            if digest in stored.records:
+                stored.records[digest] = record
+        return True
 
     def _commit_fold(
         self, tenant: _Tenant, slot: int, token: int, plan: FoldPlan, folded: int, version: int

@@ -97,6 +97,11 @@ class FoldResult:
     #: New series the tenant's active-series limit refused: folded into the overflow series.
     overflowed: int = 0
     expired: int = 0
+    #: The slot's version once this fold is committed, and the records to write once its
+    #: publication is confirmed (:meth:`SeriesStore.confirm_zero`): emitted series owing a zero
+    #: point, without it.
+    version: int = 0
+    zero_owed: list[tuple[bytes, bytes]] = field(default_factory=list)
 
     @property
     def emitted(self) -> int:
@@ -104,16 +109,24 @@ class FoldResult:
         return emitted_count(self.live)
 
 
-def fold_result(plan: FoldPlan, refused: list[int] | None) -> FoldResult:
+def fold_result(plan: FoldPlan, refused: list[int] | None, version: int = 0) -> FoldResult:
     """The outcome of committing ``plan``: ``refused`` holds the 1-based positions of the new
-    series the limit refused (as fold.lua returns them), None when the token was stale."""
+    series the limit refused (as fold.lua returns them), None when the token was stale;
+    ``version``: the slot's version after the commit."""
     if refused is None:
         return FoldResult(committed=False)
     live = plan.live
     if refused:
         dropped = {plan.created[n - 1].live_index for n in refused}
         live = [series for index, series in enumerate(live) if index not in dropped]
-    return FoldResult(committed=True, live=live, overflowed=len(refused), expired=len(plan.expired))
+    return FoldResult(
+        committed=True,
+        live=live,
+        overflowed=len(refused),
+        expired=len(plan.expired),
+        version=version,
+        zero_owed=plan.zero_owed,
+    )
 
 
 def stored_series(plan: FoldPlan) -> list[StoredSeries]:
@@ -204,6 +217,13 @@ class SeriesStore(Protocol):
         without new rows expire when last seen before ``expire_before_ns`` (not emitted), or
         when their resource was last seen (``resource_seen_ns``) before
         ``resource_expire_before_ns`` (emitted one last time); 0: never."""
+
+    async def confirm_zero(
+        self, tenant: str, slot: int, token: int, version: int, records: list[tuple[bytes, bytes]]
+    ) -> bool:
+        """After a confirmed publication of a fold (at slot ``version``, committed with
+        ``token``): write ``records`` (its ``zero_owed``) over those that still exist, if the
+        token is current and the slot still at that version (bumping it); else nothing."""
 
     async def read_slot(self, tenant: str, slot: int) -> list[StoredSeries]:
         """Every series of the slot with its cumulative value; read only."""

@@ -61,6 +61,7 @@ class RedisStateStore:
         self._fold = client.register_script(_script("fold.lua"))
         self._generation = client.register_script(_script("generation.lua"))
         self._forget = client.register_script(_script("forget.lua"))
+        self._confirm = client.register_script(_script("confirm.lua"))
         self.sequences = Sequences()
 
     # ------------------------------------------------------------------ ownership and offsets
@@ -279,7 +280,7 @@ class RedisStateStore:
             else {rid: seen // 1000 for rid, seen in resource_seen_ns.items()},
         )
         if not (plan.updates or plan.created or plan.expired or log):
-            return FoldResult(committed=True, live=plan.live)
+            return FoldResult(committed=True, live=plan.live, version=int(version), zero_owed=plan.zero_owed)
         header = msgpack.packb(
             [
                 self.keys.fence,
@@ -307,7 +308,20 @@ class RedisStateStore:
         reply = await self._fold(args=[header, pack(updates), pack(created), pack(overflow)])
         if _text(reply[0]) != "OK":
             return fold_result(plan, None)
-        return fold_result(plan, [int(n) for n in reply[1]])
+        return fold_result(plan, [int(n) for n in reply[1]], int(version) + 1)
+
+    async def confirm_zero(
+        self, tenant: str, slot: int, token: int, version: int, records: list[tuple[bytes, bytes]]
+    ) -> bool:
+        """The records without their zero points, over those still held (confirm.lua), while
+        ``token`` is current and the slot still at ``version``."""
+        if not records:
+            return True
+        escaped = escape_tenant(tenant)
+        keys = [self.keys.fence, self.keys.version(escaped, slot), self.keys.slot(escaped, slot)]
+        pairs = [part for pair in records for part in pair]
+        reply = await self._confirm(keys=keys, args=[str(slot), str(token), str(version), *pairs])
+        return _text(reply) == "OK"
 
 
 def _bytes(value: bytes | str) -> bytes:

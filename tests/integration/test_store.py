@@ -507,6 +507,8 @@ def test_the_memory_store_folds_what_the_redis_store_folds(
                         from_redis.expired,
                     )
                     assert _canonical(from_memory.live) == _canonical(from_redis.live)
+                    assert sorted(from_memory.zero_owed) == sorted(from_redis.zero_owed)
+                    assert from_memory.version == from_redis.version
                     encoded = []
                     for store, result in zip(stores, results, strict=True):
                         live = _canonical(result.live)
@@ -518,6 +520,14 @@ def test_the_memory_store_folds_what_the_redis_store_folds(
                         )  # fmt: skip
                         encoded.append([request.data for request in requests])
                     assert encoded[0] == encoded[1]
+                    if confirmed:  # the publication went out: its zero points are owed no more
+                        confirms = [
+                            await store.confirm_zero(
+                                "acme", slot, owned[slot], result.version, result.zero_owed
+                            )
+                            for store, owned, result in zip(stores, tokens, results, strict=True)
+                        ]
+                        assert confirms == [True, True]
                 if resource_before:
                     stale = [rid for rid, last in seen[0].items() if last < resource_before]
                     forgotten = [
@@ -604,3 +614,29 @@ async def test_resource_last_seen_times_are_maxed_at_merge_and_forgotten_only_wh
     assert await store.resource_seen("acme") == {}
     await store.merge(_deltas(older), {0: (tokens[0], 3)})
     assert await store.resource_seen("acme") == {"r1": NOW - 50_000_000_000}
+
+
+async def test_a_confirmed_publication_clears_the_zero_point_at_once_and_only_once(
+    store: RedisStateStore, redis_client: Redis
+) -> None:
+    """confirm.lua: written right after the publication is confirmed, so the slot's next owner
+    does not send the zero point again; fenced and a compare-and-set on the slot's version."""
+    calls = _series("calls\x1er1\x1ea", count=2, start=NOW - 7_000_000_000)
+    slot = series_slot(calls.series_id, store.slots)
+    first = await store.claim([slot])
+    await store.merge(_deltas(calls), {slot: (first[slot], 1)})
+    fold = await store.fold_slot("acme", slot, first[slot], now_ns=NOW + 15_000_000_000)
+    ((digest, _),) = fold.zero_owed
+    assert fold.version == 1 and digest == calls.digest
+    assert await store.confirm_zero("acme", slot, first[slot], fold.version, fold.zero_owed)
+    # Late or repeated: the version moved on; nothing changes.
+    assert not await store.confirm_zero("acme", slot, first[slot], fold.version, fold.zero_owed)
+    second = await store.claim([slot])
+    (series,) = (await store.fold_slot("acme", slot, second[slot], now_ns=NOW + 30_000_000_000)).live
+    assert (series.zero_ns, series.count) == (0, 2)
+    # A fenced owner's confirmation is refused; an expired record is not brought back.
+    assert not await store.confirm_zero("acme", slot, first[slot], 2, fold.zero_owed)
+    await redis_client.hdel(store.keys.slot("acme", slot), digest)
+    version = int(await redis_client.get(store.keys.version("acme", slot)) or 0)
+    assert await store.confirm_zero("acme", slot, second[slot], version, fold.zero_owed)
+    assert await redis_client.hgetall(store.keys.slot("acme", slot)) == {}

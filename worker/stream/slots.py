@@ -42,6 +42,9 @@ class _InFlight:
     token: int
     deliveries: list[Delivery]
     series: int
+    #: The slot's version after the fold, and its records owing a zero point, without it.
+    version: int = 0
+    zero_owed: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
 class SlotEmitter:
@@ -130,7 +133,9 @@ class SlotEmitter:
                 report.send_seconds += time.perf_counter() - started
                 if in_flight is not None:
                     await self._confirm(in_flight, now_ns, report)
-                in_flight = _InFlight((tenant, slot), token, deliveries, fold.emitted)
+                in_flight = _InFlight(
+                    (tenant, slot), token, deliveries, fold.emitted, fold.version, fold.zero_owed
+                )
             if seen:
                 stale = [rid for rid, last in seen.items() if last < resource_before]
                 await self.store.forget_resources(tenant, stale, resource_before)
@@ -156,6 +161,11 @@ class SlotEmitter:
             report.records += delivered.records
             report.bytes += delivered.bytes
             report.too_large += delivered.too_large
+        if sent.zero_owed:
+            # At once rather than at the next fold: the slot may move before it, and its new
+            # owner, unable to tell, would send the zero points again (docs/internals.md).
+            tenant, slot = sent.key
+            await self.store.confirm_zero(tenant, slot, sent.token, sent.version, sent.zero_owed)
         report.confirm_seconds += time.perf_counter() - started
         report.series += sent.series
         self._published[sent.key] = (sent.token, now_ns)

@@ -405,6 +405,12 @@ def test_a_new_cumulative_series_owes_its_zero_point_until_a_publication_is_conf
     plan = _fold({}, [_row(_series("a", 2))], now_us=now)
     ((digest, record),) = [(new.digest, new.record) for new in plan.created]
     assert plan.live[0].zero_ns == zero_us * US and msgpack.unpackb(record, raw=True)[9] == zero_us
+    # What the owner writes once the publication is confirmed: the record without its zero point.
+    ((owed_digest, owed),) = plan.zero_owed
+    assert owed_digest == digest and msgpack.unpackb(owed, raw=True) == [
+        *msgpack.unpackb(record, raw=True)[:9],
+        0,
+    ]
     # The publication failed (no reset): the same zero point goes out again, at the pinned time.
     later = now + 15 * 1_000_000 + MINUTE_US
     plan = _fold({digest: record}, [_row(_series("a", 1))], now_us=later)
