@@ -233,7 +233,7 @@ def _reader(*, raw: bool) -> Callable[[bytes], Any]:
 def _series(record: Sequence[Any], exp_max_size: int, read_meta: Callable[[bytes], Any]) -> Series:
     """The series to emit (hot: positional arguments; integral doubles written by earlier Lua
     scripts become ints, as the encoder's fixed-width fields need)."""
-    meta, start, last, count, total, buckets, exp, exemplars, companion, zero = record[:10]
+    meta, start, last, count, total, buckets, exp, exemplars, companion, zero = record
     metric, resource_id, attributes, parts = meta_fields(read_meta(meta))
     return Series(
         "",
