@@ -5,8 +5,10 @@ Invalid values fail at start with one line naming the option (:class:`~worker.mo
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Collection, Mapping, Sequence
 from enum import StrEnum
 from itertools import pairwise
 from pathlib import Path
@@ -34,13 +36,21 @@ from worker.model.series import Temporality
 __all__ = [
     "DEFAULT_HISTOGRAM_BUCKETS",
     "RESERVED_DIMENSIONS",
+    "TEMPO_SPAN_METRICS_BUCKETS",
     "Dimension",
+    "DimensionMapping",
+    "HistogramMode",
     "HistogramUnit",
+    "HostInfoConfig",
+    "IntrinsicDimensions",
     "KafkaConfig",
+    "MetricsGeneratorConfig",
     "RedisConfig",
+    "RegistryConfig",
     "ServiceGraphsConfig",
     "Settings",
     "SpanMetricsConfig",
+    "TempoSpanMetricsConfig",
     "Temporality",
     "load_config",
 ]
@@ -305,6 +315,301 @@ class ServiceGraphsConfig(_Frozen):
         return buckets
 
 
+# ---------------------------------------------------------------------------------- Tempo mode
+
+#: Tempo's span-metrics latency buckets, ``prometheus.ExponentialBuckets(0.002, 2, 14)``, in seconds.
+TEMPO_SPAN_METRICS_BUCKETS: tuple[float, ...] = tuple(0.002 * 2**i for i in range(14))
+
+#: Tempo's processor names (``validation.SupportedProcessors``), sub-processors included.
+TEMPO_PROCESSORS: tuple[str, ...] = (
+    "service-graphs",
+    "service-graphs-request",
+    "service-graphs-latency",
+    "service-graphs-connection-info",
+    "span-metrics",
+    "span-metrics-count",
+    "span-metrics-latency",
+    "span-metrics-size",
+    "host-info",
+)
+
+#: Tempo's span-metrics intrinsic label names: a dimension or mapping sanitized to one of them
+#: gets a ``__`` prefix (``validation.SupportedIntrinsicDimensions``).
+TEMPO_INTRINSIC_LABELS: tuple[str, ...] = (
+    "service",
+    "span_name",
+    "span_kind",
+    "status_code",
+    "status_message",
+)
+
+_TEMPO_INVALID_LABEL_CHARACTER = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def tempo_label_name(name: str, intrinsics: Collection[str] = TEMPO_INTRINSIC_LABELS) -> str:
+    """Tempo's ``SanitizeLabelNameWithCollisions``: ``foo.bar`` -> ``foo_bar``, and a name that
+    sanitizes to one of ``intrinsics`` gets a ``__`` prefix (``span.kind`` -> ``__span_kind``)."""
+    sanitized = _TEMPO_INVALID_LABEL_CHARACTER.sub("_", name)
+    return "__" + sanitized if sanitized in intrinsics else sanitized
+
+
+def _metrics_generator_refused(section: str, refused: Mapping[str, str]) -> Any:
+    """A before-validator refusing Tempo keys that cannot apply here, each with its reason."""
+
+    def check(value: object) -> object:
+        if isinstance(value, Mapping):
+            found = [key for key in value if key in refused]
+            if found:
+                raise ValueError(
+                    "; ".join(f"{section}.{key} cannot apply here: {refused[key]}" for key in found)
+                )
+        return value
+
+    return check
+
+
+class HistogramMode(StrEnum):
+    """Tempo's ``generate_native_histograms``: classic buckets, native (OTLP exponential), or both."""
+
+    CLASSIC = "classic"
+    NATIVE = "native"
+    BOTH = "both"
+
+
+class IntrinsicDimensions(_Frozen):
+    service: bool = True
+    span_name: bool = True
+    span_kind: bool = True
+    status_code: bool = True
+    status_message: bool = False
+
+
+class DimensionMapping(_Frozen):
+    """Tempo's ``dimension_mappings`` entry: one label joining the non-empty values of several attributes."""
+
+    name: str = Field(min_length=1)
+    source_labels: tuple[str, ...] = Field(min_length=1)
+    join: str = ""
+
+
+def _tempo_buckets(buckets: tuple[float, ...]) -> tuple[float, ...]:
+    if any(not math.isfinite(b) for b in buckets):
+        raise ValueError("bucket boundaries must be finite numbers of seconds")
+    if any(later <= earlier for earlier, later in pairwise(buckets)):
+        raise ValueError("bucket boundaries must be strictly increasing")
+    return buckets
+
+
+class TempoSpanMetricsConfig(_Frozen):
+    """Tempo's ``processor.span_metrics`` block (modules/generator/processor/spanmetrics/config.go)."""
+
+    histogram_buckets: tuple[float, ...] = TEMPO_SPAN_METRICS_BUCKETS
+    intrinsic_dimensions: IntrinsicDimensions = IntrinsicDimensions()
+    dimensions: tuple[str, ...] = ()
+    dimension_mappings: tuple[DimensionMapping, ...] = ()
+    enable_target_info: bool = False
+    target_info_excluded_dimensions: tuple[str, ...] = ()
+    enable_instance_label: bool = True
+    span_multiplier_key: str = ""
+    enable_tracestate_span_multiplier: bool = False
+
+    @field_validator("histogram_buckets")
+    @classmethod
+    def _buckets(cls, buckets: tuple[float, ...]) -> tuple[float, ...]:
+        return _tempo_buckets(buckets)
+
+    @model_validator(mode="after")
+    def _mapping_collisions(self) -> TempoSpanMetricsConfig:
+        # validation.ValidateDimensions: a mapping's label may not collide with an enabled
+        # intrinsic, a dimension or another mapping (two dimensions may: the last one wins).
+        intrinsics = self.intrinsic_dimensions
+        seen: dict[str, str] = {
+            name: f"intrinsic dimension {name!r}"
+            for name in TEMPO_INTRINSIC_LABELS
+            if getattr(intrinsics, name)
+        }
+        for dimension in self.dimensions:
+            seen[tempo_label_name(dimension)] = f"dimension {dimension!r}"
+        for mapping in self.dimension_mappings:
+            label = tempo_label_name(mapping.name)
+            if label in seen:
+                raise ValueError(
+                    f"dimension_mappings: {mapping.name!r} produces label {label!r} which collides "
+                    f"with {seen[label]}"
+                )
+            seen[label] = f"dimension_mapping {mapping.name!r}"
+        return self
+
+
+class HostInfoConfig(_Frozen):
+    """Tempo's ``processor.host_info`` block (the ``host-info`` processor)."""
+
+    host_identifiers: tuple[str, ...] = Field(default=("k8s.node.name", "host.id"), min_length=1)
+    metric_name: str = Field(default="traces_host_info", min_length=1)
+
+
+_TEMPO_STORAGE = (
+    "Tempo's own WAL and Prometheus remote write; this worker publishes OTLP metrics to "
+    "kafka.output_topic, and the Collector's prometheusremotewrite exporter writes them to "
+    "Prometheus (examples/tempo-mode.yaml)"
+)
+_TEMPO_RING = (
+    "Tempo's cluster membership; workers share the input through the Kafka consumer group "
+    "(kafka.group_id, and kafka.group_instance_id for static membership)"
+)
+
+_REFUSED_PROCESSOR: dict[str, str] = {
+    "local_blocks": "TraceQL metrics read Tempo's own blocks; this worker keeps no trace blocks",
+}
+
+_REFUSED_SERVICE_GRAPHS: dict[str, str] = {
+    "enabled": "in metrics_generator mode the service graphs run when metrics_generator.processors "
+    "lists service-graphs (or a service-graphs-* sub-processor)",
+}
+
+_REFUSED_METRICS_GENERATOR: dict[str, str] = {
+    "ring": _TEMPO_RING,
+    "ring_mode": _TEMPO_RING,
+    "override_ring_key": _TEMPO_RING,
+    "instance_id": _TEMPO_RING,
+    "storage": _TEMPO_STORAGE,
+    "traces_storage": _TEMPO_STORAGE,
+    "remote_write_headers": _TEMPO_STORAGE,
+    "remote_write_add_org_id_header": _TEMPO_STORAGE,
+    "codec": "input records are OTLP ExportTraceServiceRequest (the Collector's Kafka exporter, "
+    "otlp_proto or otlp_json); Tempo's push-bytes records are not read",
+    "ingest_concurrency": "records are decoded on each worker's event loop; scale out with more "
+    "workers (up to one per input partition)",
+    "leave_consumer_group_on_shutdown": "the worker always flushes, commits and leaves the group on "
+    "SIGTERM (worker.shutdown_grace)",
+    "skip_stale_backlog_on_startup": "every span in the input is counted exactly once; skipping "
+    "backlog would lose spans (set the input topic's retention instead)",
+    "max_active_series": "use worker.max_active_series_per_tenant (per tenant across all workers, "
+    "with an overflow series; Tempo's limit is per generator instance)",
+    "max_active_entities": "the entity limiter is not implemented; use "
+    "worker.max_active_series_per_tenant (a series limit with an overflow series)",
+    "span_name_sanitization": "DRAIN span-name sanitization is not implemented; span names are "
+    "kept as they are",
+    "max_cardinality_per_label": "the per-label cardinality limiter is not implemented; "
+    "worker.max_active_series_per_tenant bounds the series",
+    "trace_id_label_name": "exemplars are OTLP exemplars with the trace id in their trace_id "
+    "field; the label name is chosen by the exporter that writes them to Prometheus",
+    "native_histogram_min_reset_duration": "native histograms are cumulative OTLP exponential "
+    "histograms that never reset; their resolution drops to stay within "
+    "native_histogram_max_bucket_number instead",
+    "disable_collection": "remove the metrics_generator block, or the processors, to emit nothing",
+    "ingestion_time_range_slack": "that is the per-tenant override's name; write "
+    "metrics_generator.metrics_ingestion_time_range_slack",
+    "collection_interval": "that is the per-tenant override's name; write "
+    "metrics_generator.registry.collection_interval",
+}
+
+
+class RegistryConfig(_Frozen):
+    """Tempo's ``registry`` block (modules/generator/registry/config.go)."""
+
+    collection_interval: Duration = Field(default=15.0, gt=0)
+    stale_duration: Duration = Field(default=900.0, gt=0)
+    external_labels: dict[str, str] = Field(default_factory=dict)
+    inject_tenant_id_as: str = ""
+    max_label_name_length: int = Field(default=1024, ge=0)
+    max_label_value_length: int = Field(default=2048, ge=0)
+
+
+class TempoProcessorConfig(_Frozen):
+    span_metrics: TempoSpanMetricsConfig = TempoSpanMetricsConfig()
+    service_graphs: Annotated[
+        ServiceGraphsConfig,
+        BeforeValidator(
+            _metrics_generator_refused("metrics_generator.processor.service_graphs", _REFUSED_SERVICE_GRAPHS)
+        ),
+    ] = ServiceGraphsConfig()
+    host_info: HostInfoConfig = HostInfoConfig()
+
+
+class MetricsGeneratorConfig(_Frozen):
+    """Tempo's ``metrics_generator`` block, plus the per-tenant overrides that shape its output
+    (``processors``, ``generate_native_histograms``, the native-histogram options)."""
+
+    processors: tuple[str, ...] = Field(default=(), validate_default=True)
+    registry: RegistryConfig = RegistryConfig()
+    processor: Annotated[
+        TempoProcessorConfig,
+        BeforeValidator(_metrics_generator_refused("metrics_generator.processor", _REFUSED_PROCESSOR)),
+    ] = TempoProcessorConfig()
+    generate_native_histograms: HistogramMode = HistogramMode.CLASSIC
+    native_histogram_bucket_factor: float = Field(default=1.1, gt=1)
+    native_histogram_max_bucket_number: int = Field(default=100, ge=2, le=16384)
+    #: None (the default here): no span is discarded for its end time. Set: a span is counted only
+    #: if it ended within this much of the time its Kafka record was written (see docs/internals.md).
+    metrics_ingestion_time_range_slack: Duration | None = None
+    limiter_type: Literal["series"] = "series"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refused(cls, data: object) -> object:
+        _metrics_generator_refused("metrics_generator", _REFUSED_METRICS_GENERATOR)(data)
+        if isinstance(data, Mapping) and data.get("limiter_type") == "entity":
+            raise ValueError(
+                "metrics_generator.limiter_type 'entity' cannot apply here: the entity limiter is not "
+                "implemented; 'series' is worker.max_active_series_per_tenant"
+            )
+        return data
+
+    @field_validator("processors")
+    @classmethod
+    def _known_processors(cls, processors: tuple[str, ...]) -> tuple[str, ...]:
+        for name in processors:
+            if name == "local-blocks":
+                raise ValueError(f"'{name}' cannot apply here: {_REFUSED_PROCESSOR['local_blocks']}")
+            if name not in TEMPO_PROCESSORS:
+                raise ValueError(
+                    f"'{name}' is not a known processor (allowed: {', '.join(TEMPO_PROCESSORS)})"
+                )
+        if not processors:
+            raise ValueError(
+                "list at least one processor (in Tempo this is the per-tenant override "
+                f"metrics_generator.processors; allowed: {', '.join(TEMPO_PROCESSORS)})"
+            )
+        return processors
+
+    @property
+    def span_metrics_subprocessors(self) -> frozenset[str]:
+        """``count``, ``latency``, ``size``: which span-metrics series run (instance.go
+        updateSpanMetricsSubprocessors); empty when span metrics are off."""
+        listed = set(self.processors)
+        if "span-metrics" in listed:
+            return frozenset({"count", "latency", "size"})
+        return frozenset(part for part in ("count", "latency", "size") if f"span-metrics-{part}" in listed)
+
+    @property
+    def span_metrics(self) -> TempoSpanMetricsConfig:
+        """``processor.span_metrics`` as Tempo runs it: listing only sub-processors resets
+        ``histogram_buckets`` to the default buckets (a quirk of instance.go kept on purpose)."""
+        config = self.processor.span_metrics
+        listed = set(self.processors)
+        if "span-metrics" not in listed and "span-metrics-latency" in listed:
+            return config.model_copy(update={"histogram_buckets": TEMPO_SPAN_METRICS_BUCKETS})
+        return config
+
+    @property
+    def service_graph_subprocessors(self) -> frozenset[str]:
+        """``request``, ``latency``, ``connection-info`` (instance.go updateServiceGraphsSubprocessors)."""
+        listed = set(self.processors)
+        parts = ("request", "latency", "connection-info")
+        chosen = {part for part in parts if f"service-graphs-{part}" in listed}
+        if "service-graphs" in listed:
+            chosen |= {"request", "latency"}
+        return frozenset(chosen)
+
+    @property
+    def native_initial_scale(self) -> int:
+        """The exponential histogram scale for ``native_histogram_bucket_factor``, as client_golang's
+        ``pickSchema`` picks it: factor 1.1 gives scale 3 (buckets grow by 2^(1/8) = 1.09)."""
+        floor = math.floor(math.log2(math.log2(self.native_histogram_bucket_factor)))
+        return 8 if floor <= -8 else -4 if floor >= 4 else -floor
+
+
 class KafkaConfig(_Frozen):
     """Where spans come from and metrics go; the aiokafka options users need in production."""
 
@@ -405,6 +710,73 @@ class Settings(BaseSettings):
     worker: WorkerConfig = WorkerConfig()
     http: HttpConfig = HttpConfig()
     log: LogConfig = LogConfig()
+    #: Tempo's metrics-generator block: when set, the worker emits Tempo's series instead of the
+    #: connector's (``spanmetrics``/``servicegraphs`` may then not be set).
+    metrics_generator: MetricsGeneratorConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_style(self) -> Settings:
+        if self.metrics_generator is not None:
+            others = [name for name in ("spanmetrics", "servicegraphs") if name in self.model_fields_set]
+            if others:
+                raise ValueError(
+                    f"metrics_generator and {' and '.join(others)} are both configured: choose one style "
+                    "(metrics_generator: Tempo's metrics-generator series; spanmetrics and servicegraphs: "
+                    "the Collector connector's series with Tempo's service graphs)"
+                )
+        return self
+
+    @property
+    def tempo_mode(self) -> bool:
+        """Whether the ``metrics_generator`` block (Tempo's series) is configured."""
+        return self.metrics_generator is not None
+
+    @property
+    def flush_interval(self) -> float:
+        """Seconds between checkpoints and emissions: Tempo's ``registry.collection_interval`` or
+        the connector's ``metrics_flush_interval``."""
+        if self.metrics_generator is not None:
+            return self.metrics_generator.registry.collection_interval
+        return self.spanmetrics.metrics_flush_interval
+
+    @property
+    def temporality(self) -> Temporality:
+        """The output temporality: always cumulative in Tempo mode (Tempo's registry is)."""
+        if self.metrics_generator is not None:
+            return Temporality.CUMULATIVE
+        return self.spanmetrics.aggregation_temporality
+
+    @property
+    def series_expiration(self) -> float:
+        """Seconds a series may go without data before it stops being emitted (0: never):
+        Tempo's ``registry.stale_duration`` or the connector's ``metrics_expiration``."""
+        if self.metrics_generator is not None:
+            return self.metrics_generator.registry.stale_duration
+        return self.spanmetrics.metrics_expiration
+
+    @property
+    def exponential_max_size(self) -> int:
+        """Buckets an exponential histogram keeps before it loses resolution."""
+        if self.metrics_generator is not None:
+            return self.metrics_generator.native_histogram_max_bucket_number
+        exponential = self.spanmetrics.histogram.exponential
+        return exponential.max_size if exponential else 160
+
+    @property
+    def service_graphs(self) -> ServiceGraphsConfig:
+        """The service-graph options in effect: ``servicegraphs``, or in Tempo mode
+        ``processor.service_graphs`` enabled by ``processors``."""
+        generator = self.metrics_generator
+        if generator is None:
+            return self.servicegraphs
+        config = generator.processor.service_graphs
+        update: dict[str, Any] = {"enabled": bool(generator.service_graph_subprocessors)}
+        fields = type(config).model_fields
+        if "subprocessors" in fields:
+            update["subprocessors"] = tuple(sorted(generator.service_graph_subprocessors))
+        if "generate_native_histograms" in fields:
+            update["generate_native_histograms"] = generator.generate_native_histograms.value
+        return config.model_copy(update=update)
 
     @classmethod
     def settings_customise_sources(

@@ -144,19 +144,17 @@ def process_documents(
     """Run every configured processor over all documents, then merge, fold and encode one flush
     (service-graph half-edges all resolve at the end of the input)."""
     pipeline = Pipeline(settings, clock=clock)
-    spanmetrics = settings.spanmetrics
-    exponential = spanmetrics.histogram.exponential
     store = MemoryStore(
         slots=1,
         max_exemplars=pipeline.max_exemplars,
-        exp_max_size=exponential.max_size if exponential else 160,
+        exp_max_size=settings.exponential_max_size,
         active_series_limit=settings.worker.max_active_series_per_tenant,
     )
     worker = LocalWorker(
         store,
         pipeline.descriptors(),
-        spanmetrics.aggregation_temporality,
-        expiration_s=spanmetrics.metrics_expiration,
+        settings.temporality,
+        expiration_s=settings.series_expiration,
     )
     tenant = tenant or settings.kafka.default_tenant
     spans = skipped = 0

@@ -1,4 +1,5 @@
-"""The configured processors as one unit (span metrics always, service graphs when enabled)."""
+"""The configured processors as one unit: the connector's span metrics (or Tempo's, in
+``metrics_generator`` mode) and the service graphs when enabled."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from collections.abc import Callable, Iterable
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from worker.config import Settings
-from worker.model.series import MetricDescriptor, TenantDeltas, merge_deltas
+from worker.model.series import SERIES_ID_SEPARATOR, MetricDescriptor, TenantDeltas, merge_deltas
 from worker.otlp.batch import ResourceGroup, SpanBatch, group_request
 from worker.processors.base import PipelineStats, Processor
 from worker.processors.servicegraphs.processor import ServiceGraphsProcessor
 from worker.processors.spanmetrics.processor import SpanMetricsProcessor
+from worker.processors.tempospanmetrics.processor import TempoSpanMetricsProcessor
 
 __all__ = ["Pipeline", "PipelineStats"]
 
@@ -21,22 +23,51 @@ class Pipeline:
     """Drives every processor alike; the service graphs' pending half-edges stay explicit."""
 
     def __init__(self, settings: Settings, *, clock: Callable[[], int] = time.time_ns) -> None:
-        self.spanmetrics = SpanMetricsProcessor(settings.spanmetrics, clock=clock)
+        generator = settings.metrics_generator
+        self.spanmetrics: SpanMetricsProcessor | None = None
+        self.tempo: TempoSpanMetricsProcessor | None = None
+        #: Tempo's registry ``external_labels`` (and ``inject_tenant_id_as``), which the service
+        #: graphs get here; Tempo's span metrics add them themselves.
+        self._external: tuple[tuple[str, str], ...] = ()
+        self._tenant_label = ""
+        if generator is None:
+            self.spanmetrics = SpanMetricsProcessor(settings.spanmetrics, clock=clock)
+        else:
+            if generator.span_metrics_subprocessors:
+                self.tempo = TempoSpanMetricsProcessor(generator, clock=clock)
+            self._external = tuple(generator.registry.external_labels.items())
+            self._tenant_label = generator.registry.inject_tenant_id_as
+        service_graphs = settings.service_graphs
         self.servicegraphs = (
-            ServiceGraphsProcessor(settings.servicegraphs, clock=clock)
-            if settings.servicegraphs.enabled
-            else None
+            ServiceGraphsProcessor(service_graphs, clock=clock) if service_graphs.enabled else None
         )
-        self.processors: list[Processor] = [self.spanmetrics]
+        self.processors: list[Processor] = []
+        if self.spanmetrics is not None:
+            self.processors.append(self.spanmetrics)
+        if self.tempo is not None:
+            self.processors.append(self.tempo)
         if self.servicegraphs is not None:
             self.processors.append(self.servicegraphs)
 
     @property
     def max_exemplars(self) -> int:
-        return self.spanmetrics.max_exemplars
+        found = [0]
+        if self.spanmetrics is not None:
+            found.append(self.spanmetrics.max_exemplars)
+        if self.tempo is not None:
+            found.append(self.tempo.max_exemplars)
+        return max(found)
 
     def descriptors(self) -> dict[str, MetricDescriptor]:
-        return {d.name: d for processor in self.processors for d in processor.descriptors()}
+        """Series metric -> descriptor (Tempo's native latency histogram next to the classic one
+        has a key of its own: see ``TempoSpanMetricsProcessor.descriptor_map``)."""
+        result: dict[str, MetricDescriptor] = {}
+        for processor in self.processors:
+            if self.tempo is not None and processor is self.tempo:
+                result.update(self.tempo.descriptor_map())
+            else:
+                result.update((d.name, d) for d in processor.descriptors())
+        return result
 
     def consume(
         self,
@@ -68,7 +99,27 @@ class Pipeline:
             processor.expire_all()
 
     def take_deltas(self) -> dict[str, TenantDeltas]:
-        return merge_deltas(*(processor.take_deltas() for processor in self.processors))
+        parts = []
+        for processor in self.processors:
+            deltas = processor.take_deltas()
+            if processor is self.servicegraphs and (self._external or self._tenant_label):
+                self._add_external_labels(deltas)
+            parts.append(deltas)
+        return merge_deltas(*parts)
+
+    def _add_external_labels(self, deltas: dict[str, TenantDeltas]) -> None:
+        """Tempo's registry sets its external labels over every series' labels (registry/util.go
+        getSeriesLabels; an empty value removes the label); the series id names them too."""
+        for tenant, part in deltas.items():
+            extra = list(self._external)
+            if self._tenant_label:
+                extra.append((self._tenant_label, tenant))
+            suffix = SERIES_ID_SEPARATOR.join(f"{name}={value}" for name, value in extra)
+            for series in part.series:
+                labels = dict(series.attributes)
+                labels.update(extra)
+                series.attributes = tuple((name, value) for name, value in labels.items() if value != "")
+                series.series_id = f"{series.series_id}{SERIES_ID_SEPARATOR}{suffix}"
 
     def export_pending(self, partitions: Iterable[int]) -> dict[int, bytes]:
         """Pending half-edges per partition, saved with the offsets they belong to."""
