@@ -425,7 +425,7 @@ class TempoSpanMetricsProcessor:
                 exemplar = (span.trace_id, span.span_id, latency, end if 0 < end < _MAX_TIME_NS else now)
             if self._classic:
                 series = accumulator.latency.get(series_key) or self._create(
-                    accumulator.latency, LATENCY, series_key, labels, now
+                    accumulator.latency, LATENCY, series_key, labels, now, histogram="classic"
                 )
                 bucket = bisect_left(bounds, latency)
                 if weight:
@@ -438,7 +438,7 @@ class TempoSpanMetricsProcessor:
                     accumulator.exemplars.setdefault(series_key, {})[bucket] = exemplar
             if self._native:
                 series = accumulator.native.get(series_key) or self._create(
-                    accumulator.native, self._native_key, series_key, labels, now
+                    accumulator.native, self._native_key, series_key, labels, now, histogram="native"
                 )
                 if weight:
                     assert series.exp is not None
@@ -513,6 +513,8 @@ class TempoSpanMetricsProcessor:
         key: tuple[Any, ...],
         labels: Attributes,
         now: int,
+        *,
+        histogram: str = "",
     ) -> Series:
         body = SERIES_ID_SEPARATOR.join(f"{name}={value}" for name, value in labels)
         series = Series(
@@ -523,10 +525,10 @@ class TempoSpanMetricsProcessor:
             start_ns=minute_start_ns(now),
             last_ns=now,
         )
-        if metric == LATENCY:
-            series.buckets = [0] * (len(self._bounds) + 1)
-        elif metric == self._native_key:
+        if histogram == "native":
             series.exp = ExpHistogram(max_size=self._native_size, scale=self._native_scale)
+        elif histogram == "classic":
+            series.buckets = [0] * (len(self._bounds) + 1)
         target[key] = series
         return series
 
