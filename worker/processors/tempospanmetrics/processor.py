@@ -28,8 +28,10 @@ from worker.model.series import (
 )
 from worker.otlp.batch import BatchResource, BatchSpan, ResourceGroup, SpanBatch, group_request
 from worker.processors.base import PipelineStats
+from worker.processors.multiplier import SpanMultiplier
+from worker.processors.sampling import stochastic_round
 from worker.processors.servicegraphs.labels import tempo_string
-from worker.processors.spanmetrics.sampling import adjusted_count, stochastic_round
+from worker.processors.spanfilter import SpanFilter
 
 __all__ = [
     "CALLS_TOTAL",
@@ -133,6 +135,8 @@ class TempoConsumeStats:
     spans: int = 0
     #: Spans whose label set Tempo would find invalid (a length limit cut a character).
     invalid_labels: int = 0
+    #: Spans the filter policies left out.
+    filtered: int = 0
 
     def add_to(self, total: PipelineStats) -> None:
         total.spans += self.spans
@@ -215,8 +219,10 @@ class TempoSpanMetricsProcessor:
         self._dimension_labels = tuple(tempo_label_name(d) for d in config.dimensions)
         self._mappings = config.dimension_mappings
         self._mapping_labels = tuple(tempo_label_name(m.name) for m in config.dimension_mappings)
-        self._multiplier_key = config.span_multiplier_key
-        self._tracestate_multiplier = config.enable_tracestate_span_multiplier
+        self._multiplier = SpanMultiplier(
+            config.span_multiplier_key, config.enable_tracestate_span_multiplier
+        )
+        self._filter = SpanFilter(config.filter_policies)
         self._name_limit = self.registry.max_label_name_length
         self._value_limit = self.registry.max_label_value_length
         self._external = tuple(self.registry.external_labels.items())
@@ -247,7 +253,7 @@ class TempoSpanMetricsProcessor:
         if self._size:
             found[SIZE_TOTAL] = MetricDescriptor(SIZE_TOTAL, MetricKind.SUM, scope=SCOPE_NAME, order=3)
         if self._target_info:
-            found[TARGET_INFO] = MetricDescriptor(TARGET_INFO, _INFO_KIND, scope=SCOPE_NAME, order=4)
+            found[TARGET_INFO] = MetricDescriptor(TARGET_INFO, MetricKind.INFO, scope=SCOPE_NAME, order=4)
         return found
 
     def descriptors(self) -> list[MetricDescriptor]:
@@ -347,23 +353,7 @@ class TempoSpanMetricsProcessor:
 
     def _weight(self, resource: _Resource, span: BatchSpan) -> int:
         """processor/util GetSpanMultiplier, rounded stochastically to whole spans."""
-        multiplier = 1.0
-        found = False
-        if self._tracestate_multiplier and span.trace_state:
-            ratio = adjusted_count(span.trace_state)
-            if ratio > 1.0:
-                multiplier, found = ratio, True
-        key = self._multiplier_key
-        if key and not found:
-            for value in (span.attributes.get(key), resource.values.get(key)):
-                if (
-                    value is not None
-                    and value.WhichOneof("value") == "double_value"
-                    and value.double_value > 0
-                ):
-                    multiplier = 1.0 / value.double_value
-                    break
-        multiplier = min(multiplier, _MAX_WEIGHT)
+        multiplier = min(self._multiplier(resource.values, span), _MAX_WEIGHT)
         return int(multiplier) if multiplier.is_integer() else stochastic_round(multiplier, self._uniform)
 
     def _observe(
@@ -378,9 +368,15 @@ class TempoSpanMetricsProcessor:
         _, name_on, kind_on, code_on, message_on = self._intrinsics
         dimensions = self._dimensions
         mappings = self._mappings
-        weighted = bool(self._multiplier_key) or self._tracestate_multiplier
+        weighted = self._multiplier.active
+        filtering = self._filter.active
+        keep = self._filter.keep
         bounds = self._bounds
         for span in spans:
+            if filtering and not keep(resource.values, span):
+                # spanmetrics.go: counted as spans_discarded{reason="span_metrics_filtered"}.
+                stats.filtered += 1
+                continue
             attributes = span.attributes
             key: list[Any] = [
                 span.name if name_on else None,
@@ -545,6 +541,7 @@ class TempoSpanMetricsProcessor:
             attributes=labels,
             start_ns=minute_start_ns(now),
             last_ns=now,
+            count=1,
         )
         return series
 
@@ -591,6 +588,3 @@ class TempoSpanMetricsProcessor:
             for tenant, series in merged.items()
             if series
         }
-
-
-_INFO_KIND: MetricKind = getattr(MetricKind, "INFO", MetricKind.SUM)
