@@ -596,3 +596,53 @@ def test_classic_exemplars_carry_the_trace_id() -> None:
     [point] = series(out, LATENCY).values()
     last = request.resource_spans[0].scope_spans[0].spans[-1]
     assert [(e.trace_id, e.as_double) for e in point.exemplars] == [(last.trace_id, 1.0)]
+
+
+# ---------------------------------------------------------------------------------- filter policies
+
+
+def _policy(kind: str, match_type: str, key: str, value: str) -> dict[str, Any]:
+    return {kind: {"match_type": match_type, "attributes": [{"key": key, "value": value}]}}
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (_policy("include", "strict", "span.foo", "foo-value"), 10),
+        (_policy("include", "strict", "span.nope", "nothere"), 0),
+        (_policy("exclude", "strict", "status", "STATUS_CODE_OK"), 0),
+        (_policy("include", "regex", "kind", "SPAN_KIND_.*"), 10),
+    ],
+)
+def test_filter_policies(policy: dict[str, Any], expected: int) -> None:
+    # upstream: TestSpanMetrics_applyFilterPolicy (filtered spans count nothing; Tempo counts them
+    # in spans_discarded_total{reason="span_metrics_filtered"}).
+    config = generator(
+        dimensions=["foo", "bar", "does-not-exist"],
+        intrinsic_dimensions={"span_kind": False, "status_message": True},
+        filter_policies=[policy],
+    )
+    run = TempoRun(config)
+    request = make_batch(10, span_attributes={"foo": "foo-value", "bar": "bar-value"})
+    assert run.pipeline.tempo is not None
+    stats = run.pipeline.tempo.consume(request, run.tenant)
+    out = run.flush()
+    key = labels(
+        service="test-service",
+        span_name="test",
+        status_code="STATUS_CODE_OK",
+        status_message="OK",
+        foo="foo-value",
+        bar="bar-value",
+    )
+    assert values(out, CALLS) == ({key: expected} if expected else {})
+    assert (stats.spans, stats.filtered) == (10, 10 - expected)
+
+
+def test_filtered_spans_register_no_target_info() -> None:
+    # upstream: spanmetrics.go aggregateMetrics (a filtered span `continue`s before target info).
+    config = generator(
+        enable_target_info=True, filter_policies=[_policy("exclude", "strict", "name", "test")]
+    )
+    out = TempoRun(config).run(make_batch(2, resource=[("service.name", "s"), ("cluster", "eu")]))
+    assert series(out, TARGET_INFO) == {} and series(out, CALLS) == {}
