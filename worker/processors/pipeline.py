@@ -12,11 +12,19 @@ from worker.config import Settings
 from worker.model.series import SERIES_ID_SEPARATOR, MetricDescriptor, TenantDeltas, merge_deltas
 from worker.otlp.batch import ResourceGroup, SpanBatch, group_request
 from worker.processors.base import PipelineStats, Processor
-from worker.processors.servicegraphs.processor import ServiceGraphsProcessor
+from worker.processors.servicegraphs.processor import (
+    DROPPED_SPANS_TOTAL,
+    UNPAIRED_SPANS_TOTAL,
+    ServiceGraphsProcessor,
+)
 from worker.processors.spanmetrics.processor import SpanMetricsProcessor
 from worker.processors.tempospanmetrics.processor import TempoSpanMetricsProcessor
 
 __all__ = ["Pipeline", "PipelineStats"]
+
+#: Service-graph metrics Tempo's docs list but Tempo never emits (they come from the Grafana
+#: Agent's processor): left out in ``metrics_generator`` mode.
+_NOT_IN_TEMPO = frozenset((UNPAIRED_SPANS_TOTAL, DROPPED_SPANS_TOTAL))
 
 
 class Pipeline:
@@ -30,6 +38,7 @@ class Pipeline:
         #: graphs get here; Tempo's span metrics add them themselves.
         self._external: tuple[tuple[str, str], ...] = ()
         self._tenant_label = ""
+        self._tempo_mode = generator is not None
         if generator is None:
             self.spanmetrics = SpanMetricsProcessor(settings.spanmetrics, clock=clock)
         else:
@@ -67,6 +76,9 @@ class Pipeline:
                 result.update(self.tempo.descriptor_map())
             else:
                 result.update((d.name, d) for d in processor.descriptors())
+        if self._tempo_mode:
+            for name in _NOT_IN_TEMPO:
+                result.pop(name, None)
         return result
 
     def consume(
@@ -102,8 +114,11 @@ class Pipeline:
         parts = []
         for processor in self.processors:
             deltas = processor.take_deltas()
-            if processor is self.servicegraphs and (self._external or self._tenant_label):
-                self._add_external_labels(deltas)
+            if processor is self.servicegraphs and self._tempo_mode:
+                for part in deltas.values():
+                    part.series = [one for one in part.series if one.metric not in _NOT_IN_TEMPO]
+                if self._external or self._tenant_label:
+                    self._add_external_labels(deltas)
             parts.append(deltas)
         return merge_deltas(*parts)
 
