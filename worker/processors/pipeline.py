@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from worker.config import Settings
 from worker.model.series import SERIES_ID_SEPARATOR, MetricDescriptor, TenantDeltas, merge_deltas
-from worker.otlp.batch import ResourceGroup, SpanBatch, group_request
+from worker.otlp.batch import BatchScopeSpans, BatchSpan, ResourceGroup, SpanBatch, group_request
 from worker.processors.base import PipelineStats, Processor
 from worker.processors.servicegraphs.processor import (
     DROPPED_SPANS_TOTAL,
@@ -18,6 +19,8 @@ from worker.processors.servicegraphs.processor import (
     ServiceGraphsProcessor,
 )
 from worker.processors.spanmetrics.processor import SpanMetricsProcessor
+from worker.processors.tempospanmetrics.hostinfo import HostInfoProcessor
+from worker.processors.tempospanmetrics.processor import SCOPE_NAME as TEMPO_SCOPE
 from worker.processors.tempospanmetrics.processor import TempoSpanMetricsProcessor
 
 __all__ = ["Pipeline", "PipelineStats"]
@@ -34,16 +37,23 @@ class Pipeline:
         generator = settings.metrics_generator
         self.spanmetrics: SpanMetricsProcessor | None = None
         self.tempo: TempoSpanMetricsProcessor | None = None
+        self.hostinfo: HostInfoProcessor | None = None
         #: Tempo's registry ``external_labels`` (and ``inject_tenant_id_as``), which the service
         #: graphs get here; Tempo's span metrics add them themselves.
         self._external: tuple[tuple[str, str], ...] = ()
         self._tenant_label = ""
         self._tempo_mode = generator is not None
+        self._clock = clock
+        slack = generator.metrics_ingestion_time_range_slack if generator is not None else None
+        #: Tempo's metrics_ingestion_time_range_slack in nanoseconds (None: every span counts).
+        self._slack_ns = round(slack * 1e9) if slack is not None else None
         if generator is None:
             self.spanmetrics = SpanMetricsProcessor(settings.spanmetrics, clock=clock)
         else:
             if generator.span_metrics_subprocessors:
                 self.tempo = TempoSpanMetricsProcessor(generator, clock=clock)
+            if "host-info" in generator.processors:
+                self.hostinfo = HostInfoProcessor(generator, clock=clock)
             self._external = tuple(generator.registry.external_labels.items())
             self._tenant_label = generator.registry.inject_tenant_id_as
         service_graphs = settings.service_graphs
@@ -57,6 +67,8 @@ class Pipeline:
             self.processors.append(self.tempo)
         if self.servicegraphs is not None:
             self.processors.append(self.servicegraphs)
+        if self.hostinfo is not None:
+            self.processors.append(self.hostinfo)
 
     @property
     def max_exemplars(self) -> int:
@@ -79,7 +91,14 @@ class Pipeline:
         if self._tempo_mode:
             for name in _NOT_IN_TEMPO:
                 result.pop(name, None)
+            # Unnamed scopes: exporters write a scope name as an otel_scope_name label.
+            result = {key: replace(d, scope=TEMPO_SCOPE) for key, d in result.items()}
         return result
+
+    @property
+    def needs_record_time(self) -> bool:
+        """Whether :meth:`consume` wants each Kafka record's time (the ingestion slack is set)."""
+        return self._slack_ns is not None
 
     def consume(
         self,
@@ -88,15 +107,21 @@ class Pipeline:
         partition: int = 0,
         *,
         groups: list[ResourceGroup] | None = None,
+        record_time_ns: int | None = None,
     ) -> PipelineStats:
         """Aggregate one request with every processor, reading its resources and spans once.
 
         ``request`` is best a ``SpanBatch`` (``decode_spans``, which gives ``groups`` too); a
         standard request is converted first, at the cost of serializing and parsing it again.
+        ``record_time_ns`` is the Kafka record's time: with ``metrics_ingestion_time_range_slack``
+        a span counts only if it ended within the slack of it (of the clock when not given).
         """
         if groups is None:
             groups = group_request(request)
         stats = PipelineStats()
+        if self._slack_ns is not None:
+            reference = record_time_ns if record_time_ns is not None else self._clock()
+            groups, stats.outside_slack = _within_slack(groups, reference, self._slack_ns)
         for processor in self.processors:
             processor.consume(request, tenant, partition, groups=groups).add_to(stats)
         return stats
@@ -153,3 +178,22 @@ class Pipeline:
 
     def pending_edges(self) -> int:
         return self.servicegraphs.pending_count() if self.servicegraphs is not None else 0
+
+
+def _within_slack(
+    groups: list[ResourceGroup], reference_ns: int, slack_ns: int
+) -> tuple[list[ResourceGroup], int]:
+    """The spans that ended within ``slack_ns`` of ``reference_ns`` (Tempo's instance.go
+    preprocessSpans, before every processor), and how many others there were."""
+    low, high = reference_ns - slack_ns, reference_ns + slack_ns
+    kept: list[ResourceGroup] = []
+    outside = 0
+    for resource, cache_key, scopes in groups:
+        kept_scopes: list[tuple[BatchScopeSpans, Sequence[BatchSpan]]] = []
+        for scope, spans in scopes:
+            within = [span for span in spans if low <= span.end_time_unix_nano <= high]
+            outside += len(spans) - len(within)
+            if within:
+                kept_scopes.append((scope, within))
+        kept.append((resource, cache_key, kept_scopes))
+    return kept, outside

@@ -54,8 +54,10 @@ TARGET_INFO = "traces_target_info"
 #: (``generate_native_histograms: both``): both are written under :data:`LATENCY`.
 LATENCY_NATIVE_KEY = LATENCY + SERIES_ID_SEPARATOR + "native"
 
-#: The instrumentation scope of every Tempo-mode span-metrics metric.
-SCOPE_NAME = "tempo.metricsgenerator.spanmetrics"
+#: The instrumentation scope of every Tempo-mode metric: unnamed, because the Collector's
+#: prometheusremotewrite exporter (since contrib PR #45987) writes a scope's name and version as
+#: ``otel_scope_name``/``otel_scope_version`` labels on every series, which Tempo's series lack.
+SCOPE_NAME = ""
 #: The one resource all Tempo-mode span-metrics series belong to, without attributes: Tempo's
 #: series carry every label themselves, and a resource's ``service.name`` would become a ``job``
 #: label downstream (the prometheusremotewrite exporter's rule) that Tempo does not write.
@@ -140,6 +142,8 @@ class TempoConsumeStats:
 
     def add_to(self, total: PipelineStats) -> None:
         total.spans += self.spans
+        total.filtered += self.filtered
+        total.invalid_labels += self.invalid_labels
 
 
 @dataclass(slots=True)
@@ -238,17 +242,19 @@ class TempoSpanMetricsProcessor:
 
     def descriptor_map(self) -> dict[str, MetricDescriptor]:
         """Series metric key -> descriptor: with ``both`` the native histogram has a key of its
-        own but is written under the same name as the classic one."""
+        own but is written under the same name as the classic one. No unit: the latency is in
+        seconds, but a unit would make exporters that add unit suffixes write
+        ``traces_spanmetrics_latency_seconds``, which is not Tempo's name."""
         found: dict[str, MetricDescriptor] = {}
         if self._count:
             found[CALLS_TOTAL] = MetricDescriptor(CALLS_TOTAL, MetricKind.SUM, scope=SCOPE_NAME, order=0)
         if self._classic:
             found[LATENCY] = MetricDescriptor(
-                LATENCY, MetricKind.HISTOGRAM, unit="s", bounds=self._bounds, scope=SCOPE_NAME, order=1
+                LATENCY, MetricKind.HISTOGRAM, bounds=self._bounds, scope=SCOPE_NAME, order=1
             )
         if self._native:
             found[self._native_key] = MetricDescriptor(
-                LATENCY, MetricKind.EXPONENTIAL_HISTOGRAM, unit="s", scope=SCOPE_NAME, order=2
+                LATENCY, MetricKind.EXPONENTIAL_HISTOGRAM, scope=SCOPE_NAME, order=2
             )
         if self._size:
             found[SIZE_TOTAL] = MetricDescriptor(SIZE_TOTAL, MetricKind.SUM, scope=SCOPE_NAME, order=3)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from tests.unit.processors.tempospanmetrics.helpers import TempoRun, labels, series, values
+from tests.unit.processors.tempospanmetrics.helpers import TempoRun, labels, resources, scopes, series, values
 from tests.unit.processors.tempospanmetrics.queue_database import SPANS, queue_database_trace
 from worker.cli import cli
 from worker.otlp.json_codec import metrics_from_json, traces_to_json
@@ -77,6 +77,8 @@ def check(out: Any) -> None:
     # Tempo never writes these (its docs list them; they come from the Grafana Agent).
     assert series(out, "traces_service_graph_unpaired_spans_total") == {}
     assert series(out, "traces_service_graph_dropped_spans_total") == {}
+    # No resource attributes and no scope name: nothing for an exporter to turn into labels.
+    assert resources(out) == [{}, {}] and scopes(out) == {""}
     # The span metrics of the same spans, with Tempo's names and labels.
     calls = values(out, "traces_spanmetrics_calls_total")
     assert calls == dict(expected_calls())

@@ -113,17 +113,18 @@ def test_size_is_the_proto_size_of_each_span_without_the_multiplier() -> None:
     assert values(out, CALLS) == {labels(**BASE): 6}
 
 
-def test_output_has_an_empty_resource_and_tempos_scope() -> None:
-    # Every label is on the data points; the resource stays empty so that downstream exporters
-    # do not add job/instance from service.name / service.instance.id (Tempo adds them only with
-    # target info).
-    out = TempoRun(generator()).run(make_batch(1))
+def test_output_has_an_empty_resource_and_an_unnamed_scope() -> None:
+    # Every label is on the data points. The resource stays empty, so that the Collector's
+    # prometheusremotewrite exporter adds no job/instance from service.name and
+    # service.instance.id (Tempo adds them only with target info), and the scope has no name, so
+    # that it adds no otel_scope_name label; no unit, so that it adds no _seconds suffix.
+    out = TempoRun({**generator(), "processors": ["span-metrics", "service-graphs"]}).run(make_batch(1))
     assert resources(out) == [{}]
-    assert scopes(out) == {"tempo.metricsgenerator.spanmetrics"}
+    assert scopes(out) == {""}
     latency = [
         m for rm in out.resource_metrics for sm in rm.scope_metrics for m in sm.metrics if m.name == LATENCY
     ]
-    assert latency[0].unit == "s" and latency[0].histogram.aggregation_temporality == 2
+    assert latency[0].unit == "" and latency[0].histogram.aggregation_temporality == 2
 
 
 @pytest.mark.parametrize(
@@ -646,3 +647,32 @@ def test_filtered_spans_register_no_target_info() -> None:
     )
     out = TempoRun(config).run(make_batch(2, resource=[("service.name", "s"), ("cluster", "eu")]))
     assert series(out, TARGET_INFO) == {} and series(out, CALLS) == {}
+
+
+# ---------------------------------------------------------------------------------- host info
+
+
+def test_host_info() -> None:
+    # upstream: modules/generator/processor/hostinfo/processor_test.go (the first identifier with a
+    # non-empty string value; default identifiers k8s.node.name, host.id).
+    config = {"processors": ["host-info"]}
+    first = make_resource_spans([("service.name", "a"), ("host.id", "h-1")], [make_span("op")])
+    second = make_resource_spans([("k8s.node.name", "node-7"), ("host.id", "h-2")], [make_span("op")])
+    empty = make_resource_spans([("k8s.node.name", ""), ("service.name", "c")], [make_span("op")])
+    out = TempoRun(config).run(make_request(first, second, empty))
+    info = series(out, "traces_host_info")
+    assert list(info) == [
+        labels(grafana_host_id="h-1", host_source="host.id"),
+        labels(grafana_host_id="node-7", host_source="k8s.node.name"),
+    ]
+    assert [gauge_value(p) for p in info.values()] == [1.0, 1.0]
+    assert series(out, CALLS) == {}
+
+
+def test_host_info_metric_name() -> None:
+    config = {
+        "processors": ["host-info"],
+        "processor": {"host_info": {"metric_name": "my_hosts", "host_identifiers": ["x"]}},
+    }
+    out = TempoRun(config).run(make_request(make_resource_spans([("x", "1")], [make_span("op")])))
+    assert list(series(out, "my_hosts")) == [labels(grafana_host_id="1", host_source="x")]
