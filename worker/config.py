@@ -12,7 +12,8 @@ from collections.abc import Collection, Mapping, Sequence
 from enum import StrEnum
 from itertools import pairwise
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -957,6 +958,8 @@ def _known_options(location: Sequence[object]) -> list[str]:
         annotation = field.annotation if field is not None else None
         if get_origin(annotation) is tuple:  # tuple[Dimension, ...]
             annotation = get_args(annotation)[0]
+        elif get_origin(annotation) in (Union, UnionType):  # MetricsGeneratorConfig | None
+            annotation = next((a for a in get_args(annotation) if a is not type(None)), None)
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
         model = annotation

@@ -197,4 +197,5 @@ def test_unknown_span_metrics_key_lists_the_allowed(tmp_path: Path) -> None:
         tmp_path,
         {"metrics_generator": {"processors": ["span-metrics"], "processor": {"span_metrics": span_metrics}}},
     )
-    assert "metrics_generator.processor.span_metrics.histogram_bucket: unknown option" in message
+    expected = "metrics_generator.processor.span_metrics.histogram_bucket: unknown option (allowed: "
+    assert expected + "dimension_mappings, dimensions," in message
