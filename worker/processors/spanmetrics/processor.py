@@ -80,6 +80,8 @@ _RESOURCE_CACHE_ENTRY_MAX_BYTES = 64 * 1024
 #: Attribute keys whose glob verdict is remembered, per glob list (keys seen beyond this are
 #: matched every time: a stream of unique keys must not grow memory).
 _GLOB_CACHE_SIZE = 4096
+#: Spans with more attributes than this are matched key by key, their shape not remembered.
+_GLOB_SHAPE_MAX_KEYS = 64
 
 #: A glob dimension's matches for one span: (attribute key, typed value) in upstream's order.
 _Pairs = list[tuple[str, AnyValue]]
@@ -88,13 +90,16 @@ _Pairs = list[tuple[str, AnyValue]]
 class _Globs:
     """One dimension list's ``glob`` entries; a key matches when any of them matches it whole."""
 
-    __slots__ = ("_patterns", "_verdicts")
+    __slots__ = ("_matched", "_patterns", "_verdicts")
 
     def __init__(self, dimensions: Sequence[Dimension]) -> None:
         self._patterns: tuple[re.Pattern[str], ...] = tuple(
             compile_glob(d.glob) for d in dimensions if d.glob
         )
         self._verdicts: dict[str, bool] = {}
+        #: a span's attribute keys (in map order) -> the matching ones, sorted: spans of one
+        #: shape share it, so the sort and the matching run once per shape.
+        self._matched: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     def __bool__(self) -> bool:
         return bool(self._patterns)
@@ -110,8 +115,15 @@ class _Globs:
     def pairs(self, span: Mapping[str, AnyValue], other: Sequence[tuple[str, AnyValue]]) -> _Pairs:
         """Upstream's order (connector.go matchDimensions): the span's matching keys sorted, then
         the matching keys of ``other`` (resource, or resource and event) the span lacks."""
-        found = [(key, span[key]) for key in sorted(span) if self.matches(key)]
-        found.extend((key, value) for key, value in other if key not in span and self.matches(key))
+        keys = tuple(span)
+        matched = self._matched.get(keys)
+        if matched is None:
+            matched = tuple(sorted(key for key in keys if self.matches(key)))
+            if len(self._matched) < _GLOB_CACHE_SIZE and len(keys) <= _GLOB_SHAPE_MAX_KEYS:
+                self._matched[keys] = matched
+        found = [(key, span[key]) for key in matched]
+        if other:
+            found.extend((key, value) for key, value in other if key not in span and self.matches(key))
         return found
 
 
@@ -429,15 +441,15 @@ class SpanMetricsProcessor:
                 self._tracestate_weights[tracestate] = weight
         return stochastic_round(weight, self._uniform) if not weight.is_integer() else int(weight)
 
-    def _sampling_method(self, tracestate: str) -> str:
-        """``extrapolated`` when the tracestate carries a valid ``ot=th`` (upstream
-        GetStochasticAdjustedCount's second result; ``th:0`` too), else ``counted``."""
+    def _adjusted(self, tracestate: str) -> bool:
+        """Whether the tracestate carries a valid ``ot=th`` (upstream GetStochasticAdjustedCount's
+        second result, ``th:0`` included): ``sampling.method`` is then ``extrapolated``."""
         adjusted = self._tracestate_adjusted.get(tracestate)
         if adjusted is None:
-            adjusted = bool(tracestate) and parse_threshold(tracestate) is not None
+            adjusted = parse_threshold(tracestate) is not None
             if len(self._tracestate_adjusted) < 1024:
                 self._tracestate_adjusted[tracestate] = adjusted
-        return "extrapolated" if adjusted else "counted"
+        return adjusted
 
     def _observe_spans(self, tenant: str, work: list[_ScopeWork], now: int, stats: ConsumeStats) -> None:
         """The hot loop: every name below is a local, every span field is read once.
@@ -468,10 +480,13 @@ class SpanMetricsProcessor:
         calls_extra, histogram_extra = self._calls_extra, self._histogram_extra
         # Per-span key parts beyond the slots: the sampling method and glob matches.
         with_sampling = self._with_sampling_method
-        sampling_method = self._sampling_method
+        adjusted_of = self._adjusted
         base_globs, calls_globs, histogram_globs = self._base_globs, self._calls_globs, self._histogram_globs
-        extras = with_sampling or self._span_globs
+        span_globs = self._span_globs
         sampled: str | None = None
+        key_scope: tuple[Any, ...]
+        counted_scope: tuple[Any, ...] = ()
+        extrapolated_scope: tuple[Any, ...] = ()
         calls_part: tuple[tuple[str, ...], ...] = ()
         histogram_part: tuple[tuple[str, ...], ...] = ()
 
@@ -491,10 +506,21 @@ class SpanMetricsProcessor:
             durations = accumulator.duration
             calls_get = calls.get
             durations_get = durations.get
+            # The key's scope element carries the sampling method too: no tuple is rebuilt.
+            key_scope = scope_key
+            if with_sampling:
+                counted_scope = (scope_key, "counted")
+                extrapolated_scope = (scope_key, "extrapolated")
             for span in spans:
                 name = span.name
                 kind = span.kind
                 status = span.status.code
+                trace_state = span.trace_state
+                if with_sampling:
+                    if trace_state and adjusted_of(trace_state):
+                        key_scope, sampled = extrapolated_scope, "extrapolated"
+                    else:
+                        key_scope, sampled = counted_scope, "counted"
                 if not no_exclusions:
                     name = name if include_name else None
                     kind = kind if include_kind else None
@@ -507,19 +533,15 @@ class SpanMetricsProcessor:
                         if value is not None:
                             strings[slot] = value.string_value or _value_string(value)
                     if only_base_slots:
-                        key = (service, scope_key, name, kind, status, *strings)
+                        key = (service, key_scope, name, kind, status, *strings)
                     else:
-                        key = (service, scope_key, name, kind, status, *[strings[i] for i in base_slots])
+                        key = (service, key_scope, name, kind, status, *[strings[i] for i in base_slots])
                 else:
-                    key = (service, scope_key, name, kind, status)
-                trace_state = span.trace_state
+                    key = (service, key_scope, name, kind, status)
                 weight = weight_of(trace_state) if trace_state else 1
-                if extras:
+                if span_globs:
                     # Each variable-length glob part is one element of the key, so parts of
                     # different lists can never run into each other.
-                    if with_sampling:
-                        sampled = sampling_method(trace_state)
-                        key = (*key, sampled)
                     if base_globs:
                         key = (*key, _key_part(base_globs.pairs(span.attributes, resource.glob_values)))
                     if calls_globs:

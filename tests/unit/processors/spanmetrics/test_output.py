@@ -50,6 +50,21 @@ def test_one_resource_metrics_per_distinct_resource() -> None:
     assert calls == [2, 1, 1]
 
 
+@pytest.mark.parametrize("add", [False, True])
+def test_resource_attributes_are_copied_whatever_add_resource_attributes_says(add: bool) -> None:
+    # upstream: connector.go buildMetrics copies the resource attributes unless the alpha gate
+    # excludeResourceMetrics is on and add_resource_attributes is false (#43394; connector_test.go,
+    # reference notes §3 case 12: only gate on + option false gives an empty resource). There is
+    # no gate here: the gate-off output, for both values.
+    request = make_request(
+        make_resource_spans({"service.name": "a", "k8s.pod.name": "p1", "pid": 7}, [make_span()])
+    )
+    out = Pipeline({"add_resource_attributes": add}).run(request)
+    assert [attribute_dict(rm.resource.attributes) for rm in out.resource_metrics] == [
+        {"service.name": "a", "k8s.pod.name": "p1", "pid": 7}
+    ]
+
+
 def test_resource_identity_ignores_attribute_order() -> None:
     request = make_request(
         make_resource_spans([("service.name", "a"), ("host", "h")], [make_span()]),
