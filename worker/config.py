@@ -286,14 +286,15 @@ class EventsConfig(_Frozen):
         return self
 
 
-def _check_dimension_names(option: str, dimensions: Sequence[Dimension], taken: set[str]) -> None:
-    """Refuse names that collide with the defaults or with each other, as the connector does.
+def _check_dimension_names(option: str, dimensions: Sequence[Dimension]) -> None:
+    """Refuse names that collide with the defaults or with each other within one list, as the
+    connector does (config.go validateDimensions).
 
-    A glob may not match a default dimension or a name of its own list (upstream config.go
-    validateDimensions: "duplicate dimension name X conflicting with glob Y"); a glob matching a
-    name of another list is allowed there and here, and that attribute is written once.
+    A glob may not match a default dimension or a name of its own list ("duplicate dimension name
+    X conflicting with glob Y"); a name or glob matching a name of another list is allowed there
+    and here, and that attribute is written once.
     """
-    seen = set(taken)
+    seen: set[str] = set()
     own: list[str] = []
     for dimension in dimensions:
         if not dimension.name:
@@ -380,11 +381,13 @@ class SpanMetricsConfig(_Frozen):
 
     @model_validator(mode="after")
     def _dimension_names(self) -> SpanMetricsConfig:
-        _check_dimension_names("dimensions", self.dimensions, set())
-        base = {d.name for d in self.dimensions}
-        _check_dimension_names("calls_dimensions", self.calls_dimensions, base)
-        _check_dimension_names("histogram.dimensions", self.histogram.dimensions, base)
-        _check_dimension_names("events.dimensions", self.events.dimensions, base)
+        # Upstream config.go Validate checks each list on its own (PR #48312): a name of
+        # ``dimensions`` may be repeated in another list, and the attribute is then written once
+        # (with that list's value: its own default when the span lacks it).
+        _check_dimension_names("dimensions", self.dimensions)
+        _check_dimension_names("calls_dimensions", self.calls_dimensions)
+        _check_dimension_names("histogram.dimensions", self.histogram.dimensions)
+        _check_dimension_names("events.dimensions", self.events.dimensions)
         # exclude_dimensions naming something that is not a default dimension is accepted and
         # ignored, as upstream does (connector_test.go: exclude_dimensions with "totallyWrong").
         if self.aggregation_temporality is Temporality.DELTA and self.metric_timestamp_cache_size <= 0:

@@ -372,6 +372,17 @@ def test_connector_option_errors(tmp_path: Path, text: str, fragments: list[str]
         assert fragment in message, f"{fragment!r} not in {message!r}"
 
 
+def test_a_name_may_repeat_in_another_list(tmp_path: Path) -> None:
+    # upstream: config.go Validate runs validateDimensions on each list on its own (dimensions,
+    # calls_dimensions, histogram.dimensions, events.dimensions): a repeat across lists loads.
+    settings = load_text(
+        tmp_path,
+        "spanmetrics: {dimensions: [a], calls_dimensions: [a], histogram: {dimensions: [a]},"
+        " events: {enabled: true, dimensions: [a]}}",
+    )
+    assert [d.name for d in settings.spanmetrics.calls_dimensions] == ["a"]
+
+
 def test_globs_may_match_names_of_another_list(tmp_path: Path) -> None:
     # upstream validates each list on its own: a glob in calls_dimensions may match a name of
     # dimensions (the attribute is then written once, test_glob_dimensions.py).
@@ -442,9 +453,9 @@ def test_exponential_max_size_zero_is_the_default(tmp_path: Path) -> None:
             id="duplicate-dimension",
         ),
         pytest.param(
-            "spanmetrics: {dimensions: [a], calls_dimensions: [a]}",
+            "spanmetrics: {calls_dimensions: [a, {name: a, default: x}]}",
             ["calls_dimensions", "duplicate", "'a'"],
-            id="duplicate-across-lists",
+            id="duplicate-within-calls-dimensions",
         ),
         pytest.param(
             "spanmetrics: {dimensions: [service.name]}",

@@ -263,21 +263,20 @@ class SpanMetricsProcessor:
         self._span_globs = bool(self._base_globs or self._calls_globs or self._histogram_globs)
         self._with_sampling_method = config.enable_metrics_sampling_method
         self._tracestate_adjusted: dict[str, bool] = {}
-        # Every span-level dimension name -> its slot in the per-span lookup.
+        # Every span-level (name, default) -> its slot in the per-span lookup. A name may be in
+        # two lists (upstream validates each list on its own), with a default of its own in each.
         span_dimensions = [*self._dimensions, *self._calls_extra, *self._histogram_extra]
-        self._dimension_index: dict[str, int] = {}
+        self._dimension_index: dict[tuple[str, str | None], int] = {}
         for dimension in span_dimensions:
-            self._dimension_index.setdefault(dimension.name, len(self._dimension_index))
-        self._slot_names: tuple[str, ...] = tuple(self._dimension_index)
-        self._dimension_defaults: list[AnyValue | None] = [None] * len(self._dimension_index)
-        for dimension in span_dimensions:
-            if dimension.default is not None:
-                self._dimension_defaults[self._dimension_index[dimension.name]] = AnyValue(
-                    string_value=dimension.default
-                )
-        self._base_slots = [self._dimension_index[d.name] for d in self._dimensions]
-        self._calls_slots = [self._dimension_index[d.name] for d in self._calls_extra]
-        self._histogram_slots = [self._dimension_index[d.name] for d in self._histogram_extra]
+            self._dimension_index.setdefault((dimension.name, dimension.default), len(self._dimension_index))
+        self._slot_names: tuple[str, ...] = tuple(name for name, _ in self._dimension_index)
+        self._dimension_defaults: list[AnyValue | None] = [
+            None if default is None else AnyValue(string_value=default)
+            for _, default in self._dimension_index
+        ]
+        self._base_slots = [self._slot(d) for d in self._dimensions]
+        self._calls_slots = [self._slot(d) for d in self._calls_extra]
+        self._histogram_slots = [self._slot(d) for d in self._histogram_extra]
         # Slots are numbered base dimensions first, so without per-metric extras every slot is a
         # base slot in order and the key is simply all the slots' strings.
         self._only_base_slots = not (
@@ -306,6 +305,9 @@ class SpanMetricsProcessor:
         self._template_cache_size = (
             config.dimensions_cache_size if config.dimensions_cache_size > 0 else _DEFAULT_TEMPLATE_CACHE_SIZE
         )
+
+    def _slot(self, dimension: Dimension) -> int:
+        return self._dimension_index[(dimension.name, dimension.default)]
 
     # ------------------------------------------------------------------ descriptors
 
@@ -391,7 +393,7 @@ class SpanMetricsProcessor:
         attributes = resource.attributes
         service_name: str | None = None
         values: dict[str, AnyValue] = {}
-        wanted = self._dimension_index.keys() | {d.name for d in self._event_dimensions}
+        wanted = {*self._slot_names, *(d.name for d in self._event_dimensions)}
         for kv in attributes:
             if kv.key == _SERVICE_NAME and service_name is None:
                 # Upstream (connector.go aggregateMetrics): skip only when the attribute is absent;
@@ -724,11 +726,11 @@ class SpanMetricsProcessor:
             # matches), then the metric's own list likewise.
             pairs: list[tuple[str, AnyValue | None]] = []
             found = self._lookup(span, resource) if self._dimension_index else []
-            index = self._dimension_index
-            pairs.extend((d.name, found[index[d.name]]) for d in self._dimensions)
+            slot = self._slot
+            pairs.extend((d.name, found[slot(d)]) for d in self._dimensions)
             if self._base_globs:
                 pairs.extend(self._base_globs.pairs(span.attributes, resource.glob_values))
-            pairs.extend((d.name, found[index[d.name]]) for d in extra)
+            pairs.extend((d.name, found[slot(d)]) for d in extra)
             if extra_globs:
                 pairs.extend(extra_globs.pairs(span.attributes, resource.glob_values))
             attributes = self._attributes(resource, span, scope_key, pairs, sampled)

@@ -392,6 +392,28 @@ def test_calls_dimensions_apply_only_to_calls() -> None:
     assert duration.proto.count == 2
 
 
+def test_a_name_in_two_lists_is_written_once_with_each_lists_default() -> None:
+    # upstream: config.go validates each list on its own, so `a` may be in dimensions and in
+    # calls_dimensions; buildAttributes writes the shared list, then the metric's own, into one
+    # map (the later value replaces the earlier in place), and buildKey takes both.
+    config = {
+        "dimensions": [{"name": "a", "default": "base"}],
+        "calls_dimensions": [{"name": "a", "default": "calls"}],
+        "events": {"enabled": True, "dimensions": [{"name": "a", "default": "event"}]},
+    }
+    spans = [
+        make_span(attributes={"a": "span"}, events=[{}]),
+        make_span(events=[{}]),
+    ]
+    out = Pipeline(config).run(simple_request(*spans))
+    for metric in ("calls", "duration", "events"):
+        for point in points(out, metric):
+            assert [kv.key for kv in point.proto.attributes].count("a") == 1
+    assert counts_by(out, "calls", "a") == {"span": 1, "calls": 1}
+    assert counts_by(out, "duration", "a") == {"span": 1, "base": 1}
+    assert counts_by(out, "events", "a") == {"span": 1, "event": 1}
+
+
 def test_histogram_dimensions_apply_only_to_duration() -> None:
     config = {"histogram": {"dimensions": ["http.route"]}}
     spans = [make_span(attributes={"http.route": "/a"}), make_span(attributes={"http.route": "/b"})]
