@@ -23,6 +23,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -272,7 +273,15 @@ class ExemplarsConfig(_Frozen):
     #: PR #41679 the field is a plain int defaulting to 5 (the pointer whose nil meant "unlimited"
     #: is gone), and internal/metrics/metrics.go AddExemplar stops once the slice holds as many as
     #: the maximum, so a maximum of 0 admits none.
-    max_per_data_point: int = Field(default=5, ge=0)
+    max_per_data_point: int = 5
+
+    @field_validator("max_per_data_point")
+    @classmethod
+    def _not_negative_when_enabled(cls, value: int, info: ValidationInfo) -> int:
+        # Upstream config.go Validate refuses a negative value only with exemplars enabled.
+        if value < 0 and info.data.get("enabled"):
+            raise ValueError("must be greater than or equal to 0 when exemplars are enabled")
+        return value
 
 
 class EventsConfig(_Frozen):

@@ -434,6 +434,14 @@ def test_dimensions_cache_size_zero_is_silent(tmp_path: Path) -> None:
     assert load_text(tmp_path, "spanmetrics: {dimensions_cache_size: 0}").warnings == ()
 
 
+def test_negative_exemplars_per_point_is_accepted_while_exemplars_are_off(tmp_path: Path) -> None:
+    # upstream: config.go Validate: `c.Exemplars.Enabled && c.Exemplars.MaxPerDataPoint < 0`
+    # (config_test.go TestConfigValidate "invalid max_per_data_point" has exemplars enabled).
+    settings = load_text(tmp_path, "spanmetrics: {exemplars: {max_per_data_point: -1}}")
+    assert settings.spanmetrics.exemplars.max_per_data_point == -1
+    assert settings.spanmetrics.exemplars.enabled is False
+
+
 def test_exponential_max_size_zero_is_the_default(tmp_path: Path) -> None:
     # upstream: connector.go initHistogramMetrics: max_size 0 -> structure.DefaultMaxSize (160).
     settings = load_text(tmp_path, "spanmetrics: {histogram: {exponential: {max_size: 0}}}")
