@@ -112,9 +112,11 @@ class Harness:
         self.config = config or ServiceGraphsConfig(**options)
         self.clock = FakeClock()
         self.processor = ServiceGraphsProcessor(self.config, clock=self.clock)
-        self.descriptors = {d.name: d for d in self.processor.descriptors()}
+        self.descriptors = {d.series_metric: d for d in self.processor.descriptors()}
         self.worker = LocalWorker(
-            MemoryStore(slots=1, max_exemplars=0), self.descriptors, Temporality.CUMULATIVE
+            MemoryStore(slots=1, max_exemplars=self.processor.max_exemplars),
+            self.descriptors,
+            Temporality.CUMULATIVE,
         )
 
     def consume(self, *items: ResourceSpans, tenant: str = TENANT, partition: int = 0) -> ServiceGraphStats:
