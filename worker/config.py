@@ -334,6 +334,19 @@ class ServiceGraphsConfig(_Frozen):
     def _histogram_mode(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
 
+    @property
+    def warnings(self) -> tuple[tuple[str, str, object], ...]:
+        """``(option, why, value)`` for each value accepted with no effect (logged once at start)."""
+        if self.workers is None:
+            return ()
+        return (
+            (
+                "servicegraphs.workers",
+                "Tempo's expiry goroutines; ignored here, where the consumer group's workers share the work",
+                self.workers,
+            ),
+        )
+
     @field_validator("histogram_buckets")
     @classmethod
     def _increasing(cls, buckets: tuple[float, ...]) -> tuple[float, ...]:
@@ -460,7 +473,7 @@ class Settings(BaseSettings):
     @property
     def warnings(self) -> tuple[tuple[str, str, object], ...]:
         """``(option, why, value)`` for each configured value that is accepted with no effect."""
-        return self.spanmetrics.warnings
+        return self.spanmetrics.warnings + self.servicegraphs.warnings
 
 
 def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
