@@ -6,6 +6,7 @@ Invalid values fail at start with one line naming the option (:class:`~worker.mo
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from itertools import pairwise
@@ -35,14 +36,18 @@ __all__ = [
     "DEFAULT_HISTOGRAM_BUCKETS",
     "RESERVED_DIMENSIONS",
     "Dimension",
+    "FilterPolicy",
     "HistogramUnit",
     "KafkaConfig",
+    "PolicyAttribute",
+    "PolicyMatch",
     "RedisConfig",
     "ServiceGraphsConfig",
     "Settings",
     "SpanMetricsConfig",
     "Temporality",
     "load_config",
+    "parse_policy_key",
 ]
 
 #: The connector's default explicit buckets, in seconds.
@@ -184,6 +189,142 @@ def _check_dimension_names(option: str, dimensions: Sequence[Dimension], taken: 
         if dimension.name in seen:
             raise ValueError(f"{option}: duplicate dimension name '{dimension.name}'")
         seen.add(dimension.name)
+
+
+#: Tempo's filter-policy intrinsics (pkg/spanfilter/config/config.go supportedIntrinsics), also
+#: spelled with TraceQL's ``span:`` scope.
+POLICY_INTRINSICS: tuple[str, ...] = ("name", "status", "kind")
+
+#: The strict values of the ``kind`` and ``status`` intrinsics: the OTLP enum names, as Tempo
+#: looks them up (tracev1.Span_SpanKind_value, tracev1.Status_StatusCode_value).
+SPAN_KIND_NAMES: tuple[str, ...] = (
+    "SPAN_KIND_UNSPECIFIED", "SPAN_KIND_INTERNAL", "SPAN_KIND_SERVER",
+    "SPAN_KIND_CLIENT", "SPAN_KIND_PRODUCER", "SPAN_KIND_CONSUMER",
+)  # fmt: skip
+STATUS_CODE_NAMES: tuple[str, ...] = ("STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR")
+
+_POLICY_KEY_HELP = "use resource.<attribute>, span.<attribute> or an intrinsic (name, status, kind)"
+#: What TraceQL's lexer ends an unquoted attribute name at (pkg/traceql/lexer.go isAttributeRune).
+_NOT_ATTRIBUTE_RUNES = frozenset("{}()=~!<>&|^,")
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def _attribute_name(text: str) -> str | None:
+    """A TraceQL attribute name: unquoted runes and ``"quoted"`` parts (escapes ``\\"`` and ``\\\\``)."""
+    name: list[str] = []
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char == '"':
+            i += 1
+            while i < len(text) and text[i] != '"':
+                if text[i] == "\\":
+                    i += 1
+                    if i >= len(text) or text[i] not in '\\"':
+                        return None
+                name.append(text[i])
+                i += 1
+            if i >= len(text):
+                return None
+        elif char.isspace() or char in _NOT_ATTRIBUTE_RUNES:
+            return None
+        else:
+            name.append(char)
+        i += 1
+    return "".join(name) or None
+
+
+def parse_policy_key(key: str) -> tuple[Literal["intrinsic", "resource", "span"], str]:
+    """Where a filter-policy key looks: ``("intrinsic", "kind")``, ``("resource", "service.name")``...
+
+    Tempo parses the key as a TraceQL attribute (traceql.ParseIdentifier) and accepts the
+    ``resource.`` and ``span.`` scopes and the intrinsics name, status and kind.
+    """
+    text = key.strip()
+    intrinsic = text.removeprefix("span:")
+    if intrinsic in POLICY_INTRINSICS:
+        return "intrinsic", intrinsic
+    scopes: tuple[Literal["resource", "span"], ...] = ("resource", "span")
+    for scope in scopes:
+        rest = text.removeprefix(f"{scope}.")
+        if rest != text and (name := _attribute_name(rest)) is not None:
+            return scope, name
+    raise ValueError(f"unsupported key {key!r}: {_POLICY_KEY_HELP}")
+
+
+class PolicyAttribute(_Frozen):
+    """One ``key: value`` condition of a filter policy (Tempo's MatchPolicyAttribute)."""
+
+    key: str
+    #: bool, int, double or string, as Tempo's NewStrictAttributeFilter takes them; a strict
+    #: comparison is typed (an int never equals the string "1").
+    value: bool | int | float | str
+
+    @field_validator("key")
+    @classmethod
+    def _scoped(cls, key: str) -> str:
+        parse_policy_key(key)
+        return key
+
+    @field_validator("value")
+    @classmethod
+    def _int64(cls, value: bool | int | float | str) -> bool | int | float | str:
+        if type(value) is int and not _INT64[0] <= value <= _INT64[1]:
+            raise ValueError("an integer value must fit in 64 bits")
+        return value
+
+    @property
+    def target(self) -> tuple[Literal["intrinsic", "resource", "span"], str]:
+        """``(scope, name)`` of :attr:`key` (see :func:`parse_policy_key`)."""
+        return parse_policy_key(self.key)
+
+
+def _check_policy_value(match_type: str, attribute: PolicyAttribute) -> None:
+    """Refuse what Tempo's NewSplitPolicy refuses (policymatch/intrinsic.go, attribute.go)."""
+    scope, name = attribute.target
+    value = attribute.value
+    if (match_type == "regex" or scope == "intrinsic") and not isinstance(value, str):
+        wanted = "a regular expression" if match_type == "regex" else "a string"
+        raise ValueError(f"{attribute.key}: the value must be {wanted} (got {value!r})")
+    if match_type == "regex":
+        try:
+            re.compile(str(value))
+        except re.error as exc:
+            raise ValueError(f"{attribute.key}: invalid regular expression {value!r}: {exc}") from None
+        return
+    allowed = (
+        {"kind": SPAN_KIND_NAMES, "status": STATUS_CODE_NAMES}.get(name) if scope == "intrinsic" else None
+    )
+    if allowed is not None and value not in allowed:
+        raise ValueError(f"{attribute.key}: unsupported value {value!r} (allowed: {', '.join(allowed)})")
+
+
+class PolicyMatch(_Frozen):
+    """Conditions that must all hold (Tempo's PolicyMatch): ``strict`` equality or ``regex`` search."""
+
+    match_type: Literal["strict", "regex"]
+    attributes: tuple[PolicyAttribute, ...] = ()
+
+    @model_validator(mode="after")
+    def _values(self) -> PolicyMatch:
+        for attribute in self.attributes:
+            _check_policy_value(self.match_type, attribute)
+        return self
+
+
+class FilterPolicy(_Frozen):
+    """One entry of Tempo's ``filter_policies``: a span is kept when every ``include`` matches or
+    any ``include_any`` does, and no ``exclude`` does (see worker/processors/spanfilter.py)."""
+
+    include: PolicyMatch | None = None
+    include_any: PolicyMatch | None = None
+    exclude: PolicyMatch | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> FilterPolicy:
+        if self.include is None and self.include_any is None and self.exclude is None:
+            raise ValueError("a filter policy needs at least one of include, include_any, exclude")
+        return self
 
 
 class SpanMetricsConfig(_Frozen):

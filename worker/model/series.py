@@ -55,6 +55,9 @@ class MetricKind(IntEnum):
     SUM = 1
     HISTOGRAM = 2
     EXPONENTIAL_HISTOGRAM = 3
+    #: An OTLP Gauge whose int data point is 1 for every live series (Tempo's ``traces_target_info``
+    #: and ``traces_service_graph_connection_info``): the series' count only says it was seen.
+    INFO = 4
 
 
 @dataclass(frozen=True, slots=True)

@@ -238,6 +238,17 @@ def _sum_encoder(now_ns: int, cache: dict[int, tuple[Attributes, bytes]]) -> Poi
     return encode
 
 
+def _info_encoder(now_ns: int, cache: dict[int, tuple[Attributes, bytes]]) -> PointEncoder:
+    """NumberDataPoint{time=3, as_int=6 (always 1), attributes=7}: a gauge's point, no start time."""
+    point_attributes = _point_attributes
+    head = (b"\x19" + _pack_uint64(now_ns) if now_ns else b"") + b"\x31" + _pack_int64(1)
+
+    def encode(item: Series) -> bytes:
+        return _field1(head + point_attributes(b"\x3a", item, cache))
+
+    return encode
+
+
 def _histogram_encoder(
     now_ns: int, bounds: tuple[float, ...], cache: dict[int, tuple[Attributes, bytes]]
 ) -> PointEncoder:
@@ -376,6 +387,8 @@ def _metric_parts(descriptor: MetricDescriptor, temporality: int) -> tuple[bytes
         trailer = b"\x10" + varint(temporality)
         if descriptor.kind is MetricKind.SUM:
             data_tag, trailer = b"\x3a", trailer + b"\x18\x01"  # sum (7), is_monotonic
+        elif descriptor.kind is MetricKind.INFO:
+            data_tag, trailer = b"\x2a", b""  # gauge (5): no temporality
         elif descriptor.kind is MetricKind.HISTOGRAM:
             data_tag = b"\x4a"  # histogram (9)
         else:
@@ -412,6 +425,8 @@ def _plans(
         header, data_tag, trailer = _metric_parts(descriptor, temporality)
         if descriptor.kind is MetricKind.SUM:
             encode = _sum_encoder(now_ns, cache(b"\x3a"))
+        elif descriptor.kind is MetricKind.INFO:
+            encode = _info_encoder(now_ns, cache(b"\x3a"))
         elif descriptor.kind is MetricKind.HISTOGRAM:
             encode = _histogram_encoder(now_ns, tuple(descriptor.bounds), cache(b"\x4a"))
         else:

@@ -31,7 +31,7 @@ from worker.model.series import (
 from worker.model.values import any_value_to_python, label_value, stringify_any_value, stringify_python
 from worker.otlp.batch import BatchResource, BatchScope, BatchSpan, ResourceGroup, SpanBatch, group_request
 from worker.processors.base import PipelineStats
-from worker.processors.spanmetrics.sampling import adjusted_count, stochastic_round
+from worker.processors.sampling import adjusted_count, stochastic_round
 
 __all__ = [
     "OVERFLOW_ATTRIBUTE",

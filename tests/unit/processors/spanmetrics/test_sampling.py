@@ -8,7 +8,7 @@ from itertools import cycle
 import pytest
 
 from tests.unit.processors.spanmetrics.helpers import Pipeline, make_span, points, simple_request, total
-from worker.processors.spanmetrics.sampling import adjusted_count, parse_threshold, stochastic_round
+from worker.processors.sampling import adjusted_count, parse_threshold, stochastic_round
 
 EVENTS = {"events": {"enabled": True, "dimensions": ["exception.type"]}}
 
