@@ -328,7 +328,7 @@ class ServiceGraphsProcessor:
             result.append(
                 MetricDescriptor(
                     CONNECTION_INFO,
-                    MetricKind["INFO"],  # MetricKind.INFO once it is on main
+                    MetricKind.INFO,
                     description=_DESCRIPTIONS[CONNECTION_INFO],
                     scope=SCOPE_NAME,
                     order=5,
