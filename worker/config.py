@@ -449,6 +449,13 @@ class ServiceGraphsConfig(_Frozen):
     )
     #: Tempo's per-tenant override: explicit-bucket (``classic``), exponential (``native``) or both.
     generate_native_histograms: Literal["classic", "native", "both"] = "classic"
+    #: Tempo's ``filter_policies`` (#6453): edge spans they reject pair with nothing, and their
+    #: counterpart is dropped rather than left to expire.
+    filter_policies: tuple[FilterPolicy, ...] = ()
+    #: Tempo's span multiplier: 1 / the span attribute (then resource attribute) of this name.
+    span_multiplier_key: str = ""
+    #: Tempo's tracestate multiplier (``ot=th:``), ahead of ``span_multiplier_key``.
+    enable_tracestate_span_multiplier: bool = False
 
     @field_validator("subprocessors", mode="before")
     @classmethod

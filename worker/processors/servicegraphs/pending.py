@@ -10,7 +10,7 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["FORMAT_VERSION", "Edge", "EdgeKey", "decode_pending", "encode_pending"]
+__all__ = ["FORMAT_VERSION", "Edge", "EdgeKey", "MarkerKey", "decode_pending", "encode_pending"]
 
 #: (trace_id, client span id): the server side uses its parent span id, so both sides meet here.
 EdgeKey = tuple[bytes, bytes]
@@ -121,11 +121,23 @@ class Edge:
         return (bytes(trace_id), bytes(span_id)), edge
 
 
-def encode_pending(tenants: Iterable[tuple[str, Iterable[tuple[EdgeKey, Edge]]]], now_ns: int) -> bytes:
-    """``[version, [[tenant, [row, ...]], ...]]`` with each edge's remaining wait at ``now_ns``."""
+#: (edge key, side) of a filtered span (Tempo's dropped span side, #6453): 0 client, 1 server.
+MarkerKey = tuple[EdgeKey, int]
+
+
+def encode_pending(
+    tenants: Iterable[tuple[str, Iterable[tuple[EdgeKey, Edge]], Iterable[tuple[MarkerKey, int]]]],
+    now_ns: int,
+) -> bytes:
+    """``[version, [[tenant, [row, ...], [marker, ...]], ...]]``, each edge and marker with its
+    remaining wait at ``now_ns`` (a marker row: ``[trace id, span id, side, remaining ns]``)."""
     body = [
-        [tenant, [edge.to_row(key, max(edge.deadline_ns - now_ns, 0)) for key, edge in edges]]
-        for tenant, edges in tenants
+        [
+            tenant,
+            [edge.to_row(key, max(edge.deadline_ns - now_ns, 0)) for key, edge in edges],
+            [[key[0], key[1], side, max(deadline - now_ns, 0)] for (key, side), deadline in markers],
+        ]
+        for tenant, edges, markers in tenants
     ]
     packed: bytes = msgpack.packb([FORMAT_VERSION, body], use_bin_type=True)
     return packed
@@ -133,8 +145,9 @@ def encode_pending(tenants: Iterable[tuple[str, Iterable[tuple[EdgeKey, Edge]]]]
 
 def decode_pending(
     blob: bytes, now_ns: int, max_wait_ns: int
-) -> list[tuple[str, list[tuple[EdgeKey, Edge]]]]:
-    """The tenants and edges of a blob, deadlines counted from ``now_ns`` (at most ``max_wait_ns`` on).
+) -> list[tuple[str, list[tuple[EdgeKey, Edge]], list[tuple[MarkerKey, int]]]]:
+    """The tenants, edges and markers of a blob, deadlines counted from ``now_ns`` (at most
+    ``max_wait_ns`` on); a version 1 blob has no markers.
 
     Decodes everything before returning, so a damaged blob raises ``ValueError`` and restores
     nothing rather than half of it.
@@ -146,9 +159,20 @@ def decode_pending(
     if not isinstance(version, int) or version not in _ROW_LENGTHS:
         raise ValueError(f"unsupported service-graph pending-edge export version {version!r}")
     try:
-        return [
-            (str(tenant), [Edge.from_row(row, now_ns, max_wait_ns, version) for row in rows])
-            for tenant, rows in body
-        ]
+        result = []
+        for entry in body:
+            if len(entry) != (2 if version == 1 else 3):
+                raise ValueError(f"a version {version} tenant entry has {len(entry)} fields")
+            tenant, rows = entry[0], entry[1]
+            edges = [Edge.from_row(row, now_ns, max_wait_ns, version) for row in rows]
+            markers = [
+                (
+                    ((bytes(trace_id), bytes(span_id)), int(side)),
+                    now_ns + min(max(int(remaining), 0), max_wait_ns),
+                )
+                for trace_id, span_id, side, remaining in (entry[2] if version > 1 else ())
+            ]
+            result.append((str(tenant), edges, markers))
+        return result
     except (ValueError, TypeError, AttributeError) as exc:
         raise ValueError(f"damaged service-graph pending-edge export: {exc}") from None

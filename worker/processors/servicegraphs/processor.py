@@ -27,9 +27,12 @@ from worker.model.series import (
 )
 from worker.otlp.batch import BatchResource, BatchSpan, ResourceGroup, SpanBatch, group_request
 from worker.processors.base import PipelineStats
+from worker.processors.multiplier import SpanMultiplier
+from worker.processors.sampling import stochastic_round
 from worker.processors.servicegraphs.attributes import AttributeMap, find_attribute, span_attribute
 from worker.processors.servicegraphs.labels import sanitize_label_name, tempo_string
-from worker.processors.servicegraphs.pending import Edge, EdgeKey, decode_pending, encode_pending
+from worker.processors.servicegraphs.pending import Edge, EdgeKey, MarkerKey, decode_pending, encode_pending
+from worker.processors.spanfilter import SpanFilter
 
 __all__ = [
     "CONNECTION_DATABASE",
@@ -112,6 +115,11 @@ _CONSUMER = 5
 _STATUS_ERROR = 2
 
 _DEFAULT_RESOURCE_CACHE_SIZE = 1000
+#: A dropped span side's marker: which side of the edge key was filtered out.
+_CLIENT_SIDE = 0
+_SERVER_SIDE = 1
+#: The most requests one span may stand for (as span metrics): beyond, int64 counters overflow.
+_MAX_WEIGHT = float(2**20)
 _PORT_ATTRIBUTE = (_NETWORK_PEER_PORT,)
 
 _DESCRIPTIONS = {
@@ -140,6 +148,13 @@ class ServiceGraphStats:
     dropped: int = 0
     #: Spans of resources without ``service.name``.
     skipped_no_service: int = 0
+    #: Edge spans rejected by ``filter_policies``.
+    filtered: int = 0
+    #: Edges dropped because one side was filtered (Tempo's ``..._dropped_edges_total``).
+    dropped_edges: int = 0
+    #: Filtered sides not remembered because ``max_items`` markers were held
+    #: (Tempo's ``..._dropped_span_side_cache_overflow_total``).
+    marker_overflows: int = 0
 
     def add_to(self, total: PipelineStats) -> None:
         total.edges += self.edges
@@ -154,6 +169,9 @@ class _Resource:
     service: str | None
     #: attribute name -> Tempo string, for the attributes looked up resource-first.
     values: dict[str, str]
+    #: Every attribute (the first of a repeated key), for filter policies and the multiplier;
+    #: empty when neither is configured.
+    attributes: dict[str, Any]
 
 
 @dataclass(slots=True)
@@ -239,6 +257,12 @@ class ServiceGraphsProcessor:
         #: ones, a twin's key next to the explicit-bucket ones.
         self._native_suffix = _NATIVE_KEY_SUFFIX if self._classic else ""
         self._messaging_latency = config.enable_messaging_system_latency_histogram
+        self._filter = SpanFilter(config.filter_policies)
+        self._multiplier = SpanMultiplier(
+            config.span_multiplier_key, config.enable_tracestate_span_multiplier
+        )
+        #: Whether resources keep all their attributes (filter policies and the multiplier read them).
+        self._resource_attributes = self._filter.active or self._multiplier.active
         self._virtual_node_label = config.enable_virtual_node_label
         #: Attribute names in the configured order: the first one found wins.
         self._peer_attributes = tuple(config.peer_attributes)
@@ -266,10 +290,16 @@ class ServiceGraphsProcessor:
         self._resource_cache_size = max(1, resource_cache_size)
         #: partition -> tenant -> waiting half-edges, in insertion (hence deadline) order.
         self._pending: dict[int, dict[str, dict[EdgeKey, Edge]]] = {}
+        #: partition -> tenant -> filtered sides (Tempo's dropped span sides) -> deadline, oldest first.
+        self._markers: dict[int, dict[str, dict[MarkerKey, int]]] = {}
         self._intervals: dict[str, _Interval] = {}
         #: (tenant, kind of the span that touched it last) -> edges that expired with no series
         #: (Tempo's ``tempo_metrics_generator_processor_service_graphs_expired_edges``), since start.
         self.expired_edges: dict[tuple[str, str], int] = {}
+        #: tenant -> edges dropped because a side was filtered, since start (``dropped_edges_total``).
+        self.dropped_edges: dict[str, int] = {}
+        #: tenant -> filtered sides not remembered, the markers being full, since start.
+        self.marker_overflows: dict[str, int] = {}
 
     @property
     def max_exemplars(self) -> int:
@@ -371,14 +401,33 @@ class ServiceGraphsProcessor:
             for _, spans in scopes:
                 work.append((resource, spans))
         if work:
-            self._observe(work, edges, capacity, interval, now, stats)
+            markers = self._markers.get(partition, {}).get(tenant)
+            if markers is None and self._filter.active:
+                markers = self._markers.setdefault(partition, {}).setdefault(tenant, {})
+            marker_capacity = self._max_items - self._elsewhere(self._markers, tenant, partition)
+            self._observe(
+                work,
+                edges,
+                _NO_MARKERS if markers is None else markers,
+                capacity,
+                marker_capacity,
+                interval,
+                now,
+                stats,
+            )
+            if stats.dropped_edges:
+                self.dropped_edges[tenant] = self.dropped_edges.get(tenant, 0) + stats.dropped_edges
+            if stats.marker_overflows:
+                self.marker_overflows[tenant] = self.marker_overflows.get(tenant, 0) + stats.marker_overflows
         return stats
 
     def _observe(
         self,
         work: list[tuple[_Resource, Sequence[BatchSpan]]],
         edges: dict[EdgeKey, Edge],
+        markers: dict[MarkerKey, int],
         capacity: int,
+        marker_capacity: int,
         interval: _Interval,
         now: int,
         stats: ServiceGraphStats,
@@ -388,39 +437,55 @@ class ServiceGraphsProcessor:
         Attributes are looked up in the span's attribute map (:mod:`worker.otlp.batch`): the peer
         attributes on every edge span (Tempo's ``upsertPeerNode``), the database attributes on
         client spans, the dimensions when configured. One call per request, not per scope (most
-        scopes hold a span or two).
+        scopes hold a span or two). ``markers`` are this partition's filtered sides of the tenant
+        (filled when filter policies are configured).
         """
         deadline = now + self._wait_ns
         edges_get = edges.get
         client_side = self._client_side
         server_side = self._server_side
         complete = self._complete
+        filtering = self._filter.active
+        keep = self._filter.keep
+        multiplier = self._multiplier if self._multiplier.active else None
         for resource, spans in work:
             service: str = resource.service  # type: ignore[assignment]
             resource_values = resource.values
             for span in spans:
                 kind = span.kind
                 if kind in (_CLIENT, _PRODUCER):
-                    key: EdgeKey = (span.trace_id, span.span_id)
-                    edge = edges_get(key)
-                    stored = edge is not None
-                    if edge is None:
-                        edge = Edge(deadline)
-                    client_side(edge, service, resource_values, span, kind)
-                    side = "client"
+                    client = True
                 elif kind in (_SERVER, _CONSUMER):
-                    parent = span.parent_span_id
-                    key = (span.trace_id, parent)
-                    edge = edges_get(key)
-                    stored = edge is not None
-                    if edge is None:
-                        edge = Edge(deadline)
-                    server_side(edge, service, resource_values, span, kind)
-                    side = "server"
+                    client = False
                 else:
                     continue
                 stats.spans += 1
+                if filtering and not keep(resource.attributes, span):
+                    # Tempo's addDroppedSpanSide: the counterpart is dropped, waiting or to come.
+                    stats.filtered += 1
+                    if client:
+                        key = (span.trace_id, span.span_id)
+                        self._drop_side(edges, markers, marker_capacity, key, _CLIENT_SIDE, now, stats)
+                    elif span.parent_span_id:  # a root server span has no counterpart
+                        key = (span.trace_id, span.parent_span_id)
+                        self._drop_side(edges, markers, marker_capacity, key, _SERVER_SIDE, now, stats)
+                    continue
+                key = (span.trace_id, span.span_id) if client else (span.trace_id, span.parent_span_id)
+                edge = edges_get(key)
+                stored = edge is not None
+                if edge is None:
+                    if markers and (key, _SERVER_SIDE if client else _CLIENT_SIDE) in markers:
+                        stats.dropped_edges += 1
+                        continue
+                    edge = Edge(deadline)
+                if client:
+                    client_side(edge, service, resource_values, span, kind)
+                else:
+                    server_side(edge, service, resource_values, span, kind)
                 edge.span_kind = kind
+                if multiplier is not None:
+                    # Tempo: the edge's multiplier is the one of the span processed last.
+                    edge.multiplier = multiplier(resource.attributes, span)
                 if edge.client and edge.server:
                     if stored:
                         del edges[key]
@@ -431,10 +496,36 @@ class ServiceGraphsProcessor:
                 elif not stored:
                     if len(edges) >= capacity:
                         stats.dropped += 1
-                        self._count(interval, DROPPED_SPANS_TOTAL, side, service, now)
+                        self._count(
+                            interval, DROPPED_SPANS_TOTAL, "client" if client else "server", service, now
+                        )
                     else:
                         edges[key] = edge
                         stats.new_edges += 1
+
+    def _drop_side(
+        self,
+        edges: dict[EdgeKey, Edge],
+        markers: dict[MarkerKey, int],
+        capacity: int,
+        key: EdgeKey,
+        side: int,
+        now: int,
+        stats: ServiceGraphStats,
+    ) -> None:
+        """Tempo's ``Store.addDroppedSpanSide``: drop a waiting counterpart at once, and remember
+        the filtered side for ``wait`` so that a counterpart still to come is dropped too."""
+        edge = edges.get(key)
+        if edge is not None and (_SERVER_SIDE if edge.server else _CLIENT_SIDE) != side:
+            del edges[key]
+            stats.dropped_edges += 1
+        marker = (key, side)
+        if marker in markers:
+            del markers[marker]  # refreshed: to the end, so the markers stay in deadline order
+        elif len(markers) >= capacity:
+            stats.marker_overflows += 1
+            return
+        markers[marker] = now + self._wait_ns
 
     def _client_side(
         self, edge: Edge, service: str, resource_values: dict[str, str], span: BatchSpan, kind: int
@@ -546,9 +637,14 @@ class ServiceGraphsProcessor:
         group = interval.edges.get(labels)
         if group is None:
             group = interval.edges[labels] = self._new_group(labels, now)
+        # Tempo adds the multiplier (a float) to its counters and histogram weights; counts are
+        # integers here, so a fractional one is rounded stochastically, as span metrics round the
+        # sampling adjusted count: unbiased over many requests.
+        multiplier = edge.multiplier
+        weight = 1 if multiplier == 1.0 else stochastic_round(min(multiplier, _MAX_WEIGHT))
         total = group.total
         if total is not None:
-            total.count += 1
+            total.count += weight
             total.last_ns = now
             if edge.failed:
                 failed = group.failed
@@ -556,15 +652,15 @@ class ServiceGraphsProcessor:
                     failed = group.failed = self._series(
                         REQUEST_FAILED_TOTAL, group.attributes, group.body, now, histogram=False
                     )
-                failed.count += 1
+                failed.count += weight
                 failed.last_ns = now
         server = group.server
-        if server is not None:
+        if server is not None and weight > 0:
             # Tempo's exemplar: the trace id (no span id), set by the client span or a root server
             # span, which are the only edges that complete: the trace id of the edge's key.
             trace_id = key[0] if any(key[0]) else b""
-            self._record_latency(server, edge.server_seconds, trace_id, now)
-            self._record_latency(group.client, edge.client_seconds, trace_id, now)  # type: ignore[arg-type]
+            self._record_latency(server, edge.server_seconds, trace_id, now, weight)
+            self._record_latency(group.client, edge.client_seconds, trace_id, now, weight)  # type: ignore[arg-type]
             if (
                 self._messaging_latency
                 and edge.connection_type == CONNECTION_MESSAGING_SYSTEM
@@ -576,33 +672,34 @@ class ServiceGraphsProcessor:
                     messaging = group.messaging = self._latency_series(
                         REQUEST_MESSAGING_SYSTEM_SECONDS, group.attributes, group.body, now
                     )
-                self._record_latency(
-                    messaging, (edge.server_start_ns - edge.client_end_ns) / 1e9, trace_id, now
-                )
+                lag = (edge.server_start_ns - edge.client_end_ns) / 1e9
+                self._record_latency(messaging, lag, trace_id, now, weight)
         info = group.info
         if info is not None:
             # A presence gauge: 1 whatever the multiplier; seeing it again keeps it live.
             info.count = 1
             info.last_ns = now
 
-    def _record_latency(self, latency: _Latency, seconds: float, trace_id: bytes, now: int) -> None:
+    def _record_latency(
+        self, latency: _Latency, seconds: float, trace_id: bytes, now: int, weight: int
+    ) -> None:
         classic = latency.classic
         if classic is not None:
             # Prometheus buckets are upper-inclusive (le): a value equal to a bound belongs to it.
             index = bisect_left(self._bounds, seconds)
-            classic.count += 1
-            classic.sum += seconds
+            classic.count += weight
+            classic.sum += seconds * weight
             classic.last_ns = now
-            classic.buckets[index] += 1  # type: ignore[index]
+            classic.buckets[index] += weight  # type: ignore[index]
             if trace_id:
                 # Tempo keeps the last exemplar of each bucket, with the observed value.
                 latency.by_bucket[index] = (trace_id, b"", seconds, now)
         native = latency.native
         if native is not None:
-            native.count += 1
-            native.sum += seconds
+            native.count += weight
+            native.sum += seconds * weight
             native.last_ns = now
-            native.exp.record(seconds)  # type: ignore[union-attr]
+            native.exp.record(seconds, weight)  # type: ignore[union-attr]
             if trace_id and classic is None:
                 recent = latency.recent
                 recent.append((trace_id, b"", seconds, now))
@@ -676,6 +773,16 @@ class ServiceGraphsProcessor:
                     interval = self._interval(tenant)
                     for key in expired:
                         self._expire_edge(tenant, interval, key, edges.pop(key), now_ns)
+        for by_tenant_markers in self._markers.values():
+            for markers in by_tenant_markers.values():
+                # Kept in deadline order (a refreshed marker moves to the end).
+                done = []
+                for marker, deadline in markers.items():
+                    if deadline > now_ns:
+                        break
+                    done.append(marker)
+                for marker in done:
+                    del markers[marker]
 
     def expire_all(self) -> None:
         """Expire everything now, whatever its wait: the end of the input (``spanmetrics process``)."""
@@ -743,6 +850,11 @@ class ServiceGraphsProcessor:
             return sum(len(edges) for edges in self._pending.get(partition, {}).values())
         return sum(len(edges) for by_tenant in self._pending.values() for edges in by_tenant.values())
 
+    def marker_count(self, partition: int | None = None) -> int:
+        """Filtered sides remembered (Tempo's dropped span sides), in one partition or in all."""
+        held = self._markers if partition is None else {partition: self._markers.get(partition, {})}
+        return sum(len(markers) for by_tenant in held.values() for markers in by_tenant.values())
+
     def partitions(self) -> list[int]:
         """Partitions that hold (or held) pending edges, sorted."""
         return sorted(self._pending)
@@ -753,8 +865,18 @@ class ServiceGraphsProcessor:
         The edges stay in this processor; call :meth:`drop_partition` when the partition is gone.
         """
         by_tenant = self._pending.get(partition, {})
+        markers = self._markers.get(partition, {})
+        tenants = [
+            tenant
+            for tenant in dict.fromkeys([*by_tenant, *markers])
+            if by_tenant.get(tenant) or markers.get(tenant)
+        ]
         return encode_pending(
-            ((tenant, edges.items()) for tenant, edges in by_tenant.items() if edges), self._clock()
+            (
+                (tenant, by_tenant.get(tenant, {}).items(), markers.get(tenant, {}).items())
+                for tenant in tenants
+            ),
+            self._clock(),
         )
 
     def restore_pending(self, partition: int, blob: bytes, now_ns: int) -> int:
@@ -763,13 +885,15 @@ class ServiceGraphsProcessor:
         Each edge waits what it had left when exported, counted from ``now_ns`` (never more than
         this processor's ``wait``). An edge already held under the same key is kept as is, so
         restoring twice changes nothing. Edges beyond ``max_items`` for their tenant are dropped
-        and counted as dropped spans. A damaged or foreign blob raises ``ValueError`` and
-        restores nothing.
+        and counted as dropped spans. Filtered sides (markers) come along the same way. A damaged
+        or foreign blob raises ``ValueError`` and restores nothing.
         """
         decoded = decode_pending(blob, now_ns, self._wait_ns)
         restored = 0
         by_tenant = self._pending.setdefault(partition, {})
-        for tenant, rows in decoded:
+        for tenant, rows, marker_rows in decoded:
+            if marker_rows:
+                self._restore_markers(partition, tenant, marker_rows)
             if not rows:
                 continue
             edges = by_tenant.setdefault(tenant, {})
@@ -792,15 +916,36 @@ class ServiceGraphsProcessor:
                 edges.update(ordered)
         return restored
 
+    def _restore_markers(self, partition: int, tenant: str, rows: list[tuple[MarkerKey, int]]) -> None:
+        markers = self._markers.setdefault(partition, {}).setdefault(tenant, {})
+        room = self._max_items - self._elsewhere(self._markers, tenant, partition) - len(markers)
+        for marker, deadline in rows:
+            if marker in markers:
+                continue
+            if room <= 0:
+                self.marker_overflows[tenant] = self.marker_overflows.get(tenant, 0) + 1
+                continue
+            markers[marker] = deadline
+            room -= 1
+        ordered = sorted(markers.items(), key=lambda item: item[1])
+        markers.clear()
+        markers.update(ordered)
+
     def drop_partition(self, partition: int) -> None:
         """Forget the waiting half-edges of a partition this worker no longer owns (nothing is recorded)."""
         self._pending.pop(partition, None)
+        self._markers.pop(partition, None)
 
     # ------------------------------------------------------------------ helpers
 
     def _pending_elsewhere(self, tenant: str, partition: int) -> int:
+        return self._elsewhere(self._pending, tenant, partition)
+
+    @staticmethod
+    def _elsewhere(held: dict[int, dict[str, Any]], tenant: str, partition: int) -> int:
+        """How many entries ``tenant`` holds in partitions other than ``partition``."""
         total = 0
-        for other, by_tenant in self._pending.items():
+        for other, by_tenant in held.items():
             if other != partition:
                 edges = by_tenant.get(tenant)
                 if edges:
@@ -827,17 +972,26 @@ class ServiceGraphsProcessor:
     def _build_resource(self, resource: BatchResource) -> _Resource:
         service: str | None = None
         values: dict[str, str] = {}
+        attributes: dict[str, Any] = {}
         wanted = self._resource_keys
+        everything = self._resource_attributes
         for kv in resource.attributes:
             key = kv.key
             if key == _SERVICE_NAME and service is None:
                 service = tempo_string(kv.value)
             if key in wanted and key not in values:
                 values[key] = tempo_string(kv.value)
-        return _Resource(service=service, values=values)
+            if everything and key not in attributes:
+                # A copy: the cache must not keep the whole request alive.
+                value = type(kv.value)()
+                value.CopyFrom(kv.value)
+                attributes[key] = value
+        return _Resource(service=service, values=values, attributes=attributes)
 
 
 _NO_DIMENSIONS: dict[str, str] = {}
+#: Read-only: the markers of a tenant that has none (no filter policy configured).
+_NO_MARKERS: dict[MarkerKey, int] = {}
 
 
 def _series_id(metric: str, body: str) -> str:

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from worker.model.series import MetricKind
 from worker.processors.servicegraphs import CONNECTION_INFO
 
 from .helpers import (
     CLIENT,
     CLIENT_SECONDS,
-    CONSUMER,
     DROPPED,
-    PRODUCER,
     REQUEST_FAILED_TOTAL,
     REQUEST_TOTAL,
     SERVER,
@@ -20,37 +16,11 @@ from .helpers import (
     UNPAIRED,
     Harness,
     make_span,
+    queue_database_trace,
     resource_spans,
 )
 
 ALL = ("service-graphs-request", "service-graphs-latency", "service-graphs-connection-info")
-
-
-def queue_database_trace() -> list[Any]:
-    """The three edges of testdata/trace-with-queue-database.json: requester -> server (HTTP),
-    server -> postgres (db.name, db.system), requester -> recorder over rabbitmq."""
-    return [
-        resource_spans(
-            "mythical-requester",
-            make_span(CLIENT, span=1, duration_ms=45.8),
-            make_span(PRODUCER, span=3, duration_ms=0.069, attributes={"messaging.system": "rabbitmq"}),
-        ),
-        resource_spans(
-            "mythical-server",
-            make_span(SERVER, span=2, parent=1, duration_ms=30.0),
-            make_span(
-                CLIENT,
-                span=4,
-                parent=2,
-                duration_ms=23.8,
-                attributes={"db.name": "postgres", "db.system": "postgresql"},
-            ),
-        ),
-        resource_spans(
-            "mythical-recorder",
-            make_span(CONSUMER, span=5, parent=3, start_ms=10, duration_ms=0.699),
-        ),
-    ]
 
 
 REQUESTER_TO_SERVER = {"client": "mythical-requester", "server": "mythical-server"}
