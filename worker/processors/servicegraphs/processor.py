@@ -70,7 +70,7 @@ CONNECTION_VIRTUAL_NODE = "virtual_node"
 #: The instrumentation scope of every service-graph metric.
 SCOPE_NAME = "servicegraphs"
 #: With ``generate_native_histograms: both``, the scope of the exponential twins: OTLP allows one
-#: metric name with two types only in two scopes (README "Service graphs").
+#: metric name with two types only in two scopes (docs/internals.md "Service graphs").
 NATIVE_SCOPE_NAME = "servicegraphs.native"
 #: The series-metric suffix of an exponential twin (its OTLP name is the histogram's own).
 _NATIVE_KEY_SUFFIX = ":native"
