@@ -596,6 +596,12 @@ class SpanMetricsConfig(_Frozen):
         return f"{self.namespace}.{name}" if self.namespace else name
 
 
+#: Tempo's service-graph sub-processors; a bare ``service-graphs`` means the first two.
+ServiceGraphsSubprocessor = Literal[
+    "service-graphs-request", "service-graphs-latency", "service-graphs-connection-info"
+]
+
+
 class ServiceGraphsConfig(_Frozen):
     """Tempo's service-graph processor options."""
 
@@ -614,9 +620,62 @@ class ServiceGraphsConfig(_Frozen):
         description=(
             "Tempo's service-graph worker count. Accepted so that a Tempo configuration loads, and "
             "ignored: here the work is spread over the Kafka consumer group's workers (one per "
-            "input partition at most), not over goroutines of one process."
+            "input partition at most), not over goroutines of one process. (In Tempo too it adds "
+            "no parallelism: every worker waits on one shared 2 s expiry ticker.)"
         ),
     )
+    #: Tempo's sub-processor names (its ``processors`` list): which metric families are written.
+    subprocessors: tuple[ServiceGraphsSubprocessor, ...] = (
+        "service-graphs-request",
+        "service-graphs-latency",
+    )
+    #: Tempo's per-tenant override: explicit-bucket (``classic``), exponential (``native``) or both.
+    generate_native_histograms: Literal["classic", "native", "both"] = "classic"
+    #: Tempo's ``filter_policies`` (#6453): edge spans they reject pair with nothing, and their
+    #: counterpart is dropped rather than left to expire.
+    filter_policies: tuple[FilterPolicy, ...] = ()
+    #: Tempo's span multiplier: 1 / the span attribute (then resource attribute) of this name.
+    span_multiplier_key: str = ""
+    #: Tempo's tracestate multiplier (``ot=th:``), ahead of ``span_multiplier_key``.
+    enable_tracestate_span_multiplier: bool = False
+
+    @field_validator("subprocessors", mode="before")
+    @classmethod
+    def _subprocessor_names(cls, value: Any) -> Any:
+        # Tempo compares sub-processor names case-insensitively (strings.EqualFold).
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            return tuple(item.lower() if isinstance(item, str) else item for item in value)
+        return value
+
+    @field_validator("subprocessors")
+    @classmethod
+    def _some_subprocessor(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError(
+                "needs at least one of service-graphs-request, service-graphs-latency, "
+                "service-graphs-connection-info"
+            )
+        return tuple(dict.fromkeys(value))
+
+    @field_validator("generate_native_histograms", mode="before")
+    @classmethod
+    def _histogram_mode(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @property
+    def warnings(self) -> tuple[tuple[str, str, object], ...]:
+        """``(option, why, value)`` for each value accepted with no effect (logged once at start)."""
+        if self.workers is None:
+            return ()
+        return (
+            (
+                "servicegraphs.workers",
+                "Tempo's expiry goroutines; ignored here, where the consumer group's workers share the work",
+                self.workers,
+            ),
+        )
 
     @field_validator("histogram_buckets")
     @classmethod
@@ -744,7 +803,7 @@ class Settings(BaseSettings):
     @property
     def warnings(self) -> tuple[tuple[str, str, object], ...]:
         """``(option, why, value)`` for each configured value that is accepted with no effect."""
-        return self.spanmetrics.warnings
+        return self.spanmetrics.warnings + self.servicegraphs.warnings
 
 
 def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

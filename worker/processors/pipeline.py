@@ -33,10 +33,13 @@ class Pipeline:
 
     @property
     def max_exemplars(self) -> int:
-        return self.spanmetrics.max_exemplars
+        """Exemplars the state keeps per point: one cap for every metric, so the larger one."""
+        if self.servicegraphs is None:
+            return self.spanmetrics.max_exemplars
+        return max(self.spanmetrics.max_exemplars, self.servicegraphs.max_exemplars)
 
     def descriptors(self) -> dict[str, MetricDescriptor]:
-        return {d.name: d for processor in self.processors for d in processor.descriptors()}
+        return {d.series_metric: d for processor in self.processors for d in processor.descriptors()}
 
     def consume(
         self,
