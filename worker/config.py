@@ -25,6 +25,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "SpanMetricsConfig",
     "TempoSpanMetricsConfig",
     "Temporality",
+    "compile_glob",
     "load_config",
     "parse_policy_key",
 ]
@@ -114,17 +116,124 @@ def _is_temporality(value: object) -> bool:
     return _temporality(value) in {Temporality.CUMULATIVE.value, Temporality.DELTA.value}
 
 
-class Dimension(_Frozen):
-    """An extra dimension: looked up in span attributes, then resource attributes, then ``default``."""
+def compile_glob(pattern: str) -> re.Pattern[str]:
+    """A dimension glob as a regular expression matching whole attribute keys.
 
-    name: str = Field(min_length=1)
+    The syntax is upstream's (``github.com/gobwas/glob`` compiled with ``.`` as the separator,
+    connector.go newDimensions): ``*`` any run of characters without a ``.``, ``**`` any run at
+    all, ``?`` one character other than ``.``, ``[abc]`` / ``[!abc]`` one of (not of) the listed
+    characters, ``[a-z]`` / ``[!a-z]`` one in (not in) the range, ``{a,b*}`` one of the
+    alternatives, ``\\`` escapes the next character. ``http.*`` matches ``http.method`` but not
+    ``http.request.method``; ``http.**`` matches both. Raises ValueError on an unclosed ``[`` or
+    ``{`` or a malformed range.
+    """
+    out: list[str] = []
+    depth = 0
+    i, n = 0, len(pattern)
+    while i < n:
+        char = pattern[i]
+        if char == "*":
+            if i + 1 < n and pattern[i + 1] == "*":
+                out.append(".*")
+                i += 2
+            else:
+                out.append("[^.]*")
+                i += 1
+        elif char == "?":
+            out.append("[^.]")
+            i += 1
+        elif char == "{":
+            depth += 1
+            out.append("(?:")
+            i += 1
+        elif char == "," and depth:
+            out.append("|")
+            i += 1
+        elif char == "}" and depth:
+            depth -= 1
+            out.append(")")
+            i += 1
+        elif char == "[":
+            i, piece = _glob_class(pattern, i + 1)
+            out.append(piece)
+        else:
+            text: list[str] = []
+            breakers = "*?[{,}" if depth else "*?[{"
+            while i < n and pattern[i] not in breakers:
+                if pattern[i] == "\\":
+                    i += 1
+                    if i == n:
+                        break
+                text.append(pattern[i])
+                i += 1
+            out.append(re.escape("".join(text)))
+    if depth:
+        raise ValueError("unclosed '{'")
+    return re.compile("".join(out), re.DOTALL)
+
+
+def _glob_class(pattern: str, i: int) -> tuple[int, str]:
+    """``[...]`` from just after the ``[``: (index after the ``]``, regex piece)."""
+    n = len(pattern)
+    negate = i < n and pattern[i] == "!"
+    if negate:
+        i += 1
+    if i + 2 < n and pattern[i + 1] == "-":
+        low, high = pattern[i], pattern[i + 2]
+        i += 3
+        if i >= n or pattern[i] != "]":
+            raise ValueError("a range is one '[lo-hi]' and must end with ']'")
+        if high < low:
+            raise ValueError(f"empty range [{low}-{high}]")
+        body = f"{re.escape(low)}-{re.escape(high)}"
+    else:
+        chars: list[str] = []
+        while i < n and pattern[i] != "]":
+            if pattern[i] == "\\" and i + 1 < n:
+                i += 1
+            chars.append(pattern[i])
+            i += 1
+        if i >= n:
+            raise ValueError("unclosed '['")
+        if not chars:
+            return i + 1, "(?s:.)" if negate else "(?!)"
+        body = "".join(re.escape(c) for c in chars)
+    return i + 1, f"[{'^' if negate else ''}{body}]"
+
+
+class Dimension(_Frozen):
+    """An extra dimension: ``name`` (looked up in span attributes, then resource attributes, then
+    ``default``) or ``glob`` (every span or resource attribute key the pattern matches, see
+    :func:`worker.model.globs.compile_glob`)."""
+
+    name: str = ""
     default: str | None = None
+    glob: str = ""
 
     @model_validator(mode="before")
     @classmethod
     def _from_name(cls, value: object) -> object:
         # Accept a bare string as shorthand for {name: ...}.
         return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _name_or_glob(self) -> Dimension:
+        # Upstream config.go validateDimensions (PR #48312): exactly one of name and glob, and no
+        # default on a glob (a glob only matches keys that are present).
+        if self.name and self.glob:
+            raise ValueError(
+                f"set only one of 'name' or 'glob', got both: name={self.name!r} glob={self.glob!r}"
+            )
+        if not self.name and not self.glob:
+            raise ValueError("set one of 'name' or 'glob'")
+        if self.glob:
+            if self.default is not None:
+                raise ValueError(f"'default' is not supported on glob dimension {self.glob!r}")
+            try:
+                compile_glob(self.glob)
+            except ValueError as exc:
+                raise ValueError(f"invalid dimension glob {self.glob!r}: {exc}") from None
+        return self
 
 
 class ExplicitBuckets(_Frozen):
@@ -142,8 +251,13 @@ class ExplicitBuckets(_Frozen):
         return buckets
 
 
+def _max_size(value: object) -> object:
+    # Upstream (connector.go initHistogramMetrics) takes 0 as go-expohisto's DefaultMaxSize.
+    return 160 if value == 0 and not isinstance(value, bool) else value
+
+
 class ExponentialBuckets(_Frozen):
-    max_size: int = Field(default=160, ge=2, le=16384)
+    max_size: Annotated[int, BeforeValidator(_max_size)] = Field(default=160, ge=2, le=16384)
 
 
 class HistogramConfig(_Frozen):
@@ -173,7 +287,15 @@ class ExemplarsConfig(_Frozen):
     #: PR #41679 the field is a plain int defaulting to 5 (the pointer whose nil meant "unlimited"
     #: is gone), and internal/metrics/metrics.go AddExemplar stops once the slice holds as many as
     #: the maximum, so a maximum of 0 admits none.
-    max_per_data_point: int = Field(default=5, ge=0)
+    max_per_data_point: int = 5
+
+    @field_validator("max_per_data_point")
+    @classmethod
+    def _not_negative_when_enabled(cls, value: int, info: ValidationInfo) -> int:
+        # Upstream config.go Validate refuses a negative value only with exemplars enabled.
+        if value < 0 and info.data.get("enabled"):
+            raise ValueError("must be greater than or equal to 0 when exemplars are enabled")
+        return value
 
 
 class EventsConfig(_Frozen):
@@ -187,10 +309,19 @@ class EventsConfig(_Frozen):
         return self
 
 
-def _check_dimension_names(option: str, dimensions: Sequence[Dimension], taken: set[str]) -> None:
-    """Refuse names that collide with the defaults or with each other, as the connector does."""
-    seen = set(taken)
+def _check_dimension_names(option: str, dimensions: Sequence[Dimension]) -> None:
+    """Refuse names that collide with the defaults or with each other within one list, as the
+    connector does (config.go validateDimensions).
+
+    A glob may not match a default dimension or a name of its own list ("duplicate dimension name
+    X conflicting with glob Y"); a name or glob matching a name of another list is allowed there
+    and here, and that attribute is written once.
+    """
+    seen: set[str] = set()
+    own: list[str] = []
     for dimension in dimensions:
+        if not dimension.name:
+            continue
         if dimension.name in RESERVED_DIMENSIONS:
             raise ValueError(
                 f"{option}: '{dimension.name}' is a default dimension and cannot be configured again "
@@ -199,6 +330,16 @@ def _check_dimension_names(option: str, dimensions: Sequence[Dimension], taken: 
         if dimension.name in seen:
             raise ValueError(f"{option}: duplicate dimension name '{dimension.name}'")
         seen.add(dimension.name)
+        own.append(dimension.name)
+    for dimension in dimensions:
+        if not dimension.glob:
+            continue
+        pattern = compile_glob(dimension.glob)
+        for name in (*RESERVED_DIMENSIONS, *own):
+            if pattern.fullmatch(name):
+                raise ValueError(
+                    f"{option}: duplicate dimension name '{name}' conflicting with glob '{dimension.glob}'"
+                )
 
 
 #: Tempo's filter-policy intrinsics (pkg/spanfilter/config/config.go supportedIntrinsics), also
@@ -350,15 +491,28 @@ class SpanMetricsConfig(_Frozen):
     histogram: HistogramConfig = HistogramConfig()
     aggregation_temporality: Annotated[Temporality, BeforeValidator(_temporality)] = Temporality.CUMULATIVE
     metrics_flush_interval: Duration = Field(default=15.0, gt=0)
-    metrics_expiration: Duration = 0.0
+    metrics_expiration: Duration = Field(default=0.0, ge=0)
     namespace: str = ""
     resource_metrics_key_attributes: tuple[str, ...] = ()
     resource_metrics_cache_size: int = Field(default=1000, ge=1)
-    dimensions_cache_size: int | None = Field(default=None, ge=1)
+    #: Deprecated upstream since v0.130.0 (ignored there, with a warning); here it sizes the cache
+    #: of series attributes kept across intervals (0 or unset: 10,000), which changes no output.
+    dimensions_cache_size: int = 0
     aggregation_cardinality_limit: int = Field(default=0, ge=0)
     exemplars: ExemplarsConfig = ExemplarsConfig()
     events: EventsConfig = EventsConfig()
     include_instrumentation_scope: tuple[str, ...] = ()
+    #: Upstream copies the resource attributes to the output unless its alpha gate
+    #: ``excludeResourceMetrics`` is on and this is false (#43394). There are no gates here and the
+    #: attributes are always copied: the output upstream gives with its default gates, whatever
+    #: this says.
+    add_resource_attributes: bool = False
+    #: Adds ``sampling.method`` = ``extrapolated`` (the span's count came from an ``ot=th``
+    #: tracestate) or ``counted`` to every data point, and to the series identity (PR #45557).
+    enable_metrics_sampling_method: bool = False
+    #: Upstream's LRU of delta start times (delta only; must then be > 0). Here every series keeps
+    #: its start time in the state store, so nothing is evicted and the size has no effect.
+    metric_timestamp_cache_size: int = 1000
 
     #: The aggregation_temporality given when it was neither CUMULATIVE nor DELTA (nor empty).
     _unknown_temporality: str | None = PrivateAttr(default=None)
@@ -386,13 +540,22 @@ class SpanMetricsConfig(_Frozen):
 
     @model_validator(mode="after")
     def _dimension_names(self) -> SpanMetricsConfig:
-        _check_dimension_names("dimensions", self.dimensions, set())
-        base = {d.name for d in self.dimensions}
-        _check_dimension_names("calls_dimensions", self.calls_dimensions, base)
-        _check_dimension_names("histogram.dimensions", self.histogram.dimensions, base)
-        _check_dimension_names("events.dimensions", self.events.dimensions, base)
+        # Upstream config.go Validate checks each list on its own (PR #48312): a name of
+        # ``dimensions`` may be repeated in another list, and the attribute is then written once
+        # (with that list's value: its own default when the span lacks it).
+        _check_dimension_names("dimensions", self.dimensions)
+        _check_dimension_names("calls_dimensions", self.calls_dimensions)
+        _check_dimension_names("histogram.dimensions", self.histogram.dimensions)
+        _check_dimension_names("events.dimensions", self.events.dimensions)
         # exclude_dimensions naming something that is not a default dimension is accepted and
         # ignored, as upstream does (connector_test.go: exclude_dimensions with "totallyWrong").
+        if self.aggregation_temporality is Temporality.DELTA and self.metric_timestamp_cache_size <= 0:
+            # Upstream config.go Validate refuses it with delta only (the cache exists only then).
+            raise ValueError(
+                f"metric_timestamp_cache_size: invalid delta timestamp cache size: "
+                f"{self.metric_timestamp_cache_size}, the maximum number of the items in the cache "
+                "should be positive"
+            )
         return self
 
     @property
@@ -406,6 +569,25 @@ class SpanMetricsConfig(_Frozen):
                     "spanmetrics.exclude_dimensions",
                     f"not a default dimension ({', '.join(RESERVED_DIMENSIONS)}); ignored, as upstream",
                     ignored,
+                )
+            )
+        if self.dimensions_cache_size != 0:
+            # Upstream (connector.go newConnector) logs this for any value other than 0.
+            found.append(
+                (
+                    "spanmetrics.dimensions_cache_size",
+                    "deprecated (upstream v0.130.0: use aggregation_cardinality_limit); here it only "
+                    "sizes a cache of series attributes, which changes no output",
+                    self.dimensions_cache_size,
+                )
+            )
+        if "metric_timestamp_cache_size" in self.model_fields_set:
+            found.append(
+                (
+                    "spanmetrics.metric_timestamp_cache_size",
+                    "no effect here: each series keeps its delta start time in the state store, "
+                    "so none is evicted (upstream's cache size caps that)",
+                    self.metric_timestamp_cache_size,
                 )
             )
         if self._unknown_temporality is not None:
@@ -422,6 +604,12 @@ class SpanMetricsConfig(_Frozen):
     def metric_name(self, name: str) -> str:
         """``calls`` or ``<namespace>.calls``: the connector's naming."""
         return f"{self.namespace}.{name}" if self.namespace else name
+
+
+#: Tempo's service-graph sub-processors; a bare ``service-graphs`` means the first two.
+ServiceGraphsSubprocessor = Literal[
+    "service-graphs-request", "service-graphs-latency", "service-graphs-connection-info"
+]
 
 
 class ServiceGraphsConfig(_Frozen):
@@ -442,9 +630,62 @@ class ServiceGraphsConfig(_Frozen):
         description=(
             "Tempo's service-graph worker count. Accepted so that a Tempo configuration loads, and "
             "ignored: here the work is spread over the Kafka consumer group's workers (one per "
-            "input partition at most), not over goroutines of one process."
+            "input partition at most), not over goroutines of one process. (In Tempo too it adds "
+            "no parallelism: every worker waits on one shared 2 s expiry ticker.)"
         ),
     )
+    #: Tempo's sub-processor names (its ``processors`` list): which metric families are written.
+    subprocessors: tuple[ServiceGraphsSubprocessor, ...] = (
+        "service-graphs-request",
+        "service-graphs-latency",
+    )
+    #: Tempo's per-tenant override: explicit-bucket (``classic``), exponential (``native``) or both.
+    generate_native_histograms: Literal["classic", "native", "both"] = "classic"
+    #: Tempo's ``filter_policies`` (#6453): edge spans they reject pair with nothing, and their
+    #: counterpart is dropped rather than left to expire.
+    filter_policies: tuple[FilterPolicy, ...] = ()
+    #: Tempo's span multiplier: 1 / the span attribute (then resource attribute) of this name.
+    span_multiplier_key: str = ""
+    #: Tempo's tracestate multiplier (``ot=th:``), ahead of ``span_multiplier_key``.
+    enable_tracestate_span_multiplier: bool = False
+
+    @field_validator("subprocessors", mode="before")
+    @classmethod
+    def _subprocessor_names(cls, value: Any) -> Any:
+        # Tempo compares sub-processor names case-insensitively (strings.EqualFold).
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            return tuple(item.lower() if isinstance(item, str) else item for item in value)
+        return value
+
+    @field_validator("subprocessors")
+    @classmethod
+    def _some_subprocessor(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError(
+                "needs at least one of service-graphs-request, service-graphs-latency, "
+                "service-graphs-connection-info"
+            )
+        return tuple(dict.fromkeys(value))
+
+    @field_validator("generate_native_histograms", mode="before")
+    @classmethod
+    def _histogram_mode(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @property
+    def warnings(self) -> tuple[tuple[str, str, object], ...]:
+        """``(option, why, value)`` for each value accepted with no effect (logged once at start)."""
+        if self.workers is None:
+            return ()
+        return (
+            (
+                "servicegraphs.workers",
+                "Tempo's expiry goroutines; ignored here, where the consumer group's workers share the work",
+                self.workers,
+            ),
+        )
 
     @field_validator("histogram_buckets")
     @classmethod
@@ -607,6 +848,10 @@ _REFUSED_PROCESSOR: dict[str, str] = {
 _REFUSED_SERVICE_GRAPHS: dict[str, str] = {
     "enabled": "in metrics_generator mode the service graphs run when metrics_generator.processors "
     "lists service-graphs (or a service-graphs-* sub-processor)",
+    "subprocessors": "in metrics_generator mode list service-graphs-request, service-graphs-latency "
+    "or service-graphs-connection-info in metrics_generator.processors, as in Tempo",
+    "generate_native_histograms": "in metrics_generator mode write "
+    "metrics_generator.generate_native_histograms, as in Tempo (it applies to both processors)",
 }
 
 _REFUSED_METRICS_GENERATOR: dict[str, str] = {
@@ -912,12 +1157,14 @@ class Settings(BaseSettings):
         if generator is None:
             return self.servicegraphs
         config = generator.processor.service_graphs
-        update: dict[str, Any] = {"enabled": bool(generator.service_graph_subprocessors)}
-        fields = type(config).model_fields
-        if "subprocessors" in fields:
-            update["subprocessors"] = tuple(sorted(generator.service_graph_subprocessors))
-        if "generate_native_histograms" in fields:
-            update["generate_native_histograms"] = generator.generate_native_histograms.value
+        parts = generator.service_graph_subprocessors
+        update: dict[str, Any] = {
+            "enabled": bool(parts),
+            "generate_native_histograms": generator.generate_native_histograms.value,
+        }
+        if parts:
+            order = ("request", "latency", "connection-info")
+            update["subprocessors"] = tuple(f"service-graphs-{part}" for part in order if part in parts)
         return config.model_copy(update=update)
 
     @classmethod
@@ -935,7 +1182,7 @@ class Settings(BaseSettings):
     @property
     def warnings(self) -> tuple[tuple[str, str, object], ...]:
         """``(option, why, value)`` for each configured value that is accepted with no effect."""
-        return self.spanmetrics.warnings
+        return self.spanmetrics.warnings + self.servicegraphs.warnings
 
 
 def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

@@ -72,6 +72,14 @@ class MetricDescriptor:
     scope: str = "spanmetricsconnector"
     #: Position within its scope, so output order is stable (calls, duration, events).
     order: int = 0
+    #: The metric name its series carry, when that is not ``name``: one metric written twice
+    #: under one name in two scopes (Tempo's classic and native histograms side by side).
+    key: str = ""
+
+    @property
+    def series_metric(self) -> str:
+        """What :attr:`Series.metric` says for this metric's series (the descriptors' map key)."""
+        return self.key or self.name
 
 
 @dataclass(slots=True)

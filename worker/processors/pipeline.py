@@ -72,22 +72,20 @@ class Pipeline:
 
     @property
     def max_exemplars(self) -> int:
+        """Exemplars the state keeps per point: one cap for every metric, so the larger one."""
         found = [0]
         if self.spanmetrics is not None:
             found.append(self.spanmetrics.max_exemplars)
         if self.tempo is not None:
             found.append(self.tempo.max_exemplars)
+        if self.servicegraphs is not None:
+            found.append(self.servicegraphs.max_exemplars)
         return max(found)
 
     def descriptors(self) -> dict[str, MetricDescriptor]:
-        """Series metric -> descriptor (Tempo's native latency histogram next to the classic one
-        has a key of its own: see ``TempoSpanMetricsProcessor.descriptor_map``)."""
-        result: dict[str, MetricDescriptor] = {}
-        for processor in self.processors:
-            if self.tempo is not None and processor is self.tempo:
-                result.update(self.tempo.descriptor_map())
-            else:
-                result.update((d.name, d) for d in processor.descriptors())
+        """Series metric -> descriptor (a native histogram written next to a classic one of the
+        same name has a key of its own: ``MetricDescriptor.key``)."""
+        result = {d.series_metric: d for processor in self.processors for d in processor.descriptors()}
         if self._tempo_mode:
             for name in _NOT_IN_TEMPO:
                 result.pop(name, None)

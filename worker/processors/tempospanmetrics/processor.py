@@ -240,31 +240,32 @@ class TempoSpanMetricsProcessor:
 
     # ------------------------------------------------------------------ descriptors
 
-    def descriptor_map(self) -> dict[str, MetricDescriptor]:
-        """Series metric key -> descriptor: with ``both`` the native histogram has a key of its
-        own but is written under the same name as the classic one. No unit: the latency is in
-        seconds, but a unit would make exporters that add unit suffixes write
+    def descriptors(self) -> list[MetricDescriptor]:
+        """The metrics this processor emits, in output order. With ``both`` the native histogram
+        has a series key of its own (``key``) and the classic one's name. No unit: the latency
+        is in seconds, but a unit would make exporters that add unit suffixes write
         ``traces_spanmetrics_latency_seconds``, which is not Tempo's name."""
-        found: dict[str, MetricDescriptor] = {}
+        found: list[MetricDescriptor] = []
         if self._count:
-            found[CALLS_TOTAL] = MetricDescriptor(CALLS_TOTAL, MetricKind.SUM, scope=SCOPE_NAME, order=0)
+            found.append(MetricDescriptor(CALLS_TOTAL, MetricKind.SUM, scope=SCOPE_NAME, order=0))
         if self._classic:
-            found[LATENCY] = MetricDescriptor(
-                LATENCY, MetricKind.HISTOGRAM, bounds=self._bounds, scope=SCOPE_NAME, order=1
+            found.append(
+                MetricDescriptor(
+                    LATENCY, MetricKind.HISTOGRAM, bounds=self._bounds, scope=SCOPE_NAME, order=1
+                )
             )
         if self._native:
-            found[self._native_key] = MetricDescriptor(
-                LATENCY, MetricKind.EXPONENTIAL_HISTOGRAM, scope=SCOPE_NAME, order=2
+            key = self._native_key if self._native_key != LATENCY else ""
+            found.append(
+                MetricDescriptor(
+                    LATENCY, MetricKind.EXPONENTIAL_HISTOGRAM, scope=SCOPE_NAME, order=2, key=key
+                )
             )
         if self._size:
-            found[SIZE_TOTAL] = MetricDescriptor(SIZE_TOTAL, MetricKind.SUM, scope=SCOPE_NAME, order=3)
+            found.append(MetricDescriptor(SIZE_TOTAL, MetricKind.SUM, scope=SCOPE_NAME, order=3))
         if self._target_info:
-            found[TARGET_INFO] = MetricDescriptor(TARGET_INFO, MetricKind.INFO, scope=SCOPE_NAME, order=4)
+            found.append(MetricDescriptor(TARGET_INFO, MetricKind.INFO, scope=SCOPE_NAME, order=4))
         return found
-
-    def descriptors(self) -> list[MetricDescriptor]:
-        """The metrics this processor emits, in output order."""
-        return list(self.descriptor_map().values())
 
     @property
     def max_exemplars(self) -> int:

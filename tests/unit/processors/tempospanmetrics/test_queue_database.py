@@ -100,3 +100,33 @@ def test_spanmetrics_process_reads_a_tempo_config(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["process", "--config", str(config), str(trace)])
     assert result.exit_code == 0, result.output
     check(metrics_from_json(result.stdout))
+
+
+def test_connection_info_and_native_histograms_from_the_tempo_block() -> None:
+    # upstream: instance.go updateServiceGraphsSubprocessors (connection-info added to a bare
+    # service-graphs) and config.go copyWithOverrides (generate_native_histograms for both processors).
+    generator = {
+        **GENERATOR,
+        "processors": ["service-graphs", "service-graphs-connection-info", "span-metrics-latency"],
+        "generate_native_histograms": "both",
+    }
+    run = TempoRun(generator)
+    assert run.settings.service_graphs.subprocessors == (
+        "service-graphs-request",
+        "service-graphs-latency",
+        "service-graphs-connection-info",
+    )
+    out = run.run(queue_database_trace())
+    info = series(out, "traces_service_graph_connection_info")
+    assert set(info) == {REQUESTER_SERVER, DATABASE, MESSAGING}
+    assert values(out, "traces_service_graph_request_total") == {
+        REQUESTER_SERVER: 1,
+        DATABASE: 1,
+        MESSAGING: 1,
+    }
+    native = series(out, "traces_service_graph_request_client_seconds", "exponential_histogram")
+    assert native[REQUESTER_SERVER].count == 1
+    spans = series(out, "traces_spanmetrics_latency", "exponential_histogram")
+    assert sum(point.count for point in spans.values()) == 19
+    assert series(out, "traces_spanmetrics_calls_total") == {}
+    assert scopes(out) == {""}
