@@ -1182,7 +1182,7 @@ class Settings(BaseSettings):
     @property
     def warnings(self) -> tuple[tuple[str, str, object], ...]:
         """``(option, why, value)`` for each configured value that is accepted with no effect."""
-        return self.spanmetrics.warnings + self.servicegraphs.warnings
+        return self.spanmetrics.warnings + self.service_graphs.warnings
 
 
 def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

@@ -199,3 +199,15 @@ def test_unknown_span_metrics_key_lists_the_allowed(tmp_path: Path) -> None:
     )
     expected = "metrics_generator.processor.span_metrics.histogram_bucket: unknown option (allowed: "
     assert expected + "dimension_mappings, dimensions," in message
+
+
+def test_tempo_service_graph_workers_warns(tmp_path: Path) -> None:
+    # Tempo's processor.service_graphs.workers (default 10) is accepted and ignored, with a warning.
+    document = {
+        "metrics_generator": {
+            "processors": ["service-graphs"],
+            "processor": {"service_graphs": {"workers": 10}},
+        }
+    }
+    settings = _load(tmp_path, document)
+    assert [option for option, _, _ in settings.warnings] == ["servicegraphs.workers"]
