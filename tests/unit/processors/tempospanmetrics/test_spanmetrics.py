@@ -549,9 +549,12 @@ def test_a_cut_inside_a_character_discards_the_span() -> None:
     config = generator(dimensions=["d"])
     config["registry"] = {"max_label_value_length": 2}
     run = TempoRun(config)
-    run.consume(make_batch(1, span_attributes={"d": "aé"}, resource=[("service.name", "ab")]))
+    stats = run.pipeline.consume(
+        make_batch(1, span_attributes={"d": "aé"}, resource=[("service.name", "ab")]), run.tenant
+    )
     out = run.flush()
     assert series(out, CALLS) == {}
+    assert (stats.spans, stats.invalid_labels) == (1, 1)
 
 
 def test_new_series_start_one_second_before_the_minute() -> None:
