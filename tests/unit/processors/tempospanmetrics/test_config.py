@@ -136,6 +136,11 @@ def test_service_graphs_run_from_the_processor_list(tmp_path: Path) -> None:
         ("span_name_sanitization", "enabled", "DRAIN span-name sanitization is not implemented"),
         ("skip_stale_backlog_on_startup", True, "skipping backlog would lose spans"),
         ("ingestion_time_range_slack", "30s", "write metrics_generator.metrics_ingestion_time_range_slack"),
+        ("native_histogram_min_reset_duration", "15m", "never reset"),
+        ("trace_id_label_name", "trace_id", "the label name is chosen by the exporter"),
+        ("max_cardinality_per_label", 100, "per-label cardinality limiter is not implemented"),
+        ("ingest_concurrency", 16, "scale out with more workers"),
+        ("instance_id", "gen-1", "kafka.group_instance_id for static membership"),
     ],
 )
 def test_refused_keys_say_why(tmp_path: Path, key: str, value: Any, reason: str) -> None:
