@@ -24,6 +24,7 @@ from worker.observability.logs import redact_url
 from worker.observability.selfmetrics import WorkerMetrics
 from worker.observability.stats import WorkerStats
 from worker.processors.pipeline import Pipeline
+from worker.processors.servicegraphs.processor import ServiceGraphsProcessor
 from worker.sinks.kafka import KafkaSink
 from worker.stream.checkpoint import Checkpoint
 from worker.stream.clients import kafka_start_problem, make_consumer, make_producer, make_redis
@@ -104,6 +105,11 @@ class StreamWorker:
         # asks for the lag/active-series refresh.
         self.metrics = metrics if metrics is not None else WorkerMetrics(CollectorRegistry())
         self.metrics.bind(self)
+
+    @property
+    def service_graphs(self) -> ServiceGraphsProcessor | None:
+        """The service-graph processor, for its self-metrics (None when it does not run)."""
+        return self.pipeline.servicegraphs
 
     @property
     def tokens(self) -> dict[int, int]:

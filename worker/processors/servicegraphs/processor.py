@@ -300,6 +300,9 @@ class ServiceGraphsProcessor:
         self.dropped_edges: dict[str, int] = {}
         #: tenant -> filtered sides not remembered, the markers being full, since start.
         self.marker_overflows: dict[str, int] = {}
+        #: tenant -> spans that started an edge, stored or completed at once, since start
+        #: (Tempo's ``tempo_metrics_generator_processor_service_graphs_edges``).
+        self.new_edges: dict[str, int] = {}
 
     @property
     def max_exemplars(self) -> int:
@@ -415,6 +418,8 @@ class ServiceGraphsProcessor:
                 now,
                 stats,
             )
+            if stats.new_edges:
+                self.new_edges[tenant] = self.new_edges.get(tenant, 0) + stats.new_edges
             if stats.dropped_edges:
                 self.dropped_edges[tenant] = self.dropped_edges.get(tenant, 0) + stats.dropped_edges
             if stats.marker_overflows:
