@@ -151,20 +151,18 @@ def process_documents(
     """Run every configured processor over all documents, then merge, fold and encode one flush
     (service-graph half-edges all resolve at the end of the input)."""
     pipeline = Pipeline(settings, clock=clock)
-    spanmetrics = settings.spanmetrics
-    exponential = spanmetrics.histogram.exponential
     store = MemoryStore(
         slots=1,
         max_exemplars=pipeline.max_exemplars,
-        exp_max_size=exponential.max_size if exponential else 160,
+        exp_max_size=settings.exponential_max_size,
         active_series_limit=settings.worker.max_active_series_per_tenant,
     )
     worker = LocalWorker(
         store,
         pipeline.descriptors(),
-        spanmetrics.aggregation_temporality,
-        series_expiration_s=spanmetrics.series_expiration,
-        resource_expiration_s=spanmetrics.metrics_expiration,
+        settings.temporality,
+        series_expiration_s=settings.series_expiration,
+        resource_expiration_s=settings.resource_expiration,
     )
     tenant = tenant or settings.kafka.default_tenant
     spans = skipped = 0

@@ -25,9 +25,10 @@ from typing import Any
 import pytest
 
 from devtools import top
-from tests.deploy.helpers import DASHBOARD, DEPLOY, WORKER_CONFIG, load_yaml
+from tests.deploy.helpers import DASHBOARD, DEPLOY, REPO, WORKER_CONFIG, load_yaml
 from worker.config import RESERVED_DIMENSIONS, load_config
 from worker.model.series import MetricKind
+from worker.processors.pipeline import Pipeline
 from worker.processors.spanmetrics.processor import SpanMetricsProcessor
 
 # --------------------------------------------------------------------------------------------------
@@ -312,15 +313,20 @@ def test_red_and_service_graph_panels(dashboard: dict[str, Any]) -> None:
     assert any("Service graph" in title for title in titles)
 
 
-def query_problems(expr: str, legend: str = "") -> list[str]:
-    """What is wrong with one dashboard query (empty when nothing is)."""
+def query_problems(
+    expr: str, legend: str = "", *, series: set[str] | None = None, labels: set[str] | None = None
+) -> list[str]:
+    """What is wrong with one dashboard query (empty when nothing is); ``series`` and ``labels``
+    are the emitted names (the compose stack's connector-mode workers' by default)."""
+    series = EMITTED_SERIES if series is None else series
+    labels = EMITTED_LABELS if labels is None else labels
     query = parse_promql(expr)
     problems = []
     if not query.metrics:
         problems.append("no metric")
-    if unknown := set(query.metrics) - EMITTED_SERIES:
+    if unknown := set(query.metrics) - series:
         problems.append(f"series not emitted: {sorted(unknown)}")
-    if unknown := query.labels - EMITTED_LABELS:
+    if unknown := query.labels - labels:
         problems.append(f"labels not emitted: {sorted(unknown)}")
     if unknown := query.functions - _FUNCTIONS:
         problems.append(f"unknown functions: {sorted(unknown)}")
@@ -390,3 +396,94 @@ def test_variables_are_used(dashboard: dict[str, Any]) -> None:
     for variable in dashboard["templating"]["list"]:
         if variable["type"] == "query":
             assert f"${variable['name']}" in exprs, f"variable {variable['name']} is never used"
+
+
+# --------------------------------------------------------------------------------------------------
+# The Tempo-mode dashboard (metrics_generator: Tempo's series names)
+# --------------------------------------------------------------------------------------------------
+
+TEMPO_DASHBOARD = DEPLOY / "grafana" / "dashboards" / "tempo-mode.json"
+TEMPO_CONFIG = REPO / "examples" / "tempo-mode.yaml"
+
+
+def _tempo_emitted() -> tuple[set[str], set[str]]:
+    """(series names, label names) in Prometheus for examples/tempo-mode.yaml, from the
+    descriptors the worker's pipeline really uses and the same translation as above."""
+    settings = load_config(TEMPO_CONFIG)
+    kinds = {MetricKind.SUM: "counter", MetricKind.HISTOGRAM: "histogram", MetricKind.INFO: "gauge"}
+    descriptors = Pipeline(settings).descriptors().values()
+    metrics = [OtlpMetric(d.name, kinds[d.kind], d.unit) for d in descriptors if d.kind in kinds]
+    series = {name for metric in metrics for name in prometheus_series(metric)}
+    # Tempo's labels: intrinsics, job/instance (target info), le, the service-graph labels.
+    labels = {"service", "span_name", "span_kind", "status_code", "job", "instance", "le"}
+    return series, labels | SERVICE_GRAPH_LABELS
+
+
+TEMPO_SERIES, TEMPO_LABELS = _tempo_emitted()
+
+
+@pytest.fixture(scope="module")
+def tempo_dashboard() -> dict[str, Any]:
+    document = json.loads(TEMPO_DASHBOARD.read_text(encoding="utf-8"))
+    assert isinstance(document, dict)
+    return document
+
+
+def test_tempo_names_in_prometheus() -> None:
+    # Exactly Tempo's Prometheus names, whatever add_metric_suffixes says (no units, *_total).
+    assert {
+        "traces_spanmetrics_calls_total",
+        "traces_spanmetrics_latency_bucket",
+        "traces_spanmetrics_latency_sum",
+        "traces_spanmetrics_latency_count",
+        "traces_spanmetrics_size_total",
+        "traces_target_info",
+        "traces_service_graph_request_total",
+        "traces_service_graph_request_failed_total",
+        "traces_service_graph_request_server_seconds_bucket",
+        "traces_service_graph_request_client_seconds_bucket",
+    } <= TEMPO_SERIES
+    assert not {name for name in TEMPO_SERIES if "seconds_seconds" in name or name.endswith("total_total")}
+
+
+def test_tempo_dashboard_is_the_connector_dashboard_on_tempo_names(
+    dashboard: dict[str, Any], tempo_dashboard: dict[str, Any]
+) -> None:
+    assert tempo_dashboard["uid"] == "spanmetrics-tempo-red" != dashboard["uid"]
+    assert [p["title"] for p in _panels(tempo_dashboard)] == [p["title"] for p in _panels(dashboard)]
+    assert len(_targets(tempo_dashboard)) == len(_targets(dashboard))
+    variables = {v["name"] for v in tempo_dashboard["templating"]["list"]}
+    assert variables == {v["name"] for v in dashboard["templating"]["list"]}
+    # Latency panels are in seconds (Tempo's histogram), not milliseconds.
+    units = {p.get("fieldConfig", {}).get("defaults", {}).get("unit") for p in _panels(tempo_dashboard)}
+    assert "ms" not in units and "s" in units
+
+
+def test_tempo_dashboard_queries_use_only_tempo_series_and_labels(tempo_dashboard: dict[str, Any]) -> None:
+    problems = {
+        f"{title} [{target['refId']}]": found
+        for title, target in _targets(tempo_dashboard)
+        if (
+            found := query_problems(
+                target["expr"], target.get("legendFormat", ""), series=TEMPO_SERIES, labels=TEMPO_LABELS
+            )
+        )
+    }
+    assert problems == {}
+    # And the connector's names are not there.
+    exprs = " ".join(target["expr"] for _, target in _targets(tempo_dashboard))
+    assert "duration_milliseconds" not in exprs and "service_name" not in exprs
+    assert query_problems("sum(rate(calls_total[5m]))", series=TEMPO_SERIES, labels=TEMPO_LABELS)
+
+
+def test_tempo_dashboard_variables(tempo_dashboard: dict[str, Any]) -> None:
+    pattern = re.compile(r"^label_values\((?:([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s*,\s*)?([a-zA-Z_]\w*)\)$")
+    for variable in tempo_dashboard["templating"]["list"]:
+        if variable["type"] != "query":
+            continue
+        match = pattern.match(variable["query"]["query"])
+        assert match, variable["query"]
+        metric, matchers, label = match.groups()
+        assert metric in TEMPO_SERIES and label in TEMPO_LABELS
+        if matchers:
+            assert parse_promql(matchers).labels <= TEMPO_LABELS

@@ -100,6 +100,11 @@ def _fill_metric(
                 point.exemplars.add(
                     trace_id=trace_id, span_id=span_id, as_double=value, time_unix_nano=now_ns
                 )
+    elif descriptor.kind is MetricKind.INFO:
+        gauge_points = metric.gauge.data_points
+        for item in series:
+            gauge_point = gauge_points.add(time_unix_nano=now_ns, as_int=1)
+            gauge_point.MergeFromString(_encoded_attributes(_NUMBER_ATTRIBUTES, item.attributes))
     elif descriptor.kind is MetricKind.HISTOGRAM:
         metric.histogram.aggregation_temporality = temporality  # type: ignore[assignment]
         histogram_points = metric.histogram.data_points

@@ -244,6 +244,7 @@ def test_servicegraphs_workers_is_accepted_and_ignored(tmp_path: Path, workers: 
 def test_dimensions_cache_size_is_accepted(tmp_path: Path) -> None:
     settings = load_text(tmp_path, "spanmetrics: {dimensions_cache_size: 500}")
     assert settings.spanmetrics.dimensions_cache_size == 500
+    assert [option for option, _, _ in settings.warnings] == ["spanmetrics.dimensions_cache_size"]
 
 
 def test_dimensions_as_names_or_mappings(tmp_path: Path) -> None:
@@ -260,6 +261,198 @@ spanmetrics:
     assert [(d.name, d.default) for d in dims] == [("http.method", None), ("http.status_code", "200")]
 
 
+# ---------------------------------------------------------------------------------------- connector options
+
+
+def test_connector_option_defaults(tmp_path: Path) -> None:
+    # upstream: config.schema.yaml@36ee7b2b / config.go: add_resource_attributes false,
+    # enable_metrics_sampling_method false, metric_timestamp_cache_size 1000 (defaultDeltaTimestampCacheSize).
+    spanmetrics = load_text(tmp_path, "spanmetrics: {}").spanmetrics
+    assert spanmetrics.add_resource_attributes is False
+    assert spanmetrics.enable_metrics_sampling_method is False
+    assert spanmetrics.metric_timestamp_cache_size == 1000
+    assert spanmetrics.dimensions_cache_size == 0
+    assert spanmetrics.metrics_expiration == 0.0
+
+
+def test_glob_dimensions_load(tmp_path: Path) -> None:
+    settings = load_text(
+        tmp_path,
+        """
+spanmetrics:
+  dimensions: [{glob: "http.*"}, {name: region, default: eu}]
+  calls_dimensions: [{glob: "c.**"}]
+  histogram: {dimensions: [{glob: "{a,b}.?"}]}
+  events: {enabled: true, dimensions: [{glob: "exception.*"}]}
+""",
+    )
+    spanmetrics = settings.spanmetrics
+    assert [(d.name, d.glob, d.default) for d in spanmetrics.dimensions] == [
+        ("", "http.*", None),
+        ("region", "", "eu"),
+    ]
+    assert spanmetrics.calls_dimensions[0].glob == "c.**"
+    assert spanmetrics.histogram.dimensions[0].glob == "{a,b}.?"
+    assert spanmetrics.events.dimensions[0].glob == "exception.*"
+    assert settings.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        # upstream: config.go validateDimensions (PR #48312) and its config_test.go cases.
+        pytest.param(
+            "spanmetrics: {dimensions: [{name: a, glob: 'b.*'}]}",
+            ["spanmetrics.dimensions.0", "set only one of 'name' or 'glob'", "name='a' glob='b.*'"],
+            id="name-and-glob",
+        ),
+        pytest.param(
+            "spanmetrics: {calls_dimensions: [{default: x}]}",
+            ["spanmetrics.calls_dimensions.0", "set one of 'name' or 'glob'"],
+            id="neither-name-nor-glob",
+        ),
+        pytest.param(
+            "spanmetrics: {histogram: {dimensions: [{glob: 'a.*', default: x}]}}",
+            ["spanmetrics.histogram.dimensions.0", "'default' is not supported on glob dimension 'a.*'"],
+            id="default-on-glob",
+        ),
+        pytest.param(
+            "spanmetrics: {dimensions: [{glob: '[ab'}]}",
+            ["spanmetrics.dimensions.0", "invalid dimension glob '[ab'", "unclosed '['"],
+            id="invalid-glob",
+        ),
+        pytest.param(
+            "spanmetrics: {dimensions: [{glob: 'service.*'}]}",
+            ["dimensions", "duplicate dimension name 'service.name' conflicting with glob 'service.*'"],
+            id="glob-matches-a-default",
+        ),
+        pytest.param(
+            "spanmetrics: {events: {enabled: true,"
+            " dimensions: [{name: exception.type}, {glob: 'exception.*'}]}}",
+            [
+                "events.dimensions",
+                "duplicate dimension name 'exception.type' conflicting with glob 'exception.*'",
+            ],
+            id="glob-matches-a-name-of-its-list",
+        ),
+        pytest.param(
+            "spanmetrics: {dimensions: [{glob: '**'}]}",
+            ["duplicate dimension name 'service.name' conflicting with glob '**'"],
+            id="glob-matching-everything",
+        ),
+        # upstream: config_test.go TestConfigValidate / TestLoadConfig "invalid delta timestamp
+        # cache size": delta with metric_timestamp_cache_size <= 0.
+        pytest.param(
+            "spanmetrics: {aggregation_temporality: AGGREGATION_TEMPORALITY_DELTA,"
+            " metric_timestamp_cache_size: 0}",
+            [
+                "metric_timestamp_cache_size",
+                "invalid delta timestamp cache size: 0, the maximum number of the items in the cache "
+                "should be positive",
+            ],
+            id="delta-timestamp-cache-zero",
+        ),
+        pytest.param(
+            "spanmetrics: {aggregation_temporality: DELTA, metric_timestamp_cache_size: -5}",
+            ["metric_timestamp_cache_size", "invalid delta timestamp cache size: -5"],
+            id="delta-timestamp-cache-negative",
+        ),
+        # upstream: config_test.go TestConfigValidate "invalid metrics_expiration" (negative).
+        pytest.param(
+            "spanmetrics: {metrics_expiration: -1s}",
+            ["spanmetrics.metrics_expiration", "must not be negative", "'-1s'"],
+            id="negative-metrics-expiration",
+        ),
+        pytest.param(
+            "spanmetrics: {add_resource_attributes: maybe}",
+            ["spanmetrics.add_resource_attributes", "valid boolean"],
+            id="add-resource-attributes-not-a-bool",
+        ),
+    ],
+)
+def test_connector_option_errors(tmp_path: Path, text: str, fragments: list[str]) -> None:
+    message = config_error(tmp_path, text)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def test_a_name_may_repeat_in_another_list(tmp_path: Path) -> None:
+    # upstream: config.go Validate runs validateDimensions on each list on its own (dimensions,
+    # calls_dimensions, histogram.dimensions, events.dimensions): a repeat across lists loads.
+    settings = load_text(
+        tmp_path,
+        "spanmetrics: {dimensions: [a], calls_dimensions: [a], histogram: {dimensions: [a]},"
+        " events: {enabled: true, dimensions: [a]}}",
+    )
+    assert [d.name for d in settings.spanmetrics.calls_dimensions] == ["a"]
+
+
+def test_globs_may_match_names_of_another_list(tmp_path: Path) -> None:
+    # upstream validates each list on its own: a glob in calls_dimensions may match a name of
+    # dimensions (the attribute is then written once, test_glob_dimensions.py).
+    settings = load_text(
+        tmp_path, "spanmetrics: {dimensions: [http.method], calls_dimensions: [{glob: 'http.*'}]}"
+    )
+    assert settings.spanmetrics.calls_dimensions[0].glob == "http.*"
+
+
+@pytest.mark.parametrize("size", [0, -1])
+def test_timestamp_cache_size_is_only_checked_with_delta(tmp_path: Path, size: int) -> None:
+    # upstream: config.go Validate checks it only when the temporality is delta.
+    settings = load_text(tmp_path, f"spanmetrics: {{metric_timestamp_cache_size: {size}}}")
+    assert settings.spanmetrics.metric_timestamp_cache_size == size
+
+
+def test_timestamp_cache_size_is_accepted_with_a_warning(tmp_path: Path) -> None:
+    settings = load_text(
+        tmp_path, "spanmetrics: {aggregation_temporality: DELTA, metric_timestamp_cache_size: 10}"
+    )
+    assert settings.spanmetrics.metric_timestamp_cache_size == 10
+    [(option, why, value)] = settings.warnings
+    assert option == "spanmetrics.metric_timestamp_cache_size"
+    assert value == 10
+    assert "no effect" in why and "state store" in why
+
+
+@pytest.mark.parametrize("value", ["true", "false"])
+def test_add_resource_attributes_is_accepted_without_warning(tmp_path: Path, value: str) -> None:
+    # Upstream leaves resource attributes out only with its alpha gate excludeResourceMetrics on
+    # and this false; with its default gates both values copy them, as this worker always does.
+    settings = load_text(tmp_path, f"spanmetrics: {{add_resource_attributes: {value}}}")
+    assert settings.spanmetrics.add_resource_attributes is (value == "true")
+    assert settings.warnings == ()
+
+
+@pytest.mark.parametrize("size", [500, -3])
+def test_dimensions_cache_size_warns_as_deprecated(tmp_path: Path, size: int) -> None:
+    # upstream: connector.go newConnector logs "DimensionsCacheSize is deprecated, please use
+    # AggregationCardinalityLimit instead." for any value other than 0 (deprecated v0.130.0).
+    settings = load_text(tmp_path, f"spanmetrics: {{dimensions_cache_size: {size}}}")
+    [(option, why, value)] = settings.warnings
+    assert option == "spanmetrics.dimensions_cache_size"
+    assert value == size
+    assert "deprecated" in why and "aggregation_cardinality_limit" in why
+
+
+def test_dimensions_cache_size_zero_is_silent(tmp_path: Path) -> None:
+    assert load_text(tmp_path, "spanmetrics: {dimensions_cache_size: 0}").warnings == ()
+
+
+def test_negative_exemplars_per_point_is_accepted_while_exemplars_are_off(tmp_path: Path) -> None:
+    # upstream: config.go Validate: `c.Exemplars.Enabled && c.Exemplars.MaxPerDataPoint < 0`
+    # (config_test.go TestConfigValidate "invalid max_per_data_point" has exemplars enabled).
+    settings = load_text(tmp_path, "spanmetrics: {exemplars: {max_per_data_point: -1}}")
+    assert settings.spanmetrics.exemplars.max_per_data_point == -1
+    assert settings.spanmetrics.exemplars.enabled is False
+
+
+def test_exponential_max_size_zero_is_the_default(tmp_path: Path) -> None:
+    # upstream: connector.go initHistogramMetrics: max_size 0 -> structure.DefaultMaxSize (160).
+    settings = load_text(tmp_path, "spanmetrics: {histogram: {exponential: {max_size: 0}}}")
+    exponential = settings.spanmetrics.histogram.exponential
+    assert exponential is not None and exponential.max_size == 160
+
+
 # ---------------------------------------------------------------------------------------- errors
 
 
@@ -272,9 +465,9 @@ spanmetrics:
             id="duplicate-dimension",
         ),
         pytest.param(
-            "spanmetrics: {dimensions: [a], calls_dimensions: [a]}",
+            "spanmetrics: {calls_dimensions: [a, {name: a, default: x}]}",
             ["calls_dimensions", "duplicate", "'a'"],
-            id="duplicate-across-lists",
+            id="duplicate-within-calls-dimensions",
         ),
         pytest.param(
             "spanmetrics: {dimensions: [service.name]}",
@@ -368,7 +561,7 @@ spanmetrics:
         ),
         pytest.param(
             "spanmetrics: {dimensions: [{name: a, defualt: x}]}",
-            ["spanmetrics.dimensions.0.defualt", "unknown option", "default, name"],
+            ["spanmetrics.dimensions.0.defualt", "unknown option", "default, glob, name"],
             id="unknown-dimension-field",
         ),
         pytest.param(

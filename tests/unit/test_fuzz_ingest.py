@@ -40,7 +40,7 @@ from worker.offline import LocalWorker
 from worker.otlp.decode import decode_traces
 from worker.otlp.json_codec import traces_to_json
 from worker.processors.pipeline import Pipeline
-from worker.processors.spanmetrics.sampling import adjusted_count
+from worker.processors.sampling import adjusted_count
 from worker.stream.ingest import Ingest
 from worker.stream.partitions import Partitions
 

@@ -57,7 +57,7 @@ from worker.otlp.ids import span_id_problem
 from worker.otlp.json_codec import traces_to_json
 from worker.otlp.metrics_encoder import encode_slot
 from worker.processors.pipeline import Pipeline
-from worker.processors.spanmetrics.sampling import adjusted_count
+from worker.processors.sampling import adjusted_count
 
 SCALE = max(1, int(os.environ.get("SPANMETRICS_FUZZ_SCALE", "1")))
 #: The per-span weight cap of the processor (a sampling probability of about one in a million).

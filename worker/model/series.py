@@ -55,6 +55,9 @@ class MetricKind(IntEnum):
     SUM = 1
     HISTOGRAM = 2
     EXPONENTIAL_HISTOGRAM = 3
+    #: An OTLP Gauge whose int data point is 1 for every live series (Tempo's ``traces_target_info``
+    #: and ``traces_service_graph_connection_info``): the series' count only says it was seen.
+    INFO = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,14 @@ class MetricDescriptor:
     #: CUMULATIVE only: a series' first emission writes a point of value 0 before its counted
     #: point (see :attr:`Series.zero_ns`), so that ``rate()`` sees the first increment.
     zero_init: bool = False
+    #: The metric name its series carry, when that is not ``name``: one metric written twice
+    #: under one name in two scopes (Tempo's classic and native histograms side by side).
+    key: str = ""
+
+    @property
+    def series_metric(self) -> str:
+        """What :attr:`Series.metric` says for this metric's series (the descriptors' map key)."""
+        return self.key or self.name
 
 
 @dataclass(slots=True)

@@ -28,6 +28,7 @@ __all__ = [
     "ActiveSeriesSource",
     "LagSource",
     "MetricsSource",
+    "ServiceGraphCounters",
     "WorkerMetrics",
 ]
 
@@ -79,6 +80,22 @@ class LagSource(Protocol):
     async def beginning_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]: ...
 
 
+class ServiceGraphCounters(Protocol):
+    """The service-graph processor's totals since start (Tempo's ``..._service_graphs_*``)."""
+
+    @property
+    def new_edges(self) -> Mapping[str, int]: ...
+
+    @property
+    def expired_edges(self) -> Mapping[tuple[str, str], int]: ...
+
+    @property
+    def dropped_edges(self) -> Mapping[str, int]: ...
+
+    @property
+    def marker_overflows(self) -> Mapping[str, int]: ...
+
+
 class MetricsSource(Protocol):
     """What the bundle reads from the worker at scrape and refresh time."""
 
@@ -102,6 +119,9 @@ class MetricsSource(Protocol):
 
     @property
     def store(self) -> ActiveSeriesSource | None: ...
+
+    @property
+    def service_graphs(self) -> ServiceGraphCounters | None: ...
 
 
 class WorkerMetrics:
@@ -282,6 +302,8 @@ class WorkerMetrics:
             total("state_lost"),
         )
 
+        yield from _service_graph_families(source.service_graphs if source is not None else None)
+
         tokens = source.tokens if source is not None else {}
         partitions = set(source.assigned) if source is not None else set()
         assigned = GaugeMetricFamily(
@@ -333,6 +355,45 @@ class WorkerMetrics:
         info = GaugeMetricFamily(PREFIX + "build_info", "Always 1; the worker's version.", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
+
+
+def _service_graph_families(counters: ServiceGraphCounters | None) -> Iterator[Metric]:
+    """Tempo's service-graph processor counters, per tenant (absent without service graphs)."""
+    if counters is None:
+        return
+
+    def per_tenant(name: str, doc: str, values: Mapping[str, int]) -> CounterMetricFamily:
+        family = CounterMetricFamily(PREFIX + "service_graph_" + name, doc, labels=["tenant"])
+        for tenant, value in sorted(values.items()):
+            family.add_metric([tenant], value)
+        return family
+
+    yield per_tenant(
+        "edges",
+        "Spans that started a service-graph edge, waiting or completed at once (Tempo's "
+        "tempo_metrics_generator_processor_service_graphs_edges).",
+        counters.new_edges,
+    )
+    expired = CounterMetricFamily(
+        PREFIX + "service_graph_expired_edges",
+        "Edges that waited past `wait` with no other side and no peer to name it, by the kind of "
+        "the span that touched them last (Tempo's ..._service_graphs_expired_edges).",
+        labels=["tenant", "unmatched_span_kind"],
+    )
+    for (tenant, kind), value in sorted(counters.expired_edges.items()):
+        expired.add_metric([tenant, kind], value)
+    yield expired
+    yield per_tenant(
+        "dropped_edges",
+        "Edges dropped because filter_policies filtered one side (Tempo's ..._dropped_edges_total).",
+        counters.dropped_edges,
+    )
+    yield per_tenant(
+        "dropped_span_side_cache_overflow",
+        "Filtered sides not remembered because max_items markers were held, so their other side "
+        "may wait and expire instead (Tempo's ..._dropped_span_side_cache_overflow_total).",
+        counters.marker_overflows,
+    )
 
 
 def _reasons(dropped: Mapping[str, int]) -> Iterable[str]:

@@ -250,6 +250,17 @@ def _sum_encoder(now_ns: int, cache: dict[int, tuple[Attributes, bytes]], zero_b
     return encode
 
 
+def _info_encoder(now_ns: int, cache: dict[int, tuple[Attributes, bytes]]) -> PointEncoder:
+    """NumberDataPoint{time=3, as_int=6 (always 1), attributes=7}: a gauge's point, no start time."""
+    point_attributes = _point_attributes
+    head = (b"\x19" + _pack_uint64(now_ns) if now_ns else b"") + b"\x31" + _pack_int64(1)
+
+    def encode(item: Series) -> bytes:
+        return _field1(head + point_attributes(b"\x3a", item, cache))
+
+    return encode
+
+
 def _histogram_encoder(
     now_ns: int, bounds: tuple[float, ...], cache: dict[int, tuple[Attributes, bytes]], zero_before: int
 ) -> PointEncoder:
@@ -417,6 +428,8 @@ def _metric_parts(descriptor: MetricDescriptor, temporality: int) -> tuple[bytes
         trailer = b"\x10" + varint(temporality)
         if descriptor.kind is MetricKind.SUM:
             data_tag, trailer = b"\x3a", trailer + b"\x18\x01"  # sum (7), is_monotonic
+        elif descriptor.kind is MetricKind.INFO:
+            data_tag, trailer = b"\x2a", b""  # gauge (5): no temporality
         elif descriptor.kind is MetricKind.HISTOGRAM:
             data_tag = b"\x4a"  # histogram (9)
         else:
@@ -460,6 +473,8 @@ def _plans(
         zero_before = _writes_zero(descriptor, temporality, now_ns)
         if descriptor.kind is MetricKind.SUM:
             encode = _sum_encoder(now_ns, cache(b"\x3a"), zero_before)
+        elif descriptor.kind is MetricKind.INFO:
+            encode = _info_encoder(now_ns, cache(b"\x3a"))
         elif descriptor.kind is MetricKind.HISTOGRAM:
             encode = _histogram_encoder(now_ns, tuple(descriptor.bounds), cache(b"\x4a"), zero_before)
         else:
@@ -481,7 +496,8 @@ def _writes_zero(descriptor: MetricDescriptor, temporality: int, now_ns: int) ->
     ``zero_init`` metric, only CUMULATIVE (the connector's #40139/#40148: none for DELTA), and
     only strictly before the counted point (a skewed clock of another owner could put it after)."""
     cumulative = temporality == _AGGREGATION_TEMPORALITY[Temporality.CUMULATIVE]
-    return now_ns if descriptor.zero_init and cumulative else 0
+    counted = descriptor.kind is not MetricKind.INFO  # a gauge: Tempo zero-initialises none
+    return now_ns if descriptor.zero_init and cumulative and counted else 0
 
 
 def _resource_metrics(resource: bytes, by_metric: dict[str, list[bytes]], plans: dict[str, _Plan]) -> bytes:

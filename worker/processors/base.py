@@ -22,6 +22,11 @@ class PipelineStats:
     overflowed: int = 0
     edges: int = 0
     dropped_edges: int = 0
+    #: Tempo mode: spans Tempo's span metrics leave out (filter_policies), spans outside
+    #: metrics_ingestion_time_range_slack, spans whose labels a length limit made invalid.
+    filtered: int = 0
+    outside_slack: int = 0
+    invalid_labels: int = 0
 
 
 class ProcessorStats(Protocol):

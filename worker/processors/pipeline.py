@@ -1,42 +1,102 @@
-"""The configured processors as one unit (span metrics always, service graphs when enabled)."""
+"""The configured processors as one unit: the connector's span metrics (or Tempo's, in
+``metrics_generator`` mode) and the service graphs when enabled."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from worker.config import Settings
-from worker.model.series import MetricDescriptor, TenantDeltas, merge_deltas
-from worker.otlp.batch import ResourceGroup, SpanBatch, group_request
+from worker.model.series import SERIES_ID_SEPARATOR, MetricDescriptor, TenantDeltas, merge_deltas
+from worker.otlp.batch import BatchScopeSpans, BatchSpan, ResourceGroup, SpanBatch, group_request
 from worker.processors.base import PipelineStats, Processor
-from worker.processors.servicegraphs.processor import ServiceGraphsProcessor
+from worker.processors.servicegraphs.processor import (
+    DROPPED_SPANS_TOTAL,
+    UNPAIRED_SPANS_TOTAL,
+    ServiceGraphsProcessor,
+)
 from worker.processors.spanmetrics.processor import SpanMetricsProcessor
+from worker.processors.tempospanmetrics.hostinfo import HostInfoProcessor
+from worker.processors.tempospanmetrics.processor import SCOPE_NAME as TEMPO_SCOPE
+from worker.processors.tempospanmetrics.processor import TempoSpanMetricsProcessor
 
 __all__ = ["Pipeline", "PipelineStats"]
+
+#: Service-graph metrics Tempo's docs list but Tempo never emits (they come from the Grafana
+#: Agent's processor): left out in ``metrics_generator`` mode.
+_NOT_IN_TEMPO = frozenset((UNPAIRED_SPANS_TOTAL, DROPPED_SPANS_TOTAL))
 
 
 class Pipeline:
     """Drives every processor alike; the service graphs' pending half-edges stay explicit."""
 
     def __init__(self, settings: Settings, *, clock: Callable[[], int] = time.time_ns) -> None:
-        self.spanmetrics = SpanMetricsProcessor(settings.spanmetrics, clock=clock)
+        generator = settings.metrics_generator
+        self.spanmetrics: SpanMetricsProcessor | None = None
+        self.tempo: TempoSpanMetricsProcessor | None = None
+        self.hostinfo: HostInfoProcessor | None = None
+        #: Tempo's registry ``external_labels`` (and ``inject_tenant_id_as``), which the service
+        #: graphs get here; Tempo's span metrics add them themselves.
+        self._external: tuple[tuple[str, str], ...] = ()
+        self._tenant_label = ""
+        self._tempo_mode = generator is not None
+        self._clock = clock
+        slack = generator.metrics_ingestion_time_range_slack if generator is not None else None
+        #: Tempo's metrics_ingestion_time_range_slack in nanoseconds (None: every span counts).
+        self._slack_ns = round(slack * 1e9) if slack is not None else None
+        if generator is None:
+            self.spanmetrics = SpanMetricsProcessor(settings.spanmetrics, clock=clock)
+        else:
+            if generator.span_metrics_subprocessors:
+                self.tempo = TempoSpanMetricsProcessor(generator, clock=clock)
+            if "host-info" in generator.processors:
+                self.hostinfo = HostInfoProcessor(generator, clock=clock)
+            self._external = tuple(generator.registry.external_labels.items())
+            self._tenant_label = generator.registry.inject_tenant_id_as
+        service_graphs = settings.service_graphs
         self.servicegraphs = (
-            ServiceGraphsProcessor(settings.servicegraphs, clock=clock)
-            if settings.servicegraphs.enabled
-            else None
+            ServiceGraphsProcessor(service_graphs, clock=clock) if service_graphs.enabled else None
         )
-        self.processors: list[Processor] = [self.spanmetrics]
+        self.processors: list[Processor] = []
+        if self.spanmetrics is not None:
+            self.processors.append(self.spanmetrics)
+        if self.tempo is not None:
+            self.processors.append(self.tempo)
         if self.servicegraphs is not None:
             self.processors.append(self.servicegraphs)
+        if self.hostinfo is not None:
+            self.processors.append(self.hostinfo)
 
     @property
     def max_exemplars(self) -> int:
-        return self.spanmetrics.max_exemplars
+        """Exemplars the state keeps per point: one cap for every metric, so the larger one."""
+        found = [0]
+        if self.spanmetrics is not None:
+            found.append(self.spanmetrics.max_exemplars)
+        if self.tempo is not None:
+            found.append(self.tempo.max_exemplars)
+        if self.servicegraphs is not None:
+            found.append(self.servicegraphs.max_exemplars)
+        return max(found)
 
     def descriptors(self) -> dict[str, MetricDescriptor]:
-        return {d.name: d for processor in self.processors for d in processor.descriptors()}
+        """Series metric -> descriptor (a native histogram written next to a classic one of the
+        same name has a key of its own: ``MetricDescriptor.key``)."""
+        result = {d.series_metric: d for processor in self.processors for d in processor.descriptors()}
+        if self._tempo_mode:
+            for name in _NOT_IN_TEMPO:
+                result.pop(name, None)
+            # Unnamed scopes: exporters write a scope name as an otel_scope_name label.
+            result = {key: replace(d, scope=TEMPO_SCOPE) for key, d in result.items()}
+        return result
+
+    @property
+    def needs_record_time(self) -> bool:
+        """Whether :meth:`consume` wants each Kafka record's time (the ingestion slack is set)."""
+        return self._slack_ns is not None
 
     def consume(
         self,
@@ -45,15 +105,21 @@ class Pipeline:
         partition: int = 0,
         *,
         groups: list[ResourceGroup] | None = None,
+        record_time_ns: int | None = None,
     ) -> PipelineStats:
         """Aggregate one request with every processor, reading its resources and spans once.
 
         ``request`` is best a ``SpanBatch`` (``decode_spans``, which gives ``groups`` too); a
         standard request is converted first, at the cost of serializing and parsing it again.
+        ``record_time_ns`` is the Kafka record's time: with ``metrics_ingestion_time_range_slack``
+        a span counts only if it ended within the slack of it (of the clock when not given).
         """
         if groups is None:
             groups = group_request(request)
         stats = PipelineStats()
+        if self._slack_ns is not None:
+            reference = record_time_ns if record_time_ns is not None else self._clock()
+            groups, stats.outside_slack = _within_slack(groups, reference, self._slack_ns)
         for processor in self.processors:
             processor.consume(request, tenant, partition, groups=groups).add_to(stats)
         return stats
@@ -68,7 +134,30 @@ class Pipeline:
             processor.expire_all()
 
     def take_deltas(self) -> dict[str, TenantDeltas]:
-        return merge_deltas(*(processor.take_deltas() for processor in self.processors))
+        parts = []
+        for processor in self.processors:
+            deltas = processor.take_deltas()
+            if processor is self.servicegraphs and self._tempo_mode:
+                for part in deltas.values():
+                    part.series = [one for one in part.series if one.metric not in _NOT_IN_TEMPO]
+                if self._external or self._tenant_label:
+                    self._add_external_labels(deltas)
+            parts.append(deltas)
+        return merge_deltas(*parts)
+
+    def _add_external_labels(self, deltas: dict[str, TenantDeltas]) -> None:
+        """Tempo's registry sets its external labels over every series' labels (registry/util.go
+        getSeriesLabels; an empty value removes the label); the series id names them too."""
+        for tenant, part in deltas.items():
+            extra = list(self._external)
+            if self._tenant_label:
+                extra.append((self._tenant_label, tenant))
+            suffix = SERIES_ID_SEPARATOR.join(f"{name}={value}" for name, value in extra)
+            for series in part.series:
+                labels = dict(series.attributes)
+                labels.update(extra)
+                series.attributes = tuple((name, value) for name, value in labels.items() if value != "")
+                series.series_id = f"{series.series_id}{SERIES_ID_SEPARATOR}{suffix}"
 
     def export_pending(self, partitions: Iterable[int]) -> dict[int, bytes]:
         """Pending half-edges per partition, saved with the offsets they belong to."""
@@ -87,3 +176,22 @@ class Pipeline:
 
     def pending_edges(self) -> int:
         return self.servicegraphs.pending_count() if self.servicegraphs is not None else 0
+
+
+def _within_slack(
+    groups: list[ResourceGroup], reference_ns: int, slack_ns: int
+) -> tuple[list[ResourceGroup], int]:
+    """The spans that ended within ``slack_ns`` of ``reference_ns`` (Tempo's instance.go
+    preprocessSpans, before every processor), and how many others there were."""
+    low, high = reference_ns - slack_ns, reference_ns + slack_ns
+    kept: list[ResourceGroup] = []
+    outside = 0
+    for resource, cache_key, scopes in groups:
+        kept_scopes: list[tuple[BatchScopeSpans, Sequence[BatchSpan]]] = []
+        for scope, spans in scopes:
+            within = [span for span in spans if low <= span.end_time_unix_nano <= high]
+            outside += len(spans) - len(within)
+            if within:
+                kept_scopes.append((scope, within))
+        kept.append((resource, cache_key, kept_scopes))
+    return kept, outside

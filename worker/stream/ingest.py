@@ -147,8 +147,15 @@ class Ingest:
                 stats.drop("cardinality_overflow", consumed.overflowed)
             if consumed.dropped_edges:
                 stats.drop("too_many_pending_edges", consumed.dropped_edges)
+            if consumed.filtered:
+                stats.drop("span_metrics_filtered", consumed.filtered)
+            if consumed.outside_slack:
+                stats.drop("outside_metrics_ingestion_slack", consumed.outside_slack)
+            if consumed.invalid_labels:
+                stats.drop("invalid_labels", consumed.invalid_labels)
 
-        if len(run) > 1:
+        # The ingestion slack is relative to each record's time: then records are read one by one.
+        if len(run) > 1 and not self.pipeline.needs_record_time:
             joined: Decoded | None
             try:
                 joined = decode_spans_proto(b"".join(value for _, value in run))
@@ -190,7 +197,13 @@ class Ingest:
                 await self._dead_letter(record, str(exc))
                 continue
             try:
-                consumed = self.pipeline.consume(decoded.batch, tenant, partition, groups=decoded.groups)
+                consumed = self.pipeline.consume(
+                    decoded.batch,
+                    tenant,
+                    partition,
+                    groups=decoded.groups,
+                    record_time_ns=_record_time_ns(record),
+                )
             except Exception as exc:  # bad data must never stop the partition
                 # Memory first (a failed DLQ send then leaves nothing partial to checkpoint),
                 # then the DLQ; remembered so the re-read skips it.
@@ -276,3 +289,9 @@ class Ingest:
             offset=record.offset,
             reason=reason[:200],
         )
+
+
+def _record_time_ns(record: ConsumerRecord) -> int | None:
+    """The record's Kafka timestamp (milliseconds: create or log-append time) in nanoseconds."""
+    timestamp = getattr(record, "timestamp", None)
+    return timestamp * 1_000_000 if isinstance(timestamp, int) and timestamp >= 0 else None

@@ -24,6 +24,7 @@ from worker.observability.logs import redact_url
 from worker.observability.selfmetrics import WorkerMetrics
 from worker.observability.stats import WorkerStats
 from worker.processors.pipeline import Pipeline
+from worker.processors.servicegraphs.processor import ServiceGraphsProcessor
 from worker.sinks.kafka import KafkaSink
 from worker.stream.checkpoint import Checkpoint
 from worker.stream.clients import kafka_start_problem, make_consumer, make_producer, make_redis
@@ -106,6 +107,11 @@ class StreamWorker:
         self.metrics.bind(self)
 
     @property
+    def service_graphs(self) -> ServiceGraphsProcessor | None:
+        """The service-graph processor, for its self-metrics (None when it does not run)."""
+        return self.pipeline.servicegraphs
+
+    @property
     def tokens(self) -> dict[int, int]:
         """partition -> fencing token, for the partitions this worker owns right now."""
         return self.shared.tokens
@@ -141,14 +147,12 @@ class StreamWorker:
             raise SpanmetricsError(kafka_start_problem(self.settings.kafka, exc)) from None
         self.partitions = await self._partition_count()
         settings = self.settings
-        spanmetrics = settings.spanmetrics
-        exponential = spanmetrics.histogram.exponential
         store = self.store = RedisStateStore(
             self.redis,
             KeySpace(settings.redis.key_prefix, self.topic),
             slots=self.partitions,
             max_exemplars=self.pipeline.max_exemplars,
-            exp_max_size=exponential.max_size if exponential else 160,
+            exp_max_size=settings.exponential_max_size,
             active_series_limit=settings.worker.max_active_series_per_tenant,
         )
         self.checkpoint = Checkpoint(
@@ -171,7 +175,7 @@ class StreamWorker:
             tenant_header=settings.kafka.tenant_header,
             default_tenant=settings.kafka.default_tenant,
             descriptors=self.descriptors,
-            temporality=spanmetrics.aggregation_temporality,
+            temporality=settings.temporality,
             max_record_bytes=settings.kafka.output_max_record_bytes,
             worker_id=self.worker_id,
         )
@@ -181,9 +185,9 @@ class StreamWorker:
             self.shared,
             self.stats,
             self.log,
-            temporality=spanmetrics.aggregation_temporality,
-            series_expiration_s=spanmetrics.series_expiration,
-            resource_expiration_s=spanmetrics.metrics_expiration,
+            temporality=settings.temporality,
+            series_expiration_s=settings.series_expiration,
+            resource_expiration_s=settings.resource_expiration,
             recheck_after=settings.kafka.heartbeat_interval,
         )
         await store.check_layout()
@@ -213,7 +217,7 @@ class StreamWorker:
 
     async def run(self) -> None:
         """Consume and flush until stopped; then flush, commit and leave within the grace period."""
-        interval = self.settings.spanmetrics.metrics_flush_interval
+        interval = self.settings.flush_interval
         max_buffered = self.settings.worker.max_buffered_spans
         shared = self.shared
         next_flush = time.monotonic() + interval

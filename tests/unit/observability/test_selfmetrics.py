@@ -10,6 +10,8 @@ from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.unit.processors.servicegraphs.helpers import CLIENT, SERVER, Harness, make_span
+from tests.unit.processors.servicegraphs.helpers import resource_spans as spans_of
 from worker import __version__
 from worker.config import Settings
 from worker.observability.selfmetrics import DROP_REASONS, WorkerMetrics
@@ -106,6 +108,7 @@ class FakeWorker:
     topic: str = TOPIC
     consumer: Any = None
     store: Any = None
+    service_graphs: Any = None
 
     @property
     def assigned(self) -> list[int]:
@@ -354,3 +357,31 @@ def test_drop_reasons_are_the_documented_set() -> None:
         "cardinality_overflow",
         "too_many_pending_edges",
     )
+
+
+def test_service_graph_counters_are_exported_per_tenant() -> None:
+    # Tempo's tempo_metrics_generator_processor_service_graphs_{edges,expired_edges,
+    # dropped_edges_total,dropped_span_side_cache_overflow_total}, read from the processor.
+    harness = Harness(wait=1e-9)
+    harness.consume(
+        spans_of("client", make_span(CLIENT, trace=1, span=1)),
+        spans_of("server", make_span(SERVER, trace=2, span=2, parent=0x10)),
+        spans_of("server", make_span(SERVER, trace=3, span=3, parent=0x11)),
+        tenant="acme",
+    )
+    harness.expire_after(1)
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    metrics.bind(FakeWorker(service_graphs=harness.processor))
+    assert value(registry, "spanmetrics_service_graph_edges_total", tenant="acme") == 3
+    kind = "unmatched_span_kind"
+    expired = "spanmetrics_service_graph_expired_edges_total"
+    assert value(registry, expired, tenant="acme", **{kind: "SPAN_KIND_CLIENT"}) == 1
+    assert value(registry, expired, tenant="acme", **{kind: "SPAN_KIND_SERVER"}) == 2
+    assert value(registry, "spanmetrics_service_graph_dropped_edges_total", tenant="acme") is None
+
+
+def test_service_graph_counters_are_absent_without_service_graphs() -> None:
+    registry = CollectorRegistry()
+    WorkerMetrics(registry).bind(FakeWorker())
+    assert "spanmetrics_service_graph" not in generate_latest(registry).decode()

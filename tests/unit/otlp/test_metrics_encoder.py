@@ -44,12 +44,16 @@ GRAPH_SECONDS = MetricDescriptor(
     scope="graphs",
     order=1,
 )
+GRAPH_CONNECTION_INFO = MetricDescriptor(
+    "traces_service_graph_connection_info", MetricKind.INFO, scope="graphs", order=2
+)
 SPAN_DESCRIPTORS = {d.name: d for d in (CALLS, DURATION, EVENTS)}
 ALL_DESCRIPTORS = {
     **SPAN_DESCRIPTORS,
     "exp": MetricDescriptor("exp", MetricKind.EXPONENTIAL_HISTOGRAM, scope="exp-scope"),
     GRAPH_TOTAL.name: GRAPH_TOTAL,
     GRAPH_SECONDS.name: GRAPH_SECONDS,
+    GRAPH_CONNECTION_INFO.name: GRAPH_CONNECTION_INFO,
 }
 #: The same metrics, each zero-initialised (Tempo mode does it for counters and histograms).
 ZERO_DESCRIPTORS = {
@@ -346,9 +350,41 @@ def test_exemplars() -> None:
     )
 
 
+def test_info_is_a_gauge_of_one_per_series() -> None:
+    # Tempo's traces_service_graph_connection_info / traces_target_info: a gauge whose value is 1
+    # while the series lives, whatever its count; no start time, no exemplars, no temporality.
+    items = [
+        series(GRAPH_CONNECTION_INFO.name, count=7, exemplars=[(TRACE, SPAN, 1.0, NOW)]),
+        series(GRAPH_CONNECTION_INFO.name, attributes=ATTRIBUTES[:1], count=1),
+    ]
+    [encoded] = compare(items, ALL_DESCRIPTORS)
+    [metric] = (
+        ExportMetricsServiceRequest.FromString(encoded.data).resource_metrics[0].scope_metrics[0].metrics
+    )
+    assert metric.name == "traces_service_graph_connection_info"
+    assert metric.WhichOneof("data") == "gauge"
+    assert [
+        (p.as_int, p.start_time_unix_nano, p.time_unix_nano, len(p.exemplars))
+        for p in metric.gauge.data_points
+    ] == [
+        (1, 0, NOW, 0),
+        (1, 0, NOW, 0),
+    ]
+    assert [len(p.attributes) for p in metric.gauge.data_points] == [4, 1]
+
+
+def test_info_without_a_time() -> None:
+    compare([series(GRAPH_CONNECTION_INFO.name, attributes=())], ALL_DESCRIPTORS, now_ns=0)
+
+
 def test_delta_temporality() -> None:
     compare(
-        [series(CALLS.name), series(DURATION.name, buckets=None), series("exp", exp=exp_histogram(1.0))],
+        [
+            series(CALLS.name),
+            series(DURATION.name, buckets=None),
+            series("exp", exp=exp_histogram(1.0)),
+            series(GRAPH_CONNECTION_INFO.name),
+        ],
         ALL_DESCRIPTORS,
         temporality=Temporality.DELTA,
     )
@@ -453,6 +489,7 @@ def test_bytes_identical_to_serialize_to_string() -> None:
         series(DURATION.name, "r2", buckets=None),
         series("exp", "r1", exp=exp_histogram(0.0, 2.0, 9.0), count=3, total=11.0),
         series(GRAPH_SECONDS.name, "gone", buckets=[1, 2, 3, 4]),
+        series(GRAPH_CONNECTION_INFO.name, "r1"),
     ]
     for max_bytes in (100, 1 << 20):
         old = split_by_size(RESOURCES, items, ALL_DESCRIPTORS, Temporality.CUMULATIVE, NOW, max_bytes)

@@ -498,3 +498,29 @@ def test_series_and_metrics_expiration_together() -> None:
     )
     assert sorted(plan.expired) == sorted([busy_idle.digest, gone.digest])
     assert [s.count for s in plan.live] == [3]
+
+
+def test_an_info_series_folds_like_a_sum_its_count_saying_it_was_seen() -> None:
+    # MetricKind.INFO (traces_target_info, traces_service_graph_connection_info): the state layer
+    # knows no kinds; the count adds up, and the encoder writes 1 whatever it is.
+    def info(count: int, last_us: int = NOW_US) -> Series:
+        return Series(
+            series_id="traces_target_info\x1er1\x1e",
+            metric="traces_target_info",
+            resource_id="r1",
+            attributes=(("job", "checkout"),),
+            start_ns=NOW_US * US,
+            last_ns=last_us * US,
+            count=count,
+        )
+
+    plan = _fold({}, [_row(info(1)) + _row(info(1, NOW_US + 3))])
+    ((new,),) = [plan.created]
+    (live,) = plan.live
+    assert (live.count, live.sum, live.buckets, live.last_ns) == (2, 0.0, None, (NOW_US + 3) * US)
+    plan = _fold({new.digest: new.record}, [])  # idle: still emitted, as a cumulative SUM is
+    assert [s.count for s in plan.live] == [2]
+    plan = _fold({new.digest: new.record}, [], expire_before_us=NOW_US + 4)
+    assert plan.expired == [new.digest] and plan.live == []
+    plan = _fold({}, [_row(info(1))], delta_mode=True, reset_emitted_us=NOW_US + 7)
+    assert [s.count for s in plan.live] == [1]

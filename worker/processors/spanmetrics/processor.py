@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import time
 from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from worker.config import RESERVED_DIMENSIONS, Dimension, SpanMetricsConfig
+from worker.config import RESERVED_DIMENSIONS, Dimension, SpanMetricsConfig, compile_glob
 from worker.model.exphistogram import ExpHistogram
 from worker.model.series import (
     OVERFLOW_ATTRIBUTE,
@@ -31,10 +32,11 @@ from worker.model.series import (
 from worker.model.values import any_value_to_python, label_value, stringify_any_value, stringify_python
 from worker.otlp.batch import BatchResource, BatchScope, BatchSpan, ResourceGroup, SpanBatch, group_request
 from worker.processors.base import PipelineStats
-from worker.processors.spanmetrics.sampling import adjusted_count, stochastic_round
+from worker.processors.sampling import adjusted_count, parse_threshold, stochastic_round
 
 __all__ = [
     "OVERFLOW_ATTRIBUTE",
+    "SAMPLING_METHOD_ATTRIBUTE",
     "SPAN_KIND_NAMES",
     "STATUS_CODE_NAMES",
     "ConsumeStats",
@@ -58,6 +60,8 @@ STATUS_CODE_NAMES: dict[int, str] = {0: "STATUS_CODE_UNSET", 1: "STATUS_CODE_OK"
 #: The only attribute of the series that absorbs new series past the cardinality limit.
 SCOPE_NAME_ATTRIBUTE = "span.instrumentation.scope.name"
 SCOPE_VERSION_ATTRIBUTE = "span.instrumentation.scope.version"
+#: ``enable_metrics_sampling_method``: ``extrapolated`` (count from ``ot=th``) or ``counted``.
+SAMPLING_METHOD_ATTRIBUTE = "sampling.method"
 
 _SERVICE_NAME = "service.name"
 _OVERFLOW_KEY: tuple[Any, ...] = ("\x00overflow",)
@@ -73,6 +77,54 @@ _DEFAULT_TEMPLATE_CACHE_SIZE = 10_000
 #: Larger resources are not cached: the cache's memory stays bounded by its entry count times
 #: this, whatever the size of the resources that come in.
 _RESOURCE_CACHE_ENTRY_MAX_BYTES = 64 * 1024
+#: Attribute keys whose glob verdict is remembered, per glob list (keys seen beyond this are
+#: matched every time: a stream of unique keys must not grow memory).
+_GLOB_CACHE_SIZE = 4096
+#: Spans with more attributes than this are matched key by key, their shape not remembered.
+_GLOB_SHAPE_MAX_KEYS = 64
+
+#: A glob dimension's matches for one span: (attribute key, typed value) in upstream's order.
+_Pairs = list[tuple[str, AnyValue]]
+
+
+class _Globs:
+    """One dimension list's ``glob`` entries; a key matches when any of them matches it whole."""
+
+    __slots__ = ("_matched", "_patterns", "_verdicts")
+
+    def __init__(self, dimensions: Sequence[Dimension]) -> None:
+        self._patterns: tuple[re.Pattern[str], ...] = tuple(
+            compile_glob(d.glob) for d in dimensions if d.glob
+        )
+        self._verdicts: dict[str, bool] = {}
+        #: a span's attribute keys (in map order) -> the matching ones, sorted: spans of one
+        #: shape share it, so the sort and the matching run once per shape.
+        self._matched: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._patterns)
+
+    def matches(self, key: str) -> bool:
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = any(p.fullmatch(key) for p in self._patterns)
+            if len(self._verdicts) < _GLOB_CACHE_SIZE:
+                self._verdicts[key] = verdict
+        return verdict
+
+    def pairs(self, span: Mapping[str, AnyValue], other: Sequence[tuple[str, AnyValue]]) -> _Pairs:
+        """Upstream's order (connector.go matchDimensions): the span's matching keys sorted, then
+        the matching keys of ``other`` (resource, or resource and event) the span lacks."""
+        keys = tuple(span)
+        matched = self._matched.get(keys)
+        if matched is None:
+            matched = tuple(sorted(key for key in keys if self.matches(key)))
+            if len(self._matched) < _GLOB_CACHE_SIZE and len(keys) <= _GLOB_SHAPE_MAX_KEYS:
+                self._matched[keys] = matched
+        found = [(key, span[key]) for key in matched]
+        if other:
+            found.extend((key, value) for key, value in other if key not in span and self.matches(key))
+        return found
 
 
 @dataclass(slots=True)
@@ -102,6 +154,8 @@ class _Resource:
     values: dict[str, AnyValue]
     #: per span-dimension slot: the string form to use when the span lacks it (resource, default, None).
     fallback: list[str | None] = field(default_factory=list)
+    #: (key, value) of the resource attributes some ``glob`` dimension matches, sorted by key.
+    glob_values: tuple[tuple[str, AnyValue], ...] = ()
 
 
 @dataclass(slots=True)
@@ -134,6 +188,19 @@ def resource_identity(
 def _resource_id(identity: tuple[tuple[str, str], ...]) -> str:
     text = SERIES_ID_SEPARATOR.join(f"{k}={v}" for k, v in identity)
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+def _first(pair: tuple[str, AnyValue]) -> str:
+    return pair[0]
+
+
+def _key_part(pairs: _Pairs) -> tuple[str, ...]:
+    """Glob matches in a series key: names included, since they vary from span to span."""
+    part: list[str] = []
+    for key, value in pairs:
+        part.append(key)
+        part.append(value.string_value or _value_string(value))
+    return tuple(part)
 
 
 def _value_string(value: AnyValue) -> str:
@@ -181,28 +248,40 @@ class SpanMetricsProcessor:
         self._include_status = "status.code" not in excluded
         self._no_exclusions = not excluded
 
-        self._dimensions: tuple[Dimension, ...] = config.dimensions
-        self._calls_extra: tuple[Dimension, ...] = config.calls_dimensions
-        self._histogram_extra: tuple[Dimension, ...] = histogram.dimensions
-        self._event_dimensions: tuple[Dimension, ...] = config.events.dimensions
-        # Every span-level dimension name -> its slot in the per-span lookup.
+        # Named dimensions go through slots; ``glob`` entries match keys per span (see _Globs).
+        self._dimensions = tuple(d for d in config.dimensions if d.name)
+        self._calls_extra = tuple(d for d in config.calls_dimensions if d.name)
+        self._histogram_extra = tuple(d for d in histogram.dimensions if d.name)
+        self._event_dimensions = tuple(d for d in config.events.dimensions if d.name)
+        self._base_globs = _Globs(config.dimensions)
+        self._calls_globs = _Globs(config.calls_dimensions)
+        self._histogram_globs = _Globs(histogram.dimensions)
+        self._event_globs = _Globs(config.events.dimensions)
+        self._any_globs = _Globs(
+            (*config.dimensions, *config.calls_dimensions, *histogram.dimensions, *config.events.dimensions)
+        )
+        self._span_globs = bool(self._base_globs or self._calls_globs or self._histogram_globs)
+        self._with_sampling_method = config.enable_metrics_sampling_method
+        self._tracestate_adjusted: dict[str, bool] = {}
+        # Every span-level (name, default) -> its slot in the per-span lookup. A name may be in
+        # two lists (upstream validates each list on its own), with a default of its own in each.
         span_dimensions = [*self._dimensions, *self._calls_extra, *self._histogram_extra]
-        self._dimension_index: dict[str, int] = {}
+        self._dimension_index: dict[tuple[str, str | None], int] = {}
         for dimension in span_dimensions:
-            self._dimension_index.setdefault(dimension.name, len(self._dimension_index))
-        self._slot_names: tuple[str, ...] = tuple(self._dimension_index)
-        self._dimension_defaults: list[AnyValue | None] = [None] * len(self._dimension_index)
-        for dimension in span_dimensions:
-            if dimension.default is not None:
-                self._dimension_defaults[self._dimension_index[dimension.name]] = AnyValue(
-                    string_value=dimension.default
-                )
-        self._base_slots = [self._dimension_index[d.name] for d in self._dimensions]
-        self._calls_slots = [self._dimension_index[d.name] for d in self._calls_extra]
-        self._histogram_slots = [self._dimension_index[d.name] for d in self._histogram_extra]
+            self._dimension_index.setdefault((dimension.name, dimension.default), len(self._dimension_index))
+        self._slot_names: tuple[str, ...] = tuple(name for name, _ in self._dimension_index)
+        self._dimension_defaults: list[AnyValue | None] = [
+            None if default is None else AnyValue(string_value=default)
+            for _, default in self._dimension_index
+        ]
+        self._base_slots = [self._slot(d) for d in self._dimensions]
+        self._calls_slots = [self._slot(d) for d in self._calls_extra]
+        self._histogram_slots = [self._slot(d) for d in self._histogram_extra]
         # Slots are numbered base dimensions first, so without per-metric extras every slot is a
         # base slot in order and the key is simply all the slots' strings.
-        self._only_base_slots = not (self._calls_slots or self._histogram_slots)
+        self._only_base_slots = not (
+            self._calls_slots or self._histogram_slots or self._calls_globs or self._histogram_globs
+        )
         self._scopes = frozenset(config.include_instrumentation_scope)
 
         self.calls_name = config.metric_name("calls")
@@ -223,7 +302,12 @@ class SpanMetricsProcessor:
         #: (metric, resource_id, key) -> (series id, attributes): what a new series needs, kept
         #: across intervals so a series that recurs every interval is not rebuilt every interval.
         self._templates: OrderedDict[tuple[str, str, tuple[Any, ...]], tuple[str, Attributes]] = OrderedDict()
-        self._template_cache_size = config.dimensions_cache_size or _DEFAULT_TEMPLATE_CACHE_SIZE
+        self._template_cache_size = (
+            config.dimensions_cache_size if config.dimensions_cache_size > 0 else _DEFAULT_TEMPLATE_CACHE_SIZE
+        )
+
+    def _slot(self, dimension: Dimension) -> int:
+        return self._dimension_index[(dimension.name, dimension.default)]
 
     # ------------------------------------------------------------------ descriptors
 
@@ -310,7 +394,7 @@ class SpanMetricsProcessor:
         attributes = resource.attributes
         service_name: str | None = None
         values: dict[str, AnyValue] = {}
-        wanted = self._dimension_index.keys() | {d.name for d in self._event_dimensions}
+        wanted = {*self._slot_names, *(d.name for d in self._event_dimensions)}
         for kv in attributes:
             if kv.key == _SERVICE_NAME and service_name is None:
                 # Upstream (connector.go aggregateMetrics): skip only when the attribute is absent;
@@ -332,12 +416,19 @@ class SpanMetricsProcessor:
             if value is None:
                 value = self._dimension_defaults[slot]
             fallback.append(None if value is None else stringify_any_value(value))
+        glob_values: dict[str, AnyValue] = {}
+        if self._any_globs:
+            for kv in attributes:
+                if kv.key not in glob_values and self._any_globs.matches(kv.key):
+                    glob_values[kv.key] = copy = type(kv.value)()
+                    copy.CopyFrom(kv.value)
         return _Resource(
             resource_id=_resource_id(identity),
             service_name=service_name,
             attributes=tuple((kv.key, any_value_to_python(kv.value)) for kv in kept),
             values=values,
             fallback=fallback,
+            glob_values=tuple(sorted(glob_values.items(), key=_first)),
         )
 
     def _scope_key(self, scope: BatchScope) -> tuple[str, ...]:
@@ -352,6 +443,16 @@ class SpanMetricsProcessor:
             if len(self._tracestate_weights) < 1024:
                 self._tracestate_weights[tracestate] = weight
         return stochastic_round(weight, self._uniform) if not weight.is_integer() else int(weight)
+
+    def _adjusted(self, tracestate: str) -> bool:
+        """Whether the tracestate carries a valid ``ot=th`` (upstream GetStochasticAdjustedCount's
+        second result, ``th:0`` included): ``sampling.method`` is then ``extrapolated``."""
+        adjusted = self._tracestate_adjusted.get(tracestate)
+        if adjusted is None:
+            adjusted = parse_threshold(tracestate) is not None
+            if len(self._tracestate_adjusted) < 1024:
+                self._tracestate_adjusted[tracestate] = adjusted
+        return adjusted
 
     def _observe_spans(self, tenant: str, work: list[_ScopeWork], now: int, stats: ConsumeStats) -> None:
         """The hot loop: every name below is a local, every span field is read once.
@@ -380,6 +481,17 @@ class SpanMetricsProcessor:
         new_series = self._new_series
         calls_name, duration_name = self.calls_name, self.duration_name
         calls_extra, histogram_extra = self._calls_extra, self._histogram_extra
+        # Per-span key parts beyond the slots: the sampling method and glob matches.
+        with_sampling = self._with_sampling_method
+        adjusted_of = self._adjusted
+        base_globs, calls_globs, histogram_globs = self._base_globs, self._calls_globs, self._histogram_globs
+        span_globs = self._span_globs
+        sampled: str | None = None
+        key_scope: tuple[Any, ...]
+        counted_scope: tuple[Any, ...] = ()
+        extrapolated_scope: tuple[Any, ...] = ()
+        calls_part: tuple[tuple[str, ...], ...] = ()
+        histogram_part: tuple[tuple[str, ...], ...] = ()
 
         # With no per-metric dimensions both metrics share the key, and the duration series
         # stands for both: one lookup and one series update per span.
@@ -397,10 +509,21 @@ class SpanMetricsProcessor:
             durations = accumulator.duration
             calls_get = calls.get
             durations_get = durations.get
+            # The key's scope element carries the sampling method too: no tuple is rebuilt.
+            key_scope = scope_key
+            if with_sampling:
+                counted_scope = (scope_key, "counted")
+                extrapolated_scope = (scope_key, "extrapolated")
             for span in spans:
                 name = span.name
                 kind = span.kind
                 status = span.status.code
+                trace_state = span.trace_state
+                if with_sampling:
+                    if trace_state and adjusted_of(trace_state):
+                        key_scope, sampled = extrapolated_scope, "extrapolated"
+                    else:
+                        key_scope, sampled = counted_scope, "counted"
                 if not no_exclusions:
                     name = name if include_name else None
                     kind = kind if include_kind else None
@@ -413,13 +536,23 @@ class SpanMetricsProcessor:
                         if value is not None:
                             strings[slot] = value.string_value or _value_string(value)
                     if only_base_slots:
-                        key = (service, scope_key, name, kind, status, *strings)
+                        key = (service, key_scope, name, kind, status, *strings)
                     else:
-                        key = (service, scope_key, name, kind, status, *[strings[i] for i in base_slots])
+                        key = (service, key_scope, name, kind, status, *[strings[i] for i in base_slots])
                 else:
-                    key = (service, scope_key, name, kind, status)
-                trace_state = span.trace_state
+                    key = (service, key_scope, name, kind, status)
                 weight = weight_of(trace_state) if trace_state else 1
+                if span_globs:
+                    # Each variable-length glob part is one element of the key, so parts of
+                    # different lists can never run into each other.
+                    if base_globs:
+                        key = (*key, _key_part(base_globs.pairs(span.attributes, resource.glob_values)))
+                    if calls_globs:
+                        calls_part = (_key_part(calls_globs.pairs(span.attributes, resource.glob_values)),)
+                    if histogram_globs:
+                        histogram_part = (
+                            _key_part(histogram_globs.pairs(span.attributes, resource.glob_values)),
+                        )
                 start = span.start_time_unix_nano
                 end = span.end_time_unix_nano
                 duration = (end - start) / divisor if end > start else 0.0
@@ -429,21 +562,28 @@ class SpanMetricsProcessor:
                     series = None
                     histogram = durations_get(key) or new_series(tenant, accumulator, resource, durations,
                                                                  duration_name, key, span, scope_key,
-                                                                 histogram_extra, now, stats)  # fmt: skip
+                                                                 histogram_extra, histogram_globs, sampled,
+                                                                 now, stats)  # fmt: skip
                 else:
                     calls_key = key + tuple(strings[i] for i in calls_slots) if calls_slots else key
+                    if calls_part:
+                        calls_key = calls_key + calls_part
                     series = calls_get(calls_key) or new_series(tenant, accumulator, resource, calls,
                                                                 calls_name, calls_key, span, scope_key,
-                                                                calls_extra, now, stats)  # fmt: skip
+                                                                calls_extra, calls_globs, sampled,
+                                                                now, stats)  # fmt: skip
                     series.count += weight
                     series.last_ns = now
                     histogram = None
                     if histogram_enabled:
                         if histogram_slots:
                             key = key + tuple(strings[i] for i in histogram_slots)
+                        if histogram_part:
+                            key = key + histogram_part
                         histogram = durations_get(key) or new_series(tenant, accumulator, resource, durations,
                                                                      duration_name, key, span, scope_key,
-                                                                     histogram_extra, now, stats)  # fmt: skip
+                                                                     histogram_extra, histogram_globs,
+                                                                     sampled, now, stats)  # fmt: skip
 
                 if histogram is not None:
                     histogram.count += weight
@@ -470,7 +610,7 @@ class SpanMetricsProcessor:
 
                 if events_enabled and span.events:
                     self._observe_events(
-                        tenant, accumulator, resource, span, scope_key, weight, exemplar, now, stats
+                        tenant, accumulator, resource, span, scope_key, weight, sampled, exemplar, now, stats
                     )
 
     def _lookup(self, span: BatchSpan, resource: _Resource) -> list[AnyValue | None]:
@@ -492,6 +632,7 @@ class SpanMetricsProcessor:
         span: BatchSpan,
         scope_key: tuple[str, ...],
         weight: int,
+        sampled: str | None,
         exemplar: tuple[bytes, bytes, float, int] | None,
         now: int,
         stats: ConsumeStats,
@@ -499,6 +640,8 @@ class SpanMetricsProcessor:
         """Events are rare next to spans, so this path favours clarity over speed."""
         span_attributes = span.attributes
         dimensions = (*self._dimensions, *self._event_dimensions)
+        base_count = len(self._dimensions)
+        base_globs, event_globs = self._base_globs, self._event_globs
         for event in span.events:
             event_attributes: dict[str, AnyValue] = {}
             for kv in event.attributes:
@@ -513,12 +656,27 @@ class SpanMetricsProcessor:
                 if value is None and dimension.default is not None:
                     value = AnyValue(string_value=dimension.default)
                 values.append(value)
+            base_pairs: _Pairs = []
+            event_pairs: _Pairs = []
+            if base_globs or event_globs:
+                # Upstream matches event-level globs against the span, then the resource
+                # attributes overlaid by the event's (connector.go aggregateMetrics).
+                merged = dict(resource.glob_values)
+                merged.update(event_attributes)
+                other = sorted(merged.items(), key=_first)
+                if base_globs:
+                    base_pairs = base_globs.pairs(span_attributes, other)
+                if event_globs:
+                    event_pairs = event_globs.pairs(span_attributes, other)
             key = (
                 resource.service_name if self._include_service else None,
                 span.name if self._include_name else None,
                 span.kind if self._include_kind else None,
                 span.status.code if self._include_status else None,
                 scope_key,
+                sampled,
+                _key_part(base_pairs),
+                _key_part(event_pairs),
                 *(None if v is None else stringify_any_value(v) for v in values),
             )
             series = accumulator.events.get(key)
@@ -527,8 +685,9 @@ class SpanMetricsProcessor:
                     tenant, accumulator, accumulator.events, self.events_name, key, now, stats
                 )
                 if series is None:
-                    pairs = list(zip(dimensions, values, strict=True))
-                    attributes = self._attributes(resource, span, scope_key, pairs)
+                    named = [(d.name, v) for d, v in zip(dimensions, values, strict=True)]
+                    pairs = [*named[:base_count], *base_pairs, *named[base_count:], *event_pairs]
+                    attributes = self._attributes(resource, span, scope_key, pairs, sampled)
                     series = self._create(
                         accumulator, accumulator.events, self.events_name, key, attributes, now
                     )
@@ -550,6 +709,8 @@ class SpanMetricsProcessor:
         span: BatchSpan,
         scope_key: tuple[str, ...],
         extra: tuple[Dimension, ...],
+        extra_globs: _Globs,
+        sampled: str | None,
         now: int,
         stats: ConsumeStats,
     ) -> Series:
@@ -562,12 +723,18 @@ class SpanMetricsProcessor:
         if template is not None:
             self._templates.move_to_end(template_key)
         else:
-            pairs: list[tuple[Dimension, AnyValue | None]] = []
-            if self._dimension_index:
-                found = self._lookup(span, resource)
-                for dimension in (*self._dimensions, *extra):
-                    pairs.append((dimension, found[self._dimension_index[dimension.name]]))
-            attributes = self._attributes(resource, span, scope_key, pairs)
+            # Upstream's order (connector.go buildAttributes): the shared list (names, then glob
+            # matches), then the metric's own list likewise.
+            pairs: list[tuple[str, AnyValue | None]] = []
+            found = self._lookup(span, resource) if self._dimension_index else []
+            slot = self._slot
+            pairs.extend((d.name, found[slot(d)]) for d in self._dimensions)
+            if self._base_globs:
+                pairs.extend(self._base_globs.pairs(span.attributes, resource.glob_values))
+            pairs.extend((d.name, found[slot(d)]) for d in extra)
+            if extra_globs:
+                pairs.extend(extra_globs.pairs(span.attributes, resource.glob_values))
+            attributes = self._attributes(resource, span, scope_key, pairs, sampled)
             template = (self._series_id(metric, accumulator.resource.resource_id, attributes), attributes)
             self._templates[template_key] = template
             if len(self._templates) > self._template_cache_size:
@@ -612,7 +779,8 @@ class SpanMetricsProcessor:
         resource: _Resource,
         span: BatchSpan,
         scope_key: tuple[str, ...],
-        dimensions: Sequence[tuple[Dimension, AnyValue | None]],
+        dimensions: Sequence[tuple[str, AnyValue | None]],
+        sampled: str | None = None,
     ) -> Attributes:
         attributes: list[tuple[str, Any]] = []
         if self._include_service:
@@ -623,14 +791,26 @@ class SpanMetricsProcessor:
             attributes.append(("span.kind", SPAN_KIND_NAMES.get(span.kind, "")))
         if self._include_status:
             attributes.append(("status.code", STATUS_CODE_NAMES.get(span.status.code, "")))
-        for dimension, value in dimensions:
+        # A name given twice (a glob matching a name of another list, say) is written once, in
+        # its first place, as upstream's attribute map does; the values agree.
+        position: dict[str, int] = {}
+        for name, value in dimensions:
             if value is not None:
                 # Bounded: an output record must stay decodable whatever one span carries.
-                attributes.append((dimension.name, label_value(value)))
+                at = position.get(name)
+                if at is None:
+                    position[name] = len(attributes)
+                    attributes.append((name, label_value(value)))
+                else:
+                    attributes[at] = (name, label_value(value))
+        # Upstream writes these before the dimensions, so a dimension of the same name wins.
         if scope_key:
-            attributes.append((SCOPE_NAME_ATTRIBUTE, scope_key[0]))
-            if scope_key[1]:
+            if SCOPE_NAME_ATTRIBUTE not in position:
+                attributes.append((SCOPE_NAME_ATTRIBUTE, scope_key[0]))
+            if scope_key[1] and SCOPE_VERSION_ATTRIBUTE not in position:
                 attributes.append((SCOPE_VERSION_ATTRIBUTE, scope_key[1]))
+        if sampled is not None and SAMPLING_METHOD_ATTRIBUTE not in position:
+            attributes.append((SAMPLING_METHOD_ATTRIBUTE, sampled))
         return tuple(attributes)
 
     @staticmethod

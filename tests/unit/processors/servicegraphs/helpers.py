@@ -112,9 +112,11 @@ class Harness:
         self.config = config or ServiceGraphsConfig(**options)
         self.clock = FakeClock()
         self.processor = ServiceGraphsProcessor(self.config, clock=self.clock)
-        self.descriptors = {d.name: d for d in self.processor.descriptors()}
+        self.descriptors = {d.series_metric: d for d in self.processor.descriptors()}
         self.worker = LocalWorker(
-            MemoryStore(slots=1, max_exemplars=0), self.descriptors, Temporality.CUMULATIVE
+            MemoryStore(slots=1, max_exemplars=self.processor.max_exemplars),
+            self.descriptors,
+            Temporality.CUMULATIVE,
         )
 
     def consume(self, *items: ResourceSpans, tenant: str = TENANT, partition: int = 0) -> ServiceGraphStats:
@@ -167,3 +169,30 @@ def edge_labels(client: str, server: str, connection_type: str = "", **extra: st
     if connection_type:
         labels["connection_type"] = connection_type
     return labels
+
+
+def queue_database_trace() -> list[Any]:
+    """The three edges of testdata/trace-with-queue-database.json: requester -> server (HTTP),
+    server -> postgres (db.name, db.system), requester -> recorder over rabbitmq."""
+    return [
+        resource_spans(
+            "mythical-requester",
+            make_span(CLIENT, span=1, duration_ms=45.8),
+            make_span(PRODUCER, span=3, duration_ms=0.069, attributes={"messaging.system": "rabbitmq"}),
+        ),
+        resource_spans(
+            "mythical-server",
+            make_span(SERVER, span=2, parent=1, duration_ms=30.0),
+            make_span(
+                CLIENT,
+                span=4,
+                parent=2,
+                duration_ms=23.8,
+                attributes={"db.name": "postgres", "db.system": "postgresql"},
+            ),
+        ),
+        resource_spans(
+            "mythical-recorder",
+            make_span(CONSUMER, span=5, parent=3, start_ms=10, duration_ms=0.699),
+        ),
+    ]

@@ -16,6 +16,7 @@ from .helpers import (
     REQUEST_FAILED_TOTAL,
     REQUEST_TOTAL,
     SERVER,
+    TENANT,
     UNPAIRED,
     Harness,
     make_request,
@@ -196,3 +197,38 @@ def test_consume_accepts_a_whole_request_per_partition() -> None:
     stats = harness.processor.consume(request, "t", 5)
     assert stats.edges == 1
     assert harness.processor.pending_count(5) == 0
+
+
+def test_a_restored_edge_expires_under_the_kind_of_its_last_span() -> None:
+    # upstream: servicegraphs.go onExpire counts expired_edges{unmatched_span_kind} by the Edge's
+    # SpanKind (the span that touched it last); the handover keeps it.
+    old = Harness()
+    old.consume(resource_spans("shipping", make_span(PRODUCER, span=20)))
+    new = Harness()
+    assert new.processor.restore_pending(0, old.processor.export_pending(0), new.clock()) == 1
+    new.expire_after(10)
+    assert new.processor.expired_edges == {(TENANT, "SPAN_KIND_PRODUCER"): 1}
+
+
+def test_a_version_1_export_of_an_older_worker_still_restores() -> None:
+    # The rows of version 1 have no span kind nor multiplier: they restore with none and 1.
+    row = [
+        bytes(16),
+        (10).to_bytes(8, "big"),
+        5_000_000_000,
+        "",
+        "payment",
+        "",
+        0.28,
+        0.0,
+        0,
+        0,
+        False,
+        "stripe",
+        None,
+    ]
+    blob = msgpack.packb([1, [[TENANT, [row]]]], use_bin_type=True)
+    new = Harness()
+    assert new.processor.restore_pending(0, blob, new.clock()) == 1
+    new.expire_after(5)
+    assert new.count(REQUEST_TOTAL, client="payment", server="stripe", connection_type="virtual_node") == 1

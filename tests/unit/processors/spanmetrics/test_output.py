@@ -50,6 +50,21 @@ def test_one_resource_metrics_per_distinct_resource() -> None:
     assert calls == [2, 1, 1]
 
 
+@pytest.mark.parametrize("add", [False, True])
+def test_resource_attributes_are_copied_whatever_add_resource_attributes_says(add: bool) -> None:
+    # upstream: connector.go buildMetrics copies the resource attributes unless the alpha gate
+    # excludeResourceMetrics is on and add_resource_attributes is false (#43394; connector_test.go,
+    # reference notes §3 case 12: only gate on + option false gives an empty resource). There is
+    # no gate here: the gate-off output, for both values.
+    request = make_request(
+        make_resource_spans({"service.name": "a", "k8s.pod.name": "p1", "pid": 7}, [make_span()])
+    )
+    out = Pipeline({"add_resource_attributes": add}).run(request)
+    assert [attribute_dict(rm.resource.attributes) for rm in out.resource_metrics] == [
+        {"service.name": "a", "k8s.pod.name": "p1", "pid": 7}
+    ]
+
+
 def test_resource_identity_ignores_attribute_order() -> None:
     request = make_request(
         make_resource_spans([("service.name", "a"), ("host", "h")], [make_span()]),
@@ -375,6 +390,28 @@ def test_calls_dimensions_apply_only_to_calls() -> None:
     assert duration.attributes["region"] == "eu"
     assert "http.route" not in duration.attributes
     assert duration.proto.count == 2
+
+
+def test_a_name_in_two_lists_is_written_once_with_each_lists_default() -> None:
+    # upstream: config.go validates each list on its own, so `a` may be in dimensions and in
+    # calls_dimensions; buildAttributes writes the shared list, then the metric's own, into one
+    # map (the later value replaces the earlier in place), and buildKey takes both.
+    config = {
+        "dimensions": [{"name": "a", "default": "base"}],
+        "calls_dimensions": [{"name": "a", "default": "calls"}],
+        "events": {"enabled": True, "dimensions": [{"name": "a", "default": "event"}]},
+    }
+    spans = [
+        make_span(attributes={"a": "span"}, events=[{}]),
+        make_span(events=[{}]),
+    ]
+    out = Pipeline(config).run(simple_request(*spans))
+    for metric in ("calls", "duration", "events"):
+        for point in points(out, metric):
+            assert [kv.key for kv in point.proto.attributes].count("a") == 1
+    assert counts_by(out, "calls", "a") == {"span": 1, "calls": 1}
+    assert counts_by(out, "duration", "a") == {"span": 1, "base": 1}
+    assert counts_by(out, "events", "a") == {"span": 1, "event": 1}
 
 
 def test_histogram_dimensions_apply_only_to_duration() -> None:

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import random
 from itertools import cycle
+from typing import Any
 
 import pytest
 
-from tests.unit.processors.spanmetrics.helpers import Pipeline, make_span, points, simple_request, total
-from worker.processors.spanmetrics.sampling import adjusted_count, parse_threshold, stochastic_round
+from tests.unit.processors.spanmetrics.helpers import (
+    Pipeline,
+    counts_by,
+    make_request,
+    make_resource_spans,
+    make_span,
+    points,
+    simple_request,
+    total,
+)
+from worker.processors.sampling import adjusted_count, parse_threshold, stochastic_round
 
 EVENTS = {"events": {"enabled": True, "dimensions": ["exception.type"]}}
 
@@ -108,3 +118,71 @@ def test_fractional_weights_are_unbiased_on_average() -> None:
     # Binomial(6000, 1/3) has a standard deviation of about 37.
     assert abs(total(out, "calls") - expected) < 200
     assert total(out, "calls") == total(out, "duration")
+
+
+# ---------------------------------------------------------------------------------------- sampling.method
+
+SAMPLING_METHOD = {"enable_metrics_sampling_method": True, **EVENTS}
+
+
+def three_spans(*tracestates: str) -> list[Any]:
+    return [make_span(trace_state=ts, events=[{"exception.type": "E"}]) for ts in tracestates]
+
+
+def test_sampling_method_splits_extrapolated_from_counted() -> None:
+    # upstream: connector_test.go adjusted-count cases (PR #45557; reference notes §3 case 9):
+    # three otherwise identical spans th:8 / none / invalid give 2 series when enabled.
+    out = Pipeline(SAMPLING_METHOD).run(simple_request(*three_spans("ot=th:8", "", "ot=th:zz")))
+    for metric in ("calls", "duration", "events"):
+        assert counts_by(out, metric, "sampling.method") == {"extrapolated": 2, "counted": 2}, metric
+    [extrapolated] = [p for p in points(out, "calls") if p.attributes["sampling.method"] == "extrapolated"]
+    # Ours: after the scope attributes (none here), last (upstream: after scope, before dimensions).
+    assert [kv.key for kv in extrapolated.proto.attributes] == [
+        "service.name",
+        "span.name",
+        "span.kind",
+        "status.code",
+        "sampling.method",
+    ]
+
+
+def test_without_sampling_method_the_same_spans_are_one_series() -> None:
+    out = Pipeline(EVENTS).run(simple_request(*three_spans("ot=th:8", "", "ot=th:zz")))
+    for metric in ("calls", "duration", "events"):
+        [point] = points(out, metric)
+        assert point.value == 4
+        assert "sampling.method" not in point.attributes
+
+
+@pytest.mark.parametrize(
+    ("tracestate", "method", "count"),
+    [
+        ("ot=th:8", "extrapolated", 6),
+        ("ot=th:c", "extrapolated", 12),
+        ("ot=th:0", "extrapolated", 3),  # a threshold of 0 is a valid one (count 1)
+        ("", "counted", 3),
+        ("ot=rv:abcdabcdabcdff", "counted", 3),  # no th
+        ("ot=th:zz", "counted", 3),
+    ],
+)
+def test_sampling_method_per_tracestate(tracestate: str, method: str, count: int) -> None:
+    # upstream: adjusted_count.go GetStochasticAdjustedCount: adjusted when the tracestate has a
+    # valid threshold; connector_test.go: 3 spans th:8 -> 6, th:c -> 12, none / rv only -> 3.
+    config = {**SAMPLING_METHOD, "dimensions": ["region"], "include_instrumentation_scope": ["lib"]}
+    request = make_request(
+        make_resource_spans(
+            {"service.name": "svc"},
+            three_spans(tracestate, tracestate, tracestate),
+            scope="lib",
+            scope_version="1.0",
+        )
+    )
+    out = Pipeline(config).run(request)
+    for metric in ("calls", "duration", "events"):
+        assert counts_by(out, metric, "sampling.method") == {method: count}, metric
+    [point] = points(out, "calls")
+    assert [kv.key for kv in point.proto.attributes][4:] == [
+        "span.instrumentation.scope.name",
+        "span.instrumentation.scope.version",
+        "sampling.method",
+    ]

@@ -198,3 +198,42 @@ def test_metrics_expiration_drops_a_resource_idle_that_long(clock: FakeClock) ->
         rid for rid, attributes in run_ready(pipeline.store.resources(TENANT)).items()
         if dict(attributes)["service.name"] == "busy"
     }  # fmt: skip
+
+
+def test_delta_start_times_continue_for_more_series_than_the_timestamp_cache(clock: FakeClock) -> None:
+    # upstream: connector_test.go TestTimestampsForUninterruptedStream (delta: start of a flush ==
+    # time of the previous one) and its metric_timestamp_cache_size=1 case, where the LRU evicts
+    # all but one series and the others restart from their creation time (a gap). Here each
+    # series' start lives with the series in the state store: the size changes nothing.
+    pipeline = Pipeline({"aggregation_temporality": "DELTA", "metric_timestamp_cache_size": 1}, clock=clock)
+    services = ["a", "b", "c", "d"]
+    flush_times = [clock.now]
+    outputs = []
+    for _ in range(3):
+        pipeline.consume(*(simple_request(make_span("op"), service=service) for service in services))
+        clock.advance(1)  # the spans arrive after the previous flush
+        outputs.append(pipeline.flush(advance_s=14))
+        flush_times.append(clock.now)
+    for index, out in enumerate(outputs[1:], start=1):
+        for metric in ("calls", "duration"):
+            found = {p.resource["service.name"]: p.proto for p in points(out, metric)}
+            assert sorted(found) == services
+            for proto in found.values():
+                assert proto.start_time_unix_nano == flush_times[index]
+                assert proto.time_unix_nano == flush_times[index + 1]
+
+
+def test_delta_series_idle_for_an_interval_starts_at_the_previous_flush(clock: FakeClock) -> None:
+    # upstream (same test, flushes alternating A, B, A with a cache of 1): A's third start is its
+    # creation time in the third interval. Here it is the previous flush, whatever the size: no
+    # point overlaps another and none leaves time uncovered after the previous flush.
+    pipeline = Pipeline({"aggregation_temporality": "DELTA", "metric_timestamp_cache_size": 1}, clock=clock)
+    times = []
+    for service in ("a", "b", "a"):
+        pipeline.consume(simple_request(make_span("op"), service=service))
+        clock.advance(1)
+        out = pipeline.flush(advance_s=14)
+        times.append(clock.now)
+    [a3] = points(out, "calls")
+    assert a3.resource["service.name"] == "a"
+    assert (a3.proto.start_time_unix_nano, a3.proto.time_unix_nano) == (times[1], times[2])
