@@ -318,7 +318,12 @@ class ServiceGraphsProcessor:
 
         def sum_(name: str, order: int) -> MetricDescriptor:
             return MetricDescriptor(
-                name, MetricKind.SUM, description=_DESCRIPTIONS[name], scope=SCOPE_NAME, order=order
+                name,
+                MetricKind.SUM,
+                description=_DESCRIPTIONS[name],
+                scope=SCOPE_NAME,
+                order=order,
+                zero_init=True,
             )
 
         def histograms(name: str, order: int) -> list[MetricDescriptor]:
@@ -333,6 +338,7 @@ class ServiceGraphsProcessor:
                         bounds=self._bounds,
                         scope=SCOPE_NAME,
                         order=order,
+                        zero_init=True,
                     )
                 )
             if self._native:
@@ -345,6 +351,7 @@ class ServiceGraphsProcessor:
                         scope=NATIVE_SCOPE_NAME if self._classic else SCOPE_NAME,
                         order=order,
                         key=name + self._native_suffix,
+                        zero_init=True,
                     )
                 )
             return result

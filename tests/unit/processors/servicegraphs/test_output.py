@@ -100,8 +100,16 @@ def test_otlp_output_matches_what_grafana_queries() -> None:
     ]
     histogram = metrics[SERVER_SECONDS]
     assert histogram.unit == "s"
-    assert list(histogram.histogram.data_points[0].explicit_bounds) == [0.1, 1.0]
-    assert sum(histogram.histogram.data_points[0].bucket_counts) == 1
+    # Tempo's registry zero-initialises counters and histogram buckets (registry/counter.go,
+    # histogram.go: the initial 0 sample): the series' first flush writes a 0 point, then the value.
+    zero, counted = histogram.histogram.data_points
+    assert list(counted.explicit_bounds) == [0.1, 1.0]
+    assert sum(counted.bucket_counts) == 1
+    assert (sum(zero.bucket_counts), zero.count, list(zero.explicit_bounds)) == (0, 0, [0.1, 1.0])
+    assert zero.start_time_unix_nano == counted.start_time_unix_nano
+    assert zero.time_unix_nano < counted.time_unix_nano
+    assert [point.as_int for point in total.data_points] == [0, 1]
+    assert total.data_points[0].time_unix_nano < total.data_points[1].time_unix_nano
 
 
 def test_take_deltas_starts_a_new_interval() -> None:
