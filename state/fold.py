@@ -12,7 +12,14 @@ from typing import Any, cast
 import msgpack
 
 from state.codec import exp_from_state, exp_state, meta_fields, pack_meta
-from worker.model.series import OVERFLOW_ATTRIBUTE, Series, make_series_id, series_digest
+from worker.model.series import (
+    CONNECTOR_OVERFLOW,
+    SERIES_ID_SEPARATOR,
+    Attributes,
+    Series,
+    make_series_id,
+    series_digest,
+)
 from worker.model.values import attribute_parts
 
 __all__ = [
@@ -60,9 +67,10 @@ def zero_time_us(start_us: int, now_us: int) -> int:
     return zero if zero < now_us else 0
 
 
-def overflow_series_id(metric: str, resource_id: str) -> str:
+def overflow_series_id(metric: str, resource_id: str, attributes: Attributes = CONNECTOR_OVERFLOW) -> str:
     """The id of the series that absorbs a tenant's new series past its active-series limit."""
-    return make_series_id(metric, resource_id, f"{OVERFLOW_ATTRIBUTE}=true")
+    body = SERIES_ID_SEPARATOR.join(f"{key}={str(value).lower()}" for key, value in attributes)
+    return make_series_id(metric, resource_id, body)
 
 
 def row(digest: bytes, record: Sequence[Any], flags: int = 0) -> list[Any]:
@@ -265,14 +273,16 @@ def _emit(plan: FoldPlan, digest: bytes, series: Series, record: list[Any]) -> i
     return len(plan.live) - 1
 
 
-def _overflow(metric: str, resource_id: str, slots: int, targets: list[int]) -> tuple[int, bytes, bytes]:
+def _overflow(
+    metric: str, resource_id: str, slots: int, targets: list[int], attributes: Attributes
+) -> tuple[int, bytes, bytes]:
     """Where the overflow series of (metric, resource) lives: its index in ``targets`` (the slots
     receiving overflow rows, appended to when new), its digest and its packed meta."""
-    overflow_id = overflow_series_id(metric, resource_id)
+    overflow_id = overflow_series_id(metric, resource_id, attributes)
     slot = series_slot(overflow_id, slots)
     if slot not in targets:
         targets.append(slot)
-    meta = pack_meta(metric, resource_id, ((OVERFLOW_ATTRIBUTE, True),))
+    meta = pack_meta(metric, resource_id, attributes)
     return targets.index(slot), series_digest(overflow_id), meta
 
 
@@ -336,6 +346,7 @@ def fold_log(
     now_us: int = 0,
     resource_expire_before_us: int = 0,
     resource_seen_us: Mapping[str, int] | None = None,
+    overflow_attributes: Attributes = CONNECTOR_OVERFLOW,
 ) -> FoldPlan:
     """Fold ``log`` (entries of packed rows) into the slot's ``stored`` records.
     ``reset_emitted_us``: this owner's previous, confirmed emission of the slot (None: none).
@@ -417,7 +428,7 @@ def fold_log(
             overflow = overflows.get((series.metric, series.resource_id))
             if overflow is None:
                 overflow = overflows[series.metric, series.resource_id] = _overflow(
-                    series.metric, series.resource_id, slots, plan.overflow_slots
+                    series.metric, series.resource_id, slots, plan.overflow_slots, overflow_attributes
                 )
             target = overflow[0]
             overflow_row = pack_row(overflow[1], [overflow[2], *record[1:_ZERO]], ROW_OVERFLOW)

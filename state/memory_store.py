@@ -23,7 +23,7 @@ from state.protocol import (
     fold_result,
     stored_series,
 )
-from worker.model.series import Attributes, TenantDeltas
+from worker.model.series import CONNECTOR_OVERFLOW, Attributes, TenantDeltas
 
 __all__ = ["MemoryStore"]
 
@@ -58,7 +58,13 @@ class MemoryStore:
     """The state of one input topic, in this process."""
 
     def __init__(
-        self, *, slots: int, max_exemplars: int, exp_max_size: int = 160, active_series_limit: int = 0
+        self,
+        *,
+        slots: int,
+        max_exemplars: int,
+        exp_max_size: int = 160,
+        active_series_limit: int = 0,
+        overflow_attributes: Attributes = CONNECTOR_OVERFLOW,
     ) -> None:
         if slots < 1:
             raise ValueError("slots must be at least 1 (the input topic's partition count)")
@@ -66,6 +72,7 @@ class MemoryStore:
         self.max_exemplars = max_exemplars
         self.exp_max_size = exp_max_size
         self.active_series_limit = active_series_limit
+        self.overflow_attributes = overflow_attributes
         self.packer = LogPacker(slots, active_series_limit)
         self._generation: str | None = None
         self._fence: dict[int, int] = {}
@@ -310,6 +317,7 @@ class MemoryStore:
             now_us=now_us,
             resource_expire_before_us=resource_expire_before_us,
             resource_seen_us=resource_seen_us,
+            overflow_attributes=self.overflow_attributes,
         )
 
 

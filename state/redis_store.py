@@ -26,7 +26,7 @@ from state.protocol import (
     stored_series,
 )
 from worker.model.errors import StateError
-from worker.model.series import Attributes, TenantDeltas
+from worker.model.series import CONNECTOR_OVERFLOW, Attributes, TenantDeltas
 
 __all__ = ["RedisStateStore"]
 
@@ -47,6 +47,7 @@ class RedisStateStore:
         max_exemplars: int,
         exp_max_size: int = 160,
         active_series_limit: int = 0,
+        overflow_attributes: Attributes = CONNECTOR_OVERFLOW,
     ) -> None:
         if slots < 1:
             raise ValueError("slots must be at least 1 (the input topic's partition count)")
@@ -56,6 +57,8 @@ class RedisStateStore:
         self.max_exemplars = max_exemplars
         self.exp_max_size = exp_max_size
         self.active_series_limit = active_series_limit
+        #: The attributes of the series new ones fold into past the limit (Tempo mode: Tempo's).
+        self.overflow_attributes = overflow_attributes
         self.packer = LogPacker(slots, active_series_limit)
         self._merge = client.register_script(_script("merge.lua"))
         self._fold = client.register_script(_script("fold.lua"))
@@ -240,6 +243,7 @@ class RedisStateStore:
             slots=self.slots,
             max_exemplars=self.max_exemplars,
             exp_max_size=self.exp_max_size,
+            overflow_attributes=self.overflow_attributes,
             **options,
         )
 

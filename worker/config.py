@@ -33,7 +33,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from worker.model.durations import parse_duration
 from worker.model.errors import ConfigError
-from worker.model.series import Temporality
+from worker.model.series import CONNECTOR_OVERFLOW, TEMPO_OVERFLOW, Attributes, Temporality
 
 __all__ = [
     "DEFAULT_HISTOGRAM_BUCKETS",
@@ -1153,6 +1153,13 @@ class Settings(BaseSettings):
         if self.metrics_generator is not None:
             return 0.0
         return self.spanmetrics.metrics_expiration
+
+    @property
+    def overflow_attributes(self) -> Attributes:
+        """The attributes of the series a tenant's new series fold into past
+        ``worker.max_active_series_per_tenant``: Tempo's ``metric_overflow="true"`` in Tempo mode,
+        else the connector's ``otel.metric.overflow=true``."""
+        return TEMPO_OVERFLOW if self.metrics_generator is not None else CONNECTOR_OVERFLOW
 
     @property
     def exponential_max_size(self) -> int:

@@ -156,6 +156,7 @@ def process_documents(
         max_exemplars=pipeline.max_exemplars,
         exp_max_size=settings.exponential_max_size,
         active_series_limit=settings.worker.max_active_series_per_tenant,
+        overflow_attributes=settings.overflow_attributes,
     )
     worker = LocalWorker(
         store,

@@ -17,8 +17,10 @@ from worker.model.exphistogram import ExpHistogram
 from worker.model.values import Attributes
 
 __all__ = [
+    "CONNECTOR_OVERFLOW",
     "OVERFLOW_ATTRIBUTE",
     "SERIES_ID_SEPARATOR",
+    "TEMPO_OVERFLOW",
     "Attributes",
     "Exemplar",
     "MetricDescriptor",
@@ -38,6 +40,11 @@ __all__ = [
 #: The attribute that marks the series absorbing a tenant's new series past its active-series
 #: limit (the connector's ``otel.metric.overflow``).
 OVERFLOW_ATTRIBUTE = "otel.metric.overflow"
+#: The overflow series' attributes: the connector's (a bool, rendered "true" by Prometheus) ...
+CONNECTOR_OVERFLOW: tuple[tuple[str, bool | str], ...] = ((OVERFLOW_ATTRIBUTE, True),)
+#: ... and Tempo's registry's (``metric_overflow="true"``, registry/overflow in Tempo's
+#: modules/generator/registry, #5954), used in Tempo mode.
+TEMPO_OVERFLOW: tuple[tuple[str, bool | str], ...] = (("metric_overflow", "true"),)
 
 #: Separates the parts of a series id (metric, resource id, ``name=value`` attributes).
 SERIES_ID_SEPARATOR = "\x1e"

@@ -154,6 +154,7 @@ class StreamWorker:
             max_exemplars=self.pipeline.max_exemplars,
             exp_max_size=settings.exponential_max_size,
             active_series_limit=settings.worker.max_active_series_per_tenant,
+            overflow_attributes=settings.overflow_attributes,
         )
         self.checkpoint = Checkpoint(
             store,

@@ -36,8 +36,15 @@ def tempo_settings(generator: Mapping[str, Any], **other: Any) -> Settings:
 class TempoRun:
     """Settings -> the worker's Pipeline, memory store, fold and encoder, with a fake clock."""
 
-    def __init__(self, generator: Mapping[str, Any], *, clock: FakeClock | None = None, tenant: str = TENANT):
-        self.settings = tempo_settings(generator)
+    def __init__(
+        self,
+        generator: Mapping[str, Any],
+        *,
+        clock: FakeClock | None = None,
+        tenant: str = TENANT,
+        **other: Any,
+    ):
+        self.settings = tempo_settings(generator, **other)
         self.clock = clock or FakeClock()
         self.tenant = tenant
         self.pipeline = Pipeline(self.settings, clock=self.clock)
@@ -47,6 +54,8 @@ class TempoRun:
             slots=1,
             max_exemplars=self.pipeline.max_exemplars,
             exp_max_size=self.settings.exponential_max_size,
+            active_series_limit=self.settings.worker.max_active_series_per_tenant,
+            overflow_attributes=self.settings.overflow_attributes,
         )
         self.worker = LocalWorker(
             self.store,

@@ -726,3 +726,29 @@ def test_counters_and_histograms_get_tempos_initial_zero_sample() -> None:
     for name, kind in ((CALLS, "sum"), (LATENCY, "histogram"), (LATENCY, "exponential_histogram")):
         [counted] = _all_points(out, name, kind)
         assert counted.time_unix_nano == clock.now
+
+
+def test_series_past_the_active_series_limit_fold_into_tempos_overflow_series() -> None:
+    # upstream: registry/registry_test.go TestManagedRegistry_maxSeries and #5954: past
+    # max_active_series a new label set counts into one series per metric labelled
+    # metric_overflow="true" (here worker.max_active_series_per_tenant, shared by every worker),
+    # while the admitted series keep counting.
+    run = TempoRun({"processors": ["span-metrics-count"]}, worker={"max_active_series_per_tenant": 2})
+    names = ["first", "second", "third", "fourth", "first"]
+    request = make_request(
+        make_resource_spans(
+            [("service.name", "test-service")],
+            [make_span(name, kind=CLIENT, duration_ms=1000) for name in names],
+        )
+    )
+    run.run(request)
+    out = run.flush()  # refused rows reach the overflow series' slot at the next fold
+    base = {"service": "test-service", "span_kind": "SPAN_KIND_CLIENT", "status_code": "STATUS_CODE_UNSET"}
+    counted = values(out, CALLS)
+    overflow = labels(metric_overflow="true")
+    assert counted[overflow] == 2
+    admitted = {key: value for key, value in counted.items() if key != overflow}
+    assert len(admitted) == 2
+    assert sum(admitted.values()) == 3
+    assert all(dict(key).items() >= base.items() for key in admitted)
+    assert not any(key == "otel.metric.overflow" for labelset in counted for key, _ in labelset)
