@@ -67,11 +67,12 @@ from typing import Any
 
 import msgpack
 import yaml
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from redis.asyncio import Redis
 
+import worker as worker_package
 from devtools.loadgen.model import TraceGenerator, build_model
 from devtools.servers import (
     KafkaEndpoint,
@@ -81,7 +82,7 @@ from devtools.servers import (
     redis_from_env_or_embedded,
 )
 from state.keys import KeySpace, escape_tenant
-from worker.config import DEFAULT_HISTOGRAM_BUCKETS
+from worker.config import DEFAULT_HISTOGRAM_BUCKETS, KafkaConfig
 from worker.otlp.decode import decode_traces
 
 INPUT_PARTITIONS = 8
@@ -98,12 +99,15 @@ SESSION_TIMEOUT = "6s"
 PROFILE_RATE = 100
 
 # Targets from the issue.
-TARGET_RATIO_MIN = 0.2
-TARGET_RATIO_AIM = 0.3
+#: Issue 17: one worker's steady rate against the decode-only rate and the bare consumer's.
+TARGET_DECODE_RATIO = 0.3
+TARGET_BARE_RATIO = 0.6
 TARGET_BYTES_PER_SERIES = 400
 TARGET_RSS_MIB = 300
 TARGET_FLUSH_S = 1.0
 TARGET_SCALING_PER_WORKER = 0.8
+#: Shape B: spans per record.
+BATCH_SPANS = 1000
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -220,7 +224,34 @@ class WorkerProcess:
         return read_log(self.log_path)
 
 
-def spawn_worker(index: int, config: Path, log_dir: Path, profile: Path | None = None) -> WorkerProcess:
+def native_extensions() -> list[str]:
+    """The compiled modules of the installed worker package (empty: the native path is not built)."""
+    root = Path(worker_package.__file__).resolve().parent
+    return sorted(
+        str(path.relative_to(root.parent)) for pattern in ("*.so", "*.pyd") for path in root.rglob(pattern)
+    )
+
+
+#: The environment of each worker path: the pure path is forced with the issue's switch.
+PATH_ENV: dict[str, dict[str, str | None]] = {
+    "pure": {"SPANMETRICS_NO_EXTENSIONS": "1"},
+    "native": {"SPANMETRICS_NO_EXTENSIONS": None},
+}
+
+
+def worker_env(path: str) -> dict[str, str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    for key, value in PATH_ENV.get(path, {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def spawn_worker(
+    index: int, config: Path, log_dir: Path, profile: Path | None = None, path: str = "pure"
+) -> WorkerProcess:
     log_path = log_dir / f"worker-{index}.log"
     command = [sys.executable, "-m", "worker", "run", "--config", str(config)]
     if profile is not None:
@@ -235,7 +266,7 @@ def spawn_worker(index: int, config: Path, log_dir: Path, profile: Path | None =
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            env=worker_env(path),
             start_new_session=True,
             preexec_fn=_die_with_parent(),
         )
@@ -309,7 +340,7 @@ def tail(path: Path, lines: int = 15) -> str:
 
 @dataclass
 class Load:
-    records: list[tuple[bytes, bytes]]
+    records: list[tuple[bytes | None, bytes]]
     spans: int
     size: int
     seconds: float
@@ -329,20 +360,34 @@ def _spans_with_service(request: ExportTraceServiceRequest) -> int:
     return count
 
 
-def generate(spans: int, *, services: int, seed: int, unique_attribute: str | None = None) -> Load:
-    """Traces from the traffic model (one record per trace, keyed by trace id) until ``spans``.
+def generate(
+    spans: int,
+    *,
+    services: int,
+    seed: int,
+    unique_attribute: str | None = None,
+    batch_spans: int = 0,
+) -> Load:
+    """Traces from the traffic model until ``spans``: one record per trace, keyed by trace id
+    (shape A), or with ``batch_spans`` keyless records of about that many spans (shape B).
 
     With ``unique_attribute`` every span gets that attribute with a value no other span has,
     so every span starts its own series (the high-cardinality load of the series phase).
     """
     started = time.perf_counter()
-    generator = TraceGenerator(build_model(services=services, seed=seed), seed=seed)
+    model = build_model(services=services, seed=seed)
+    generator = TraceGenerator(model, seed=seed)
+    traces_per_batch = max(1, round(batch_spans / model.expected_spans_per_trace())) if batch_spans else 0
     now = time.time_ns()
-    records: list[tuple[bytes, bytes]] = []
+    records: list[tuple[bytes | None, bytes]] = []
     total = size = 0
     unique = 0
     while total < spans:
-        key, request = generator.trace_request(now)
+        key: bytes | None
+        if traces_per_batch:
+            key, request = None, generator.batch_request(traces_per_batch, now)
+        else:
+            key, request = generator.trace_request(now)
         if unique_attribute is not None:
             for resource_spans in request.resource_spans:
                 for scope_spans in resource_spans.scope_spans:
@@ -358,7 +403,7 @@ def generate(spans: int, *, services: int, seed: int, unique_attribute: str | No
     return Load(records, total, size, time.perf_counter() - started)
 
 
-async def produce(bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes]]) -> float:
+async def produce(bootstrap: str, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> float:
     started = time.perf_counter()
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20, max_request_size=8 << 20
@@ -415,6 +460,71 @@ class DecodeTimer:
             "decode_traces_spans_per_s": round(statistics.median(self.wrapper)),
             "decode_traces_all": [round(r) for r in self.wrapper],
         }
+
+
+@dataclass
+class BareConsumerTimer:
+    """A plain AIOKafkaConsumer reading every record value of the input topic, no processing:
+    the ceiling aiokafka sets (with its default CRC check, and with ``check_crcs=False``)."""
+
+    bootstrap: str
+    topic: str
+    records: int
+    spans: int
+    rates: dict[bool, list[float]] = field(default_factory=lambda: {True: [], False: []})
+
+    async def rounds(self, count: int) -> None:
+        for index in range(count):
+            order = [True, False] if index % 2 == 0 else [False, True]
+            for check_crcs in order:
+                self.rates[check_crcs].append(self.spans / await self._once(check_crcs))
+
+    async def _once(self, check_crcs: bool) -> float:
+        """Seconds from the first getmany to the last record (fetch options as the worker's)."""
+        defaults = KafkaConfig()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            check_crcs=check_crcs,
+            fetch_max_bytes=defaults.fetch_max_bytes,
+            max_partition_fetch_bytes=defaults.max_partition_fetch_bytes,
+            fetch_max_wait_ms=int(defaults.fetch_max_wait * 1000),
+        )
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(self.topic, p) for p in range(INPUT_PARTITIONS)]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            seen = 0
+            size = 0
+            started = time.perf_counter()
+            deadline = time.monotonic() + 300
+            while seen < self.records:
+                batch = await consumer.getmany(timeout_ms=1000, max_records=defaults.max_poll_records)
+                for records in batch.values():
+                    for record in records:
+                        size += len(record.value or b"")
+                    seen += len(records)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"bare consumer read {seen} of {self.records} records in 300 s")
+            return time.perf_counter() - started
+        finally:
+            await consumer.stop()
+
+    def summary(self) -> dict[str, Any]:
+        def one(rates: list[float]) -> dict[str, Any]:
+            if not rates:
+                return {"spans_per_s": None}
+            return {"spans_per_s": round(statistics.median(rates)), "all": [round(r) for r in rates]}
+
+        crc, no_crc = one(self.rates[True]), one(self.rates[False])
+        crc_share = (
+            round(1 - crc["spans_per_s"] / no_crc["spans_per_s"], 3)
+            if crc["spans_per_s"] and no_crc["spans_per_s"]
+            else None
+        )
+        # crc_share: the part of the bare consumer's time the CRC32C check takes.
+        return {"check_crcs": crc, "no_check_crcs": no_crc, "crc_share_of_time": crc_share}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -508,6 +618,8 @@ class Context:
     load: Load
     flush_interval: float
     timeout: float
+    #: The worker path of the series and profile phases.
+    path: str = "pure"
 
 
 def write_config(
@@ -596,8 +708,10 @@ def _rel(value: float | None, origin: float) -> float | None:
     return None if value is None else round(value - origin, 3)
 
 
-async def throughput_phase(ctx: Context, workers: int, *, profile: Path | None = None) -> dict[str, Any]:
-    label = f"{'profile' if profile else 'w'}{workers}"
+async def throughput_phase(
+    ctx: Context, workers: int, *, shape: str = "A", path: str = "pure", profile: Path | None = None
+) -> dict[str, Any]:
+    label = f"{shape.lower()}-{path}-{'profile' if profile else 'w'}{workers}"
     name = f"e2e-{ctx.run_id}-{label}"
     log_dir = ctx.log_dir / label
     log_dir.mkdir()
@@ -619,7 +733,7 @@ async def throughput_phase(ctx: Context, workers: int, *, profile: Path | None =
         "bench": proc_cpu_seconds(os.getpid()),
     }
     started = time.time()
-    procs = [spawn_worker(i + 1, config, log_dir, profile) for i in range(workers)]
+    procs = [spawn_worker(i + 1, config, log_dir, profile, path) for i in range(workers)]
     say(f"phase {label}: {workers} worker(s) started (pids {[p.pid for p in procs]}), logs in {log_dir}")
     failure = ""
     hwm: dict[int, dict[str, int]] = {}
@@ -671,9 +785,16 @@ async def throughput_phase(ctx: Context, workers: int, *, profile: Path | None =
     worker_started = max(
         (t for t in (_first_time(ev, "worker started") for ev in per_worker) if t), default=None
     )
+    # Ready: every worker has had its partitions assigned and claimed (the readiness probe's rule).
+    firsts = [_first_time(ev, "partitions assigned") for ev in per_worker]
+    ready_at = max(firsts) if firsts and all(firsts) else None  # type: ignore[type-var]
     applied_at = _applied_time(per_worker, ctx.load.spans)
     spans = ctx.load.spans
+    start_line = next((e for ev in per_worker for e in ev if e.get("event") == "worker started"), {})
     result: dict[str, Any] = {
+        "shape": shape,
+        "path": path,
+        "start_line": {k: v for k, v in start_line.items() if k not in ("timestamp", "event", "level")},
         "workers": workers,
         "group": f"{name}-group",
         "key_prefix": name,
@@ -691,6 +812,12 @@ async def throughput_phase(ctx: Context, workers: int, *, profile: Path | None =
         "seconds_to_worker_started": _rel(worker_started, started),
         "seconds_to_first_assignment": _rel(first_assigned, started),
         "seconds_to_last_assignment": _rel(last_assigned, started),
+        "seconds_to_readiness": _rel(ready_at, started),
+        "spans_per_s_from_readiness": (
+            round(spans / (applied_at - ready_at))
+            if applied_at and ready_at and applied_at > ready_at
+            else None
+        ),
         "seconds_to_applied_in_redis": _rel(applied_at, started),
         "spans_per_s": round(spans / elapsed) if elapsed else None,
         "spans_per_s_net_of_join": (
@@ -882,7 +1009,7 @@ async def series_phase(
         },
     )
     started = time.time()
-    worker = spawn_worker(1, config, log_dir, profile)
+    worker = spawn_worker(1, config, log_dir, profile, ctx.path)
     say(f"{label} phase: worker pid {worker.pid}, flush interval {flush_interval:g}s, logs in {log_dir}")
     rss: list[tuple[float, int]] = []
     sampler = asyncio.create_task(_sample_rss(worker.pid, rss, started))
@@ -1106,39 +1233,36 @@ def _fmt(value: Any, unit: str = "") -> str:
     return f"{value}{unit}"
 
 
+def _ratios(result: dict[str, Any], phase: dict[str, Any]) -> tuple[float | None, float | None]:
+    """A phase's steady rate over its shape's decode-only and bare-consumer (CRC checked) rates."""
+    shape = result["shapes"][phase["shape"]]
+    steady = phase.get("steady_spans_per_s")
+    decode = shape["decode_only"]["spans_per_s"]
+    bare = shape["bare_consumer"]["check_crcs"]["spans_per_s"]
+    return (steady / decode if steady and decode else None, steady / bare if steady and bare else None)
+
+
 def evaluate(result: dict[str, Any]) -> list[dict[str, Any]]:
     targets: list[dict[str, Any]] = []
-    decode = result["decode_only"]["spans_per_s"]
-    phases = {p["workers"]: p for p in result["phases"]}
-    one = phases.get(1)
-    if one and one.get("spans_per_s"):
-        ratio = one["spans_per_s"] / decode
+    for phase in result["phases"]:
+        if phase["workers"] != 1:
+            continue
+        to_decode, to_bare = _ratios(result, phase)
+        where = f"shape {phase['shape']}, {phase['path']} path: 1 worker steady"
         targets.append(
             {
-                "name": "1 worker end-to-end / decode-only",
-                "value": round(ratio, 3),
-                "target": f">= {TARGET_RATIO_MIN} (aim {TARGET_RATIO_AIM})",
-                "met": ratio >= TARGET_RATIO_MIN,
+                "name": f"{where} / decode-only",
+                "value": None if to_decode is None else round(to_decode, 3),
+                "target": f">= {TARGET_DECODE_RATIO}",
+                "met": to_decode is not None and to_decode >= TARGET_DECODE_RATIO,
             }
         )
-        if one.get("spans_per_s_net_of_join"):
-            net = one["spans_per_s_net_of_join"] / decode
-            targets.append(
-                {
-                    "name": "  same, net of group join",
-                    "value": round(net, 3),
-                    "target": f">= {TARGET_RATIO_MIN} (aim {TARGET_RATIO_AIM})",
-                    "met": net >= TARGET_RATIO_MIN,
-                }
-            )
-    if one and one.get("steady_spans_per_s"):
-        steady = one["steady_spans_per_s"] / decode
         targets.append(
             {
-                "name": "  same, steady state (from the flush log lines)",
-                "value": round(steady, 3),
-                "target": f">= {TARGET_RATIO_MIN} (aim {TARGET_RATIO_AIM})",
-                "met": steady >= TARGET_RATIO_MIN,
+                "name": f"{where} / bare aiokafka consumer",
+                "value": None if to_bare is None else round(to_bare, 3),
+                "target": f">= {TARGET_BARE_RATIO}",
+                "met": to_bare is not None and to_bare >= TARGET_BARE_RATIO,
             }
         )
     series = result.get("series")
@@ -1169,79 +1293,91 @@ def evaluate(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": flush["seconds"] < TARGET_FLUSH_S,
             }
         )
-    for workers, phase in sorted(phases.items()):
-        if workers == 1 or not one or not one.get("spans_per_s") or not phase.get("spans_per_s"):
+    for key, scaled in (result.get("scaling") or {}).items():
+        if not isinstance(scaled, dict):
             continue
-        per_added = (phase["spans_per_s"] - one["spans_per_s"]) / one["spans_per_s"] / (workers - 1)
+        workers = int(key.rsplit("/", 1)[1])
+        per_added = (scaled["factor_steady"] - 1) / (workers - 1)
         targets.append(
             {
-                "name": f"scaling: each added worker adds (x one worker), {workers} workers",
+                "name": f"scaling {key}: each added worker adds (x one worker, steady state)",
                 "value": round(per_added, 3),
                 "target": f">= {TARGET_SCALING_PER_WORKER} where cores allow (indicative here)",
                 "met": per_added >= TARGET_SCALING_PER_WORKER,
             }
         )
-        if phase.get("steady_spans_per_s") and one.get("steady_spans_per_s"):
-            steady = (phase["steady_spans_per_s"] / one["steady_spans_per_s"] - 1) / (workers - 1)
-            targets.append(
-                {
-                    "name": f"  same, steady state (from the flush log lines), {workers} workers",
-                    "value": round(steady, 3),
-                    "target": f">= {TARGET_SCALING_PER_WORKER} where cores allow (indicative here)",
-                    "met": steady >= TARGET_SCALING_PER_WORKER,
-                }
-            )
     return targets
 
 
 def print_report(result: dict[str, Any]) -> None:
     m = result["machine"]
-    load = result["load"]
-    decode = result["decode_only"]
     print()
     print(
         f"machine: {m['nproc']} cores ({m['cpu_model']}), {m['mem_total_mib']:,} MiB RAM, "
+        f"load average at start {'/'.join(f'{x:.1f}' for x in m['loadavg_at_start'])}, "
         f"Python {m['python']}, protobuf {m['protobuf']}; broker {result['servers']['kafka']}, "
         f"Redis {result['servers']['redis']} on the same cores"
     )
+    native = result["native_extensions"]
     print(
-        f"load: {load['spans']:,} spans in {load['records']:,} records "
-        f"({load['mean_record_bytes']:,} B each), "
+        f"worker paths run: {', '.join(result['paths'])} (pure = SPANMETRICS_NO_EXTENSIONS=1); "
+        f"native: {'built (' + ', '.join(native) + ')' if native else 'not built'}"
+    )
+    print(
         f"{INPUT_PARTITIONS} partitions, dims {', '.join(d['name'] for d in DIMENSIONS)}, service graphs on, "
         f"flush interval {result['flush_interval_s']:g}s"
     )
-    print(
-        f"decode-only (ExportTraceServiceRequest.FromString): {decode['spans_per_s']:,} spans/s "
-        f"median of {decode['rounds']} (min {decode['spans_per_s_min']:,}, "
-        f"max {decode['spans_per_s_max']:,}); "
-        f"worker's decode_traces {decode['decode_traces_spans_per_s']:,}"
-    )
+    for name, shape in result["shapes"].items():
+        load, decode, bare = shape["load"], shape["decode_only"], shape["bare_consumer"]
+        print()
+        print(f"shape {name}: {shape['description']}")
+        print(
+            f"  load: {load['spans']:,} spans in {load['records']:,} records "
+            f"({load['spans_per_record']:g} spans, {load['mean_record_bytes']:,} B each)"
+        )
+        print(
+            f"  decode-only (ExportTraceServiceRequest.FromString): {decode['spans_per_s']:,} spans/s, "
+            f"median of {decode['rounds']} (min {decode['spans_per_s_min']:,}, "
+            f"max {decode['spans_per_s_max']:,}); "
+            f"worker's decode_traces {decode['decode_traces_spans_per_s']:,}"
+        )
+        share = bare["crc_share_of_time"]
+        print(
+            "  bare aiokafka consumer (every value, no processing): "
+            f"{_fmt(bare['check_crcs']['spans_per_s'])} spans/s with check_crcs, "
+            f"{_fmt(bare['no_check_crcs']['spans_per_s'])} without "
+            f"(the CRC check: {_fmt(share and round(100 * share, 1))} % of its time)"
+        )
     print()
     header = (
-        f"{'workers':>7} {'spans/s':>9} {'net/s':>9} {'steady/s':>9} {'ratio':>6} {'to match':>9} "
-        f"{'1st asgn':>9} {'applied':>8} {'rss MiB':>12} {'cpu s':>12} {'flush med/max':>14} {'ok':>3}"
+        f"{'shape':>5} {'path':>6} {'wkrs':>4} {'steady/s':>9} {'/decode':>7} {'/bare':>6} {'ready/s':>9} "
+        f"{'spans/s':>9} {'ready':>7} {'to match':>9} {'rss MiB':>10} {'cpu s':>11} "
+        f"{'flush med/max':>13} {'ok':>3}"
     )
     print(header)
     print("-" * len(header))
     for p in result["phases"]:
-        ratio = p["spans_per_s"] / decode["spans_per_s"] if p.get("spans_per_s") else None
+        to_decode, to_bare = _ratios(result, p)
         flushes = p["flushes"]
         print(
-            f"{p['workers']:>7} {_fmt(p['spans_per_s']):>9} {_fmt(p['spans_per_s_net_of_join']):>9} "
-            f"{_fmt(p['steady_spans_per_s']):>9} "
-            f"{_fmt(ratio):>6} {_fmt(p['seconds_to_totals_match'], 's'):>9} "
-            f"{_fmt(p['seconds_to_first_assignment'], 's'):>9} "
-            f"{_fmt(p['seconds_to_applied_in_redis'], 's'):>8} "
-            f"{'/'.join(str(v) for v in p['worker_peak_rss_mib'].values()):>12} "
-            f"{'/'.join(_fmt(v) for v in p['worker_cpu_seconds'].values()):>12} "
+            f"{p['shape']:>5} {p['path']:>6} {p['workers']:>4} {_fmt(p['steady_spans_per_s']):>9} "
+            f"{_fmt(to_decode):>7} {_fmt(to_bare):>6} {_fmt(p['spans_per_s_from_readiness']):>9} "
+            f"{_fmt(p['spans_per_s']):>9} {_fmt(p['seconds_to_readiness'], 's'):>7} "
+            f"{_fmt(p['seconds_to_totals_match'], 's'):>9} "
+            f"{'/'.join(str(v) for v in p['worker_peak_rss_mib'].values()):>10} "
+            f"{'/'.join(_fmt(v) for v in p['worker_cpu_seconds'].values()):>11} "
             f"{_fmt(flushes.get('seconds_median'))}/{_fmt(flushes.get('seconds_max')):>6} "
             f"{'yes' if p['ok'] else 'NO':>3}"
         )
+    print(
+        "  steady/s: first flush to last busy flush; ready/s: readiness (partitions assigned) to the last "
+        "span applied in Redis; spans/s: process start to totals matched; ready: start-up to readiness"
+    )
     for p in result["phases"]:
         cpu = p["cpu_seconds_during_phase"]
         worker_cpu = sum(v or 0 for v in p["worker_cpu_seconds"].values())
         print(
-            f"  {p['workers']} worker(s): CPU during phase - workers {worker_cpu:.1f}s, "
+            f"  {p['shape']}/{p['path']}/{p['workers']}: CPU during phase - workers {worker_cpu:.1f}s, "
             f"broker {_fmt(cpu['broker'])}s, redis {_fmt(cpu['redis'])}s, "
             f"bench/reader {_fmt(cpu['bench'])}s; "
             f"{_fmt(p['spans_per_worker_cpu_s'])} spans per worker CPU-second; rebalances {p['rebalances']}"
@@ -1250,8 +1386,7 @@ def print_report(result: dict[str, Any]) -> None:
     if scaling:
         print(
             f"scaling: {scaling['description']} (machine has {m['nproc']} cores "
-            "shared with broker and Redis: "
-            "indicative only)"
+            "shared with broker and Redis: indicative only)"
         )
     series = result.get("series")
     if series and not series.get("failure"):
@@ -1287,11 +1422,17 @@ def print_report(result: dict[str, Any]) -> None:
         print(f"  Redis commandstats during the phase: {series['redis_commandstats']}")
     elif series:
         print(f"series phase FAILED: {series['failure']}")
-    profile = result.get("profile")
-    if profile and profile.get("summary"):
-        s = profile["summary"]
+    profile = result.get("profile") or {}
+    for shape in result["shapes"]:
+        shape_profile = profile.get(shape) or {}
+        if not shape_profile.get("summary"):
+            continue
+        s = shape_profile["summary"]
         print()
-        print(f"profile ({profile['path']}): {s['samples']} main-thread samples, {s['busy_samples']} busy")
+        print(
+            f"profile, shape {shape}, {shape_profile['run']['path']} path ({shape_profile['path']}): "
+            f"{s['samples']} main-thread samples, {s['busy_samples']} busy"
+        )
         for name, percent, _ in s["by_part"]:
             print(f"  {percent:5.1f}%  {name}")
         print("  inside consume:")
@@ -1300,7 +1441,7 @@ def print_report(result: dict[str, Any]) -> None:
         print("  top functions (self):")
         for name, percent, _ in s["top_self"][:12]:
             print(f"    {percent:5.1f}%  {name}")
-    series_profile = (profile or {}).get("series")
+    series_profile = profile.get("series")
     if series_profile and series_profile.get("summary"):
         s = series_profile["summary"]
         print()
@@ -1325,13 +1466,25 @@ def print_report(result: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+SHAPES: dict[str, str] = {
+    "A": "one record per trace, keyed by trace id (Collector Kafka exporter, partition_traces_by_id)",
+    "B": f"keyless batches of about {BATCH_SPANS:,} spans per record",
+}
+
+
+def generate_shape(shape: str, spans: int, services: int) -> Load:
+    return generate(spans, services=services, seed=1, batch_spans=BATCH_SPANS if shape == "B" else 0)
+
+
 async def run(
     args: argparse.Namespace, kafka: KafkaEndpoint, redis: RedisEndpoint, log_dir: Path
 ) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:8]
     bootstrap = kafka.bootstrap_servers
+    native = native_extensions()
+    paths = [p for p in args.paths if p != "native" or native]
     result: dict[str, Any] = {
-        "schema": 1,
+        "schema": 2,
         "started_at": datetime.now().astimezone().isoformat(timespec="seconds"),
         "argv": sys.argv[1:],
         "machine": machine_description(),
@@ -1344,85 +1497,109 @@ async def run(
         "flush_interval_s": args.flush_interval,
         "session_timeout": SESSION_TIMEOUT,
         "dimensions": [d["name"] for d in DIMENSIONS],
+        "native_extensions": native,
+        "paths": paths,
+        "shapes": {},
     }
-    say(f"generating {args.spans:,} spans from the traffic model ({args.services} services)")
-    load = await asyncio.to_thread(generate, args.spans, services=args.services, seed=1)
-    input_topic = f"e2e-{run_id}-in"
-    await create_topics(bootstrap, {input_topic: INPUT_PARTITIONS})
-    say(f"producing {len(load.records):,} records ({load.size / 1e6:.0f} MB) to {input_topic}")
-    produce_seconds = await produce(bootstrap, input_topic, load.records)
-    result["load"] = {
-        "spans": load.spans,
-        "records": len(load.records),
-        "bytes": load.size,
-        "mean_record_bytes": round(load.size / len(load.records)),
-        "spans_per_record": round(load.spans / len(load.records), 2),
-        "services": args.services,
-        "generate_seconds": round(load.seconds, 1),
-        "produce_seconds": round(produce_seconds, 1),
-    }
-    ctx = Context(
-        bootstrap=bootstrap,
-        redis_url=redis.url,
-        kafka_pid=getattr(kafka, "pid", None),
-        redis_pid=getattr(redis, "pid", None),
-        run_id=run_id,
-        log_dir=log_dir,
-        input_topic=input_topic,
-        load=load,
-        flush_interval=args.flush_interval,
-        timeout=args.timeout,
-    )
-    timer = DecodeTimer(load.values, load.spans)
-    timer.rounds(args.decode_rounds)
-    say(f"decode-only: {statistics.median(timer.bare):,.0f} spans/s so far")
-    phases: list[dict[str, Any]] = []
-    for workers in args.workers_list:
-        phase = await throughput_phase(ctx, workers)
-        phases.append(phase)
+    if "native" in args.paths and not native:
+        say("native: not built (no compiled module in the worker package); running the pure path only")
+    contexts: dict[str, Context] = {}
+    decode_timers: dict[str, DecodeTimer] = {}
+    bare_timers: dict[str, BareConsumerTimer] = {}
+    for shape in args.shapes:
         say(
-            f"phase {workers} worker(s): {phase['spans_per_s'] or '-'} spans/s "
-            f"(net of join {phase['spans_per_s_net_of_join'] or '-'}), ok={phase['ok']}"
+            f"shape {shape}: generating {args.spans:,} spans from the traffic model "
+            f"({args.services} services)"
         )
-        timer.rounds(args.decode_rounds)
-    result["decode_only"] = timer.summary()
+        load = await asyncio.to_thread(generate_shape, shape, args.spans, args.services)
+        input_topic = f"e2e-{run_id}-{shape.lower()}-in"
+        await create_topics(bootstrap, {input_topic: INPUT_PARTITIONS})
+        say(
+            f"shape {shape}: producing {len(load.records):,} records ({load.size / 1e6:.0f} MB) "
+            f"to {input_topic}"
+        )
+        produce_seconds = await produce(bootstrap, input_topic, load.records)
+        result["shapes"][shape] = {
+            "description": SHAPES[shape],
+            "load": {
+                "spans": load.spans,
+                "records": len(load.records),
+                "bytes": load.size,
+                "mean_record_bytes": round(load.size / len(load.records)),
+                "spans_per_record": round(load.spans / len(load.records), 2),
+                "services": args.services,
+                "generate_seconds": round(load.seconds, 1),
+                "produce_seconds": round(produce_seconds, 1),
+            },
+        }
+        contexts[shape] = Context(
+            bootstrap=bootstrap,
+            redis_url=redis.url,
+            kafka_pid=getattr(kafka, "pid", None),
+            redis_pid=getattr(redis, "pid", None),
+            run_id=run_id,
+            log_dir=log_dir,
+            input_topic=input_topic,
+            load=load,
+            flush_interval=args.flush_interval,
+            timeout=args.timeout,
+            path=paths[-1],
+        )
+        decode_timers[shape] = DecodeTimer(load.values, load.spans)
+        bare_timers[shape] = BareConsumerTimer(bootstrap, input_topic, len(load.records), load.spans)
+
+    async def baselines(shape: str) -> None:
+        """Decode-only and bare-consumer rounds of one shape, between its worker phases."""
+        decode_timers[shape].rounds(args.decode_rounds)
+        await bare_timers[shape].rounds(args.decode_rounds)
+
+    for shape in args.shapes:
+        await baselines(shape)
+        say(
+            f"shape {shape}: decode-only {statistics.median(decode_timers[shape].bare):,.0f} spans/s, "
+            f"bare consumer {statistics.median(bare_timers[shape].rates[True]):,.0f} spans/s so far"
+        )
+    phases: list[dict[str, Any]] = []
+    for shape in args.shapes:
+        for path in paths:
+            for workers in args.workers_list:
+                phase = await throughput_phase(contexts[shape], workers, shape=shape, path=path)
+                phases.append(phase)
+                say(
+                    f"phase {shape}/{path}/{workers} worker(s): steady {phase['steady_spans_per_s'] or '-'} "
+                    f"spans/s, ready after {phase['seconds_to_readiness']}s, ok={phase['ok']}"
+                )
+                await baselines(shape)
+    for shape in args.shapes:
+        result["shapes"][shape]["decode_only"] = decode_timers[shape].summary()
+        result["shapes"][shape]["bare_consumer"] = bare_timers[shape].summary()
     result["phases"] = phases
-    by_workers = {p["workers"]: p for p in phases if p.get("spans_per_s")}
-    if 1 in by_workers and len(by_workers) > 1:
-        one = by_workers[1]
-        parts = []
-        scaling: dict[str, Any] = {"nproc": os.cpu_count()}
-        for workers, phase in sorted(by_workers.items()):
-            if workers == 1:
-                continue
-            factor = phase["spans_per_s"] / one["spans_per_s"]
-            net = (
-                phase["spans_per_s_net_of_join"] / one["spans_per_s_net_of_join"]
-                if phase.get("spans_per_s_net_of_join") and one.get("spans_per_s_net_of_join")
-                else None
-            )
-            steady = (
-                phase["steady_spans_per_s"] / one["steady_spans_per_s"]
-                if phase.get("steady_spans_per_s") and one.get("steady_spans_per_s")
-                else None
-            )
-            scaling[str(workers)] = {
-                "factor": round(factor, 3),
-                "factor_net_of_join": net and round(net, 3),
-                "factor_steady": steady and round(steady, 3),
+    scaling: dict[str, Any] = {"nproc": os.cpu_count()}
+    parts = []
+    for shape in args.shapes:
+        for path in paths:
+            by_workers = {
+                p["workers"]: p
+                for p in phases
+                if p["shape"] == shape and p["path"] == path and p.get("steady_spans_per_s")
             }
-            parts.append(
-                f"{workers} workers = {factor:.2f}x one worker (net of join {_fmt(net)}x, "
-                f"steady state {_fmt(steady)}x)"
-            )
+            one = by_workers.get(1)
+            for workers, phase in sorted(by_workers.items()):
+                if one is None or workers == 1:
+                    continue
+                factor = phase["steady_spans_per_s"] / one["steady_spans_per_s"]
+                scaling[f"{shape}/{path}/{workers}"] = {"factor_steady": round(factor, 3)}
+                parts.append(f"{shape}/{path}: {workers} workers = {factor:.2f}x one worker (steady state)")
+    if parts:
         scaling["description"] = "; ".join(parts)
         result["scaling"] = scaling
+    ctx = contexts.get("A") or contexts[args.shapes[0]]
     series_load: Load | None = None
     if args.series:
         series_load = await asyncio.to_thread(generate_series_load, args.series, args.services)
         say(
-            f"series phase: {series_load.spans:,} spans with a unique {SERIES_DIMENSION} "
-            f"in {len(series_load.records):,} records"
+            f"series phase ({ctx.path} path): {series_load.spans:,} spans with a unique "
+            f"{SERIES_DIMENSION} in {len(series_load.records):,} records"
         )
         try:
             result["series"] = await series_phase(ctx, series_load, args.series, args.series_flush_interval)
@@ -1430,17 +1607,18 @@ async def run(
             result["series"] = {"failure": str(exc)}
             say(f"series phase failed: {exc}")
     if args.profile:
-        profile_path = Path(args.json).with_suffix(".pyspy.txt")
-        say(f"profile run: 1 worker under py-spy -> {profile_path}")
-        phase = await throughput_phase(ctx, 1, profile=profile_path)
-        result["profile"] = {
-            "path": str(profile_path),
-            "run": {
-                k: phase[k]
-                for k in ("ok", "spans_per_s", "spans_per_s_net_of_join", "seconds_to_totals_match")
-            },
-            "summary": summarize_profile(profile_path) if profile_path.exists() else None,
-        }
+        result["profile"] = {}
+        for shape in args.shapes:
+            profile_path = Path(args.json).with_suffix(f".{shape.lower()}.pyspy.txt")
+            say(f"profile run: shape {shape}, 1 worker ({ctx.path} path) under py-spy -> {profile_path}")
+            phase = await throughput_phase(
+                contexts[shape], 1, shape=shape, path=ctx.path, profile=profile_path
+            )
+            result["profile"][shape] = {
+                "path": str(profile_path),
+                "run": {k: phase[k] for k in ("ok", "path", "steady_spans_per_s", "seconds_to_totals_match")},
+                "summary": summarize_profile(profile_path) if profile_path.exists() else None,
+            }
         if series_load is not None:
             series_path = Path(args.json).with_suffix(".series.pyspy.txt")
             say(f"profile run: series phase under py-spy -> {series_path}")
@@ -1462,12 +1640,20 @@ async def run(
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--spans", type=int, help="spans to pre-produce (default 1,000,000; --quick 100,000)")
-    parser.add_argument("--workers-list", help="worker counts to run, e.g. 1,2 (default 1,2)")
+    parser.add_argument(
+        "--spans", type=int, help="spans to pre-produce per shape (default 1,000,000; --quick 100,000)"
+    )
+    parser.add_argument("--shapes", default="A,B", help="record shapes to run: A, B or A,B (default A,B)")
+    parser.add_argument(
+        "--paths",
+        default="pure,native",
+        help="worker paths: pure (SPANMETRICS_NO_EXTENSIONS=1), native (when built); default both",
+    )
+    parser.add_argument("--workers-list", help="worker counts to run, e.g. 1,2 (default 1,2; --quick 1)")
     parser.add_argument(
         "--series", type=int, help="active series for the memory/flush phase, 0 to skip (default 100,000)"
     )
-    parser.add_argument("--quick", action="store_true", help="a 100k-span, 10k-series smoke run")
+    parser.add_argument("--quick", action="store_true", help="a 100k-span, 1-worker, 10k-series smoke run")
     parser.add_argument("--json", help="where to write the JSON (default bench/results/e2e-<time>.json)")
     parser.add_argument("--services", type=int, default=6, help="services in the traffic model (default 6)")
     parser.add_argument(
@@ -1478,10 +1664,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         help="flush interval of the series phase (default 15 s, quick 5 s)",
     )
-    parser.add_argument("--decode-rounds", type=int, help="decode-only rounds between phases (default 3)")
+    parser.add_argument(
+        "--decode-rounds", type=int, help="decode-only and bare-consumer rounds between phases (default 3)"
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="give up on a phase after this long (s)")
     parser.add_argument(
-        "--profile", action="store_true", help="also profile one worker with py-spy (untimed)"
+        "--profile", action="store_true", help="also profile one worker per shape with py-spy (untimed)"
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep worker logs and configs")
     args = parser.parse_args(argv)
@@ -1491,11 +1679,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.series_flush_interval = args.series_flush_interval or (5.0 if quick else 15.0)
     args.decode_rounds = args.decode_rounds or (2 if quick else 3)
     try:
-        args.workers_list = [int(w) for w in (args.workers_list or "1,2").split(",") if w.strip()]
+        args.workers_list = [
+            int(w) for w in (args.workers_list or ("1" if quick else "1,2")).split(",") if w.strip()
+        ]
     except ValueError:
         parser.error("--workers-list takes comma-separated integers, e.g. 1,2")
     if not args.workers_list or min(args.workers_list) < 1 or args.spans < 1:
         parser.error("--workers-list needs positive counts and --spans must be positive")
+    args.shapes = [s.strip().upper() for s in args.shapes.split(",") if s.strip()]
+    if not args.shapes or set(args.shapes) - set(SHAPES):
+        parser.error("--shapes takes A, B or A,B")
+    args.paths = [p.strip().lower() for p in args.paths.split(",") if p.strip()]
+    if not args.paths or set(args.paths) - set(PATH_ENV):
+        parser.error("--paths takes pure, native or pure,native")
     if args.json is None:
         args.json = str(RESULTS_DIR / f"e2e-{time.strftime('%Y%m%d-%H%M%S')}.json")
     return args

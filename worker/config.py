@@ -1029,6 +1029,11 @@ class KafkaConfig(_Frozen):
     fetch_max_bytes: int = Field(default=52428800, ge=1024)
     max_partition_fetch_bytes: int = Field(default=1048576, ge=1024)
     max_poll_records: int = Field(default=500, ge=1)
+    #: CRC32C of every fetched record batch checked on the client (aiokafka's ``check_crcs``).
+    check_crcs: bool = True
+    #: How long the broker may hold a fetch until ``fetch_min_bytes`` are there (``fetch_max_wait_ms``).
+    fetch_max_wait: Duration = Field(default=0.5, ge=0)
+    fetch_min_bytes: int = Field(default=1, ge=1)
     max_input_record_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     output_max_record_bytes: int = Field(default=1024 * 1024, ge=4096)
     compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
@@ -1041,6 +1046,20 @@ class KafkaConfig(_Frozen):
             raise ValueError(
                 f"security_protocol {self.security_protocol} needs sasl_mechanism "
                 "(PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512), sasl_username and sasl_password"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _fetch(self) -> KafkaConfig:
+        if self.fetch_max_wait >= self.request_timeout:
+            raise ValueError(
+                f"fetch_max_wait ({self.fetch_max_wait:g}s) must be below request_timeout "
+                f"({self.request_timeout:g}s): a fetch the broker holds that long times out"
+            )
+        if self.fetch_min_bytes > self.fetch_max_bytes:
+            raise ValueError(
+                f"fetch_min_bytes ({self.fetch_min_bytes}) must not exceed fetch_max_bytes "
+                f"({self.fetch_max_bytes})"
             )
         return self
 

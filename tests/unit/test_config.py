@@ -695,3 +695,40 @@ def test_cli_bad_config_in_a_real_process(tmp_path: Path) -> None:
     assert stderr.strip().splitlines() == [stderr.strip()]
     assert stderr.startswith("spanmetrics: error: invalid configuration: ")
     assert completed.stdout == b""
+
+
+# ------------------------------------------------------------------------------ consumer knobs
+
+
+def test_consumer_knobs_default_to_aiokafka_s() -> None:
+    kafka = Settings().kafka
+    assert (kafka.check_crcs, kafka.fetch_max_wait, kafka.fetch_min_bytes) == (True, 0.5, 1)
+
+
+def test_consumer_knobs_in_the_config(tmp_path: Path) -> None:
+    kafka = load_text(
+        tmp_path,
+        """
+kafka:
+  check_crcs: false
+  fetch_max_wait: 100ms
+  fetch_min_bytes: 65536
+""",
+    ).kafka
+    assert (kafka.check_crcs, kafka.fetch_max_wait, kafka.fetch_min_bytes) == (False, 0.1, 65536)
+
+
+@pytest.mark.parametrize(
+    ("text", "wanted"),
+    [
+        ("fetch_max_wait: 40s", "fetch_max_wait (40s) must be below request_timeout (40s)"),
+        ("fetch_max_wait: -1s", "fetch_max_wait"),
+        ("fetch_min_bytes: 0", "fetch_min_bytes"),
+        (
+            "fetch_min_bytes: 2000000\n  fetch_max_bytes: 1048576",
+            "fetch_min_bytes (2000000) must not exceed fetch_max_bytes (1048576)",
+        ),
+    ],
+)
+def test_consumer_knobs_refused(tmp_path: Path, text: str, wanted: str) -> None:
+    assert wanted in config_error(tmp_path, f"kafka:\n  {text}\n")

@@ -54,6 +54,9 @@ def make_consumer(config: KafkaConfig) -> AIOKafkaConsumer:
         fetch_max_bytes=config.fetch_max_bytes,
         max_partition_fetch_bytes=config.max_partition_fetch_bytes,
         max_poll_records=config.max_poll_records,
+        check_crcs=config.check_crcs,
+        fetch_max_wait_ms=int(config.fetch_max_wait * 1000),
+        fetch_min_bytes=config.fetch_min_bytes,
         request_timeout_ms=int(config.request_timeout * 1000),
         **options,
     )
