@@ -239,13 +239,21 @@ PATH_ENV: dict[str, dict[str, str | None]] = {
 }
 
 
+#: ``--baseline DIR``: the path "base" runs the pure path of the code in DIR (another checkout).
+BASELINE: dict[str, Path] = {}
+
+
 def worker_env(path: str) -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    for key, value in PATH_ENV.get(path, {}).items():
+    for key, value in PATH_ENV.get(path, PATH_ENV["pure"]).items():
         if value is None:
             env.pop(key, None)
         else:
             env[key] = value
+    if path in BASELINE:
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(BASELINE[path]), *env.get("PYTHONPATH", "").split(os.pathsep)]
+        )
     return env
 
 
@@ -267,6 +275,7 @@ def spawn_worker(
             stdout=log,
             stderr=subprocess.STDOUT,
             env=worker_env(path),
+            cwd=BASELINE.get(path),  # ``-m`` puts the working directory first on sys.path
             start_new_session=True,
             preexec_fn=_die_with_parent(),
         )
@@ -480,7 +489,8 @@ class BareConsumerTimer:
                 self.rates[check_crcs].append(self.spans / await self._once(check_crcs))
 
     async def _once(self, check_crcs: bool) -> float:
-        """Seconds from the first getmany to the last record (fetch options as the worker's)."""
+        """Seconds from the first getmany to the last record (fetch options as the worker's;
+        start-up and the offset look-ups are left out)."""
         defaults = KafkaConfig()
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
@@ -495,6 +505,8 @@ class BareConsumerTimer:
             partitions = [TopicPartition(self.topic, p) for p in range(INPUT_PARTITIONS)]
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
+            for tp in partitions:
+                await consumer.position(tp)  # the offset look-ups are done before the clock starts
             seen = 0
             size = 0
             started = time.perf_counter()
@@ -1320,7 +1332,9 @@ def print_report(result: dict[str, Any]) -> None:
     )
     native = result["native_extensions"]
     print(
-        f"worker paths run: {', '.join(result['paths'])} (pure = SPANMETRICS_NO_EXTENSIONS=1); "
+        f"worker paths run: {', '.join(result['paths'])} (pure = SPANMETRICS_NO_EXTENSIONS=1"
+        + (f"; base = the pure path of {result['baseline']}" if result.get("baseline") else "")
+        + "); "
         f"native: {'built (' + ', '.join(native) + ')' if native else 'not built'}"
     )
     print(
@@ -1483,6 +1497,9 @@ async def run(
     bootstrap = kafka.bootstrap_servers
     native = native_extensions()
     paths = [p for p in args.paths if p != "native" or native]
+    if args.baseline:
+        BASELINE["base"] = Path(args.baseline).resolve()
+        paths.insert(0, "base")
     result: dict[str, Any] = {
         "schema": 2,
         "started_at": datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -1498,6 +1515,7 @@ async def run(
         "session_timeout": SESSION_TIMEOUT,
         "dimensions": [d["name"] for d in DIMENSIONS],
         "native_extensions": native,
+        "baseline": args.baseline and str(Path(args.baseline).resolve()),
         "paths": paths,
         "shapes": {},
     }
@@ -1543,7 +1561,7 @@ async def run(
             load=load,
             flush_interval=args.flush_interval,
             timeout=args.timeout,
-            path=paths[-1],
+            path=[p for p in paths if p != "base"][-1],
         )
         decode_timers[shape] = DecodeTimer(load.values, load.spans)
         bare_timers[shape] = BareConsumerTimer(bootstrap, input_topic, len(load.records), load.spans)
@@ -1649,6 +1667,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="pure,native",
         help="worker paths: pure (SPANMETRICS_NO_EXTENSIONS=1), native (when built); default both",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also run the pure path of another checkout (path 'base'), for before/after in one run",
+    )
     parser.add_argument("--workers-list", help="worker counts to run, e.g. 1,2 (default 1,2; --quick 1)")
     parser.add_argument(
         "--series", type=int, help="active series for the memory/flush phase, 0 to skip (default 100,000)"
@@ -1657,7 +1680,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", help="where to write the JSON (default bench/results/e2e-<time>.json)")
     parser.add_argument("--services", type=int, default=6, help="services in the traffic model (default 6)")
     parser.add_argument(
-        "--flush-interval", type=float, default=2.0, help="worker flush interval in the throughput phases (s)"
+        "--flush-interval",
+        type=float,
+        help="worker flush interval in the throughput phases (default 2 s, quick 0.5 s)",
     )
     parser.add_argument(
         "--series-flush-interval",
@@ -1678,6 +1703,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.series = args.series if args.series is not None else (10_000 if quick else 100_000)
     args.series_flush_interval = args.series_flush_interval or (5.0 if quick else 15.0)
     args.decode_rounds = args.decode_rounds or (2 if quick else 3)
+    # Steady rates come from the flush lines: a short run needs short intervals to have some.
+    args.flush_interval = args.flush_interval or (0.5 if quick else 2.0)
     try:
         args.workers_list = [
             int(w) for w in (args.workers_list or ("1" if quick else "1,2")).split(",") if w.strip()

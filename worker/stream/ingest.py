@@ -84,14 +84,18 @@ class Ingest:
         self._forget_below(partition, applied)
         alone = self._alone.get(partition, -1)
         kafka = self.kafka
+        tenant_header, default_tenant = kafka.tenant_header, kafka.default_tenant
+        max_bytes = kafka.max_input_record_bytes
+        dead = self._dead
         run: list[tuple[ConsumerRecord, bytes]] = []
         run_tenant = ""
         run_bytes = 0
         for record in records:
-            if record.offset < floor:
+            offset = record.offset
+            if offset < floor:
                 self.stats.skipped_replay += 1
                 continue
-            if (partition, record.offset) in self._dead:
+            if dead and (partition, offset) in dead:
                 # Dead-lettered before a rewind: counts nothing and is not sent again. Checkpoint
                 # past it before reading on, so that a later failure rewinds to after it.
                 if run and not await self._consume_records(partition, run, run_tenant):
@@ -103,13 +107,10 @@ class Ingest:
                     self.consumer.seek(tp, record.offset + 1)
                 return
             value: bytes = record.value or b""
-            tenant = tenant_of(record.headers, kafka.tenant_header, kafka.default_tenant)
-            plain = (
-                tenant is not None
-                and len(value) <= kafka.max_input_record_bytes
-                and record.offset >= alone
-                and is_plain_request(value)
-            )
+            size = len(value)
+            headers = record.headers
+            tenant = tenant_of(headers, tenant_header, default_tenant) if headers else default_tenant
+            plain = tenant is not None and size <= max_bytes and offset >= alone and is_plain_request(value)
             if run and (
                 not plain or tenant != run_tenant or len(run) >= _RUN_RECORDS or run_bytes >= _RUN_BYTES
             ):
@@ -120,7 +121,7 @@ class Ingest:
             if plain:
                 run.append((record, value))
                 run_tenant = tenant  # type: ignore[assignment]
-                run_bytes += len(value)
+                run_bytes += size
             elif not await self._consume_records(partition, [(record, value)], tenant):
                 return
         if run:
@@ -158,14 +159,14 @@ class Ingest:
         if len(run) > 1 and not self.pipeline.needs_record_time:
             joined: Decoded | None
             try:
-                joined = decode_spans_proto(b"".join(value for _, value in run))
+                joined = decode_spans_proto(b"".join([value for _, value in run]))
             except OtlpDecodeError:
                 joined = None  # decoded one by one below: the DLQ gets exactly the bad ones
             if joined is not None:
-                for record, value in run:
-                    self._advance(partition, record.offset)
-                    stats.records += 1
-                    stats.bytes += len(value)
+                # The run's offsets ascend: memory covers it up to its last record.
+                self._advance(partition, run[-1][0].offset)
+                stats.records += len(run)
+                stats.bytes += sum([len(value) for _, value in run])
                 try:
                     consumed = self.pipeline.consume(
                         joined.batch, tenant or "", partition, groups=joined.groups
