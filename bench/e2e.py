@@ -721,9 +721,17 @@ def _rel(value: float | None, origin: float) -> float | None:
 
 
 async def throughput_phase(
-    ctx: Context, workers: int, *, shape: str = "A", path: str = "pure", profile: Path | None = None
+    ctx: Context,
+    workers: int,
+    *,
+    shape: str = "A",
+    path: str = "pure",
+    repeat: int = 0,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
-    label = f"{shape.lower()}-{path}-{'profile' if profile else 'w'}{workers}"
+    label = f"{shape.lower()}-{path}-{'profile' if profile else 'w'}{workers}" + (
+        f"-r{repeat}" if repeat else ""
+    )
     name = f"e2e-{ctx.run_id}-{label}"
     log_dir = ctx.log_dir / label
     log_dir.mkdir()
@@ -806,6 +814,7 @@ async def throughput_phase(
     result: dict[str, Any] = {
         "shape": shape,
         "path": path,
+        "repeat": repeat,
         "start_line": {k: v for k, v in start_line.items() if k not in ("timestamp", "event", "level")},
         "workers": workers,
         "group": f"{name}-group",
@@ -1387,6 +1396,24 @@ def print_report(result: dict[str, Any]) -> None:
         "  steady/s: first flush to last busy flush; ready/s: readiness (partitions assigned) to the last "
         "span applied in Redis; spans/s: process start to totals matched; ready: start-up to readiness"
     )
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
+    for p in result["phases"]:
+        groups[(p["shape"], p["path"], p["workers"])].append(p)
+    if any(len(g) > 1 for g in groups.values()):
+        print("  medians over the repeats (steady/s, /decode, /bare, ready s):")
+        for (shape, path, workers), group in groups.items():
+            steady = [p["steady_spans_per_s"] for p in group if p.get("steady_spans_per_s")]
+            ratios = [_ratios(result, p) for p in group]
+            to_decode = [r[0] for r in ratios if r[0]]
+            to_bare = [r[1] for r in ratios if r[1]]
+            ready = [p["seconds_to_readiness"] for p in group if p.get("seconds_to_readiness")]
+            print(
+                f"    {shape}/{path}/{workers}: {len(group)} runs, "
+                f"{_fmt(steady and round(statistics.median(steady)))}, "
+                f"{_fmt(to_decode and statistics.median(to_decode))}, "
+                f"{_fmt(to_bare and statistics.median(to_bare))}, "
+                f"{_fmt(ready and statistics.median(ready))}"
+            )
     for p in result["phases"]:
         cpu = p["cpu_seconds_during_phase"]
         worker_cpu = sum(v or 0 for v in p["worker_cpu_seconds"].values())
@@ -1579,15 +1606,20 @@ async def run(
         )
     phases: list[dict[str, Any]] = []
     for shape in args.shapes:
-        for path in paths:
-            for workers in args.workers_list:
-                phase = await throughput_phase(contexts[shape], workers, shape=shape, path=path)
-                phases.append(phase)
-                say(
-                    f"phase {shape}/{path}/{workers} worker(s): steady {phase['steady_spans_per_s'] or '-'} "
-                    f"spans/s, ready after {phase['seconds_to_readiness']}s, ok={phase['ok']}"
-                )
-                await baselines(shape)
+        for repeat in range(args.repeat):
+            # Repeats alternate the order of the paths, so that neither always runs first.
+            for path in paths if repeat % 2 == 0 else paths[::-1]:
+                for workers in args.workers_list:
+                    phase = await throughput_phase(
+                        contexts[shape], workers, shape=shape, path=path, repeat=repeat
+                    )
+                    phases.append(phase)
+                    say(
+                        f"phase {shape}/{path}/{workers} worker(s): steady "
+                        f"{phase['steady_spans_per_s'] or '-'} spans/s, ready after "
+                        f"{phase['seconds_to_readiness']}s, ok={phase['ok']}"
+                    )
+                    await baselines(shape)
     for shape in args.shapes:
         result["shapes"][shape]["decode_only"] = decode_timers[shape].summary()
         result["shapes"][shape]["bare_consumer"] = bare_timers[shape].summary()
@@ -1673,6 +1705,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also run the pure path of another checkout (path 'base'), for before/after in one run",
     )
     parser.add_argument("--workers-list", help="worker counts to run, e.g. 1,2 (default 1,2; --quick 1)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run each shape's paths this many times, alternating (default 1)",
+    )
     parser.add_argument(
         "--series", type=int, help="active series for the memory/flush phase, 0 to skip (default 100,000)"
     )
