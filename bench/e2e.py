@@ -1404,14 +1404,14 @@ def print_report(result: dict[str, Any]) -> None:
         for (shape, path, workers), group in groups.items():
             steady = [p["steady_spans_per_s"] for p in group if p.get("steady_spans_per_s")]
             ratios = [_ratios(result, p) for p in group]
-            to_decode = [r[0] for r in ratios if r[0]]
-            to_bare = [r[1] for r in ratios if r[1]]
+            decode_ratios = [r[0] for r in ratios if r[0]]
+            bare_ratios = [r[1] for r in ratios if r[1]]
             ready = [p["seconds_to_readiness"] for p in group if p.get("seconds_to_readiness")]
             print(
                 f"    {shape}/{path}/{workers}: {len(group)} runs, "
                 f"{_fmt(steady and round(statistics.median(steady)))}, "
-                f"{_fmt(to_decode and statistics.median(to_decode))}, "
-                f"{_fmt(to_bare and statistics.median(to_bare))}, "
+                f"{_fmt(decode_ratios and statistics.median(decode_ratios))}, "
+                f"{_fmt(bare_ratios and statistics.median(bare_ratios))}, "
                 f"{_fmt(ready and statistics.median(ready))}"
             )
     for p in result["phases"]:
