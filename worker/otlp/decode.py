@@ -27,6 +27,8 @@ __all__ = [
 _PROTOBUF_FIRST_BYTE = 0x0A
 #: What ``bytes.lstrip()`` strips: ASCII whitespace, as ``bytes.isspace`` defines it.
 _FIRST_NON_SPACE = re.compile(rb"[^ \t\n\r\x0b\x0c]")
+#: Second bytes of a protobuf record after which it might still be taken for JSON.
+_JSON_SUSPECT = frozenset(b" \t\n\r\x0b\x0c{")
 
 
 class Decoded(NamedTuple):
@@ -124,9 +126,21 @@ def is_plain_request(data: bytes) -> bool:
     while position < size:
         if data[position] != _PROTOBUF_FIRST_BYTE:
             return False
+        # Lengths below 16384 (one or two varint bytes) inline: this runs for every record.
+        first = data[position + 1] if position + 1 < size else 0x80
+        if first < 0x80:
+            position += 2 + first
+            continue
+        second = data[position + 2] if position + 2 < size else 0x80
+        if second < 0x80:
+            position += 3 + (first & 0x7F) + (second << 7)
+            continue
         try:
             length, position = read_varint(data, position + 1, max_bytes=5)
         except ValueError:
             return False
         position += length
-    return position == size and not _looks_like_json(data)
+    if position != size:
+        return False
+    # After the leading 0x0A (whitespace) the next byte decides, unless it is whitespace or "{".
+    return size < 2 or data[1] not in _JSON_SUSPECT or not _looks_like_json(data)

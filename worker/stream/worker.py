@@ -238,9 +238,6 @@ class StreamWorker:
                         timeout_ms=int(timeout * 1000), max_records=self.settings.kafka.max_poll_records
                     )
                     if batch:
-                        # getmany hands over buffered records without yielding: let aiokafka's
-                        # fetcher send the next fetch and read responses while this batch runs.
-                        await asyncio.sleep(0)
                         async with shared.lock:
                             for tp, records in batch.items():
                                 await self.ingest.handle(tp, records)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
@@ -12,6 +14,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from worker.config import Settings
 from worker.model.errors import OtlpDecodeError
 from worker.model.series import with_companions
+from worker.model.wire import read_varint, varint
 from worker.otlp.batch import group_request
 from worker.otlp.decode import decode_traces, decode_traces_proto, is_plain_request
 from worker.processors.pipeline import Pipeline
@@ -110,3 +113,35 @@ def test_pipeline_counts_the_same_joined_or_not() -> None:
         }
 
     assert counts(one) == counts(joined)
+
+
+def _plain_reference(data: bytes) -> bool:
+    """is_plain_request as first written: every length read by read_varint, JSON checked by lstrip."""
+    size = len(data)
+    position = 0
+    while position < size:
+        if data[position] != 0x0A:
+            return False
+        try:
+            length, position = read_varint(data, position + 1, max_bytes=5)
+        except ValueError:
+            return False
+        position += length
+    return position == size and not data.lstrip().startswith(b"{")
+
+
+_BYTES = st.lists(st.sampled_from([0x0A, 0x7B, 0x20, 0x09, 0x00, 0x01, 0x02, 0x7F, 0x80, 0x81, 0xFF]))
+
+
+@settings(max_examples=2000)
+@given(st.one_of(_BYTES.map(bytes), st.binary(max_size=40)))
+def test_is_plain_request_matches_the_reference(data: bytes) -> None:
+    assert is_plain_request(data) == _plain_reference(data)
+
+
+def test_is_plain_request_matches_the_reference_on_long_fields() -> None:
+    rng = random.Random(7)
+    for size in (0, 1, 126, 127, 128, 300, 16383, 16384, 70000):
+        field = b"\x0a" + varint(size) + bytes(rng.randrange(256) for _ in range(size))
+        for data in (field, field + field, field[:-1], b"\x0a\x7b" + field[2:], b" " + field):
+            assert is_plain_request(data) == _plain_reference(data)
