@@ -4,7 +4,12 @@
 ``KAFKA_BOOTSTRAP_SERVERS`` / ``REDIS_URL``) and
 
 1. pre-produces a realistic load (default 1,000,000 spans from the load generator's traffic
-   model; 2 configured dimensions, service graphs on) into an input topic with 8 partitions;
+   model; 2 configured dimensions, service graphs on) into an input topic with 8 partitions,
+   once per record shape: A, one record per trace keyed by trace id (the Collector's Kafka
+   exporter with ``partition_traces_by_id``), and B, keyless batches of about 1,000 spans; each
+   shape also gets its decode-only rate and a bare aiokafka consumer's (with and without
+   ``check_crcs``), and the workers run on the pure path (``SPANMETRICS_NO_EXTENSIONS=1``) and,
+   when the compiled extension is installed, on the native path;
 2. runs 1 worker process (``python -m worker run --config FILE``) from an empty consumer group
    until every span is applied - verified on the output topic: the sum of the latest cumulative
    ``calls`` data points must equal the spans produced - and reports spans/s;
