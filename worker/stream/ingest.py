@@ -159,7 +159,7 @@ class Ingest:
         if len(run) > 1 and not self.pipeline.needs_record_time:
             joined: Decoded | None
             try:
-                joined = decode_spans_proto(b"".join([value for _, value in run]))
+                joined = decode_spans_proto(b"".join(value for _, value in run))
             except OtlpDecodeError:
                 joined = None  # decoded one by one below: the DLQ gets exactly the bad ones
             if joined is not None:
