@@ -226,8 +226,8 @@ cdef object _scan_span(
                         has_value = True
                         value_start, value_stop = inner, inner_stop
                     inner = inner_stop
-                elif _skip(buf, stop, &inner, wire) < 0:
-                    return None
+                else:
+                    return None  # protobuf keeps a map entry with unknown fields out of the map
             pos = stop
             if slot_count:
                 # A map: the last entry of a key wins, as protobuf's map parse.

@@ -255,6 +255,12 @@ def consume_native(processor: SpanMetricsProcessor, data: bytes, tenant: str) ->
     return processor.consume_scanned(scanned, tenant)
 
 
+def same_deltas(one: Mapping[str, TenantDeltas], other: Mapping[str, TenantDeltas]) -> bool:
+    """Identical deltas, field by field and in order; a NaN attribute equals a NaN (``repr``
+    writes floats exactly, and tells 0.0 from -0.0)."""
+    return repr(one) == repr(other)
+
+
 # ---------------------------------------------------------------------------------------- pipeline
 
 
@@ -327,7 +333,7 @@ class Pipeline:
         and applied to the store."""
         deltas = self.processor.take_deltas()
         if self.native is not None:
-            assert self.native.take_deltas() == deltas, "the native ingest's deltas differ"
+            assert same_deltas(self.native.take_deltas(), deltas), "the native ingest's deltas differ"
         for tenant_deltas in emitted(deltas).values():
             # Two delta series with one id would mean one span shape was keyed two ways (or a
             # companion counter named like a series of its own).
