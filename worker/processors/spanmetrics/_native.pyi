@@ -2,7 +2,11 @@ from collections.abc import Callable
 from typing import Any
 
 def scan(
-    data: bytes, slot_names: tuple[bytes, ...], want_ids: bool, slow: Callable[[bytes], str | None]
+    data: bytes,
+    slot_names: tuple[bytes, ...],
+    want_ids: bool,
+    divisor: float,
+    slow: Callable[[bytes], str | None],
 ) -> list[tuple[bytes, list[tuple[Any, ...]]]] | None: ...
 def fold(
     processor: Any,

@@ -12,6 +12,8 @@ from bisect import bisect_left
 # the caller then decodes the same bytes with protobuf, which decides on the dead-letter topic.
 
 cdef int NOT_HANDLED = -1
+#: The key strings of small integer values (HTTP status codes, ports, counts), made once.
+cdef list _SMALL_INTS = [str(number) for number in range(1024)]
 
 
 cdef inline int _varint(const unsigned char* buf, Py_ssize_t end, Py_ssize_t* pos, uint64_t* out) noexcept nogil:
@@ -144,6 +146,8 @@ cdef object _key_string(const unsigned char* buf, Py_ssize_t start, Py_ssize_t s
     if kind == 1:
         return _text(buf, body_start, body_stop)
     if kind == 3:
+        if value < 1024:
+            return _SMALL_INTS[value]
         return str(<int64_t>value)
     # bool, double, bytes, arrays and maps: the pure path's own function on the value.
     return slow(PyBytes_FromStringAndSize(<const char*>buf + start, stop - start))
@@ -156,10 +160,11 @@ cdef object _scan_span(
     tuple slot_names,
     Py_ssize_t slot_count,
     bint want_ids,
+    double divisor,
     object slow,
 ):
-    """One span as (name, kind, status, trace_state, start, end, trace_id, span_id, slot strings,
-    offset, stop); None when not handled."""
+    """One span as (name, kind, status, trace_state, duration, end, trace_id, span_id, slot
+    strings, offset, stop); None when not handled. ``end``, the ids: with ``want_ids`` only."""
     cdef Py_ssize_t pos = start
     cdef Py_ssize_t stop, inner, inner_stop, key_start, key_stop, value_start, value_stop
     cdef uint64_t number, value
@@ -281,17 +286,27 @@ cdef object _scan_span(
         trace_state = _text(buf, state_start, state_stop)
         if trace_state is None:
             return None
-    trace_id = span_id = None
+    # The pure path's ``(end - start) / divisor``: exact in C while the difference is exact as
+    # a double (2**53 ns, 104 days); beyond, Python's own arithmetic.
+    if end_ns <= start_ns:
+        duration = 0.0
+    elif end_ns - start_ns < (<uint64_t>1 << 53):
+        duration = <double>(end_ns - start_ns) / divisor
+    else:
+        duration = (<object>end_ns - <object>start_ns) / divisor
+    trace_id = span_id = end_value = None
     if want_ids:
         trace_id = PyBytes_FromStringAndSize(<const char*>buf + trace_start, 16)
         span_id = PyBytes_FromStringAndSize(<const char*>buf + span_start, 8)
-    return (name, kind, status, trace_state, start_ns, end_ns, trace_id, span_id, strings, start, end)
+        end_value = end_ns
+    return (name, kind, status, trace_state, duration, end_value, trace_id, span_id, strings, start, end)
 
 
-def scan(bytes data, tuple slot_names, bint want_ids, object slow):
+def scan(bytes data, tuple slot_names, bint want_ids, double divisor, object slow):
     """Serialized ``ExportTraceServiceRequest`` -> [(resource bytes, [span tuples])], or None.
 
     ``slot_names``: the dimension names (UTF-8) whose key strings each span tuple carries;
+    ``divisor``: nanoseconds per histogram unit;
     ``slow(value bytes)``: the key string of a serialized AnyValue the scanner does not render.
     Every read is bounds-checked; nothing here raises on bad bytes.
     """
@@ -346,7 +361,7 @@ def scan(bytes data, tuple slot_names, bint want_ids, object slow):
                                 return None
                             if number == 2:
                                 span = _scan_span(
-                                    buf, scope_pos, span_stop, slot_names, slot_count, want_ids, slow
+                                    buf, scope_pos, span_stop, slot_names, slot_count, want_ids, divisor, slow
                                 )
                                 if span is None:
                                     return None
@@ -401,7 +416,6 @@ def fold(processor, list scanned, bytes data, str tenant, object stats, object p
     cdef bint paired = processor._paired
     cdef Py_ssize_t max_exemplars = processor._exemplars
     cdef Py_ssize_t slot
-    divisor = processor._divisor
     bounds = processor._bounds
     weight_of = processor._weight
     new_series = processor._new_series
@@ -419,17 +433,16 @@ def fold(processor, list scanned, bytes data, str tenant, object stats, object p
         calls = accumulator.calls
         durations = accumulator.duration
         for span in spans:
-            name, kind, status, trace_state, start, end, trace_id, span_id, found, offset, stop = span
+            name, kind, status, trace_state, duration, end, trace_id, span_id, strings, offset, stop = span
             if not no_exclusions:
                 name = name if include_name else None
                 kind = kind if include_kind else None
                 status = status if include_status else None
             if slot_count:
-                strings = list(fallback)
+                # The scanned list is this span's own: the resource's fallbacks fill its gaps.
                 for slot in range(slot_count):
-                    value = found[slot]
-                    if value is not None:
-                        strings[slot] = value
+                    if strings[slot] is None:
+                        strings[slot] = fallback[slot]
                 if only_base_slots:
                     key = (service, (), name, kind, status, *strings)
                 else:
@@ -437,7 +450,6 @@ def fold(processor, list scanned, bytes data, str tenant, object stats, object p
             else:
                 key = (service, (), name, kind, status)
             weight = weight_of(trace_state) if trace_state else 1
-            duration = (end - start) / divisor if end > start else 0.0
 
             if paired:
                 series = None

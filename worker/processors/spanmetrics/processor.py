@@ -379,7 +379,7 @@ class SpanMetricsProcessor:
         if _NATIVE is None or not self.native_ready:
             return None
         names = self._slot_encoded
-        resources = _NATIVE.scan(data, names, bool(self._exemplars), _slow_key_string)
+        resources = _NATIVE.scan(data, names, bool(self._exemplars), self._divisor, _slow_key_string)
         return None if resources is None else Scanned(data, resources)
 
     def consume_scanned(self, scanned: Scanned, tenant: str) -> ConsumeStats:

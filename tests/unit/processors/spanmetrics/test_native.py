@@ -76,7 +76,7 @@ spans = st.builds(
     name=st.sampled_from(["a", "b", "GET /", ""]),
     kind=st.integers(min_value=0, max_value=6),
     status=st.integers(min_value=0, max_value=3),
-    duration=st.integers(min_value=0, max_value=20 * 10**9),
+    duration=st.one_of(st.integers(min_value=0, max_value=20 * 10**9), st.just((1 << 64) - 1 - BASE_NS)),
     attrs=attributes,
     state=trace_states,
     end_zero=st.booleans(),
