@@ -4,9 +4,9 @@
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp
 
-from bisect import bisect_left
 
 # The scanner returns None ("not handled") for anything it does not read exactly as the pure path:
 # the caller then decodes the same bytes with protobuf, which decides on the dead-letter topic.
@@ -379,6 +379,18 @@ def scan(bytes data, tuple slot_names, bint want_ids, double divisor, object slo
     return result
 
 
+cdef inline Py_ssize_t _bisect_left(const double* bounds, Py_ssize_t size, double value) noexcept nogil:
+    """``bisect.bisect_left`` on a sorted array (durations are never NaN)."""
+    cdef Py_ssize_t low = 0, high = size, middle
+    while low < high:
+        middle = (low + high) >> 1
+        if bounds[middle] < value:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
 def fold(processor, list scanned, bytes data, str tenant, object stats, object parse_span):
     """Aggregate scanned spans into ``processor``'s accumulators exactly as its ``_observe_spans``.
 
@@ -401,7 +413,26 @@ def fold(processor, list scanned, bytes data, str tenant, object stats, object p
             stats.spans += len(spans)
     if not work:
         return
+    cdef Py_ssize_t slot
+    cdef tuple bounds = processor._bounds
+    cdef Py_ssize_t bound_count = len(bounds)
+    cdef double* bound_values = <double*>malloc((bound_count + 1) * sizeof(double))
+    if bound_values == NULL:
+        raise MemoryError()
+    for slot in range(bound_count):
+        bound_values[slot] = bounds[slot]
+    try:
+        _fold_spans(
+            processor, work, data, tenant, stats, parse_span, now, bound_values, bound_count
+        )
+    finally:
+        free(bound_values)
 
+
+cdef _fold_spans(
+    processor, list work, bytes data, str tenant, object stats, object parse_span, object now,
+    const double* bound_values, Py_ssize_t bound_count,
+):
     cdef bint include_service = processor._include_service
     cdef bint include_name = processor._include_name
     cdef bint include_kind = processor._include_kind
@@ -416,7 +447,6 @@ def fold(processor, list scanned, bytes data, str tenant, object stats, object p
     cdef bint paired = processor._paired
     cdef Py_ssize_t max_exemplars = processor._exemplars
     cdef Py_ssize_t slot
-    bounds = processor._bounds
     weight_of = processor._weight
     new_series = processor._new_series
     calls_name = processor.calls_name
@@ -488,7 +518,7 @@ def fold(processor, list scanned, bytes data, str tenant, object stats, object p
                 histogram.last_ns = now
                 buckets = histogram.buckets
                 if buckets is not None:
-                    buckets[bisect_left(bounds, duration)] += weight
+                    buckets[_bisect_left(bound_values, bound_count, duration)] += weight
                 else:
                     exp = histogram.exp
                     if exp is not None:
