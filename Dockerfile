@@ -2,10 +2,11 @@
 #
 # spanmetrics-worker image: `docker build -t spanmetrics-worker .`
 #
-# Two stages: the builder turns the project and every dependency into wheels (all dependencies
-# ship binary wheels for CPython 3.11 on manylinux, so no compiler is needed even there) and
-# installs them into a virtualenv; the final stage copies only that virtualenv onto a fresh slim
-# Python, so no pip cache, build backend or wheel files end up in the image.
+# Two stages: the builder turns the project and every dependency into wheels (every dependency
+# ships binary wheels for CPython 3.11 on manylinux; the project's own compiled span-metrics
+# ingest, a Cython extension, needs the C compiler installed there) and installs them into a
+# virtualenv; the final stage copies only that virtualenv onto a fresh slim Python, so no
+# compiler, pip cache, build backend or wheel files end up in the image.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -16,9 +17,14 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
+# The compiler for the compiled span-metrics ingest (builder stage only).
+RUN apt-get update \
+ && apt-get install --yes --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /src
 # Only what the wheel needs (.dockerignore keeps the rest of the repository out of the context).
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY worker ./worker
 COPY state ./state
 # devtools: the load generator the compose stack runs from this image (its embedded servers are not installed).
@@ -28,7 +34,8 @@ RUN python -m pip wheel --wheel-dir /wheels . \
  && python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-index --find-links /wheels spanmetrics-worker \
  && /opt/venv/bin/pip uninstall --yes pip \
- && /opt/venv/bin/spanmetrics --version
+ && /opt/venv/bin/spanmetrics --version \
+ && /opt/venv/bin/python -c "from worker.processors.spanmetrics import _native"
 
 # ------------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}

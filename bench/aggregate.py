@@ -9,7 +9,11 @@ several rounds:
     ``worker.otlp.batch``), then ``SpanMetricsProcessor.consume`` on the result, with
     ``take_deltas`` at the end of each round (one flush interval per round).
 
-It prints the median spans/s of each and the ratio (b)/(a): the fraction of the decode-only
+(c) decode + aggregate through the compiled span-metrics ingest (``Pipeline.decode`` and
+    ``consume_decoded``, as the worker's record handler), when it is built and serves the
+    configuration (service graphs, when on, stay on the pure path beside it).
+
+It prints the median spans/s of each and the ratios (b)/(a) and (c)/(a): the fraction of the decode-only
 throughput the worker keeps once it aggregates. Interleaving (alternating which runs first) keeps
 CPU frequency drift and cache effects from favouring one side.
 
@@ -200,6 +204,23 @@ def make_pipeline_run(
     return decode_and_aggregate
 
 
+def make_native_run(pipeline: Pipeline, join: int) -> Callable[[list[bytes]], None] | None:
+    """(c): the worker's native ingest, ``join`` records per call; None when it does not run."""
+    if pipeline.ingest_path != "native":
+        return None
+
+    def native_aggregate(payloads: list[bytes]) -> None:
+        decode, consume = pipeline.decode, pipeline.consume_decoded
+        for start in range(0, len(payloads), join):
+            run = payloads[start : start + join]
+            if join == 1 or all([is_plain_request(payload) for payload in run]):
+                consume(decode(b"".join(run) if len(run) > 1 else run[0]), "tenant", 0)
+        pipeline.expire(BASE_NS * 2)
+        pipeline.take_deltas()
+
+    return native_aggregate
+
+
 def decode_only(payloads: list[bytes]) -> None:
     from_string = ExportTraceServiceRequest.FromString
     for payload in payloads:
@@ -252,21 +273,33 @@ def run(
         aggregate = make_pipeline_run(Pipeline(settings), join, series_seen)
     else:
         aggregate = make_decode_and_aggregate(SpanMetricsProcessor(make_config()), series_seen)
+    native_settings = make_settings(bool(traces))
+    if not pipeline:
+        native_settings = native_settings.model_copy(
+            update={"servicegraphs": native_settings.servicegraphs.model_copy(update={"enabled": False})}
+        )
+    native = make_native_run(Pipeline(native_settings), join)
 
     for _ in range(warmup):
         decode_only(payloads)
         aggregate(payloads)
+        if native is not None:
+            native(payloads)
 
     decode_rates: list[float] = []
     aggregate_rates: list[float] = []
+    native_rates: list[float] = []
     gc_was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()  # a collection landing in one side's timing would be noise, not cost
     try:
         for round_index in range(rounds):
-            order = ((decode_only, decode_rates), (aggregate, aggregate_rates))
-            if round_index % 2:
-                order = order[::-1]
+            order = [(decode_only, decode_rates), (aggregate, aggregate_rates)]
+            if native is not None:
+                order.append((native, native_rates))
+            # Rotated: each side runs first, second and last equally often.
+            shift = round_index % len(order)
+            order = order[shift:] + order[:shift]
             for function, rates in order:
                 rates.append(total_spans / timed(function, payloads))
             gc.collect()
@@ -276,6 +309,7 @@ def run(
 
     decode_median = statistics.median(decode_rates)
     aggregate_median = statistics.median(aggregate_rates)
+    native_median = statistics.median(native_rates) if native_rates else None
     return {
         "spans_per_batch": total_spans // batches,
         "batches": batches,
@@ -290,6 +324,10 @@ def run(
         "ratio": round(aggregate_median / decode_median, 4),
         "target_ratio": TARGET_RATIO,
         "meets_target": aggregate_median / decode_median >= TARGET_RATIO,
+        "native_spans_per_s": round(native_median) if native_median else None,
+        "native_ratio": round(native_median / decode_median, 4) if native_median else None,
+        "native_over_pure": round(native_median / aggregate_median, 2) if native_median else None,
+        "native_spans_per_s_all": [round(r) for r in native_rates],
         "decode_spans_per_s_all": [round(r) for r in decode_rates],
         "decode_aggregate_spans_per_s_all": [round(r) for r in aggregate_rates],
         "python": platform.python_version(),
@@ -374,6 +412,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"(b) decode + aggregate: {result['decode_aggregate_spans_per_s']:>12,} spans/s (median)")
         verdict = "meets" if result["meets_target"] else "BELOW"
         print(f"ratio (b)/(a):          {result['ratio']:>12.3f}   ({verdict} target {TARGET_RATIO})")
+        if result["native_spans_per_s"] is None:
+            print("(c) native ingest:      not built, disabled, or not serving this configuration")
+        else:
+            print(f"(c) native ingest:      {result['native_spans_per_s']:>12,} spans/s (median)")
+            print(
+                f"ratio (c)/(a):          {result['native_ratio']:>12.3f}   "
+                f"({result['native_over_pure']}x the pure path)"
+            )
     if args.profile:
         print(
             profile(

@@ -189,11 +189,24 @@ def test_copy_sources_exist_and_are_in_the_build_context() -> None:
         path = REPO / source
         assert path.exists(), f"COPY {source}: not in the repository"
         files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-        needed = [f for f in files if "__pycache__" not in f.parts]
+        # The compiled ingest's build outputs (pip install -e leaves them in the tree) are
+        # left out on purpose: the image builds its own.
+        needed = [
+            f for f in files if "__pycache__" not in f.parts and f.suffix != ".so" and f.name != "_native.c"
+        ]
         assert needed
         for file in needed:
             relative = file.relative_to(REPO).as_posix()
             assert _dockerignore_included(relative, patterns), f"{relative} is excluded by .dockerignore"
+
+
+def test_build_outputs_of_the_compiled_ingest_stay_out_of_the_context() -> None:
+    patterns = _ignore_patterns()
+    for built in ("worker/processors/spanmetrics/_native.cpython-311-x86_64-linux-gnu.so",
+                  "worker/processors/spanmetrics/_native.c"):  # fmt: skip
+        assert not _dockerignore_included(built, patterns)
+    assert _dockerignore_included("worker/processors/spanmetrics/_native.pyx", patterns)
+    assert _dockerignore_included("setup.py", patterns)
 
 
 def test_builder_copies_every_package_of_the_wheel() -> None:

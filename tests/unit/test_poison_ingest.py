@@ -27,7 +27,7 @@ from worker.config import Settings
 from worker.observability.selfmetrics import WorkerMetrics
 from worker.observability.stats import WorkerStats
 from worker.offline import LocalWorker
-from worker.otlp.batch import ResourceGroup, group_request
+from worker.otlp.batch import ResourceGroup, group_request, parse_batch
 from worker.processors.pipeline import Pipeline
 from worker.processors.servicegraphs.processor import ServiceGraphsProcessor
 from worker.processors.spanmetrics.processor import SpanMetricsProcessor
@@ -131,6 +131,17 @@ def _raise_on_poison(monkeypatch: pytest.MonkeyPatch, processor: type[Any]) -> N
         return stats
 
     monkeypatch.setattr(processor, "consume", consume)
+    if processor is SpanMetricsProcessor:
+        # The compiled ingest's entry point raises alike (see Pipeline.decode).
+        original_scanned = SpanMetricsProcessor.consume_scanned
+
+        def consume_scanned(self: Any, scanned: Any, tenant: str) -> Any:
+            stats = original_scanned(self, scanned, tenant)
+            if _poisoned(parse_batch(scanned.data), None):
+                raise RuntimeError("poisoned span")
+            return stats
+
+        monkeypatch.setattr(SpanMetricsProcessor, "consume_scanned", consume_scanned)
 
 
 def _records(

@@ -123,6 +123,9 @@ class MetricsSource(Protocol):
     @property
     def service_graphs(self) -> ServiceGraphCounters | None: ...
 
+    @property
+    def ingest_path(self) -> str: ...
+
 
 class WorkerMetrics:
     """All self-metrics of one worker, registered in ``registry`` (inject your own in tests)."""
@@ -352,8 +355,12 @@ class WorkerMetrics:
         if source is not None and self._last_emission_unix is not None:
             emission.add_metric([], self._last_emission_unix)
         yield emission
-        info = GaugeMetricFamily(PREFIX + "build_info", "Always 1; the worker's version.", labels=["version"])
-        info.add_metric([__version__], 1)
+        info = GaugeMetricFamily(
+            PREFIX + "build_info",
+            "Always 1; the worker's version and span-metrics ingest (native, pure; unknown unbound).",
+            labels=["version", "ingest"],
+        )
+        info.add_metric([__version__, source.ingest_path if source is not None else "unknown"], 1)
         yield info
 
 

@@ -5,29 +5,38 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from worker.config import Settings
 from worker.model.series import SERIES_ID_SEPARATOR, MetricDescriptor, TenantDeltas, merge_deltas
-from worker.otlp.batch import BatchScopeSpans, BatchSpan, ResourceGroup, SpanBatch, group_request
+from worker.otlp.batch import BatchScopeSpans, BatchSpan, ResourceGroup, SpanBatch, group_request, parse_batch
+from worker.otlp.decode import Decoded, decode_spans_proto
 from worker.processors.base import PipelineStats, Processor
 from worker.processors.servicegraphs.processor import (
     DROPPED_SPANS_TOTAL,
     UNPAIRED_SPANS_TOTAL,
     ServiceGraphsProcessor,
 )
-from worker.processors.spanmetrics.processor import SpanMetricsProcessor
+from worker.processors.spanmetrics.processor import Scanned, SpanMetricsProcessor
 from worker.processors.tempospanmetrics.hostinfo import HostInfoProcessor
 from worker.processors.tempospanmetrics.processor import SCOPE_NAME as TEMPO_SCOPE
 from worker.processors.tempospanmetrics.processor import TempoSpanMetricsProcessor
 
-__all__ = ["Pipeline", "PipelineStats"]
+__all__ = ["NativeRun", "Pipeline", "PipelineStats"]
 
 #: Service-graph metrics Tempo's docs list but Tempo never emits (they come from the Grafana
 #: Agent's processor): left out in ``metrics_generator`` mode.
 _NOT_IN_TEMPO = frozenset((UNPAIRED_SPANS_TOTAL, DROPPED_SPANS_TOTAL))
+
+
+@dataclass(slots=True)
+class NativeRun:
+    """Records read by the compiled span-metrics scanner; ``decoded`` for the other processors."""
+
+    scanned: Scanned
+    decoded: Decoded | None
 
 
 class Pipeline:
@@ -69,6 +78,15 @@ class Pipeline:
             self.processors.append(self.servicegraphs)
         if self.hostinfo is not None:
             self.processors.append(self.hostinfo)
+        #: Why span metrics run on the pure path (empty: the compiled ingest serves them).
+        self.native_unsupported: list[str] = (
+            ["metrics_generator mode"] if self.spanmetrics is None else self.spanmetrics.native_unsupported()
+        )
+        if self._slack_ns is not None:
+            self.native_unsupported.append("metrics_ingestion_time_range_slack")
+        #: "native" when :meth:`decode` hands span metrics to the compiled ingest, else "pure".
+        self.ingest_path = "pure" if self.native_unsupported else "native"
+        self._others = [p for p in self.processors if p is not self.spanmetrics]
 
     @property
     def max_exemplars(self) -> int:
@@ -122,6 +140,40 @@ class Pipeline:
             groups, stats.outside_slack = _within_slack(groups, reference, self._slack_ns)
         for processor in self.processors:
             processor.consume(request, tenant, partition, groups=groups).add_to(stats)
+        return stats
+
+    def decode(self, data: bytes) -> Decoded | NativeRun:
+        """Records' bytes (one or several joined) for :meth:`consume_decoded`; raises
+        OtlpDecodeError exactly when :func:`decode_spans_proto` does.
+
+        On the native path protobuf still parses the bytes first (it alone decides what is
+        undecodable); the scanner then reads them for span metrics, or declines and the pure
+        path decodes them. Nothing is aggregated here.
+        """
+        spanmetrics = self.spanmetrics
+        if self.ingest_path != "native" or spanmetrics is None:
+            return decode_spans_proto(data)
+        if self._others:
+            decoded = decode_spans_proto(data)
+            scanned = spanmetrics.scan(data)
+            return decoded if scanned is None else NativeRun(scanned, decoded)
+        parse_batch(data)
+        scanned = spanmetrics.scan(data)
+        if scanned is None:
+            return decode_spans_proto(data)
+        return NativeRun(scanned, None)
+
+    def consume_decoded(self, decoded: Decoded | NativeRun, tenant: str, partition: int = 0) -> PipelineStats:
+        """:meth:`consume` of what :meth:`decode` returned: the same deltas on either path."""
+        if isinstance(decoded, Decoded):
+            return self.consume(decoded.batch, tenant, partition, groups=decoded.groups)
+        assert self.spanmetrics is not None
+        stats = PipelineStats()
+        self.spanmetrics.consume_scanned(decoded.scanned, tenant).add_to(stats)
+        if decoded.decoded is not None:
+            batch, groups = decoded.decoded
+            for processor in self._others:
+                processor.consume(batch, tenant, partition, groups=groups).add_to(stats)
         return stats
 
     def expire(self, now_ns: int) -> None:

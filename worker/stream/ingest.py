@@ -14,8 +14,8 @@ from aiokafka.structs import ConsumerRecord
 from worker.config import KafkaConfig
 from worker.model.errors import OtlpDecodeError
 from worker.observability.stats import WorkerStats
-from worker.otlp.decode import Decoded, decode_spans, decode_spans_proto, is_plain_request
-from worker.processors.pipeline import Pipeline, PipelineStats
+from worker.otlp.decode import Decoded, decode_spans, is_plain_request
+from worker.processors.pipeline import NativeRun, Pipeline, PipelineStats
 from worker.stream.partitions import Partitions
 from worker.stream.records import dlq_headers, tenant_of
 from worker.stream.retry import with_redis_retry
@@ -157,9 +157,9 @@ class Ingest:
 
         # The ingestion slack is relative to each record's time: then records are read one by one.
         if len(run) > 1 and not self.pipeline.needs_record_time:
-            joined: Decoded | None
+            joined: Decoded | NativeRun | None
             try:
-                joined = decode_spans_proto(b"".join(value for _, value in run))
+                joined = self.pipeline.decode(b"".join(value for _, value in run))
             except OtlpDecodeError:
                 joined = None  # decoded one by one below: the DLQ gets exactly the bad ones
             if joined is not None:
@@ -168,9 +168,7 @@ class Ingest:
                 stats.records += len(run)
                 stats.bytes += sum([len(value) for _, value in run])
                 try:
-                    consumed = self.pipeline.consume(
-                        joined.batch, tenant or "", partition, groups=joined.groups
-                    )
+                    consumed = self.pipeline.consume_decoded(joined, tenant or "", partition)
                 except Exception as exc:  # bad data must never stop the partition
                     # Which record did it is unknown: after the rewind they are read one by one,
                     # so that only the one that raises is dead-lettered.

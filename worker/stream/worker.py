@@ -66,6 +66,8 @@ class StreamWorker:
         self.producer = make_producer(kafka)
         self.redis = make_redis(settings.redis)
         self.pipeline = Pipeline(settings)
+        #: "native" or "pure": the span-metrics ingest path (spanmetrics_build_info's ``ingest`` label).
+        self.ingest_path = self.pipeline.ingest_path
         self.descriptors: dict[str, MetricDescriptor] = self.pipeline.descriptors()
         self.shared = Partitions()
         self.rebalance = Rebalance(
@@ -192,6 +194,12 @@ class StreamWorker:
             recheck_after=settings.kafka.heartbeat_interval,
         )
         await store.check_layout()
+        # Which span-metrics ingest runs, and what keeps it off the compiled one (issue 17).
+        self.log.info(
+            "span metrics ingest",
+            path=self.pipeline.ingest_path,
+            pure_because=", ".join(self.pipeline.native_unsupported),
+        )
         self.log.info("worker started", topic=self.topic, partitions=self.partitions)
 
     async def _partition_count(self) -> int:

@@ -109,6 +109,7 @@ class FakeWorker:
     consumer: Any = None
     store: Any = None
     service_graphs: Any = None
+    ingest_path: str = "native"
 
     @property
     def assigned(self) -> list[int]:
@@ -150,6 +151,7 @@ def test_counters_read_worker_stats_at_scrape_time() -> None:
     worker = FakeWorker(stats=simulated_stats(), tokens={0: 1, 3: 1})
     metrics.bind(worker)
 
+    assert value(registry, "spanmetrics_build_info", version=__version__, ingest="native") == 1
     assert value(registry, "spanmetrics_records_consumed_total") == 120
     assert value(registry, "spanmetrics_consumed_bytes_total") == 48_000
     assert value(registry, "spanmetrics_spans_processed_total") == 900
@@ -198,7 +200,7 @@ def test_exposition_is_valid_prefixed_and_typed() -> None:
     assert labels["spanmetrics_spans_dropped"] == ["reason"]
     assert labels["spanmetrics_consumer_lag_records"] == ["partition"]
     assert labels["spanmetrics_active_series"] == ["tenant"]
-    assert labels["spanmetrics_build_info"] == ["version"]
+    assert labels["spanmetrics_build_info"] == ["ingest", "version"]
     unlabelled = set(EXPECTED_TYPES) - {
         "spanmetrics_spans_dropped",
         "spanmetrics_consumer_lag_records",
@@ -231,7 +233,7 @@ def test_unbound_bundle_exports_names_without_values() -> None:
     WorkerMetrics(registry)
     assert value(registry, "spanmetrics_spans_processed_total") is None
     assert value(registry, "spanmetrics_assigned_partitions") is None
-    assert value(registry, "spanmetrics_build_info", version=__version__) == 1
+    assert value(registry, "spanmetrics_build_info", version=__version__, ingest="unknown") == 1
 
 
 def test_one_bundle_per_registry() -> None:

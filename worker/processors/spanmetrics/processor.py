@@ -30,9 +30,18 @@ from worker.model.series import (
     merge_series,
 )
 from worker.model.values import any_value_to_python, label_value, stringify_any_value, stringify_python
-from worker.otlp.batch import BatchResource, BatchScope, BatchSpan, ResourceGroup, SpanBatch, group_request
+from worker.otlp.batch import (
+    BatchRequest,
+    BatchResource,
+    BatchScope,
+    BatchSpan,
+    ResourceGroup,
+    SpanBatch,
+    group_request,
+)
 from worker.processors.base import PipelineStats
 from worker.processors.sampling import adjusted_count, parse_threshold, stochastic_round
+from worker.processors.spanmetrics import native
 
 __all__ = [
     "OVERFLOW_ATTRIBUTE",
@@ -41,6 +50,7 @@ __all__ = [
     "STATUS_CODE_NAMES",
     "ConsumeStats",
     "ResourceGroup",
+    "Scanned",
     "SpanMetricsProcessor",
     "TenantDeltas",
     "group_request",
@@ -168,6 +178,31 @@ class _Accumulator:
     events: dict[tuple[Any, ...], Series] = field(default_factory=dict)
 
 
+#: The compiled ingest (None: pure path only); see :meth:`SpanMetricsProcessor.scan`.
+_NATIVE = native.load()
+_SAMPLE_SCOPE = BatchRequest().resource_spans.add().scope_spans.add()
+#: The batch schema's Resource and Span classes: the native fold parses one when it needs the message.
+_RESOURCE_CLASS: Any = type(BatchRequest().resource_spans.add().resource)
+_SPAN_CLASS: Any = type(_SAMPLE_SCOPE.spans.add())
+
+
+@dataclass(slots=True)
+class Scanned:
+    """Spans read by the compiled scanner, for :meth:`SpanMetricsProcessor.consume_scanned`."""
+
+    data: bytes
+    resources: list[tuple[bytes, list[tuple[Any, ...]]]]
+
+
+def _slow_key_string(value: bytes) -> str | None:
+    """The scanner's fallback for the rarer value types: the pure path's key string, None if unparsable."""
+    try:
+        parsed = AnyValue.FromString(value)
+    except Exception:
+        return None
+    return parsed.string_value or _value_string(parsed)
+
+
 #: One scope's spans with what they are aggregated into: (accumulator, resource, scope key, spans).
 _ScopeWork = tuple[_Accumulator, _Resource, tuple[str, ...], Sequence[BatchSpan]]
 
@@ -270,6 +305,7 @@ class SpanMetricsProcessor:
         for dimension in span_dimensions:
             self._dimension_index.setdefault((dimension.name, dimension.default), len(self._dimension_index))
         self._slot_names: tuple[str, ...] = tuple(name for name, _ in self._dimension_index)
+        self._slot_encoded = tuple(name.encode("utf-8", "surrogatepass") for name in self._slot_names)
         self._dimension_defaults: list[AnyValue | None] = [
             None if default is None else AnyValue(string_value=default)
             for _, default in self._dimension_index
@@ -305,6 +341,65 @@ class SpanMetricsProcessor:
         self._template_cache_size = (
             config.dimensions_cache_size if config.dimensions_cache_size > 0 else _DEFAULT_TEMPLATE_CACHE_SIZE
         )
+        self._native_ready = not self.native_unsupported()
+
+    # ------------------------------------------------------------------ compiled ingest
+
+    #: The exemplar time limit, for the compiled fold.
+    _MAX_TIME_NS = _MAX_TIME_NS
+
+    def native_unsupported(self) -> list[str]:
+        """The configured options the compiled ingest does not implement (empty: it serves this
+        configuration); ``["extension not built"]`` when it is missing or disabled."""
+        if _NATIVE is None:
+            return [f"extension not built or {native.NO_EXTENSIONS_ENV} set"]
+        config = self.config
+        found = []
+        if config.events.enabled:
+            found.append("events")
+        if self._any_globs:
+            found.append("glob dimensions")
+        if self._scopes:
+            found.append("include_instrumentation_scope")
+        if self._with_sampling_method:
+            found.append("enable_metrics_sampling_method")
+        return found
+
+    @property
+    def native_ready(self) -> bool:
+        """Whether :meth:`scan` may be used: the extension is loaded and covers the configuration."""
+        return self._native_ready
+
+    def scan(self, data: bytes) -> Scanned | None:
+        """Serialized ``ExportTraceServiceRequest`` (one or several joined) read by the compiled
+        scanner, or None when it does not handle them (the pure path then decodes the same bytes).
+
+        Nothing is aggregated here; the caller has checked that protobuf parses ``data``.
+        """
+        if _NATIVE is None or not self.native_ready:
+            return None
+        names = self._slot_encoded
+        resources = _NATIVE.scan(data, names, bool(self._exemplars), self._divisor, _slow_key_string)
+        return None if resources is None else Scanned(data, resources)
+
+    def consume_scanned(self, scanned: Scanned, tenant: str) -> ConsumeStats:
+        """:meth:`consume` of what :meth:`scan` read: the same deltas, through the compiled fold."""
+        assert _NATIVE is not None
+        stats = ConsumeStats()
+        _NATIVE.fold(self, scanned.resources, scanned.data, tenant, stats, _SPAN_CLASS.FromString)
+        return stats
+
+    def _resource_from_bytes(self, cache_key: bytes) -> _Resource | None:
+        """:meth:`_resource` keyed by the resource's bytes as they came (parsed on a cache miss)."""
+        cached = self._resources.get(cache_key)
+        if cached is not None:
+            self._resources.move_to_end(cache_key)
+            return cached if cached.service_name is not None else None
+        return self._resource(_RESOURCE_CLASS.FromString(cache_key), cache_key)
+
+    @staticmethod
+    def _new_accumulator(resource: _Resource) -> _Accumulator:
+        return _Accumulator(resource)
 
     def _slot(self, dimension: Dimension) -> int:
         return self._dimension_index[(dimension.name, dimension.default)]

@@ -24,6 +24,7 @@ from worker.config import SpanMetricsConfig
 from worker.model.series import TenantDeltas, with_companions
 from worker.model.values import python_to_any_value
 from worker.offline import LocalWorker
+from worker.otlp.batch import parse_batch
 from worker.processors.spanmetrics.processor import ConsumeStats, SpanMetricsProcessor
 
 TENANT = "tenant-a"
@@ -242,6 +243,24 @@ def emitted(deltas: Mapping[str, TenantDeltas]) -> dict[str, TenantDeltas]:
     }
 
 
+# ---------------------------------------------------------------------------------------- native
+
+
+def consume_native(processor: SpanMetricsProcessor, data: bytes, tenant: str) -> ConsumeStats:
+    """What the worker's ingest does with a run of records: the compiled scanner, or the pure
+    path when it does not handle the bytes."""
+    scanned = processor.scan(data)
+    if scanned is None:
+        return processor.consume(parse_batch(data), tenant)
+    return processor.consume_scanned(scanned, tenant)
+
+
+def same_deltas(one: Mapping[str, TenantDeltas], other: Mapping[str, TenantDeltas]) -> bool:
+    """Identical deltas, field by field and in order; a NaN attribute equals a NaN (``repr``
+    writes floats exactly, and tells 0.0 from -0.0)."""
+    return repr(one) == repr(other)
+
+
 # ---------------------------------------------------------------------------------------- pipeline
 
 
@@ -264,8 +283,13 @@ class Pipeline:
         self.clock = clock or FakeClock()
         self.tenant = tenant
         self.processor = SpanMetricsProcessor(
-            self.config, clock=self.clock, uniform=uniform or random.Random(1234).random
+            self.config, clock=self.clock, uniform=self._recorded(uniform or random.Random(1234).random)
         )
+        #: The same configuration through the compiled ingest, when it serves it: every request
+        #: goes through both and every interval's deltas must be identical (see ``take_deltas``).
+        self.native: SpanMetricsProcessor | None = None
+        if self.processor.native_ready:
+            self.native = SpanMetricsProcessor(self.config, clock=self.clock, uniform=self._uniforms.pop)
         self.descriptors = {d.name: d for d in self.processor.descriptors()}
         exponential = self.config.histogram.exponential
         self.store = MemoryStore(
@@ -281,10 +305,24 @@ class Pipeline:
             resource_expiration_s=self.config.metrics_expiration,
         )
 
+    def _recorded(self, uniform: Callable[[], float]) -> Callable[[], float]:
+        """``uniform``, its draws kept for the native twin to replay in the same order."""
+        self._uniforms: list[float] = []
+
+        def draw() -> float:
+            value = uniform()
+            self._uniforms.insert(0, value)
+            return value
+
+        return draw
+
     def consume(self, *requests: ExportTraceServiceRequest) -> ConsumeStats:
         stats = ConsumeStats()
         for request in requests:
             one = self.processor.consume(request, self.tenant)
+            if self.native is not None:
+                assert consume_native(self.native, request.SerializeToString(), self.tenant) == one
+                assert not self._uniforms
             stats.spans += one.spans
             stats.skipped_no_service += one.skipped_no_service
             stats.overflowed += one.overflowed
@@ -294,6 +332,8 @@ class Pipeline:
         """The processor's deltas as it hands them over (paired, see :func:`emitted`), checked
         and applied to the store."""
         deltas = self.processor.take_deltas()
+        if self.native is not None:
+            assert same_deltas(self.native.take_deltas(), deltas), "the native ingest's deltas differ"
         for tenant_deltas in emitted(deltas).values():
             # Two delta series with one id would mean one span shape was keyed two ways (or a
             # companion counter named like a series of its own).

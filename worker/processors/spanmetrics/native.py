@@ -1,0 +1,21 @@
+"""Loads the optional compiled span-metrics ingest; ``SPANMETRICS_NO_EXTENSIONS=1`` forces the pure path."""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+__all__ = ["NO_EXTENSIONS_ENV", "load"]
+
+NO_EXTENSIONS_ENV = "SPANMETRICS_NO_EXTENSIONS"
+
+
+def load() -> ModuleType | None:
+    """The compiled module, or None: not built (no compiler at install), or disabled by the environment."""
+    if os.environ.get(NO_EXTENSIONS_ENV, "").strip() not in ("", "0"):
+        return None
+    try:
+        from worker.processors.spanmetrics import _native
+    except ImportError:
+        return None
+    return _native
