@@ -816,11 +816,14 @@ async def throughput_phase(
     applied_at = _applied_time(per_worker, ctx.load.spans)
     spans = ctx.load.spans
     start_line = next((e for ev in per_worker for e in ev if e.get("event") == "worker started"), {})
+    # The worker's own word on the path it runs (native or pure, and why).
+    ingest_line = next((e for ev in per_worker for e in ev if e.get("event") == "span metrics ingest"), {})
     result: dict[str, Any] = {
         "shape": shape,
         "path": path,
         "repeat": repeat,
         "start_line": {k: v for k, v in start_line.items() if k not in ("timestamp", "event", "level")},
+        "ingest_line": {k: v for k, v in ingest_line.items() if k not in ("timestamp", "event", "level")},
         "workers": workers,
         "group": f"{name}-group",
         "key_prefix": name,
@@ -1426,7 +1429,8 @@ def print_report(result: dict[str, Any]) -> None:
             f"  {p['shape']}/{p['path']}/{p['workers']}: CPU during phase - workers {worker_cpu:.1f}s, "
             f"broker {_fmt(cpu['broker'])}s, redis {_fmt(cpu['redis'])}s, "
             f"bench/reader {_fmt(cpu['bench'])}s; "
-            f"{_fmt(p['spans_per_worker_cpu_s'])} spans per worker CPU-second; rebalances {p['rebalances']}"
+            f"{_fmt(p['spans_per_worker_cpu_s'])} spans per worker CPU-second; rebalances {p['rebalances']}; "
+            f"ingest path (worker's log) {p.get('ingest_line', {}).get('path', '?')}"
         )
     scaling = result.get("scaling")
     if scaling:
