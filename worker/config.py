@@ -32,6 +32,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from worker.model.durations import parse_duration
+from worker.model.enums import SPAN_KIND_NAMES as SPAN_KIND_BY_NUMBER
+from worker.model.enums import STATUS_CODE_NAMES as STATUS_CODE_BY_NUMBER
 from worker.model.errors import ConfigError
 from worker.model.series import CONNECTOR_OVERFLOW, TEMPO_OVERFLOW, Attributes, Temporality
 
@@ -348,11 +350,8 @@ POLICY_INTRINSICS: tuple[str, ...] = ("name", "status", "kind")
 
 #: The strict values of the ``kind`` and ``status`` intrinsics: the OTLP enum names, as Tempo
 #: looks them up (tracev1.Span_SpanKind_value, tracev1.Status_StatusCode_value).
-SPAN_KIND_NAMES: tuple[str, ...] = (
-    "SPAN_KIND_UNSPECIFIED", "SPAN_KIND_INTERNAL", "SPAN_KIND_SERVER",
-    "SPAN_KIND_CLIENT", "SPAN_KIND_PRODUCER", "SPAN_KIND_CONSUMER",
-)  # fmt: skip
-STATUS_CODE_NAMES: tuple[str, ...] = ("STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR")
+SPAN_KIND_NAMES: tuple[str, ...] = tuple(SPAN_KIND_BY_NUMBER.values())
+STATUS_CODE_NAMES: tuple[str, ...] = tuple(STATUS_CODE_BY_NUMBER.values())
 
 _POLICY_KEY_HELP = "use resource.<attribute>, span.<attribute> or an intrinsic (name, status, kind)"
 #: What TraceQL's lexer ends an unquoted attribute name at (pkg/traceql/lexer.go isAttributeRune).

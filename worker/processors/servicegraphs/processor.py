@@ -14,6 +14,7 @@ from typing import Any
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from worker.config import ServiceGraphsConfig
+from worker.model.enums import SPAN_KIND_NAMES
 from worker.model.exphistogram import ExpHistogram
 from worker.model.series import (
     SERIES_ID_SEPARATOR,
@@ -87,14 +88,6 @@ NATIVE_MAX_SIZE = 100
 #: client_golang's default ``NativeHistogramMaxExemplars``, which Tempo keeps in native-only mode.
 NATIVE_MAX_EXEMPLARS = 10
 
-_SPAN_KIND_NAMES = {
-    0: "SPAN_KIND_UNSPECIFIED",
-    1: "SPAN_KIND_INTERNAL",
-    2: "SPAN_KIND_SERVER",
-    3: "SPAN_KIND_CLIENT",
-    4: "SPAN_KIND_PRODUCER",
-    5: "SPAN_KIND_CONSUMER",
-}
 #: The one resource all service-graph series belong to (not a hex digest, so it never collides
 #: with a span-metrics resource id), and its attributes: none, like Tempo's series.
 RESOURCE_ID = "servicegraphs"
@@ -825,7 +818,7 @@ class ServiceGraphsProcessor:
             return
         else:
             self._count(interval, UNPAIRED_SPANS_TOTAL, "client", edge.client, now)
-        counter = (tenant, _SPAN_KIND_NAMES.get(edge.span_kind, "SPAN_KIND_UNSPECIFIED"))
+        counter = (tenant, SPAN_KIND_NAMES.get(edge.span_kind, "SPAN_KIND_UNSPECIFIED"))
         self.expired_edges[counter] = self.expired_edges.get(counter, 0) + 1
 
     # ------------------------------------------------------------------ hand over

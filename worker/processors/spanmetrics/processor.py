@@ -16,6 +16,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from worker.config import RESERVED_DIMENSIONS, Dimension, SpanMetricsConfig, compile_glob
+from worker.model.enums import SPAN_KIND_NAMES, STATUS_CODE_NAMES
 from worker.model.exphistogram import ExpHistogram
 from worker.model.series import (
     OVERFLOW_ATTRIBUTE,
@@ -46,8 +47,6 @@ from worker.processors.spanmetrics import native
 __all__ = [
     "OVERFLOW_ATTRIBUTE",
     "SAMPLING_METHOD_ATTRIBUTE",
-    "SPAN_KIND_NAMES",
-    "STATUS_CODE_NAMES",
     "ConsumeStats",
     "ResourceGroup",
     "Scanned",
@@ -57,15 +56,6 @@ __all__ = [
     "resource_identity",
 ]
 
-SPAN_KIND_NAMES: dict[int, str] = {
-    0: "SPAN_KIND_UNSPECIFIED",
-    1: "SPAN_KIND_INTERNAL",
-    2: "SPAN_KIND_SERVER",
-    3: "SPAN_KIND_CLIENT",
-    4: "SPAN_KIND_PRODUCER",
-    5: "SPAN_KIND_CONSUMER",
-}
-STATUS_CODE_NAMES: dict[int, str] = {0: "STATUS_CODE_UNSET", 1: "STATUS_CODE_OK", 2: "STATUS_CODE_ERROR"}
 
 #: The only attribute of the series that absorbs new series past the cardinality limit.
 SCOPE_NAME_ATTRIBUTE = "span.instrumentation.scope.name"

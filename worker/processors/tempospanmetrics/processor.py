@@ -14,6 +14,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from worker.config import MetricsGeneratorConfig, RegistryConfig, tempo_label_name
+from worker.model.enums import SPAN_KIND_NAMES, STATUS_CODE_NAMES
 from worker.model.exphistogram import ExpHistogram
 from worker.model.series import (
     SERIES_ID_SEPARATOR,
@@ -64,15 +65,6 @@ SCOPE_NAME = ""
 RESOURCE_ID = "tempo.spanmetrics"
 RESOURCE_ATTRIBUTES: Attributes = ()
 
-SPAN_KIND_NAMES: dict[int, str] = {
-    0: "SPAN_KIND_UNSPECIFIED",
-    1: "SPAN_KIND_INTERNAL",
-    2: "SPAN_KIND_SERVER",
-    3: "SPAN_KIND_CLIENT",
-    4: "SPAN_KIND_PRODUCER",
-    5: "SPAN_KIND_CONSUMER",
-}
-STATUS_CODE_NAMES: dict[int, str] = {0: "STATUS_CODE_UNSET", 1: "STATUS_CODE_OK", 2: "STATUS_CODE_ERROR"}
 
 _SERVICE_NAME = "service.name"
 _SERVICE_NAMESPACE = "service.namespace"
