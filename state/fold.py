@@ -20,7 +20,7 @@ from worker.model.series import (
     make_series_id,
     series_digest,
 )
-from worker.model.values import attribute_parts
+from worker.model.values import attribute_parts, stringify_python
 
 __all__ = [
     "ROW_OVERFLOW",
@@ -69,7 +69,10 @@ def zero_time_us(start_us: int, now_us: int) -> int:
 
 def overflow_series_id(metric: str, resource_id: str, attributes: Attributes = CONNECTOR_OVERFLOW) -> str:
     """The id of the series that absorbs a tenant's new series past its active-series limit."""
-    body = SERIES_ID_SEPARATOR.join(f"{key}={str(value).lower()}" for key, value in attributes)
+    # Spelled as the processors spell series ids (a bool as "true"), so the ids are unchanged.
+    body = SERIES_ID_SEPARATOR.join(
+        f"{key}={value if isinstance(value, str) else stringify_python(value)}" for key, value in attributes
+    )
     return make_series_id(metric, resource_id, body)
 
 
