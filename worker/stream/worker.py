@@ -248,6 +248,10 @@ class StreamWorker:
                     if batch:
                         async with shared.lock:
                             for tp, records in batch.items():
+                                # Yield first: aiokafka refetches a drained partition only when
+                                # its fetcher task runs, and getmany returns buffered records
+                                # without suspending; so the next fetch overlaps this processing.
+                                await asyncio.sleep(0)
                                 await self.ingest.handle(tp, records)
                     if time.monotonic() >= next_flush or shared.buffered_spans >= max_buffered:
                         try:
