@@ -199,6 +199,8 @@ class StreamWorker:
             "span metrics ingest",
             path=self.pipeline.ingest_path,
             pure_because=", ".join(self.pipeline.native_unsupported),
+            service_graphs=self.pipeline.edges_path,
+            service_graphs_pure_because=", ".join(self.pipeline.edges_unsupported),
         )
         self.log.info("worker started", topic=self.topic, partitions=self.partitions)
 

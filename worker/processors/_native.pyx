@@ -1,5 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Compiled span-metrics ingest: a bounds-checked scanner of serialized OTLP traces and the fold."""
+"""Compiled ingest: bounds-checked scanners of serialized OTLP traces, for span metrics (with
+the fold) and for the service graphs' edge spans."""
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
@@ -530,3 +531,282 @@ cdef _fold_spans(
                     histogram.exemplars.append(exemplar)
                 if series is not None and len(series.exemplars) < max_exemplars:
                     series.exemplars.append(exemplar)
+
+
+
+# ------------------------------------------------------------------------------ service graphs
+
+cdef class StringValue:
+    """A string ``AnyValue`` (non-empty, valid UTF-8) without a protobuf message: what the
+    service graphs read of one (``string_value``, ``WhichOneof("value")``)."""
+
+    cdef readonly str string_value
+
+    def __cinit__(self, str value):
+        self.string_value = value
+
+    def WhichOneof(self, str name):
+        return "string_value"
+
+
+cdef class EdgeSpan:
+    """A client, server, producer or consumer span as the service graphs read it: the fields of a
+    batch-schema ``Span`` they use, ``attributes`` holding only the names asked for. It is its own
+    ``status`` (``span.status.code``), so that no object is built for it."""
+
+    cdef readonly int kind
+    cdef readonly bytes trace_id
+    cdef readonly bytes span_id
+    cdef readonly bytes parent_span_id
+    cdef readonly object start_time_unix_nano
+    cdef readonly object end_time_unix_nano
+    cdef readonly int code
+    cdef readonly dict attributes
+
+    @property
+    def status(self):
+        return self
+
+
+cdef object _edge_value(const unsigned char* buf, Py_ssize_t start, Py_ssize_t stop, object parse_value):
+    """A map entry's ``AnyValue``: a :class:`StringValue` for a plain non-empty string, else the
+    protobuf message; None when the scanner does not read it exactly as protobuf would, or
+    protobuf refuses it (the caller declines the record)."""
+    cdef Py_ssize_t pos = start
+    cdef Py_ssize_t body_stop
+    cdef uint64_t number
+    cdef int wire
+    if _tag(buf, stop, &pos, &number, &wire) == 0 and number == 1 and wire == 2:
+        if _length(buf, stop, &pos, &body_stop) == 0 and body_stop == stop and body_stop > pos:
+            text = _text(buf, pos, body_stop)
+            if text is None:
+                return None
+            return StringValue(text)
+    try:
+        return parse_value(PyBytes_FromStringAndSize(<const char*>buf + start, stop - start))
+    except Exception:
+        return None  # protobuf refuses it: so would the record's parse (the pure path decides)
+
+
+cdef object _scan_edge_span(
+    const unsigned char* buf,
+    Py_ssize_t start,
+    Py_ssize_t end,
+    tuple names,
+    tuple keys,
+    Py_ssize_t name_count,
+    object parse_value,
+):
+    """One span as an :class:`EdgeSpan`, False when it is not an edge span (internal or
+    unspecified kind), None when not handled."""
+    cdef Py_ssize_t pos = start
+    cdef Py_ssize_t stop, inner, inner_stop, key_start, key_stop, value_start, value_stop
+    cdef uint64_t number, value
+    cdef int wire
+    cdef Py_ssize_t trace_start = 0, trace_stop = 0, span_start = 0, span_stop = 0
+    cdef Py_ssize_t parent_start = 0, parent_stop = 0
+    cdef int32_t kind = 0, status = 0
+    cdef uint64_t start_ns = 0, end_ns = 0
+    cdef bint status_seen = False
+    cdef bint has_key, has_value
+    cdef Py_ssize_t index
+    cdef bytes name_bytes
+    cdef dict attributes = None
+    # The attribute entries asked for, kept as byte ranges until the kind is known.
+    cdef list found = None
+    while pos < end:
+        if _tag(buf, end, &pos, &number, &wire) < 0:
+            return None
+        if number == 1 or number == 2 or number == 4:
+            if wire != 2 or _length(buf, end, &pos, &stop) < 0:
+                return None
+            if number == 1:
+                trace_start, trace_stop = pos, stop
+            elif number == 2:
+                span_start, span_stop = pos, stop
+            else:
+                parent_start, parent_stop = pos, stop
+            pos = stop
+        elif number == 6:
+            if wire != 0 or _varint(buf, end, &pos, &value) < 0:
+                return None
+            kind = <int32_t>value
+        elif number == 7 or number == 8:
+            if wire != 1 or end - pos < 8:
+                return None
+            if number == 7:
+                start_ns = _fixed64(buf + pos)
+            else:
+                end_ns = _fixed64(buf + pos)
+            pos += 8
+        elif number == 9:
+            if wire != 2 or _length(buf, end, &pos, &stop) < 0:
+                return None
+            inner = pos
+            has_key = has_value = False
+            key_start = key_stop = value_start = value_stop = 0
+            while inner < stop:
+                if _tag(buf, stop, &inner, &number, &wire) < 0:
+                    return None
+                if number == 1 or number == 2:
+                    if wire != 2 or _length(buf, stop, &inner, &inner_stop) < 0:
+                        return None
+                    if number == 1:
+                        if has_key:
+                            return None
+                        has_key = True
+                        key_start, key_stop = inner, inner_stop
+                    else:
+                        if has_value:
+                            return None
+                        has_value = True
+                        value_start, value_stop = inner, inner_stop
+                    inner = inner_stop
+                else:
+                    return None  # protobuf keeps a map entry with unknown fields out of the map
+            pos = stop
+            for index in range(name_count):
+                name_bytes = <bytes>keys[index]
+                if PyBytes_GET_SIZE(name_bytes) == key_stop - key_start and memcmp(
+                    PyBytes_AS_STRING(name_bytes), buf + key_start, key_stop - key_start
+                ) == 0:
+                    if found is None:
+                        found = []
+                    found.append((index, value_start, value_stop))
+                    break
+        elif number == 15:
+            if wire != 2 or status_seen or _length(buf, end, &pos, &stop) < 0:
+                return None
+            status_seen = True
+            inner = pos
+            while inner < stop:
+                if _tag(buf, stop, &inner, &number, &wire) < 0:
+                    return None
+                if number == 3:
+                    if wire != 0 or _varint(buf, stop, &inner, &value) < 0:
+                        return None
+                    status = <int32_t>value
+                elif number == 2:
+                    if wire != 2 or _length(buf, stop, &inner, &inner_stop) < 0:
+                        return None
+                    inner = inner_stop
+                elif _skip(buf, stop, &inner, wire) < 0:
+                    return None
+            pos = stop
+        elif number == 3 or number == 5 or number == 11 or number == 13:
+            if wire != 2 or _skip(buf, end, &pos, wire) < 0:
+                return None
+        elif number == 10 or number == 12 or number == 14:
+            if wire != 0 or _skip(buf, end, &pos, wire) < 0:
+                return None
+        elif number == 16:
+            if wire != 5 or _skip(buf, end, &pos, wire) < 0:
+                return None
+        elif _skip(buf, end, &pos, wire) < 0:
+            return None
+    # The pure path refuses the whole record for a span without valid ids (worker.otlp.ids).
+    if not _valid_id(buf, trace_start, trace_stop, 16) or not _valid_id(buf, span_start, span_stop, 8):
+        return None
+    if kind < 2 or kind > 5:
+        return False
+    cdef EdgeSpan span = EdgeSpan.__new__(EdgeSpan)
+    span.kind = kind
+    span.code = status
+    span.trace_id = PyBytes_FromStringAndSize(<const char*>buf + trace_start, 16)
+    span.span_id = PyBytes_FromStringAndSize(<const char*>buf + span_start, 8)
+    span.parent_span_id = PyBytes_FromStringAndSize(<const char*>buf + parent_start, parent_stop - parent_start)
+    span.start_time_unix_nano = start_ns
+    span.end_time_unix_nano = end_ns
+    attributes = {}
+    if found is not None:
+        # A map: the last entry of a key wins, as protobuf's map parse.
+        for index, value_start, value_stop in found:
+            value_object = _edge_value(buf, value_start, value_stop, parse_value)
+            if value_object is None:
+                return None
+            attributes[names[index]] = value_object
+    span.attributes = attributes
+    return span
+
+
+def scan_edges(bytes data, tuple names, object parse_value):
+    """Serialized ``ExportTraceServiceRequest`` -> [(resource bytes, spans, [EdgeSpan])], or None.
+
+    ``spans`` counts every span of the resource (the service graphs skip them all when it has no
+    service name); only client, server, producer and consumer spans become an :class:`EdgeSpan`,
+    in order, with the attributes ``names`` (str) asks for; ``parse_value(bytes)`` is protobuf's
+    ``AnyValue`` parse. Every read is bounds-checked; nothing here raises on bad bytes.
+    """
+    cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t end = PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t pos = 0
+    cdef Py_ssize_t stop, inner, inner_stop, scope_pos, scope_stop, span_stop
+    cdef Py_ssize_t resource_start, resource_stop
+    cdef uint64_t number
+    cdef int wire
+    cdef bint resource_seen
+    cdef Py_ssize_t count
+    cdef Py_ssize_t name_count = len(names)
+    cdef tuple keys = tuple([name.encode() for name in names])
+    cdef list result = []
+    cdef list spans
+    while pos < end:
+        if _tag(buf, end, &pos, &number, &wire) < 0:
+            return None
+        if number != 1:
+            if _skip(buf, end, &pos, wire) < 0:
+                return None
+            continue
+        if wire != 2 or _length(buf, end, &pos, &stop) < 0:
+            return None
+        # ResourceSpans
+        inner = pos
+        resource_seen = False
+        resource_start = resource_stop = 0
+        spans = []
+        count = 0
+        while inner < stop:
+            if _tag(buf, stop, &inner, &number, &wire) < 0:
+                return None
+            if number == 1 or number == 2 or number == 3:
+                if wire != 2 or _length(buf, stop, &inner, &inner_stop) < 0:
+                    return None
+                if number == 1:
+                    if resource_seen:
+                        return None  # two resources merge: left to protobuf
+                    resource_seen = True
+                    resource_start, resource_stop = inner, inner_stop
+                elif number == 2:
+                    # ScopeSpans
+                    scope_pos = inner
+                    scope_stop = inner_stop
+                    while scope_pos < scope_stop:
+                        if _tag(buf, scope_stop, &scope_pos, &number, &wire) < 0:
+                            return None
+                        if number == 1 or number == 2 or number == 3:
+                            if wire != 2 or _length(buf, scope_stop, &scope_pos, &span_stop) < 0:
+                                return None
+                            if number == 2:
+                                span = _scan_edge_span(
+                                    buf, scope_pos, span_stop, names, keys, name_count, parse_value
+                                )
+                                if span is None:
+                                    return None
+                                count += 1
+                                if span is not False:
+                                    spans.append(span)
+                            scope_pos = span_stop
+                        elif _skip(buf, scope_stop, &scope_pos, wire) < 0:
+                            return None
+                inner = inner_stop
+            elif _skip(buf, stop, &inner, wire) < 0:
+                return None
+        result.append(
+            (
+                PyBytes_FromStringAndSize(<const char*>buf + resource_start, resource_stop - resource_start),
+                count,
+                spans,
+            )
+        )
+        pos = stop
+    return result
