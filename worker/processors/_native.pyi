@@ -37,3 +37,15 @@ class EdgeSpan:
 def scan_edges(
     data: bytes, names: tuple[str, ...], parse_value: Callable[[bytes], Any]
 ) -> list[tuple[bytes, int, list[EdgeSpan]]] | None: ...
+def observe_edges(
+    processor: Any,
+    work: list[tuple[Any, list[EdgeSpan]]],
+    edges: dict[tuple[bytes, bytes], Any],
+    capacity: int,
+    interval: Any,
+    now: int,
+    stats: Any,
+    edge_class: Any,
+    tempo_string: Callable[[Any], str],
+    dropped_metric: str,
+) -> None: ...

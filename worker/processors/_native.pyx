@@ -558,10 +558,18 @@ cdef class EdgeSpan:
     cdef readonly bytes trace_id
     cdef readonly bytes span_id
     cdef readonly bytes parent_span_id
-    cdef readonly object start_time_unix_nano
-    cdef readonly object end_time_unix_nano
+    cdef uint64_t start_ns
+    cdef uint64_t end_ns
     cdef readonly int code
     cdef readonly dict attributes
+
+    @property
+    def start_time_unix_nano(self):
+        return self.start_ns
+
+    @property
+    def end_time_unix_nano(self):
+        return self.end_ns
 
     @property
     def status(self):
@@ -715,8 +723,8 @@ cdef object _scan_edge_span(
     span.trace_id = PyBytes_FromStringAndSize(<const char*>buf + trace_start, 16)
     span.span_id = PyBytes_FromStringAndSize(<const char*>buf + span_start, 8)
     span.parent_span_id = PyBytes_FromStringAndSize(<const char*>buf + parent_start, parent_stop - parent_start)
-    span.start_time_unix_nano = start_ns
-    span.end_time_unix_nano = end_ns
+    span.start_ns = start_ns
+    span.end_ns = end_ns
     attributes = {}
     if found is not None:
         # A map: the last entry of a key wins, as protobuf's map parse.
@@ -810,3 +818,246 @@ def scan_edges(bytes data, tuple names, object parse_value):
         )
         pos = stop
     return result
+
+
+
+cdef inline object _seconds(uint64_t start, uint64_t end):
+    """The pure path's ``(end - start) / 1e9 if end > start else 0.0``."""
+    if end <= start:
+        return 0.0
+    if end - start < (<uint64_t>1 << 53):
+        return <double>(end - start) / 1e9
+    return (<object>end - <object>start) / 1e9
+
+
+cdef object _span_attribute(tuple names, dict attributes, object tempo_string):
+    """``attributes.span_attribute``: the first of ``names`` on the span, as a Tempo string."""
+    for name in names:
+        found = attributes.get(name)
+        if found is not None:
+            return found.string_value or tempo_string(found)
+    return None
+
+
+cdef object _find_attribute(tuple names, dict resource_values, dict attributes, object tempo_string):
+    """``attributes.find_attribute``: the first of ``names``, resource first then span."""
+    if not resource_values:
+        for name in names:
+            found = attributes.get(name)
+            if found is not None:
+                return name, found.string_value or tempo_string(found)
+        return None
+    for name in names:
+        value = resource_values.get(name)
+        if value is not None:
+            return name, value
+        found = attributes.get(name)
+        if found is not None:
+            return name, found.string_value or tempo_string(found)
+    return None
+
+
+cdef class _Completion:
+    """What ``ServiceGraphsProcessor._complete`` reads of the processor, read once per run."""
+
+    cdef object processor
+    cdef tuple label_names
+    cdef bint messaging_latency
+    cdef double* bounds
+    cdef Py_ssize_t bound_count
+    cdef object failed_metric
+    cdef object messaging_metric
+    cdef Py_ssize_t native_max_exemplars
+
+    def __cinit__(self, processor):
+        from worker.processors.servicegraphs import processor as module
+
+        self.processor = processor
+        self.label_names = tuple(processor._label_names)
+        self.messaging_latency = processor._messaging_latency
+        self.failed_metric = module.REQUEST_FAILED_TOTAL
+        self.messaging_metric = module.REQUEST_MESSAGING_SYSTEM_SECONDS
+        self.native_max_exemplars = module.NATIVE_MAX_EXEMPLARS
+        bounds = processor._bounds
+        self.bound_count = len(bounds)
+        self.bounds = <double*>malloc((self.bound_count + 1) * sizeof(double))
+        if self.bounds == NULL:
+            raise MemoryError()
+        for index in range(self.bound_count):
+            self.bounds[index] = bounds[index]
+
+    def __dealloc__(self):
+        free(self.bounds)
+
+
+cdef _complete(_Completion completion, object interval, tuple key, object edge, object now):
+    """``ServiceGraphsProcessor._complete`` of a completed edge with a multiplier of 1."""
+    client = edge.client
+    server_name = edge.server
+    connection_type = edge.connection_type
+    if completion.label_names:
+        dimensions = edge.dimensions or {}
+        labels = (
+            client, server_name, connection_type, "", *[dimensions.get(name, "") for name in completion.label_names]
+        )
+    else:
+        labels = (client, server_name, connection_type, "")
+    groups = interval.edges
+    group = groups.get(labels)
+    if group is None:
+        group = groups[labels] = completion.processor._new_group(labels, now)
+    total = group.total
+    if total is not None:
+        total.count += 1
+        total.last_ns = now
+        if edge.failed:
+            failed = group.failed
+            if failed is None:
+                failed = group.failed = completion.processor._series(
+                    completion.failed_metric, group.attributes, group.body, now, histogram=False
+                )
+            failed.count += 1
+            failed.last_ns = now
+    server = group.server
+    if server is not None:
+        trace_id = key[0]
+        if not any(trace_id):
+            trace_id = b""
+        _record_latency(completion, server, edge.server_seconds, trace_id, now)
+        _record_latency(completion, group.client, edge.client_seconds, trace_id, now)
+        if (
+            completion.messaging_latency
+            and connection_type == "messaging_system"
+            and edge.server_start_ns > edge.client_end_ns
+        ):
+            messaging = group.messaging
+            if messaging is None:
+                messaging = group.messaging = completion.processor._latency_series(
+                    completion.messaging_metric, group.attributes, group.body, now
+                )
+            lag = (edge.server_start_ns - edge.client_end_ns) / 1e9
+            _record_latency(completion, messaging, lag, trace_id, now)
+    info = group.info
+    if info is not None:
+        info.count = 1
+        info.last_ns = now
+
+
+cdef _record_latency(_Completion completion, object latency, object seconds, bytes trace_id, object now):
+    """``ServiceGraphsProcessor._record_latency`` with a weight of 1."""
+    classic = latency.classic
+    cdef Py_ssize_t index
+    if classic is not None:
+        index = _bisect_left(completion.bounds, completion.bound_count, seconds)
+        classic.count += 1
+        classic.sum += seconds
+        classic.last_ns = now
+        classic.buckets[index] += 1
+        if trace_id:
+            latency.by_bucket[index] = (trace_id, b"", seconds, now)
+    native = latency.native
+    if native is not None:
+        native.count += 1
+        native.sum += seconds
+        native.last_ns = now
+        native.exp.record(seconds, 1)
+        if trace_id and classic is None:
+            recent = latency.recent
+            recent.append((trace_id, b"", seconds, now))
+            if len(recent) > completion.native_max_exemplars:
+                del recent[0]
+
+
+def observe_edges(
+    processor, list work, dict edges, Py_ssize_t capacity, object interval, object now, object stats,
+    object edge_class, object tempo_string, object dropped_metric,
+):
+    """``ServiceGraphsProcessor._observe`` over :class:`EdgeSpan` work, without filter policies
+    or a span multiplier (the configurations the edge scan serves): the same edges, in the same
+    order, through the same ``_complete`` and ``_count``."""
+    deadline = now + processor._wait_ns
+    complete = processor._complete
+    cdef _Completion completion = _Completion(processor)
+    count = processor._count
+    set_dimensions = processor._set_dimensions
+    database_server = processor._database_server
+    cdef tuple peer_attributes = processor._peer_attributes
+    cdef tuple database_attributes = processor._database_attributes
+    cdef bint has_dimensions = bool(processor._dimensions)
+    cdef Py_ssize_t spans_seen = 0, completed = 0, new_edges = 0, dropped = 0
+    cdef EdgeSpan span
+    cdef int kind
+    cdef bint client, stored
+    cdef dict attributes
+    try:
+        for resource, spans in work:
+            service = resource.service
+            resource_values = resource.values
+            for span in spans:
+                kind = span.kind
+                client = kind == 3 or kind == 4
+                spans_seen += 1
+                key = (span.trace_id, span.span_id if client else span.parent_span_id)
+                edge = edges.get(key)
+                stored = edge is not None
+                if edge is None:
+                    edge = edge_class(deadline)
+                attributes = span.attributes
+                if client:
+                    # Tempo's updateClientEdge, upsertDatabaseRequest and upsertPeerNode.
+                    edge.connection_type = "messaging_system" if kind == 4 else ""
+                    edge.client = service
+                    seconds = _seconds(span.start_ns, span.end_ns)
+                    edge.client_seconds = seconds
+                    edge.client_end_ns = span.end_ns
+                    if span.code == 2:
+                        edge.failed = True
+                    if has_dimensions:
+                        set_dimensions(edge, resource_values, attributes, client=True)
+                    peer = _span_attribute(peer_attributes, attributes, tempo_string)
+                    if peer is not None:
+                        edge.peer = peer
+                    database = _find_attribute(database_attributes, resource_values, attributes, tempo_string)
+                    if database is not None:
+                        edge.connection_type = "database"
+                        edge.server_seconds = seconds
+                        server = database_server(resource_values, attributes)
+                        if server is not None:
+                            edge.server = server
+                        elif database[1]:
+                            edge.server = database[1]
+                else:
+                    edge.connection_type = "messaging_system" if kind == 5 else ""
+                    edge.server = service
+                    edge.server_seconds = _seconds(span.start_ns, span.end_ns)
+                    edge.server_start_ns = span.start_ns
+                    if span.code == 2:
+                        edge.failed = True
+                    if has_dimensions:
+                        set_dimensions(edge, resource_values, attributes, client=False)
+                    peer = _span_attribute(peer_attributes, attributes, tempo_string)
+                    if peer is not None:
+                        edge.peer = peer
+                edge.span_kind = kind
+                if edge.client and edge.server:
+                    if stored:
+                        del edges[key]
+                    else:
+                        new_edges += 1
+                    if edge.multiplier == 1.0:
+                        _complete(completion, interval, key, edge, now)
+                    else:  # a half-edge restored from another configuration's handover
+                        complete(interval, key, edge, "", now)
+                    completed += 1
+                elif not stored:
+                    if len(edges) >= capacity:
+                        dropped += 1
+                        count(interval, dropped_metric, "client" if client else "server", service, now)
+                    else:
+                        edges[key] = edge
+                        new_edges += 1
+    finally:
+        stats.spans += spans_seen
+        stats.edges += completed
+        stats.new_edges += new_edges
+        stats.dropped += dropped

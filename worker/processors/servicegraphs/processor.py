@@ -459,7 +459,7 @@ class ServiceGraphsProcessor:
                 stats.skipped_no_service += count
             elif spans:
                 work.append((resource, spans))
-        self._consume_work(work, tenant, partition, stats)
+        self._consume_work(work, tenant, partition, stats, compiled=True)
         return stats
 
     def _consume_work(
@@ -468,8 +468,11 @@ class ServiceGraphsProcessor:
         tenant: str,
         partition: int,
         stats: ServiceGraphStats,
+        *,
+        compiled: bool = False,
     ) -> None:
-        """Pair the spans of ``work`` (resources with a service name) with what ``partition`` holds."""
+        """Pair the spans of ``work`` (resources with a service name) with what ``partition``
+        holds; ``compiled``: ``work`` is the edge scan's, observed by the compiled loop."""
         now = self._clock()
         by_tenant = self._pending.get(partition)
         if by_tenant is None:
@@ -484,16 +487,31 @@ class ServiceGraphsProcessor:
             if markers is None and self._filter.active:
                 markers = self._markers.setdefault(partition, {}).setdefault(tenant, {})
             marker_capacity = self._max_items - self._elsewhere(self._markers, tenant, partition)
-            self._observe(
-                work,
-                edges,
-                _NO_MARKERS if markers is None else markers,
-                capacity,
-                marker_capacity,
-                interval,
-                now,
-                stats,
-            )
+            if compiled:
+                assert _NATIVE is not None
+                _NATIVE.observe_edges(
+                    self,
+                    work,
+                    edges,
+                    capacity,
+                    interval,
+                    now,
+                    stats,
+                    Edge,
+                    tempo_string,
+                    DROPPED_SPANS_TOTAL,
+                )
+            else:
+                self._observe(
+                    work,
+                    edges,
+                    _NO_MARKERS if markers is None else markers,
+                    capacity,
+                    marker_capacity,
+                    interval,
+                    now,
+                    stats,
+                )
             if stats.new_edges:
                 self.new_edges[tenant] = self.new_edges.get(tenant, 0) + stats.new_edges
             if stats.dropped_edges:
