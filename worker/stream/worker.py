@@ -149,6 +149,11 @@ class StreamWorker:
             raise SpanmetricsError(kafka_start_problem(self.settings.kafka, exc)) from None
         self.partitions = await self._partition_count()
         settings = self.settings
+        self.metrics.describe_worker(
+            input_partitions=self.partitions,
+            flush_interval=settings.flush_interval,
+            series_limit=settings.worker.max_active_series_per_tenant,
+        )
         store = self.store = RedisStateStore(
             self.redis,
             KeySpace(settings.redis.key_prefix, self.topic),
