@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import threading
@@ -107,8 +108,10 @@ async def run_worker(worker: StreamWorker, server: HttpServer | None) -> None:
             await server.start()
         except OSError as exc:
             await worker.close()
+            reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or exc
             raise SpanmetricsError(
-                f"cannot start: http port {server.host}:{server.requested_port}: {exc.strerror or exc}"
+                f"cannot start: http port {server.host}:{server.requested_port}: {reason} (set by "
+                "http.port or env SPANMETRICS_HTTP__PORT; http.enabled: false turns the port off)"
             ) from None
     try:
         try:

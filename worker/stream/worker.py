@@ -39,6 +39,15 @@ __all__ = ["StreamWorker"]
 
 #: How often pending service-graph half-edges are checked against ``wait`` (Tempo: 2 s).
 _EXPIRY_PERIOD = 2.0
+#: Where the addresses come from, for start-up errors (file option, then the environment variables).
+REDIS_OPTIONS = (
+    "set by redis.url or env REDIS_URL / SPANMETRICS_REDIS__URL; "
+    "password: redis.password or env SPANMETRICS_REDIS__PASSWORD"
+)
+KAFKA_OPTIONS = (
+    "set by kafka.bootstrap_servers or env KAFKA_BOOTSTRAP_SERVERS / SPANMETRICS_KAFKA__BOOTSTRAP_SERVERS"
+)
+
 #: How often unclaimed or unsettled partitions are tried again while Redis is away.
 _SETTLE_PERIOD = 2.0
 #: Shares of ``shutdown_grace`` from SIGTERM: the step in progress ends by the first, the final
@@ -136,19 +145,31 @@ class StreamWorker:
 
     async def start(self) -> None:
         """Connect to Redis and Kafka; a failure is one SpanmetricsError (the Redis password masked)."""
+        started = time.monotonic()
         try:
             await self.redis.ping()
         except RedisError as exc:
             url = redact_url(self.settings.redis.url.get_secret_value())
-            raise SpanmetricsError(f"Redis at {url}: {exc}") from None
+            raise SpanmetricsError(
+                f"Redis at {url}: {exc} (tried {time.monotonic() - started:.1f} s; {REDIS_OPTIONS})"
+            ) from None
+        started = time.monotonic()
         try:
             await self.producer.start()
             self.consumer.subscribe([self.topic], listener=Listener(self.rebalance))
             await self.consumer.start()
         except Exception as exc:  # aiokafka reports a refused SASL login as KeyError & co
-            raise SpanmetricsError(kafka_start_problem(self.settings.kafka, exc)) from None
+            problem = kafka_start_problem(self.settings.kafka, exc)
+            raise SpanmetricsError(
+                f"{problem} (tried {time.monotonic() - started:.1f} s; {KAFKA_OPTIONS})"
+            ) from None
         self.partitions = await self._partition_count()
         settings = self.settings
+        self.metrics.describe_worker(
+            input_partitions=self.partitions,
+            flush_interval=settings.flush_interval,
+            series_limit=settings.worker.max_active_series_per_tenant,
+        )
         store = self.store = RedisStateStore(
             self.redis,
             KeySpace(settings.redis.key_prefix, self.topic),
