@@ -25,6 +25,7 @@ from worker.model.errors import SpanmetricsError
 from worker.observability.http import HttpServer
 from worker.observability.logs import configure_logging, redact_url
 from worker.observability.selfmetrics import WorkerMetrics
+from worker.runtime import tune_garbage_collector
 from worker.stream.worker import StreamWorker
 
 __all__ = ["effective_configuration", "log_configuration", "make_registry", "run_service", "run_worker"]
@@ -61,6 +62,7 @@ async def run_service(settings: Settings) -> None:
 
     for sig in signals:
         loop.add_signal_handler(sig, stop)
+    tune_garbage_collector()  # the process is this worker's alone (not in run_worker: tests embed it)
     try:
         await run_worker(worker, server)
     finally:
