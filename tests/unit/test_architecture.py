@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "worker.__main__": 8,
     "worker.service": 8,
     "worker.offline": 8,
+    "worker.runtime": 8,
     "worker.stream": 7,
     "worker.sinks": 6,
     "worker.observability": 5,

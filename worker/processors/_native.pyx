@@ -5,7 +5,7 @@ the fold) and for the service graphs' edge spans."""
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int32_t, int64_t, uint64_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp
 
 
@@ -154,177 +154,67 @@ cdef object _key_string(const unsigned char* buf, Py_ssize_t start, Py_ssize_t s
     return slow(PyBytes_FromStringAndSize(<const char*>buf + start, stop - start))
 
 
-cdef object _scan_span(
-    const unsigned char* buf,
-    Py_ssize_t start,
-    Py_ssize_t end,
-    tuple slot_names,
-    Py_ssize_t slot_count,
-    bint want_ids,
-    double divisor,
-    object slow,
-):
-    """One span as (name, kind, status, trace_state, duration, end, trace_id, span_id, slot
-    strings, offset, stop); None when not handled. ``end``, the ids: with ``want_ids`` only."""
-    cdef Py_ssize_t pos = start
-    cdef Py_ssize_t stop, inner, inner_stop, key_start, key_stop, value_start, value_stop
-    cdef uint64_t number, value
-    cdef int wire
-    cdef Py_ssize_t trace_start = 0, trace_stop = 0, span_start = 0, span_stop = 0
-    cdef Py_ssize_t name_start = 0, name_stop = 0, state_start = 0, state_stop = 0
-    cdef int32_t kind = 0, status = 0
-    cdef uint64_t start_ns = 0, end_ns = 0
-    cdef bint status_seen = False
-    cdef bint has_key, has_value
-    cdef Py_ssize_t slot
-    cdef bytes name_bytes
-    cdef object strings = None
-    cdef object text
-    if slot_count:
-        strings = [None] * slot_count
-    while pos < end:
-        if _tag(buf, end, &pos, &number, &wire) < 0:
-            return None
-        if number == 1 or number == 2 or number == 3 or number == 5:
-            if wire != 2 or _length(buf, end, &pos, &stop) < 0:
-                return None
-            if number == 1:
-                trace_start, trace_stop = pos, stop
-            elif number == 2:
-                span_start, span_stop = pos, stop
-            elif number == 3:
-                state_start, state_stop = pos, stop
-            else:
-                name_start, name_stop = pos, stop
-            pos = stop
-        elif number == 6:
-            if wire != 0 or _varint(buf, end, &pos, &value) < 0:
-                return None
-            kind = <int32_t>value
-        elif number == 7 or number == 8:
-            if wire != 1 or end - pos < 8:
-                return None
-            if number == 7:
-                start_ns = _fixed64(buf + pos)
-            else:
-                end_ns = _fixed64(buf + pos)
-            pos += 8
-        elif number == 9:
-            if wire != 2 or _length(buf, end, &pos, &stop) < 0:
-                return None
-            inner = pos
-            has_key = has_value = False
-            key_start = key_stop = value_start = value_stop = 0
-            while inner < stop:
-                if _tag(buf, stop, &inner, &number, &wire) < 0:
-                    return None
-                if number == 1 or number == 2:
-                    if wire != 2 or _length(buf, stop, &inner, &inner_stop) < 0:
-                        return None
-                    if number == 1:
-                        if has_key:
-                            return None
-                        has_key = True
-                        key_start, key_stop = inner, inner_stop
-                    else:
-                        if has_value:
-                            return None
-                        has_value = True
-                        value_start, value_stop = inner, inner_stop
-                    inner = inner_stop
-                else:
-                    return None  # protobuf keeps a map entry with unknown fields out of the map
-            pos = stop
-            if slot_count:
-                # A map: the last entry of a key wins, as protobuf's map parse.
-                for slot in range(slot_count):
-                    name_bytes = <bytes>slot_names[slot]
-                    if PyBytes_GET_SIZE(name_bytes) == key_stop - key_start and memcmp(
-                        PyBytes_AS_STRING(name_bytes), buf + key_start, key_stop - key_start
-                    ) == 0:
-                        text = _key_string(buf, value_start, value_stop, slow)
-                        if text is None:
-                            return None
-                        strings[slot] = text
-        elif number == 15:
-            if wire != 2 or status_seen or _length(buf, end, &pos, &stop) < 0:
-                return None
-            status_seen = True
-            inner = pos
-            while inner < stop:
-                if _tag(buf, stop, &inner, &number, &wire) < 0:
-                    return None
-                if number == 3:
-                    if wire != 0 or _varint(buf, stop, &inner, &value) < 0:
-                        return None
-                    status = <int32_t>value
-                elif number == 2:
-                    if wire != 2 or _length(buf, stop, &inner, &inner_stop) < 0:
-                        return None
-                    inner = inner_stop
-                elif _skip(buf, stop, &inner, wire) < 0:
-                    return None
-            pos = stop
-        elif number == 4 or number == 11 or number == 13:
-            if wire != 2 or _skip(buf, end, &pos, wire) < 0:
-                return None
-        elif number == 10 or number == 12 or number == 14:
-            if wire != 0 or _skip(buf, end, &pos, wire) < 0:
-                return None
-        elif number == 16:
-            if wire != 5 or _skip(buf, end, &pos, wire) < 0:
-                return None
-        elif _skip(buf, end, &pos, wire) < 0:
-            return None
-    # The pure path refuses the whole record for a span without valid ids (worker.otlp.ids).
-    if not _valid_id(buf, trace_start, trace_stop, 16) or not _valid_id(buf, span_start, span_stop, 8):
-        return None
-    name = _text(buf, name_start, name_stop)
-    if name is None:
-        return None
-    trace_state = ""
-    if state_stop > state_start:
-        trace_state = _text(buf, state_start, state_stop)
-        if trace_state is None:
-            return None
-    # The pure path's ``(end - start) / divisor``: exact in C while the difference is exact as
-    # a double (2**53 ns, 104 days); beyond, Python's own arithmetic.
-    if end_ns <= start_ns:
-        duration = 0.0
-    elif end_ns - start_ns < (<uint64_t>1 << 53):
-        duration = <double>(end_ns - start_ns) / divisor
-    else:
-        duration = (<object>end_ns - <object>start_ns) / divisor
-    trace_id = span_id = end_value = None
-    if want_ids:
-        trace_id = PyBytes_FromStringAndSize(<const char*>buf + trace_start, 16)
-        span_id = PyBytes_FromStringAndSize(<const char*>buf + span_start, 8)
-        end_value = end_ns
-    return (name, kind, status, trace_state, duration, end_value, trace_id, span_id, strings, start, end)
+# ------------------------------------------------------------------------------ the request walk
+
+cdef struct _Range:
+    Py_ssize_t start
+    Py_ssize_t stop
+    #: For a span: the index of its resource.
+    Py_ssize_t resource
 
 
-def scan(bytes data, tuple slot_names, bint want_ids, double divisor, object slow):
-    """Serialized ``ExportTraceServiceRequest`` -> [(resource bytes, [span tuples])], or None.
+cdef class _Layout:
+    """Where a request's resources and spans lie in its bytes: one bounds-checked walk."""
 
-    ``slot_names``: the dimension names (UTF-8) whose key strings each span tuple carries;
-    ``divisor``: nanoseconds per histogram unit;
-    ``slow(value bytes)``: the key string of a serialized AnyValue the scanner does not render.
-    Every read is bounds-checked; nothing here raises on bad bytes.
-    """
-    cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
-    cdef Py_ssize_t end = PyBytes_GET_SIZE(data)
+    cdef _Range* resources
+    cdef Py_ssize_t resource_count
+    cdef Py_ssize_t resource_capacity
+    cdef _Range* spans
+    cdef Py_ssize_t span_count
+    cdef Py_ssize_t span_capacity
+
+    def __dealloc__(self):
+        free(self.resources)
+        free(self.spans)
+
+    cdef int add(self, bint span, Py_ssize_t start, Py_ssize_t stop) except -1:
+        cdef _Range* grown
+        cdef Py_ssize_t capacity
+        if span:
+            if self.span_count == self.span_capacity:
+                capacity = max(64, self.span_capacity * 2)
+                grown = <_Range*>realloc(self.spans, capacity * sizeof(_Range))
+                if grown == NULL:
+                    raise MemoryError()
+                self.spans, self.span_capacity = grown, capacity
+            self.spans[self.span_count] = _Range(start, stop, self.resource_count - 1)
+            self.span_count += 1
+        else:
+            if self.resource_count == self.resource_capacity:
+                capacity = max(8, self.resource_capacity * 2)
+                grown = <_Range*>realloc(self.resources, capacity * sizeof(_Range))
+                if grown == NULL:
+                    raise MemoryError()
+                self.resources, self.resource_capacity = grown, capacity
+            self.resources[self.resource_count] = _Range(start, stop, -1)
+            self.resource_count += 1
+        return 0
+
+    cdef bytes resource_bytes(self, const unsigned char* buf, Py_ssize_t index):
+        cdef _Range resource = self.resources[index]
+        return PyBytes_FromStringAndSize(<const char*>buf + resource.start, resource.stop - resource.start)
+
+
+cdef _Layout _layout(const unsigned char* buf, Py_ssize_t end):
+    """The request's layout; None when not handled (a resource given twice merges: protobuf's)."""
+    cdef _Layout layout = _Layout()
     cdef Py_ssize_t pos = 0
     cdef Py_ssize_t stop, inner, inner_stop, scope_pos, scope_stop, span_stop
     cdef Py_ssize_t resource_start, resource_stop
+    cdef Py_ssize_t first_span
     cdef uint64_t number
     cdef int wire
     cdef bint resource_seen
-    cdef Py_ssize_t slot_count = len(slot_names)
-    cdef list result = []
-    cdef list spans
-    for name in slot_names:
-        if not isinstance(name, bytes):
-            raise TypeError("slot names are bytes")
     while pos < end:
         if _tag(buf, end, &pos, &number, &wire) < 0:
             return None
@@ -334,11 +224,10 @@ def scan(bytes data, tuple slot_names, bint want_ids, double divisor, object slo
             continue
         if wire != 2 or _length(buf, end, &pos, &stop) < 0:
             return None
-        # ResourceSpans
+        # ResourceSpans: its spans are recorded under it, its resource's range once it is known.
+        layout.add(False, 0, 0)
         inner = pos
         resource_seen = False
-        resource_start = resource_stop = 0
-        spans = []
         while inner < stop:
             if _tag(buf, stop, &inner, &number, &wire) < 0:
                 return None
@@ -349,7 +238,7 @@ def scan(bytes data, tuple slot_names, bint want_ids, double divisor, object slo
                     if resource_seen:
                         return None  # two resources merge: left to protobuf
                     resource_seen = True
-                    resource_start, resource_stop = inner, inner_stop
+                    layout.resources[layout.resource_count - 1] = _Range(inner, inner_stop, -1)
                 elif number == 2:
                     # ScopeSpans
                     scope_pos = inner
@@ -361,22 +250,232 @@ def scan(bytes data, tuple slot_names, bint want_ids, double divisor, object slo
                             if wire != 2 or _length(buf, scope_stop, &scope_pos, &span_stop) < 0:
                                 return None
                             if number == 2:
-                                span = _scan_span(
-                                    buf, scope_pos, span_stop, slot_names, slot_count, want_ids, divisor, slow
-                                )
-                                if span is None:
-                                    return None
-                                spans.append(span)
+                                layout.add(True, scope_pos, span_stop)
                             scope_pos = span_stop
                         elif _skip(buf, scope_stop, &scope_pos, wire) < 0:
                             return None
                 inner = inner_stop
             elif _skip(buf, stop, &inner, wire) < 0:
                 return None
-        result.append(
-            (PyBytes_FromStringAndSize(<const char*>buf + resource_start, resource_stop - resource_start), spans)
-        )
         pos = stop
+    return layout
+
+
+cdef struct _Span:
+    Py_ssize_t trace_start, trace_stop, span_start, span_stop, parent_start, parent_stop
+    Py_ssize_t state_start, state_stop, name_start, name_stop
+    int32_t kind, status
+    uint64_t start_ns, end_ns
+
+
+cdef int _read_span(
+    const unsigned char* buf,
+    Py_ssize_t start,
+    Py_ssize_t end,
+    tuple keys,
+    Py_ssize_t key_count,
+    Py_ssize_t* value_starts,
+    Py_ssize_t* value_stops,
+    _Span* out,
+):
+    """One span's fields (ranges into ``buf``), and for each of ``keys`` (bytes) the range of the
+    last attribute value under that key (-1 when absent: a map, the last entry wins, as in
+    protobuf's map parse). NOT_HANDLED for what is not read exactly as protobuf reads it, or for
+    ids the pure path refuses."""
+    cdef Py_ssize_t pos = start
+    cdef Py_ssize_t stop, inner, inner_stop, key_start, key_stop, value_start, value_stop
+    cdef uint64_t number, value
+    cdef int wire
+    cdef bint status_seen = False
+    cdef bint has_key, has_value
+    cdef Py_ssize_t index
+    cdef bytes key
+    out[0] = _Span(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    for index in range(key_count):
+        value_starts[index] = -1
+        value_stops[index] = -1
+    while pos < end:
+        if _tag(buf, end, &pos, &number, &wire) < 0:
+            return NOT_HANDLED
+        if 1 <= number <= 5:
+            if wire != 2 or _length(buf, end, &pos, &stop) < 0:
+                return NOT_HANDLED
+            if number == 1:
+                out.trace_start, out.trace_stop = pos, stop
+            elif number == 2:
+                out.span_start, out.span_stop = pos, stop
+            elif number == 3:
+                out.state_start, out.state_stop = pos, stop
+            elif number == 4:
+                out.parent_start, out.parent_stop = pos, stop
+            else:
+                out.name_start, out.name_stop = pos, stop
+            pos = stop
+        elif number == 6:
+            if wire != 0 or _varint(buf, end, &pos, &value) < 0:
+                return NOT_HANDLED
+            out.kind = <int32_t>value
+        elif number == 7 or number == 8:
+            if wire != 1 or end - pos < 8:
+                return NOT_HANDLED
+            if number == 7:
+                out.start_ns = _fixed64(buf + pos)
+            else:
+                out.end_ns = _fixed64(buf + pos)
+            pos += 8
+        elif number == 9:
+            if wire != 2 or _length(buf, end, &pos, &stop) < 0:
+                return NOT_HANDLED
+            inner = pos
+            has_key = has_value = False
+            key_start = key_stop = value_start = value_stop = 0
+            while inner < stop:
+                if _tag(buf, stop, &inner, &number, &wire) < 0:
+                    return NOT_HANDLED
+                if number == 1 or number == 2:
+                    if wire != 2 or _length(buf, stop, &inner, &inner_stop) < 0:
+                        return NOT_HANDLED
+                    if number == 1:
+                        if has_key:
+                            return NOT_HANDLED
+                        has_key = True
+                        key_start, key_stop = inner, inner_stop
+                    else:
+                        if has_value:
+                            return NOT_HANDLED
+                        has_value = True
+                        value_start, value_stop = inner, inner_stop
+                    inner = inner_stop
+                else:
+                    return NOT_HANDLED  # protobuf keeps a map entry with unknown fields out of the map
+            pos = stop
+            for index in range(key_count):
+                key = <bytes>keys[index]
+                if PyBytes_GET_SIZE(key) == key_stop - key_start and memcmp(
+                    PyBytes_AS_STRING(key), buf + key_start, key_stop - key_start
+                ) == 0:
+                    value_starts[index] = value_start
+                    value_stops[index] = value_stop
+        elif number == 15:
+            if wire != 2 or status_seen or _length(buf, end, &pos, &stop) < 0:
+                return NOT_HANDLED
+            status_seen = True
+            inner = pos
+            while inner < stop:
+                if _tag(buf, stop, &inner, &number, &wire) < 0:
+                    return NOT_HANDLED
+                if number == 3:
+                    if wire != 0 or _varint(buf, stop, &inner, &value) < 0:
+                        return NOT_HANDLED
+                    out.status = <int32_t>value
+                elif number == 2:
+                    if wire != 2 or _length(buf, stop, &inner, &inner_stop) < 0:
+                        return NOT_HANDLED
+                    inner = inner_stop
+                elif _skip(buf, stop, &inner, wire) < 0:
+                    return NOT_HANDLED
+            pos = stop
+        elif number == 11 or number == 13:
+            if wire != 2 or _skip(buf, end, &pos, wire) < 0:
+                return NOT_HANDLED
+        elif number == 10 or number == 12 or number == 14:
+            if wire != 0 or _skip(buf, end, &pos, wire) < 0:
+                return NOT_HANDLED
+        elif number == 16:
+            if wire != 5 or _skip(buf, end, &pos, wire) < 0:
+                return NOT_HANDLED
+        elif _skip(buf, end, &pos, wire) < 0:
+            return NOT_HANDLED
+    # The pure path refuses the whole record for a span without valid ids (worker.otlp.ids).
+    if not _valid_id(buf, out.trace_start, out.trace_stop, 16) or not _valid_id(
+        buf, out.span_start, out.span_stop, 8
+    ):
+        return NOT_HANDLED
+    return 0
+
+
+cdef class _Values:
+    """Scratch arrays for :func:`_read_span`'s attribute value ranges, one per key."""
+
+    cdef Py_ssize_t* starts
+    cdef Py_ssize_t* stops
+
+    def __cinit__(self, Py_ssize_t count):
+        self.starts = <Py_ssize_t*>malloc((count + 1) * sizeof(Py_ssize_t))
+        self.stops = <Py_ssize_t*>malloc((count + 1) * sizeof(Py_ssize_t))
+        if self.starts == NULL or self.stops == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.starts)
+        free(self.stops)
+
+
+# ------------------------------------------------------------------------------ span metrics
+
+def scan(bytes data, tuple slot_names, bint want_ids, double divisor, object slow):
+    """Serialized ``ExportTraceServiceRequest`` -> [(resource bytes, [span tuples])], or None.
+
+    ``slot_names``: the dimension names (UTF-8) whose key strings each span tuple carries;
+    ``divisor``: nanoseconds per histogram unit;
+    ``slow(value bytes)``: the key string of a serialized AnyValue the scanner does not render.
+    A span tuple: (name, kind, status, trace_state, duration, end, trace_id, span_id, slot
+    strings, offset, stop); ``end`` and the ids with ``want_ids`` only.
+    Every read is bounds-checked; nothing here raises on bad bytes.
+    """
+    cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t slot_count = len(slot_names)
+    cdef Py_ssize_t index, slot
+    cdef _Range where
+    cdef _Span span
+    cdef list result = []
+    for name in slot_names:
+        if not isinstance(name, bytes):
+            raise TypeError("slot names are bytes")
+    cdef _Layout layout = _layout(buf, PyBytes_GET_SIZE(data))
+    if layout is None:
+        return None
+    cdef _Values values = _Values(slot_count)
+    for index in range(layout.resource_count):
+        result.append((layout.resource_bytes(buf, index), []))
+    for index in range(layout.span_count):
+        where = layout.spans[index]
+        if _read_span(buf, where.start, where.stop, slot_names, slot_count, values.starts, values.stops, &span) < 0:
+            return None
+        name = _text(buf, span.name_start, span.name_stop)
+        if name is None:
+            return None
+        trace_state = ""
+        if span.state_stop > span.state_start:
+            trace_state = _text(buf, span.state_start, span.state_stop)
+            if trace_state is None:
+                return None
+        strings = None
+        if slot_count:
+            strings = [None] * slot_count
+            for slot in range(slot_count):
+                if values.starts[slot] >= 0:
+                    text = _key_string(buf, values.starts[slot], values.stops[slot], slow)
+                    if text is None:
+                        return None
+                    strings[slot] = text
+        # The pure path's ``(end - start) / divisor``: exact in C while the difference is exact
+        # as a double (2**53 ns, 104 days); beyond, Python's own arithmetic.
+        if span.end_ns <= span.start_ns:
+            duration = 0.0
+        elif span.end_ns - span.start_ns < (<uint64_t>1 << 53):
+            duration = <double>(span.end_ns - span.start_ns) / divisor
+        else:
+            duration = (<object>span.end_ns - <object>span.start_ns) / divisor
+        trace_id = span_id = end_value = None
+        if want_ids:
+            trace_id = PyBytes_FromStringAndSize(<const char*>buf + span.trace_start, 16)
+            span_id = PyBytes_FromStringAndSize(<const char*>buf + span.span_start, 8)
+            end_value = span.end_ns
+        (<list>(<tuple>result[where.resource])[1]).append(
+            (name, span.kind, span.status, trace_state, duration, end_value, trace_id, span_id, strings,
+             where.start, where.stop)
+        )
     return result
 
 
@@ -596,147 +695,6 @@ cdef object _edge_value(const unsigned char* buf, Py_ssize_t start, Py_ssize_t s
         return None  # protobuf refuses it: so would the record's parse (the pure path decides)
 
 
-cdef object _scan_edge_span(
-    const unsigned char* buf,
-    Py_ssize_t start,
-    Py_ssize_t end,
-    tuple names,
-    tuple keys,
-    Py_ssize_t name_count,
-    object parse_value,
-):
-    """One span as an :class:`EdgeSpan`, False when it is not an edge span (internal or
-    unspecified kind), None when not handled."""
-    cdef Py_ssize_t pos = start
-    cdef Py_ssize_t stop, inner, inner_stop, key_start, key_stop, value_start, value_stop
-    cdef uint64_t number, value
-    cdef int wire
-    cdef Py_ssize_t trace_start = 0, trace_stop = 0, span_start = 0, span_stop = 0
-    cdef Py_ssize_t parent_start = 0, parent_stop = 0
-    cdef int32_t kind = 0, status = 0
-    cdef uint64_t start_ns = 0, end_ns = 0
-    cdef bint status_seen = False
-    cdef bint has_key, has_value
-    cdef Py_ssize_t index
-    cdef bytes name_bytes
-    cdef dict attributes = None
-    # The attribute entries asked for, kept as byte ranges until the kind is known.
-    cdef list found = None
-    while pos < end:
-        if _tag(buf, end, &pos, &number, &wire) < 0:
-            return None
-        if number == 1 or number == 2 or number == 4:
-            if wire != 2 or _length(buf, end, &pos, &stop) < 0:
-                return None
-            if number == 1:
-                trace_start, trace_stop = pos, stop
-            elif number == 2:
-                span_start, span_stop = pos, stop
-            else:
-                parent_start, parent_stop = pos, stop
-            pos = stop
-        elif number == 6:
-            if wire != 0 or _varint(buf, end, &pos, &value) < 0:
-                return None
-            kind = <int32_t>value
-        elif number == 7 or number == 8:
-            if wire != 1 or end - pos < 8:
-                return None
-            if number == 7:
-                start_ns = _fixed64(buf + pos)
-            else:
-                end_ns = _fixed64(buf + pos)
-            pos += 8
-        elif number == 9:
-            if wire != 2 or _length(buf, end, &pos, &stop) < 0:
-                return None
-            inner = pos
-            has_key = has_value = False
-            key_start = key_stop = value_start = value_stop = 0
-            while inner < stop:
-                if _tag(buf, stop, &inner, &number, &wire) < 0:
-                    return None
-                if number == 1 or number == 2:
-                    if wire != 2 or _length(buf, stop, &inner, &inner_stop) < 0:
-                        return None
-                    if number == 1:
-                        if has_key:
-                            return None
-                        has_key = True
-                        key_start, key_stop = inner, inner_stop
-                    else:
-                        if has_value:
-                            return None
-                        has_value = True
-                        value_start, value_stop = inner, inner_stop
-                    inner = inner_stop
-                else:
-                    return None  # protobuf keeps a map entry with unknown fields out of the map
-            pos = stop
-            for index in range(name_count):
-                name_bytes = <bytes>keys[index]
-                if PyBytes_GET_SIZE(name_bytes) == key_stop - key_start and memcmp(
-                    PyBytes_AS_STRING(name_bytes), buf + key_start, key_stop - key_start
-                ) == 0:
-                    if found is None:
-                        found = []
-                    found.append((index, value_start, value_stop))
-                    break
-        elif number == 15:
-            if wire != 2 or status_seen or _length(buf, end, &pos, &stop) < 0:
-                return None
-            status_seen = True
-            inner = pos
-            while inner < stop:
-                if _tag(buf, stop, &inner, &number, &wire) < 0:
-                    return None
-                if number == 3:
-                    if wire != 0 or _varint(buf, stop, &inner, &value) < 0:
-                        return None
-                    status = <int32_t>value
-                elif number == 2:
-                    if wire != 2 or _length(buf, stop, &inner, &inner_stop) < 0:
-                        return None
-                    inner = inner_stop
-                elif _skip(buf, stop, &inner, wire) < 0:
-                    return None
-            pos = stop
-        elif number == 3 or number == 5 or number == 11 or number == 13:
-            if wire != 2 or _skip(buf, end, &pos, wire) < 0:
-                return None
-        elif number == 10 or number == 12 or number == 14:
-            if wire != 0 or _skip(buf, end, &pos, wire) < 0:
-                return None
-        elif number == 16:
-            if wire != 5 or _skip(buf, end, &pos, wire) < 0:
-                return None
-        elif _skip(buf, end, &pos, wire) < 0:
-            return None
-    # The pure path refuses the whole record for a span without valid ids (worker.otlp.ids).
-    if not _valid_id(buf, trace_start, trace_stop, 16) or not _valid_id(buf, span_start, span_stop, 8):
-        return None
-    if kind < 2 or kind > 5:
-        return False
-    cdef EdgeSpan span = EdgeSpan.__new__(EdgeSpan)
-    span.kind = kind
-    span.code = status
-    span.trace_id = PyBytes_FromStringAndSize(<const char*>buf + trace_start, 16)
-    span.span_id = PyBytes_FromStringAndSize(<const char*>buf + span_start, 8)
-    span.parent_span_id = PyBytes_FromStringAndSize(<const char*>buf + parent_start, parent_stop - parent_start)
-    span.start_ns = start_ns
-    span.end_ns = end_ns
-    attributes = {}
-    if found is not None:
-        # A map: the last entry of a key wins, as protobuf's map parse.
-        for index, value_start, value_stop in found:
-            value_object = _edge_value(buf, value_start, value_stop, parse_value)
-            if value_object is None:
-                return None
-            attributes[names[index]] = value_object
-    span.attributes = attributes
-    return span
-
-
 def scan_edges(bytes data, tuple names, object parse_value):
     """Serialized ``ExportTraceServiceRequest`` -> [(resource bytes, spans, [EdgeSpan])], or None.
 
@@ -746,79 +704,48 @@ def scan_edges(bytes data, tuple names, object parse_value):
     ``AnyValue`` parse. Every read is bounds-checked; nothing here raises on bad bytes.
     """
     cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
-    cdef Py_ssize_t end = PyBytes_GET_SIZE(data)
-    cdef Py_ssize_t pos = 0
-    cdef Py_ssize_t stop, inner, inner_stop, scope_pos, scope_stop, span_stop
-    cdef Py_ssize_t resource_start, resource_stop
-    cdef uint64_t number
-    cdef int wire
-    cdef bint resource_seen
-    cdef Py_ssize_t count
-    cdef Py_ssize_t name_count = len(names)
+    cdef Py_ssize_t key_count = len(names)
     cdef tuple keys = tuple([name.encode() for name in names])
+    cdef Py_ssize_t index, key
+    cdef _Range where
+    cdef _Span span
+    cdef EdgeSpan edge
+    cdef dict attributes
     cdef list result = []
-    cdef list spans
-    while pos < end:
-        if _tag(buf, end, &pos, &number, &wire) < 0:
+    cdef _Layout layout = _layout(buf, PyBytes_GET_SIZE(data))
+    if layout is None:
+        return None
+    cdef _Values values = _Values(key_count)
+    for index in range(layout.resource_count):
+        result.append([layout.resource_bytes(buf, index), 0, []])
+    for index in range(layout.span_count):
+        where = layout.spans[index]
+        if _read_span(buf, where.start, where.stop, keys, key_count, values.starts, values.stops, &span) < 0:
             return None
-        if number != 1:
-            if _skip(buf, end, &pos, wire) < 0:
-                return None
-            continue
-        if wire != 2 or _length(buf, end, &pos, &stop) < 0:
-            return None
-        # ResourceSpans
-        inner = pos
-        resource_seen = False
-        resource_start = resource_stop = 0
-        spans = []
-        count = 0
-        while inner < stop:
-            if _tag(buf, stop, &inner, &number, &wire) < 0:
-                return None
-            if number == 1 or number == 2 or number == 3:
-                if wire != 2 or _length(buf, stop, &inner, &inner_stop) < 0:
-                    return None
-                if number == 1:
-                    if resource_seen:
-                        return None  # two resources merge: left to protobuf
-                    resource_seen = True
-                    resource_start, resource_stop = inner, inner_stop
-                elif number == 2:
-                    # ScopeSpans
-                    scope_pos = inner
-                    scope_stop = inner_stop
-                    while scope_pos < scope_stop:
-                        if _tag(buf, scope_stop, &scope_pos, &number, &wire) < 0:
-                            return None
-                        if number == 1 or number == 2 or number == 3:
-                            if wire != 2 or _length(buf, scope_stop, &scope_pos, &span_stop) < 0:
-                                return None
-                            if number == 2:
-                                span = _scan_edge_span(
-                                    buf, scope_pos, span_stop, names, keys, name_count, parse_value
-                                )
-                                if span is None:
-                                    return None
-                                count += 1
-                                if span is not False:
-                                    spans.append(span)
-                            scope_pos = span_stop
-                        elif _skip(buf, scope_stop, &scope_pos, wire) < 0:
-                            return None
-                inner = inner_stop
-            elif _skip(buf, stop, &inner, wire) < 0:
-                return None
-        result.append(
-            (
-                PyBytes_FromStringAndSize(<const char*>buf + resource_start, resource_stop - resource_start),
-                count,
-                spans,
-            )
+        entry = <list>result[where.resource]
+        entry[1] += 1
+        if span.kind < 2 or span.kind > 5:
+            continue  # not an edge span: internal or unspecified
+        edge = EdgeSpan.__new__(EdgeSpan)
+        edge.kind = span.kind
+        edge.code = span.status
+        edge.trace_id = PyBytes_FromStringAndSize(<const char*>buf + span.trace_start, 16)
+        edge.span_id = PyBytes_FromStringAndSize(<const char*>buf + span.span_start, 8)
+        edge.parent_span_id = PyBytes_FromStringAndSize(
+            <const char*>buf + span.parent_start, span.parent_stop - span.parent_start
         )
-        pos = stop
-    return result
-
+        edge.start_ns = span.start_ns
+        edge.end_ns = span.end_ns
+        attributes = {}
+        for key in range(key_count):
+            if values.starts[key] >= 0:
+                value = _edge_value(buf, values.starts[key], values.stops[key], parse_value)
+                if value is None:
+                    return None
+                attributes[names[key]] = value
+        edge.attributes = attributes
+        (<list>entry[2]).append(edge)
+    return [tuple(entry) for entry in result]
 
 
 cdef inline object _seconds(uint64_t start, uint64_t end):
