@@ -44,6 +44,13 @@ EXPECTED_TYPES = {
     "spanmetrics_replay_skipped_records": "counter",
     "spanmetrics_fenced_flushes": "counter",
     "spanmetrics_state_lost": "counter",
+    "spanmetrics_remote_write_samples": "counter",
+    "spanmetrics_remote_write_failed_samples": "counter",
+    "spanmetrics_remote_write_dropped_samples": "counter",
+    "spanmetrics_remote_write_requests": "counter",
+    "spanmetrics_remote_write_retries": "counter",
+    "spanmetrics_remote_write_sent_bytes": "counter",
+    "spanmetrics_remote_write_pending_samples": "gauge",
     "spanmetrics_build_info": "gauge",
 }
 
