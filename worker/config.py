@@ -839,7 +839,8 @@ class HostInfoConfig(_Frozen):
 _TEMPO_STORAGE = (
     "Tempo's own WAL and Prometheus remote write; this worker publishes OTLP metrics to "
     "kafka.output_topic, and the Collector's prometheusremotewrite exporter writes them to "
-    "Prometheus (examples/tempo-mode.yaml)"
+    "Prometheus (examples/tempo-mode.yaml), or it writes to Prometheus itself: configure the "
+    "top-level remote_write section (url, headers, tenant_header)"
 )
 _TEMPO_RING = (
     "Tempo's cluster membership; workers share the input through the Kafka consumer group "
