@@ -1248,11 +1248,6 @@ class Settings(BaseSettings):
                 'kafka.output_topic is "" (Kafka output off) and remote_write is not configured: '
                 "configure at least one output"
             )
-        if self.remote_write is not None and self.temporality is Temporality.DELTA:
-            raise ValueError(
-                "remote_write needs spanmetrics.aggregation_temporality CUMULATIVE (remote write "
-                "carries cumulative series only, and with DELTA the state keeps no cumulative values)"
-            )
         return self
 
     @property

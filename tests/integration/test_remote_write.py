@@ -445,3 +445,38 @@ async def test_unreachable_endpoint_never_blocks_and_drops_are_counted(
         assert stats.samples == 0
     # What was still buffered at shutdown is counted as dropped: nothing is unaccounted for.
     assert stats.pending_samples == 0
+
+
+@needs_prometheus
+async def test_delta_output_still_writes_cumulative_series(
+    kafka_bootstrap: str, redis_url: str, unique_name: str, prometheus: str
+) -> None:
+    """DELTA on Kafka; remote write adds the deltas up: two batches, one running total."""
+    settings = _remote_settings(
+        make_settings(
+            kafka_bootstrap,
+            redis_url,
+            unique_name,
+            aggregation_temporality="DELTA",
+            dimensions=[{"name": "test.run", "default": unique_name}],
+        ),
+        f"{prometheus}/api/v1/write",
+    )
+    await create_topics(
+        kafka_bootstrap, {f"{unique_name}-in": 2, f"{unique_name}-out": 1, f"{unique_name}-dlq": 1}
+    )
+    first, second = traces(20, seed=21, services=3), traces(25, seed=22, services=3)
+    expected_first = span_count(r for _, r in first)
+    expected = expected_first + span_count(r for _, r in second)
+    query = f'sum(calls_total{{test_run="{unique_name}"}})'
+    async with RunningWorker(settings) as running:
+        await produce(kafka_bootstrap, f"{unique_name}-in", [(k, r.SerializeToString()) for k, r in first])
+        assert await _wait_for(prometheus, query, expected_first) == expected_first
+        await produce(kafka_bootstrap, f"{unique_name}-in", [(k, r.SerializeToString()) for k, r in second])
+        assert await _wait_for(prometheus, query, expected) == expected
+        histogram = f'sum(duration_milliseconds_count{{test_run="{unique_name}"}})'
+        assert await _wait_for(prometheus, histogram, expected) == expected
+        await asyncio.sleep(2.5)  # more flushes without spans: the totals stay
+        assert await _scalar(prometheus, query) == expected
+        stats = running.worker.stats.remote_write
+        assert stats.failed_samples == 0 and stats.dropped_samples == 0

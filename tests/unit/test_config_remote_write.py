@@ -111,8 +111,9 @@ def test_kafka_output_off_needs_remote_write(tmp_path: Path) -> None:
     assert settings.kafka.output_topic == ""
 
 
-def test_delta_with_remote_write_is_refused(tmp_path: Path) -> None:
-    message = _error(
+def test_delta_with_remote_write_loads(tmp_path: Path) -> None:
+    """Remote write stays cumulative: the sink adds DELTA series up (worker/sinks/cumulative.py)."""
+    settings = _load(
         tmp_path, "spanmetrics: {aggregation_temporality: DELTA}\nremote_write: {url: http://p/w}\n"
     )
-    assert "remote_write" in message and "CUMULATIVE" in message
+    assert settings.remote_write is not None

@@ -28,6 +28,7 @@ from worker.model.series import Attributes, MetricDescriptor, Series
 from worker.observability.logs import redact_url
 from worker.observability.stats import RemoteWriteStats
 from worker.sinks.base import Delivered
+from worker.sinks.cumulative import DeltaToCumulative
 from worker.sinks.prometheus_translate import PromSeries, Translator
 from worker.sinks.prompb.remote_write_pb2 import WriteRequest
 
@@ -123,11 +124,15 @@ class RemoteWriteSink:
         default_tenant: str,
         stats: RemoteWriteStats,
         sanitize_labels: bool = True,
+        delta_idle_s: float | None = None,
     ) -> None:
+        """``delta_idle_s``: the series come as DELTA; they are added up in memory (a series
+        unseen that long is forgotten). None: they come cumulative, as folded from the state."""
         self.config = config
         self.default_tenant = default_tenant
         self.stats = stats
         self.translator = Translator(descriptors, sanitize_labels=sanitize_labels)
+        self.to_cumulative = DeltaToCumulative(delta_idle_s) if delta_idle_s is not None else None
         self._headers = {
             **{name: value.get_secret_value() for name, value in config.headers.items()},
             **PROTOCOL_HEADERS,
@@ -148,6 +153,8 @@ class RemoteWriteSink:
     async def publish(
         self, tenant: str, resources: Mapping[str, Attributes], series: Sequence[Series], now_ns: int
     ) -> _Queued:
+        if self.to_cumulative is not None:
+            series = self.to_cumulative.apply(tenant, series, now_ns)
         translated = self.translator.translate(resources, series, now_ns)
         for batch in split_requests(translated, self.config.max_samples_per_send):
             body = cramjam.snappy.compress_raw(encode_write_request(batch))

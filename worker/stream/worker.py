@@ -19,7 +19,7 @@ from state.protocol import SeriesStore
 from state.redis_store import RedisStateStore
 from worker.config import Settings
 from worker.model.errors import SpanmetricsError
-from worker.model.series import MetricDescriptor
+from worker.model.series import MetricDescriptor, Temporality
 from worker.observability.logs import redact_url
 from worker.observability.selfmetrics import WorkerMetrics
 from worker.observability.stats import WorkerStats
@@ -48,6 +48,9 @@ _SETTLE_PERIOD = 2.0
 _DRAIN_SHARE = 0.35
 _FLUSH_SHARE = 0.65
 _END_SHARE = 0.9
+#: DELTA with remote write: a series without spans this long (and no series_expiration) is
+#: forgotten by the sink's running totals; it starts from 0 again when it comes back.
+_DELTA_IDLE_S = 3600.0
 
 log = structlog.get_logger("spanmetrics.worker")
 
@@ -81,6 +84,10 @@ class StreamWorker:
                 stats=self.stats.remote_write,
                 # Tempo mode: the processors already wrote Tempo's label names.
                 sanitize_labels=not settings.tempo_mode,
+                # Remote write is cumulative: with DELTA state the sink adds the deltas up.
+                delta_idle_s=(settings.series_expiration or _DELTA_IDLE_S)
+                if settings.temporality is Temporality.DELTA
+                else None,
             )
         self.shared = Partitions()
         self.rebalance = Rebalance(
