@@ -28,6 +28,7 @@ already made them Tempo's label names (the exporter would prefix ``_x`` as ``key
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -316,6 +317,7 @@ class Translator:
         self._names: dict[str, str] = {}
         self._label_names: dict[str, str] = {}
         self._parts: dict[bytes, tuple[str, str]] = {}
+        self._les: dict[float, str] = {}
 
     # ------------------------------------------------------------------ helpers
 
@@ -386,10 +388,18 @@ class Translator:
     # ------------------------------------------------------------------ translation
 
     def translate(
-        self, resources: Mapping[str, Attributes], series: Iterable[Series], now_ns: int
+        self,
+        resources: Mapping[str, Attributes],
+        series: Iterable[Series],
+        now_ns: int,
+        *,
+        info_sent: set[str] | None = None,
     ) -> list[PromSeries]:
         """The time series for ``series`` stamped ``now_ns`` (cumulative values), plus one
-        target_info per resource that calls for it; series of unknown metrics are skipped."""
+        target_info per resource that calls for it; series of unknown metrics are skipped.
+
+        ``info_sent``: resource ids whose target_info this publication already carries (a slot
+        translated in parts); updated."""
         now_ms = now_ns // 1_000_000
         out: dict[tuple[tuple[str, str], ...], PromSeries] = {}
         seen_resources: dict[str, _Resource] = {}
@@ -407,8 +417,12 @@ class Translator:
             if descriptor.scope:
                 base["otel_scope_name"] = descriptor.scope
             self._add(out, descriptor, item, base, now_ns, now_ms)
-        for resource in seen_resources.values():
+        for resource_id, resource in seen_resources.items():
             if resource.target_info is not None:
+                if info_sent is not None:
+                    if resource_id in info_sent:
+                        continue
+                    info_sent.add(resource_id)
                 _series_for(out, resource.target_info).samples.append((now_ms, 1.0))
         return list(out.values())
 
@@ -423,6 +437,7 @@ class Translator:
     ) -> None:
         name = self._base_name(descriptor)
         kind = descriptor.kind
+        labels = _Labels(base)
         # The zero point the OTLP encoder writes first (metrics_encoder ``_writes_zero``).
         zero_ms = (
             item.zero_ns // 1_000_000
@@ -430,17 +445,17 @@ class Translator:
             else None
         )
         if kind is MetricKind.SUM:
-            target = _series_for(out, _finish({**base, "__name__": name}))
+            target = _series_for(out, labels.named(name))
             if zero_ms is not None:
                 target.samples.append((zero_ms, 0.0))
             target.samples.append((now_ms, float(item.count)))
             target.exemplars.extend(_exemplar(e, now_ms) for e in item.exemplars)
         elif kind is MetricKind.INFO:
-            _series_for(out, _finish({**base, "__name__": name})).samples.append((now_ms, 1.0))
+            _series_for(out, labels.named(name)).samples.append((now_ms, 1.0))
         elif kind is MetricKind.HISTOGRAM:
-            self._histogram(out, descriptor, item, base, name, now_ms, zero_ms)
+            self._histogram(out, descriptor, item, labels, name, now_ms, zero_ms)
         else:
-            target = _series_for(out, _finish({**base, "__name__": name}))
+            target = _series_for(out, labels.named(name))
             if zero_ms is not None:
                 zero = _native(item, zero_ms, zero=True)
                 if zero is not None:
@@ -455,7 +470,7 @@ class Translator:
         out: dict[tuple[tuple[str, str], ...], PromSeries],
         descriptor: MetricDescriptor,
         item: Series,
-        base: dict[str, str],
+        labels: _Labels,
         name: str,
         now_ms: int,
         zero_ms: int | None,
@@ -463,34 +478,69 @@ class Translator:
         bounds = descriptor.bounds
         buckets = item.buckets or [0] * (len(bounds) + 1)
         # _sum only for the counted point (the zero point has no sum), then _count, then buckets.
-        _series_for(out, _finish({**base, "__name__": name + "_sum"})).samples.append((now_ms, item.sum))
-        count = _series_for(out, _finish({**base, "__name__": name + "_count"}))
+        _series_for(out, labels.named(name + "_sum")).samples.append((now_ms, item.sum))
+        count = _series_for(out, labels.named(name + "_count"))
         if zero_ms is not None:
             count.samples.append((zero_ms, 0.0))
         count.samples.append((now_ms, float(item.count)))
         bucket_series: list[tuple[float, PromSeries]] = []
+        bucket_name = name + "_bucket"
         cumulative = 0
         for index, bound in enumerate(bounds):
             if index >= len(buckets):
                 break
             cumulative += buckets[index]
-            target = _series_for(out, _finish({**base, "__name__": name + "_bucket", "le": format_le(bound)}))
+            target = _series_for(out, labels.bucket(bucket_name, self._le(bound)))
             if zero_ms is not None:
                 target.samples.append((zero_ms, 0.0))
             target.samples.append((now_ms, float(cumulative)))
             bucket_series.append((bound, target))
-        infinite = _series_for(out, _finish({**base, "__name__": name + "_bucket", "le": "+Inf"}))
+        infinite = _series_for(out, labels.bucket(bucket_name, "+Inf"))
         if zero_ms is not None:
             infinite.samples.append((zero_ms, 0.0))
         infinite.samples.append((now_ms, float(item.count)))
         bucket_series.append((float("inf"), infinite))
-        bucket_series.sort(key=lambda pair: pair[0])
-        for exemplar in item.exemplars:
-            converted = _exemplar(exemplar, now_ms)
-            for bound, target in bucket_series:
-                if converted.value <= bound:
-                    target.exemplars.append(converted)
-                    break
+        if item.exemplars:
+            bucket_series.sort(key=lambda pair: pair[0])
+            for exemplar in item.exemplars:
+                converted = _exemplar(exemplar, now_ms)
+                for bound, target in bucket_series:
+                    if converted.value <= bound:
+                        target.exemplars.append(converted)
+                        break
+
+    def _le(self, bound: float) -> str:
+        text = self._les.get(bound)
+        if text is None:
+            if len(self._les) > 4096:
+                self._les.clear()
+            text = self._les[bound] = format_le(bound)
+        return text
+
+
+class _Labels:
+    """One data point's labels, sorted once; ``__name__`` (and ``le``) put in place per series.
+
+    The extras override attributes of the same name, as ``createAttributes`` lets them."""
+
+    __slots__ = ("_at_le", "_at_name", "_bucket_pairs", "_pairs")
+
+    def __init__(self, base: dict[str, str]) -> None:
+        base.pop("__name__", None)
+        self._pairs = tuple(sorted((name, value) for name, value in base.items() if value != ""))
+        names = [name for name, _ in self._pairs]
+        self._at_name = bisect_left(names, "__name__")
+        # Buckets: an attribute called "le" gives way to the bucket's bound.
+        self._bucket_pairs = tuple(pair for pair in self._pairs if pair[0] != "le")
+        self._at_le = bisect_left([name for name, _ in self._bucket_pairs], "le")
+
+    def named(self, name: str) -> tuple[tuple[str, str], ...]:
+        pairs, at = self._pairs, self._at_name
+        return (*pairs[:at], ("__name__", name), *pairs[at:])
+
+    def bucket(self, name: str, le: str) -> tuple[tuple[str, str], ...]:
+        pairs, at, at_le = self._bucket_pairs, self._at_name, self._at_le
+        return (*pairs[:at], ("__name__", name), *pairs[at:at_le], ("le", le), *pairs[at_le:])
 
 
 def _expanded(series: Iterable[Series]) -> Iterator[Series]:

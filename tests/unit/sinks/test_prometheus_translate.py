@@ -13,6 +13,8 @@ from worker.model.series import MetricDescriptor, MetricKind, Series
 from worker.model.values import attribute_parts
 from worker.processors.pipeline import Pipeline
 from worker.sinks.prometheus_translate import (
+    NativeHistogram,
+    PromExemplar,
     PromSeries,
     Translator,
     convert_buckets_layout,
@@ -416,3 +418,56 @@ def test_write_request_round_trip_and_split() -> None:
     assert [(s.timestamp, s.value) for s in calls.samples] == [(NOW_MS, 3.0)]
     assert calls.exemplars[0].labels[0].name == "trace_id"
     assert [label.name for label in calls.labels] == sorted(label.name for label in calls.labels)
+
+
+def _reference_encoding(series: list[PromSeries]) -> bytes:
+    """The same request through the generated protobuf classes."""
+    request = WriteRequest()
+    for one in series:
+        ts = request.timeseries.add()
+        for name, text in one.labels:
+            ts.labels.add(name=name, value=text)
+        for timestamp, value in one.samples:
+            ts.samples.add(value=value, timestamp=timestamp)
+        for exemplar in one.exemplars:
+            converted = ts.exemplars.add(value=exemplar.value, timestamp=exemplar.timestamp_ms)
+            for name, text in exemplar.labels:
+                converted.labels.add(name=name, value=text)
+        for histogram in one.histograms:
+            native = ts.histograms.add(
+                count_int=histogram.count,
+                sum=histogram.sum,
+                schema=histogram.schema,
+                zero_threshold=histogram.zero_threshold,
+                zero_count_int=histogram.zero_count,
+                timestamp=histogram.timestamp_ms,
+            )
+            for offset, length in histogram.positive_spans:
+                native.positive_spans.add(offset=offset, length=length)
+            native.positive_deltas.extend(histogram.positive_deltas)
+    data: bytes = request.SerializeToString()
+    return data
+
+
+def test_hand_encoding_is_byte_for_byte_the_generated_code() -> None:
+    exp = ExpHistogram(max_size=160)
+    for value in (0.0, 0.001, 3.0, 3.0, 700.0, 1e9):
+        exp.record(value)
+    series = [
+        *Translator(_connector_descriptors()).translate(
+            {"r1": RESOURCE}, [_span_series(exemplars=[(TRACE, SPAN, 3.0, 1), (TRACE, b"", 0.0, 2)])], NOW_NS
+        ),
+        *Translator({"d": MetricDescriptor("d", MetricKind.EXPONENTIAL_HISTOGRAM, zero_init=True)}).translate(
+            {}, [_span_series(metric="d", companion=None, buckets=None, exp=exp, zero_ns=NOW_NS - 1)], NOW_NS
+        ),
+        PromSeries(
+            (("__name__", "edge"), ("é", "ünïcode")),
+            samples=[(0, 0.0), (-5, -0.0), (1, float("inf")), (2, -1.5)],
+            histograms=[
+                NativeHistogram(0, 0.0, -4, 0, [], [], 0),
+                NativeHistogram(7, -2.5, 8, 3, [(-3, 2), (0, 0), (5, 1)], [2, -1, 3], -1),
+            ],
+            exemplars=[PromExemplar((), 0.0, 0)],
+        ),
+    ]
+    assert encode_write_request(series) == _reference_encoding(series)
