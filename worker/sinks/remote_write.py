@@ -217,15 +217,26 @@ class RemoteWriteSink:
         # In chunks, giving the event loop back between them: a slot of 100,000 series is
         # seconds of work, and heartbeats, probes and consumption share the loop (invariant 9).
         info_sent: set[str] = set()
+        limit = self.config.max_samples_per_send
+        batch: list[PromSeries] = []
+        points = 0
         for start in range(0, len(series), _CHUNK_SERIES):
             if start:
                 await asyncio.sleep(0)
             chunk = series[start : start + _CHUNK_SERIES]
-            translated = self.translator.translate(resources, chunk, now_ns, info_sent=info_sent)
-            for batch in split_requests(translated, self.config.max_samples_per_send):
-                body = cramjam.snappy.compress_raw(encode_write_request(batch))
-                self._enqueue(_Request(tenant, bytes(body), sum(one.points for one in batch)))
+            for one in self.translator.translate(resources, chunk, now_ns, info_sent=info_sent):
+                if batch and points + one.points > limit:
+                    self._send_later(tenant, batch, points)
+                    batch, points = [], 0
+                batch.append(one)
+                points += one.points
+        if batch:
+            self._send_later(tenant, batch, points)
         return _Queued()
+
+    def _send_later(self, tenant: str, batch: list[PromSeries], points: int) -> None:
+        body = cramjam.snappy.compress_raw(encode_write_request(batch))
+        self._enqueue(_Request(tenant, bytes(body), points))
 
     # ------------------------------------------------------------------ buffer
 
