@@ -24,6 +24,7 @@ import pytest_asyncio
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from structlog.testing import capture_logs
 
 from devtools.servers import create_topics
 from worker.config import Settings
@@ -405,13 +406,18 @@ async def test_4xx_is_not_retried_and_counted(
     )
     batch = traces(5, seed=3, services=2)
     await produce(kafka_bootstrap, f"{unique_name}-in", [(k, r.SerializeToString()) for k, r in batch])
-    async with RunningWorker(settings) as running:
-        stats = running.worker.stats.remote_write
-        await _until(lambda: stats.failed_samples > 0, 30)
-        assert stats.failed_samples > 0
-        assert stats.retries == 0
-        assert stats.requests == len(recorder.requests)
-        assert stats.samples == 0
+    with capture_logs() as logs:
+        async with RunningWorker(settings) as running:
+            stats = running.worker.stats.remote_write
+            await _until(lambda: stats.failed_samples > 0 and len(recorder.requests) >= 3, 30)
+    # One failure episode, one line, however many requests were refused.
+    failing = [entry for entry in logs if entry["event"] == "remote write failing"]
+    assert len(failing) == 1 and len(recorder.requests) >= 3
+    assert failing[0]["status"] == 400 and "scripted 400" in failing[0]["error"]
+    assert stats.retries == 0
+    assert stats.requests == len(recorder.requests)
+    assert stats.samples == 0
+    assert stats.failed_samples + stats.dropped_samples > 0 and stats.pending_samples == 0
 
 
 async def test_unreachable_endpoint_never_blocks_and_drops_are_counted(
@@ -432,19 +438,24 @@ async def test_unreachable_endpoint_never_blocks_and_drops_are_counted(
     batch = traces(20, seed=4, services=2)
     expected = span_count(r for _, r in batch)
     await produce(kafka_bootstrap, f"{unique_name}-in", [(k, r.SerializeToString()) for k, r in batch])
-    async with RunningWorker(settings) as running:
-        worker = running.worker
-        await _until(lambda: worker.stats.spans >= expected and worker.stats.flushes >= 3, 30)
-        stats = worker.stats.remote_write
-        # Consumption and flushes went on; the buffer stayed within its bound.
-        assert worker.stats.spans == expected
-        assert worker.stats.flushes >= 3
-        assert stats.pending_samples <= 50
-        assert stats.dropped_samples > 0
-        assert stats.retries > 0
-        assert stats.samples == 0
+    with capture_logs() as logs:
+        async with RunningWorker(settings) as running:
+            worker = running.worker
+            await _until(lambda: worker.stats.spans >= expected and worker.stats.flushes >= 3, 30)
+            stats = worker.stats.remote_write
+            # Consumption and flushes went on; the buffer stayed within its bound.
+            assert worker.stats.spans == expected
+            assert worker.stats.flushes >= 3
+            assert stats.pending_samples <= 50
+            assert stats.dropped_samples > 0
+            assert stats.retries > 0
+            assert stats.samples == 0
     # What was still buffered at shutdown is counted as dropped: nothing is unaccounted for.
     assert stats.pending_samples == 0
+    # One failure episode: one line when it starts, one for the drops, however many attempts.
+    events = [entry["event"] for entry in logs]
+    assert events.count("remote write failing") == 1
+    assert events.count("remote write buffer full; oldest samples dropped") == 1
 
 
 @needs_prometheus
