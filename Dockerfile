@@ -35,7 +35,7 @@ RUN python -m pip wheel --wheel-dir /wheels . \
  && /opt/venv/bin/pip install --no-index --find-links /wheels spanmetrics-worker \
  && /opt/venv/bin/pip uninstall --yes pip \
  && /opt/venv/bin/spanmetrics --version \
- && /opt/venv/bin/python -c "from worker.processors.spanmetrics import _native"
+ && /opt/venv/bin/python -c "from worker.processors import _native"
 
 # ------------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}

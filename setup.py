@@ -1,4 +1,4 @@
-"""Builds the optional compiled span-metrics ingest; without a compiler (or Cython) the install still
+"""Builds the optional compiled ingest; without a compiler (or Cython) the install still
 succeeds and the pure-Python path runs. ``SPANMETRICS_NO_EXTENSIONS=1`` skips the build."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-_MODULE = "worker.processors.spanmetrics._native"
-_SOURCE = "worker/processors/spanmetrics/_native.pyx"
+_MODULE = "worker.processors._native"
+_SOURCE = "worker/processors/_native.pyx"
 
 
 class OptionalBuildExt(build_ext):
@@ -32,7 +32,7 @@ class OptionalBuildExt(build_ext):
     @staticmethod
     def _skipped(exc: Exception) -> None:
         print(
-            f"WARNING: compiled span-metrics ingest not built ({exc}); the pure-Python path runs",
+            f"WARNING: compiled ingest not built ({exc}); the pure-Python path runs",
             file=sys.stderr,
         )
 

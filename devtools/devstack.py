@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import logging
 import os
 import shutil
 import signal
@@ -27,12 +28,16 @@ import yaml
 
 from devtools.loadgen.producer import run_loadgen
 from devtools.servers import (
+    DevServerError,
+    ExternalKafka,
+    ExternalRedis,
     KafkaEndpoint,
     RedisEndpoint,
     create_topics,
     kafka_from_env_or_embedded,
     redis_from_env_or_embedded,
     require_server_wheels_for_env,
+    wait_for_kafka,
 )
 from devtools.top import run_top
 from worker.model.errors import ConfigError
@@ -48,6 +53,13 @@ DLQ_PARTITIONS = 1
 
 #: Seconds a worker gets between SIGTERM and SIGKILL (it promises to be done within ~25 s).
 STOP_GRACE = 30.0
+#: Seconds an external KAFKA_BOOTSTRAP_SERVERS / REDIS_URL gets to answer before the run gives up.
+EXTERNAL_WAIT = 10.0
+#: Service-graph latency buckets (seconds) fine enough for the dev model's edges: with Tempo's
+#: default (0.1, 0.2, 0.4, ...) most edges fall in the first bucket and every p95 reads 95.0 ms
+#: (0.95 of the way through [0, 100 ms]).
+SERVICE_GRAPH_BUCKETS = [0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+STOPPING_LINE = "spanmetrics dev: stopping (Ctrl-C again skips the workers' grace period)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +125,7 @@ class _Signals:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._stopping = False
+        self.said_stopping = False
         self._previous: dict[int, Any] = {}
 
     @contextlib.contextmanager
@@ -141,6 +154,9 @@ class _Signals:
             return
         self.stop_requested.set()
         if self._loop is not None and self._stop is not None:
+            # Said at once: the table stops, then the workers flush and leave (a few seconds).
+            print(STOPPING_LINE, file=sys.stderr, flush=True)
+            self.said_stopping = True
             self._loop.call_soon_threadsafe(self._stop.set)
             return
         raise KeyboardInterrupt
@@ -323,11 +339,56 @@ def _write_config(session: _Session, run_id: str) -> None:
         },
         "redis": {"url": session.redis_url, "key_prefix": f"spanmetrics-dev-{run_id}"},
         "spanmetrics": {"metrics_flush_interval": f"{options.flush_interval:g}s"},
-        "servicegraphs": {"enabled": options.service_graphs},
+        "servicegraphs": {"enabled": options.service_graphs, "histogram_buckets": SERVICE_GRAPH_BUCKETS},
         "http": {"enabled": False},
         "log": {"level": "info", "format": "json"},
     }
     session.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+@contextlib.contextmanager
+def _quiet_aiokafka() -> Iterator[None]:
+    """aiokafka logs each refused connection on stderr; the one line we raise says it all."""
+    logger = logging.getLogger("aiokafka")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _reach_external_kafka(bootstrap: str) -> None:
+    """Fail in one line if KAFKA_BOOTSTRAP_SERVERS does not answer a metadata request in time."""
+    started = time.monotonic()
+    try:
+        with _quiet_aiokafka():
+            asyncio.run(wait_for_kafka(bootstrap, timeout=EXTERNAL_WAIT))
+    except TimeoutError as exc:
+        cause = str(exc).rpartition("last error: ")[2] or "no answer"
+        raise DevServerError(
+            f"Kafka at {bootstrap} (from KAFKA_BOOTSTRAP_SERVERS) did not answer within "
+            f"{time.monotonic() - started:.0f} s: {cause}; fix it, or unset it to use the embedded broker"
+        ) from None
+
+
+def _reach_external_redis(url: str) -> None:
+    """Fail in one line if REDIS_URL does not answer a PING in time."""
+    import redis
+
+    from worker.observability.logs import redact_url
+
+    started = time.monotonic()
+    client = redis.Redis.from_url(url, socket_connect_timeout=EXTERNAL_WAIT, socket_timeout=EXTERNAL_WAIT)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        raise DevServerError(
+            f"Redis at {redact_url(url)} (from REDIS_URL) did not answer within "
+            f"{time.monotonic() - started:.0f} s: {exc}; fix it, or unset it to use the embedded server"
+        ) from None
+    finally:
+        client.close()
 
 
 def _say(line: str) -> None:
@@ -356,9 +417,13 @@ def run_dev(options: DevOptions, *, out: TextIO | None = None) -> int:
             kafka = kafka_from_env_or_embedded()
             session.bootstrap = kafka.bootstrap_servers
             _say(f"kafka {session.bootstrap} ({_describe(kafka)})")
+            if isinstance(kafka, ExternalKafka):
+                _reach_external_kafka(session.bootstrap)
             redis = redis_from_env_or_embedded()
             session.redis_url = redis.url
             _say(f"redis {session.redis_url} ({_describe(redis)})")
+            if isinstance(redis, ExternalRedis):
+                _reach_external_redis(session.redis_url)
             asyncio.run(
                 create_topics(
                     session.bootstrap,
@@ -380,7 +445,8 @@ def run_dev(options: DevOptions, *, out: TextIO | None = None) -> int:
             interrupted = True
         finally:
             signals.stopping()
-            _say("stopping")
+            if not signals.said_stopping:
+                _say("stopping")
             _stop_workers(session, signals)
             for server in (redis, kafka):
                 if server is not None:

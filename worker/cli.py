@@ -116,7 +116,9 @@ def _duration_seconds(ctx: click.Context, param: click.Parameter, value: str | N
 @cli.command()
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Worker processes.")
 @click.option(
-    "--duration", callback=_duration_seconds, help="Stop after this long, e.g. 60 or 5m (default: Ctrl-C)."
+    "--duration",
+    callback=_duration_seconds,
+    help="Stop after this long, e.g. 60 or 5m; 0 or none: run until Ctrl-C.",
 )
 @click.option(
     "--rate", type=click.FloatRange(min=0), default=50.0, show_default=True, help="Traces per second."
@@ -147,7 +149,8 @@ def dev(
     """Run broker, Redis, workers and load generator locally and show the live RED table."""
     from devtools.devstack import DevOptions, run_dev
 
-    options = DevOptions(workers, duration, rate, services, flush_interval, service_graphs, keep_logs)
+    until = duration if duration else None  # 0 (or none): until Ctrl-C
+    options = DevOptions(workers, until, rate, services, flush_interval, service_graphs, keep_logs)
     try:
         sys.exit(run_dev(options))
     except SpanmetricsError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import threading
@@ -24,6 +25,7 @@ from worker.model.errors import SpanmetricsError
 from worker.observability.http import HttpServer
 from worker.observability.logs import configure_logging, redact_url
 from worker.observability.selfmetrics import WorkerMetrics
+from worker.runtime import tune_garbage_collector
 from worker.stream.worker import StreamWorker
 
 __all__ = ["effective_configuration", "log_configuration", "make_registry", "run_service", "run_worker"]
@@ -60,6 +62,7 @@ async def run_service(settings: Settings) -> None:
 
     for sig in signals:
         loop.add_signal_handler(sig, stop)
+    tune_garbage_collector()  # the process is this worker's alone (not in run_worker: tests embed it)
     try:
         await run_worker(worker, server)
     finally:
@@ -107,8 +110,10 @@ async def run_worker(worker: StreamWorker, server: HttpServer | None) -> None:
             await server.start()
         except OSError as exc:
             await worker.close()
+            reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or exc
             raise SpanmetricsError(
-                f"cannot start: http port {server.host}:{server.requested_port}: {exc.strerror or exc}"
+                f"cannot start: http port {server.host}:{server.requested_port}: {reason} (set by "
+                "http.port or env SPANMETRICS_HTTP__PORT; http.enabled: false turns the port off)"
             ) from None
     try:
         try:

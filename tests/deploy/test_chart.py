@@ -384,3 +384,134 @@ def test_keda_at_the_partition_count_renders(helm: Path) -> None:
 def test_service_monitor_is_optional(helm: Path) -> None:
     assert "ServiceMonitor" not in by_kind(render(helm))
     assert "ServiceMonitor" in by_kind(render(helm, sets=("serviceMonitor.enabled=true",)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Secrets never in the ConfigMap; the config passthrough checked by the worker's schema
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_password_in_the_redis_url_is_refused(helm: Path) -> None:
+    with pytest.raises(RenderError) as error:
+        render(helm, sets=("redis.url=redis://:hunter2@redis:6379/0",))
+    assert "redis.url contains a password" in error.value.stderr
+    assert "redis.existingSecret" in error.value.stderr and "redis.password" in error.value.stderr
+    # A user name alone is no secret.
+    render(helm, sets=("redis.url=redis://spanmetrics@redis:6379/0",))
+
+
+def test_a_chart_made_secret_carries_the_redis_password(
+    helm: Path, tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    docs = render(helm, sets=("redis.password=hunter2",))
+    kinds = by_kind(docs)
+    secret = kinds["Secret"]
+    name = kinds["Deployment"]["metadata"]["name"] + "-redis"
+    assert secret["metadata"]["name"] == name
+    assert secret["data"] == {"redis-password": "aHVudGVyMg=="}  # base64 of hunter2
+    env = {item["name"]: item for item in _container(docs)["env"]}
+    assert env["SPANMETRICS_REDIS__PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": name,
+        "key": "redis-password",
+    }
+    for doc in docs:
+        if doc["kind"] != "Secret":
+            assert "hunter2" not in json.dumps(doc) and "aHVudGVyMg" not in json.dumps(doc), doc["kind"]
+    # The worker reads it from the env the pod gets.
+    clean_env.setenv("SPANMETRICS_REDIS__PASSWORD", "hunter2")
+    settings = load_config(_worker_config(docs, tmp_path))
+    assert settings.redis.password is not None and settings.redis.password.get_secret_value() == "hunter2"
+    annotations = kinds["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert "checksum/secret" in annotations  # a new password rolls the pods
+    assert "Secret" not in by_kind(render(helm))
+
+
+def test_redis_password_and_existing_secret_are_exclusive(helm: Path) -> None:
+    with pytest.raises(RenderError) as error:
+        render(helm, sets=("redis.password=x", "redis.existingSecret=mine"))
+    assert "redis.password and redis.existingSecret are both set" in error.value.stderr
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (("config.kafka.bogus=1",), "bogus"),
+        (("config.redis.password=hunter2",), "password"),  # a secret: never in the ConfigMap
+        (("config.kafka.sasl_password=hunter2",), "sasl_password"),
+        (("config.spanmetrics.metrics_flush_interval=soon",), "metrics_flush_interval"),
+        (("config.spanmetrics.histogram.explicit.buckets=2ms",), "buckets"),
+        (("config.log.level=verbose",), "level"),
+        (("config.worker.max_active_series_per_tenant=-1",), "max_active_series_per_tenant"),
+    ],
+)
+def test_config_passthrough_is_checked_at_render_time(
+    helm: Path, sets: tuple[str, ...], message: str
+) -> None:
+    with pytest.raises(RenderError) as error:
+        render(helm, sets=sets)
+    assert "values don't meet the specifications of the schema" in error.value.stderr
+    assert message in error.value.stderr
+
+
+def test_config_passthrough_accepts_what_the_worker_accepts(
+    helm: Path, tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    """Upstream spellings the worker normalises (durations, unit case, temporality prefix, bare
+    dimension names) and the Tempo style both render, and the worker loads the result."""
+    lenient = tmp_path / "lenient.yaml"
+    lenient.write_text(
+        yaml.safe_dump(
+            {
+                "config": {
+                    "spanmetrics": {
+                        "dimensions": ["http.method", {"name": "http.route", "default": "/"}],
+                        "histogram": {"unit": "MS", "explicit": {"buckets": ["2ms", 0.5, "1m30s"]}},
+                        "aggregation_temporality": "AGGREGATION_TEMPORALITY_CUMULATIVE",
+                        "metrics_flush_interval": "1m30s",
+                    },
+                    "worker": {"shutdown_grace": 25, "max_active_series_per_tenant": 5000},
+                }
+            }
+        )
+    )
+    settings = load_config(_worker_config(render(helm, lenient), tmp_path))
+    assert settings.spanmetrics.metrics_flush_interval == 90.0
+    tempo = tmp_path / "tempo.yaml"
+    tempo_config = yaml.safe_load((CHART.parents[1] / "examples" / "tempo-mode.yaml").read_text())
+    for section, options in (("kafka", ("bootstrap_servers", "group_id")), ("redis", ("url",))):
+        for option in options:
+            tempo_config.get(section, {}).pop(option, None)
+    # null removes the chart's default connector-style sections (one style per file).
+    tempo.write_text(yaml.safe_dump({"config": {**tempo_config, "spanmetrics": None, "servicegraphs": None}}))
+    assert load_config(_worker_config(render(helm, tempo), tmp_path)).tempo_mode
+
+
+# --------------------------------------------------------------------------------------------------
+# KEDA agrees with the worker; the PrometheusRule
+# --------------------------------------------------------------------------------------------------
+
+
+async def test_keda_offset_reset_policy_agrees_with_the_worker(helm: Path) -> None:
+    from worker.config import KafkaConfig
+    from worker.stream.clients import make_consumer
+
+    consumer = make_consumer(KafkaConfig())
+    try:
+        worker_policy = consumer._auto_offset_reset
+    finally:
+        await consumer.stop()
+    (trigger,) = by_kind(render(helm, KEDA))["ScaledObject"]["spec"]["triggers"]
+    assert trigger["metadata"]["offsetResetPolicy"] == worker_policy == "earliest"
+    with pytest.raises(RenderError) as error:
+        render(helm, sets=("autoscaling.keda.enabled=true", "autoscaling.keda.offsetResetPolicy=latest"))
+    assert 'offsetResetPolicy "latest" disagrees with the worker' in error.value.stderr
+
+
+def test_prometheus_rule_carries_the_repository_rules(helm: Path) -> None:
+    assert "PrometheusRule" not in by_kind(render(helm))
+    rule = by_kind(render(helm, KEDA))["PrometheusRule"]
+    repository = yaml.safe_load((CHART.parents[1] / "deploy" / "prometheus" / "alerts.yaml").read_text())
+    assert rule["spec"] == repository
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    annotations = rule["spec"]["groups"][0]["rules"][0]["annotations"]
+    assert "{{ $labels.instance }}" in annotations["summary"]  # left for Prometheus, not templated by helm

@@ -242,6 +242,9 @@ def test_prometheus_config(compose: dict[str, Any]) -> None:
     (sd,) = worker_job["dns_sd_configs"]
     assert sd["names"] == ["worker"] and sd["port"] == load_config(WORKER_CONFIG).http.port
     assert "worker" in compose["services"]
+    # The alert rules are loaded from where compose mounts them.
+    mounts = {target: source for source, target in _bind_sources(compose["services"]["prometheus"])}
+    assert [mounts[path] for path in config["rule_files"]] == ["./deploy/prometheus/alerts.yaml"]
 
 
 def test_grafana_datasource() -> None:

@@ -380,8 +380,9 @@ def test_template_variables_use_emitted_names(dashboard: dict[str, Any]) -> None
     pattern = re.compile(r"^label_values\((?:([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s*,\s*)?([a-zA-Z_]\w*)\)$")
     queries = [v for v in dashboard["templating"]["list"] if v["type"] == "query"]
     assert {v["name"] for v in queries} == {"service", "span_kind", "operation"}
+    prefix = _namespace_variable(dashboard)["current"]["value"]
     for variable in queries:
-        match = pattern.match(variable["query"]["query"])
+        match = pattern.match(variable["query"]["query"].replace("${namespace}", prefix))
         assert match, variable["query"]
         metric, matchers, label = match.groups()
         assert metric in EMITTED_SERIES
@@ -453,7 +454,8 @@ def test_tempo_dashboard_is_the_connector_dashboard_on_tempo_names(
     assert [p["title"] for p in _panels(tempo_dashboard)] == [p["title"] for p in _panels(dashboard)]
     assert len(_targets(tempo_dashboard)) == len(_targets(dashboard))
     variables = {v["name"] for v in tempo_dashboard["templating"]["list"]}
-    assert variables == {v["name"] for v in dashboard["templating"]["list"]}
+    # Tempo's names are fixed (no namespace option in Tempo mode): no prefix variable there.
+    assert variables == {v["name"] for v in dashboard["templating"]["list"]} - {"namespace"}
     # Latency panels are in seconds (Tempo's histogram), not milliseconds.
     units = {p.get("fieldConfig", {}).get("defaults", {}).get("unit") for p in _panels(tempo_dashboard)}
     assert "ms" not in units and "s" in units
@@ -487,3 +489,67 @@ def test_tempo_dashboard_variables(tempo_dashboard: dict[str, Any]) -> None:
         assert metric in TEMPO_SERIES and label in TEMPO_LABELS
         if matchers:
             assert parse_promql(matchers).labels <= TEMPO_LABELS
+
+
+# --------------------------------------------------------------------------------------------------
+# The configured namespace: a dashboard variable, not bare names
+# --------------------------------------------------------------------------------------------------
+
+
+def _namespace_variable(dashboard: dict[str, Any]) -> dict[str, Any]:
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "namespace"]
+    return variable
+
+
+def namespace_prefix(namespace: str) -> str:
+    """The Prometheus prefix of the connector's metrics for a ``spanmetrics.namespace``."""
+    return (
+        prometheus_name(OtlpMetric(f"{namespace}.calls", "gauge")).removesuffix("calls") if namespace else ""
+    )
+
+
+def test_namespace_prefix() -> None:
+    assert namespace_prefix("") == ""
+    assert namespace_prefix("traces.span.metrics") == "traces_span_metrics_"
+
+
+def test_the_namespace_variable_defaults_to_the_compose_workers_namespace(dashboard: dict[str, Any]) -> None:
+    variable = _namespace_variable(dashboard)
+    assert variable["type"] == "textbox"
+    namespace = load_config(WORKER_CONFIG).spanmetrics.namespace
+    assert variable["current"]["value"] == namespace_prefix(namespace)
+
+
+def test_span_metric_names_always_carry_the_namespace_variable(dashboard: dict[str, Any]) -> None:
+    texts = [target["expr"] for _, target in _targets(dashboard)]
+    texts += [v["query"]["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    bare = [text for text in texts if re.search(r"(?<![\w}])(calls_total|duration_(milli)?seconds_)", text)]
+    assert bare == []
+    assert sum("${namespace}calls_total" in text for text in texts) >= 5
+
+
+def test_queries_follow_another_namespace(dashboard: dict[str, Any]) -> None:
+    """With spanmetrics.namespace set, the variable's prefix makes every query name emitted series."""
+    settings = load_config(WORKER_CONFIG)
+    processor = SpanMetricsProcessor(
+        settings.spanmetrics.model_copy(update={"namespace": "traces.span.metrics"})
+    )
+    kinds = {MetricKind.SUM: "counter", MetricKind.HISTOGRAM: "histogram"}
+    series = {
+        name
+        for d in processor.descriptors()
+        for name in prometheus_series(OtlpMetric(d.name, kinds[d.kind], d.unit))
+    }
+    series |= {name for metric in SERVICE_GRAPH_METRICS for name in prometheus_series(metric)}
+    prefix = namespace_prefix("traces.span.metrics")
+    problems = {
+        f"{title} [{target['refId']}]": found
+        for title, target in _targets(dashboard)
+        if (found := query_problems(target["expr"].replace("${namespace}", prefix), series=series))
+    }
+    assert problems == {}
+    # Not vacuous: without the prefix, the span-metric queries name series that do not exist.
+    assert any(
+        query_problems(target["expr"].replace("${namespace}", ""), series=series)
+        for _, target in _targets(dashboard)
+    )

@@ -202,10 +202,10 @@ def test_copy_sources_exist_and_are_in_the_build_context() -> None:
 
 def test_build_outputs_of_the_compiled_ingest_stay_out_of_the_context() -> None:
     patterns = _ignore_patterns()
-    for built in ("worker/processors/spanmetrics/_native.cpython-311-x86_64-linux-gnu.so",
-                  "worker/processors/spanmetrics/_native.c"):  # fmt: skip
+    for built in ("worker/processors/_native.cpython-311-x86_64-linux-gnu.so",
+                  "worker/processors/_native.c"):  # fmt: skip
         assert not _dockerignore_included(built, patterns)
-    assert _dockerignore_included("worker/processors/spanmetrics/_native.pyx", patterns)
+    assert _dockerignore_included("worker/processors/_native.pyx", patterns)
     assert _dockerignore_included("setup.py", patterns)
 
 

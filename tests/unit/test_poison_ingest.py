@@ -142,6 +142,25 @@ def _raise_on_poison(monkeypatch: pytest.MonkeyPatch, processor: type[Any]) -> N
             return stats
 
         monkeypatch.setattr(SpanMetricsProcessor, "consume_scanned", consume_scanned)
+    if processor is ServiceGraphsProcessor:
+        # The compiled edge scan keeps only the attributes the processor reads: the marker is
+        # noted at the scan (Pipeline.decode), which precedes the run's consume_scanned.
+        original_scan = ServiceGraphsProcessor.scan
+        original_edges = ServiceGraphsProcessor.consume_scanned
+        marked: list[bool] = []
+
+        def scan(self: Any, data: bytes) -> Any:
+            marked[:] = [_poisoned(parse_batch(data), None)]
+            return original_scan(self, data)
+
+        def consume_edges(self: Any, scanned: Any, tenant: str, partition: int = 0) -> Any:
+            stats = original_edges(self, scanned, tenant, partition)
+            if marked == [True]:
+                raise RuntimeError("poisoned span")
+            return stats
+
+        monkeypatch.setattr(ServiceGraphsProcessor, "scan", scan)
+        monkeypatch.setattr(ServiceGraphsProcessor, "consume_scanned", consume_edges)
 
 
 def _records(

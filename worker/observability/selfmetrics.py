@@ -150,6 +150,10 @@ class WorkerMetrics:
         #: tenant -> active series (the quantity max_active_series_per_tenant limits).
         self._active_series: dict[str, int] = {}
         self._last_flush_unix: float | None = None
+        #: What the alert rules compare against; None until the worker knows (after start).
+        self._input_partitions: int | None = None
+        self._flush_interval: float | None = None
+        self._series_limit: int | None = None
         self._last_emission_unix: float | None = None
         registry.register(_StatsCollector(self))
 
@@ -193,6 +197,12 @@ class WorkerMetrics:
             log.debug("active series refresh failed", error=str(exc))
         else:
             self._active_series = active
+
+    def describe_worker(self, *, input_partitions: int, flush_interval: float, series_limit: int) -> None:
+        """At start: the input topic's partition count and the limits the alert rules compare to."""
+        self._input_partitions = input_partitions
+        self._flush_interval = flush_interval
+        self._series_limit = series_limit
 
     # ------------------------------------------------------------------ direct setters (tests, tools)
 
@@ -299,6 +309,21 @@ class WorkerMetrics:
             total("fenced"),
         )
         yield counter(
+            "redis_step_errors",
+            "Failed attempts of an atomic Redis step (flush merge, partition claim, rewind); retried.",
+            total("redis_errors"),
+        )
+        sink_errors = CounterMetricFamily(
+            PREFIX + "sink_errors",
+            "Failed output deliveries per sink (kafka: a failed emission, retried at the next flush, "
+            "or a record the broker refused as too large).",
+            labels=["sink"],
+        )
+        if stats is not None:
+            for sink in sorted({"kafka", *stats.sink_errors}):
+                sink_errors.add_metric([sink], stats.sink_errors.get(sink, 0))
+        yield sink_errors
+        yield counter(
             "state_lost",
             "Times this worker found Redis had lost its state (generation marker gone or changed, "
             "fencing tokens gone back) and took its partitions back from the committed offsets.",
@@ -364,6 +389,21 @@ class WorkerMetrics:
             owned.add_metric([], len(tokens))
         yield assigned
         yield owned
+        yield _gauge(
+            "input_partitions",
+            "Partitions of the input topic (known at start); the group should own all of them.",
+            self._input_partitions if source is not None else None,
+        )
+        yield _gauge(
+            "flush_interval_seconds",
+            "The configured flush interval (metrics_flush_interval), for alert rules.",
+            self._flush_interval if source is not None else None,
+        )
+        yield _gauge(
+            "max_active_series_per_tenant",
+            "The configured worker.max_active_series_per_tenant (0 = unlimited), for alert rules.",
+            self._series_limit if source is not None else None,
+        )
         lag = GaugeMetricFamily(
             PREFIX + "consumer_lag_records",
             "Records on the broker not yet applied to Redis, per assigned input partition (per flush).",
@@ -404,6 +444,13 @@ class WorkerMetrics:
         )
         info.add_metric([__version__, source.ingest_path if source is not None else "unknown"], 1)
         yield info
+
+
+def _gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(PREFIX + name, doc)
+    if value is not None:
+        family.add_metric([], value)
+    return family
 
 
 def _service_graph_families(counters: ServiceGraphCounters | None) -> Iterator[Metric]:

@@ -44,6 +44,10 @@ class WorkerStats:
     emitted_bytes: int = 0
     expired: int = 0
     overflowed: int = 0
+    #: Failed attempts of an atomic Redis step (each retry that failed counts once).
+    redis_errors: int = 0
+    #: Failed deliveries per sink ("kafka": a failed emission, or a record refused as too large).
+    sink_errors: dict[str, int] = field(default_factory=dict)
     last_flush_seconds: float = 0.0
     last_redis_seconds: float = 0.0
     #: Totals of the remote-write sink (all 0 when it is not configured).

@@ -17,6 +17,7 @@ from worker.processors.base import PipelineStats, Processor
 from worker.processors.servicegraphs.processor import (
     DROPPED_SPANS_TOTAL,
     UNPAIRED_SPANS_TOTAL,
+    EdgeScan,
     ServiceGraphsProcessor,
 )
 from worker.processors.spanmetrics.processor import Scanned, SpanMetricsProcessor
@@ -33,10 +34,12 @@ _NOT_IN_TEMPO = frozenset((UNPAIRED_SPANS_TOTAL, DROPPED_SPANS_TOTAL))
 
 @dataclass(slots=True)
 class NativeRun:
-    """Records read by the compiled span-metrics scanner; ``decoded`` for the other processors."""
+    """Records read by the compiled span-metrics scanner; the service graphs' edge spans read by
+    their compiled scanner (``edges``), or ``decoded`` for the other processors."""
 
     scanned: Scanned
     decoded: Decoded | None
+    edges: EdgeScan | None = None
 
 
 class Pipeline:
@@ -84,9 +87,19 @@ class Pipeline:
         )
         if self._slack_ns is not None:
             self.native_unsupported.append("metrics_ingestion_time_range_slack")
+        #: Why the service graphs run on the pure path (empty: the compiled scanner serves them).
+        self.edges_unsupported: list[str] = (
+            self.servicegraphs.native_unsupported() if self.servicegraphs is not None else []
+        )
         #: "native" when :meth:`decode` hands span metrics to the compiled ingest, else "pure".
         self.ingest_path = "pure" if self.native_unsupported else "native"
         self._others = [p for p in self.processors if p is not self.spanmetrics]
+        #: "native" when :meth:`decode` hands the service graphs to their compiled scanner too,
+        #: "pure" when they decode with protobuf, "off" when they are not configured.
+        self.edges_path = "off" if self.servicegraphs is None else "pure"
+        only_graphs = self._others == [self.servicegraphs]
+        if self.ingest_path == "native" and not self.edges_unsupported and only_graphs:
+            self.edges_path = "native"
 
     @property
     def max_exemplars(self) -> int:
@@ -153,7 +166,9 @@ class Pipeline:
         spanmetrics = self.spanmetrics
         if self.ingest_path != "native" or spanmetrics is None:
             return decode_spans_proto(data)
-        if self._others:
+        servicegraphs = self.servicegraphs
+        edges_native = self.edges_path == "native"
+        if self._others and not edges_native:
             decoded = decode_spans_proto(data)
             scanned = spanmetrics.scan(data)
             return decoded if scanned is None else NativeRun(scanned, decoded)
@@ -161,7 +176,13 @@ class Pipeline:
         scanned = spanmetrics.scan(data)
         if scanned is None:
             return decode_spans_proto(data)
-        return NativeRun(scanned, None)
+        if not edges_native:
+            return NativeRun(scanned, None)
+        assert servicegraphs is not None
+        edges = servicegraphs.scan(data)
+        if edges is None:
+            return NativeRun(scanned, decode_spans_proto(data))
+        return NativeRun(scanned, None, edges)
 
     def consume_decoded(self, decoded: Decoded | NativeRun, tenant: str, partition: int = 0) -> PipelineStats:
         """:meth:`consume` of what :meth:`decode` returned: the same deltas on either path."""
@@ -170,7 +191,10 @@ class Pipeline:
         assert self.spanmetrics is not None
         stats = PipelineStats()
         self.spanmetrics.consume_scanned(decoded.scanned, tenant).add_to(stats)
-        if decoded.decoded is not None:
+        if decoded.edges is not None:
+            assert self.servicegraphs is not None
+            self.servicegraphs.consume_scanned(decoded.edges, tenant, partition).add_to(stats)
+        elif decoded.decoded is not None:
             batch, groups = decoded.decoded
             for processor in self._others:
                 processor.consume(batch, tenant, partition, groups=groups).add_to(stats)

@@ -146,6 +146,7 @@ class Checkpoint:
                 within=self.retry_within,
                 shared=self.shared,
                 log=self.log,
+                stats=self.stats,
                 interrupt=interrupt,
             )
         except FencedError:

@@ -93,4 +93,6 @@ def kafka_start_problem(config: KafkaConfig, exc: Exception) -> str:
             f"{where}: SASL {config.sasl_mechanism} login as {config.sasl_username!r} failed - check "
             f"sasl_username, sasl_password and sasl_mechanism ({type(exc).__name__}: {exc})"
         )
-    return f"{where}: {type(exc).__name__}: {exc}"
+    text = str(exc)
+    name = type(exc).__name__
+    return f"{where}: {text if text.startswith(name) else f'{name}: {text}'}"

@@ -74,6 +74,8 @@ class Emission:
                 {slot: tokens[slot] for slot in owned}, time.time_ns(), still_owned=still_owned
             )
         except (RedisError, OSError, KafkaError) as exc:
+            if isinstance(exc, KafkaError):
+                self.stats.sink_errors["kafka"] = self.stats.sink_errors.get("kafka", 0) + 1
             self.log.warning("emission failed; it is retried at the next flush", error=str(exc))
             return None
         stats = self.stats
@@ -81,6 +83,7 @@ class Emission:
             self.log.warning("slots lost during the emission were not published", slots=report.skipped)
         if report.too_large:
             stats.drop("output_record_too_large", report.too_large)
+            stats.sink_errors["kafka"] = stats.sink_errors.get("kafka", 0) + report.too_large
             self.log.warning("output records too large to publish were skipped", records=report.too_large)
         stats.emitted_series += report.series
         stats.emitted_records += report.records

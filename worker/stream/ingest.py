@@ -233,6 +233,7 @@ class Ingest:
             within=self.kafka.max_poll_interval * 0.5,
             shared=shared,
             log=self.log,
+            stats=self.stats,
         )
         self._sought.update(owned)
         for key in [key for key in self._dead if key[0] not in shared.tokens]:

@@ -113,6 +113,7 @@ class Rebalance:
                     within=self.retry_within,
                     shared=shared,
                     log=self.log,
+                    stats=self.stats,
                     interrupt=(shared.stopping,),
                 )
                 shared.tokens.update(tokens)

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from redis.exceptions import RedisError
 
 from worker.model.errors import StateError
+from worker.observability.stats import WorkerStats
 from worker.stream.partitions import Partitions
 
 __all__ = ["RETRY_SUMMARY_EVERY", "RetryInterrupted", "with_redis_retry"]
@@ -32,6 +33,7 @@ async def with_redis_retry(
     shared: Partitions,
     log: Any,
     interrupt: Sequence[asyncio.Event] = (),
+    stats: WorkerStats | None = None,
 ) -> _T:
     """Retry Redis outages with backoff (not ready meanwhile); past ``within`` seconds raise StateError.
 
@@ -51,6 +53,8 @@ async def with_redis_retry(
             result = await (step() if attempts == 1 else _unless(step(), interrupt))
         except (RedisError, OSError) as exc:  # a FencedError (a StateError) passes through
             error = str(exc)
+            if stats is not None:
+                stats.redis_errors += 1
             now = time.monotonic()
             _check(interrupt, attempts, now - started, error, log)
             if now > deadline:

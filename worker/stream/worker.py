@@ -41,6 +41,15 @@ __all__ = ["StreamWorker"]
 
 #: How often pending service-graph half-edges are checked against ``wait`` (Tempo: 2 s).
 _EXPIRY_PERIOD = 2.0
+#: Where the addresses come from, for start-up errors (file option, then the environment variables).
+REDIS_OPTIONS = (
+    "set by redis.url or env REDIS_URL / SPANMETRICS_REDIS__URL; "
+    "password: redis.password or env SPANMETRICS_REDIS__PASSWORD"
+)
+KAFKA_OPTIONS = (
+    "set by kafka.bootstrap_servers or env KAFKA_BOOTSTRAP_SERVERS / SPANMETRICS_KAFKA__BOOTSTRAP_SERVERS"
+)
+
 #: How often unclaimed or unsettled partitions are tried again while Redis is away.
 _SETTLE_PERIOD = 2.0
 #: Shares of ``shutdown_grace`` from SIGTERM: the step in progress ends by the first, the final
@@ -156,19 +165,31 @@ class StreamWorker:
 
     async def start(self) -> None:
         """Connect to Redis and Kafka; a failure is one SpanmetricsError (the Redis password masked)."""
+        started = time.monotonic()
         try:
             await self.redis.ping()
         except RedisError as exc:
             url = redact_url(self.settings.redis.url.get_secret_value())
-            raise SpanmetricsError(f"Redis at {url}: {exc}") from None
+            raise SpanmetricsError(
+                f"Redis at {url}: {exc} (tried {time.monotonic() - started:.1f} s; {REDIS_OPTIONS})"
+            ) from None
+        started = time.monotonic()
         try:
             await self.producer.start()
             self.consumer.subscribe([self.topic], listener=Listener(self.rebalance))
             await self.consumer.start()
         except Exception as exc:  # aiokafka reports a refused SASL login as KeyError & co
-            raise SpanmetricsError(kafka_start_problem(self.settings.kafka, exc)) from None
+            problem = kafka_start_problem(self.settings.kafka, exc)
+            raise SpanmetricsError(
+                f"{problem} (tried {time.monotonic() - started:.1f} s; {KAFKA_OPTIONS})"
+            ) from None
         self.partitions = await self._partition_count()
         settings = self.settings
+        self.metrics.describe_worker(
+            input_partitions=self.partitions,
+            flush_interval=settings.flush_interval,
+            series_limit=settings.worker.max_active_series_per_tenant,
+        )
         store = self.store = RedisStateStore(
             self.redis,
             KeySpace(settings.redis.key_prefix, self.topic),
@@ -225,6 +246,8 @@ class StreamWorker:
             "span metrics ingest",
             path=self.pipeline.ingest_path,
             pure_because=", ".join(self.pipeline.native_unsupported),
+            service_graphs=self.pipeline.edges_path,
+            service_graphs_pure_because=", ".join(self.pipeline.edges_unsupported),
         )
         self.log.info("worker started", topic=self.topic, partitions=self.partitions)
 
@@ -274,6 +297,10 @@ class StreamWorker:
                     if batch:
                         async with shared.lock:
                             for tp, records in batch.items():
+                                # Yield first: aiokafka refetches a drained partition only when
+                                # its fetcher task runs, and getmany returns buffered records
+                                # without suspending; so the next fetch overlaps this processing.
+                                await asyncio.sleep(0)
                                 await self.ingest.handle(tp, records)
                     if time.monotonic() >= next_flush or shared.buffered_spans >= max_buffered:
                         try:

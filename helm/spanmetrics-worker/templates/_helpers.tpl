@@ -99,6 +99,26 @@ same keys under .Values.config. Secrets never appear here: they come from env va
 {{- end }}
 
 {{/*
+The Secret holding the Redis password: redis.existingSecret, or the chart-made one (redis.password).
+Empty when there is no password.
+*/}}
+{{- define "spanmetrics-worker.redisSecretName" -}}
+{{- if .Values.redis.existingSecret }}
+{{- .Values.redis.existingSecret }}
+{{- else if .Values.redis.password }}
+{{- printf "%s-redis" (include "spanmetrics-worker.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "spanmetrics-worker.redisSecretKey" -}}
+{{- if .Values.redis.existingSecret }}
+{{- .Values.redis.existingSecretKey }}
+{{- else }}
+{{- print "redis-password" }}
+{{- end }}
+{{- end }}
+
+{{/*
 Checks that a values schema cannot express; rendering fails with a message naming the values.
 */}}
 {{- define "spanmetrics-worker.validate" -}}
@@ -129,6 +149,15 @@ Checks that a values schema cannot express; rendering fails with a message namin
 {{- end }}
 {{- if and (not $keda.enabled) (not $hpa.enabled) (gt (int .Values.replicaCount) $partitions) }}
 {{- fail (printf "replicaCount (%d) exceeds kafka.inputPartitions (%d): a worker without an input partition only idles" (int .Values.replicaCount) $partitions) }}
+{{- end }}
+{{- if regexMatch "^[a-z]+://[^/@]*:[^/@]*@" .Values.redis.url }}
+{{- fail "redis.url contains a password: it would land in the ConfigMap. Put the password in a Secret: redis.existingSecret (+ redis.existingSecretKey) or redis.password (the chart makes the Secret); the worker gets it as SPANMETRICS_REDIS__PASSWORD" }}
+{{- end }}
+{{- if and .Values.redis.password .Values.redis.existingSecret }}
+{{- fail "redis.password and redis.existingSecret are both set: choose one (existingSecret names a Secret you manage; password makes one)" }}
+{{- end }}
+{{- if and $keda.enabled (ne $keda.offsetResetPolicy "earliest") }}
+{{- fail (printf "autoscaling.keda.offsetResetPolicy %q disagrees with the worker, which starts from the earliest offset on a partition without a committed offset (its consumer's auto_offset_reset): set earliest, so that KEDA counts that backlog as lag" $keda.offsetResetPolicy) }}
 {{- end }}
 {{- if hasPrefix "SASL" .Values.kafka.securityProtocol }}
 {{- if not (and .Values.kafka.sasl.mechanism .Values.kafka.sasl.username .Values.kafka.sasl.existingSecret) }}

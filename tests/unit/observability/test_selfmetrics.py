@@ -44,6 +44,11 @@ EXPECTED_TYPES = {
     "spanmetrics_replay_skipped_records": "counter",
     "spanmetrics_fenced_flushes": "counter",
     "spanmetrics_state_lost": "counter",
+    "spanmetrics_redis_step_errors": "counter",
+    "spanmetrics_sink_errors": "counter",
+    "spanmetrics_input_partitions": "gauge",
+    "spanmetrics_flush_interval_seconds": "gauge",
+    "spanmetrics_max_active_series_per_tenant": "gauge",
     "spanmetrics_remote_write_samples": "counter",
     "spanmetrics_remote_write_failed_samples": "counter",
     "spanmetrics_remote_write_dropped_samples": "counter",
@@ -196,6 +201,7 @@ def test_exposition_is_valid_prefixed_and_typed() -> None:
     metrics.set_lag({0: 17})
     metrics.set_active_series({"acme": 10, "globex": 20})
     metrics.observe_flush(0.2)
+    metrics.describe_worker(input_partitions=4, flush_interval=15.0, series_limit=1000)
 
     families = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
     types = {name: f.type for name, f in families.items() if not name.endswith("_created")}
@@ -208,13 +214,55 @@ def test_exposition_is_valid_prefixed_and_typed() -> None:
     assert labels["spanmetrics_consumer_lag_records"] == ["partition"]
     assert labels["spanmetrics_active_series"] == ["tenant"]
     assert labels["spanmetrics_build_info"] == ["ingest", "version"]
+    assert labels["spanmetrics_sink_errors"] == ["sink"]
     unlabelled = set(EXPECTED_TYPES) - {
+        "spanmetrics_sink_errors",
         "spanmetrics_spans_dropped",
         "spanmetrics_consumer_lag_records",
         "spanmetrics_active_series",
         "spanmetrics_build_info",
     }
     assert all(labels[name] == [] for name in unlabelled)
+
+
+def test_alerting_inputs_redis_and_sink_errors_and_what_the_worker_knows() -> None:
+    """What deploy/prometheus/alerts.yaml reads besides the counters above."""
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    stats = WorkerStats(redis_errors=3)
+    metrics.bind(FakeWorker(stats=stats))
+    assert value(registry, "spanmetrics_sink_errors_total", sink="kafka") == 0  # exported before any failure
+    assert value(registry, "spanmetrics_input_partitions") is None  # unknown before start
+    stats.sink_errors["kafka"] = 2
+    metrics.describe_worker(input_partitions=12, flush_interval=15.0, series_limit=100_000)
+    assert value(registry, "spanmetrics_redis_step_errors_total") == 3
+    assert value(registry, "spanmetrics_sink_errors_total", sink="kafka") == 2
+    assert value(registry, "spanmetrics_input_partitions") == 12
+    assert value(registry, "spanmetrics_flush_interval_seconds") == 15.0
+    assert value(registry, "spanmetrics_max_active_series_per_tenant") == 100_000
+
+
+async def test_a_failing_redis_step_counts_each_failed_attempt() -> None:
+    from worker.stream.partitions import Partitions
+    from worker.stream.retry import with_redis_retry
+
+    stats = WorkerStats()
+    attempts = 0
+
+    async def step() -> str:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 3:
+            raise ConnectionError("Redis is down")
+        return "done"
+
+    class Log:
+        def warning(self, *args: object, **kwargs: object) -> None: ...
+
+        def info(self, *args: object, **kwargs: object) -> None: ...
+
+    result = await with_redis_retry(step, within=30, shared=Partitions(), log=Log(), stats=stats)
+    assert result == "done" and stats.redis_errors == 2
 
 
 def test_histograms_observe_in_seconds() -> None:

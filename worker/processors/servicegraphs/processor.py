@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from worker.config import ServiceGraphsConfig
 from worker.model.enums import SPAN_KIND_NAMES
@@ -27,6 +29,7 @@ from worker.model.series import (
     make_series_id,
 )
 from worker.otlp.batch import BatchResource, BatchSpan, ResourceGroup, SpanBatch, group_request
+from worker.processors import native
 from worker.processors.base import PipelineStats
 from worker.processors.multiplier import SpanMultiplier
 from worker.processors.sampling import stochastic_round
@@ -51,9 +54,16 @@ __all__ = [
     "RESOURCE_ID",
     "SCOPE_NAME",
     "UNPAIRED_SPANS_TOTAL",
+    "EdgeScan",
     "ServiceGraphStats",
     "ServiceGraphsProcessor",
 ]
+
+#: The compiled ingest (None: the pure path only).
+_NATIVE = native.load()
+#: What the compiled scanner reads of a request: per resource (its bytes, its span count, its
+#: edge spans, which read as batch-schema spans do for the processor).
+EdgeScan = list[tuple[bytes, int, list[Any]]]
 
 REQUEST_TOTAL = "traces_service_graph_request_total"
 REQUEST_FAILED_TOTAL = "traces_service_graph_request_failed_total"
@@ -278,6 +288,20 @@ class ServiceGraphsProcessor:
             }
         )
 
+        #: The span attributes the processor reads, the only ones the compiled scanner extracts.
+        self._span_keys = tuple(
+            dict.fromkeys(
+                (
+                    *self._peer_attributes,
+                    *self._database_attributes,
+                    *self._database_servers,
+                    *_PORT_ATTRIBUTE,
+                    *(name for name, _, _ in self._dimensions),
+                )
+            )
+        )
+        self._native_ready = not self.native_unsupported()
+
         #: serialized Resource -> its cached work (insertion order: the oldest is evicted first).
         self._resources: dict[bytes, _Resource] = {}
         self._resource_cache_size = max(1, resource_cache_size)
@@ -386,6 +410,69 @@ class ServiceGraphsProcessor:
         ``groups`` is ``group_request(request)`` when the caller already has it.
         """
         stats = ServiceGraphStats()
+        work: list[tuple[_Resource, Sequence[BatchSpan]]] = []
+        for resource_message, cache_key, scopes in group_request(request) if groups is None else groups:
+            resource = self._resource(resource_message, cache_key)
+            if resource.service is None:
+                stats.skipped_no_service += sum(len(spans) for _, spans in scopes)
+                continue
+            for _, spans in scopes:
+                work.append((resource, spans))
+        self._consume_work(work, tenant, partition, stats)
+        return stats
+
+    def native_unsupported(self) -> list[str]:
+        """The configured options the compiled ingest does not implement for the service graphs
+        (empty: it serves this configuration)."""
+        if _NATIVE is None:
+            return [f"extension not built or {native.NO_EXTENSIONS_ENV} set"]
+        found = []
+        if self._filter.active:
+            found.append("service graphs filter_policies")
+        if self._multiplier.active:
+            found.append("service graphs span multiplier")
+        return found
+
+    @property
+    def native_ready(self) -> bool:
+        """Whether :meth:`scan` may be used: the extension is loaded and covers the configuration."""
+        return self._native_ready
+
+    def scan(self, data: bytes) -> EdgeScan | None:
+        """Serialized ``ExportTraceServiceRequest`` (one or several joined) read by the compiled
+        scanner: the edge spans with the attributes the processor reads; None when it does not
+        handle them (the pure path then decodes the same bytes). The caller has checked that
+        protobuf parses ``data``; nothing is aggregated here."""
+        if _NATIVE is None or not self._native_ready:
+            return None
+        return _NATIVE.scan_edges(data, self._span_keys, AnyValue.FromString)  # type: ignore[no-any-return]
+
+    def consume_scanned(self, scanned: EdgeScan, tenant: str, partition: int = 0) -> ServiceGraphStats:
+        """:meth:`consume` of what :meth:`scan` read: the same deltas and pending edges."""
+        stats = ServiceGraphStats()
+        work: list[tuple[_Resource, Sequence[BatchSpan]]] = []
+        for cache_key, count, spans in scanned:
+            resource = self._resources.get(cache_key)
+            if resource is None:
+                resource = self._resource(Resource.FromString(cache_key), cache_key)
+            if resource.service is None:
+                stats.skipped_no_service += count
+            elif spans:
+                work.append((resource, spans))
+        self._consume_work(work, tenant, partition, stats, compiled=True)
+        return stats
+
+    def _consume_work(
+        self,
+        work: list[tuple[_Resource, Sequence[BatchSpan]]],
+        tenant: str,
+        partition: int,
+        stats: ServiceGraphStats,
+        *,
+        compiled: bool = False,
+    ) -> None:
+        """Pair the spans of ``work`` (resources with a service name) with what ``partition``
+        holds; ``compiled``: ``work`` is the edge scan's, observed by the compiled loop."""
         now = self._clock()
         by_tenant = self._pending.get(partition)
         if by_tenant is None:
@@ -395,36 +482,42 @@ class ServiceGraphsProcessor:
             edges = by_tenant[tenant] = {}
         capacity = self._max_items - self._pending_elsewhere(tenant, partition)
         interval = self._interval(tenant)
-        work: list[tuple[_Resource, Sequence[BatchSpan]]] = []
-        for resource_message, cache_key, scopes in group_request(request) if groups is None else groups:
-            resource = self._resource(resource_message, cache_key)
-            if resource.service is None:
-                stats.skipped_no_service += sum(len(spans) for _, spans in scopes)
-                continue
-            for _, spans in scopes:
-                work.append((resource, spans))
         if work:
             markers = self._markers.get(partition, {}).get(tenant)
             if markers is None and self._filter.active:
                 markers = self._markers.setdefault(partition, {}).setdefault(tenant, {})
             marker_capacity = self._max_items - self._elsewhere(self._markers, tenant, partition)
-            self._observe(
-                work,
-                edges,
-                _NO_MARKERS if markers is None else markers,
-                capacity,
-                marker_capacity,
-                interval,
-                now,
-                stats,
-            )
+            if compiled:
+                assert _NATIVE is not None
+                _NATIVE.observe_edges(
+                    self,
+                    work,
+                    edges,
+                    capacity,
+                    interval,
+                    now,
+                    stats,
+                    Edge,
+                    tempo_string,
+                    DROPPED_SPANS_TOTAL,
+                )
+            else:
+                self._observe(
+                    work,
+                    edges,
+                    _NO_MARKERS if markers is None else markers,
+                    capacity,
+                    marker_capacity,
+                    interval,
+                    now,
+                    stats,
+                )
             if stats.new_edges:
                 self.new_edges[tenant] = self.new_edges.get(tenant, 0) + stats.new_edges
             if stats.dropped_edges:
                 self.dropped_edges[tenant] = self.dropped_edges.get(tenant, 0) + stats.dropped_edges
             if stats.marker_overflows:
                 self.marker_overflows[tenant] = self.marker_overflows.get(tenant, 0) + stats.marker_overflows
-        return stats
 
     def _observe(
         self,

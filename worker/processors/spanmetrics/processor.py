@@ -40,9 +40,9 @@ from worker.otlp.batch import (
     SpanBatch,
     group_request,
 )
+from worker.processors import native
 from worker.processors.base import PipelineStats
 from worker.processors.sampling import adjusted_count, parse_threshold, stochastic_round
-from worker.processors.spanmetrics import native
 
 __all__ = [
     "OVERFLOW_ATTRIBUTE",

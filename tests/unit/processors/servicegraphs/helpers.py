@@ -31,6 +31,7 @@ from tests.unit.processors.spanmetrics.helpers import (  # noqa: F401 - re-expor
 from worker.config import ServiceGraphsConfig
 from worker.model.series import Series, Temporality, TenantDeltas, with_companions
 from worker.offline import LocalWorker
+from worker.otlp.batch import parse_batch
 from worker.processors.servicegraphs import ServiceGraphsProcessor, ServiceGraphStats
 
 SERVER = Span.SPAN_KIND_SERVER
@@ -105,13 +106,60 @@ def make_request(*items: ResourceSpans) -> ExportTraceServiceRequest:
 Labels = frozenset[tuple[str, Any]]
 
 
+def consume_edges_native(
+    processor: ServiceGraphsProcessor, data: bytes, tenant: str, partition: int
+) -> ServiceGraphStats:
+    """What the worker's ingest does with a run of records: the compiled edge scanner, or the
+    pure path when it does not handle the bytes."""
+    scanned = processor.scan(data)
+    if scanned is None:
+        return processor.consume(parse_batch(data), tenant, partition)
+    return processor.consume_scanned(scanned, tenant, partition)
+
+
+class TwinProcessor:
+    """The pure processor and, when the compiled ingest serves the configuration, a native twin
+    fed the same requests as serialized bytes: every call goes to both and every answer (stats,
+    deltas, pending edges, counters) must be identical; the pure one's is returned."""
+
+    def __init__(self, config: ServiceGraphsConfig, clock: FakeClock) -> None:
+        self.pure = ServiceGraphsProcessor(config, clock=clock)
+        self.native = ServiceGraphsProcessor(config, clock=clock) if self.pure.native_ready else None
+
+    def consume(self, request: Any, tenant: str, partition: int = 0) -> ServiceGraphStats:
+        stats = self.pure.consume(request, tenant, partition)
+        if self.native is not None:
+            twin = consume_edges_native(self.native, request.SerializeToString(), tenant, partition)
+            assert twin == stats, "the native edge scan's stats differ"
+        return stats
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self.pure, name)
+        if self.native is None:
+            return found
+        twin = getattr(self.native, name)
+        if not callable(found):
+            assert repr(twin) == repr(found), f"the native twin's {name} differs"
+            return found
+
+        def both(*args: Any, **kwargs: Any) -> Any:
+            result = found(*args, **kwargs)
+            assert repr(twin(*args, **kwargs)) == repr(result), f"the native twin's {name}() differs"
+            return result
+
+        return both
+
+
 class Harness:
-    """Processor + fake clock + MemoryStore: consume, expire, then read series by exact labels."""
+    """Processor + fake clock + MemoryStore: consume, expire, then read series by exact labels.
+
+    ``processor`` is a :class:`TwinProcessor`: every test also checks the compiled edge scan.
+    """
 
     def __init__(self, config: ServiceGraphsConfig | None = None, **options: Any) -> None:
         self.config = config or ServiceGraphsConfig(**options)
         self.clock = FakeClock()
-        self.processor = ServiceGraphsProcessor(self.config, clock=self.clock)
+        self.processor: Any = TwinProcessor(self.config, self.clock)
         self.descriptors = {d.series_metric: d for d in self.processor.descriptors()}
         self.worker = LocalWorker(
             MemoryStore(slots=1, max_exemplars=self.processor.max_exemplars),

@@ -21,8 +21,8 @@ from tests.unit.processors.spanmetrics.helpers import BASE_NS, FakeClock, consum
 from worker.config import Settings, SpanMetricsConfig
 from worker.model.errors import OtlpDecodeError
 from worker.otlp.decode import decode_spans_proto
+from worker.processors import native
 from worker.processors.pipeline import NativeRun, Pipeline
-from worker.processors.spanmetrics import native
 from worker.processors.spanmetrics.processor import SpanMetricsProcessor
 
 #: SPANMETRICS_FUZZ_SCALE=N runs N times the mutants (as tests/unit/test_fuzz_inputs.py), with N seeds.
@@ -301,13 +301,14 @@ def test_options_the_scanner_lacks_keep_span_metrics_pure(spanmetrics: dict[str,
 
 @needs_native
 def test_service_graphs_run_pure_beside_native_span_metrics() -> None:
+    """With an option the edge scanner lacks, the service graphs read protobuf's decode."""
     clock = FakeClock()
-    settings_ = Settings(servicegraphs={"enabled": True})
+    settings_ = Settings(servicegraphs={"enabled": True, "span_multiplier_key": "ratio"})
     compiled, pure = Pipeline(settings_, clock=clock), Pipeline(settings_, clock=clock)
-    assert compiled.ingest_path == "native"
+    assert (compiled.ingest_path, compiled.edges_path) == ("native", "pure")
     data = _seed_records(random.Random(3))[0]
     decoded = compiled.decode(data)
-    assert isinstance(decoded, NativeRun) and decoded.decoded is not None
+    assert isinstance(decoded, NativeRun) and decoded.decoded is not None and decoded.edges is None
     expected = decode_spans_proto(data)
     assert compiled.consume_decoded(decoded, "t") == pure.consume(expected.batch, "t", groups=expected.groups)
     assert same_deltas(compiled.take_deltas(), pure.take_deltas())

@@ -1,4 +1,5 @@
-"""Loads the optional compiled span-metrics ingest; ``SPANMETRICS_NO_EXTENSIONS=1`` forces the pure path."""
+"""Loads the optional compiled ingest (span metrics and service graphs);
+``SPANMETRICS_NO_EXTENSIONS=1`` forces the pure path."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ def load() -> ModuleType | None:
     if os.environ.get(NO_EXTENSIONS_ENV, "").strip() not in ("", "0"):
         return None
     try:
-        from worker.processors.spanmetrics import _native
+        from worker.processors import _native
     except ImportError:
         return None
     return _native

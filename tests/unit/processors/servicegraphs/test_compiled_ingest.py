@@ -1,0 +1,243 @@
+"""The service graphs' compiled edge scan against the pure path: identical stats, deltas and
+pending edges, or "not handled".
+
+Every other service-graph test also runs through both (``helpers.TwinProcessor``); here random
+traces and configurations (hypothesis) and a seeded corpus of mutated records through the
+worker's entry point (``Pipeline.decode``).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+
+from tests.unit.processors.servicegraphs.helpers import TwinProcessor
+from tests.unit.processors.spanmetrics.helpers import BASE_NS, FakeClock, same_deltas
+from tests.unit.processors.spanmetrics.test_native import SCALE, _mutate, any_values, needs_native
+from worker.config import ServiceGraphsConfig, Settings
+from worker.model.errors import OtlpDecodeError
+from worker.otlp.decode import decode_spans_proto
+from worker.processors.pipeline import NativeRun, Pipeline
+
+#: The attributes the processor reads, and one it never does.
+NAMES = [
+    "peer.service",
+    "db.name",
+    "db.system",
+    "db.namespace",
+    "server.address",
+    "network.peer.address",
+    "network.peer.port",
+    "messaging.system",
+    "http.method",
+    "other",
+]
+
+attributes = st.lists(
+    st.builds(lambda k, v: KeyValue(key=k, value=v), st.sampled_from(NAMES), any_values), max_size=5
+)
+spans = st.builds(
+    lambda trace, span, parent, kind, status, start, duration, attrs: Span(
+        trace_id=trace.to_bytes(16, "big"),
+        span_id=span.to_bytes(8, "big"),
+        parent_span_id=b"" if parent is None else parent.to_bytes(8, "big"),
+        name="op",
+        kind=kind,  # type: ignore[arg-type]
+        start_time_unix_nano=BASE_NS + start,
+        end_time_unix_nano=BASE_NS + start + duration,
+        attributes=attrs,
+        status=Status(code=status),  # type: ignore[arg-type]
+    ),
+    # Few traces and span ids, so that clients and servers pair, repeat and collide.
+    trace=st.integers(min_value=1, max_value=3),
+    span=st.integers(min_value=1, max_value=6),
+    parent=st.one_of(st.none(), st.integers(min_value=1, max_value=6)),
+    kind=st.integers(min_value=0, max_value=6),
+    status=st.integers(min_value=0, max_value=3),
+    start=st.integers(min_value=0, max_value=10**9),
+    duration=st.one_of(st.integers(min_value=-(10**6), max_value=3 * 10**9)),
+    attrs=attributes,
+)
+resources = st.builds(
+    lambda service, attrs: [
+        *([] if service is None else [KeyValue(key="service.name", value=service)]),
+        *attrs,
+    ],
+    st.one_of(st.none(), any_values),
+    attributes,
+)
+requests = st.lists(
+    st.builds(
+        lambda resource, scopes: ResourceSpans(
+            resource={"attributes": resource}, scope_spans=[ScopeSpans(spans=s) for s in scopes]
+        ),
+        resources,
+        st.lists(st.lists(spans, max_size=5), max_size=3),
+    ),
+    min_size=1,
+    max_size=3,
+).map(lambda rs: ExportTraceServiceRequest(resource_spans=rs))
+
+configs = st.fixed_dictionaries(
+    {"enabled": st.just(True)},
+    optional={
+        "dimensions": st.lists(st.sampled_from(["http.method", "db.system", "other", "region"]), max_size=2),
+        "enable_client_server_prefix": st.booleans(),
+        "peer_attributes": st.lists(st.sampled_from(NAMES[:6]), max_size=3, unique=True),
+        "database_name_attributes": st.lists(st.sampled_from(NAMES[:4]), max_size=2, unique=True),
+        "enable_virtual_node_label": st.booleans(),
+        "enable_messaging_system_latency_histogram": st.booleans(),
+        "generate_native_histograms": st.sampled_from(["classic", "native", "both"]),
+        "max_items": st.sampled_from([2, 10000]),
+    },
+)
+
+
+@needs_native
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    config=configs,
+    batches=st.lists(st.tuples(requests, st.integers(min_value=0, max_value=1)), min_size=1, max_size=4),
+)
+def test_random_traces_and_configurations_give_identical_results(
+    config: dict[str, Any], batches: list[tuple[ExportTraceServiceRequest, int]]
+) -> None:
+    clock = FakeClock()
+    twin = TwinProcessor(ServiceGraphsConfig.model_validate(config), clock)
+    assert twin.native is not None
+    for request, partition in batches:
+        assert twin.native.scan(request.SerializeToString()) is not None, "well-formed spans are handled"
+        twin.consume(request, "t", partition)  # compares the stats
+        twin.pending_count(partition)
+        twin.export_pending(partition)
+    twin.take_deltas()
+    twin.expire(clock.advance(60))
+    twin.take_deltas()
+    twin.expired_edges  # noqa: B018 - compared by the twin
+    twin.new_edges  # noqa: B018
+
+
+# ------------------------------------------------------------------------------ mutated records
+
+_SETTINGS = Settings(
+    spanmetrics={"dimensions": ["http.method"], "exemplars": {"enabled": True}},
+    servicegraphs={"enabled": True, "dimensions": ["http.method"], "enable_virtual_node_label": True},
+)
+
+
+def _seed_records(rng: random.Random) -> list[bytes]:
+    """Realistic records: client and server spans of shared traces, peer and database attributes."""
+    records = []
+    for index in range(12):
+        request = ExportTraceServiceRequest()
+        trace = rng.randbytes(16)
+        for r in range(rng.randint(1, 3)):
+            rs = request.resource_spans.add()
+            rs.resource.attributes.add(key="service.name").value.string_value = f"svc-{r}"
+            scope = rs.scope_spans.add()
+            scope.scope.name = "lib"
+            for s in range(rng.randint(1, 6)):
+                span = scope.spans.add(
+                    trace_id=trace,
+                    span_id=(r * 10 + s + 1).to_bytes(8, "big"),
+                    parent_span_id=((r - 1) * 10 + s + 1).to_bytes(8, "big") if r else b"",
+                    name=f"op-{s % 3}",
+                    kind=(Span.SPAN_KIND_CLIENT, Span.SPAN_KIND_SERVER, Span.SPAN_KIND_INTERNAL)[s % 3],
+                    start_time_unix_nano=BASE_NS,
+                    end_time_unix_nano=BASE_NS + rng.randint(0, 10**9),
+                )
+                span.status.code = s % 3  # type: ignore[assignment]
+                span.attributes.add(key="http.method").value.string_value = "POST"
+                if s % 2:
+                    span.attributes.add(key="peer.service").value.string_value = f"peer-{index}"
+                    span.attributes.add(key="db.system").value.int_value = index
+                span.events.add(name="e").attributes.add(key="k").value.bool_value = True
+        records.append(request.SerializeToString())
+    return records
+
+
+@needs_native
+@pytest.mark.parametrize("seed", [29 + n for n in range(SCALE)])
+def test_mutated_records_give_identical_results_or_go_to_the_pure_path(seed: int) -> None:
+    """The production entry point: the same OtlpDecodeError verdicts, stats, deltas and pending
+    edges; and the edge scanner alone never raises or crashes on the mutants."""
+    rng = random.Random(seed)
+    seeds = _seed_records(rng)
+    clock = FakeClock()
+    compiled = Pipeline(_SETTINGS, clock=clock)
+    pure = Pipeline(_SETTINGS, clock=clock)
+    assert (compiled.ingest_path, compiled.edges_path) == ("native", "native")
+    assert compiled.servicegraphs is not None and pure.servicegraphs is not None
+    outcomes = {"native": 0, "declined": 0, "undecodable": 0}
+    for round_ in range(3000):
+        run = [rng.choice(seeds) for _ in range(rng.randint(1, 3))]
+        run[rng.randrange(len(run))] = _mutate(rng, run[-1])
+        data = b"".join(run)
+        compiled.servicegraphs.scan(data)  # never raises, whatever the bytes
+        partition = round_ % 2
+        try:
+            expected = decode_spans_proto(data)
+        except OtlpDecodeError:
+            with pytest.raises(OtlpDecodeError):
+                compiled.decode(data)
+            outcomes["undecodable"] += 1
+            continue
+        decoded = compiled.decode(data)
+        native = isinstance(decoded, NativeRun) and decoded.edges is not None
+        outcomes["native" if native else "declined"] += 1
+        assert compiled.consume_decoded(decoded, "t", partition) == pure.consume(
+            expected.batch, "t", partition, groups=expected.groups
+        )
+        if round_ % 50 == 0:
+            assert same_deltas(compiled.take_deltas(), pure.take_deltas())
+            for one in (0, 1):
+                assert compiled.servicegraphs.export_pending(one) == pure.servicegraphs.export_pending(one)
+    assert same_deltas(compiled.take_deltas(), pure.take_deltas())
+    assert outcomes["native"] > 300 and outcomes["declined"] > 5, outcomes
+
+
+# ------------------------------------------------------------------------------ coverage
+
+
+@needs_native
+@pytest.mark.parametrize(
+    ("servicegraphs", "reason"),
+    [
+        (
+            {
+                "filter_policies": [
+                    {
+                        "include": {
+                            "match_type": "strict",
+                            "attributes": [{"key": "kind", "value": "SPAN_KIND_SERVER"}],
+                        }
+                    }
+                ]
+            },
+            "service graphs filter_policies",
+        ),
+        ({"span_multiplier_key": "X-SampleRatio"}, "service graphs span multiplier"),
+        ({"enable_tracestate_span_multiplier": True}, "service graphs span multiplier"),
+    ],
+)
+def test_options_the_edge_scanner_lacks_keep_service_graphs_pure(
+    servicegraphs: dict[str, Any], reason: str
+) -> None:
+    pipeline = Pipeline(Settings(servicegraphs={"enabled": True, **servicegraphs}))
+    assert pipeline.ingest_path == "native"
+    assert (pipeline.edges_path, pipeline.edges_unsupported) == ("pure", [reason])
+
+
+def test_service_graphs_off_or_behind_pure_span_metrics() -> None:
+    assert Pipeline(Settings()).edges_path == "off"
+    glob = Settings(spanmetrics={"dimensions": [{"glob": "http.*"}]}, servicegraphs={"enabled": True})
+    assert Pipeline(glob).edges_path == "pure"
+    tempo = Settings(metrics_generator={"processors": ["service-graphs"]})
+    assert Pipeline(tempo).edges_path == "pure"
