@@ -123,6 +123,18 @@ async def _wait_for(prometheus: str, query: str, expected: float, timeout: float
     return value
 
 
+async def _wait_for_positive(prometheus: str, query: str, timeout: float = 30) -> float:
+    """The query's value once it is above 0 and the same twice in a row (a flush apart)."""
+    previous = None
+    for _ in range(int(timeout / 1.2)):
+        value = await _scalar(prometheus, query)
+        if value and value == previous:
+            return value
+        previous = value
+        await asyncio.sleep(1.2)
+    return previous or 0.0
+
+
 async def _output_calls(kafka: str, topic: str) -> dict[frozenset[tuple[str, str]], float]:
     """The latest value of every ``calls`` series on the Kafka output, as the Prometheus labels
     the exporter gives it (job, instance, otel_scope_name, sanitised point attributes)."""
@@ -271,7 +283,7 @@ async def test_tempo_mode_with_native_histograms_and_kafka_output_off(
         worker=base.worker.model_dump(),
         http={"enabled": False},
         metrics_generator={
-            "processors": ["span-metrics"],
+            "processors": ["span-metrics", "service-graphs"],
             "registry": {"collection_interval": "1s", "external_labels": {"cluster": unique_name}},
             "generate_native_histograms": "both",
         },
@@ -295,6 +307,17 @@ async def test_tempo_mode_with_native_histograms_and_kafka_output_off(
             )
             == expected
         )
+        # Tempo's service graph, with its classic and native latency histograms.
+        edges = await _wait_for_positive(prometheus, f"sum(traces_service_graph_request_total{selector})")
+        assert edges > 0
+        server = await _wait_for_positive(
+            prometheus, f"sum(traces_service_graph_request_server_seconds_count{selector})"
+        )
+        assert server == edges
+        native = await _wait_for_positive(
+            prometheus, f"histogram_count(sum(traces_service_graph_request_server_seconds{selector}))"
+        )
+        assert native == edges
     series = await _query(prometheus, f"traces_spanmetrics_calls_total{selector}")
     for item in series:
         labels = item["metric"]
