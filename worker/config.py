@@ -1150,6 +1150,19 @@ class RemoteWriteConfig(_Frozen):
     max_buffered_samples: int = Field(default=1_000_000, ge=1)
     min_backoff: Duration = Field(default=0.03, gt=0)
     max_backoff: Duration = Field(default=5.0, gt=0)
+    #: https: a CA bundle to verify the endpoint with (default: the system's), a client
+    #: certificate and key (mutual TLS), or no verification at all (tests only).
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_insecure_skip_verify: bool = False
+
+    @field_validator("tls_ca_file", "tls_cert_file", "tls_key_file")
+    @classmethod
+    def _readable(cls, path: str | None) -> str | None:
+        if path is not None and not os.access(path, os.R_OK):
+            raise ValueError(f"cannot read {path}")
+        return path
 
     @field_validator("url")
     @classmethod
@@ -1177,6 +1190,8 @@ class RemoteWriteConfig(_Frozen):
             raise ValueError(f"tenant_header: {self.tenant_header!r} is not a valid HTTP header name")
         if self.tenant_header.lower() in REMOTE_WRITE_RESERVED_HEADERS:
             raise ValueError(f"tenant_header: {self.tenant_header} is reserved by the remote-write protocol")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together (mutual TLS)")
         if self.min_backoff > self.max_backoff:
             raise ValueError(
                 f"min_backoff ({self.min_backoff:g}s) must not exceed max_backoff ({self.max_backoff:g}s)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from structlog.testing import capture_logs
 from worker.config import load_config
 from worker.model.errors import ConfigError
 from worker.service import effective_configuration, log_configuration
+from worker.sinks.remote_write import ssl_context
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -117,3 +119,21 @@ def test_delta_with_remote_write_loads(tmp_path: Path) -> None:
         tmp_path, "spanmetrics: {aggregation_temporality: DELTA}\nremote_write: {url: http://p/w}\n"
     )
     assert settings.remote_write is not None
+
+
+def test_tls_options(tmp_path: Path) -> None:
+    message = _error(tmp_path, "remote_write: {url: https://m/w, tls_ca_file: /nonexistent/ca.pem}\n")
+    assert "remote_write.tls_ca_file" in message and "/nonexistent/ca.pem" in message
+    cert = tmp_path / "c.pem"
+    cert.write_text("x", encoding="utf-8")
+    message = _error(tmp_path, f"remote_write: {{url: https://m/w, tls_cert_file: {cert}}}\n")
+    assert "tls_key_file" in message
+    settings = _load(tmp_path, "remote_write: {url: https://m/w, tls_insecure_skip_verify: true}\n")
+    assert settings.remote_write is not None
+    assert ssl_context(settings.remote_write) is False
+    default = _load(tmp_path, "remote_write: {url: https://m/w}\n").remote_write
+    assert default is not None and ssl_context(default) is True
+    ca = ssl.get_default_verify_paths().cafile
+    if ca:
+        custom = _load(tmp_path, f"remote_write: {{url: https://m/w, tls_ca_file: {ca}}}\n").remote_write
+        assert custom is not None and isinstance(ssl_context(custom), ssl.SSLContext)

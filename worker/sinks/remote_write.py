@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import struct
 import time
 from collections import deque
@@ -33,7 +34,7 @@ from worker.sinks.base import Delivered
 from worker.sinks.cumulative import DeltaToCumulative
 from worker.sinks.prometheus_translate import NativeHistogram, PromSeries, Translator
 
-__all__ = ["PROTOCOL_HEADERS", "RemoteWriteSink", "encode_write_request", "split_requests"]
+__all__ = ["PROTOCOL_HEADERS", "RemoteWriteSink", "encode_write_request", "split_requests", "ssl_context"]
 
 log = structlog.get_logger("spanmetrics.remote_write")
 
@@ -334,7 +335,8 @@ class RemoteWriteSink:
         session = self._session
         if session is None or session.closed:
             session = self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.config.timeout)
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout),
+                connector=aiohttp.TCPConnector(ssl=ssl_context(self.config)),
             )
         headers = self._headers
         tenant_header = self.config.tenant_header
@@ -382,6 +384,18 @@ class RemoteWriteSink:
             with contextlib.suppress(Exception):
                 await self._session.close()
             self._session = None
+
+
+def ssl_context(config: RemoteWriteConfig) -> ssl.SSLContext | bool:
+    """The TLS settings of the endpoint's connections (True: the system's defaults)."""
+    if config.tls_insecure_skip_verify:
+        return False
+    if config.tls_ca_file is None and config.tls_cert_file is None:
+        return True
+    context = ssl.create_default_context(cafile=config.tls_ca_file)
+    if config.tls_cert_file is not None:
+        context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+    return context
 
 
 def _retry_after(value: Any) -> float | None:
