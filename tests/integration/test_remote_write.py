@@ -27,10 +27,14 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from structlog.testing import capture_logs
 
 from devtools.servers import create_topics
-from worker.config import Settings
+from worker.config import RemoteWriteConfig, Settings
+from worker.model.series import Series
 from worker.model.values import any_value_to_python, stringify_python
+from worker.observability.stats import RemoteWriteStats
+from worker.processors.pipeline import Pipeline
 from worker.sinks.prometheus_translate import normalize_label
 from worker.sinks.prompb.remote_write_pb2 import WriteRequest
+from worker.sinks.remote_write import RemoteWriteSink
 
 from .helpers import RunningWorker, make_settings, produce, span_count, traces
 
@@ -514,3 +518,28 @@ async def test_delta_output_still_writes_cumulative_series(
         assert await _scalar(prometheus, query) == expected
         stats = running.worker.stats.remote_write
         assert stats.failed_samples == 0 and stats.dropped_samples == 0
+
+
+async def test_a_tenant_that_cannot_be_a_header_fails_alone(receiver: tuple[_Receiver, str]) -> None:
+    """A request that cannot be sent at all (the tenant holds a line break) is counted as failed
+    and the sender goes on with the next one."""
+    recorder, url = receiver
+    stats = RemoteWriteStats()
+    sink = RemoteWriteSink(
+        RemoteWriteConfig(url=url),
+        descriptors=Pipeline(Settings()).descriptors(),
+        default_tenant="single-tenant",
+        stats=stats,
+    )
+    now = time.time_ns()
+    series = [Series("", "calls", "r", (("service.name", "a"),), now - 10**9, now, 4)]
+    try:
+        await sink.publish("bad\r\ntenant", {"r": (("service.name", "a"),)}, series, now)
+        await sink.publish("acme", {"r": (("service.name", "a"),)}, series, now)
+        assert await sink.drain(10)
+    finally:
+        await sink.close()
+    assert stats.failed_samples == 1 and stats.samples == 1 and stats.dropped_samples == 0
+    ((headers, request),) = recorder.requests
+    assert headers["X-Scope-OrgID"] == "acme"
+    assert request.timeseries[0].samples[0].value == 4.0

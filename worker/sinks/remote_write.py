@@ -51,6 +51,9 @@ PROTOCOL_HEADERS: dict[str, str] = {
 #: Series translated between two returns to the event loop (about 10 ms of work).
 _CHUNK_SERIES = 100
 
+#: The status recorded for a request that could not be sent at all (not an HTTP status).
+_UNSENDABLE = -1
+
 #: How much of a refusal's body goes into the log line.
 _BODY_SNIPPET = 256
 
@@ -264,7 +267,7 @@ class RemoteWriteSink:
         stats.pending_samples += request.points
         self._idle.clear()
         self._wake.set()
-        if self._task is None:
+        if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._send_loop(), name="remote-write")
 
     @property
@@ -295,8 +298,11 @@ class RemoteWriteSink:
                 status, text, retry_after = await self._post(request)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 status, text = 0, f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # e.g. a tenant that is no valid header value: it cannot succeed
+                status, text = _UNSENDABLE, f"{type(exc).__name__}: {exc}"
             stats = self.stats
-            if request.dropped and (200 <= status < 300 or (400 <= status < 500 and status != 429)):
+            final = 200 <= status < 300 or status == _UNSENDABLE or (400 <= status < 500 and status != 429)
+            if request.dropped and final:
                 stats.dropped_samples -= request.points  # pushed out meanwhile, yet settled: not dropped
             if 200 <= status < 300:
                 stats.samples += request.points
@@ -307,7 +313,7 @@ class RemoteWriteSink:
                 self._dropping = False
                 return
             self._failures += 1
-            if 400 <= status < 500 and status != 429:
+            if final:  # refused (4xx but 429), or not sendable at all: not retried
                 stats.failed_samples += request.points
                 self._episode(status, text, retried=False)
                 return
@@ -326,7 +332,7 @@ class RemoteWriteSink:
         log.warning(
             "remote write failing",
             url=self._url,
-            status=status or None,
+            status=status if status > 0 else None,
             error=text[:_BODY_SNIPPET],
             action="retrying with backoff" if retried else "samples refused (not retried)",
         )
