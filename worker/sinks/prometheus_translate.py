@@ -4,12 +4,14 @@ Pure: no I/O. The rules follow opentelemetry-collector-contrib with default sett
 (``add_metric_suffixes: true``, target info on, no external labels, no ``_created`` series):
 
 * names: pkg/translator/prometheus/normalize_name.go (``BuildCompliantName`` -> ``normalizeName``:
-  tokens split on non-alphanumerics, the unit appended through ``unitMap`` unless already a token,
-  ``_total`` for monotonic sums), so ``calls`` -> ``calls_total``, ``duration`` (ms) ->
-  ``duration_milliseconds_bucket/_sum/_count``;
-* label names: pkg/translator/prometheus/normalize_label.go (``NormalizeLabel``: non-alphanumerics
-  -> ``_``, ``key_`` before a leading digit, ``key`` before a single leading ``_``); attributes
-  sorted by key first, values of keys colliding after sanitising joined with ``;``;
+  tokens split on invalid characters, the unit appended through ``unitMap`` unless already a
+  token, ``_total`` for monotonic sums), so ``calls`` -> ``calls_total``, ``duration`` (ms) ->
+  ``duration_milliseconds_bucket/_sum/_count``; valid characters are ASCII letters, digits and
+  ``:``, as in the otlptranslator package recent Collectors use with UTF-8 names off;
+* label names: pkg/translator/prometheus/normalize_label.go (``NormalizeLabel``: invalid
+  characters -> ``_`` (ASCII, as otlptranslator's ``LabelNamer``), ``key_`` before a leading
+  digit, ``key`` before a single leading ``_``); attributes sorted by key first, values of keys
+  colliding after sanitising joined with ``;``;
 * labels: pkg/translator/prometheusremotewrite/helper.go (``createAttributes``: data point
   attributes only, ``job`` = ``service.namespace/service.name``, ``instance`` =
   ``service.instance.id``, then ``otel_scope_name``/``otel_scope_version``, then ``__name__`` and
@@ -28,6 +30,7 @@ already made them Tempo's label names (the exporter would prefix ``_x`` as ``key
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -102,24 +105,17 @@ _PER_UNIT_WORDS: dict[str, str] = {
 # ---------------------------------------------------------------------------------- names
 
 
-def _is_alnum(char: str) -> bool:
-    """Go's ``unicode.IsLetter(r) || unicode.IsDigit(r)`` (categories L* and Nd)."""
-    return char.isalpha() or char.isdecimal()
+_NAME_SEPARATORS = re.compile(r"[^a-zA-Z0-9:]+")
+_UNIT_SEPARATORS = re.compile(r"[^a-zA-Z0-9]+")
+_LABEL_INVALID = re.compile(r"[^a-zA-Z0-9_]")
 
 
-def _tokens(text: str) -> list[str]:
-    """Go's ``strings.FieldsFunc(text, not letter-or-digit)``: the alphanumeric runs."""
-    tokens: list[str] = []
-    current: list[str] = []
-    for char in text:
-        if _is_alnum(char):
-            current.append(char)
-        elif current:
-            tokens.append("".join(current))
-            current = []
-    if current:
-        tokens.append("".join(current))
-    return tokens
+def _tokens(text: str, separators: re.Pattern[str] = _NAME_SEPARATORS) -> list[str]:
+    """The runs of valid characters: ASCII letters, digits (and ``:`` in metric names), as
+    otlptranslator's ``normalizeName`` splits with UTF-8 names off. (The older
+    normalize_name.go kept any Unicode letter, which a Prometheus without UTF-8 names refuses,
+    failing the whole request.)"""
+    return [token for token in separators.split(text) if token]
 
 
 def metric_name(name: str, unit: str, kind: MetricKind) -> str:
@@ -129,30 +125,32 @@ def metric_name(name: str, unit: str, kind: MetricKind) -> str:
     unit_parts = unit.split("/", 1)
     main = unit_parts[0].strip()
     if main and "{" not in main and "}" not in main:
-        word = "_".join(_tokens(_UNIT_WORDS.get(main, main)))
+        word = "_".join(_tokens(_UNIT_WORDS.get(main, main), _UNIT_SEPARATORS))
         if word and word not in tokens:
             tokens.append(word)
     if len(unit_parts) > 1 and unit_parts[1]:
         per = unit_parts[1].strip()
         if per and "{" not in per and "}" not in per:
-            word = "_".join(_tokens(_PER_UNIT_WORDS.get(per, per)))
+            word = "_".join(_tokens(_PER_UNIT_WORDS.get(per, per), _UNIT_SEPARATORS))
             if word and word not in tokens:
                 tokens += ["per", word]
     if kind is MetricKind.SUM:  # every Sum here is monotonic
         tokens = [token for token in tokens if token != "total"] + ["total"]
     # A Gauge with unit "1" gets "_ratio"; the only gauges here (INFO) have no unit.
     joined = "_".join(tokens)
-    if joined and joined[0].isdecimal():
+    if joined and joined[0].isdigit():
         joined = "_" + joined
     return joined
 
 
 def normalize_label(label: str) -> str:
-    """``NormalizeLabel`` of normalize_label.go with its default feature gates."""
+    """``NormalizeLabel`` of normalize_label.go with its default feature gates, ASCII only
+    (otlptranslator's ``LabelNamer`` with UTF-8 off): a Prometheus without UTF-8 label names
+    refuses a whole request for one non-ASCII name."""
     if not label:
         return label
-    label = "".join(char if _is_alnum(char) else "_" for char in label)
-    if label[0].isdecimal():
+    label = _LABEL_INVALID.sub("_", label)
+    if label[0].isdigit():
         return "key_" + label
     if label.startswith("_") and not label.startswith("__"):
         return "key" + label

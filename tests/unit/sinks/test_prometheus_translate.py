@@ -94,6 +94,8 @@ def _span_series(**extra: object) -> Series:
         ("rate", "By/s", MetricKind.SUM, "rate_bytes_per_second_total"),
         ("queue", "{requests}", MetricKind.SUM, "queue_total"),
         ("1st", "", MetricKind.SUM, "_1st_total"),
+        ("ns:calls", "", MetricKind.SUM, "ns:calls_total"),
+        ("ünit.calls", "", MetricKind.SUM, "nit_calls_total"),
     ],
 )
 def test_metric_names(name: str, unit: str, kind: MetricKind, expected: str) -> None:
@@ -110,7 +112,8 @@ def test_metric_names(name: str, unit: str, kind: MetricKind, expected: str) -> 
         ("_private", "key_private"),
         ("__reserved", "__reserved"),
         ("a-b/c", "a_b_c"),
-        ("ünïcode", "ünïcode"),
+        ("ünïcode", "key_n_code"),  # ASCII only: "_n_code", then the single "_" rule
+        ("a:b", "a_b"),
     ],
 )
 def test_label_names(label: str, expected: str) -> None:
@@ -471,3 +474,39 @@ def test_hand_encoding_is_byte_for_byte_the_generated_code() -> None:
         ),
     ]
     assert encode_write_request(series) == _reference_encoding(series)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {
+            "spanmetrics": {
+                "namespace": "traces.span.metrics",
+                "events": {"enabled": True, "dimensions": [{"name": "exception.type"}]},
+            }
+        },
+        {"spanmetrics": {"histogram": {"unit": "s", "exponential": {"max_size": 160}}}},
+        {"servicegraphs": {"enabled": True, "generate_native_histograms": "both"}},
+        {
+            "metrics_generator": {
+                "processors": ["span-metrics", "service-graphs", "host-info"],
+                "generate_native_histograms": "both",
+            }
+        },
+    ],
+)
+def test_names_agree_with_the_dashboards_model(config: dict[str, object]) -> None:
+    """The dashboard tests' model of the exporter's names (tests/deploy/test_dashboard.py) and
+    this translator name every metric the pipeline describes alike."""
+    from tests.deploy.test_dashboard import OtlpMetric, prometheus_name
+
+    kinds = {
+        MetricKind.SUM: "counter",
+        MetricKind.HISTOGRAM: "histogram",
+        MetricKind.EXPONENTIAL_HISTOGRAM: "histogram",
+        MetricKind.INFO: "gauge",
+    }
+    for descriptor in Pipeline(Settings(**config)).descriptors().values():  # type: ignore[arg-type]
+        expected = prometheus_name(OtlpMetric(descriptor.name, kinds[descriptor.kind], descriptor.unit))
+        assert metric_name(descriptor.name, descriptor.unit, descriptor.kind) == expected, descriptor
