@@ -54,6 +54,7 @@ __all__ = [
     "PolicyMatch",
     "RedisConfig",
     "RegistryConfig",
+    "RemoteWriteConfig",
     "ServiceGraphsConfig",
     "Settings",
     "SpanMetricsConfig",
@@ -838,7 +839,8 @@ class HostInfoConfig(_Frozen):
 _TEMPO_STORAGE = (
     "Tempo's own WAL and Prometheus remote write; this worker publishes OTLP metrics to "
     "kafka.output_topic, and the Collector's prometheusremotewrite exporter writes them to "
-    "Prometheus (examples/tempo-mode.yaml)"
+    "Prometheus (examples/tempo-mode.yaml), or it writes to Prometheus itself: configure the "
+    "top-level remote_write section (url, headers, tenant_header)"
 )
 _TEMPO_RING = (
     "Tempo's cluster membership; workers share the input through the Kafka consumer group "
@@ -1082,6 +1084,121 @@ class RedisConfig(_Frozen):
         return url
 
 
+#: Headers the remote-write protocol or HTTP sets itself (Prometheus' ``reservedHeaders``):
+#: ``remote_write.headers`` may not set them.
+REMOTE_WRITE_RESERVED_HEADERS: tuple[str, ...] = (
+    "host",
+    "content-encoding",
+    "content-length",
+    "content-type",
+    "user-agent",
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "www-authenticate",
+    "accept-encoding",
+    "x-prometheus-remote-write-version",
+    "x-prometheus-scrape-timeout-seconds",
+)
+
+_HEADER_REFERENCE = re.compile(r"\$\{(env|file):([^}]+)\}")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _expand_header(value: object) -> object:
+    """``${env:NAME}`` and ``${file:/path}`` in a header value, replaced by the variable's value or
+    the file's content (without its final newline): secrets stay out of the configuration file."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        source, ref = match.group(1), match.group(2).strip()
+        if source == "env":
+            if ref not in os.environ:
+                raise ValueError(f"environment variable {ref} is not set")
+            return os.environ[ref]
+        try:
+            return Path(ref).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ValueError(f"cannot read header file {ref}: {exc.strerror or exc}") from None
+
+    expanded = _HEADER_REFERENCE.sub(replace, value)
+    if "\n" in expanded or "\r" in expanded:
+        raise ValueError("a header value cannot contain a line break")
+    return expanded
+
+
+HeaderValue = Annotated[SecretStr, BeforeValidator(_expand_header)]
+
+
+class RemoteWriteConfig(_Frozen):
+    """Prometheus remote write 1.0 (``remote_write:``): every flush also goes to ``url``."""
+
+    url: str
+    #: Extra request headers (e.g. Authorization); values may be ``${env:NAME}`` or
+    #: ``${file:/path}`` (also inside a longer value); never logged.
+    headers: dict[str, HeaderValue] = Field(default_factory=dict)
+    #: Each tenant's requests carry this header set to the tenant; "" = none.
+    tenant_header: str = "X-Scope-OrgID"
+    timeout: Duration = Field(default=10.0, gt=0)
+    #: Samples (and native histograms) per request, as Prometheus' ``max_samples_per_send``.
+    max_samples_per_send: int = Field(default=2000, ge=1)
+    #: Samples held while the endpoint is slow or down; past this the oldest are dropped (counted).
+    max_buffered_samples: int = Field(default=1_000_000, ge=1)
+    min_backoff: Duration = Field(default=0.03, gt=0)
+    max_backoff: Duration = Field(default=5.0, gt=0)
+    #: https: a CA bundle to verify the endpoint with (default: the system's), a client
+    #: certificate and key (mutual TLS), or no verification at all (tests only).
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_insecure_skip_verify: bool = False
+
+    @field_validator("tls_ca_file", "tls_cert_file", "tls_key_file")
+    @classmethod
+    def _readable(cls, path: str | None) -> str | None:
+        if path is not None and not os.access(path, os.R_OK):
+            raise ValueError(f"cannot read {path}")
+        return path
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError("must be an http:// or https:// URL, e.g. http://prometheus:9090/api/v1/write")
+        return url
+
+    @model_validator(mode="after")
+    def _headers(self) -> RemoteWriteConfig:
+        for name in self.headers:
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"headers: {name!r} is not a valid HTTP header name")
+            if name.lower() in REMOTE_WRITE_RESERVED_HEADERS:
+                raise ValueError(
+                    f"headers: {name} is set by the remote-write protocol and cannot be overridden "
+                    f"(reserved: {', '.join(REMOTE_WRITE_RESERVED_HEADERS)})"
+                )
+            if self.tenant_header and name.lower() == self.tenant_header.lower():
+                raise ValueError(
+                    f"headers: {name} is the tenant_header, set per tenant; for one fixed value set "
+                    'tenant_header: "" and keep it in headers'
+                )
+        if self.tenant_header and not _HEADER_NAME.match(self.tenant_header):
+            raise ValueError(f"tenant_header: {self.tenant_header!r} is not a valid HTTP header name")
+        if self.tenant_header.lower() in REMOTE_WRITE_RESERVED_HEADERS:
+            raise ValueError(f"tenant_header: {self.tenant_header} is reserved by the remote-write protocol")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together (mutual TLS)")
+        if self.min_backoff > self.max_backoff:
+            raise ValueError(
+                f"min_backoff ({self.min_backoff:g}s) must not exceed max_backoff ({self.max_backoff:g}s)"
+            )
+        return self
+
+
 class WorkerConfig(_Frozen):
     """How the stream worker paces itself and stays within its memory bounds."""
 
@@ -1120,6 +1237,9 @@ class Settings(BaseSettings):
     worker: WorkerConfig = WorkerConfig()
     http: HttpConfig = HttpConfig()
     log: LogConfig = LogConfig()
+    #: Prometheus remote write, in addition to (or, with ``kafka.output_topic: ""``, instead of)
+    #: the Kafka output.
+    remote_write: RemoteWriteConfig | None = None
     #: Tempo's metrics-generator block: when set, the worker emits Tempo's series instead of the
     #: connector's (``spanmetrics``/``servicegraphs`` may then not be set).
     metrics_generator: MetricsGeneratorConfig | None = None
@@ -1134,6 +1254,15 @@ class Settings(BaseSettings):
                     "(metrics_generator: Tempo's metrics-generator series; spanmetrics and servicegraphs: "
                     "the Collector connector's series with Tempo's service graphs)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _outputs(self) -> Settings:
+        if not self.kafka.output_topic and self.remote_write is None:
+            raise ValueError(
+                'kafka.output_topic is "" (Kafka output off) and remote_write is not configured: '
+                "configure at least one output"
+            )
         return self
 
     @property

@@ -128,9 +128,11 @@ async def run_worker(worker: StreamWorker, server: HttpServer | None) -> None:
 
 
 def effective_configuration(settings: Settings) -> dict[str, Any]:
-    """Every section of the effective configuration, secrets masked (the Redis URL: only its password)."""
+    """Every section of the effective configuration, secrets masked (URLs: only their password)."""
     dumped: dict[str, Any] = settings.model_dump(mode="json")
     dumped["redis"]["url"] = redact_url(settings.redis.url.get_secret_value())
+    if settings.remote_write is not None:  # its headers are SecretStr: dumped masked
+        dumped["remote_write"]["url"] = redact_url(settings.remote_write.url)
     return dumped
 
 

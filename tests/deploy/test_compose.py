@@ -261,3 +261,52 @@ def test_health_checks(compose: dict[str, Any]) -> None:
     assert services["loadgen"]["healthcheck"] == {"disable": True}
     assert "healthcheck" not in services["worker"]  # the image's own
     assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+
+
+# ---------------------------------------------------------------------------------- remote write variant
+
+REMOTE_WRITE_FILE = REPO / "docker-compose.remote-write.yml"
+
+
+def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Compose's merge of mappings (enough for these files: maps merge, other values replace)."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def test_remote_write_variant_is_valid_compose_spec() -> None:
+    result = _compose_schema_check(REMOTE_WRITE_FILE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_remote_write_variant_feeds_prometheus_directly(
+    compose: dict[str, Any], clean_env: pytest.MonkeyPatch
+) -> None:
+    override = yaml.safe_load(REMOTE_WRITE_FILE.read_text())
+    assert override["name"] == compose["name"]
+    assert set(override["services"]) <= set(compose["services"])
+    stack = _merged(compose, override)
+    services = stack["services"]
+    # No Collector in the default profile set; the workers wait for Prometheus.
+    assert services["otel-collector"]["profiles"] == ["collector"]
+    worker = services["worker"]
+    assert worker["depends_on"]["prometheus"]["condition"] == "service_started"
+    assert worker["depends_on"]["redis"]["condition"] == "service_healthy"  # kept from the base
+    # The worker's configuration as the container gets it: file plus environment.
+    for name, value in worker["environment"].items():
+        clean_env.setenv(name, value)
+    settings = load_config(WORKER_CONFIG)
+    assert settings.kafka.output_topic == ""
+    assert settings.remote_write is not None
+    host_port, _, path = settings.remote_write.url.removeprefix("http://").partition("/")
+    host, _, port = host_port.partition(":")
+    assert host in services and host == "prometheus"
+    assert "--web.enable-remote-write-receiver" in services["prometheus"]["command"]
+    assert f"{port}:{port}" in services["prometheus"]["ports"] and path == "api/v1/write"
+    # Remote write carries cumulative series only.
+    assert settings.temporality.value == "CUMULATIVE"

@@ -21,7 +21,13 @@ def _yaml_block_after(heading: str) -> str:
 
 
 @pytest.mark.parametrize(
-    "heading", ["## Configuration", "## Service graphs", "## Tempo mode (`metrics_generator:`)"]
+    "heading",
+    [
+        "## Configuration",
+        "## Service graphs",
+        "## Tempo mode (`metrics_generator:`)",
+        "## Remote write (`remote_write:`)",
+    ],
 )
 def test_readme_yaml_examples_load(heading: str, tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
@@ -29,6 +35,9 @@ def test_readme_yaml_examples_load(heading: str, tmp_path: Path) -> None:
     settings = load_config(path)
     if heading == "## Tempo mode (`metrics_generator:`)":
         assert settings.metrics_generator is not None
+    elif heading == "## Remote write (`remote_write:`)":
+        assert settings.remote_write is not None
+        assert settings.remote_write.url == "http://prometheus:9090/api/v1/write"
     elif heading == "## Service graphs":
         assert settings.servicegraphs.enabled
     else:

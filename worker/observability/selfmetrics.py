@@ -329,6 +329,48 @@ class WorkerMetrics:
             "fencing tokens gone back) and took its partitions back from the committed offsets.",
             total("state_lost"),
         )
+        remote = stats.remote_write if stats is not None else None
+
+        def remote_total(attribute: str) -> int:
+            return int(getattr(remote, attribute)) if remote is not None else 0
+
+        yield counter(
+            "remote_write_samples",
+            "Samples (native histograms count one each) accepted by the remote-write endpoint.",
+            remote_total("samples"),
+        )
+        yield counter(
+            "remote_write_failed_samples",
+            "Samples the remote-write endpoint refused with a status not retried (4xx but 429).",
+            remote_total("failed_samples"),
+        )
+        yield counter(
+            "remote_write_dropped_samples",
+            "Samples never sent to the remote-write endpoint: pushed out of the full buffer while "
+            "it was slow or down, or still buffered at shutdown.",
+            remote_total("dropped_samples"),
+        )
+        yield counter(
+            "remote_write_requests",
+            "Remote-write requests sent (retries included).",
+            remote_total("requests"),
+        )
+        yield counter(
+            "remote_write_retries",
+            "Remote-write requests retried (5xx, 429, timeouts, connection errors).",
+            remote_total("retries"),
+        )
+        yield counter(
+            "remote_write_sent_bytes",
+            "Compressed bytes of remote-write requests sent.",
+            remote_total("sent_bytes"),
+        )
+        pending = GaugeMetricFamily(
+            PREFIX + "remote_write_pending_samples", "Samples buffered for the remote-write endpoint."
+        )
+        if remote is not None:
+            pending.add_metric([], remote.pending_samples)
+        yield pending
 
         yield from _service_graph_families(source.service_graphs if source is not None else None)
 

@@ -4,7 +4,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["WorkerStats"]
+__all__ = ["RemoteWriteStats", "WorkerStats"]
+
+
+@dataclass(slots=True)
+class RemoteWriteStats:
+    """The remote-write sink's totals; samples count native histograms too (one each)."""
+
+    #: Accepted by the endpoint (2xx).
+    samples: int = 0
+    #: Refused by the endpoint with a status that is not retried (4xx other than 429).
+    failed_samples: int = 0
+    #: Never sent: pushed out of the full buffer, or still buffered at shutdown.
+    dropped_samples: int = 0
+    requests: int = 0
+    retries: int = 0
+    sent_bytes: int = 0
+    #: Samples waiting in the buffer now.
+    pending_samples: int = 0
 
 
 @dataclass(slots=True)
@@ -33,6 +50,8 @@ class WorkerStats:
     sink_errors: dict[str, int] = field(default_factory=dict)
     last_flush_seconds: float = 0.0
     last_redis_seconds: float = 0.0
+    #: Totals of the remote-write sink (all 0 when it is not configured).
+    remote_write: RemoteWriteStats = field(default_factory=RemoteWriteStats)
 
     def drop(self, reason: str, count: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + count

@@ -19,13 +19,15 @@ from state.protocol import SeriesStore
 from state.redis_store import RedisStateStore
 from worker.config import Settings
 from worker.model.errors import SpanmetricsError
-from worker.model.series import MetricDescriptor
+from worker.model.series import MetricDescriptor, Temporality
 from worker.observability.logs import redact_url
 from worker.observability.selfmetrics import WorkerMetrics
 from worker.observability.stats import WorkerStats
 from worker.processors.pipeline import Pipeline
 from worker.processors.servicegraphs.processor import ServiceGraphsProcessor
+from worker.sinks.base import Sink
 from worker.sinks.kafka import KafkaSink
+from worker.sinks.remote_write import RemoteWriteSink
 from worker.stream.checkpoint import Checkpoint
 from worker.stream.clients import kafka_start_problem, make_consumer, make_producer, make_redis
 from worker.stream.emission import Emission
@@ -55,6 +57,9 @@ _SETTLE_PERIOD = 2.0
 _DRAIN_SHARE = 0.35
 _FLUSH_SHARE = 0.65
 _END_SHARE = 0.9
+#: DELTA with remote write: a series without spans this long (and no series_expiration) is
+#: forgotten by the sink's running totals; it starts from 0 again when it comes back.
+_DELTA_IDLE_S = 3600.0
 
 log = structlog.get_logger("spanmetrics.worker")
 
@@ -78,6 +83,21 @@ class StreamWorker:
         #: "native" or "pure": the span-metrics ingest path (spanmetrics_build_info's ``ingest`` label).
         self.ingest_path = self.pipeline.ingest_path
         self.descriptors: dict[str, MetricDescriptor] = self.pipeline.descriptors()
+        #: The Prometheus remote-write sink, when ``remote_write`` is configured (cumulative only).
+        self.remote_write: RemoteWriteSink | None = None
+        if settings.remote_write is not None:
+            self.remote_write = RemoteWriteSink(
+                settings.remote_write,
+                descriptors=self.descriptors,
+                default_tenant=settings.kafka.default_tenant,
+                stats=self.stats.remote_write,
+                # Tempo mode: the processors already wrote Tempo's label names.
+                sanitize_labels=not settings.tempo_mode,
+                # Remote write is cumulative: with DELTA state the sink adds the deltas up.
+                delta_idle_s=(settings.series_expiration or _DELTA_IDLE_S)
+                if settings.temporality is Temporality.DELTA
+                else None,
+            )
         self.shared = Partitions()
         self.rebalance = Rebalance(
             self.consumer,
@@ -193,19 +213,25 @@ class StreamWorker:
             forget=self.rebalance.forget,
         )
         await self.rebalance.attach(store, self.checkpoint)
-        sink = KafkaSink(
-            self.producer,
-            topic=settings.kafka.output_topic,
-            tenant_header=settings.kafka.tenant_header,
-            default_tenant=settings.kafka.default_tenant,
-            descriptors=self.descriptors,
-            temporality=settings.temporality,
-            max_record_bytes=settings.kafka.output_max_record_bytes,
-            worker_id=self.worker_id,
-        )
+        sinks: list[Sink] = []
+        if settings.kafka.output_topic:
+            sinks.append(
+                KafkaSink(
+                    self.producer,
+                    topic=settings.kafka.output_topic,
+                    tenant_header=settings.kafka.tenant_header,
+                    default_tenant=settings.kafka.default_tenant,
+                    descriptors=self.descriptors,
+                    temporality=settings.temporality,
+                    max_record_bytes=settings.kafka.output_max_record_bytes,
+                    worker_id=self.worker_id,
+                )
+            )
+        if self.remote_write is not None:
+            sinks.append(self.remote_write)
         self.emission = Emission(
             store,
-            [sink],
+            sinks,
             self.shared,
             self.stats,
             self.log,
@@ -354,6 +380,10 @@ class StreamWorker:
             await asyncio.wait_for(self.producer.stop(), timeout=max(0.1, (end - loop.time()) * 0.7))
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.redis.aclose(), timeout=max(0.1, end - loop.time()))
+        if self.remote_write is not None:
+            # What the final flush queued: delivered in the time left, the rest counted as dropped.
+            with contextlib.suppress(Exception):
+                await self.remote_write.close(timeout=max(0.1, end - loop.time()))
 
     def _totals(self) -> dict[str, object]:
         s = self.stats

@@ -49,6 +49,13 @@ EXPECTED_TYPES = {
     "spanmetrics_input_partitions": "gauge",
     "spanmetrics_flush_interval_seconds": "gauge",
     "spanmetrics_max_active_series_per_tenant": "gauge",
+    "spanmetrics_remote_write_samples": "counter",
+    "spanmetrics_remote_write_failed_samples": "counter",
+    "spanmetrics_remote_write_dropped_samples": "counter",
+    "spanmetrics_remote_write_requests": "counter",
+    "spanmetrics_remote_write_retries": "counter",
+    "spanmetrics_remote_write_sent_bytes": "counter",
+    "spanmetrics_remote_write_pending_samples": "gauge",
     "spanmetrics_build_info": "gauge",
 }
 
