@@ -4,12 +4,13 @@
 ``KAFKA_BOOTSTRAP_SERVERS`` / ``REDIS_URL``) and
 
 1. pre-produces a realistic load (default 1,000,000 spans from the load generator's traffic
-   model; 2 configured dimensions, service graphs on) into an input topic with 8 partitions,
-   once per record shape: A, one record per trace keyed by trace id (the Collector's Kafka
-   exporter with ``partition_traces_by_id``), and B, keyless batches of about 1,000 spans; each
-   shape also gets its decode-only rate and a bare aiokafka consumer's (with and without
-   ``check_crcs``), and the workers run on the pure path (``SPANMETRICS_NO_EXTENSIONS=1``) and,
-   when the compiled extension is installed, on the native path;
+   model; 2 configured dimensions, service graphs on unless ``--no-service-graphs``) into an
+   input topic with 8 partitions, once per record shape: A, one record per trace keyed by trace
+   id (the Collector's Kafka exporter with ``partition_traces_by_id``), and B, keyless batches
+   of about 1,000 spans; each shape also gets its decode-only rate and a bare aiokafka
+   consumer's (with and without ``check_crcs``), and the workers run on the pure path
+   (``SPANMETRICS_NO_EXTENSIONS=1``) and, when the compiled extension is installed, on the
+   native path;
 2. runs 1 worker process (``python -m worker run --config FILE``) from an empty consumer group
    until every span is applied - verified on the output topic: the sum of the latest cumulative
    ``calls`` data points must equal the spans produced - and reports spans/s;
@@ -637,6 +638,8 @@ class Context:
     timeout: float
     #: The worker path of the series and profile phases.
     path: str = "pure"
+    #: Whether the workers run the service graphs beside span metrics (``--no-service-graphs``).
+    service_graphs: bool = True
 
 
 def write_config(
@@ -661,7 +664,7 @@ def write_config(
         },
         "redis": {"url": ctx.redis_url, "key_prefix": name},
         "spanmetrics": {"dimensions": dimensions, "metrics_flush_interval": f"{flush_interval:g}s"},
-        "servicegraphs": {"enabled": True},
+        "servicegraphs": {"enabled": ctx.service_graphs},
         "worker": worker or {},
         "http": {"enabled": False},
         "log": {"level": "info", "format": "json"},
@@ -1355,7 +1358,8 @@ def print_report(result: dict[str, Any]) -> None:
         f"native: {'built (' + ', '.join(native) + ')' if native else 'not built'}"
     )
     print(
-        f"{INPUT_PARTITIONS} partitions, dims {', '.join(d['name'] for d in DIMENSIONS)}, service graphs on, "
+        f"{INPUT_PARTITIONS} partitions, dims {', '.join(d['name'] for d in DIMENSIONS)}, "
+        f"service graphs {'on' if result.get('service_graphs', True) else 'off'}, "
         f"flush interval {result['flush_interval_s']:g}s"
     )
     for name, shape in result["shapes"].items():
@@ -1552,6 +1556,7 @@ async def run(
         "dimensions": [d["name"] for d in DIMENSIONS],
         "native_extensions": native,
         "baseline": args.baseline and str(Path(args.baseline).resolve()),
+        "service_graphs": not args.no_service_graphs,
         "paths": paths,
         "shapes": {},
     }
@@ -1598,6 +1603,7 @@ async def run(
             flush_interval=args.flush_interval,
             timeout=args.timeout,
             path=[p for p in paths if p != "base"][-1],
+            service_graphs=not args.no_service_graphs,
         )
         decode_timers[shape] = DecodeTimer(load.values, load.spans)
         bare_timers[shape] = BareConsumerTimer(bootstrap, input_topic, len(load.records), load.spans)
@@ -1744,6 +1750,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--profile", action="store_true", help="also profile one worker per shape with py-spy (untimed)"
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep worker logs and configs")
+    parser.add_argument(
+        "--no-service-graphs",
+        action="store_true",
+        help="span metrics only (the connector's configuration), instead of with service graphs",
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     args.spans = args.spans or (100_000 if quick else 1_000_000)
