@@ -27,6 +27,12 @@ class WorkerStats:
     emitted_bytes: int = 0
     expired: int = 0
     overflowed: int = 0
+    #: tenant -> new series its active-series limit refused (folded into its overflow series).
+    overflowed_by_tenant: dict[str, int] = field(default_factory=dict)
+    #: Emissions that began more than a tenth of an interval after they were due, and due
+    #: emissions that never began (one later emission served them): worker.stream.cadence.
+    emissions_late: int = 0
+    emissions_skipped: int = 0
     last_flush_seconds: float = 0.0
     last_redis_seconds: float = 0.0
 
