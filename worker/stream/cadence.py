@@ -5,7 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Cadence", "EmissionSlot"]
+__all__ = ["EMIT", "MERGE", "Cadence", "EmissionSlot"]
+
+#: What the run loop does next (:meth:`Cadence.next_flush`): an emitting flush, or a merge-only one.
+EMIT = "emit"
+MERGE = "merge"
 
 #: An emission that starts more than this share of an interval after it was due counts as late.
 LATE_SHARE = 0.1
@@ -51,6 +55,14 @@ class Cadence:
     def until_due(self, now: float) -> float:
         """Seconds until the next emission is due (0 when due already)."""
         return max(0.0, self.next_due - now)
+
+    def next_flush(self, now: float, *, buffer_full: bool) -> str | None:
+        """The flush to run at ``now``: EMIT when an emission is due (whatever the buffer holds:
+        the emission's checkpoint merges it too), MERGE when only the span buffer is full, else
+        None. A merge-only flush that ends past the due time is followed by the emission at once."""
+        if self.due(now):
+            return EMIT
+        return MERGE if buffer_full else None
 
     def begin(self, now: float) -> EmissionSlot:
         """An emission begins at ``now`` (due or not: a final one); the schedule moves to the

@@ -27,7 +27,7 @@ from worker.observability.stats import WorkerStats
 from worker.processors.pipeline import Pipeline
 from worker.processors.servicegraphs.processor import ServiceGraphsProcessor
 from worker.sinks.kafka import KafkaSink
-from worker.stream.cadence import Cadence
+from worker.stream.cadence import EMIT, MERGE, Cadence
 from worker.stream.checkpoint import Checkpoint
 from worker.stream.clients import kafka_start_problem, make_consumer, make_producer, make_redis
 from worker.stream.emission import Emission
@@ -256,10 +256,13 @@ class StreamWorker:
                         async with shared.lock:
                             for tp, records in batch.items():
                                 await self.ingest.handle(tp, records)
-                    if shared.buffered_spans >= max_buffered and not cadence.due(time.monotonic()):
+                    full = shared.buffered_spans >= max_buffered
+                    kind = cadence.next_flush(time.monotonic(), buffer_full=full)
+                    if kind == MERGE:
                         await self._scheduled_flush(cadence, emit=False)
-                    # Due (also when a merge-only flush just ended past the due time): emit now.
-                    if cadence.due(time.monotonic()):
+                        # Due meanwhile: the emission goes now, not after the next fetch.
+                        kind = cadence.next_flush(time.monotonic(), buffer_full=False)
+                    if kind == EMIT:
                         await self._scheduled_flush(cadence, emit=True)
         except TimeoutError:
             if self._drain is None or not self._drain.expired():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.stream.cadence import Cadence
+from worker.stream.cadence import EMIT, MERGE, Cadence
 
 
 def test_due_times_are_start_plus_k_intervals_whatever_the_emissions_take() -> None:
@@ -70,3 +70,38 @@ def test_an_emission_before_it_is_due_does_not_advance_the_schedule() -> None:
 def test_interval_must_be_positive() -> None:
     with pytest.raises(ValueError, match="interval"):
         Cadence(0.0, start=0.0)
+
+
+def _simulate(cadence: Cadence, steps: list[tuple[float, bool, float]]) -> list[tuple[str, float]]:
+    """The run loop's decisions over (time, buffer full, flush duration) steps: (kind, start)."""
+    flushes = []
+    for now, full, duration in steps:
+        kind = cadence.next_flush(now, buffer_full=full)
+        if kind == MERGE:
+            flushes.append((MERGE, now))
+            now += duration
+            kind = cadence.next_flush(now, buffer_full=False)
+        if kind == EMIT:
+            cadence.begin(now)
+            flushes.append((EMIT, now))
+    return flushes
+
+
+def test_under_a_sustained_backlog_emissions_still_go_on_the_interval() -> None:
+    """The buffer is full at every fetch and each merge-only flush takes 0.4 s: the emission due
+    at 5 s goes when the merge that straddles it ends, the one at 10 s likewise (issue 18: a
+    merge-only flush used to push the timer forward, and emission starved)."""
+    cadence = Cadence(5.0, start=0.0)
+    steps = [(0.3 + k / 2, True, 0.4) for k in range(25)]  # a fetch every 0.5 s, all full
+    flushes = _simulate(cadence, steps)
+    emissions = [start for kind, start in flushes if kind == EMIT]
+    assert emissions == pytest.approx([5.2, 10.2])
+    assert sum(1 for kind, _ in flushes if kind == MERGE) == len(steps)
+    assert cadence.late_total == cadence.skipped_total == 0
+
+
+def test_nothing_to_do_between_due_times_without_a_full_buffer() -> None:
+    cadence = Cadence(5.0, start=0.0)
+    assert cadence.next_flush(1.0, buffer_full=False) is None
+    assert cadence.next_flush(1.0, buffer_full=True) == MERGE
+    assert cadence.next_flush(5.0, buffer_full=True) == EMIT  # its checkpoint merges the buffer
