@@ -396,7 +396,8 @@ class StreamWorker:
         stats = self.stats
         stats.flushes += 1
         stats.last_flush_seconds = time.monotonic() - started
-        self.metrics.observe_flush(stats.last_flush_seconds, emitting=emit)
+        # An emission that failed (Redis, Kafka) does not advance the alert's timestamp either.
+        self.metrics.observe_flush(stats.last_flush_seconds, emitting=emit and report is not None)
         self.log.info(
             "flush",
             seconds=round(stats.last_flush_seconds, 3),
