@@ -98,7 +98,7 @@ class NewSeries:
     overflow_row: bytes
     #: Position in :attr:`FoldPlan.live` (-1: not emitted, e.g. a zero DELTA).
     live_index: int
-    #: Active series it is for the tenant's limit (2 with a companion).
+    #: Active series it is for the tenant's limit (one label set: 1; see ``_weight``).
     weight: int = 1
 
 
@@ -120,8 +120,7 @@ class FoldPlan:
     #: Positions in ``live`` of series without a companion: where counters stored on their own
     #: by earlier versions can be (see :func:`_drop_superseded_counters`).
     plain: list[int] = field(default_factory=list)
-    #: How the tenant's active-series count changes through held records: expired ones leave,
-    #: and a record that gains (or loses) a companion is one series more (or fewer).
+    #: How the tenant's active-series count changes through held records: expired ones leave.
     held_change: int = 0
     #: Log rows folded (a diagnostic: several rows of one series add up before the fold).
     rows: int = 0
@@ -218,8 +217,10 @@ def _complete(record: list[Any]) -> list[Any]:
 
 
 def _weight(record: Sequence[Any]) -> int:
-    """Active series a record is: two when it also stands for its companion counter."""
-    return 2 if record[_COMPANION] else 1
+    """Active series a record is for the tenant's limit: one label set, so one, also when it
+    stands for its companion counter (``calls`` and ``duration`` of one dimension set are kept
+    or overflow together; README, "max_active_series_per_tenant"). Earlier versions counted 2."""
+    return 1
 
 
 def _reader(*, raw: bool) -> Callable[[bytes], Any]:
@@ -372,8 +373,7 @@ def fold_log(
             _add(found[0], delta, max_exemplars, exp_max_size)
     plan.rows = rows
 
-    # The loop below runs for every series of the slot at every flush: names are locals, and
-    # the weight is only looked at where it can change (a row's companion differs).
+    # The loop below runs for every series of the slot at every flush: names are locals.
     read_record, read_meta = _reader(raw=True), _reader(raw=False)
     packb, series_of, updates = _packb, _series, plan.updates
     resource_seen = resource_seen_us or {}
@@ -384,12 +384,8 @@ def fold_log(
         changed = reset_emitted_us is not None and _reset(record, delta_mode, reset_emitted_us)
         if pending is not None:
             delta = pending[0]
-            if len(delta) > _COMPANION and delta[_COMPANION] != record[_COMPANION]:
-                plan.held_change -= _weight(record)  # it gains or loses its companion
-                _add(record, delta, max_exemplars, exp_max_size)
-                plan.held_change += _weight(record)
-            else:
-                _add(record, delta, max_exemplars, exp_max_size)
+            # Gaining or losing its companion leaves its weight as it is (see _weight).
+            _add(record, delta, max_exemplars, exp_max_size)
             changed = True
         elif expire_before_us and record[_LAST] < expire_before_us:
             plan.expired.append(digest)

@@ -3,6 +3,7 @@ of state.keys; the single source of truth for cumulative series and applied offs
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
@@ -151,6 +152,34 @@ class RedisStateStore:
         (merge.lua); FencedError on a stale token. False (nothing applied) when the partitions
         already applied this ``sequence`` or a later one: a retry, a duplicate, a late request.
         Without ``sequence`` the store numbers the call, reusing the number of a repeated call."""
+        # Building the rows is CPU work per series: off the event loop (see _merge_request).
+        header, entries = await asyncio.to_thread(self._merge_request, deltas, fences, pending, applied)
+        if sequence is None:
+            digest = hashlib.blake2b(header, digest_size=16)
+            for entry in entries:
+                digest.update(entry)
+            sequence = self.sequences.number(digest.digest())
+        else:
+            self.sequences.saw(sequence)
+        reply = await self._merge(args=[header, str(sequence), *entries])
+        status = _text(reply[0])
+        if status == "FENCED":
+            raise FencedError(int(_text(reply[1])))
+        if status == "BEHIND":
+            raise StateBehindError(int(_text(reply[1])))
+        if status not in ("OK", "SEEN"):
+            raise StateError(f"unexpected reply from the merge script: {reply!r}")
+        return status == "OK"
+
+    def _merge_request(
+        self,
+        deltas: Mapping[str, TenantDeltas],
+        fences: Mapping[int, tuple[int, int]],
+        pending: Mapping[int, bytes] | None,
+        applied: Mapping[int, int] | None,
+    ) -> tuple[bytes, list[memoryview]]:
+        """merge.lua's header and log entries (pure CPU work; run in a thread so that a flush of
+        many series does not hold the event loop: the GIL is handed over every few ms)."""
         entries: list[memoryview] = []
         tenants: list[list[Any]] = []
         for packed in self.packer.pack(deltas):
@@ -173,22 +202,7 @@ class RedisStateStore:
             ],
             use_bin_type=False,  # Lua's cmsgpack knows no bin type
         )
-        if sequence is None:
-            digest = hashlib.blake2b(header, digest_size=16)
-            for entry in entries:
-                digest.update(entry)
-            sequence = self.sequences.number(digest.digest())
-        else:
-            self.sequences.saw(sequence)
-        reply = await self._merge(args=[header, str(sequence), *entries])
-        status = _text(reply[0])
-        if status == "FENCED":
-            raise FencedError(int(_text(reply[1])))
-        if status == "BEHIND":
-            raise StateBehindError(int(_text(reply[1])))
-        if status not in ("OK", "SEEN"):
-            raise StateError(f"unexpected reply from the merge script: {reply!r}")
-        return status == "OK"
+        return header, entries
 
     async def read_pending(self, partitions: Iterable[int]) -> dict[int, bytes]:
         """The half-edges saved with each partition's offsets (absent: none pending)."""
@@ -270,7 +284,10 @@ class RedisStateStore:
         token is stale or another fold committed in between."""
         escaped = escape_tenant(tenant)
         stored, log, version = await self._read_slot_and_log(escaped, slot)
-        plan = self._fold_plan(
+        # The fold is CPU work per series of the slot: in a thread, so that the event loop keeps
+        # running (heartbeats, probes) while a large slot folds; nothing else touches its inputs.
+        plan = await asyncio.to_thread(
+            self._fold_plan,
             stored,
             log,
             limit=self.active_series_limit,

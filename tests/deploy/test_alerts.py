@@ -36,7 +36,7 @@ def _run(*args: str) -> str:
 
 def test_promtool_check_rules() -> None:
     out = _run(_promtool(), "check", "rules", str(RULES))
-    assert "SUCCESS: 11 rules found" in out
+    assert "SUCCESS: 13 rules found" in out
 
 
 def test_promtool_test_rules() -> None:
@@ -86,7 +86,7 @@ def test_every_rule_reads_exported_metrics() -> None:
         if family.type == "counter":
             exported.add(family.name + "_total")
     rules = [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
-    assert len(rules) == 11
+    assert len(rules) == 13
     for rule in rules:
         for name in re.findall(r"spanmetrics_[a-z_]+", str(rule["expr"])):
             assert name in exported, f"{rule['alert']}: {name} is not exported"

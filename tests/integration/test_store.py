@@ -328,13 +328,13 @@ async def test_two_owners_under_the_tenant_limit_lose_nothing(redis_client: Redi
     assert await stores[0].active_series("acme") == limit + 1
 
 
-async def test_paired_series_count_twice_against_the_tenant_limit(
+async def test_paired_series_count_once_against_the_tenant_limit(
     redis_client: Redis, unique_name: str
 ) -> None:
-    """A duration record standing for its calls counter is two active series: the limit admits
-    or refuses the pair as a whole, and the overflow series is a pair too."""
+    """The limit counts label sets: a duration record standing for its calls counter is one
+    active series (README); the pair is admitted or refused as a whole, the overflow too."""
     store = RedisStateStore(
-        redis_client, KeySpace(unique_name, "in"), slots=2, max_exemplars=0, active_series_limit=5
+        redis_client, KeySpace(unique_name, "in"), slots=2, max_exemplars=0, active_series_limit=3
     )
     tokens = await store.claim([0])
     deltas = [_series(f"duration\x1er1\x1e{i}", count=i + 1, buckets=[i + 1, 0]) for i in range(4)]
@@ -343,10 +343,11 @@ async def test_paired_series_count_twice_against_the_tenant_limit(
     await store.merge(_deltas(*deltas), {0: (tokens[0], 1)})
     await _fold_all(store, tokens)
     await _fold_all(store, tokens)  # the overflow rows may land in a slot folded earlier
-    # Two pairs admitted (4 series); a third would make 6 > 5; the overflow pair is never refused.
-    assert await store.active_series("acme") == 6
+    # Three pairs admitted (3 label sets, at the limit); the fourth goes to the overflow pair,
+    # which is never refused and counts as one more.
+    assert await store.active_series("acme") == 4
     series = [s.series for slot in range(2) for s in await store.read_slot("acme", slot)]
-    assert sorted(s.metric for s in series) == ["calls"] * 3 + ["duration"] * 3
+    assert sorted(s.metric for s in series) == ["calls"] * 4 + ["duration"] * 4
     for metric in ("calls", "duration"):
         assert sum(s.count for s in series if s.metric == metric) == 1 + 2 + 3 + 4
         overflow = [
@@ -354,7 +355,7 @@ async def test_paired_series_count_twice_against_the_tenant_limit(
         ]
         assert len(overflow) == 1
     records = [int(await redis_client.hlen(store.keys.slot("acme", slot))) for slot in range(2)]
-    assert sum(records) == 3  # one record per pair
+    assert sum(records) == 4  # one record per pair
 
 
 async def test_an_upgraded_worker_folds_the_separate_calls_record_into_the_pair(
@@ -362,7 +363,7 @@ async def test_an_upgraded_worker_folds_the_separate_calls_record_into_the_pair(
 ) -> None:
     """State of an earlier version: calls and duration stored as two records. The first paired
     row makes the duration record stand for the counter and the calls record leaves; the
-    counter goes on from where it was, and the tenant's active count stays exact."""
+    counter goes on from where it was, and the tenant's active count follows."""
     calls = _series("calls\x1er1\x1ea", count=5)
     duration = _series("duration\x1er1\x1ea", count=5, buckets=[2, 3])
     slot = series_slot(duration.series_id, store.slots)
@@ -382,7 +383,8 @@ async def test_an_upgraded_worker_folds_the_separate_calls_record_into_the_pair(
         ("calls", 7, NOW),
         ("duration", 7, NOW),
     ]
-    assert await store.active_series("acme") == 2
+    # One label set now (the pair counts once); the separate calls record that left took one.
+    assert await store.active_series("acme") == 1
     assert await redis_client.hkeys(store.keys.slot("acme", slot)) == [duration.digest]
 
 

@@ -428,7 +428,8 @@ def test_process_applies_the_workers_active_series_limit() -> None:
     result = process_documents(
         settings, [simple_request(*(make_span(f"s{n}") for n in range(3)))], clock=FakeClock()
     )
-    assert total(result.request, "calls") == 1  # calls and duration of the first span series
+    # One label set each (calls and duration together): the first two span series.
+    assert total(result.request, "calls") == 2
 
 
 def test_a_metrics_request_is_refused_as_the_worker_refuses_it(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from worker import __version__
+from worker.observability.loopmonitor import STALL_THRESHOLD, StallTracker
 from worker.observability.stats import WorkerStats
 
 __all__ = [
@@ -155,6 +156,8 @@ class WorkerMetrics:
         self._flush_interval: float | None = None
         self._series_limit: int | None = None
         self._last_emission_unix: float | None = None
+        #: The event loop's stalls, fed by the worker's loop monitor (worker.observability.loopmonitor).
+        self.loop = StallTracker()
         registry.register(_StatsCollector(self))
 
     # ------------------------------------------------------------------ hooks the runtime calls
@@ -163,9 +166,12 @@ class WorkerMetrics:
         """Read counters and ownership from this worker at scrape time."""
         self._source = source
 
-    def observe_flush(self, seconds: float) -> None:
+    def observe_flush(self, seconds: float, *, emitting: bool = True) -> None:
+        """A flush ended; only one that emitted (not a merge-only flush of a full span buffer)
+        advances ``spanmetrics_last_flush_timestamp_seconds``, the documented alert."""
         self.flush_duration.observe(seconds)
-        self._last_flush_unix = time.time()
+        if emitting:
+            self._last_flush_unix = time.time()
 
     def observe_emission(self) -> None:
         """An emission published the slots of every partition assigned to this worker."""
@@ -294,7 +300,28 @@ class WorkerMetrics:
             "New series folded into a tenant's overflow series (max_active_series_per_tenant reached).",
             total("overflowed"),
         )
+        per_tenant = CounterMetricFamily(
+            PREFIX + "tenant_series_overflowed",
+            "New series folded into the tenant's overflow series because it held "
+            "max_active_series_per_tenant active series (by this worker's slots).",
+            labels=["tenant"],
+        )
+        if stats is not None:
+            for tenant, value in sorted(stats.overflowed_by_tenant.items()):
+                per_tenant.add_metric([tenant], value)
+        yield per_tenant
         yield counter("flushes", "Completed flushes.", total("flushes"))
+        yield counter(
+            "emissions_late",
+            "Emissions that began more than a tenth of metrics_flush_interval after they were due "
+            "(due at start + k * interval).",
+            total("emissions_late"),
+        )
+        yield counter(
+            "emissions_skipped",
+            "Due emissions that never began: a later, late emission served them.",
+            total("emissions_skipped"),
+        )
         yield counter(
             "rebalances", "Consumer-group rebalances this worker took part in.", total("rebalances")
         )
@@ -437,6 +464,18 @@ class WorkerMetrics:
         if source is not None and self._last_emission_unix is not None:
             emission.add_metric([], self._last_emission_unix)
         yield emission
+        stall = GaugeMetricFamily(
+            PREFIX + "event_loop_max_stall_seconds",
+            "Worst lateness of the event loop (a 25 ms timer waking up late) since the previous scrape.",
+        )
+        if source is not None:
+            stall.add_metric([], self.loop.take_since_scrape())
+        yield stall
+        yield counter(
+            "event_loop_stalls",
+            f"Times the event loop was blocked longer than {STALL_THRESHOLD:g} s.",
+            self.loop.over_threshold,
+        )
         info = GaugeMetricFamily(
             PREFIX + "build_info",
             "Always 1; the worker's version and span-metrics ingest (native, pure; unknown unbound).",

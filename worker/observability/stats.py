@@ -48,6 +48,12 @@ class WorkerStats:
     redis_errors: int = 0
     #: Failed deliveries per sink ("kafka": a failed emission, or a record refused as too large).
     sink_errors: dict[str, int] = field(default_factory=dict)
+    #: tenant -> new series its active-series limit refused (folded into its overflow series).
+    overflowed_by_tenant: dict[str, int] = field(default_factory=dict)
+    #: Emissions that began more than a tenth of an interval after they were due, and due
+    #: emissions that never began (one later emission served them): worker.stream.cadence.
+    emissions_late: int = 0
+    emissions_skipped: int = 0
     last_flush_seconds: float = 0.0
     last_redis_seconds: float = 0.0
     #: Totals of the remote-write sink (all 0 when it is not configured).

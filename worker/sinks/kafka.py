@@ -77,9 +77,13 @@ class KafkaSink:
         headers = self._headers(tenant)
         delivery = KafkaDelivery()
         handed = delivery.handed
-        for request in encode_slot(
-            resources, series, self.descriptors, self.temporality, now_ns, self.max_record_bytes
-        ):
+        # Encoding is CPU work per series: in a thread, so that the event loop keeps running
+        # while a large slot is encoded (the GIL is handed over every few ms).
+        descriptors, temporality, limit = self.descriptors, self.temporality, self.max_record_bytes
+        requests = await asyncio.to_thread(
+            lambda: list(encode_slot(resources, series, descriptors, temporality, now_ns, limit))
+        )
+        for request in requests:
             try:
                 delivery.futures.append(
                     await self.producer.send(self.topic, request.data, key=request.key, headers=headers)

@@ -90,4 +90,6 @@ class Emission:
         stats.emitted_bytes += report.bytes
         stats.expired += report.expired
         stats.overflowed += report.overflowed
+        for tenant, refused in report.overflowed_by_tenant.items():
+            stats.overflowed_by_tenant[tenant] = stats.overflowed_by_tenant.get(tenant, 0) + refused
         return report

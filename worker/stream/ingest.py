@@ -3,6 +3,7 @@ A record whose processing raises counts nothing: memory is rewound to Redis (REA
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
@@ -135,6 +136,12 @@ class Ingest:
         False when processing raised and memory was rewound: the caller drops the rest of the
         fetched records (read again from Redis's offsets).
         """
+        # One turn of the event loop per run (at most _RUN_RECORDS records): a batch of spans
+        # that all start new series takes ~1 ms a record, and heartbeats and probes share the
+        # loop (issue 18). The caller holds the partitions' lock, so nothing else consumes. It
+        # also lets aiokafka's fetcher task send the next fetch of a drained partition, so that
+        # fetching overlaps processing (getmany returns buffered records without suspending).
+        await asyncio.sleep(0)
         kafka = self.kafka
         stats = self.stats
         shared = self.shared

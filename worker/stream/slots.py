@@ -21,6 +21,8 @@ class EmitReport:
     expired: int = 0
     #: New series the tenant's active-series limit refused (folded into the overflow series).
     overflowed: int = 0
+    #: The same, per tenant.
+    overflowed_by_tenant: dict[str, int] = field(default_factory=dict)
     slots: list[int] = field(default_factory=list)
     #: Slots lost while this emission ran (revoked, or taken over while the process was frozen):
     #: not published, so no stale value goes out under a time stamp another owner also uses.
@@ -121,6 +123,9 @@ class SlotEmitter:
                     continue
                 report.expired += fold.expired
                 report.overflowed += fold.overflowed
+                if fold.overflowed:
+                    by_tenant = report.overflowed_by_tenant
+                    by_tenant[tenant] = by_tenant.get(tenant, 0) + fold.overflowed
                 if not fold.live:
                     self._published[(tenant, slot)] = (token, now_ns)
                     continue

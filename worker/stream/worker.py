@@ -21,6 +21,7 @@ from worker.config import Settings
 from worker.model.errors import SpanmetricsError
 from worker.model.series import MetricDescriptor, Temporality
 from worker.observability.logs import redact_url
+from worker.observability.loopmonitor import watch_loop
 from worker.observability.selfmetrics import WorkerMetrics
 from worker.observability.stats import WorkerStats
 from worker.processors.pipeline import Pipeline
@@ -28,6 +29,7 @@ from worker.processors.servicegraphs.processor import ServiceGraphsProcessor
 from worker.sinks.base import Sink
 from worker.sinks.kafka import KafkaSink
 from worker.sinks.remote_write import RemoteWriteSink
+from worker.stream.cadence import EMIT, MERGE, Cadence
 from worker.stream.checkpoint import Checkpoint
 from worker.stream.clients import kafka_start_problem, make_consumer, make_producer, make_redis
 from worker.stream.emission import Emission
@@ -274,12 +276,15 @@ class StreamWorker:
             self._drain.reschedule(self._stop_at + self.settings.worker.shutdown_grace * _DRAIN_SHARE)
 
     async def run(self) -> None:
-        """Consume and flush until stopped; then flush, commit and leave within the grace period."""
-        interval = self.settings.flush_interval
+        """Consume and flush until stopped; then flush, commit and leave within the grace period.
+
+        Emissions are due at a fixed rate (worker.stream.cadence); a full span buffer adds
+        merge-only flushes in between, which never move or skip a due emission."""
         max_buffered = self.settings.worker.max_buffered_spans
         shared = self.shared
-        next_flush = time.monotonic() + interval
+        cadence = Cadence(self.settings.flush_interval, time.monotonic())
         next_expiry = time.monotonic() + _EXPIRY_PERIOD
+        monitor = asyncio.create_task(watch_loop(self.metrics.loop), name="event loop monitor")
         try:
             async with asyncio.timeout(None) as self._drain:
                 while not self._stop.is_set():
@@ -290,26 +295,24 @@ class StreamWorker:
                         async with shared.lock:
                             self.pipeline.expire(time.time_ns())
                         next_expiry = self.last_tick + _EXPIRY_PERIOD
-                    timeout = max(0.0, min(next_flush - time.monotonic(), 0.5))
+                    # Without waiting when an emission is due, but always: an emission longer
+                    # than the interval must not stop consumption.
+                    timeout = min(cadence.until_due(time.monotonic()), 0.5)
                     batch = await self.consumer.getmany(
                         timeout_ms=int(timeout * 1000), max_records=self.settings.kafka.max_poll_records
                     )
                     if batch:
                         async with shared.lock:
                             for tp, records in batch.items():
-                                # Yield first: aiokafka refetches a drained partition only when
-                                # its fetcher task runs, and getmany returns buffered records
-                                # without suspending; so the next fetch overlaps this processing.
-                                await asyncio.sleep(0)
                                 await self.ingest.handle(tp, records)
-                    if time.monotonic() >= next_flush or shared.buffered_spans >= max_buffered:
-                        try:
-                            await self.flush(emit=time.monotonic() >= next_flush)
-                        except RetryInterrupted:
-                            # A stop or a rebalance came first; the partitions are unsettled.
-                            self._next_settle = time.monotonic() + _SETTLE_PERIOD
-                        if time.monotonic() >= next_flush:
-                            next_flush = time.monotonic() + interval
+                    full = shared.buffered_spans >= max_buffered
+                    kind = cadence.next_flush(time.monotonic(), buffer_full=full)
+                    if kind == MERGE:
+                        await self._scheduled_flush(cadence, emit=False)
+                        # Due meanwhile: the emission goes now, not after the next fetch.
+                        kind = cadence.next_flush(time.monotonic(), buffer_full=False)
+                    if kind == EMIT:
+                        await self._scheduled_flush(cadence, emit=True)
         except TimeoutError:
             if self._drain is None or not self._drain.expired():
                 raise
@@ -320,7 +323,28 @@ class StreamWorker:
             self.checkpoint.unsettle()
         finally:
             self._drain = None
+            monitor.cancel()
             await self._shutdown()
+
+    async def _scheduled_flush(self, cadence: Cadence, *, emit: bool) -> None:
+        """One flush of the run loop; an emitting one takes its due time from ``cadence``, and a
+        late start or due times that passed without an emission are counted and logged."""
+        if emit:
+            slot = cadence.begin(time.monotonic())
+            stats = self.stats
+            if slot.late:
+                stats.emissions_late += 1
+            if slot.skipped:
+                stats.emissions_skipped += slot.skipped
+            if slot.late or slot.skipped:
+                self.log.warning(
+                    "emission late", lateness_seconds=round(slot.lateness, 3), skipped=slot.skipped
+                )
+        try:
+            await self.flush(emit=emit)
+        except RetryInterrupted:
+            # A stop or a rebalance came first; the partitions are unsettled.
+            self._next_settle = time.monotonic() + _SETTLE_PERIOD
 
     async def _settle(self) -> None:
         """Claim what the group assigned but Redis did not grant, and re-read unsettled partitions
@@ -425,7 +449,8 @@ class StreamWorker:
         stats = self.stats
         stats.flushes += 1
         stats.last_flush_seconds = time.monotonic() - started
-        self.metrics.observe_flush(stats.last_flush_seconds)
+        # An emission that failed (Redis, Kafka) does not advance the alert's timestamp either.
+        self.metrics.observe_flush(stats.last_flush_seconds, emitting=emit and report is not None)
         self.log.info(
             "flush",
             seconds=round(stats.last_flush_seconds, 3),
@@ -437,6 +462,7 @@ class StreamWorker:
             send_seconds=round(report.send_seconds, 3) if report else 0,
             confirm_seconds=round(report.confirm_seconds, 3) if report else 0,
             spans=stats.spans,
+            loop_max_stall_seconds=round(self.metrics.loop.take_since_flush(), 3),
         )
         if not final:
             await self.metrics.refresh()  # consumer lag and active series; bounded, never raises

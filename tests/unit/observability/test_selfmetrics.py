@@ -34,6 +34,11 @@ EXPECTED_TYPES = {
     "spanmetrics_series_expired": "counter",
     "spanmetrics_series_overflowed": "counter",
     "spanmetrics_flushes": "counter",
+    "spanmetrics_tenant_series_overflowed": "counter",
+    "spanmetrics_emissions_late": "counter",
+    "spanmetrics_emissions_skipped": "counter",
+    "spanmetrics_event_loop_max_stall_seconds": "gauge",
+    "spanmetrics_event_loop_stalls": "counter",
     "spanmetrics_active_series": "gauge",
     "spanmetrics_assigned_partitions": "gauge",
     "spanmetrics_owned_partitions": "gauge",
@@ -146,6 +151,9 @@ def simulated_stats() -> WorkerStats:
         emitted_bytes=12_345,
         expired=4,
         overflowed=8,
+        overflowed_by_tenant={"acme": 5, "globex": 3},
+        emissions_late=2,
+        emissions_skipped=1,
     )
     stats.drop("undecodable", 2)
     stats.drop("no_service_name", 11)
@@ -173,6 +181,10 @@ def test_counters_read_worker_stats_at_scrape_time() -> None:
     assert value(registry, "spanmetrics_series_emitted_total") == 40
     assert value(registry, "spanmetrics_series_expired_total") == 4
     assert value(registry, "spanmetrics_series_overflowed_total") == 8
+    assert value(registry, "spanmetrics_tenant_series_overflowed_total", tenant="acme") == 5
+    assert value(registry, "spanmetrics_tenant_series_overflowed_total", tenant="globex") == 3
+    assert value(registry, "spanmetrics_emissions_late_total") == 2
+    assert value(registry, "spanmetrics_emissions_skipped_total") == 1
     assert value(registry, "spanmetrics_flushes_total") == 5
     assert value(registry, "spanmetrics_rebalances_total") == 3
     assert value(registry, "spanmetrics_replay_skipped_records_total") == 7
@@ -213,6 +225,7 @@ def test_exposition_is_valid_prefixed_and_typed() -> None:
     assert labels["spanmetrics_spans_dropped"] == ["reason"]
     assert labels["spanmetrics_consumer_lag_records"] == ["partition"]
     assert labels["spanmetrics_active_series"] == ["tenant"]
+    assert labels["spanmetrics_tenant_series_overflowed"] == ["tenant"]
     assert labels["spanmetrics_build_info"] == ["ingest", "version"]
     assert labels["spanmetrics_sink_errors"] == ["sink"]
     unlabelled = set(EXPECTED_TYPES) - {
@@ -220,6 +233,7 @@ def test_exposition_is_valid_prefixed_and_typed() -> None:
         "spanmetrics_spans_dropped",
         "spanmetrics_consumer_lag_records",
         "spanmetrics_active_series",
+        "spanmetrics_tenant_series_overflowed",
         "spanmetrics_build_info",
     }
     assert all(labels[name] == [] for name in unlabelled)
@@ -281,6 +295,31 @@ def test_histograms_observe_in_seconds() -> None:
     metrics.bind(FakeWorker())
     last_flush = value(registry, "spanmetrics_last_flush_timestamp_seconds")
     assert last_flush is not None and last_flush > 1.7e9
+
+
+def test_last_flush_timestamp_advances_only_on_an_emitting_flush() -> None:
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    metrics.bind(FakeWorker())
+    metrics.observe_flush(0.1, emitting=False)  # merge-only: the span buffer was full
+    assert value(registry, "spanmetrics_last_flush_timestamp_seconds") is None
+    assert value(registry, "spanmetrics_flush_duration_seconds_count") == 1
+    metrics.observe_flush(0.1, emitting=True)
+    assert value(registry, "spanmetrics_last_flush_timestamp_seconds") is not None
+
+
+def test_event_loop_stall_is_the_worst_since_the_previous_scrape() -> None:
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    metrics.bind(FakeWorker())
+    for stall in (0.01, 0.35, 0.02, 0.12):
+        metrics.loop.record(stall)
+    assert value(registry, "spanmetrics_event_loop_max_stall_seconds") == pytest.approx(0.35)
+    # Each scrape (here each read) takes the worst since the one before.
+    assert value(registry, "spanmetrics_event_loop_max_stall_seconds") == 0.0
+    assert value(registry, "spanmetrics_event_loop_stalls_total") == 2  # above 0.1 s
+    metrics.loop.record(0.004)
+    assert value(registry, "spanmetrics_event_loop_max_stall_seconds") == pytest.approx(0.004)
 
 
 def test_unbound_bundle_exports_names_without_values() -> None:

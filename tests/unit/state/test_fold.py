@@ -257,12 +257,12 @@ def _legacy_row(series: Series) -> bytes:
     )
 
 
-def test_a_duration_record_with_a_companion_emits_the_counter_too_and_weighs_two() -> None:
+def test_a_duration_record_with_a_companion_emits_the_counter_too_and_weighs_one() -> None:
     exemplars = [(b"t" * 16, b"s" * 8, 1.5, NOW_US * US)]
     paired = _series("a", 3, buckets=[1, 2], exemplars=exemplars, companion="traces.calls")
     plan = _fold({}, [_row(paired)])
     (new,) = plan.created
-    assert (new.weight, new.live_index) == (2, 0)
+    assert (new.weight, new.live_index) == (1, 0)  # one label set for the tenant's limit
     assert plan.live_digests == [paired.digest]
     assert plan.live[0].companion == "traces.calls"
     histogram, counter = with_companions(plan.live)  # as the encoder writes them out
@@ -271,11 +271,11 @@ def test_a_duration_record_with_a_companion_emits_the_counter_too_and_weighs_two
     assert (counter.count, counter.start_ns, counter.last_ns) == (3, histogram.start_ns, histogram.last_ns)
     assert counter.exemplars == histogram.exemplars == exemplars
     assert counter.attribute_parts == histogram.attribute_parts
-    # Held, it keeps its companion through rows, and leaves the limit's count by two.
+    # Held, it keeps its companion through rows, and leaves the limit's count by one.
     stored = {new.digest: new.record}
     assert [s.companion for s in _fold(stored, [_row(paired)]).live] == ["traces.calls"]
     plan = _fold(stored, [], expire_before_us=NOW_US + 1)
-    assert (plan.expired, plan.held_change, plan.live) == ([paired.digest], -2, [])
+    assert (plan.expired, plan.held_change, plan.live) == ([paired.digest], -1, [])
 
 
 def test_rows_without_the_companion_field_keep_the_records_and_a_new_configuration_decides() -> None:
@@ -285,9 +285,9 @@ def test_rows_without_the_companion_field_keep_the_records_and_a_new_configurati
     plan = _fold(stored, [_legacy_row(_series("a", 1))])
     assert [(s.companion, s.count) for s in plan.live] == [("calls", 4)] and plan.held_change == 0
     # A row written without a companion (calls got dimensions of its own): the record stops
-    # standing for the counter, and is one series fewer.
+    # standing for the counter; still one label set (the counter's own record counts itself).
     plan = _fold(stored, [_row(_series("a", 1))])
-    assert [s.companion for s in plan.live] == [None] and plan.held_change == -1
+    assert [s.companion for s in plan.live] == [None] and plan.held_change == 0
 
 
 def test_a_counter_stored_on_its_own_by_earlier_versions_gives_way_to_the_companion() -> None:
@@ -306,7 +306,7 @@ def test_a_counter_stored_on_its_own_by_earlier_versions_gives_way_to_the_compan
     assert sorted(s.metric for s in plan.live) == ["calls", "calls", "duration"] and plan.expired == []
     legacy_row = _legacy_row(_series("a", 1, metric="calls"))  # from a not yet upgraded worker
     plan = _fold(stored, [_row(_series("a", 2, buckets=[1, 1], companion="calls")) + legacy_row])
-    assert plan.expired == [calls.digest] and plan.held_change == 0  # +1 companion, -1 record
+    assert plan.expired == [calls.digest] and plan.held_change == -1  # the old record leaves
     assert [digest for digest, _ in plan.updates] == [duration.digest]
     assert plan.created == []
     emitted = sorted((s.metric, s.count) for s in with_companions(plan.live))
@@ -327,7 +327,7 @@ def test_a_refused_pair_overflows_as_a_pair() -> None:
     _, record, flags = msgpack.unpackb(new.overflow_row, raw=True)
     assert record[8] == b"calls" and flags == ROW_OVERFLOW
     (overflow,) = _fold({}, [new.overflow_row], limit=10).created
-    assert overflow.weight == 2 and overflow.overflow_target == -1
+    assert overflow.weight == 1 and overflow.overflow_target == -1
 
 
 @settings(max_examples=60, deadline=None)
