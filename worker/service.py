@@ -67,12 +67,21 @@ async def run_service(settings: Settings) -> None:
         await run_worker(worker, server)
     finally:
         watchdog.cancel()
-        for sig in signals:
-            loop.remove_signal_handler(sig)
-            if watchdog.armed:
-                # Stopping already: a repeated SIGTERM while the process exits must not kill it
-                # with the default disposition (exit status -15 instead of 0).
-                signal.signal(sig, signal.SIG_IGN)
+        # Stopping already: a repeated SIGTERM while the process exits must not kill it with the
+        # default disposition (exit status -15 instead of 0). Removing asyncio's handler restores
+        # that disposition, so the signals are blocked until they are ignored (a signal pending
+        # meanwhile is discarded by SIG_IGN).
+        armed = watchdog.armed
+        if armed:
+            signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        try:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+                if armed:
+                    signal.signal(sig, signal.SIG_IGN)
+        finally:
+            if armed:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
 
 
 class _Watchdog:
