@@ -14,7 +14,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from devtools.servers import create_topics
 from worker.config import Settings
-from worker.otlp.batch import group_request
+from worker.otlp.batch import group_request, parse_batch
 from worker.processors.servicegraphs.processor import ServiceGraphsProcessor
 
 from .helpers import Observed, RunningWorker, produce, read_until, span_count, traces
@@ -50,6 +50,25 @@ def _raise_on_poison(monkeypatch: pytest.MonkeyPatch) -> None:
         return stats
 
     monkeypatch.setattr(ServiceGraphsProcessor, "consume", consume)
+    # The compiled edge scan keeps only the attributes the processor reads: the marker is noted
+    # at the scan (Pipeline.decode), which precedes the run's consume_scanned.
+    original_scan = ServiceGraphsProcessor.scan
+    original_scanned = ServiceGraphsProcessor.consume_scanned
+    marked: list[bool] = []
+
+    def scan(self: Any, data: bytes) -> Any:
+        groups = group_request(parse_batch(data))
+        marked[:] = [any("poison" in s.attributes for _, _, scopes in groups for _, ss in scopes for s in ss)]
+        return original_scan(self, data)
+
+    def consume_scanned(self: Any, scanned: Any, tenant: str, partition: int = 0) -> Any:
+        stats = original_scanned(self, scanned, tenant, partition)
+        if marked == [True]:
+            raise RuntimeError("poisoned span")
+        return stats
+
+    monkeypatch.setattr(ServiceGraphsProcessor, "scan", scan)
+    monkeypatch.setattr(ServiceGraphsProcessor, "consume_scanned", consume_scanned)
 
 
 async def _dead_letters(kafka: str, topic: str, wanted: int) -> list[Any]:
