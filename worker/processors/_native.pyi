@@ -1,20 +1,29 @@
 from collections.abc import Callable
 from typing import Any
 
+class SpanScan:
+    data: bytes
+    @property
+    def span_count(self) -> int: ...
+
 def scan(
     data: bytes,
     slot_names: tuple[bytes, ...],
     want_ids: bool,
     divisor: float,
     slow: Callable[[bytes], str | None],
-) -> list[tuple[bytes, list[tuple[Any, ...]]]] | None: ...
+) -> SpanScan | None: ...
 def fold(
     processor: Any,
-    scanned: list[tuple[bytes, list[tuple[Any, ...]]]],
+    scanned: SpanScan,
     data: bytes,
     tenant: str,
     stats: Any,
     parse_span: Callable[[bytes], Any],
+    slot_names: tuple[bytes, ...],
+    want_ids: bool,
+    divisor: float,
+    slow: Callable[[bytes], str | None],
 ) -> None: ...
 
 class StringValue:

@@ -6,7 +6,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcmp
+from libc.string cimport memcmp, memcpy
 
 
 # The scanner returns None ("not handled") for anything it does not read exactly as the pure path:
@@ -413,69 +413,99 @@ cdef class _Values:
 
 # ------------------------------------------------------------------------------ span metrics
 
-def scan(bytes data, tuple slot_names, bint want_ids, double divisor, object slow):
-    """Serialized ``ExportTraceServiceRequest`` -> [(resource bytes, [span tuples])], or None.
+cdef int _value_kind(const unsigned char* buf, Py_ssize_t start, Py_ssize_t stop) noexcept:
+    """What ``_key_string`` would do with an attribute value, without building it: 0 (empty),
+    1 (a string), 3 (an integer), 9 (the pure function), NOT_HANDLED (left to protobuf)."""
+    cdef Py_ssize_t pos = start
+    cdef Py_ssize_t body_stop
+    cdef uint64_t number, value
+    cdef int wire
+    cdef int fields = 0
+    cdef int kind = 0
+    while pos < stop:
+        if _tag(buf, stop, &pos, &number, &wire) < 0:
+            return NOT_HANDLED
+        fields += 1
+        if number == 1 and wire == 2:
+            if _length(buf, stop, &pos, &body_stop) < 0:
+                return NOT_HANDLED
+            kind = 1
+            pos = body_stop
+        elif number == 3 and wire == 0:
+            if _varint(buf, stop, &pos, &value) < 0:
+                return NOT_HANDLED
+            kind = 3
+        elif 2 <= number <= 7:
+            if _skip(buf, stop, &pos, wire) < 0:
+                return NOT_HANDLED
+            kind = 9
+        else:
+            return NOT_HANDLED  # an unknown field inside a value: not ours to judge
+    if fields > 1:
+        return NOT_HANDLED  # oneof rules (the last wins, messages merge): left to protobuf
+    return kind
 
-    ``slot_names``: the dimension names (UTF-8) whose key strings each span tuple carries;
-    ``divisor``: nanoseconds per histogram unit;
-    ``slow(value bytes)``: the key string of a serialized AnyValue the scanner does not render.
-    A span tuple: (name, kind, status, trace_state, duration, end, trace_id, span_id, slot
-    strings, offset, stop); ``end`` and the ids with ``want_ids`` only.
-    Every read is bounds-checked; nothing here raises on bad bytes.
+
+cdef class SpanScan:
+    """What :func:`scan` read of a run of records: where its resources and spans lie, each
+    span's fields and the ranges of its dimension values. Nothing is built per span here."""
+
+    cdef readonly bytes data
+    cdef _Layout layout
+    cdef _Span* spans
+    cdef Py_ssize_t* starts
+    cdef Py_ssize_t* stops
+    cdef Py_ssize_t slot_count
+
+    def __dealloc__(self):
+        free(self.spans)
+        free(self.starts)
+        free(self.stops)
+
+    @property
+    def span_count(self):
+        return self.layout.span_count
+
+
+def scan(bytes data, tuple slot_names, bint want_ids, double divisor, object slow):
+    """Serialized ``ExportTraceServiceRequest`` -> a :class:`SpanScan`, or None when not handled.
+
+    ``slot_names``: the dimension names (UTF-8) whose values :func:`fold` reads. The other
+    arguments are :func:`fold`'s (kept here so both calls read alike). Every read is
+    bounds-checked; nothing here raises on bad bytes.
     """
     cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef Py_ssize_t slot_count = len(slot_names)
-    cdef Py_ssize_t index, slot
+    cdef Py_ssize_t index, slot, at
     cdef _Range where
-    cdef _Span span
-    cdef list result = []
     for name in slot_names:
         if not isinstance(name, bytes):
             raise TypeError("slot names are bytes")
     cdef _Layout layout = _layout(buf, PyBytes_GET_SIZE(data))
     if layout is None:
         return None
-    cdef _Values values = _Values(slot_count)
-    for index in range(layout.resource_count):
-        result.append((layout.resource_bytes(buf, index), []))
+    cdef SpanScan result = SpanScan.__new__(SpanScan)
+    result.data = data
+    result.layout = layout
+    result.slot_count = slot_count
+    result.spans = <_Span*>malloc((layout.span_count + 1) * sizeof(_Span))
+    result.starts = <Py_ssize_t*>malloc((layout.span_count * slot_count + 1) * sizeof(Py_ssize_t))
+    result.stops = <Py_ssize_t*>malloc((layout.span_count * slot_count + 1) * sizeof(Py_ssize_t))
+    if result.spans == NULL or result.starts == NULL or result.stops == NULL:
+        raise MemoryError()
     for index in range(layout.span_count):
         where = layout.spans[index]
-        if _read_span(buf, where.start, where.stop, slot_names, slot_count, values.starts, values.stops, &span) < 0:
+        at = index * slot_count
+        if _read_span(
+            buf, where.start, where.stop, slot_names, slot_count, result.starts + at, result.stops + at,
+            result.spans + index,
+        ) < 0:
             return None
-        name = _text(buf, span.name_start, span.name_stop)
-        if name is None:
-            return None
-        trace_state = ""
-        if span.state_stop > span.state_start:
-            trace_state = _text(buf, span.state_start, span.state_stop)
-            if trace_state is None:
+        for slot in range(slot_count):
+            if result.starts[at + slot] >= 0 and _value_kind(
+                buf, result.starts[at + slot], result.stops[at + slot]
+            ) < 0:
                 return None
-        strings = None
-        if slot_count:
-            strings = [None] * slot_count
-            for slot in range(slot_count):
-                if values.starts[slot] >= 0:
-                    text = _key_string(buf, values.starts[slot], values.stops[slot], slow)
-                    if text is None:
-                        return None
-                    strings[slot] = text
-        # The pure path's ``(end - start) / divisor``: exact in C while the difference is exact
-        # as a double (2**53 ns, 104 days); beyond, Python's own arithmetic.
-        if span.end_ns <= span.start_ns:
-            duration = 0.0
-        elif span.end_ns - span.start_ns < (<uint64_t>1 << 53):
-            duration = <double>(span.end_ns - span.start_ns) / divisor
-        else:
-            duration = (<object>span.end_ns - <object>span.start_ns) / divisor
-        trace_id = span_id = end_value = None
-        if want_ids:
-            trace_id = PyBytes_FromStringAndSize(<const char*>buf + span.trace_start, 16)
-            span_id = PyBytes_FromStringAndSize(<const char*>buf + span.span_start, 8)
-            end_value = span.end_ns
-        (<list>(<tuple>result[where.resource])[1]).append(
-            (name, span.kind, span.status, trace_state, duration, end_value, trace_id, span_id, strings,
-             where.start, where.stop)
-        )
     return result
 
 
@@ -491,146 +521,418 @@ cdef inline Py_ssize_t _bisect_left(const double* bounds, Py_ssize_t size, doubl
     return low
 
 
-def fold(processor, list scanned, bytes data, str tenant, object stats, object parse_span):
+cdef class _SeriesAcc:
+    """One series' additions during a run, applied to it before anything else reads or writes
+    it (see :func:`fold`). Counts and buckets commute; the sum goes on from the series' own in
+    span order, so it ends as the very double the pure path's ``sum += duration * weight`` gives."""
+
+    cdef object series
+    cdef bint histogram
+    cdef bint active
+    cdef long long count
+    cdef double total
+    cdef long long* bucket_adds
+    cdef Py_ssize_t bucket_count
+
+    def __dealloc__(self):
+        free(self.bucket_adds)
+
+    cdef int start(self) except -1:
+        cdef Py_ssize_t index
+        self.active = True
+        self.count = 0
+        if self.histogram:
+            self.total = self.series.sum
+            for index in range(self.bucket_count):
+                self.bucket_adds[index] = 0
+        return 0
+
+    cdef int finish(self, object now) except -1:
+        cdef Py_ssize_t index
+        series = self.series
+        self.active = False
+        series.count += self.count
+        if self.histogram:
+            series.sum = self.total
+            buckets = series.buckets
+            for index in range(self.bucket_count):
+                if self.bucket_adds[index]:
+                    buckets[index] += self.bucket_adds[index]
+        series.last_ns = now
+        return 0
+
+
+cdef class _Ref:
+    """The series a raw span key counts into (None: not counted there)."""
+
+    cdef _SeriesAcc calls
+    cdef _SeriesAcc histogram
+    #: Every span of it takes the Python fold (an exponential histogram).
+    cdef bint python
+
+
+cdef class _Cache:
+    """Per accumulator (one resource's series in this interval): raw span keys already counted,
+    by the resource's bytes, and one :class:`_SeriesAcc` per series."""
+
+    cdef dict refs
+    cdef dict accs
+
+    def __cinit__(self):
+        self.refs = {}
+        self.accs = {}
+
+
+cdef class _Fold:
+    """The processor's configuration as the fold reads it, read once per run."""
+
+    cdef object processor
+    cdef bint include_service, include_name, include_kind, include_status, no_exclusions
+    cdef Py_ssize_t slot_count
+    cdef bint only_base_slots
+    cdef list base_slots, calls_slots, histogram_slots
+    cdef bint histogram_enabled, paired
+    cdef Py_ssize_t max_exemplars
+    cdef object weight_of, new_series, calls_name, duration_name, calls_extra, histogram_extra
+    cdef object calls_globs, histogram_globs, max_time, parse_span, slow
+    cdef double* bounds
+    cdef Py_ssize_t bound_count
+    cdef double divisor
+    cdef bint want_ids
+    cdef bytes data
+    cdef str tenant
+    cdef object stats, now
+    cdef list active
+
+    def __dealloc__(self):
+        free(self.bounds)
+
+    cdef int flush(self) except -1:
+        """Apply every series' additions of the run so far."""
+        cdef _SeriesAcc acc
+        for acc in self.active:
+            acc.finish(self.now)
+        self.active = []
+        return 0
+
+    cdef _SeriesAcc acc_of(self, _Cache cache, object series, bint histogram):
+        if series is None:
+            return None
+        cdef _SeriesAcc acc = cache.accs.get(id(series))
+        if acc is None:
+            acc = _SeriesAcc.__new__(_SeriesAcc)
+            acc.series = series
+            acc.histogram = histogram
+            if histogram and series.buckets is not None:
+                acc.bucket_count = len(series.buckets)
+                acc.bucket_adds = <long long*>malloc((acc.bucket_count + 1) * sizeof(long long))
+                if acc.bucket_adds == NULL:
+                    raise MemoryError()
+            cache.accs[id(series)] = acc
+        return acc
+
+
+def fold(processor, SpanScan scanned, bytes data, str tenant, object stats, object parse_span,
+         tuple slot_names, bint want_ids, double divisor, object slow):
     """Aggregate scanned spans into ``processor``'s accumulators exactly as its ``_observe_spans``.
 
     Mirrors ``SpanMetricsProcessor.consume`` for the configurations ``native_unsupported`` passes
-    (no globs, events, scopes, sampling method).
+    (no globs, events, scopes, sampling method). A span whose raw key (its name, kind, status and
+    dimension values as bytes) was counted before in this interval adds to that key's series in
+    C; the others (and every span while a series still takes exemplars, or an exponential
+    histogram) go through the Python fold, after the C additions so far are applied.
     """
-    now = processor._clock()
-    work = []
+    cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef _Layout layout = scanned.layout
+    cdef Py_ssize_t index, resource_index, slot
+    cdef list accumulators = [None] * layout.resource_count
+    cdef list resources = [None] * layout.resource_count
+    cdef list resource_keys = [None] * layout.resource_count
+    cdef list counts = [0] * layout.resource_count
+    for index in range(layout.span_count):
+        counts[layout.spans[index].resource] += 1
     pending = processor._pending
-    for resource_bytes, spans in scanned:
+    for resource_index in range(layout.resource_count):
+        resource_bytes = layout.resource_bytes(buf, resource_index)
         resource = processor._resource_from_bytes(resource_bytes)
         if resource is None:
-            stats.skipped_no_service += len(spans)
+            stats.skipped_no_service += counts[resource_index]
             continue
         accumulator = pending.get((tenant, resource.resource_id))
         if accumulator is None:
             accumulator = pending[(tenant, resource.resource_id)] = processor._new_accumulator(resource)
-        if spans:
-            work.append((accumulator, resource, spans))
-            stats.spans += len(spans)
-    if not work:
-        return
-    cdef Py_ssize_t slot
-    cdef tuple bounds = processor._bounds
-    cdef Py_ssize_t bound_count = len(bounds)
-    cdef double* bound_values = <double*>malloc((bound_count + 1) * sizeof(double))
-    if bound_values == NULL:
+        if accumulator.native is None:
+            accumulator.native = _Cache()
+        stats.spans += counts[resource_index]
+        accumulators[resource_index] = accumulator
+        resources[resource_index] = resource
+        resource_keys[resource_index] = resource_bytes
+    cdef _Fold ctx = _Fold.__new__(_Fold)
+    ctx.processor = processor
+    ctx.include_service = processor._include_service
+    ctx.include_name = processor._include_name
+    ctx.include_kind = processor._include_kind
+    ctx.include_status = processor._include_status
+    ctx.no_exclusions = processor._no_exclusions
+    ctx.slot_count = len(processor._slot_names)
+    ctx.only_base_slots = processor._only_base_slots
+    ctx.base_slots = processor._base_slots
+    ctx.calls_slots = processor._calls_slots
+    ctx.histogram_slots = processor._histogram_slots
+    ctx.histogram_enabled = processor._histogram_enabled
+    ctx.paired = processor._paired
+    ctx.max_exemplars = processor._exemplars
+    ctx.weight_of = processor._weight
+    ctx.new_series = processor._new_series
+    ctx.calls_name = processor.calls_name
+    ctx.duration_name = processor.duration_name
+    ctx.calls_extra = processor._calls_extra
+    ctx.histogram_extra = processor._histogram_extra
+    ctx.calls_globs = processor._calls_globs
+    ctx.histogram_globs = processor._histogram_globs
+    ctx.max_time = processor._MAX_TIME_NS
+    ctx.parse_span = parse_span
+    ctx.slow = slow
+    ctx.divisor = divisor
+    ctx.want_ids = want_ids
+    ctx.data = data
+    ctx.tenant = tenant
+    ctx.stats = stats
+    ctx.now = processor._clock()
+    ctx.active = []
+    bounds = processor._bounds
+    ctx.bound_count = len(bounds)
+    ctx.bounds = <double*>malloc((ctx.bound_count + 1) * sizeof(double))
+    if ctx.bounds == NULL:
         raise MemoryError()
-    for slot in range(bound_count):
-        bound_values[slot] = bounds[slot]
+    for slot in range(ctx.bound_count):
+        ctx.bounds[slot] = bounds[slot]
     try:
-        _fold_spans(
-            processor, work, data, tenant, stats, parse_span, now, bound_values, bound_count
-        )
+        _fold_all(ctx, scanned, buf, accumulators, resources, resource_keys)
     finally:
-        free(bound_values)
+        ctx.flush()
 
 
-cdef _fold_spans(
-    processor, list work, bytes data, str tenant, object stats, object parse_span, object now,
-    const double* bound_values, Py_ssize_t bound_count,
+cdef inline double _duration(_Span* span, double divisor) except? -1.0:
+    """The pure path's ``(end - start) / divisor``: exact in C while the difference is exact as a
+    double (2**53 ns, 104 days); beyond, Python's own arithmetic."""
+    if span.end_ns <= span.start_ns:
+        return 0.0
+    if span.end_ns - span.start_ns < (<uint64_t>1 << 53):
+        return <double>(span.end_ns - span.start_ns) / divisor
+    return (<object>span.end_ns - <object>span.start_ns) / divisor
+
+
+cdef _fold_all(
+    _Fold ctx, SpanScan scanned, const unsigned char* buf, list accumulators, list resources,
+    list resource_keys,
 ):
-    cdef bint include_service = processor._include_service
-    cdef bint include_name = processor._include_name
-    cdef bint include_kind = processor._include_kind
-    cdef bint include_status = processor._include_status
-    cdef bint no_exclusions = processor._no_exclusions
-    cdef Py_ssize_t slot_count = len(processor._slot_names)
-    cdef bint only_base_slots = processor._only_base_slots
-    cdef list base_slots = processor._base_slots
-    cdef list calls_slots = processor._calls_slots
-    cdef list histogram_slots = processor._histogram_slots
-    cdef bint histogram_enabled = processor._histogram_enabled
-    cdef bint paired = processor._paired
-    cdef Py_ssize_t max_exemplars = processor._exemplars
+    cdef _Layout layout = scanned.layout
+    cdef Py_ssize_t slot_count = scanned.slot_count
+    cdef Py_ssize_t index, slot, at, size, used
+    cdef _Span* span
+    cdef _Range where
+    cdef _Cache cache
+    cdef dict refs
+    cdef _Ref ref
+    cdef _SeriesAcc acc
+    cdef long long weight
+    cdef double duration
+    cdef bint open_exemplars
+    cdef Py_ssize_t capacity = 256
+    cdef unsigned char* key = <unsigned char*>malloc(capacity)
+    cdef unsigned char* grown
+    cdef Py_ssize_t max_exemplars = ctx.max_exemplars
+    if key == NULL:
+        raise MemoryError()
+    current_resource = -1
+    refs = None
+    try:
+        for index in range(layout.span_count):
+            where = layout.spans[index]
+            accumulator = accumulators[where.resource]
+            if accumulator is None:
+                continue  # no service name: counted as skipped
+            if where.resource != current_resource:
+                current_resource = where.resource
+                cache = <_Cache>accumulator.native
+                refs = cache.refs.get(resource_keys[where.resource])
+                if refs is None:
+                    refs = cache.refs[resource_keys[where.resource]] = {}
+            span = scanned.spans + index
+            at = index * slot_count
+            # The raw key: kind, status, name and each slot's value bytes (with their lengths).
+            size = 16 + (span.name_stop - span.name_start) + slot_count * 9
+            for slot in range(slot_count):
+                if scanned.starts[at + slot] >= 0:
+                    size += scanned.stops[at + slot] - scanned.starts[at + slot]
+            if size > capacity:
+                grown = <unsigned char*>realloc(key, size)
+                if grown == NULL:
+                    raise MemoryError()
+                key, capacity = grown, size
+            memcpy(key, &span.kind, 4)
+            memcpy(key + 4, &span.status, 4)
+            used = span.name_stop - span.name_start
+            memcpy(key + 8, &used, 8)
+            memcpy(key + 16, buf + span.name_start, used)
+            used += 16
+            for slot in range(slot_count):
+                if scanned.starts[at + slot] < 0:
+                    key[used] = 0
+                    used += 1
+                else:
+                    size = scanned.stops[at + slot] - scanned.starts[at + slot]
+                    key[used] = 1
+                    memcpy(key + used + 1, &size, 8)
+                    memcpy(key + used + 9, buf + scanned.starts[at + slot], size)
+                    used += 9 + size
+            raw = PyBytes_FromStringAndSize(<const char*>key, used)
+            ref = refs.get(raw)
+            open_exemplars = False
+            if ref is not None and max_exemplars:
+                open_exemplars = (
+                    ref.histogram is not None and len(ref.histogram.series.exemplars) < max_exemplars
+                ) or (ref.calls is not None and len(ref.calls.series.exemplars) < max_exemplars)
+            if ref is None or ref.python or open_exemplars:
+                ctx.flush()
+                pair = _fold_one(ctx, scanned, buf, index, accumulator, resources[where.resource])
+                if ref is None:
+                    ref = _Ref.__new__(_Ref)
+                    ref.calls = ctx.acc_of(cache, pair[0], False)
+                    ref.histogram = ctx.acc_of(cache, pair[1], True)
+                    ref.python = ref.histogram is not None and ref.histogram.bucket_adds == NULL
+                    refs[raw] = ref
+                continue
+            if span.state_stop > span.state_start:
+                weight = ctx.weight_of(_text(buf, span.state_start, span.state_stop))
+            else:
+                weight = 1
+            acc = ref.calls
+            if acc is not None:
+                if not acc.active:
+                    acc.start()
+                    ctx.active.append(acc)
+                acc.count += weight
+            acc = ref.histogram
+            if acc is not None:
+                if not acc.active:
+                    acc.start()
+                    ctx.active.append(acc)
+                duration = _duration(span, ctx.divisor)
+                acc.count += weight
+                acc.total += duration * <double>weight
+                acc.bucket_adds[_bisect_left(ctx.bounds, ctx.bound_count, duration)] += weight
+    finally:
+        free(key)
+
+
+cdef tuple _fold_one(
+    _Fold ctx, SpanScan scanned, const unsigned char* buf, Py_ssize_t index, object accumulator,
+    object resource,
+):
+    """One span through the Python fold (the pure ``_observe_spans`` body): (calls series or
+    None, histogram series or None)."""
+    cdef _Span* span = scanned.spans + index
+    cdef _Range where = scanned.layout.spans[index]
+    cdef Py_ssize_t slot_count = scanned.slot_count
+    cdef Py_ssize_t at = index * slot_count
     cdef Py_ssize_t slot
-    weight_of = processor._weight
-    new_series = processor._new_series
-    calls_name = processor.calls_name
-    duration_name = processor.duration_name
-    calls_extra = processor._calls_extra
-    histogram_extra = processor._histogram_extra
-    calls_globs = processor._calls_globs
-    histogram_globs = processor._histogram_globs
-    max_time = processor._MAX_TIME_NS
-
-    for accumulator, resource, spans in work:
-        service = resource.service_name if include_service else None
+    name = _text(buf, span.name_start, span.name_stop)
+    trace_state = _text(buf, span.state_start, span.state_stop) if span.state_stop > span.state_start else ""
+    if name is None or trace_state is None:
+        raise ValueError("invalid UTF-8 in a span protobuf accepted")
+    kind = span.kind
+    status = span.status
+    duration = _duration(span, ctx.divisor)
+    service = resource.service_name if ctx.include_service else None
+    if not ctx.no_exclusions:
+        name = name if ctx.include_name else None
+        kind = kind if ctx.include_kind else None
+        status = status if ctx.include_status else None
+    strings = None
+    if slot_count:
         fallback = resource.fallback
-        calls = accumulator.calls
-        durations = accumulator.duration
-        for span in spans:
-            name, kind, status, trace_state, duration, end, trace_id, span_id, strings, offset, stop = span
-            if not no_exclusions:
-                name = name if include_name else None
-                kind = kind if include_kind else None
-                status = status if include_status else None
-            if slot_count:
-                # The scanned list is this span's own: the resource's fallbacks fill its gaps.
-                for slot in range(slot_count):
-                    if strings[slot] is None:
-                        strings[slot] = fallback[slot]
-                if only_base_slots:
-                    key = (service, (), name, kind, status, *strings)
-                else:
-                    key = (service, (), name, kind, status, *[strings[i] for i in base_slots])
+        strings = [None] * slot_count
+        for slot in range(slot_count):
+            if scanned.starts[at + slot] >= 0:
+                text = _key_string(buf, scanned.starts[at + slot], scanned.stops[at + slot], ctx.slow)
+                if text is None:
+                    raise ValueError("an attribute value protobuf accepted has no key string")
+                strings[slot] = text
             else:
-                key = (service, (), name, kind, status)
-            weight = weight_of(trace_state) if trace_state else 1
+                strings[slot] = fallback[slot]
+        if ctx.only_base_slots:
+            key = (service, (), name, kind, status, *strings)
+        else:
+            key = (service, (), name, kind, status, *[strings[i] for i in ctx.base_slots])
+    else:
+        key = (service, (), name, kind, status)
+    weight = ctx.weight_of(trace_state) if trace_state else 1
+    calls = accumulator.calls
+    durations = accumulator.duration
+    tenant = ctx.tenant
+    data = ctx.data
+    now = ctx.now
+    stats = ctx.stats
 
-            if paired:
-                series = None
-                histogram = durations.get(key)
-                if histogram is None:
-                    histogram = new_series(
-                        tenant, accumulator, resource, durations, duration_name, key,
-                        parse_span(data[offset:stop]), (), histogram_extra, histogram_globs, None,
-                        now, stats,
-                    )
-            else:
-                calls_key = key + tuple([strings[i] for i in calls_slots]) if calls_slots else key
-                series = calls.get(calls_key)
-                if series is None:
-                    series = new_series(
-                        tenant, accumulator, resource, calls, calls_name, calls_key,
-                        parse_span(data[offset:stop]), (), calls_extra, calls_globs, None, now, stats,
-                    )
-                series.count += weight
-                series.last_ns = now
-                histogram = None
-                if histogram_enabled:
-                    if histogram_slots:
-                        key = key + tuple([strings[i] for i in histogram_slots])
-                    histogram = durations.get(key)
-                    if histogram is None:
-                        histogram = new_series(
-                            tenant, accumulator, resource, durations, duration_name, key,
-                            parse_span(data[offset:stop]), (), histogram_extra, histogram_globs, None,
-                            now, stats,
-                        )
+    if ctx.paired:
+        series = None
+        histogram = durations.get(key)
+        if histogram is None:
+            histogram = ctx.new_series(
+                tenant, accumulator, resource, durations, ctx.duration_name, key,
+                ctx.parse_span(data[where.start:where.stop]), (), ctx.histogram_extra, ctx.histogram_globs,
+                None, now, stats,
+            )
+    else:
+        calls_key = key + tuple([strings[i] for i in ctx.calls_slots]) if ctx.calls_slots else key
+        series = calls.get(calls_key)
+        if series is None:
+            series = ctx.new_series(
+                tenant, accumulator, resource, calls, ctx.calls_name, calls_key,
+                ctx.parse_span(data[where.start:where.stop]), (), ctx.calls_extra, ctx.calls_globs, None,
+                now, stats,
+            )
+        series.count += weight
+        series.last_ns = now
+        histogram = None
+        if ctx.histogram_enabled:
+            if ctx.histogram_slots:
+                key = key + tuple([strings[i] for i in ctx.histogram_slots])
+            histogram = durations.get(key)
+            if histogram is None:
+                histogram = ctx.new_series(
+                    tenant, accumulator, resource, durations, ctx.duration_name, key,
+                    ctx.parse_span(data[where.start:where.stop]), (), ctx.histogram_extra,
+                    ctx.histogram_globs, None, now, stats,
+                )
 
-            if histogram is not None:
-                histogram.count += weight
-                histogram.sum += duration * weight
-                histogram.last_ns = now
-                buckets = histogram.buckets
-                if buckets is not None:
-                    buckets[_bisect_left(bound_values, bound_count, duration)] += weight
-                else:
-                    exp = histogram.exp
-                    if exp is not None:
-                        exp.record(duration, weight)
+    if histogram is not None:
+        histogram.count += weight
+        histogram.sum += duration * weight
+        histogram.last_ns = now
+        buckets = histogram.buckets
+        if buckets is not None:
+            buckets[_bisect_left(ctx.bounds, ctx.bound_count, duration)] += weight
+        else:
+            exp = histogram.exp
+            if exp is not None:
+                exp.record(duration, weight)
 
-            if max_exemplars:
-                exemplar = (trace_id, span_id, duration, end if 0 < end < max_time else now)
-                if histogram is not None and len(histogram.exemplars) < max_exemplars:
-                    histogram.exemplars.append(exemplar)
-                if series is not None and len(series.exemplars) < max_exemplars:
-                    series.exemplars.append(exemplar)
-
+    if ctx.max_exemplars:
+        end = span.end_ns
+        exemplar = (
+            PyBytes_FromStringAndSize(<const char*>buf + span.trace_start, 16),
+            PyBytes_FromStringAndSize(<const char*>buf + span.span_start, 8),
+            duration,
+            end if 0 < end < ctx.max_time else now,
+        )
+        if histogram is not None and len(histogram.exemplars) < ctx.max_exemplars:
+            histogram.exemplars.append(exemplar)
+        if series is not None and len(series.exemplars) < ctx.max_exemplars:
+            series.exemplars.append(exemplar)
+    return series, histogram
 
 
 # ------------------------------------------------------------------------------ service graphs

@@ -166,6 +166,8 @@ class _Accumulator:
     calls: dict[tuple[Any, ...], Series] = field(default_factory=dict)
     duration: dict[tuple[Any, ...], Series] = field(default_factory=dict)
     events: dict[tuple[Any, ...], Series] = field(default_factory=dict)
+    #: The compiled fold's cache of raw span keys to this accumulator's series (see _native.fold).
+    native: Any = None
 
 
 #: The compiled ingest (None: pure path only); see :meth:`SpanMetricsProcessor.scan`.
@@ -181,7 +183,8 @@ class Scanned:
     """Spans read by the compiled scanner, for :meth:`SpanMetricsProcessor.consume_scanned`."""
 
     data: bytes
-    resources: list[tuple[bytes, list[tuple[Any, ...]]]]
+    #: The scanner's ``SpanScan``: where the resources and spans lie, no objects per span.
+    resources: Any
 
 
 def _slow_key_string(value: bytes) -> str | None:
@@ -376,7 +379,18 @@ class SpanMetricsProcessor:
         """:meth:`consume` of what :meth:`scan` read: the same deltas, through the compiled fold."""
         assert _NATIVE is not None
         stats = ConsumeStats()
-        _NATIVE.fold(self, scanned.resources, scanned.data, tenant, stats, _SPAN_CLASS.FromString)
+        _NATIVE.fold(
+            self,
+            scanned.resources,
+            scanned.data,
+            tenant,
+            stats,
+            _SPAN_CLASS.FromString,
+            self._slot_encoded,
+            bool(self._exemplars),
+            self._divisor,
+            _slow_key_string,
+        )
         return stats
 
     def _resource_from_bytes(self, cache_key: bytes) -> _Resource | None:

@@ -176,6 +176,60 @@ def test_random_spans_and_configurations_give_identical_deltas(
     assert same_deltas(compiled.take_deltas(), pure.take_deltas())
 
 
+# ------------------------------------------------------------------------------ repeated span keys
+
+
+def _repeated_request(count: int, trace_state: str, method: AnyValue) -> ExportTraceServiceRequest:
+    """``count`` spans of one shape (one raw key), durations 1 ms apart."""
+    spans_ = [
+        Span(
+            trace_id=(n + 1).to_bytes(16, "big"),
+            span_id=(n + 1).to_bytes(8, "big"),
+            name="GET /",
+            kind=Span.SPAN_KIND_SERVER,
+            start_time_unix_nano=BASE_NS,
+            end_time_unix_nano=BASE_NS + (n + 1) * 1_000_000 + 333,
+            attributes=[KeyValue(key="http.method", value=method)],
+            trace_state=trace_state,
+        )
+        for n in range(count)
+    ]
+    resource = {"attributes": [KeyValue(key="service.name", value=AnyValue(string_value="svc"))]}
+    return ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(resource=resource, scope_spans=[ScopeSpans(spans=spans_)])]
+    )
+
+
+@needs_native
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"dimensions": ["http.method"]},
+        {"dimensions": ["http.method"], "calls_dimensions": ["region"]},
+        {"dimensions": ["http.method"], "exemplars": {"enabled": True, "max_per_data_point": 2}},
+        {"dimensions": ["http.method"], "histogram": {"exponential": {"max_size": 10}}},
+        {"dimensions": ["http.method"], "histogram": {"disable": True}},
+        {"dimensions": ["http.method"], "aggregation_cardinality_limit": 1},
+    ],
+)
+def test_repeated_span_keys_accumulate_as_the_pure_path(config: dict[str, Any]) -> None:
+    """Spans whose raw key was counted before add up in C (per series, sums in span order): the
+    same counts, buckets, sums (to the bit), exemplars and stats as the pure path, across runs,
+    with sampling weights, and with a key spelled two ways (string and int) for one series."""
+    pure, compiled = _twins(SpanMetricsConfig.model_validate(config))
+    requests_ = [
+        _repeated_request(40, "", AnyValue(string_value="200")),
+        _repeated_request(30, "ot=th:8", AnyValue(string_value="200")),  # weight 2
+        _repeated_request(20, "", AnyValue(int_value=200)),  # the same key string, other bytes
+        _repeated_request(10, "ot=th:c", AnyValue(string_value="404")),  # weight 4
+    ]
+    for request in requests_ * 2:
+        data = request.SerializeToString()
+        assert compiled.scan(data) is not None
+        assert consume_native(compiled, data, "t") == pure.consume(request, "t")
+    assert same_deltas(compiled.take_deltas(), pure.take_deltas())
+
+
 # ------------------------------------------------------------------------------ mutated records
 
 _SETTINGS = Settings(
