@@ -1,0 +1,145 @@
+"""Workers on a Redis Cluster (3 masters, a replica each): killed with SIGKILL at random moments,
+then a master failover mid-run; every span counted once either way."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devtools.redis_cluster import EmbeddedRedisCluster
+from devtools.servers import REDIS_ENV_VAR, KafkaEndpoint
+
+from .harness import (
+    COUNTED_METRICS,
+    Output,
+    ScenarioReport,
+    Traffic,
+    WorkerProcess,
+    create_scenario_topics,
+    problems_in_logs,
+    stop_all,
+    stop_traffic_and_wait,
+    write_config,
+)
+
+PARTITIONS = 6
+WORKERS = 3
+
+
+@pytest.fixture
+def cluster() -> Iterator[EmbeddedRedisCluster]:
+    """This scenario's own cluster (it fails masters over)."""
+    if os.environ.get(REDIS_ENV_VAR, "").strip():
+        pytest.skip(f"starts its own Redis Cluster; {REDIS_ENV_VAR} names a single server")
+    with EmbeddedRedisCluster(masters=3, replicas=1) as started:
+        yield started
+
+
+def _config(tmp_path: Path, kafka: str, cluster: EmbeddedRedisCluster, name: str) -> Path:
+    return write_config(
+        tmp_path / "config.yaml",
+        kafka=kafka,
+        redis=cluster.url,
+        name=name,
+        session_timeout="3s",
+        service_graphs=True,
+        redis_extra={"cluster": True, "startup_nodes": cluster.startup_nodes[1:]},
+    )
+
+
+async def test_sigkill_storm_on_a_cluster_counts_every_span_once(
+    kafka: KafkaEndpoint, cluster: EmbeddedRedisCluster, tmp_path: Path, soak: int, report: ScenarioReport
+) -> None:
+    name = f"ckill-{random.randrange(1 << 30):x}"
+    bootstrap = kafka.bootstrap_servers
+    await create_scenario_topics(bootstrap, name, PARTITIONS)
+    config = _config(tmp_path, bootstrap, cluster, name)
+    rng = random.Random(20261207)
+    kills_wanted = 6 * soak
+    workers = [WorkerProcess(config, tmp_path, f"w{i}").start() for i in range(WORKERS)]
+    everyone = list(workers)
+    traffic = await Traffic(bootstrap, f"{name}-in", seed=13, keep_requests=True).start()
+    output = await Output(bootstrap, f"{name}-out").start()
+    kills = 0
+    try:
+        await asyncio.gather(*(w.wait_until(lambda w: bool(w.worker_id), 30, "start") for w in workers))
+        traffic.run(rate=15)
+        await asyncio.sleep(2)
+        while kills < kills_wanted:
+            await asyncio.sleep(rng.uniform(0.3, 2.0))
+            owners = [i for i, w in enumerate(workers) if w.assigned()]
+            index = rng.choice(owners) if owners else rng.randrange(len(workers))
+            workers[index].kill()
+            kills += 1
+            if rng.random() < 0.5:
+                await asyncio.sleep(rng.uniform(0.5, 3.0))
+            workers[index] = WorkerProcess(config, tmp_path, f"w{index}-{kills}").start()
+            everyone.append(workers[index])
+        last_kill = time.monotonic()
+        await asyncio.sleep(1)
+        expected, _ = await stop_traffic_and_wait(traffic, output, timeout=120)
+        recovered = time.monotonic() - last_kill
+        await asyncio.sleep(2)  # more flushes: the totals must stay put
+        counted = output.totals(COUNTED_METRICS)
+    finally:
+        await traffic.stop()
+        codes = await stop_all(workers)
+        await output.stop()
+
+    report.fact("kills (SIGKILL)", kills)
+    report.fact("records produced", traffic.records)
+    report.fact("seconds from last kill to exact totals", round(recovered, 1))
+    report.produced, report.counted = expected, counted
+    assert kills >= 6
+    assert counted == expected
+    assert output.backwards() == []
+    assert output.duplicates() == []
+    assert problems_in_logs(everyone) == []
+    assert all(code == 0 for code in codes.values()), codes
+
+
+async def test_a_master_failover_mid_run_counts_every_span_once(
+    kafka: KafkaEndpoint, cluster: EmbeddedRedisCluster, tmp_path: Path, report: ScenarioReport
+) -> None:
+    """Every master fails over to its replica in turn (CLUSTER FAILOVER) while traffic flows and
+    workers flush: the client follows the new slot map, and the totals are exact."""
+    name = f"cfail-{random.randrange(1 << 30):x}"
+    bootstrap = kafka.bootstrap_servers
+    await create_scenario_topics(bootstrap, name, PARTITIONS)
+    config = _config(tmp_path, bootstrap, cluster, name)
+    workers = [WorkerProcess(config, tmp_path, f"w{i}").start() for i in range(2)]
+    traffic = await Traffic(bootstrap, f"{name}-in", seed=17, keep_requests=True).start()
+    output = await Output(bootstrap, f"{name}-out").start()
+    failovers = 0
+    try:
+        await asyncio.gather(*(w.wait_until(lambda w: bool(w.worker_id), 30, "start") for w in workers))
+        traffic.run(rate=15)
+        await asyncio.sleep(3)
+        for master in cluster.masters():
+            await asyncio.to_thread(cluster.failover, master)
+            failovers += 1
+            await asyncio.sleep(1.5)
+        expected, waited = await stop_traffic_and_wait(traffic, output, timeout=120)
+        await asyncio.sleep(2)
+        counted = output.totals(COUNTED_METRICS)
+    finally:
+        await traffic.stop()
+        codes = await stop_all(workers)
+        await output.stop()
+
+    report.fact("master failovers", failovers)
+    report.fact("records produced", traffic.records)
+    report.fact("seconds to exact totals after traffic stopped", round(waited, 1))
+    report.produced, report.counted = expected, counted
+    assert failovers == 3
+    assert counted == expected
+    assert output.backwards() == []
+    assert output.duplicates() == []
+    assert problems_in_logs(workers) == []
+    assert all(code == 0 for code in codes.values()), codes
