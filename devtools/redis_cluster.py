@@ -4,6 +4,8 @@ an :class:`~devtools.servers.EmbeddedRedis` (``--cluster-enabled yes``), formed 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import time
 from typing import Any, Self
 
@@ -133,6 +135,31 @@ class EmbeddedRedisCluster:
             raise DevServerError(f"the replica on port {replica.port} did not take over in time")
         self.wait_ok(timeout)
         return replica
+
+    def kill(self, node: EmbeddedRedis, timeout: float = 30.0) -> EmbeddedRedis:
+        """SIGKILL a master and wait until the cluster is ok again: its replica won the vote of the
+        other masters (a failover that may lose writes not yet replicated); returns the new master."""
+        replica = self.replica_of(node)
+        pid = node.pid
+        if pid is None:
+            raise DevServerError(f"the node on port {node.port} is not running")
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.RedisError), self.client(replica) as client:
+                if client.info("replication").get("role") == "master":
+                    break
+            time.sleep(0.1)
+        else:
+            raise DevServerError(f"the replica on port {replica.port} was not elected in time")
+        self.wait_ok(timeout)
+        return replica
+
+    def revive(self, node: EmbeddedRedis, timeout: float = 30.0) -> None:
+        """Start a killed node again (same port, data dir and nodes.conf): it rejoins as a replica
+        of the master that replaced it; returns once the cluster is ok with it."""
+        node.restart(hard=True)
+        self.wait_ok(timeout)
 
     def wait_ok(self, timeout: float | None = None) -> None:
         """Until every running node reports ``cluster_state:ok``, replicas linked, all masters up."""

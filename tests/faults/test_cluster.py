@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis.cluster
 
 from devtools.redis_cluster import EmbeddedRedisCluster
 from devtools.servers import REDIS_ENV_VAR, KafkaEndpoint
@@ -138,6 +139,57 @@ async def test_a_master_failover_mid_run_counts_every_span_once(
     report.fact("seconds to exact totals after traffic stopped", round(waited, 1))
     report.produced, report.counted = expected, counted
     assert failovers == 3
+    assert counted == expected
+    assert output.backwards() == []
+    assert output.duplicates() == []
+    assert problems_in_logs(workers) == []
+    assert all(code == 0 for code in codes.values()), codes
+
+
+async def test_masters_killed_mid_run_count_every_span_once(
+    kafka: KafkaEndpoint, cluster: EmbeddedRedisCluster, tmp_path: Path, report: ScenarioReport
+) -> None:
+    """Each master in turn, the control tag's first, is SIGKILLed while traffic flows: its replica
+    is elected by the other masters (asynchronous replication: what the dead master had not sent
+    is lost). A merge's offsets reach Kafka only once a replica acknowledged it, and a fold
+    commits only outbox entries a replica holds, so a lost step is one the workers re-read."""
+    name = f"ckillm-{random.randrange(1 << 30):x}"
+    bootstrap = kafka.bootstrap_servers
+    await create_scenario_topics(bootstrap, name, PARTITIONS)
+    config = _config(tmp_path, bootstrap, cluster, name)
+    workers = [WorkerProcess(config, tmp_path, f"w{i}").start() for i in range(2)]
+    traffic = await Traffic(bootstrap, f"{name}-in", seed=19, keep_requests=True).start()
+    output = await Output(bootstrap, f"{name}-out").start()
+    control = f"{{{name}:{name}-in}}"
+    with redis.cluster.RedisCluster.from_url(cluster.url) as client:
+        control_port = client.get_node_from_key(control).port
+    masters = sorted(cluster.masters(), key=lambda node: node.port != control_port)
+    kills = []
+    try:
+        await asyncio.gather(*(w.wait_until(lambda w: bool(w.worker_id), 30, "start") for w in workers))
+        traffic.run(rate=15)
+        await asyncio.sleep(3)
+        for master in masters:
+            started = time.monotonic()
+            await asyncio.to_thread(cluster.kill, master)
+            kills.append(round(time.monotonic() - started, 1))
+            await asyncio.sleep(1)
+            await asyncio.to_thread(cluster.revive, master)
+        expected, waited = await stop_traffic_and_wait(traffic, output, timeout=120)
+        await asyncio.sleep(2)
+        counted = output.totals(COUNTED_METRICS)
+    finally:
+        await traffic.stop()
+        codes = await stop_all(workers)
+        await output.stop()
+
+    retried = sum(w.count("Redis step failed; retrying") for w in workers)
+    report.fact("masters killed (seconds until the replica served)", kills)
+    report.fact("Redis steps retried", retried)
+    report.fact("records produced", traffic.records)
+    report.fact("seconds to exact totals after traffic stopped", round(waited, 1))
+    report.produced, report.counted = expected, counted
+    assert len(kills) == 3
     assert counted == expected
     assert output.backwards() == []
     assert output.duplicates() == []
