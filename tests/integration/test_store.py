@@ -481,8 +481,11 @@ def _canonical(live: list[Series]) -> list[Series]:
     expiration_s=st.sampled_from([0, 20]),
     resource_expiration_s=st.sampled_from([0, 20, 35]),
 )
+@pytest.mark.parametrize("on_cluster", [False, True], ids=["node", "cluster"])
 def test_the_memory_store_folds_what_the_redis_store_folds(
     redis_url: str,
+    redis_cluster: EmbeddedRedisCluster,
+    on_cluster: bool,
     flushes: list[tuple[list[tuple[str, str, int, int]], int, bool]],
     slots: int,
     limit: int,
@@ -497,9 +500,9 @@ def test_the_memory_store_folds_what_the_redis_store_folds(
 
     async def run() -> None:
         prefix = f"twin-{uuid.uuid4().hex[:12]}"
-        client = Redis.from_url(redis_url)
+        client: Any = RedisCluster.from_url(redis_cluster.url) if on_cluster else Redis.from_url(redis_url)
         options: dict[str, Any] = {"slots": slots, "max_exemplars": 2, "exp_max_size": 20}
-        redis = RedisStateStore(client, KeySpace(prefix, "in"), active_series_limit=limit, **options)
+        redis = _new(client, prefix, active_series_limit=limit, **options)
         memory = MemoryStore(active_series_limit=limit, **options)
         stores: tuple[SeriesStore, SeriesStore] = (redis, memory)
         try:
@@ -584,9 +587,9 @@ def test_the_memory_store_folds_what_the_redis_store_folds(
                 assert await memory.active_series("acme") == await redis.active_series("acme")
                 assert await memory.applied_offsets([0]) == await redis.applied_offsets([0]) == {0: offset}
         finally:
-            keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
-            if keys:
-                await client.delete(*keys)
+            keys = [key async for key in client.scan_iter(match=f"*{prefix}*")]
+            for key in keys:
+                await client.delete(key)
             await client.aclose()
 
     asyncio.run(run())
