@@ -181,7 +181,8 @@ class RedisStateStore:
         else:
             self.sequences.saw(sequence)
         keys = self._merge_keys(fences, tenants, pending or {})
-        reply = await self._merge(keys=keys, args=[header, str(sequence), *entries])
+        args = [header, str(sequence), *entries]
+        reply = await (self._merge(keys=keys, args=args) if keys else self._merge(args=args))
         status = _text(reply[0])
         if status == "FENCED":
             raise FencedError(int(_text(reply[1])))
