@@ -20,6 +20,10 @@ from worker.model.series import CONNECTOR_OVERFLOW, Attributes
 __all__ = ["ClusterKeys", "ClusterStateStore", "NotReplicatedError"]
 
 
+#: Reads of a slot and its outbox before giving up on a moment without a fold in between.
+_READ_ATTEMPTS = 20
+
+
 class NotReplicatedError(RedisError):
     """No replica acknowledged a step in time: the step may be lost by a failover, so what
     depends on it (the Kafka commit, trimming the outbox) waits; the step is retried like any
@@ -234,7 +238,7 @@ class ClusterStateStore(RedisStateStore):
         """The slot's records, version, cursor and pending overflow (its tag, one point in time),
         then the outbox entries past the cursor (the control tag); the new cursor."""
         layout = self.layout
-        while True:
+        for attempt in range(_READ_ATTEMPTS):
             async with self.cluster.pipeline(transaction=True) as pipe:
                 pipe.hgetall(layout.records(escaped, slot))
                 pipe.get(layout.version(escaped, slot))
@@ -247,12 +251,14 @@ class ClusterStateStore(RedisStateStore):
                 base, log = await pipe.execute()
             version_text = "0" if version is None else _text(version)
             now = await self.cluster.get(layout.version(escaped, slot))
-            if ("0" if now is None else _text(now)) != version_text:
+            if ("0" if now is None else _text(now)) != version_text and attempt < _READ_ATTEMPTS - 1:
                 continue  # a fold committed (and maybe trimmed) in between: read again
+            # (Past the attempts: a fold from this read is refused by its version check.)
             at = int(cursor or 0)
             first = int(base or 0)
             entries = log[max(0, at - first) :]
             return stored, entries, version_text, at, first + len(log), overflow
+        raise AssertionError("unreachable: the last attempt returns")  # pragma: no cover
 
     async def read_slot(self, tenant: str, slot: int) -> list[StoredSeries]:
         stored, log, *_ = await self._read(escape_tenant(tenant), slot)
@@ -346,17 +352,18 @@ class ClusterStateStore(RedisStateStore):
         if _text(reply[0]) != "OK":
             return fold_result(plan, None)
         refused = [int(n) for n in reply[1]]
-        if refused:
-            kept = await self.cluster.get(layout.overflow(escaped, slot))
-            await self._deliver(escaped, slot, kept.encode() if isinstance(kept, str) else kept)
+        # Only a commit a replica holds may hand rows on: a commit lost by a failover is folded
+        # again from the outbox (left untrimmed), and its refusals delivered once from the new one.
         try:
             await self.replicated(layout.records(escaped, slot))
         except NotReplicatedError:
-            pass  # the outbox keeps the entries: the next fold trims them
-        else:
-            await self._trim(
-                keys=[self.keys.log(escaped, slot), layout.base(escaped, slot)], args=[str(new_cursor)]
-            )
+            return fold_result(plan, refused, int(version) + 1)  # the next fold delivers and trims
+        if refused:
+            kept = await self.cluster.get(layout.overflow(escaped, slot))
+            await self._deliver(escaped, slot, kept.encode() if isinstance(kept, str) else kept)
+        await self._trim(
+            keys=[self.keys.log(escaped, slot), layout.base(escaped, slot)], args=[str(new_cursor)]
+        )
         return fold_result(plan, refused, int(version) + 1)
 
     async def confirm_zero(
