@@ -291,7 +291,8 @@ class ClusterStateStore(RedisStateStore):
         escaped = escape_tenant(tenant)
         layout = self.layout
         stored, log, version, cursor, new_cursor, pending = await self._read(escaped, slot)
-        if pending:
+        if pending:  # an earlier fold's refusals, maybe not delivered yet: once a replica holds it
+            await self.replicated(layout.records(escaped, slot))
             await self._deliver(escaped, slot, pending)
         limit = self.active_series_limit
         plan = self._fold_plan(
