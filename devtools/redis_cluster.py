@@ -10,6 +10,7 @@ import time
 from typing import Any, Self
 
 import redis
+import redis.cluster
 
 from devtools.servers import DevServerError, EmbeddedRedis, free_port
 
@@ -160,6 +161,37 @@ class EmbeddedRedisCluster:
         of the master that replaced it; returns once the cluster is ok with it."""
         node.restart(hard=True)
         self.wait_ok(timeout)
+
+    def move_slot(self, slot: int, target: EmbeddedRedis, *, batch: int = 1, pause: float = 0.0) -> None:
+        """Reshard one hash slot to ``target`` (a master) as redis-cli does: IMPORTING/MIGRATING,
+        MIGRATE its keys ``batch`` at a time (``pause`` seconds apart, so clients meet the slot
+        half-moved: ASK redirections, TRYAGAIN for multi-key commands), then SETSLOT NODE on
+        every master."""
+        source = self.master_of(slot)
+        if source is target:
+            return
+        with self.client(source) as from_client, self.client(target) as to_client:
+            source_id = str(from_client.execute_command("CLUSTER", "MYID"))
+            target_id = str(to_client.execute_command("CLUSTER", "MYID"))
+            to_client.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+            from_client.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+            while True:
+                keys = from_client.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch)
+                if not keys:
+                    break
+                from_client.execute_command("MIGRATE", self._host, target.port, "", 0, 5000, "KEYS", *keys)
+                time.sleep(pause)
+            for node in self.masters():
+                with self.client(node) as client:
+                    client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        self.wait_ok()
+
+    def master_of(self, slot: int) -> EmbeddedRedis:
+        """The running master serving a hash slot now (as the cluster's slot map says)."""
+        start = next(node for node in self.nodes if node.is_running())
+        with redis.cluster.RedisCluster(host=self._host, port=start.port) as client:
+            port = client.nodes_manager.get_node_from_slot(slot).port
+        return next(node for node in self.nodes if node.port == port)
 
     def wait_ok(self, timeout: float | None = None) -> None:
         """Until every running node reports ``cluster_state:ok``, replicas linked, all masters up."""

@@ -3,11 +3,15 @@ trimmed once folded, idempotent pulls and deliveries, lost shards noticed, repli
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
+from redis.cluster import key_slot
+from redis.exceptions import RedisError
 
 from devtools.redis_cluster import EmbeddedRedisCluster
 from state.cluster_store import ClusterKeys, ClusterStateStore, NotReplicatedError
@@ -16,6 +20,7 @@ from state.fold import series_slot
 from worker.model.series import Series, TenantDeltas
 
 NOW = 1_800_000_000_000_000_000
+T = TypeVar("T")
 
 
 def _calls(name: str, count: int) -> Series:
@@ -163,3 +168,50 @@ async def test_a_merge_waits_for_a_replica_and_its_retry_is_answered_seen(
     assert await store.merge(_deltas(_calls("a", 1)), {0: (tokens[0], 1)}, sequence=1) is False
     assert await store.applied_offsets([0]) == {0: 1}
     redis_cluster.wait_ok()
+
+
+async def _retried(step: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+    """A step retried on Redis errors as the worker retries it (same arguments): (result, retries)."""
+    for attempt in range(200):
+        try:
+            return await step(), attempt
+        except RedisError:
+            await asyncio.sleep(0.02)
+    raise AssertionError("still failing after 200 attempts")
+
+
+async def test_a_resharding_while_merging_and_folding_keeps_counts_exact(
+    client: RedisCluster, redis_cluster: EmbeddedRedisCluster
+) -> None:
+    """The control tag's hash slot, then a slot tag's, move to another master key by key while
+    merges and folds go on: redirections (ASK, MOVED) are followed, a script meeting its tag
+    half-moved (TRYAGAIN) is retried, and every count is exact."""
+    store = _store(client, slots=4)
+    await store.generation("g1")
+    tokens = await store.claim(range(4))
+    moving = [key_slot(store.keys.fence.encode()), key_slot(store.layout.records("acme", 1).encode())]
+
+    def reshard() -> None:
+        for slot in moving:
+            target = next(m for m in redis_cluster.masters() if m is not redis_cluster.master_of(slot))
+            redis_cluster.move_slot(slot, target, batch=1, pause=0.05)
+
+    mover = asyncio.create_task(asyncio.to_thread(reshard))
+    rounds = retries = 0
+    try:
+        while not mover.done() or rounds < 10:
+            rounds += 1
+            batch = _deltas(*(_calls(f"s{n}", 1) for n in range(10)))
+            _, again = await _retried(
+                lambda b=batch, r=rounds: store.merge(b, {0: (tokens[0], r)}, sequence=r)  # type: ignore[misc]
+            )
+            retries += again
+            for slot in range(4):
+                _, again = await _retried(lambda s=slot: store.fold_slot("acme", s, tokens[s]))  # type: ignore[misc]
+                retries += again
+    finally:
+        await mover
+    counts, _ = await _retried(lambda: _fold_all(store, tokens))
+    assert counts == {f"s{n}": rounds for n in range(10)}
+    for slot in moving:  # both moved for real
+        assert redis_cluster.master_of(slot).port == client.nodes_manager.get_node_from_slot(slot).port
