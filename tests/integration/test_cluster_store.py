@@ -73,14 +73,14 @@ async def _fold_all(store: ClusterStateStore, tokens: dict[int, int]) -> dict[st
 async def test_series_state_spreads_over_every_master_and_outboxes_are_trimmed(
     client: RedisCluster, redis_cluster: EmbeddedRedisCluster
 ) -> None:
-    store = _store(client)
+    store = _store(client, slots=32)  # 32 random hash tags: all on one or two masters ~1e-5
     await store.generation("g1")
     tokens = await store.claim(range(store.slots))
-    series = [_calls(f"s{n}", n + 1) for n in range(120)]
+    series = [_calls(f"s{n}", n + 1) for n in range(300)]
     await store.merge(_deltas(*series), {0: (tokens[0], 10)})
     await store.merge(_deltas(*series), {1: (tokens[1], 20)})
     counts = await _fold_all(store, tokens)
-    assert counts == {f"s{n}": 2 * (n + 1) for n in range(120)}
+    assert counts == {f"s{n}": 2 * (n + 1) for n in range(300)}
     layout = store.layout
     holders = {
         client.get_node_from_key(layout.records("acme", slot)).port
@@ -92,7 +92,7 @@ async def test_series_state_spreads_over_every_master_and_outboxes_are_trimmed(
         assert await client.llen(store.keys.log("acme", slot)) == 0  # every folded entry trimmed
         cursor = int(await client.get(layout.cursor("acme", slot)) or 0)
         assert int(await client.get(layout.base("acme", slot)) or 0) == cursor
-    assert await store.active_series("acme") == 120
+    assert await store.active_series("acme") == 300
     assert await _fold_all(store, tokens) == counts  # idle: the same values, nothing refolded
 
 
