@@ -56,3 +56,27 @@ async def test_manual_failover_keeps_acknowledged_data(
     finally:
         await client.delete(key)
         await client.aclose()
+
+
+async def test_the_worker_client_starts_from_any_startup_node(redis_cluster: EmbeddedRedisCluster) -> None:
+    """The node in redis.url is gone: the client the worker builds starts from startup_nodes."""
+    from devtools.servers import free_port
+    from worker.config import RedisConfig
+    from worker.stream.clients import make_redis
+
+    config = RedisConfig.model_validate(
+        {
+            "url": f"redis://127.0.0.1:{free_port()}",  # nobody listens there
+            "cluster": True,
+            "startup_nodes": redis_cluster.startup_nodes[1:],
+            "connect_timeout": 1,
+        }
+    )
+    client = make_redis(config)
+    assert isinstance(client, RedisCluster)
+    try:
+        assert await client.ping()
+        await client.set("startup-node-check", "1")
+        await client.delete("startup-node-check")
+    finally:
+        await client.aclose()
