@@ -7,6 +7,7 @@ import asyncio
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from .harness import (
     stop_traffic_and_wait,
     write_config,
 )
+from .test_state_loss import LOST, RECOVERED, StartedOutput, expected_of, wait_totals
 
 PARTITIONS = 6
 WORKERS = 3
@@ -193,5 +195,84 @@ async def test_masters_killed_mid_run_count_every_span_once(
     assert counted == expected
     assert output.backwards() == []
     assert output.duplicates() == []
+    assert problems_in_logs(workers) == []
+    assert all(code == 0 for code in codes.values()), codes
+
+
+def _incarnation_totals(output: StartedOutput, metrics: tuple[str, ...]) -> dict[tuple[str, str], int]:
+    """(metric, tenant) -> the sum over every series incarnation (series and start time) of its
+    latest value: a series restarted by a loss counts its old and its new incarnation."""
+    wanted = set(metrics)
+    result: Counter[tuple[str, str]] = Counter()
+    for (tenant, metric, _), points in output.points.items():
+        if metric not in wanted:
+            continue
+        latest: dict[int, tuple[int, int]] = {}
+        for start, at, value, _ in points:
+            latest[start] = max(latest.get(start, (at, value)), (at, value))
+        result[(metric, tenant)] += sum(value for _, value in latest.values())
+    return {k: v for k, v in result.items() if v}
+
+
+async def test_a_slot_shard_that_loses_its_data_is_noticed_and_only_its_series_restart(
+    kafka: KafkaEndpoint, cluster: EmbeddedRedisCluster, tmp_path: Path, report: ScenarioReport
+) -> None:
+    """One slot's hash tag loses everything (as a master restarted without persistence would):
+    its owner notices (the slot's generation marker is missing), logs it, recovers; the slot's
+    series restart with a new start time and count exactly the spans after the loss; the other
+    slots' series go on. Summed over incarnations, every span is counted once."""
+    name = f"closs-{random.randrange(1 << 30):x}"
+    bootstrap = kafka.bootstrap_servers
+    await create_scenario_topics(bootstrap, name, 4)
+    config = _config(tmp_path, bootstrap, cluster, name)
+    workers = [WorkerProcess(config, tmp_path, f"w{i}").start() for i in range(2)]
+    before = await Traffic(bootstrap, f"{name}-in", seed=5, keep_requests=True).start()
+    after = await Traffic(bootstrap, f"{name}-in", seed=6, keep_requests=True).start()
+    output = await StartedOutput(bootstrap, f"{name}-out").start()
+    lost_tag = f"{{{name}:{name}-in:s1}}"
+    try:
+        for worker in workers:
+            await worker.wait_until(lambda w: bool(w.assigned()), 60, "an assignment")
+        for _ in range(10):
+            await before.send(2)
+        await wait_totals(lambda: _incarnation_totals(output, COUNTED_METRICS), expected_of(before), 60)
+        lost_ns = time.time_ns()
+        with redis.cluster.RedisCluster.from_url(cluster.url) as client:
+            keys = list(client.scan_iter(match=f"{lost_tag}*"))
+            assert keys, "the slot's tag holds its records"
+            for key in keys:
+                client.delete(key)
+        for _ in range(10):
+            await after.send(2)
+            await asyncio.sleep(0.2)
+        both = expected_of(before)
+        for key, value in expected_of(after).items():
+            both[key] = both.get(key, 0) + value
+        waited = await wait_totals(lambda: _incarnation_totals(output, COUNTED_METRICS), both, 60)
+        await asyncio.sleep(1.5)  # more flushes: nothing more may arrive
+        counted = _incarnation_totals(output, COUNTED_METRICS)
+        restarted = continued = 0
+        for points in output.points.values():
+            starts = {start > lost_ns for start, *_ in points}
+            if starts == {True, False}:
+                restarted += 1  # an incarnation before the loss and one after: the lost slot's
+            elif starts == {False} and max(at for _, at, *_ in points) > lost_ns:
+                continued += 1  # kept its start time and went on being emitted: another slot's
+    finally:
+        await before.stop()
+        await after.stop()
+        codes = await stop_all(workers)
+        await output.stop()
+
+    losses = [w.count(LOST) for w in workers]
+    report.fact("keys of the slot's tag lost", len(keys))
+    report.fact("losses logged per worker", losses)
+    report.fact("series restarted (new start time) / continued", f"{restarted} / {continued}")
+    report.fact("seconds from end of traffic to exact totals", round(waited, 1))
+    report.produced, report.counted = both, counted
+    assert sum(losses) >= 1
+    assert sum(w.count(RECOVERED) for w in workers) >= 1
+    assert counted == both
+    assert restarted > 0 and continued > 0  # only the lost slot's series restarted
     assert problems_in_logs(workers) == []
     assert all(code == 0 for code in codes.values()), codes
