@@ -154,9 +154,12 @@ class ClusterStateStore(RedisStateStore):
             node.release(connection)
         if acknowledged >= 1:
             return
-        info = await self.cluster.info("replication", target_nodes=node)
-        if int(info.get("connected_slaves", 0)) == 0:
-            return  # nothing to wait for: a cluster without replicas cannot fail over anyway
+        # A master without any replica (connected or not) cannot fail over: nothing to wait for.
+        # One whose replica is merely disconnected can, to that replica: that is not safe.
+        myself = await self.cluster.execute_command("CLUSTER", "MYID", target_nodes=node)
+        replicas = await self.cluster.execute_command("CLUSTER", "REPLICAS", _text(myself), target_nodes=node)
+        if not replicas:
+            return
         raise NotReplicatedError(
             f"no replica of the Redis master {node.name} acknowledged within {self.replica_wait_s:g} s"
         )

@@ -4,6 +4,8 @@ trimmed once folded, idempotent pulls and deliveries, lost shards noticed, repli
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
@@ -215,3 +217,42 @@ async def test_a_resharding_while_merging_and_folding_keeps_counts_exact(
     assert counts == {f"s{n}": rounds for n in range(10)}
     for slot in moving:  # both moved for real
         assert redis_cluster.master_of(slot).port == client.nodes_manager.get_node_from_slot(slot).port
+
+
+async def test_a_step_a_failover_loses_was_never_acknowledged_and_its_retry_applies_it_once() -> None:
+    """Asynchronous replication: the control tag's master applies a merge, its replica (frozen)
+    does not get it, the master dies and the replica is elected without it. The merge never
+    returned (no replica acknowledged it), so its offsets never reached Kafka; its retry (same
+    sequence) applies it on the new master, once."""
+    with EmbeddedRedisCluster(masters=3, replicas=1) as cluster:
+        client = RedisCluster.from_url(cluster.url)
+        client.test_prefix = f"cs-{uuid.uuid4().hex[:10]}"  # type: ignore[attr-defined]
+        try:
+            store = _store(client, slots=2, replica_wait_s=0.3)
+            tokens = await store.claim([0])
+            first = _deltas(_calls("a", 1))
+            assert await store.merge(first, {0: (tokens[0], 10)}, sequence=1)
+            master = cluster.master_of(key_slot(store.keys.fence.encode()))
+            replica = cluster.replica_of(master)
+            replica.pause()
+            with cluster.client(master) as direct:  # the replication link goes with it
+                direct.execute_command("CLIENT", "KILL", "TYPE", "replica")
+            second = _deltas(_calls("a", 2))
+            with pytest.raises(NotReplicatedError):
+                await store.merge(second, {0: (tokens[0], 20)}, sequence=2)
+            assert master.pid is not None
+            os.kill(master.pid, signal.SIGKILL)  # the step dies with it
+            replica.resume()
+            await asyncio.to_thread(cluster.wait_ok)
+            assert cluster.master_of(key_slot(store.keys.fence.encode())).port == replica.port
+            lost, _ = await _retried(lambda: store.applied_offsets([0]))
+            assert lost == {0: 10}  # the replica never had the second step
+            applied, _ = await _retried(lambda: store.merge(second, {0: (tokens[0], 20)}, sequence=2))
+            assert applied is True
+            assert await store.merge(second, {0: (tokens[0], 20)}, sequence=2) is False  # once
+            assert await store.applied_offsets([0]) == {0: 20}
+            tokens.update(await store.claim([1]))
+            counts, _ = await _retried(lambda: _fold_all(store, tokens))
+            assert counts == {"a": 3}
+        finally:
+            await client.aclose()
