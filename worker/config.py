@@ -29,7 +29,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from worker.model.durations import parse_duration
 from worker.model.enums import SPAN_KIND_NAMES as SPAN_KIND_BY_NUMBER
@@ -1075,6 +1075,15 @@ class RedisConfig(_Frozen):
     connect_timeout: Duration = Field(default=5.0, gt=0)
     ssl_ca_certs: str | None = None
 
+    #: A Redis Cluster (redis.asyncio.cluster.RedisCluster): ``url`` names any node.
+    cluster: bool = False
+    #: More cluster nodes to start from (``host:port``), so losing the one in ``url`` does not
+    #: stop a restart; only with ``cluster: true``.
+    startup_nodes: Annotated[tuple[str, ...], NoDecode] = ()
+    #: Cluster only: after a merge, wait up to this long for a replica to acknowledge it before the
+    #: offsets go to Kafka (WAIT 1); 0 = do not wait.
+    replica_wait: Duration = Field(default=1.0, ge=0)
+
     @field_validator("url")
     @classmethod
     def _scheme(cls, url: SecretStr) -> SecretStr:
@@ -1082,6 +1091,43 @@ class RedisConfig(_Frozen):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return url
+
+    @field_validator("startup_nodes", mode="before")
+    @classmethod
+    def _nodes_list(cls, value: Any) -> Any:
+        """``a:7000,b:7000`` (an environment variable) is a list too."""
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("startup_nodes")
+    @classmethod
+    def _nodes(cls, nodes: tuple[str, ...]) -> tuple[str, ...]:
+        for node in nodes:
+            host, _, port = node.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(
+                    f"{node!r} is not host:port (env SPANMETRICS_REDIS__STARTUP_NODES, "
+                    "comma-separated host:port entries)"
+                )
+        return nodes
+
+    @model_validator(mode="after")
+    def _cluster(self) -> RedisConfig:
+        if self.startup_nodes and not self.cluster:
+            raise ValueError(
+                "startup_nodes needs cluster: true (env SPANMETRICS_REDIS__CLUSTER; allowed: true, false)"
+            )
+        if self.cluster:
+            url = self.url.get_secret_value()
+            if url.startswith("unix://"):
+                raise ValueError("cluster: true needs a redis:// or rediss:// url (any cluster node)")
+            database = url.split("://", 1)[1].partition("/")[2].partition("?")[0]
+            if database not in ("", "0"):
+                raise ValueError(
+                    f"cluster: true allows database 0 only (a cluster has no other), not /{database}"
+                )
+        return self
 
 
 #: Headers the remote-write protocol or HTTP sets itself (Prometheus' ``reservedHeaders``):

@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
+from devtools.redis_cluster import EmbeddedRedisCluster
 from devtools.servers import (
     KafkaEndpoint,
     RedisEndpoint,
@@ -67,6 +68,17 @@ def redis_server() -> Iterator[RedisEndpoint]:
 def redis_url(redis_server: RedisEndpoint) -> str:
     """``redis://`` URL of the session's Redis."""
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[EmbeddedRedisCluster]:
+    """A real local Redis Cluster: 3 masters with a replica each, from the same valkey-server
+    binary as ``redis_server``, formed through redis-py; stopped at the end of the session."""
+    cluster = EmbeddedRedisCluster(masters=3, replicas=1).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

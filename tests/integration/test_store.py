@@ -1,4 +1,5 @@
-"""The Redis store against a real Redis: merges append to slot logs, the owner's fold commits them;
+"""The Redis store against a real Redis, and the cluster store against a real Redis Cluster (the
+same protocol tests, parametrized): merges append to slot logs, the owner's fold commits them;
 the memory store folds what it folds.
 
 A series' value is its record plus the unfolded rows of its slot's log; these tests check that
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgpack
@@ -18,7 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
+from devtools.redis_cluster import EmbeddedRedisCluster
+from state.cluster_store import ClusterKeys, ClusterStateStore
 from state.codec import attributes_of_parts, delta_payload, encode_meta
 from state.fold import series_slot
 from state.keys import KeySpace
@@ -90,10 +95,56 @@ async def _log_lengths(client: Redis, store: RedisStateStore, tenant: str = "acm
 
 
 @pytest.fixture
-def store(redis_client: Redis, unique_name: str) -> RedisStateStore:
-    return RedisStateStore(
-        redis_client, KeySpace(unique_name, "in"), slots=4, max_exemplars=3, exp_max_size=20
-    )
+async def cluster_client(
+    redis_cluster: EmbeddedRedisCluster, unique_name: str
+) -> AsyncIterator[RedisCluster]:
+    """A client on the session's Redis Cluster; keys named after ``unique_name`` deleted afterwards."""
+    on_cluster = RedisCluster.from_url(redis_cluster.url)
+    try:
+        yield on_cluster
+    finally:
+        keys = [key async for key in on_cluster.scan_iter(match=f"*{unique_name}*", count=1000)]
+        for key in keys:
+            await on_cluster.delete(key)
+        await on_cluster.aclose()
+
+
+@pytest.fixture(params=["node", "cluster"])
+def client(request: pytest.FixtureRequest) -> Any:
+    """The store tests run on one Redis node and on a Redis Cluster."""
+    return request.getfixturevalue("redis_client" if request.param == "node" else "cluster_client")
+
+
+def _new(client: Any, name: str, **options: Any) -> RedisStateStore:
+    """The store for the client: a RedisStateStore on one node, a ClusterStateStore on a cluster."""
+    if isinstance(client, RedisCluster):
+        return ClusterStateStore(client, ClusterKeys(name, "in"), **options)
+    return RedisStateStore(client, KeySpace(name, "in"), **options)
+
+
+def _slot_key(store: RedisStateStore, slot: int, tenant: str = "acme") -> str:
+    """Where the slot's records live."""
+    if isinstance(store, ClusterStateStore):
+        return store.layout.records(tenant, slot)
+    return store.keys.slot(tenant, slot)
+
+
+def _version_key(store: RedisStateStore, slot: int, tenant: str = "acme") -> str:
+    if isinstance(store, ClusterStateStore):
+        return store.layout.version(tenant, slot)
+    return store.keys.version(tenant, slot)
+
+
+def _active_key(store: RedisStateStore, slot: int, tenant: str = "acme") -> str:
+    """The tenant's active-series count (per slot on a cluster, where it is summed)."""
+    if isinstance(store, ClusterStateStore):
+        return store.layout.active(tenant, slot)
+    return store.keys.active(tenant)
+
+
+@pytest.fixture
+def store(client: Any, unique_name: str) -> RedisStateStore:
+    return _new(client, unique_name, slots=4, max_exemplars=3, exp_max_size=20)
 
 
 async def test_merge_sums_counts_buckets_and_keeps_types_and_start(store: RedisStateStore) -> None:
@@ -152,15 +203,15 @@ async def test_a_stale_token_changes_nothing(store: RedisStateStore) -> None:
 
 
 async def test_the_owners_fold_commits_the_log_and_emits_the_cumulative_values(
-    redis_client: Redis, store: RedisStateStore
+    client: Any, store: RedisStateStore
 ) -> None:
     tokens = await store.claim([0])
     await store.merge(_deltas(_series("calls\x1er1\x1ea", count=2)), {0: (tokens[0], 1)})
     await store.merge(_deltas(_series("calls\x1er1\x1ea", count=3)), {0: (tokens[0], 2)})
-    assert sum(await _log_lengths(redis_client, store)) == 2  # one entry per merge and slot
+    assert sum(await _log_lengths(client, store)) == 2  # one entry per merge and slot
     emitted = await _fold_all(store, tokens)
     assert [s.count for s in emitted] == [5]
-    assert await _log_lengths(redis_client, store) == [0] * store.slots
+    assert await _log_lengths(client, store) == [0] * store.slots
     assert (await _all(store))["calls"].count == 5  # now in the record
     assert await store.active_series("acme") == 1
     # Idle: emitted again with the same cumulative value, nothing written.
@@ -172,7 +223,8 @@ async def test_rows_appended_while_the_owner_folds_wait_for_the_next_fold(
 ) -> None:
     tokens = await store.claim([0])
     await store.merge(_deltas(_series("calls\x1er1\x1ea", count=1)), {0: (tokens[0], 1)})
-    read = store._read_slot_and_log
+    name = "_read" if isinstance(store, ClusterStateStore) else "_read_slot_and_log"
+    read = getattr(store, name)
 
     async def read_then_merge(escaped: str, slot: int) -> Any:
         snapshot = await read(escaped, slot)
@@ -180,7 +232,7 @@ async def test_rows_appended_while_the_owner_folds_wait_for_the_next_fold(
         await store.merge(_deltas(_series("calls\x1er1\x1ea", count=10)), {0: (tokens[0], 2)})
         return snapshot
 
-    monkeypatch.setattr(store, "_read_slot_and_log", read_then_merge)
+    monkeypatch.setattr(store, name, read_then_merge)
     tokens.update(await store.claim([s for s in range(store.slots) if s != 0]))
     slot = series_slot("calls\x1er1\x1ea", store.slots)
     first = await store.fold_slot("acme", slot, tokens[slot])
@@ -190,20 +242,18 @@ async def test_rows_appended_while_the_owner_folds_wait_for_the_next_fold(
     assert [s.count for s in second.live] == [11]  # the late row was kept, and folded once
 
 
-async def test_a_stale_owner_cannot_fold(store: RedisStateStore, redis_client: Redis) -> None:
+async def test_a_stale_owner_cannot_fold(store: RedisStateStore, client: Any) -> None:
     tokens = await store.claim(range(store.slots))
     await store.merge(_deltas(_series("calls\x1er1\x1ea", count=1)), {0: (tokens[0], 1)})
     slot = series_slot("calls\x1er1\x1ea", store.slots)
     await store.claim([slot])  # the slot moved to another worker
     result = await store.fold_slot("acme", slot, tokens[slot])
     assert not result.committed and result.live == []
-    assert sum(await _log_lengths(redis_client, store)) == 1  # left for the new owner
+    assert sum(await _log_lengths(client, store)) == 1  # left for the new owner
 
 
-async def test_tenant_limit_routes_new_series_to_overflow(redis_client: Redis, unique_name: str) -> None:
-    store = RedisStateStore(
-        redis_client, KeySpace(unique_name, "in"), slots=2, max_exemplars=0, active_series_limit=2
-    )
+async def test_tenant_limit_routes_new_series_to_overflow(client: Any, unique_name: str) -> None:
+    store = _new(client, unique_name, slots=2, max_exemplars=0, active_series_limit=2)
     tokens = await store.claim([0])
     deltas = [_series(f"calls\x1er1\x1e{i}", count=1) for i in range(5)]
     await store.merge(_deltas(*deltas), {0: (tokens[0], 1)})
@@ -261,15 +311,13 @@ async def test_a_failed_publication_is_not_forgotten(store: RedisStateStore) -> 
     assert [(s.count, len(s.exemplars)) for s in again] == [(4, 2)]
 
 
-async def test_a_changed_partition_count_is_refused(redis_client: Redis, unique_name: str) -> None:
+async def test_a_changed_partition_count_is_refused(client: Any, unique_name: str) -> None:
     from worker.model.errors import StateError
 
-    await RedisStateStore(redis_client, KeySpace(unique_name, "in"), slots=8, max_exemplars=0).check_layout()
-    await RedisStateStore(redis_client, KeySpace(unique_name, "in"), slots=8, max_exemplars=0).check_layout()
+    await _new(client, unique_name, slots=8, max_exemplars=0).check_layout()
+    await _new(client, unique_name, slots=8, max_exemplars=0).check_layout()
     with pytest.raises(StateError, match="written for 8 partitions"):
-        await RedisStateStore(
-            redis_client, KeySpace(unique_name, "in"), slots=12, max_exemplars=0
-        ).check_layout()
+        await _new(client, unique_name, slots=12, max_exemplars=0).check_layout()
 
 
 def test_the_cached_meta_follows_the_value_types_not_only_the_series_id(store: RedisStateStore) -> None:
@@ -285,16 +333,13 @@ def test_the_cached_meta_follows_the_value_types_not_only_the_series_id(store: R
     assert store.packer.constants(as_int)[2] == first
 
 
-async def test_two_owners_under_the_tenant_limit_lose_nothing(redis_client: Redis, unique_name: str) -> None:
+async def test_two_owners_under_the_tenant_limit_lose_nothing(client: Any, unique_name: str) -> None:
     """Two workers, each owning half the slots, both merging deltas of every slot while the
     tenant's limit refuses most new series: whichever owner refuses a series, its counts reach
     the overflow series (possibly in the other owner's slot) exactly once."""
     limit = 5
     stores = [
-        RedisStateStore(
-            redis_client, KeySpace(unique_name, "in"), slots=4, max_exemplars=0, active_series_limit=limit
-        )
-        for _ in range(2)
+        _new(client, unique_name, slots=4, max_exemplars=0, active_series_limit=limit) for _ in range(2)
     ]
     first = await stores[0].claim([0, 1])
     second = await stores[1].claim([2, 3])
@@ -328,14 +373,10 @@ async def test_two_owners_under_the_tenant_limit_lose_nothing(redis_client: Redi
     assert await stores[0].active_series("acme") == limit + 1
 
 
-async def test_paired_series_count_once_against_the_tenant_limit(
-    redis_client: Redis, unique_name: str
-) -> None:
+async def test_paired_series_count_once_against_the_tenant_limit(client: Any, unique_name: str) -> None:
     """The limit counts label sets: a duration record standing for its calls counter is one
     active series (README); the pair is admitted or refused as a whole, the overflow too."""
-    store = RedisStateStore(
-        redis_client, KeySpace(unique_name, "in"), slots=2, max_exemplars=0, active_series_limit=3
-    )
+    store = _new(client, unique_name, slots=2, max_exemplars=0, active_series_limit=3)
     tokens = await store.claim([0])
     deltas = [_series(f"duration\x1er1\x1e{i}", count=i + 1, buckets=[i + 1, 0]) for i in range(4)]
     for delta in deltas:
@@ -354,12 +395,12 @@ async def test_paired_series_count_once_against_the_tenant_limit(
             s for s in series if s.metric == metric and s.attributes == (("otel.metric.overflow", True),)
         ]
         assert len(overflow) == 1
-    records = [int(await redis_client.hlen(store.keys.slot("acme", slot))) for slot in range(2)]
+    records = [int(await client.hlen(_slot_key(store, slot))) for slot in range(2)]
     assert sum(records) == 4  # one record per pair
 
 
 async def test_an_upgraded_worker_folds_the_separate_calls_record_into_the_pair(
-    store: RedisStateStore, redis_client: Redis
+    store: RedisStateStore, client: Any
 ) -> None:
     """State of an earlier version: calls and duration stored as two records. The first paired
     row makes the duration record stand for the counter and the calls record leaves; the
@@ -370,10 +411,8 @@ async def test_an_upgraded_worker_folds_the_separate_calls_record_into_the_pair(
     assert series_slot(calls.series_id, store.slots) == slot
     for old in (calls, duration):
         payload = delta_payload(old, encode_meta(old))[:8]  # records of earlier versions end here
-        await redis_client.hset(
-            store.keys.slot("acme", slot), old.digest, msgpack.packb(payload, use_bin_type=True)
-        )
-    await redis_client.set(store.keys.active("acme"), 2)
+        await client.hset(_slot_key(store, slot), old.digest, msgpack.packb(payload, use_bin_type=True))
+    await client.set(_active_key(store, slot), 2)
     tokens = await store.claim([0])
     update = _series("duration\x1er1\x1ea", count=2, buckets=[1, 1])
     update.companion = "calls"
@@ -385,7 +424,7 @@ async def test_an_upgraded_worker_folds_the_separate_calls_record_into_the_pair(
     ]
     # One label set now (the pair counts once); the separate calls record that left took one.
     assert await store.active_series("acme") == 1
-    assert await redis_client.hkeys(store.keys.slot("acme", slot)) == [duration.digest]
+    assert await client.hkeys(_slot_key(store, slot)) == [duration.digest]
 
 
 # ---------------------------------------------------------------------------------------- the memory twin
@@ -444,8 +483,11 @@ def _canonical(live: list[Series]) -> list[Series]:
     expiration_s=st.sampled_from([0, 20]),
     resource_expiration_s=st.sampled_from([0, 20, 35]),
 )
+@pytest.mark.parametrize("on_cluster", [False, True], ids=["node", "cluster"])
 def test_the_memory_store_folds_what_the_redis_store_folds(
     redis_url: str,
+    redis_cluster: EmbeddedRedisCluster,
+    on_cluster: bool,
     flushes: list[tuple[list[tuple[str, str, int, int]], int, bool]],
     slots: int,
     limit: int,
@@ -460,9 +502,9 @@ def test_the_memory_store_folds_what_the_redis_store_folds(
 
     async def run() -> None:
         prefix = f"twin-{uuid.uuid4().hex[:12]}"
-        client = Redis.from_url(redis_url)
+        client: Any = RedisCluster.from_url(redis_cluster.url) if on_cluster else Redis.from_url(redis_url)
         options: dict[str, Any] = {"slots": slots, "max_exemplars": 2, "exp_max_size": 20}
-        redis = RedisStateStore(client, KeySpace(prefix, "in"), active_series_limit=limit, **options)
+        redis = _new(client, prefix, active_series_limit=limit, **options)
         memory = MemoryStore(active_series_limit=limit, **options)
         stores: tuple[SeriesStore, SeriesStore] = (redis, memory)
         try:
@@ -547,9 +589,9 @@ def test_the_memory_store_folds_what_the_redis_store_folds(
                 assert await memory.active_series("acme") == await redis.active_series("acme")
                 assert await memory.applied_offsets([0]) == await redis.applied_offsets([0]) == {0: offset}
         finally:
-            keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
-            if keys:
-                await client.delete(*keys)
+            keys = [key async for key in client.scan_iter(match=f"*{prefix}*")]
+            for key in keys:
+                await client.delete(key)
             await client.aclose()
 
     asyncio.run(run())
@@ -559,7 +601,7 @@ def test_the_memory_store_folds_what_the_redis_store_folds(
 
 
 async def test_a_zero_point_stays_pinned_across_owners_until_a_publication_is_confirmed(
-    store: RedisStateStore, redis_client: Redis
+    store: RedisStateStore, client: Any
 ) -> None:
     """upstream: tempo registry counter_test.go Test_counter (0 at getEndOfLastMinuteMs, then the
     value, in one collection). Across owners the zero point keeps its time, so sent again it is
@@ -583,19 +625,19 @@ async def test_a_zero_point_stays_pinned_across_owners_until_a_publication_is_co
         await store.fold_slot("acme", slot, second[slot], now_ns=now + 75_000_000_000, reset_emitted_ns=now)
     ).live
     assert series.zero_ns == 0
-    (record,) = (await redis_client.hgetall(store.keys.slot("acme", slot))).values()
+    (record,) = (await client.hgetall(_slot_key(store, slot))).values()
     assert msgpack.unpackb(record, raw=True)[9] == 0
 
 
 async def test_a_record_written_by_an_earlier_version_folds_without_a_zero_point(
-    store: RedisStateStore, redis_client: Redis
+    store: RedisStateStore, client: Any
 ) -> None:
     calls = _series("calls\x1er1\x1ea", count=4)
     slot = series_slot(calls.series_id, store.slots)
     tokens = await store.claim([slot])
     for fields in (8, 9):  # before the companion field, before the zero field
         legacy = msgpack.packb(delta_payload(calls, encode_meta(calls))[:fields], use_bin_type=True)
-        await redis_client.hset(store.keys.slot("acme", slot), calls.digest, legacy)
+        await client.hset(_slot_key(store, slot), calls.digest, legacy)
         (series,) = (await store.fold_slot("acme", slot, tokens[slot], now_ns=NOW + 10**9)).live
         assert (series.count, series.zero_ns) == (4, 0)
 
@@ -619,7 +661,7 @@ async def test_resource_last_seen_times_are_maxed_at_merge_and_forgotten_only_wh
 
 
 async def test_a_confirmed_publication_clears_the_zero_point_at_once_and_only_once(
-    store: RedisStateStore, redis_client: Redis
+    store: RedisStateStore, client: Any
 ) -> None:
     """confirm.lua: written right after the publication is confirmed, so the slot's next owner
     does not send the zero point again; fenced and a compare-and-set on the slot's version."""
@@ -638,7 +680,7 @@ async def test_a_confirmed_publication_clears_the_zero_point_at_once_and_only_on
     assert (series.zero_ns, series.count) == (0, 2)
     # A fenced owner's confirmation is refused; an expired record is not brought back.
     assert not await store.confirm_zero("acme", slot, first[slot], 2, fold.zero_owed)
-    await redis_client.hdel(store.keys.slot("acme", slot), digest)
-    version = int(await redis_client.get(store.keys.version("acme", slot)) or 0)
+    await client.hdel(_slot_key(store, slot), digest)
+    version = int(await client.get(_version_key(store, slot)) or 0)
     assert await store.confirm_zero("acme", slot, second[slot], version, fold.zero_owed)
-    assert await redis_client.hgetall(store.keys.slot("acme", slot)) == {}
+    assert await client.hgetall(_slot_key(store, slot)) == {}

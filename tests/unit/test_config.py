@@ -732,3 +732,43 @@ kafka:
 )
 def test_consumer_knobs_refused(tmp_path: Path, text: str, wanted: str) -> None:
     assert wanted in config_error(tmp_path, f"kafka:\n  {text}\n")
+
+
+# ---------------------------------------------------------------------------------------- Redis Cluster
+
+
+def test_redis_cluster_with_startup_nodes(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
+    settings = load_text(
+        tmp_path, "redis: {url: 'redis://a:7000', cluster: true, startup_nodes: ['b:7001', 'c:7002']}"
+    )
+    assert settings.redis.cluster
+    assert settings.redis.startup_nodes == ("b:7001", "c:7002")
+    clean_env.setenv("SPANMETRICS_REDIS__STARTUP_NODES", "d:7003, e:7004")
+    clean_env.setenv("SPANMETRICS_REDIS__CLUSTER", "true")
+    assert load_config(None).redis.startup_nodes == ("d:7003", "e:7004")
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("redis: {startup_nodes: ['b:7001']}", "redis: startup_nodes needs cluster: true"),
+        ("redis: {cluster: true, startup_nodes: ['b']}", "'b' is not host:port (env SPANMETRICS_REDIS__"),
+        ("redis: {cluster: true, startup_nodes: ['b:99999']}", "redis.startup_nodes"),
+        ("redis: {cluster: true, url: 'redis://a:7000/3'}", "database 0 only"),
+        ("redis: {cluster: true, url: 'unix:///tmp/r.sock'}", "needs a redis:// or rediss:// url"),
+        ("redis: {cluster: maybe}", "redis.cluster"),
+    ],
+)
+def test_invalid_redis_cluster_options(tmp_path: Path, text: str, fragment: str) -> None:
+    assert fragment in config_error(tmp_path, text)
+
+
+def test_cluster_client_gets_every_startup_node(tmp_path: Path) -> None:
+    from redis.asyncio.cluster import RedisCluster
+
+    from worker.stream.clients import make_redis
+
+    settings = load_text(tmp_path, "redis: {url: 'redis://a:7000', cluster: true, startup_nodes: ['b:7001']}")
+    client = make_redis(settings.redis)
+    assert isinstance(client, RedisCluster)
+    assert sorted(node.name for node in client.nodes_manager.startup_nodes.values()) == ["a:7000", "b:7001"]

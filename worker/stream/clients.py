@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.helpers import create_ssl_context
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from worker.config import KafkaConfig, RedisConfig
 
@@ -73,8 +74,12 @@ def make_producer(config: KafkaConfig) -> AIOKafkaProducer:
     )
 
 
-def make_redis(config: RedisConfig) -> Redis:
-    """The async Redis client; ``rediss://`` URLs get TLS, with a CA bundle when configured."""
+def make_redis(config: RedisConfig) -> Redis | RedisCluster:
+    """The async Redis client; ``rediss://`` URLs get TLS, with a CA bundle when configured.
+
+    ``cluster: true``: a RedisCluster started from the url's node and every ``startup_nodes``
+    entry; it follows MOVED/ASK and, on connection errors (a failover), reloads the slot map and
+    retries. Slots whose master is down fail alone (no full coverage required)."""
     options: dict[str, Any] = {
         "password": config.password.get_secret_value() if config.password else None,
         "socket_timeout": config.socket_timeout,
@@ -82,6 +87,17 @@ def make_redis(config: RedisConfig) -> Redis:
     }
     if config.ssl_ca_certs:
         options["ssl_ca_certs"] = config.ssl_ca_certs
+    if config.cluster:
+        nodes = [
+            ClusterNode(host, int(port))
+            for host, _, port in (n.rpartition(":") for n in config.startup_nodes)
+        ]
+        return RedisCluster.from_url(
+            config.url.get_secret_value(),
+            startup_nodes=nodes or None,
+            require_full_coverage=False,
+            **options,
+        )
     return Redis.from_url(config.url.get_secret_value(), **options)
 
 

@@ -7,13 +7,16 @@ import contextlib
 import gc
 import time
 import uuid
+from typing import Any
 
 import structlog
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
+from state.cluster_store import ClusterKeys, ClusterStateStore
 from state.keys import KeySpace
 from state.protocol import SeriesStore
 from state.redis_store import RedisStateStore
@@ -192,15 +195,23 @@ class StreamWorker:
             flush_interval=settings.flush_interval,
             series_limit=settings.worker.max_active_series_per_tenant,
         )
-        store = self.store = RedisStateStore(
-            self.redis,
-            KeySpace(settings.redis.key_prefix, self.topic),
-            slots=self.partitions,
-            max_exemplars=self.pipeline.max_exemplars,
-            exp_max_size=settings.exponential_max_size,
-            active_series_limit=settings.worker.max_active_series_per_tenant,
-            overflow_attributes=settings.overflow_attributes,
-        )
+        options: dict[str, Any] = {
+            "slots": self.partitions,
+            "max_exemplars": self.pipeline.max_exemplars,
+            "exp_max_size": settings.exponential_max_size,
+            "active_series_limit": settings.worker.max_active_series_per_tenant,
+            "overflow_attributes": settings.overflow_attributes,
+        }
+        if isinstance(self.redis, RedisCluster):  # redis.cluster: true (README: cluster mode)
+            store: RedisStateStore = ClusterStateStore(
+                self.redis,
+                ClusterKeys(settings.redis.key_prefix, self.topic),
+                replica_wait_s=settings.redis.replica_wait,
+                **options,
+            )
+        else:
+            store = RedisStateStore(self.redis, KeySpace(settings.redis.key_prefix, self.topic), **options)
+        self.store = store
         self.checkpoint = Checkpoint(
             store,
             self.pipeline,

@@ -1,0 +1,269 @@
+"""The cluster store's own layout on a real Redis Cluster: state spread over the masters, outboxes
+trimmed once folded, idempotent pulls and deliveries, lost shards noticed, replicas waited for."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import pytest
+from redis.asyncio.cluster import RedisCluster
+from redis.cluster import key_slot
+from redis.exceptions import RedisError
+
+from devtools.redis_cluster import EmbeddedRedisCluster
+from state.cluster_store import ClusterKeys, ClusterStateStore, NotReplicatedError
+from state.codec import attributes_of_parts
+from state.fold import series_slot
+from worker.model.series import Series, TenantDeltas
+
+NOW = 1_800_000_000_000_000_000
+T = TypeVar("T")
+
+
+def _calls(name: str, count: int) -> Series:
+    return Series(
+        series_id=f"calls\x1er1\x1e{name}",
+        metric="calls",
+        resource_id="r1",
+        attributes=(("name", name),),
+        start_ns=NOW,
+        last_ns=NOW,
+        count=count,
+        sum=float(count),
+    )
+
+
+def _deltas(*series: Series) -> dict[str, TenantDeltas]:
+    return {"acme": TenantDeltas(resources={"r1": (("service.name", "svc"),)}, series=list(series))}
+
+
+@pytest.fixture
+async def client(redis_cluster: EmbeddedRedisCluster) -> AsyncIterator[RedisCluster]:
+    on_cluster = RedisCluster.from_url(redis_cluster.url)
+    name = f"cs-{uuid.uuid4().hex[:10]}"
+    on_cluster.test_prefix = name  # type: ignore[attr-defined]
+    try:
+        yield on_cluster
+    finally:
+        for key in [key async for key in on_cluster.scan_iter(match=f"*{name}*", count=1000)]:
+            await on_cluster.delete(key)
+        await on_cluster.aclose()
+
+
+def _store(client: RedisCluster, slots: int = 12, **options: object) -> ClusterStateStore:
+    prefix = client.test_prefix  # type: ignore[attr-defined]
+    return ClusterStateStore(client, ClusterKeys(prefix, "in"), slots=slots, max_exemplars=0, **options)  # type: ignore[arg-type]
+
+
+async def _fold_all(store: ClusterStateStore, tokens: dict[int, int]) -> dict[str, int]:
+    """Every slot folded by its owner: series name -> count emitted."""
+    counts: dict[str, int] = {}
+    for slot in range(store.slots):
+        result = await store.fold_slot("acme", slot, tokens[slot])
+        assert result.committed
+        for series in result.live:
+            (name,) = (value for key, value in attributes_of_parts(series.attribute_parts or []))
+            counts[str(name)] = series.count
+    return counts
+
+
+async def test_series_state_spreads_over_every_master_and_outboxes_are_trimmed(
+    client: RedisCluster, redis_cluster: EmbeddedRedisCluster
+) -> None:
+    store = _store(client, slots=32)  # 32 random hash tags: all on one or two masters ~1e-5
+    await store.generation("g1")
+    tokens = await store.claim(range(store.slots))
+    series = [_calls(f"s{n}", n + 1) for n in range(300)]
+    await store.merge(_deltas(*series), {0: (tokens[0], 10)})
+    await store.merge(_deltas(*series), {1: (tokens[1], 20)})
+    counts = await _fold_all(store, tokens)
+    assert counts == {f"s{n}": 2 * (n + 1) for n in range(300)}
+    layout = store.layout
+    holders = {
+        client.get_node_from_key(layout.records("acme", slot)).port
+        for slot in range(store.slots)
+        if await client.hlen(layout.records("acme", slot))
+    }
+    assert holders == {node.port for node in redis_cluster.masters()}  # sharded, not one tag
+    for slot in range(store.slots):
+        assert await client.llen(store.keys.log("acme", slot)) == 0  # every folded entry trimmed
+        cursor = int(await client.get(layout.cursor("acme", slot)) or 0)
+        assert int(await client.get(layout.base("acme", slot)) or 0) == cursor
+    assert await store.active_series("acme") == 300
+    assert await _fold_all(store, tokens) == counts  # idle: the same values, nothing refolded
+
+
+async def test_late_trims_and_repeated_overflow_deliveries_change_nothing(client: RedisCluster) -> None:
+    store = _store(client, slots=2, active_series_limit=1)
+    tokens = await store.claim([0, 1])
+    await store.merge(_deltas(*(_calls(f"s{n}", 1) for n in range(6))), {0: (tokens[0], 1)})
+    await _fold_all(store, tokens)
+    await _fold_all(store, tokens)  # overflow rows delivered to a slot folded before
+    held = [s.series for slot in range(2) for s in await store.read_slot("acme", slot)]
+    assert sum(s.count for s in held) == 6 and len(held) == 2  # one admitted, one overflow
+    log, base = store.keys.log("acme", 0), store.layout.base("acme", 0)
+    assert await store._trim(keys=[log, base], args=["0"]) == 0  # an older cursor: a no-op
+    for slot in range(2):
+        pending = await client.get(store.layout.overflow("acme", slot))
+        await store._deliver("acme", slot, pending)  # delivered already: nothing appended
+        assert await client.llen(store.keys.log("acme", 1 - slot)) == 0
+    again = [s.series for slot in range(2) for s in await store.read_slot("acme", slot)]
+    assert sum(s.count for s in again) == 6
+
+
+async def test_a_slot_that_lost_its_data_is_noticed_and_restarts(client: RedisCluster) -> None:
+    store = _store(client, slots=3)
+    marker = await store.generation("g1")
+    tokens = await store.claim(range(3))
+    one = _calls("lost", 5)
+    slot = series_slot(one.series_id, 3)
+    await store.merge(_deltas(one), {0: (tokens[0], 1)})
+    await _fold_all(store, tokens)
+    assert (await store.ownership(range(3))).generation == marker
+    # The master of the slot's tag failed over to a replica that had none of it.
+    layout = store.layout
+    await client.delete(layout.marker(slot), layout.token(slot), *layout.slot_keys("acme", slot))
+    seen = await store.ownership(range(3))
+    assert seen.generation is None  # noticed: the worker logs the loss and recovers
+    assert await store.generation("g2") == marker  # the control tag kept its marker
+    assert (await store.ownership(range(3))).generation == marker
+    tokens = await store.claim(range(3))
+    await store.merge(_deltas(_calls("lost", 1)), {0: (tokens[0], 2)})
+    assert (await _fold_all(store, tokens))["lost"] == 1  # restarted, not stuck
+
+
+async def test_a_new_generation_drops_the_records_of_the_old_one(client: RedisCluster) -> None:
+    store = _store(client, slots=2)
+    await store.generation("g1")
+    tokens = await store.claim(range(2))
+    await store.merge(_deltas(_calls("a", 3)), {0: (tokens[0], 1)})
+    await _fold_all(store, tokens)
+    # The control tag's master lost everything: its keys are gone, a worker starts a generation.
+    async for key in client.scan_iter(match=f"{{{store.layout.prefix}:in}}*"):
+        await client.delete(key)
+    assert (await store.ownership(range(2))).generation is None
+    assert await store.generation("g2") == "g2"
+    assert [await store.read_slot("acme", slot) for slot in range(2)] == [[], []]
+    assert await store.active_series("acme") == 0
+
+
+async def test_a_merge_waits_for_a_replica_and_its_retry_is_answered_seen(
+    client: RedisCluster, redis_cluster: EmbeddedRedisCluster
+) -> None:
+    store = _store(client, slots=2, replica_wait_s=0.3)
+    tokens = await store.claim([0])
+    port = client.get_node_from_key(store.keys.fence).port
+    master = next(node for node in redis_cluster.masters() if node.port == port)
+    replica = redis_cluster.replica_of(master)
+    replica.pause()
+    try:
+        with pytest.raises(NotReplicatedError, match="no replica"):
+            await store.merge(_deltas(_calls("a", 1)), {0: (tokens[0], 1)}, sequence=1)
+    finally:
+        replica.resume()
+    # The retry (same sequence) finds the step applied, and now a replica holds it.
+    assert await store.merge(_deltas(_calls("a", 1)), {0: (tokens[0], 1)}, sequence=1) is False
+    assert await store.applied_offsets([0]) == {0: 1}
+    redis_cluster.wait_ok()
+
+
+async def _retried(step: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+    """A step retried on Redis errors as the worker retries it (same arguments): (result, retries)."""
+    for attempt in range(200):
+        try:
+            return await step(), attempt
+        except RedisError:
+            await asyncio.sleep(0.02)
+    raise AssertionError("still failing after 200 attempts")
+
+
+async def test_a_resharding_while_merging_and_folding_keeps_counts_exact(
+    client: RedisCluster, redis_cluster: EmbeddedRedisCluster
+) -> None:
+    """The control tag's hash slot, then a slot tag's, move to another master key by key while
+    merges and folds go on: redirections (ASK, MOVED) are followed, a script meeting its tag
+    half-moved (TRYAGAIN) is retried, and every count is exact."""
+    store = _store(client, slots=4)
+    await store.generation("g1")
+    tokens = await store.claim(range(4))
+    moving = [key_slot(store.keys.fence.encode()), key_slot(store.layout.records("acme", 1).encode())]
+
+    def reshard() -> None:
+        for slot in moving:
+            target = next(m for m in redis_cluster.masters() if m is not redis_cluster.master_of(slot))
+            redis_cluster.move_slot(slot, target, batch=1, pause=0.05)
+
+    mover = asyncio.create_task(asyncio.to_thread(reshard))
+    rounds = retries = 0
+    try:
+        while not mover.done() or rounds < 10:
+            rounds += 1
+            batch = _deltas(*(_calls(f"s{n}", 1) for n in range(10)))
+            _, again = await _retried(
+                lambda b=batch, r=rounds: store.merge(b, {0: (tokens[0], r)}, sequence=r)  # type: ignore[misc]
+            )
+            retries += again
+            for slot in range(4):
+                _, again = await _retried(lambda s=slot: store.fold_slot("acme", s, tokens[s]))  # type: ignore[misc]
+                retries += again
+    finally:
+        await mover
+    counts, _ = await _retried(lambda: _fold_all(store, tokens))
+    assert counts == {f"s{n}": rounds for n in range(10)}
+    for slot in moving:  # both moved for real
+        assert redis_cluster.master_of(slot).port == client.nodes_manager.get_node_from_slot(slot).port
+
+
+async def test_a_step_a_failover_loses_was_never_acknowledged_and_its_retry_applies_it_once() -> None:
+    """Asynchronous replication: the control tag's master applies a merge, its replica (frozen)
+    does not get it, the master dies and the replica is elected without it. The merge never
+    returned (no replica acknowledged it), so its offsets never reached Kafka; its retry (same
+    sequence) applies it on the new master, once."""
+    with EmbeddedRedisCluster(masters=3, replicas=1) as cluster:
+        client = RedisCluster.from_url(cluster.url)
+        client.test_prefix = f"cs-{uuid.uuid4().hex[:10]}"  # type: ignore[attr-defined]
+        try:
+            store = _store(client, slots=2, replica_wait_s=0.3)
+            tokens = await store.claim([0])
+            first = _deltas(_calls("a", 1))
+            assert await store.merge(first, {0: (tokens[0], 10)}, sequence=1)
+            master = cluster.master_of(key_slot(store.keys.fence.encode()))
+            replica = cluster.replica_of(master)
+            replica.pause()
+            with cluster.client(master) as direct:  # the replication link goes with it
+                direct.execute_command("CLIENT", "KILL", "TYPE", "replica")
+            second = _deltas(_calls("a", 2))
+            with pytest.raises(NotReplicatedError):
+                await store.merge(second, {0: (tokens[0], 20)}, sequence=2)
+            assert master.pid is not None
+            os.kill(master.pid, signal.SIGKILL)  # the step dies with it
+            replica.resume()
+            # Until the replica is elected: the cluster may still call itself ok (and map the
+            # slot to the dead master) before the nodes have marked the master failed.
+            slot = key_slot(store.keys.fence.encode())
+
+            def elected() -> None:
+                deadline = time.monotonic() + 60
+                while cluster.master_of(slot).port != replica.port and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                cluster.wait_ok()
+
+            await asyncio.to_thread(elected)
+            assert cluster.master_of(slot).port == replica.port
+            lost, _ = await _retried(lambda: store.applied_offsets([0]))
+            assert lost == {0: 10}  # the replica never had the second step
+            applied, _ = await _retried(lambda: store.merge(second, {0: (tokens[0], 20)}, sequence=2))
+            assert applied is True
+            assert await store.merge(second, {0: (tokens[0], 20)}, sequence=2) is False  # once
+            assert await store.applied_offsets([0]) == {0: 20}
+            tokens.update(await store.claim([1]))
+            counts, _ = await _retried(lambda: _fold_all(store, tokens))
+            assert counts == {"a": 3}
+        finally:
+            await client.aclose()
