@@ -4,6 +4,7 @@ shards over the masters; every script declares its keys, all in one hash slot (s
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -298,7 +299,9 @@ class ClusterStateStore(RedisStateStore):
             await self.replicated(layout.records(escaped, slot))
             await self._deliver(escaped, slot, pending)
         limit = self.active_series_limit
-        plan = self._fold_plan(
+        # CPU work per series of the slot: in a thread, as the single-node store's fold.
+        plan = await asyncio.to_thread(
+            self._fold_plan,
             stored,
             log,
             limit=limit,

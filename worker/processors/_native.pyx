@@ -110,40 +110,58 @@ cdef object _text(const unsigned char* buf, Py_ssize_t start, Py_ssize_t stop):
         return None
 
 
-cdef object _key_string(const unsigned char* buf, Py_ssize_t start, Py_ssize_t stop, object slow):
-    """An attribute value's key string (``string_value or _value_string``), None when not handled."""
+cdef int _value_kind(
+    const unsigned char* buf,
+    Py_ssize_t start,
+    Py_ssize_t stop,
+    Py_ssize_t* body_start,
+    Py_ssize_t* body_stop,
+    uint64_t* value,
+) noexcept:
+    """What an attribute value's key string is made of, read without building it: 0 (empty),
+    1 (a string: its body's range), 3 (an integer: its value), 9 (another type: the pure
+    function), NOT_HANDLED (left to protobuf)."""
     cdef Py_ssize_t pos = start
-    cdef Py_ssize_t body_stop
+    cdef Py_ssize_t end_of_body
     cdef uint64_t number
     cdef int wire
-    cdef uint64_t value
     cdef int fields = 0
     cdef int kind = 0
-    cdef Py_ssize_t body_start = 0
     while pos < stop:
         if _tag(buf, stop, &pos, &number, &wire) < 0:
-            return None
+            return NOT_HANDLED
         fields += 1
         if number == 1 and wire == 2:
-            if _length(buf, stop, &pos, &body_stop) < 0:
-                return None
+            if _length(buf, stop, &pos, &end_of_body) < 0:
+                return NOT_HANDLED
             kind = 1
-            body_start = pos
-            pos = body_stop
+            body_start[0] = pos
+            body_stop[0] = end_of_body
+            pos = end_of_body
         elif number == 3 and wire == 0:
-            if _varint(buf, stop, &pos, &value) < 0:
-                return None
+            if _varint(buf, stop, &pos, value) < 0:
+                return NOT_HANDLED
             kind = 3
         elif 2 <= number <= 7:
             if _skip(buf, stop, &pos, wire) < 0:
-                return None
+                return NOT_HANDLED
             kind = 9
         else:
-            return None  # an unknown field inside a value: not ours to judge
-    if fields == 0:
-        return ""
+            return NOT_HANDLED  # an unknown field inside a value: not ours to judge
     if fields > 1:
-        return None  # oneof rules (the last wins, messages merge): left to protobuf
+        return NOT_HANDLED  # oneof rules (the last wins, messages merge): left to protobuf
+    return kind
+
+
+cdef object _key_string(const unsigned char* buf, Py_ssize_t start, Py_ssize_t stop, object slow):
+    """An attribute value's key string (``string_value or _value_string``), None when not handled."""
+    cdef Py_ssize_t body_start, body_stop
+    cdef uint64_t value
+    cdef int kind = _value_kind(buf, start, stop, &body_start, &body_stop, &value)
+    if kind == NOT_HANDLED:
+        return None
+    if kind == 0:
+        return ""
     if kind == 1:
         return _text(buf, body_start, body_stop)
     if kind == 3:
@@ -413,39 +431,6 @@ cdef class _Values:
 
 # ------------------------------------------------------------------------------ span metrics
 
-cdef int _value_kind(const unsigned char* buf, Py_ssize_t start, Py_ssize_t stop) noexcept:
-    """What ``_key_string`` would do with an attribute value, without building it: 0 (empty),
-    1 (a string), 3 (an integer), 9 (the pure function), NOT_HANDLED (left to protobuf)."""
-    cdef Py_ssize_t pos = start
-    cdef Py_ssize_t body_stop
-    cdef uint64_t number, value
-    cdef int wire
-    cdef int fields = 0
-    cdef int kind = 0
-    while pos < stop:
-        if _tag(buf, stop, &pos, &number, &wire) < 0:
-            return NOT_HANDLED
-        fields += 1
-        if number == 1 and wire == 2:
-            if _length(buf, stop, &pos, &body_stop) < 0:
-                return NOT_HANDLED
-            kind = 1
-            pos = body_stop
-        elif number == 3 and wire == 0:
-            if _varint(buf, stop, &pos, &value) < 0:
-                return NOT_HANDLED
-            kind = 3
-        elif 2 <= number <= 7:
-            if _skip(buf, stop, &pos, wire) < 0:
-                return NOT_HANDLED
-            kind = 9
-        else:
-            return NOT_HANDLED  # an unknown field inside a value: not ours to judge
-    if fields > 1:
-        return NOT_HANDLED  # oneof rules (the last wins, messages merge): left to protobuf
-    return kind
-
-
 cdef class SpanScan:
     """What :func:`scan` read of a run of records: where its resources and spans lie, each
     span's fields and the ranges of its dimension values. Nothing is built per span here."""
@@ -476,7 +461,8 @@ def scan(bytes data, tuple slot_names, bint want_ids, double divisor, object slo
     """
     cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef Py_ssize_t slot_count = len(slot_names)
-    cdef Py_ssize_t index, slot, at
+    cdef Py_ssize_t index, slot, at, body_start, body_stop
+    cdef uint64_t value
     cdef _Range where
     for name in slot_names:
         if not isinstance(name, bytes):
@@ -503,7 +489,7 @@ def scan(bytes data, tuple slot_names, bint want_ids, double divisor, object slo
             return None
         for slot in range(slot_count):
             if result.starts[at + slot] >= 0 and _value_kind(
-                buf, result.starts[at + slot], result.stops[at + slot]
+                buf, result.starts[at + slot], result.stops[at + slot], &body_start, &body_stop, &value
             ) < 0:
                 return None
     return result
