@@ -4,7 +4,6 @@ shards over the masters; every script declares its keys, all in one hash slot (s
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -299,20 +298,15 @@ class ClusterStateStore(RedisStateStore):
             await self.replicated(layout.records(escaped, slot))
             await self._deliver(escaped, slot, pending)
         limit = self.active_series_limit
-        # CPU work per series of the slot: in a thread, as the single-node store's fold.
-        plan = await asyncio.to_thread(
-            self._fold_plan,
+        plan = await self._plan_off_loop(
             stored,
             log,
-            limit=limit,
             delta_mode=delta_mode,
-            expire_before_us=expire_before_ns // 1000,
-            reset_emitted_us=None if reset_emitted_ns is None else reset_emitted_ns // 1000,
-            now_us=now_ns // 1000,
-            resource_expire_before_us=resource_expire_before_ns // 1000,
-            resource_seen_us=None
-            if resource_seen_ns is None
-            else {rid: seen // 1000 for rid, seen in resource_seen_ns.items()},
+            expire_before_ns=expire_before_ns,
+            reset_emitted_ns=reset_emitted_ns,
+            now_ns=now_ns,
+            resource_expire_before_ns=resource_expire_before_ns,
+            resource_seen_ns=resource_seen_ns,
         )
         if not (plan.updates or plan.created or plan.expired or log or new_cursor != cursor):
             return FoldResult(committed=True, live=plan.live, version=int(version), zero_owed=plan.zero_owed)

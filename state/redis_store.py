@@ -264,6 +264,37 @@ class RedisStateStore:
             stored, log, version = await pipe.execute()
         return stored, log, "0" if version is None else _text(version)
 
+    async def _plan_off_loop(
+        self,
+        stored: Mapping[bytes, bytes],
+        log: Sequence[bytes],
+        *,
+        delta_mode: bool,
+        expire_before_ns: int,
+        reset_emitted_ns: int | None,
+        now_ns: int,
+        resource_expire_before_ns: int,
+        resource_seen_ns: Mapping[str, int] | None,
+    ) -> FoldPlan:
+        """:meth:`_fold_plan` for :meth:`fold_slot`'s arguments (times in µs, as the records),
+        under the store's series limit. CPU work per series of the slot: in a thread, so that the
+        event loop keeps running (heartbeats, probes) while a large slot folds; nothing else
+        touches its inputs."""
+        return await asyncio.to_thread(
+            self._fold_plan,
+            stored,
+            log,
+            limit=self.active_series_limit,
+            delta_mode=delta_mode,
+            expire_before_us=expire_before_ns // 1000,
+            reset_emitted_us=None if reset_emitted_ns is None else reset_emitted_ns // 1000,
+            now_us=now_ns // 1000,
+            resource_expire_before_us=resource_expire_before_ns // 1000,
+            resource_seen_us=None
+            if resource_seen_ns is None
+            else {rid: seen // 1000 for rid, seen in resource_seen_ns.items()},
+        )
+
     def _fold_plan(self, stored: Mapping[bytes, bytes], log: Sequence[bytes], **options: Any) -> FoldPlan:
         return fold_log(
             stored,
@@ -298,21 +329,15 @@ class RedisStateStore:
         token is stale or another fold committed in between."""
         escaped = escape_tenant(tenant)
         stored, log, version = await self._read_slot_and_log(escaped, slot)
-        # The fold is CPU work per series of the slot: in a thread, so that the event loop keeps
-        # running (heartbeats, probes) while a large slot folds; nothing else touches its inputs.
-        plan = await asyncio.to_thread(
-            self._fold_plan,
+        plan = await self._plan_off_loop(
             stored,
             log,
-            limit=self.active_series_limit,
             delta_mode=delta_mode,
-            expire_before_us=expire_before_ns // 1000,
-            reset_emitted_us=None if reset_emitted_ns is None else reset_emitted_ns // 1000,
-            now_us=now_ns // 1000,
-            resource_expire_before_us=resource_expire_before_ns // 1000,
-            resource_seen_us=None
-            if resource_seen_ns is None
-            else {rid: seen // 1000 for rid, seen in resource_seen_ns.items()},
+            expire_before_ns=expire_before_ns,
+            reset_emitted_ns=reset_emitted_ns,
+            now_ns=now_ns,
+            resource_expire_before_ns=resource_expire_before_ns,
+            resource_seen_ns=resource_seen_ns,
         )
         if not (plan.updates or plan.created or plan.expired or log):
             return FoldResult(committed=True, live=plan.live, version=int(version), zero_owed=plan.zero_owed)

@@ -3,25 +3,14 @@ from typing import Any
 
 class SpanScan:
     data: bytes
-    @property
-    def span_count(self) -> int: ...
 
-def scan(
-    data: bytes,
-    slot_names: tuple[bytes, ...],
-    want_ids: bool,
-    divisor: float,
-    slow: Callable[[bytes], str | None],
-) -> SpanScan | None: ...
+def scan(data: bytes, slot_names: tuple[bytes, ...]) -> SpanScan | None: ...
 def fold(
     processor: Any,
     scanned: SpanScan,
-    data: bytes,
     tenant: str,
     stats: Any,
     parse_span: Callable[[bytes], Any],
-    slot_names: tuple[bytes, ...],
-    want_ids: bool,
     divisor: float,
     slow: Callable[[bytes], str | None],
 ) -> None: ...

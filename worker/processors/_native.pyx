@@ -228,8 +228,6 @@ cdef _Layout _layout(const unsigned char* buf, Py_ssize_t end):
     cdef _Layout layout = _Layout()
     cdef Py_ssize_t pos = 0
     cdef Py_ssize_t stop, inner, inner_stop, scope_pos, scope_stop, span_stop
-    cdef Py_ssize_t resource_start, resource_stop
-    cdef Py_ssize_t first_span
     cdef uint64_t number
     cdef int wire
     cdef bint resource_seen
@@ -447,16 +445,11 @@ cdef class SpanScan:
         free(self.starts)
         free(self.stops)
 
-    @property
-    def span_count(self):
-        return self.layout.span_count
 
-
-def scan(bytes data, tuple slot_names, bint want_ids, double divisor, object slow):
+def scan(bytes data, tuple slot_names):
     """Serialized ``ExportTraceServiceRequest`` -> a :class:`SpanScan`, or None when not handled.
 
-    ``slot_names``: the dimension names (UTF-8) whose values :func:`fold` reads. The other
-    arguments are :func:`fold`'s (kept here so both calls read alike). Every read is
+    ``slot_names``: the dimension names (UTF-8) whose values :func:`fold` reads. Every read is
     bounds-checked; nothing here raises on bad bytes.
     """
     cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
@@ -574,7 +567,6 @@ cdef class _Fold:
 
     cdef object processor
     cdef bint include_service, include_name, include_kind, include_status, no_exclusions
-    cdef Py_ssize_t slot_count
     cdef bint only_base_slots
     cdef list base_slots, calls_slots, histogram_slots
     cdef bint histogram_enabled, paired
@@ -584,7 +576,6 @@ cdef class _Fold:
     cdef double* bounds
     cdef Py_ssize_t bound_count
     cdef double divisor
-    cdef bint want_ids
     cdef bytes data
     cdef str tenant
     cdef object stats, now
@@ -618,8 +609,8 @@ cdef class _Fold:
         return acc
 
 
-def fold(processor, SpanScan scanned, bytes data, str tenant, object stats, object parse_span,
-         tuple slot_names, bint want_ids, double divisor, object slow):
+def fold(processor, SpanScan scanned, str tenant, object stats, object parse_span, double divisor,
+         object slow):
     """Aggregate scanned spans into ``processor``'s accumulators exactly as its ``_observe_spans``.
 
     Mirrors ``SpanMetricsProcessor.consume`` for the configurations ``native_unsupported`` passes
@@ -627,7 +618,10 @@ def fold(processor, SpanScan scanned, bytes data, str tenant, object stats, obje
     dimension values as bytes) was counted before in this interval adds to that key's series in
     C; the others (and every span while a series still takes exemplars, or an exponential
     histogram) go through the Python fold, after the C additions so far are applied.
+    ``divisor``: nanoseconds per histogram unit; ``slow(value bytes)``: the key string of a
+    serialized AnyValue the fold does not render itself.
     """
+    cdef bytes data = scanned.data
     cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef _Layout layout = scanned.layout
     cdef Py_ssize_t index, resource_index, slot
@@ -660,7 +654,6 @@ def fold(processor, SpanScan scanned, bytes data, str tenant, object stats, obje
     ctx.include_kind = processor._include_kind
     ctx.include_status = processor._include_status
     ctx.no_exclusions = processor._no_exclusions
-    ctx.slot_count = len(processor._slot_names)
     ctx.only_base_slots = processor._only_base_slots
     ctx.base_slots = processor._base_slots
     ctx.calls_slots = processor._calls_slots
@@ -680,7 +673,6 @@ def fold(processor, SpanScan scanned, bytes data, str tenant, object stats, obje
     ctx.parse_span = parse_span
     ctx.slow = slow
     ctx.divisor = divisor
-    ctx.want_ids = want_ids
     ctx.data = data
     ctx.tenant = tenant
     ctx.stats = stats
@@ -699,14 +691,14 @@ def fold(processor, SpanScan scanned, bytes data, str tenant, object stats, obje
         ctx.flush()
 
 
-cdef inline double _duration(_Span* span, double divisor) except? -1.0:
-    """The pure path's ``(end - start) / divisor``: exact in C while the difference is exact as a
-    double (2**53 ns, 104 days); beyond, Python's own arithmetic."""
-    if span.end_ns <= span.start_ns:
+cdef inline double _elapsed(uint64_t start, uint64_t end, double divisor) except? -1.0:
+    """The pure paths' ``(end - start) / divisor if end > start else 0.0``: exact in C while the
+    difference is exact as a double (2**53 ns, 104 days); beyond, Python's own arithmetic."""
+    if end <= start:
         return 0.0
-    if span.end_ns - span.start_ns < (<uint64_t>1 << 53):
-        return <double>(span.end_ns - span.start_ns) / divisor
-    return (<object>span.end_ns - <object>span.start_ns) / divisor
+    if end - start < (<uint64_t>1 << 53):
+        return <double>(end - start) / divisor
+    return (<object>end - <object>start) / divisor
 
 
 cdef _fold_all(
@@ -805,7 +797,7 @@ cdef _fold_all(
                 if not acc.active:
                     acc.start()
                     ctx.active.append(acc)
-                duration = _duration(span, ctx.divisor)
+                duration = _elapsed(span.start_ns, span.end_ns, ctx.divisor)
                 acc.count += weight
                 acc.total += duration * <double>weight
                 acc.bucket_adds[_bisect_left(ctx.bounds, ctx.bound_count, duration)] += weight
@@ -830,7 +822,7 @@ cdef tuple _fold_one(
         raise ValueError("invalid UTF-8 in a span protobuf accepted")
     kind = span.kind
     status = span.status
-    duration = _duration(span, ctx.divisor)
+    duration = _elapsed(span.start_ns, span.end_ns, ctx.divisor)
     service = resource.service_name if ctx.include_service else None
     if not ctx.no_exclusions:
         name = name if ctx.include_name else None
@@ -1036,15 +1028,6 @@ def scan_edges(bytes data, tuple names, object parse_value):
     return [tuple(entry) for entry in result]
 
 
-cdef inline object _seconds(uint64_t start, uint64_t end):
-    """The pure path's ``(end - start) / 1e9 if end > start else 0.0``."""
-    if end <= start:
-        return 0.0
-    if end - start < (<uint64_t>1 << 53):
-        return <double>(end - start) / 1e9
-    return (<object>end - <object>start) / 1e9
-
-
 cdef object _span_attribute(tuple names, dict attributes, object tempo_string):
     """``attributes.span_attribute``: the first of ``names`` on the span, as a Tempo string."""
     for name in names:
@@ -1222,7 +1205,7 @@ def observe_edges(
                     # Tempo's updateClientEdge, upsertDatabaseRequest and upsertPeerNode.
                     edge.connection_type = "messaging_system" if kind == 4 else ""
                     edge.client = service
-                    seconds = _seconds(span.start_ns, span.end_ns)
+                    seconds = _elapsed(span.start_ns, span.end_ns, 1e9)
                     edge.client_seconds = seconds
                     edge.client_end_ns = span.end_ns
                     if span.code == 2:
@@ -1244,7 +1227,7 @@ def observe_edges(
                 else:
                     edge.connection_type = "messaging_system" if kind == 5 else ""
                     edge.server = service
-                    edge.server_seconds = _seconds(span.start_ns, span.end_ns)
+                    edge.server_seconds = _elapsed(span.start_ns, span.end_ns, 1e9)
                     edge.server_start_ns = span.start_ns
                     if span.code == 2:
                         edge.failed = True

@@ -372,7 +372,7 @@ class SpanMetricsProcessor:
         if _NATIVE is None or not self.native_ready:
             return None
         names = self._slot_encoded
-        resources = _NATIVE.scan(data, names, bool(self._exemplars), self._divisor, _slow_key_string)
+        resources = _NATIVE.scan(data, names)
         return None if resources is None else Scanned(data, resources)
 
     def consume_scanned(self, scanned: Scanned, tenant: str) -> ConsumeStats:
@@ -380,16 +380,7 @@ class SpanMetricsProcessor:
         assert _NATIVE is not None
         stats = ConsumeStats()
         _NATIVE.fold(
-            self,
-            scanned.resources,
-            scanned.data,
-            tenant,
-            stats,
-            _SPAN_CLASS.FromString,
-            self._slot_encoded,
-            bool(self._exemplars),
-            self._divisor,
-            _slow_key_string,
+            self, scanned.resources, tenant, stats, _SPAN_CLASS.FromString, self._divisor, _slow_key_string
         )
         return stats
 
