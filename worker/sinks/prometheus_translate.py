@@ -35,6 +35,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import lru_cache
 
 from state.codec import attributes_of_parts
 from worker.model.series import Attributes, Exemplar, MetricDescriptor, MetricKind, Series, companion_series
@@ -303,6 +304,11 @@ class _Resource:
     target_info: tuple[tuple[str, str], ...] | None
 
 
+#: Bounded memos of the two per-data-point conversions (label names and ``le`` values repeat).
+_cached_label = lru_cache(maxsize=4096)(normalize_label)
+_cached_le = lru_cache(maxsize=4096)(format_le)
+
+
 class Translator:
     """Translates one slot's folded series (one tenant) into Prometheus time series.
 
@@ -313,9 +319,7 @@ class Translator:
         self.descriptors = dict(descriptors)
         self.sanitize_labels = sanitize_labels
         self._names: dict[str, str] = {}
-        self._label_names: dict[str, str] = {}
         self._parts: dict[bytes, tuple[str, str]] = {}
-        self._les: dict[float, str] = {}
 
     # ------------------------------------------------------------------ helpers
 
@@ -324,14 +328,6 @@ class Translator:
         name = self._names.get(key)
         if name is None:
             name = self._names[key] = metric_name(descriptor.name, descriptor.unit, descriptor.kind)
-        return name
-
-    def _label_name(self, key: str) -> str:
-        name = self._label_names.get(key)
-        if name is None:
-            if len(self._label_names) > 4096:
-                self._label_names.clear()
-            name = self._label_names[key] = normalize_label(key)
         return name
 
     def _point_attributes(self, series: Series) -> list[tuple[str, str]]:
@@ -378,7 +374,7 @@ class Translator:
     def _merge_resource(self, attributes: Iterable[tuple[str, str]]) -> dict[str, str]:
         labels: dict[str, str] = {}
         for key, value in sorted(attributes, key=lambda pair: pair[0]):
-            name = self._label_name(key)
+            name = _cached_label(key)
             existing = labels.get(name)
             labels[name] = value if existing is None else existing + ";" + value
         return labels
@@ -488,7 +484,7 @@ class Translator:
             if index >= len(buckets):
                 break
             cumulative += buckets[index]
-            target = _series_for(out, labels.bucket(bucket_name, self._le(bound)))
+            target = _series_for(out, labels.bucket(bucket_name, _cached_le(bound)))
             if zero_ms is not None:
                 target.samples.append((zero_ms, 0.0))
             target.samples.append((now_ms, float(cumulative)))
@@ -506,14 +502,6 @@ class Translator:
                     if converted.value <= bound:
                         target.exemplars.append(converted)
                         break
-
-    def _le(self, bound: float) -> str:
-        text = self._les.get(bound)
-        if text is None:
-            if len(self._les) > 4096:
-                self._les.clear()
-            text = self._les[bound] = format_le(bound)
-        return text
 
 
 class _Labels:
