@@ -126,15 +126,7 @@ class EmbeddedRedisCluster:
         replica = self.replica_of(master)
         with self.client(replica) as client:
             client.execute_command("CLUSTER", "FAILOVER")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(redis.RedisError), self.client(replica) as client:
-                if client.info("replication").get("role") == "master":
-                    break
-            time.sleep(0.1)
-        else:
-            raise DevServerError(f"the replica on port {replica.port} did not take over in time")
-        self.wait_ok(timeout)
+        self._wait_promoted(replica, timeout, "did not take over")
         return replica
 
     def kill(self, node: EmbeddedRedis, timeout: float = 30.0) -> EmbeddedRedis:
@@ -145,6 +137,11 @@ class EmbeddedRedisCluster:
         if pid is None:
             raise DevServerError(f"the node on port {node.port} is not running")
         os.kill(pid, signal.SIGKILL)
+        self._wait_promoted(replica, timeout, "was not elected")
+        return replica
+
+    def _wait_promoted(self, replica: EmbeddedRedis, timeout: float, failure: str) -> None:
+        """Until ``replica`` says it is a master, then until the cluster is ok again."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(redis.RedisError), self.client(replica) as client:
@@ -152,9 +149,8 @@ class EmbeddedRedisCluster:
                     break
             time.sleep(0.1)
         else:
-            raise DevServerError(f"the replica on port {replica.port} was not elected in time")
+            raise DevServerError(f"the replica on port {replica.port} {failure} in time")
         self.wait_ok(timeout)
-        return replica
 
     def revive(self, node: EmbeddedRedis, timeout: float = 30.0) -> None:
         """Start a killed node again (same port, data dir and nodes.conf): it rejoins as a replica
