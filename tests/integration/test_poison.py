@@ -13,8 +13,8 @@ from aiokafka import AIOKafkaConsumer
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from devtools.servers import create_topics
+from tests.poison import raise_on_poison
 from worker.config import Settings
-from worker.otlp.batch import group_request, parse_batch
 from worker.processors.servicegraphs.processor import ServiceGraphsProcessor
 
 from .helpers import Observed, RunningWorker, produce, read_until, span_count, traces
@@ -37,38 +37,6 @@ def _settings(kafka: str, redis: str, name: str) -> Settings:
         worker={"revoke_deadline": "5s", "shutdown_grace": "10s"},
         http={"enabled": False},
     )
-
-
-def _raise_on_poison(monkeypatch: pytest.MonkeyPatch) -> None:
-    original = ServiceGraphsProcessor.consume
-
-    def consume(self: Any, request: Any, tenant: str, partition: int = 0, *, groups: Any = None) -> Any:
-        stats = original(self, request, tenant, partition, groups=groups)
-        for _, _, scopes in group_request(request) if groups is None else groups:
-            if any("poison" in span.attributes for _, spans in scopes for span in spans):
-                raise RuntimeError("poisoned span")
-        return stats
-
-    monkeypatch.setattr(ServiceGraphsProcessor, "consume", consume)
-    # The compiled edge scan keeps only the attributes the processor reads: the marker is noted
-    # at the scan (Pipeline.decode), which precedes the run's consume_scanned.
-    original_scan = ServiceGraphsProcessor.scan
-    original_scanned = ServiceGraphsProcessor.consume_scanned
-    marked: list[bool] = []
-
-    def scan(self: Any, data: bytes) -> Any:
-        groups = group_request(parse_batch(data))
-        marked[:] = [any("poison" in s.attributes for _, _, scopes in groups for _, ss in scopes for s in ss)]
-        return original_scan(self, data)
-
-    def consume_scanned(self: Any, scanned: Any, tenant: str, partition: int = 0) -> Any:
-        stats = original_scanned(self, scanned, tenant, partition)
-        if marked == [True]:
-            raise RuntimeError("poisoned span")
-        return stats
-
-    monkeypatch.setattr(ServiceGraphsProcessor, "scan", scan)
-    monkeypatch.setattr(ServiceGraphsProcessor, "consume_scanned", consume_scanned)
 
 
 async def _dead_letters(kafka: str, topic: str, wanted: int) -> list[Any]:
@@ -106,7 +74,7 @@ async def test_a_record_whose_processing_raises_counts_nothing_and_is_dead_lette
             good.append(request)
     expected = span_count(good)
     await produce(kafka_bootstrap, f"{unique_name}-in", [(k, r.SerializeToString()) for k, r in batch])
-    _raise_on_poison(monkeypatch)
+    raise_on_poison(monkeypatch, ServiceGraphsProcessor)
 
     started = time.monotonic()
     async with RunningWorker(settings) as running:

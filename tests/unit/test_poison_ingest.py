@@ -23,11 +23,11 @@ from prometheus_client import CollectorRegistry
 
 from devtools.loadgen.model import TraceGenerator, build_model
 from state.memory_store import MemoryStore
+from tests.poison import raise_on_poison
 from worker.config import Settings
 from worker.observability.selfmetrics import WorkerMetrics
 from worker.observability.stats import WorkerStats
 from worker.offline import LocalWorker
-from worker.otlp.batch import ResourceGroup, group_request, parse_batch
 from worker.processors.pipeline import Pipeline
 from worker.processors.servicegraphs.processor import ServiceGraphsProcessor
 from worker.processors.spanmetrics.processor import SpanMetricsProcessor
@@ -111,56 +111,6 @@ class _SendFailed(Exception):
 class _BrokenProducer(_Producer):
     async def send_and_wait(self, topic: str, value: bytes, **kwargs: Any) -> None:
         raise _SendFailed("the DLQ topic is unreachable")
-
-
-def _poisoned(request: Any, groups: list[ResourceGroup] | None) -> bool:
-    groups = group_request(request) if groups is None else groups
-    return any(
-        "poison" in span.attributes for _, _, scopes in groups for _, spans in scopes for span in spans
-    )
-
-
-def _raise_on_poison(monkeypatch: pytest.MonkeyPatch, processor: type[Any]) -> None:
-    """``processor`` aggregates the request as usual, then raises when a span is marked."""
-    original = processor.consume
-
-    def consume(self: Any, request: Any, tenant: str, partition: int = 0, *, groups: Any = None) -> Any:
-        stats = original(self, request, tenant, partition, groups=groups)
-        if _poisoned(request, groups):
-            raise RuntimeError("poisoned span")
-        return stats
-
-    monkeypatch.setattr(processor, "consume", consume)
-    if processor is SpanMetricsProcessor:
-        # The compiled ingest's entry point raises alike (see Pipeline.decode).
-        original_scanned = SpanMetricsProcessor.consume_scanned
-
-        def consume_scanned(self: Any, scanned: Any, tenant: str) -> Any:
-            stats = original_scanned(self, scanned, tenant)
-            if _poisoned(parse_batch(scanned.data), None):
-                raise RuntimeError("poisoned span")
-            return stats
-
-        monkeypatch.setattr(SpanMetricsProcessor, "consume_scanned", consume_scanned)
-    if processor is ServiceGraphsProcessor:
-        # The compiled edge scan keeps only the attributes the processor reads: the marker is
-        # noted at the scan (Pipeline.decode), which precedes the run's consume_scanned.
-        original_scan = ServiceGraphsProcessor.scan
-        original_edges = ServiceGraphsProcessor.consume_scanned
-        marked: list[bool] = []
-
-        def scan(self: Any, data: bytes) -> Any:
-            marked[:] = [_poisoned(parse_batch(data), None)]
-            return original_scan(self, data)
-
-        def consume_edges(self: Any, scanned: Any, tenant: str, partition: int = 0) -> Any:
-            stats = original_edges(self, scanned, tenant, partition)
-            if marked == [True]:
-                raise RuntimeError("poisoned span")
-            return stats
-
-        monkeypatch.setattr(ServiceGraphsProcessor, "scan", scan)
-        monkeypatch.setattr(ServiceGraphsProcessor, "consume_scanned", consume_edges)
 
 
 def _records(
@@ -305,7 +255,7 @@ def test_a_record_whose_processing_raises_counts_nothing_and_is_dead_lettered_on
     expected, none = asyncio.run(_run(good))
     assert none.sent == []
 
-    _raise_on_poison(monkeypatch, processor)
+    raise_on_poison(monkeypatch, processor)
     started = time.monotonic()
     counted, producer = asyncio.run(_run(logs))
     seconds = time.monotonic() - started
@@ -339,7 +289,7 @@ def test_a_worker_killed_after_the_dlq_send_leaves_the_record_to_be_dead_lettere
     """At-least-once to the DLQ, exactly once into the counts."""
     logs, poisoned = _records(300, poison_every=37)
     expected = _expected(logs, poisoned)
-    _raise_on_poison(monkeypatch, ServiceGraphsProcessor)
+    raise_on_poison(monkeypatch, ServiceGraphsProcessor)
 
     async def scenario() -> tuple[Counter[Any], _Producer]:
         store = MemoryStore(slots=PARTITIONS, max_exemplars=Pipeline(SETTINGS).max_exemplars)
@@ -358,7 +308,7 @@ def test_a_failed_dlq_send_leaves_nothing_partial_for_the_final_checkpoint(
 ) -> None:
     logs, poisoned = _records(300, poison_every=37)
     expected = _expected(logs, poisoned)
-    _raise_on_poison(monkeypatch, SpanMetricsProcessor)
+    raise_on_poison(monkeypatch, SpanMetricsProcessor)
 
     async def scenario() -> tuple[Counter[Any], _Producer]:
         store = MemoryStore(slots=PARTITIONS, max_exemplars=Pipeline(SETTINGS).max_exemplars)
