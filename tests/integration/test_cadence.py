@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiokafka import AIOKafkaConsumer
@@ -12,6 +13,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 
 from devtools.servers import create_topics
 from worker.config import Settings
+from worker.sinks.base import Delivery, Sink
 
 from .helpers import RunningWorker, make_settings, produce, span_count, traces
 
@@ -144,3 +146,53 @@ async def _run(kafka_bootstrap: str, redis_url: str, unique_name: str) -> None:
     assert merge_only >= 2 * len(times), (stats.flushes, len(times))  # merge-only flushes ran
     assert max(gaps) < 1.75 * INTERVAL_S, gaps
     assert stats.emissions_skipped == 0
+
+
+class GatedSink:
+    """The worker's own sink, each publication held until the test opens the gate."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def publish(self, *args: Any, **kwargs: Any) -> Delivery:
+        self.waiting.set()
+        await self.gate.wait()
+        return await self.sink.publish(*args, **kwargs)
+
+
+async def test_consumption_goes_on_while_an_emission_runs(
+    kafka_bootstrap: str, redis_url: str, unique_name: str
+) -> None:
+    settings = make_settings(kafka_bootstrap, redis_url, unique_name)
+    await create_topics(
+        kafka_bootstrap, {f"{unique_name}-in": 2, f"{unique_name}-out": 2, f"{unique_name}-dlq": 1}
+    )
+    first, second = traces(300), traces(500)
+    expected = span_count(request for _, request in first + second)
+    await produce(kafka_bootstrap, f"{unique_name}-in", [(k, r.SerializeToString()) for k, r in first])
+
+    async with RunningWorker(settings) as running:
+        worker = running.worker
+        assert worker.emission is not None
+        gated = GatedSink(worker.emission.slots.sinks[0])
+        worker.emission.slots.sinks[0] = gated
+        await asyncio.wait_for(gated.waiting.wait(), timeout=30)  # an emission is under way
+        assert worker.emitting()
+        # Held in its publication for longer than an interval: the loop keeps consuming.
+        await produce(kafka_bootstrap, f"{unique_name}-in", [(k, r.SerializeToString()) for k, r in second])
+        deadline = time.monotonic() + 30
+        consumed = worker.stats.spans
+        while consumed < expected and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            consumed = worker.stats.spans
+        assert consumed == expected
+        assert worker.emitting()
+        await asyncio.sleep(1.5 * INTERVAL_S)
+        gated.gate.set()
+        _, total = await _emission_times(kafka_bootstrap, f"{unique_name}-out", expected, timeout=60)
+        stats = worker.stats
+
+    assert total == expected  # everything consumed meanwhile was counted, once
+    assert stats.emissions_late >= 1  # the emission due while the first one was held began late

@@ -63,6 +63,7 @@ class Rebalance:
         self.generation: str | None = None
         #: Why the state was found lost, while the recovery has not succeeded yet.
         self._lost: str | None = None
+        self._checking = asyncio.Lock()
 
     async def attach(self, store: SeriesStore, checkpoint: Checkpoint) -> None:
         """Remember the store's generation (created when missing), then take part in rebalances."""
@@ -199,6 +200,11 @@ class Rebalance:
         or applied offset is missing or lower than what this worker held (both only grow; what it
         held was taken before this read, so a concurrent merge cannot look like a loss).
         """
+        # One at a time: the loop's flush and a background emission may both ask.
+        async with self._checking:
+            return await self._check_state(held)
+
+    async def _check_state(self, held: Held | None) -> bool:
         store = self.store
         if store is None or self.generation is None:
             return False

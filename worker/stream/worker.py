@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import time
 import uuid
 from typing import Any
@@ -29,6 +28,7 @@ from worker.observability.selfmetrics import WorkerMetrics
 from worker.observability.stats import WorkerStats
 from worker.processors.pipeline import Pipeline
 from worker.processors.servicegraphs.processor import ServiceGraphsProcessor
+from worker.runtime import collection_paused
 from worker.sinks.base import Sink
 from worker.sinks.kafka import KafkaSink
 from worker.sinks.remote_write import RemoteWriteSink
@@ -38,7 +38,7 @@ from worker.stream.clients import kafka_start_problem, make_consumer, make_produ
 from worker.stream.emission import Emission
 from worker.stream.ingest import Ingest
 from worker.stream.partitions import Partitions
-from worker.stream.rebalance import Listener, Rebalance
+from worker.stream.rebalance import Held, Listener, Rebalance
 from worker.stream.retry import RetryInterrupted
 from worker.stream.slots import EmitReport
 
@@ -55,6 +55,8 @@ KAFKA_OPTIONS = (
     "set by kafka.bootstrap_servers or env KAFKA_BOOTSTRAP_SERVERS / SPANMETRICS_KAFKA__BOOTSTRAP_SERVERS"
 )
 
+#: How long a fetch waits at most while an emission is due but the previous one still runs.
+_EMISSION_POLL = 0.05
 #: How often unclaimed or unsettled partitions are tried again while Redis is away.
 _SETTLE_PERIOD = 2.0
 #: Shares of ``shutdown_grace`` from SIGTERM: the step in progress ends by the first, the final
@@ -134,6 +136,8 @@ class StreamWorker:
         self._stop = asyncio.Event()
         self._stop_at: float | None = None
         self._drain: asyncio.Timeout | None = None
+        #: The run loop's emission in progress: consumption goes on meanwhile.
+        self._emitting: asyncio.Task[EmitReport | None] | None = None
         self._next_settle = 0.0
         self.partitions = 0
         self.last_tick = time.monotonic()
@@ -306,9 +310,14 @@ class StreamWorker:
                         async with shared.lock:
                             self.pipeline.expire(time.time_ns())
                         next_expiry = self.last_tick + _EXPIRY_PERIOD
+                    if self._emitting is not None and self._emitting.done():
+                        await self._finish_emission()  # raises what the emission raised
                     # Without waiting when an emission is due, but always: an emission longer
-                    # than the interval must not stop consumption.
+                    # than the interval must not stop consumption. Due while the previous
+                    # emission still runs: it begins as soon as that one ends.
                     timeout = min(cadence.until_due(time.monotonic()), 0.5)
+                    if self.emitting():
+                        timeout = max(timeout, _EMISSION_POLL)
                     batch = await self.consumer.getmany(
                         timeout_ms=int(timeout * 1000), max_records=self.settings.kafka.max_poll_records
                     )
@@ -322,7 +331,7 @@ class StreamWorker:
                         await self._scheduled_flush(cadence, emit=False)
                         # Due meanwhile: the emission goes now, not after the next fetch.
                         kind = cadence.next_flush(time.monotonic(), buffer_full=False)
-                    if kind == EMIT:
+                    if kind == EMIT and not self.emitting():
                         await self._scheduled_flush(cadence, emit=True)
         except TimeoutError:
             if self._drain is None or not self._drain.expired():
@@ -352,7 +361,7 @@ class StreamWorker:
                     "emission late", lateness_seconds=round(slot.lateness, 3), skipped=slot.skipped
                 )
         try:
-            await self.flush(emit=emit)
+            await self.flush(emit=emit, background=True)
         except RetryInterrupted:
             # A stop or a rebalance came first; the partitions are unsettled.
             self._next_settle = time.monotonic() + _SETTLE_PERIOD
@@ -388,6 +397,10 @@ class StreamWorker:
         grace = self.settings.worker.shutdown_grace
         began = self._stop_at if self._stop_at is not None else loop.time()
         end = began + grace * _END_SHARE
+        try:
+            await self._finish_emission(max(0.0, began + grace * _DRAIN_SHARE - loop.time()))
+        except Exception as exc:  # the final flush goes on: it stores what memory holds
+            self.log.error("emission failed", error=str(exc))
         if self.checkpoint is not None and set(self.shared.tokens) - self.shared.unsettled:
             try:
                 async with asyncio.timeout_at(began + grace * _FLUSH_SHARE):
@@ -426,11 +439,15 @@ class StreamWorker:
 
     # ------------------------------------------------------------------ flush
 
-    async def flush(self, *, emit: bool = True, final: bool = False) -> EmitReport | None:
+    async def flush(
+        self, *, emit: bool = True, final: bool = False, background: bool = False
+    ) -> EmitReport | None:
         """Checkpoint (Redis, then Kafka), then emit the owned slots; None when fenced or not started.
 
-        Its Redis retries give way to a stop request and to a rebalance waiting for the lock,
-        except in the ``final`` flush at shutdown (bounded by the caller).
+        ``background``: the emission runs as a task while the loop goes on consuming (the run
+        loop's emitting flushes); None is returned at once and the flush is reported when the
+        emission ends. Its Redis retries give way to a stop request and to a rebalance waiting
+        for the lock, except in the ``final`` flush at shutdown (bounded by the caller).
         """
         assert self.checkpoint is not None and self.emission is not None, "flush before start()"
         started = time.monotonic()
@@ -439,29 +456,58 @@ class StreamWorker:
         rebalance = self.rebalance
         await rebalance.check_state()
         held = rebalance.held()
-        # The flush allocates several objects per series, none in reference cycles; with 100k+
-        # live objects each collection would scan them all. Paused, not skipped.
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            shared = self.shared
-            interrupt = () if final else (shared.stopping, shared.lock.wanted)
+        shared = self.shared
+        interrupt = () if final else (shared.stopping, shared.lock.wanted)
+        with collection_paused():
             if not await self.checkpoint.run(interrupt=interrupt):
                 await rebalance.check_state(held)
                 return None
-            report = await self.emission.run() if emit else None
-        finally:
-            if gc_was_enabled:
-                gc.enable()
+        if emit and background:
+            self._emitting = asyncio.create_task(self._emit(started, held, final), name="emission")
+            return None
+        return await self._emit(started, held, final) if emit else await self._flushed(started, None, final)
+
+    def emitting(self) -> bool:
+        """An emission started by the run loop is still running."""
+        return self._emitting is not None and not self._emitting.done()
+
+    async def _finish_emission(self, timeout: float | None = None) -> None:
+        """Wait for the background emission (cancelled past ``timeout``); raise what it raised."""
+        task, self._emitting = self._emitting, None
+        if task is None:
+            return
+        if not task.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self.log.warning("emission in progress abandoned at shutdown")
+            return
+        task.result()
+
+    async def _emit(self, started: float, held: Held, final: bool) -> EmitReport | None:
+        """The emission of a flush whose checkpoint is done, then its report."""
+        assert self.emission is not None
+        with collection_paused():
+            report = await self.emission.run()
+        rebalance = self.rebalance
         if report is not None and report.skipped:
             await rebalance.check_state(held)
         elif report is not None and set(rebalance.assigned()) <= set(report.slots):
             self.metrics.observe_emission()  # every assigned partition's slot was published
+        return await self._flushed(started, report, final, emitting=True)
+
+    async def _flushed(
+        self, started: float, report: EmitReport | None, final: bool, *, emitting: bool = False
+    ) -> EmitReport | None:
+        """Count and log a flush that ended (its emission too, when it emitted)."""
         stats = self.stats
         stats.flushes += 1
         stats.last_flush_seconds = time.monotonic() - started
         # An emission that failed (Redis, Kafka) does not advance the alert's timestamp either.
-        self.metrics.observe_flush(stats.last_flush_seconds, emitting=emit and report is not None)
+        self.metrics.observe_flush(stats.last_flush_seconds, emitting=emitting and report is not None)
         self.log.info(
             "flush",
             seconds=round(stats.last_flush_seconds, 3),
