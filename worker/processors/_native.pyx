@@ -1162,6 +1162,13 @@ cdef class EdgeContext:
     cdef object failed_metric
     cdef object messaging_metric
     cdef Py_ssize_t native_max_exemplars
+    #: Completed edges add to per-group accumulators in C (explicit-bucket histograms only).
+    cdef bint accumulate
+    #: The interval the accumulators belong to, and its label set -> :class:`_GroupAcc`.
+    cdef object acc_interval
+    cdef dict accs
+    #: The accumulators touched during the current observe (applied when it ends).
+    cdef list active
 
     def __cinit__(self, processor, tuple names, object slow, object parse_value):
         from worker.processors.servicegraphs import processor as module
@@ -1195,10 +1202,153 @@ cdef class EdgeContext:
             raise MemoryError()
         for index in range(self.bound_count):
             self.bounds[index] = bounds[index]
+        self.accumulate = processor._classic and not processor._native
+        self.acc_interval = None
+        self.accs = {}
+        self.active = []
 
     def __dealloc__(self):
         free(self.peer_indices)
         free(self.bounds)
+
+    cdef int flush(self) except -1:
+        """Apply every accumulator's additions so far to its Python series."""
+        cdef _GroupAcc acc
+        active, self.active = self.active, []
+        for acc in active:
+            acc.finish(self.processor, self.acc_interval)
+        return 0
+
+    cdef _GroupAcc acc_of(self, object interval, tuple labels, object now):
+        """The accumulator of ``labels`` in ``interval`` (its group made as ``_complete`` makes it)."""
+        cdef _GroupAcc acc
+        if interval is not self.acc_interval:
+            self.flush()
+            self.acc_interval = interval
+            self.accs = {}
+        found = self.accs.get(labels)
+        if found is not None:
+            acc = <_GroupAcc>found
+        else:
+            groups = interval.edges
+            group = groups.get(labels)
+            if group is None:
+                group = groups[labels] = self.processor._new_group(labels, now)
+            acc = _GroupAcc.__new__(_GroupAcc)
+            acc.group = group
+            if group.server is not None:
+                acc.server = _LatencyAcc.new(group.server, self.bound_count + 1)
+                acc.client = _LatencyAcc.new(group.client, self.bound_count + 1)
+            self.accs[labels] = acc
+        if not acc.active:
+            acc.start()
+            self.active.append(acc)
+        return acc
+
+
+cdef class _LatencyAcc:
+    """One explicit-bucket latency series' additions during an observe, applied to it when the
+    observe ends: counts and buckets commute, the sum goes on from the series' own in edge order
+    (the very double of the pure path), and each bucket's last exemplar is the pure path's."""
+
+    cdef object latency
+    cdef object classic
+    cdef long long count
+    cdef double total
+    cdef long long* adds
+    cdef double* seconds
+    cdef list traces
+    cdef Py_ssize_t bucket_count
+
+    @staticmethod
+    cdef _LatencyAcc new(object latency, Py_ssize_t bucket_count):
+        cdef _LatencyAcc acc = _LatencyAcc.__new__(_LatencyAcc)
+        acc.latency = latency
+        acc.classic = latency.classic
+        acc.bucket_count = bucket_count
+        acc.adds = <long long*>malloc(bucket_count * sizeof(long long))
+        acc.seconds = <double*>malloc(bucket_count * sizeof(double))
+        if acc.adds == NULL or acc.seconds == NULL:
+            raise MemoryError()
+        acc.traces = [None] * bucket_count
+        return acc
+
+    def __dealloc__(self):
+        free(self.adds)
+        free(self.seconds)
+
+    cdef int start(self) except -1:
+        cdef Py_ssize_t index
+        self.count = 0
+        self.total = self.classic.sum
+        for index in range(self.bucket_count):
+            self.adds[index] = 0
+        return 0
+
+    cdef inline void add(self, Py_ssize_t index, double seconds) noexcept:
+        self.count += 1
+        self.total += seconds
+        self.adds[index] += 1
+
+    cdef int finish(self, object now) except -1:
+        cdef Py_ssize_t index
+        classic = self.classic
+        classic.count += self.count
+        classic.sum = self.total
+        classic.last_ns = now
+        buckets = classic.buckets
+        by_bucket = self.latency.by_bucket
+        traces = self.traces
+        for index in range(self.bucket_count):
+            if self.adds[index]:
+                buckets[index] += self.adds[index]
+            trace_id = traces[index]
+            if trace_id is not None:
+                by_bucket[index] = (trace_id, b"", self.seconds[index], now)
+                traces[index] = None
+        return 0
+
+
+cdef class _GroupAcc:
+    """One label set's additions during an observe (see :class:`_LatencyAcc`)."""
+
+    cdef object group
+    cdef bint active
+    cdef long long total
+    cdef long long failed
+    cdef object now
+    cdef _LatencyAcc server
+    cdef _LatencyAcc client
+
+    cdef int start(self) except -1:
+        self.active = True
+        self.total = 0
+        self.failed = 0
+        if self.server is not None:
+            self.server.start()
+            self.client.start()
+        return 0
+
+    cdef int finish(self, object processor, object interval) except -1:
+        group = self.group
+        now = self.now
+        self.active = False
+        total = group.total
+        if total is not None:
+            total.count += self.total
+            total.last_ns = now
+            if self.failed:
+                failed = group.failed
+                failed.count += self.failed
+                failed.last_ns = now
+        if self.server is not None:
+            self.server.finish(now)
+            self.client.finish(now)
+        info = group.info
+        if info is not None:
+            info.count = 1
+            info.last_ns = now
+        return 0
 
 
 cdef inline object _scanned_string(EdgeContext ctx, EdgeScan scanned, const unsigned char* buf, Py_ssize_t at):
@@ -1249,18 +1399,64 @@ cdef dict _scanned_dimension_values(EdgeContext ctx, EdgeScan scanned, const uns
     return attributes
 
 
-cdef _complete(EdgeContext completion, object interval, tuple key, Edge edge, object now):
+cdef _complete(EdgeContext completion, object interval, tuple key, Edge edge, object now, object virtual_node):
     """``ServiceGraphsProcessor._complete`` of a completed edge with a multiplier of 1."""
+    cdef _GroupAcc acc
+    cdef Py_ssize_t index
+    cdef double seconds
     client = edge.client
     server_name = edge.server
     connection_type = edge.connection_type
     if completion.label_names:
         dimensions = edge.dimensions or {}
         labels = (
-            client, server_name, connection_type, "", *[dimensions.get(name, "") for name in completion.label_names]
+            client, server_name, connection_type, virtual_node,
+            *[dimensions.get(name, "") for name in completion.label_names]
         )
     else:
-        labels = (client, server_name, connection_type, "")
+        labels = (client, server_name, connection_type, virtual_node)
+    if completion.accumulate:
+        acc = completion.acc_of(interval, labels, now)
+        acc.now = now
+        group = acc.group
+        if group.total is not None:
+            acc.total += 1
+            if edge.failed:
+                if group.failed is None:
+                    group.failed = completion.processor._series(
+                        completion.failed_metric, group.attributes, group.body, now, histogram=False
+                    )
+                acc.failed += 1
+        if acc.server is not None:
+            trace_id = key[0]
+            if not any(trace_id):
+                trace_id = None
+            seconds = edge.server_seconds
+            index = _bisect_left(completion.bounds, completion.bound_count, seconds)
+            acc.server.add(index, seconds)
+            if trace_id is not None:
+                acc.server.traces[index] = trace_id
+                acc.server.seconds[index] = seconds
+            seconds = edge.client_seconds
+            index = _bisect_left(completion.bounds, completion.bound_count, seconds)
+            acc.client.add(index, seconds)
+            if trace_id is not None:
+                acc.client.traces[index] = trace_id
+                acc.client.seconds[index] = seconds
+            if (
+                completion.messaging_latency
+                and connection_type == "messaging_system"
+                and edge.server_start_ns > edge.client_end_ns
+            ):
+                # Its own series, which no accumulator holds.
+                messaging = group.messaging
+                if messaging is None:
+                    messaging = group.messaging = completion.processor._latency_series(
+                        completion.messaging_metric, group.attributes, group.body, now
+                    )
+                lag = (edge.server_start_ns - edge.client_end_ns) / 1e9
+                _record_latency(completion, messaging, lag, b"" if trace_id is None else trace_id, now)
+        return
     groups = interval.edges
     group = groups.get(labels)
     if group is None:
@@ -1425,8 +1621,9 @@ def observe_scanned(
                 else:
                     new_edges += 1
                 if edge.multiplier == 1.0:
-                    _complete(ctx, interval, key, edge, now)
+                    _complete(ctx, interval, key, edge, now, "")
                 else:  # a half-edge restored from another configuration's handover
+                    ctx.flush()
                     complete(interval, key, edge, "", now)
                 completed += 1
             elif not stored:
@@ -1437,6 +1634,7 @@ def observe_scanned(
                     edges[key] = edge
                     new_edges += 1
     finally:
+        ctx.flush()
         stats.spans += spans_seen
         stats.edges += completed
         stats.new_edges += new_edges
