@@ -1639,3 +1639,45 @@ def observe_scanned(
         stats.edges += completed
         stats.new_edges += new_edges
         stats.dropped += dropped
+
+
+def expire_edges(EdgeContext ctx, str tenant, dict edges, object now_ns):
+    """``ServiceGraphsProcessor.expire`` of one tenant's half-edges of one partition: those whose
+    wait ended at or before ``now_ns`` (the dict is in deadline order), each through Tempo's
+    ``onExpire``; the virtual-node completions of :class:`Edge` s with a multiplier of 1 in C, the
+    rest (unpaired counts, restored multipliers) through ``_expire_edge``."""
+    cdef list expired = []
+    cdef Edge edge
+    for key, found in edges.items():
+        if found.deadline_ns > now_ns:
+            break
+        expired.append(key)
+    if not expired:
+        return
+    processor = ctx.processor
+    interval = processor._interval(tenant)
+    expire_edge = processor._expire_edge
+    virtual_node_label = processor._virtual_node_label
+    try:
+        for key in expired:
+            found = edges.pop(key)
+            if type(found) is Edge and (<Edge>found).multiplier == 1.0:
+                edge = <Edge>found
+                if not edge.client:
+                    if not key[1]:
+                        # A root span: the request came from outside, named by its peer attribute.
+                        edge.connection_type = "virtual_node"
+                        edge.client = edge.peer or "user"
+                        _complete(ctx, interval, key, edge, now_ns, "client" if virtual_node_label else "")
+                        continue
+                elif not edge.server and edge.peer:
+                    # A call to something that sends no spans.
+                    edge.connection_type = "virtual_node"
+                    edge.server = edge.peer
+                    _complete(ctx, interval, key, edge, now_ns, "server" if virtual_node_label else "")
+                    continue
+            else:
+                ctx.flush()  # the Python completion may touch accumulated series
+            expire_edge(tenant, interval, key, found, now_ns)
+    finally:
+        ctx.flush()

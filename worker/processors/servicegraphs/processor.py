@@ -872,8 +872,13 @@ class ServiceGraphsProcessor:
 
     def expire(self, now_ns: int) -> None:
         """Give up on every half-edge whose wait ended at or before ``now_ns`` (Tempo's ``onExpire``)."""
+        native = self._native_context
         for by_tenant in self._pending.values():
             for tenant, edges in by_tenant.items():
+                if native is not None:
+                    assert _NATIVE is not None
+                    _NATIVE.expire_edges(native, tenant, edges, now_ns)
+                    continue
                 expired: list[EdgeKey] = []
                 for key, edge in edges.items():
                     if edge.deadline_ns > now_ns:
