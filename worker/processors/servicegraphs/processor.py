@@ -233,7 +233,9 @@ class ServiceGraphsProcessor:
     """Pairs spans into edges and aggregates them into per-series deltas.
 
     Not thread-safe; one instance per worker event loop. ``clock`` returns unix nanoseconds: it
-    stamps series and starts each half-edge's wait (``expire`` takes the time explicitly).
+    stamps series and starts each half-edge's wait (``expire`` takes the time explicitly). When
+    the extension serves the configuration, the half-edges are its ``Edge`` and their expiry is
+    compiled, on either ingest path.
     """
 
     def __init__(
@@ -242,6 +244,7 @@ class ServiceGraphsProcessor:
         *,
         clock: Callable[[], int] = time.time_ns,
         resource_cache_size: int = _DEFAULT_RESOURCE_CACHE_SIZE,
+        compiled: bool = True,
     ) -> None:
         self.config = config
         self._clock = clock
@@ -300,7 +303,9 @@ class ServiceGraphsProcessor:
                 )
             )
         )
-        self._native_ready = not self.native_unsupported()
+        #: ``compiled=False``: the pure path throughout (its own edges and expiry) whatever the
+        #: extension, the reference the compiled path is tested against.
+        self._native_ready = compiled and not self.native_unsupported()
         #: The pending edges' class: the extension's (fields in the object) when it serves this
         #: configuration, the same rows and attributes as the pure one.
         self._edge_type: Callable[[int], Edge] = Edge

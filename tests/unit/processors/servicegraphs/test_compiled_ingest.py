@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from tests.unit.processors.servicegraphs.helpers import TwinProcessor
@@ -25,6 +25,9 @@ from worker.config import ServiceGraphsConfig, Settings
 from worker.model.errors import OtlpDecodeError
 from worker.otlp.decode import decode_spans_proto
 from worker.processors.pipeline import NativeRun, Pipeline
+from worker.processors.servicegraphs import ServiceGraphsProcessor
+from worker.processors.servicegraphs import processor as servicegraphs_processor
+from worker.processors.servicegraphs.pending import Edge, encode_pending
 
 #: The attributes the processor reads, and one it never does.
 NAMES = [
@@ -40,8 +43,13 @@ NAMES = [
     "other",
 ]
 
+#: Mostly plain names (peers, servers, virtual nodes), else any value.
+attribute_values = st.one_of(
+    st.sampled_from(["peer-a", "peer-b", "10.0.0.1", ""]).map(lambda text: AnyValue(string_value=text)),
+    any_values,
+)
 attributes = st.lists(
-    st.builds(lambda k, v: KeyValue(key=k, value=v), st.sampled_from(NAMES), any_values), max_size=5
+    st.builds(lambda k, v: KeyValue(key=k, value=v), st.sampled_from(NAMES), attribute_values), max_size=5
 )
 spans = st.builds(
     lambda trace, span, parent, kind, status, start, duration, attrs: Span(
@@ -124,6 +132,102 @@ def test_random_traces_and_configurations_give_identical_results(
     twin.new_edges  # noqa: B018
 
 
+# ------------------------------------------------------------------------------ state over time
+
+#: Operations on both processors: consume a request (on the native one through the edge scan, or
+#: through its pure path when the flag says so: both share its pending edges), let time pass and
+#: expire, hand the deltas over, hand a partition's pending edges over (export, drop, restore,
+#: as at a checkpoint and a rebalance), or restore an edge another configuration exported with a
+#: span multiplier.
+operations = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("consume"), requests, st.integers(0, 1), st.sampled_from(["t", "u"]), st.booleans()
+        ),
+        st.tuples(st.just("expire"), st.integers(0, 12)),
+        st.tuples(st.just("take")),
+        st.tuples(st.just("handover"), st.integers(0, 1), st.integers(0, 1)),
+        st.tuples(st.just("multiplier"), st.integers(1, 3), st.integers(1, 6), st.integers(0, 1)),
+    ),
+    min_size=1,
+    max_size=14,
+)
+
+
+def _multiplier_blob(trace: int, span: int, now_ns: int) -> bytes:
+    """An export of one waiting client side with a multiplier of 2 (a span-multiplier worker's)."""
+    edge = Edge(now_ns + 5 * 10**9)
+    edge.client = "elsewhere"
+    edge.client_seconds = 0.25
+    edge.multiplier = 2.0
+    edge.span_kind = 3
+    key = (trace.to_bytes(16, "big"), span.to_bytes(8, "big"))
+    return encode_pending([("t", [(key, edge)], [])], now_ns)
+
+
+@needs_native
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    config=configs.map(lambda c: {**c, "max_items": c.get("max_items", 3) % 4 + 1}),
+    steps=operations,
+)
+def test_pending_edges_expiry_handover_and_limits_stay_identical(
+    config: dict[str, Any], steps: list[tuple[Any, ...]]
+) -> None:
+    """Half-edges kept by the compiled observe (its own Edge class, its accumulators) against the
+    pure processor over time: eviction and expiry order, ``max_items`` across partitions and
+    tenants, dropped and expired counters, export and restore across a checkpoint."""
+    clock = FakeClock()
+    parsed = ServiceGraphsConfig.model_validate(config)
+    pure = ServiceGraphsProcessor(parsed, clock=clock, compiled=False)
+    native = ServiceGraphsProcessor(parsed, clock=clock)
+    assert native.native_ready
+
+    def same(name: str, *args: Any) -> None:
+        expected = getattr(pure, name)(*args)
+        assert repr(getattr(native, name)(*args)) == repr(expected), name
+
+    for step in steps:
+        if step[0] == "consume":
+            _, request, partition, tenant, through_pure = step
+            expected = pure.consume(request, tenant, partition)
+            if through_pure:
+                got = native.consume(request, tenant, partition)
+            else:
+                scanned = native.scan(request.SerializeToString())
+                assert scanned is not None
+                got = native.consume_scanned(scanned, tenant, partition)
+            assert got == expected
+        elif step[0] == "expire":
+            now = clock.advance(step[1])
+            pure.expire(now)
+            native.expire(now)
+        elif step[0] == "take":
+            same("take_deltas")
+        elif step[0] == "handover":
+            _, source, target = step
+            blob = pure.export_pending(source)
+            assert native.export_pending(source) == blob
+            pure.drop_partition(source)
+            native.drop_partition(source)
+            clock.advance(1)
+            same("restore_pending", target, blob, clock())
+        else:
+            _, trace, span, partition = step
+            same("restore_pending", partition, _multiplier_blob(trace, span, clock()), clock())
+        for partition in (0, 1):
+            same("pending_count", partition)
+    for partition in (0, 1):
+        same("export_pending", partition)
+    same("take_deltas")
+    now = clock.advance(60)
+    pure.expire(now)
+    native.expire(now)
+    same("take_deltas")
+    for counter in ("expired_edges", "new_edges", "dropped_edges", "marker_overflows"):
+        assert getattr(native, counter) == getattr(pure, counter), counter
+
+
 # ------------------------------------------------------------------------------ mutated records
 
 _SETTINGS = Settings(
@@ -172,7 +276,11 @@ def test_mutated_records_give_identical_results_or_go_to_the_pure_path(seed: int
     seeds = _seed_records(rng)
     clock = FakeClock()
     compiled = Pipeline(_SETTINGS, clock=clock)
-    pure = Pipeline(_SETTINGS, clock=clock)
+    with pytest.MonkeyPatch.context() as patch:
+        # The reference: service graphs without the extension (its edges, its expiry).
+        patch.setattr(servicegraphs_processor, "_NATIVE", None)
+        pure = Pipeline(_SETTINGS, clock=clock)
+    assert pure.servicegraphs is not None and not pure.servicegraphs.native_ready
     assert (compiled.ingest_path, compiled.edges_path) == ("native", "native")
     assert compiled.servicegraphs is not None and pure.servicegraphs is not None
     outcomes = {"native": 0, "declined": 0, "undecodable": 0}
