@@ -2,6 +2,7 @@
 """Compiled ingest: bounds-checked scanners of serialized OTLP traces, for span metrics (with
 the fold) and for the service graphs' edge spans."""
 
+cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int32_t, int64_t, uint64_t
@@ -957,6 +958,7 @@ cdef bint _utf8_valid(const unsigned char* text, Py_ssize_t size) noexcept nogil
     return True
 
 
+@cython.freelist(1024)
 cdef class Edge:
     """``servicegraphs.pending.Edge`` with its fields in the object itself: the compiled observe
     makes and updates it without attribute lookups; Python code reads it as the pure one."""
@@ -1046,7 +1048,11 @@ cdef class EdgeScan:
     cdef Py_ssize_t* resource_of
     cdef Py_ssize_t* starts
     cdef Py_ssize_t* stops
+    #: Per distinct resource (equal bytes are one: a run of records repeats its few services):
+    #: its first occurrence in the layout, and how many spans all its occurrences hold.
+    cdef Py_ssize_t* distinct
     cdef Py_ssize_t* span_counts
+    cdef Py_ssize_t distinct_count
     cdef Py_ssize_t key_count
     cdef Py_ssize_t count
 
@@ -1055,19 +1061,25 @@ cdef class EdgeScan:
         free(self.resource_of)
         free(self.starts)
         free(self.stops)
+        free(self.distinct)
         free(self.span_counts)
 
     def __len__(self):
         return self.count
 
     def resources(self):
-        """Per resource, in order: (its serialized ``Resource``, how many spans it holds)."""
+        """Per distinct resource, in order of first appearance: (its serialized ``Resource``, how
+        many spans it holds); an edge span's resource is an index into this list."""
         cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(self.data)
         cdef Py_ssize_t index
         return [
-            (self.layout.resource_bytes(buf, index), self.span_counts[index])
-            for index in range(self.layout.resource_count)
+            (self.layout.resource_bytes(buf, self.distinct[index]), self.span_counts[index])
+            for index in range(self.distinct_count)
         ]
+
+
+#: Resources compared byte for byte when a scan folds equal ones (beyond, a new one is kept).
+cdef Py_ssize_t _DISTINCT_COMPARED = 32
 
 
 def scan_edges(bytes data, tuple keys, object slow):
@@ -1100,13 +1112,46 @@ def scan_edges(bytes data, tuple keys, object slow):
     result.starts = <Py_ssize_t*>malloc((total * key_count + 1) * sizeof(Py_ssize_t))
     result.stops = <Py_ssize_t*>malloc((total * key_count + 1) * sizeof(Py_ssize_t))
     result.span_counts = <Py_ssize_t*>malloc((layout.resource_count + 1) * sizeof(Py_ssize_t))
+    result.distinct = <Py_ssize_t*>malloc((layout.resource_count + 1) * sizeof(Py_ssize_t))
+    cdef Py_ssize_t* distinct_of = <Py_ssize_t*>malloc((layout.resource_count + 1) * sizeof(Py_ssize_t))
     if (
         result.spans == NULL or result.resource_of == NULL or result.starts == NULL
-        or result.stops == NULL or result.span_counts == NULL
+        or result.stops == NULL or result.span_counts == NULL or result.distinct == NULL
+        or distinct_of == NULL
     ):
+        free(distinct_of)
         raise MemoryError()
+    cdef _Range one, other
+    cdef Py_ssize_t seen
     for index in range(layout.resource_count):
-        result.span_counts[index] = 0
+        one = layout.resources[index]
+        distinct_of[index] = -1
+        for seen in range(min(result.distinct_count, _DISTINCT_COMPARED)):
+            other = layout.resources[result.distinct[seen]]
+            if other.stop - other.start == one.stop - one.start and memcmp(
+                buf + other.start, buf + one.start, one.stop - one.start
+            ) == 0:
+                distinct_of[index] = seen
+                break
+        if distinct_of[index] < 0:
+            distinct_of[index] = result.distinct_count
+            result.distinct[result.distinct_count] = index
+            result.span_counts[result.distinct_count] = 0
+            result.distinct_count += 1
+    try:
+        return _scan_edge_spans(result, layout, buf, keys, key_count, distinct_of, slow)
+    finally:
+        free(distinct_of)
+
+
+cdef EdgeScan _scan_edge_spans(
+    EdgeScan result, _Layout layout, const unsigned char* buf, tuple keys, Py_ssize_t key_count,
+    const Py_ssize_t* distinct_of, object slow,
+):
+    cdef Py_ssize_t index, key, at, body_start, body_stop
+    cdef uint64_t value
+    cdef int kind
+    cdef _Range where
     for index in range(layout.span_count):
         where = layout.spans[index]
         at = result.count * key_count
@@ -1115,7 +1160,7 @@ def scan_edges(bytes data, tuple keys, object slow):
             result.spans + result.count,
         ) < 0:
             return None
-        result.span_counts[where.resource] += 1
+        result.span_counts[distinct_of[where.resource]] += 1
         if result.spans[result.count].kind < 2 or result.spans[result.count].kind > 5:
             continue  # not an edge span: internal or unspecified
         for key in range(key_count):
@@ -1133,7 +1178,7 @@ def scan_edges(bytes data, tuple keys, object slow):
                     ))
                 except Exception:
                     return None
-        result.resource_of[result.count] = where.resource
+        result.resource_of[result.count] = distinct_of[where.resource]
         result.count += 1
     return result
 
@@ -1545,6 +1590,7 @@ def observe_scanned(
     cdef bint client, stored
     cdef Edge edge
     cdef dict resource_values
+    cdef dict counters = interval.counters
     try:
         for index in range(scanned.count):
             service = services[scanned.resource_of[index]]
@@ -1629,7 +1675,13 @@ def observe_scanned(
             elif not stored:
                 if len(edges) >= capacity:
                     dropped += 1
-                    count(interval, dropped_metric, "client" if client else "server", service, now)
+                    side = "client" if client else "server"
+                    series = counters.get((dropped_metric, side, service))
+                    if series is None:
+                        count(interval, dropped_metric, side, service, now)
+                    else:  # ``_count`` of a series already made
+                        series.count += 1
+                        series.last_ns = now
                 else:
                     edges[key] = edge
                     new_edges += 1
