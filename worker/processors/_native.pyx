@@ -1568,6 +1568,20 @@ cdef _record_latency(EdgeContext completion, object latency, object seconds, byt
                 del recent[0]
 
 
+cdef inline int _count_dropped(
+    dict counters, object count, object interval, object metric, bint client, object service, object now
+) except -1:
+    """``ServiceGraphsProcessor._count`` of a dropped span, in place when its series exists."""
+    side = "client" if client else "server"
+    series = counters.get((metric, side, service))
+    if series is None:
+        count(interval, metric, side, service, now)
+    else:
+        series.count += 1
+        series.last_ns = now
+    return 0
+
+
 def observe_scanned(
     EdgeContext ctx, EdgeScan scanned, list services, list values, dict edges, Py_ssize_t capacity,
     object interval, object now, object stats, object dropped_metric,
@@ -1611,6 +1625,14 @@ def observe_scanned(
                 ))
             found = edges.get(key)
             stored = found is not None
+            if found is None and len(edges) >= capacity and (
+                not client or _scanned_find(ctx, scanned, buf, at, ctx.database_keys, resource_values) is None
+            ):
+                # No room, and a new half-edge completes at once only as a database call: the
+                # pure path builds it and drops it; nothing is built here.
+                dropped += 1
+                _count_dropped(counters, count, interval, dropped_metric, client, service, now)
+                continue
             if found is None:
                 edge = Edge.__new__(Edge)
                 _edge_init(edge, deadline)
@@ -1675,13 +1697,7 @@ def observe_scanned(
             elif not stored:
                 if len(edges) >= capacity:
                     dropped += 1
-                    side = "client" if client else "server"
-                    series = counters.get((dropped_metric, side, service))
-                    if series is None:
-                        count(interval, dropped_metric, side, service, now)
-                    else:  # ``_count`` of a series already made
-                        series.count += 1
-                        series.last_ns = now
+                    _count_dropped(counters, count, interval, dropped_metric, client, service, now)
                 else:
                     edges[key] = edge
                     new_edges += 1
