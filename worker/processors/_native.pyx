@@ -1281,6 +1281,7 @@ cdef class EdgeContext:
                 group = groups[labels] = self.processor._new_group(labels, now)
             acc = _GroupAcc.__new__(_GroupAcc)
             acc.group = group
+            acc.counts = group.total is not None
             if group.server is not None:
                 acc.server = _LatencyAcc.new(group.server, self.bound_count + 1)
                 acc.client = _LatencyAcc.new(group.client, self.bound_count + 1)
@@ -1359,6 +1360,8 @@ cdef class _GroupAcc:
 
     cdef object group
     cdef bint active
+    #: The group counts requests (``group.total`` is set once, when the group is made).
+    cdef bint counts
     cdef long long total
     cdef long long failed
     cdef object now
@@ -1444,6 +1447,16 @@ cdef dict _scanned_dimension_values(EdgeContext ctx, EdgeScan scanned, const uns
     return attributes
 
 
+cdef inline bint _any_byte(bytes data) noexcept:
+    """``any(data)``: a byte that is not zero."""
+    cdef const unsigned char* text = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t index
+    for index in range(PyBytes_GET_SIZE(data)):
+        if text[index]:
+            return True
+    return False
+
+
 cdef _complete(EdgeContext completion, object interval, tuple key, Edge edge, object now, object virtual_node):
     """``ServiceGraphsProcessor._complete`` of a completed edge with a multiplier of 1."""
     cdef _GroupAcc acc
@@ -1464,7 +1477,7 @@ cdef _complete(EdgeContext completion, object interval, tuple key, Edge edge, ob
         acc = completion.acc_of(interval, labels, now)
         acc.now = now
         group = acc.group
-        if group.total is not None:
+        if acc.counts:
             acc.total += 1
             if edge.failed:
                 if group.failed is None:
@@ -1474,7 +1487,7 @@ cdef _complete(EdgeContext completion, object interval, tuple key, Edge edge, ob
                 acc.failed += 1
         if acc.server is not None:
             trace_id = key[0]
-            if not any(trace_id):
+            if not _any_byte(trace_id):
                 trace_id = None
             seconds = edge.server_seconds
             index = _bisect_left(completion.bounds, completion.bound_count, seconds)
@@ -1521,7 +1534,7 @@ cdef _complete(EdgeContext completion, object interval, tuple key, Edge edge, ob
     server = group.server
     if server is not None:
         trace_id = key[0]
-        if not any(trace_id):
+        if not _any_byte(trace_id):
             trace_id = b""
         _record_latency(completion, server, edge.server_seconds, trace_id, now)
         _record_latency(completion, group.client, edge.client_seconds, trace_id, now)
