@@ -228,6 +228,52 @@ def test_pending_edges_expiry_handover_and_limits_stay_identical(
         assert getattr(native, counter) == getattr(pure, counter), counter
 
 
+#: Byte sequences at the edges of UTF-8: overlong forms, surrogates, beyond U+10FFFF, truncated.
+_EDGES = [b"\xc0\x80", b"\xc1\xbf", b"\xc2\x80", b"\xe0\x80\x80", b"\xe0\xa0\x80", b"\xed\x9f\xbf"]
+_EDGES += [b"\xed\xa0\x80", b"\xed\xbf\xbf", b"\xee\x80\x80", b"\xf0\x8f\xbf\xbf", b"\xf0\x90\x80\x80"]
+_EDGES += [b"\xf4\x8f\xbf\xbf", b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80", b"\xe2\x82", b"\xf0\x9f\x98"]
+#: A peer attribute's value bytes: text of any code point (surrogates too), any bytes, or one of
+#: the sequences above between ASCII; one byte overwritten or not.
+_TEXT_SIZE = 12
+value_bytes = st.one_of(
+    st.text(st.characters(exclude_categories=()), min_size=_TEXT_SIZE).map(
+        lambda text: text.encode("utf-8", "surrogatepass")[:_TEXT_SIZE]
+    ),
+    st.binary(min_size=_TEXT_SIZE, max_size=_TEXT_SIZE),
+    st.builds(
+        lambda before, edge: (b"a" * before + edge).ljust(_TEXT_SIZE, b"z")[:_TEXT_SIZE],
+        st.integers(0, 8),
+        st.sampled_from(_EDGES),
+    ),
+).filter(lambda raw: len(raw) == _TEXT_SIZE)
+
+
+@needs_native
+@settings(max_examples=500, deadline=None)
+@given(raw=value_bytes, at=st.integers(0, _TEXT_SIZE - 1), byte=st.one_of(st.none(), st.integers(0, 255)))
+def test_the_edge_scan_reads_exactly_the_strings_python_decodes(
+    raw: bytes, at: int, byte: int | None
+) -> None:
+    """The scan checks string values in C (overlong forms, surrogates, beyond U+10FFFF): it must
+    decline exactly the bytes Python's strict UTF-8 decoder refuses, and read the others."""
+    if byte is not None:
+        raw = raw[:at] + bytes([byte]) + raw[at + 1 :]
+    processor = ServiceGraphsProcessor(ServiceGraphsConfig(enabled=True))
+    span = Span(trace_id=b"\x01" * 16, span_id=b"\x02" * 8, kind=Span.SPAN_KIND_CLIENT)
+    span.attributes.add(key="peer.service").value.string_value = "@" * _TEXT_SIZE
+    request = ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[span])])]
+    )
+    data = request.SerializeToString()
+    data = data.replace(b"@" * _TEXT_SIZE, raw)
+    try:
+        raw.decode()
+        decodes = True
+    except UnicodeDecodeError:
+        decodes = False
+    assert (processor.scan(data) is not None) == decodes
+
+
 # ------------------------------------------------------------------------------ mutated records
 
 _SETTINGS = Settings(
