@@ -11,7 +11,10 @@ several rounds:
 
 (c) decode + aggregate through the compiled span-metrics ingest (``Pipeline.decode`` and
     ``consume_decoded``, as the worker's record handler), when it is built and serves the
-    configuration (service graphs, when on, stay on the pure path beside it).
+    configuration (with ``--pipeline``, the service graphs' compiled path beside it).
+(d) with ``--pipeline``: the service graphs alone on their compiled path (``scan`` and
+    ``consume_scanned`` of the same runs, then ``expire`` and ``take_deltas``), the figure to
+    compare when working on that path (its spans/s and microseconds per span).
 
 It prints the median spans/s of each and the ratios (b)/(a) and (c)/(a): the fraction of the decode-only
 throughput the worker keeps once it aggregates. Interleaving (alternating which runs first) keeps
@@ -221,6 +224,25 @@ def make_native_run(pipeline: Pipeline, join: int) -> Callable[[list[bytes]], No
     return native_aggregate
 
 
+def make_edges_run(pipeline: Pipeline, join: int) -> Callable[[list[bytes]], None] | None:
+    """(d): the service graphs' compiled path alone, ``join`` records per call; None when it does not run."""
+    servicegraphs = pipeline.servicegraphs
+    if pipeline.edges_path != "native" or servicegraphs is None:
+        return None
+
+    def edges_aggregate(payloads: list[bytes]) -> None:
+        scan, consume = servicegraphs.scan, servicegraphs.consume_scanned
+        for start in range(0, len(payloads), join):
+            run = payloads[start : start + join]
+            scanned = scan(b"".join(run) if len(run) > 1 else run[0])
+            if scanned is not None:
+                consume(scanned, "tenant", 0)
+        servicegraphs.expire(BASE_NS * 2)
+        servicegraphs.take_deltas()
+
+    return edges_aggregate
+
+
 def decode_only(payloads: list[bytes]) -> None:
     from_string = ExportTraceServiceRequest.FromString
     for payload in payloads:
@@ -279,16 +301,20 @@ def run(
             update={"servicegraphs": native_settings.servicegraphs.model_copy(update={"enabled": False})}
         )
     native = make_native_run(Pipeline(native_settings), join)
+    edges = make_edges_run(Pipeline(native_settings), join) if pipeline else None
 
     for _ in range(warmup):
         decode_only(payloads)
         aggregate(payloads)
         if native is not None:
             native(payloads)
+        if edges is not None:
+            edges(payloads)
 
     decode_rates: list[float] = []
     aggregate_rates: list[float] = []
     native_rates: list[float] = []
+    edges_rates: list[float] = []
     gc_was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()  # a collection landing in one side's timing would be noise, not cost
@@ -297,6 +323,8 @@ def run(
             order = [(decode_only, decode_rates), (aggregate, aggregate_rates)]
             if native is not None:
                 order.append((native, native_rates))
+            if edges is not None:
+                order.append((edges, edges_rates))
             # Rotated: each side runs first, second and last equally often.
             shift = round_index % len(order)
             order = order[shift:] + order[:shift]
@@ -310,6 +338,7 @@ def run(
     decode_median = statistics.median(decode_rates)
     aggregate_median = statistics.median(aggregate_rates)
     native_median = statistics.median(native_rates) if native_rates else None
+    edges_median = statistics.median(edges_rates) if edges_rates else None
     return {
         "spans_per_batch": total_spans // batches,
         "batches": batches,
@@ -328,6 +357,8 @@ def run(
         "native_ratio": round(native_median / decode_median, 4) if native_median else None,
         "native_over_pure": round(native_median / aggregate_median, 2) if native_median else None,
         "native_spans_per_s_all": [round(r) for r in native_rates],
+        "edges_native_spans_per_s": round(edges_median) if edges_median else None,
+        "edges_native_us_per_span": round(1e6 / edges_median, 3) if edges_median else None,
         "decode_spans_per_s_all": [round(r) for r in decode_rates],
         "decode_aggregate_spans_per_s_all": [round(r) for r in aggregate_rates],
         "python": platform.python_version(),
@@ -419,6 +450,11 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"ratio (c)/(a):          {result['native_ratio']:>12.3f}   "
                 f"({result['native_over_pure']}x the pure path)"
+            )
+        if result["edges_native_spans_per_s"] is not None:
+            print(
+                f"(d) service graphs alone (compiled): {result['edges_native_spans_per_s']:>12,} spans/s "
+                f"(median, {result['edges_native_us_per_span']} us per span)"
             )
     if args.profile:
         print(

@@ -2,6 +2,7 @@
 """Compiled ingest: bounds-checked scanners of serialized OTLP traces, for span metrics (with
 the fold) and for the service graphs' edge spans."""
 
+cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int32_t, int64_t, uint64_t
@@ -915,150 +916,290 @@ cdef tuple _fold_one(
 
 # ------------------------------------------------------------------------------ service graphs
 
-cdef class StringValue:
-    """A string ``AnyValue`` (non-empty, valid UTF-8) without a protobuf message: what the
-    service graphs read of one (``string_value``, ``WhichOneof("value")``)."""
 
-    cdef readonly str string_value
-
-    def __cinit__(self, str value):
-        self.string_value = value
-
-    def WhichOneof(self, str name):
-        return "string_value"
-
-
-cdef class EdgeSpan:
-    """A client, server, producer or consumer span as the service graphs read it: the fields of a
-    batch-schema ``Span`` they use, ``attributes`` holding only the names asked for. It is its own
-    ``status`` (``span.status.code``), so that no object is built for it."""
-
-    cdef readonly int kind
-    cdef readonly bytes trace_id
-    cdef readonly bytes span_id
-    cdef readonly bytes parent_span_id
-    cdef uint64_t start_ns
-    cdef uint64_t end_ns
-    cdef readonly int code
-    cdef readonly dict attributes
-
-    @property
-    def start_time_unix_nano(self):
-        return self.start_ns
-
-    @property
-    def end_time_unix_nano(self):
-        return self.end_ns
-
-    @property
-    def status(self):
-        return self
-
-
-cdef object _edge_value(const unsigned char* buf, Py_ssize_t start, Py_ssize_t stop, object parse_value):
-    """A map entry's ``AnyValue``: a :class:`StringValue` for a plain non-empty string, else the
-    protobuf message; None when the scanner does not read it exactly as protobuf would, or
-    protobuf refuses it (the caller declines the record)."""
-    cdef Py_ssize_t pos = start
-    cdef Py_ssize_t body_stop
-    cdef uint64_t number
-    cdef int wire
-    if _tag(buf, stop, &pos, &number, &wire) == 0 and number == 1 and wire == 2:
-        if _length(buf, stop, &pos, &body_stop) == 0 and body_stop == stop and body_stop > pos:
-            text = _text(buf, pos, body_stop)
-            if text is None:
-                return None
-            return StringValue(text)
-    try:
-        return parse_value(PyBytes_FromStringAndSize(<const char*>buf + start, stop - start))
-    except Exception:
-        return None  # protobuf refuses it: so would the record's parse (the pure path decides)
+cdef bint _utf8_valid(const unsigned char* text, Py_ssize_t size) noexcept nogil:
+    """Whether ``text`` decodes as Python's strict UTF-8 does (no overlong forms, no surrogates,
+    nothing past U+10FFFF): checked at the scan, so that the observe never meets a bad string."""
+    cdef Py_ssize_t i = 0
+    cdef unsigned char lead, second
+    while i < size:
+        lead = text[i]
+        if lead < 0x80:
+            i += 1
+            continue
+        if lead < 0xC2:
+            return False
+        if lead < 0xE0:
+            if i + 1 >= size or (text[i + 1] & 0xC0) != 0x80:
+                return False
+            i += 2
+            continue
+        if lead < 0xF0:
+            if i + 2 >= size:
+                return False
+            second = text[i + 1]
+            if (second & 0xC0) != 0x80 or (text[i + 2] & 0xC0) != 0x80:
+                return False
+            if (lead == 0xE0 and second < 0xA0) or (lead == 0xED and second >= 0xA0):
+                return False
+            i += 3
+            continue
+        if lead < 0xF5:
+            if i + 3 >= size:
+                return False
+            second = text[i + 1]
+            if (second & 0xC0) != 0x80 or (text[i + 2] & 0xC0) != 0x80 or (text[i + 3] & 0xC0) != 0x80:
+                return False
+            if (lead == 0xF0 and second < 0x90) or (lead == 0xF4 and second >= 0x90):
+                return False
+            i += 4
+            continue
+        return False
+    return True
 
 
-def scan_edges(bytes data, tuple names, object parse_value):
-    """Serialized ``ExportTraceServiceRequest`` -> [(resource bytes, spans, [EdgeSpan])], or None.
+@cython.freelist(1024)
+cdef class Edge:
+    """``servicegraphs.pending.Edge`` with its fields in the object itself: the compiled observe
+    makes and updates it without attribute lookups; Python code reads it as the pure one."""
 
-    ``spans`` counts every span of the resource (the service graphs skip them all when it has no
-    service name); only client, server, producer and consumer spans become an :class:`EdgeSpan`,
-    in order, with the attributes ``names`` (str) asks for; ``parse_value(bytes)`` is protobuf's
-    ``AnyValue`` parse. Every read is bounds-checked; nothing here raises on bad bytes.
+    cdef public object deadline_ns
+    cdef public object connection_type
+    cdef public object client
+    cdef public object server
+    cdef public object client_seconds
+    cdef public object server_seconds
+    cdef public object client_end_ns
+    cdef public object server_start_ns
+    cdef public object failed
+    cdef public object peer
+    cdef public object dimensions
+    cdef public object span_kind
+    cdef public object multiplier
+
+    def __init__(self, deadline_ns):
+        _edge_init(self, deadline_ns)
+
+    def to_row(self, tuple key, remaining_ns):
+        """``pending.Edge.to_row``: the same row."""
+        return [
+            key[0],
+            key[1],
+            remaining_ns,
+            self.connection_type,
+            self.client,
+            self.server,
+            self.client_seconds,
+            self.server_seconds,
+            self.client_end_ns,
+            self.server_start_ns,
+            self.failed,
+            self.peer,
+            self.dimensions,
+            self.span_kind,
+            self.multiplier,
+        ]
+
+
+cdef inline int _edge_init(Edge edge, object deadline_ns) except -1:
+    edge.deadline_ns = deadline_ns
+    edge.connection_type = ""
+    edge.client = ""
+    edge.server = ""
+    edge.client_seconds = 0.0
+    edge.server_seconds = 0.0
+    edge.client_end_ns = 0
+    edge.server_start_ns = 0
+    edge.failed = False
+    edge.peer = ""
+    edge.dimensions = None
+    edge.span_kind = 0
+    edge.multiplier = 1.0
+    return 0
+
+
+cdef Edge _as_native(object other):
+    """A copy of another edge class's edge (an edge put in by hand): the observe reads fields."""
+    cdef Edge edge = Edge.__new__(Edge)
+    edge.deadline_ns = other.deadline_ns
+    edge.connection_type = other.connection_type
+    edge.client = other.client
+    edge.server = other.server
+    edge.client_seconds = other.client_seconds
+    edge.server_seconds = other.server_seconds
+    edge.client_end_ns = other.client_end_ns
+    edge.server_start_ns = other.server_start_ns
+    edge.failed = other.failed
+    edge.peer = other.peer
+    edge.dimensions = other.dimensions
+    edge.span_kind = other.span_kind
+    edge.multiplier = other.multiplier
+    return edge
+
+
+cdef class EdgeScan:
+    """What :func:`scan_edges` read of a run of records: per client, server, producer or consumer
+    span its fields, its resource and the ranges of the attribute values the processor reads.
+    Nothing is built per span here; the observe builds only what it keeps."""
+
+    cdef readonly bytes data
+    cdef _Layout layout
+    cdef _Span* spans
+    cdef Py_ssize_t* resource_of
+    cdef Py_ssize_t* starts
+    cdef Py_ssize_t* stops
+    #: Per distinct resource (equal bytes are one: a run of records repeats its few services):
+    #: its first occurrence in the layout, and how many spans all its occurrences hold.
+    cdef Py_ssize_t* distinct
+    cdef Py_ssize_t* span_counts
+    cdef Py_ssize_t distinct_count
+    cdef Py_ssize_t key_count
+    cdef Py_ssize_t count
+
+    def __dealloc__(self):
+        free(self.spans)
+        free(self.resource_of)
+        free(self.starts)
+        free(self.stops)
+        free(self.distinct)
+        free(self.span_counts)
+
+    def __len__(self):
+        return self.count
+
+    def resources(self):
+        """Per distinct resource, in order of first appearance: (its serialized ``Resource``, how
+        many spans it holds); an edge span's resource is an index into this list."""
+        cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(self.data)
+        cdef Py_ssize_t index
+        return [
+            (self.layout.resource_bytes(buf, self.distinct[index]), self.span_counts[index])
+            for index in range(self.distinct_count)
+        ]
+
+
+#: Resources compared byte for byte when a scan folds equal ones (beyond, a new one is kept).
+cdef Py_ssize_t _DISTINCT_COMPARED = 32
+
+
+def scan_edges(bytes data, tuple keys, object slow):
+    """Serialized ``ExportTraceServiceRequest`` -> an :class:`EdgeScan`, or None when not handled.
+
+    ``keys``: the attribute names (UTF-8) the processor reads; ``slow(value bytes)``: the Tempo
+    string of a serialized ``AnyValue`` that is neither a string nor an integer (called here
+    once to check that protobuf reads it). Every read is bounds-checked; every attribute value
+    of an edge span is checked here, so that :func:`observe_scanned` never declines.
     """
     cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
-    cdef Py_ssize_t key_count = len(names)
-    cdef tuple keys = tuple([name.encode() for name in names])
-    cdef Py_ssize_t index, key
+    cdef Py_ssize_t key_count = len(keys)
+    cdef Py_ssize_t index, key, at, body_start, body_stop, total
+    cdef uint64_t value
+    cdef int kind
     cdef _Range where
-    cdef _Span span
-    cdef EdgeSpan edge
-    cdef dict attributes
-    cdef list result = []
+    for name in keys:
+        if not isinstance(name, bytes):
+            raise TypeError("attribute names are bytes")
     cdef _Layout layout = _layout(buf, PyBytes_GET_SIZE(data))
     if layout is None:
         return None
-    cdef _Values values = _Values(key_count)
+    cdef EdgeScan result = EdgeScan.__new__(EdgeScan)
+    result.data = data
+    result.layout = layout
+    result.key_count = key_count
+    total = layout.span_count + 1
+    result.spans = <_Span*>malloc(total * sizeof(_Span))
+    result.resource_of = <Py_ssize_t*>malloc(total * sizeof(Py_ssize_t))
+    result.starts = <Py_ssize_t*>malloc((total * key_count + 1) * sizeof(Py_ssize_t))
+    result.stops = <Py_ssize_t*>malloc((total * key_count + 1) * sizeof(Py_ssize_t))
+    result.span_counts = <Py_ssize_t*>malloc((layout.resource_count + 1) * sizeof(Py_ssize_t))
+    result.distinct = <Py_ssize_t*>malloc((layout.resource_count + 1) * sizeof(Py_ssize_t))
+    cdef Py_ssize_t* distinct_of = <Py_ssize_t*>malloc((layout.resource_count + 1) * sizeof(Py_ssize_t))
+    if (
+        result.spans == NULL or result.resource_of == NULL or result.starts == NULL
+        or result.stops == NULL or result.span_counts == NULL or result.distinct == NULL
+        or distinct_of == NULL
+    ):
+        free(distinct_of)
+        raise MemoryError()
+    cdef _Range one, other
+    cdef Py_ssize_t seen
     for index in range(layout.resource_count):
-        result.append([layout.resource_bytes(buf, index), 0, []])
+        one = layout.resources[index]
+        distinct_of[index] = -1
+        for seen in range(min(result.distinct_count, _DISTINCT_COMPARED)):
+            other = layout.resources[result.distinct[seen]]
+            if other.stop - other.start == one.stop - one.start and memcmp(
+                buf + other.start, buf + one.start, one.stop - one.start
+            ) == 0:
+                distinct_of[index] = seen
+                break
+        if distinct_of[index] < 0:
+            distinct_of[index] = result.distinct_count
+            result.distinct[result.distinct_count] = index
+            result.span_counts[result.distinct_count] = 0
+            result.distinct_count += 1
+    try:
+        return _scan_edge_spans(result, layout, buf, keys, key_count, distinct_of, slow)
+    finally:
+        free(distinct_of)
+
+
+cdef EdgeScan _scan_edge_spans(
+    EdgeScan result, _Layout layout, const unsigned char* buf, tuple keys, Py_ssize_t key_count,
+    const Py_ssize_t* distinct_of, object slow,
+):
+    cdef Py_ssize_t index, key, at, body_start, body_stop
+    cdef uint64_t value
+    cdef int kind
+    cdef _Range where
     for index in range(layout.span_count):
         where = layout.spans[index]
-        if _read_span(buf, where.start, where.stop, keys, key_count, values.starts, values.stops, &span) < 0:
+        at = result.count * key_count
+        if _read_span(
+            buf, where.start, where.stop, keys, key_count, result.starts + at, result.stops + at,
+            result.spans + result.count,
+        ) < 0:
             return None
-        entry = <list>result[where.resource]
-        entry[1] += 1
-        if span.kind < 2 or span.kind > 5:
+        result.span_counts[distinct_of[where.resource]] += 1
+        if result.spans[result.count].kind < 2 or result.spans[result.count].kind > 5:
             continue  # not an edge span: internal or unspecified
-        edge = EdgeSpan.__new__(EdgeSpan)
-        edge.kind = span.kind
-        edge.code = span.status
-        edge.trace_id = PyBytes_FromStringAndSize(<const char*>buf + span.trace_start, 16)
-        edge.span_id = PyBytes_FromStringAndSize(<const char*>buf + span.span_start, 8)
-        edge.parent_span_id = PyBytes_FromStringAndSize(
-            <const char*>buf + span.parent_start, span.parent_stop - span.parent_start
-        )
-        edge.start_ns = span.start_ns
-        edge.end_ns = span.end_ns
-        attributes = {}
         for key in range(key_count):
-            if values.starts[key] >= 0:
-                value = _edge_value(buf, values.starts[key], values.stops[key], parse_value)
-                if value is None:
+            if result.starts[at + key] < 0:
+                continue
+            kind = _value_kind(buf, result.starts[at + key], result.stops[at + key], &body_start, &body_stop, &value)
+            if kind == NOT_HANDLED:
+                return None
+            if kind == 1 and not _utf8_valid(buf + body_start, body_stop - body_start):
+                return None  # protobuf refuses the record: the pure path decides
+            if kind == 9:
+                try:
+                    slow(PyBytes_FromStringAndSize(
+                        <const char*>buf + result.starts[at + key], result.stops[at + key] - result.starts[at + key]
+                    ))
+                except Exception:
                     return None
-                attributes[names[key]] = value
-        edge.attributes = attributes
-        (<list>entry[2]).append(edge)
-    return [tuple(entry) for entry in result]
+        result.resource_of[result.count] = distinct_of[where.resource]
+        result.count += 1
+    return result
 
 
-cdef object _span_attribute(tuple names, dict attributes, object tempo_string):
-    """``attributes.span_attribute``: the first of ``names`` on the span, as a Tempo string."""
-    for name in names:
-        found = attributes.get(name)
-        if found is not None:
-            return found.string_value or tempo_string(found)
-    return None
-
-
-cdef object _find_attribute(tuple names, dict resource_values, dict attributes, object tempo_string):
-    """``attributes.find_attribute``: the first of ``names``, resource first then span."""
-    if not resource_values:
-        for name in names:
-            found = attributes.get(name)
-            if found is not None:
-                return name, found.string_value or tempo_string(found)
-        return None
-    for name in names:
-        value = resource_values.get(name)
-        if value is not None:
-            return name, value
-        found = attributes.get(name)
-        if found is not None:
-            return name, found.string_value or tempo_string(found)
-    return None
-
-
-cdef class _Completion:
-    """What ``ServiceGraphsProcessor._complete`` reads of the processor, read once per run."""
+cdef class EdgeContext:
+    """What the compiled observe reads of a ``ServiceGraphsProcessor``, made once per processor:
+    the scan's attribute indices of each lookup, the functions it calls back, the histogram
+    bounds."""
 
     cdef object processor
+    cdef object slow
+    cdef object parse_value
+    cdef Py_ssize_t* peer_indices
+    cdef Py_ssize_t peer_count
+    #: (name, scan index) pairs, in lookup order.
+    cdef tuple database_keys
+    cdef tuple server_keys
+    cdef tuple port_keys
+    cdef tuple dimension_keys
+    cdef bint has_dimensions
+    cdef object network_peer_address
     cdef tuple label_names
     cdef bint messaging_latency
     cdef double* bounds
@@ -1066,11 +1207,34 @@ cdef class _Completion:
     cdef object failed_metric
     cdef object messaging_metric
     cdef Py_ssize_t native_max_exemplars
+    #: Completed edges add to per-group accumulators in C (explicit-bucket histograms only).
+    cdef bint accumulate
+    #: The interval the accumulators belong to, and its label set -> :class:`_GroupAcc`.
+    cdef object acc_interval
+    cdef dict accs
+    #: The accumulators touched during the current observe (applied when it ends).
+    cdef list active
 
-    def __cinit__(self, processor):
+    def __cinit__(self, processor, tuple names, object slow, object parse_value):
         from worker.processors.servicegraphs import processor as module
 
+        index_of = {name: index for index, name in enumerate(names)}
         self.processor = processor
+        self.slow = slow
+        self.parse_value = parse_value
+        peers = processor._peer_attributes
+        self.peer_count = len(peers)
+        self.peer_indices = <Py_ssize_t*>malloc((self.peer_count + 1) * sizeof(Py_ssize_t))
+        if self.peer_indices == NULL:
+            raise MemoryError()
+        for index in range(self.peer_count):
+            self.peer_indices[index] = index_of[peers[index]]
+        self.database_keys = tuple([(name, index_of[name]) for name in processor._database_attributes])
+        self.server_keys = tuple([(name, index_of[name]) for name in processor._database_servers])
+        self.port_keys = tuple([(name, index_of[name]) for name in module._PORT_ATTRIBUTE])
+        self.dimension_keys = tuple([(name, index_of[name]) for name, _, _ in processor._dimensions])
+        self.has_dimensions = bool(processor._dimensions)
+        self.network_peer_address = module._NETWORK_PEER_ADDRESS
         self.label_names = tuple(processor._label_names)
         self.messaging_latency = processor._messaging_latency
         self.failed_metric = module.REQUEST_FAILED_TOTAL
@@ -1083,23 +1247,274 @@ cdef class _Completion:
             raise MemoryError()
         for index in range(self.bound_count):
             self.bounds[index] = bounds[index]
+        self.accumulate = processor._classic and not processor._native
+        self.acc_interval = None
+        self.accs = {}
+        self.active = []
 
     def __dealloc__(self):
+        free(self.peer_indices)
         free(self.bounds)
 
+    cdef int flush(self) except -1:
+        """Apply every accumulator's additions so far to its Python series."""
+        cdef _GroupAcc acc
+        active, self.active = self.active, []
+        for acc in active:
+            acc.finish(self.processor, self.acc_interval)
+        return 0
 
-cdef _complete(_Completion completion, object interval, tuple key, object edge, object now):
+    cdef _GroupAcc acc_of(self, object interval, tuple labels, object now):
+        """The accumulator of ``labels`` in ``interval`` (its group made as ``_complete`` makes it)."""
+        cdef _GroupAcc acc
+        if interval is not self.acc_interval:
+            self.flush()
+            self.acc_interval = interval
+            self.accs = {}
+        found = self.accs.get(labels)
+        if found is not None:
+            acc = <_GroupAcc>found
+        else:
+            groups = interval.edges
+            group = groups.get(labels)
+            if group is None:
+                group = groups[labels] = self.processor._new_group(labels, now)
+            acc = _GroupAcc.__new__(_GroupAcc)
+            acc.group = group
+            acc.counts = group.total is not None
+            if group.server is not None:
+                acc.server = _LatencyAcc.new(group.server, self.bound_count + 1)
+                acc.client = _LatencyAcc.new(group.client, self.bound_count + 1)
+            self.accs[labels] = acc
+        if not acc.active:
+            acc.start()
+            self.active.append(acc)
+        return acc
+
+
+cdef class _LatencyAcc:
+    """One explicit-bucket latency series' additions during an observe, applied to it when the
+    observe ends: counts and buckets commute, the sum goes on from the series' own in edge order
+    (the very double of the pure path), and each bucket's last exemplar is the pure path's."""
+
+    cdef object latency
+    cdef object classic
+    cdef long long count
+    cdef double total
+    cdef long long* adds
+    cdef double* seconds
+    cdef list traces
+    cdef Py_ssize_t bucket_count
+
+    @staticmethod
+    cdef _LatencyAcc new(object latency, Py_ssize_t bucket_count):
+        cdef _LatencyAcc acc = _LatencyAcc.__new__(_LatencyAcc)
+        acc.latency = latency
+        acc.classic = latency.classic
+        acc.bucket_count = bucket_count
+        acc.adds = <long long*>malloc(bucket_count * sizeof(long long))
+        acc.seconds = <double*>malloc(bucket_count * sizeof(double))
+        if acc.adds == NULL or acc.seconds == NULL:
+            raise MemoryError()
+        acc.traces = [None] * bucket_count
+        return acc
+
+    def __dealloc__(self):
+        free(self.adds)
+        free(self.seconds)
+
+    cdef int start(self) except -1:
+        cdef Py_ssize_t index
+        self.count = 0
+        self.total = self.classic.sum
+        for index in range(self.bucket_count):
+            self.adds[index] = 0
+        return 0
+
+    cdef inline void add(self, Py_ssize_t index, double seconds) noexcept:
+        self.count += 1
+        self.total += seconds
+        self.adds[index] += 1
+
+    cdef int finish(self, object now) except -1:
+        cdef Py_ssize_t index
+        classic = self.classic
+        classic.count += self.count
+        classic.sum = self.total
+        classic.last_ns = now
+        buckets = classic.buckets
+        by_bucket = self.latency.by_bucket
+        traces = self.traces
+        for index in range(self.bucket_count):
+            if self.adds[index]:
+                buckets[index] += self.adds[index]
+            trace_id = traces[index]
+            if trace_id is not None:
+                by_bucket[index] = (trace_id, b"", self.seconds[index], now)
+                traces[index] = None
+        return 0
+
+
+cdef class _GroupAcc:
+    """One label set's additions during an observe (see :class:`_LatencyAcc`)."""
+
+    cdef object group
+    cdef bint active
+    #: The group counts requests (``group.total`` is set once, when the group is made).
+    cdef bint counts
+    cdef long long total
+    cdef long long failed
+    cdef object now
+    cdef _LatencyAcc server
+    cdef _LatencyAcc client
+
+    cdef int start(self) except -1:
+        self.active = True
+        self.total = 0
+        self.failed = 0
+        if self.server is not None:
+            self.server.start()
+            self.client.start()
+        return 0
+
+    cdef int finish(self, object processor, object interval) except -1:
+        group = self.group
+        now = self.now
+        self.active = False
+        total = group.total
+        if total is not None:
+            total.count += self.total
+            total.last_ns = now
+            if self.failed:
+                failed = group.failed
+                failed.count += self.failed
+                failed.last_ns = now
+        if self.server is not None:
+            self.server.finish(now)
+            self.client.finish(now)
+        info = group.info
+        if info is not None:
+            info.count = 1
+            info.last_ns = now
+        return 0
+
+
+cdef inline object _scanned_string(EdgeContext ctx, EdgeScan scanned, const unsigned char* buf, Py_ssize_t at):
+    """The Tempo string of the value at ``at`` (checked by the scan: never None)."""
+    return _key_string(buf, scanned.starts[at], scanned.stops[at], ctx.slow)
+
+
+cdef object _scanned_find(
+    EdgeContext ctx, EdgeScan scanned, const unsigned char* buf, Py_ssize_t at, tuple keys, dict resource_values
+):
+    """``attributes.find_attribute`` over the scan: the first of ``keys`` found, resource first
+    then span, as (name, Tempo string); None."""
+    cdef Py_ssize_t index
+    for name, index in keys:
+        if resource_values:
+            value = resource_values.get(name)
+            if value is not None:
+                return name, value
+        if scanned.starts[at + index] >= 0:
+            return name, _scanned_string(ctx, scanned, buf, at + index)
+    return None
+
+
+cdef object _scanned_database_server(
+    EdgeContext ctx, EdgeScan scanned, const unsigned char* buf, Py_ssize_t at, dict resource_values
+):
+    """``ServiceGraphsProcessor._database_server`` over the scan."""
+    found = _scanned_find(ctx, scanned, buf, at, ctx.server_keys, resource_values)
+    if found is None:
+        return None
+    name, server = found
+    if name == ctx.network_peer_address:
+        port = _scanned_find(ctx, scanned, buf, at, ctx.port_keys, resource_values)
+        if port is not None:
+            return server + ":" + port[1]
+    return server
+
+
+cdef dict _scanned_dimension_values(EdgeContext ctx, EdgeScan scanned, const unsigned char* buf, Py_ssize_t at):
+    """The span's dimension attributes as ``AnyValue`` messages, for ``_set_dimensions``."""
+    cdef dict attributes = {}
+    cdef Py_ssize_t index
+    for name, index in ctx.dimension_keys:
+        if scanned.starts[at + index] >= 0:
+            attributes[name] = ctx.parse_value(PyBytes_FromStringAndSize(
+                <const char*>buf + scanned.starts[at + index], scanned.stops[at + index] - scanned.starts[at + index]
+            ))
+    return attributes
+
+
+cdef inline bint _any_byte(bytes data) noexcept:
+    """``any(data)``: a byte that is not zero."""
+    cdef const unsigned char* text = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t index
+    for index in range(PyBytes_GET_SIZE(data)):
+        if text[index]:
+            return True
+    return False
+
+
+cdef _complete(EdgeContext completion, object interval, tuple key, Edge edge, object now, object virtual_node):
     """``ServiceGraphsProcessor._complete`` of a completed edge with a multiplier of 1."""
+    cdef _GroupAcc acc
+    cdef Py_ssize_t index
+    cdef double seconds
     client = edge.client
     server_name = edge.server
     connection_type = edge.connection_type
     if completion.label_names:
         dimensions = edge.dimensions or {}
         labels = (
-            client, server_name, connection_type, "", *[dimensions.get(name, "") for name in completion.label_names]
+            client, server_name, connection_type, virtual_node,
+            *[dimensions.get(name, "") for name in completion.label_names]
         )
     else:
-        labels = (client, server_name, connection_type, "")
+        labels = (client, server_name, connection_type, virtual_node)
+    if completion.accumulate:
+        acc = completion.acc_of(interval, labels, now)
+        acc.now = now
+        group = acc.group
+        if acc.counts:
+            acc.total += 1
+            if edge.failed:
+                if group.failed is None:
+                    group.failed = completion.processor._series(
+                        completion.failed_metric, group.attributes, group.body, now, histogram=False
+                    )
+                acc.failed += 1
+        if acc.server is not None:
+            trace_id = key[0]
+            if not _any_byte(trace_id):
+                trace_id = None
+            seconds = edge.server_seconds
+            index = _bisect_left(completion.bounds, completion.bound_count, seconds)
+            acc.server.add(index, seconds)
+            if trace_id is not None:
+                acc.server.traces[index] = trace_id
+                acc.server.seconds[index] = seconds
+            seconds = edge.client_seconds
+            index = _bisect_left(completion.bounds, completion.bound_count, seconds)
+            acc.client.add(index, seconds)
+            if trace_id is not None:
+                acc.client.traces[index] = trace_id
+                acc.client.seconds[index] = seconds
+            if (
+                completion.messaging_latency
+                and connection_type == "messaging_system"
+                and edge.server_start_ns > edge.client_end_ns
+            ):
+                # Its own series, which no accumulator holds.
+                messaging = group.messaging
+                if messaging is None:
+                    messaging = group.messaging = completion.processor._latency_series(
+                        completion.messaging_metric, group.attributes, group.body, now
+                    )
+                lag = (edge.server_start_ns - edge.client_end_ns) / 1e9
+                _record_latency(completion, messaging, lag, b"" if trace_id is None else trace_id, now)
+        return
     groups = interval.edges
     group = groups.get(labels)
     if group is None:
@@ -1119,7 +1534,7 @@ cdef _complete(_Completion completion, object interval, tuple key, object edge, 
     server = group.server
     if server is not None:
         trace_id = key[0]
-        if not any(trace_id):
+        if not _any_byte(trace_id):
             trace_id = b""
         _record_latency(completion, server, edge.server_seconds, trace_id, now)
         _record_latency(completion, group.client, edge.client_seconds, trace_id, now)
@@ -1141,7 +1556,7 @@ cdef _complete(_Completion completion, object interval, tuple key, object edge, 
         info.last_ns = now
 
 
-cdef _record_latency(_Completion completion, object latency, object seconds, bytes trace_id, object now):
+cdef _record_latency(EdgeContext completion, object latency, object seconds, bytes trace_id, object now):
     """``ServiceGraphsProcessor._record_latency`` with a weight of 1."""
     classic = latency.classic
     cdef Py_ssize_t index
@@ -1166,96 +1581,184 @@ cdef _record_latency(_Completion completion, object latency, object seconds, byt
                 del recent[0]
 
 
-def observe_edges(
-    processor, list work, dict edges, Py_ssize_t capacity, object interval, object now, object stats,
-    object edge_class, object tempo_string, object dropped_metric,
+cdef inline int _count_dropped(
+    dict counters, object count, object interval, object metric, bint client, object service, object now
+) except -1:
+    """``ServiceGraphsProcessor._count`` of a dropped span, in place when its series exists."""
+    side = "client" if client else "server"
+    series = counters.get((metric, side, service))
+    if series is None:
+        count(interval, metric, side, service, now)
+    else:
+        series.count += 1
+        series.last_ns = now
+    return 0
+
+
+def observe_scanned(
+    EdgeContext ctx, EdgeScan scanned, list services, list values, dict edges, Py_ssize_t capacity,
+    object interval, object now, object stats, object dropped_metric,
 ):
-    """``ServiceGraphsProcessor._observe`` over :class:`EdgeSpan` work, without filter policies
-    or a span multiplier (the configurations the edge scan serves): the same edges, in the same
-    order, through the same ``_complete`` and ``_count``."""
+    """``ServiceGraphsProcessor._observe`` over an :class:`EdgeScan`, without filter policies or
+    a span multiplier (the configurations the edge scan serves): the same edges, in the same
+    order, through the same completion and counters. ``services[r]`` is resource r's service
+    name (None: its spans are skipped), ``values[r]`` its resource-level lookup values."""
+    processor = ctx.processor
     deadline = now + processor._wait_ns
     complete = processor._complete
-    cdef _Completion completion = _Completion(processor)
     count = processor._count
     set_dimensions = processor._set_dimensions
-    database_server = processor._database_server
-    cdef tuple peer_attributes = processor._peer_attributes
-    cdef tuple database_attributes = processor._database_attributes
-    cdef bint has_dimensions = bool(processor._dimensions)
+    cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(scanned.data)
+    cdef Py_ssize_t key_count = scanned.key_count
     cdef Py_ssize_t spans_seen = 0, completed = 0, new_edges = 0, dropped = 0
-    cdef EdgeSpan span
+    cdef Py_ssize_t index, at, peer
+    cdef _Span* span
     cdef int kind
     cdef bint client, stored
-    cdef dict attributes
+    cdef Edge edge
+    cdef dict resource_values
+    cdef dict counters = interval.counters
     try:
-        for resource, spans in work:
-            service = resource.service
-            resource_values = resource.values
-            for span in spans:
-                kind = span.kind
-                client = kind == 3 or kind == 4
-                spans_seen += 1
-                key = (span.trace_id, span.span_id if client else span.parent_span_id)
-                edge = edges.get(key)
-                stored = edge is not None
-                if edge is None:
-                    edge = edge_class(deadline)
-                attributes = span.attributes
-                if client:
-                    # Tempo's updateClientEdge, upsertDatabaseRequest and upsertPeerNode.
-                    edge.connection_type = "messaging_system" if kind == 4 else ""
-                    edge.client = service
-                    seconds = _elapsed(span.start_ns, span.end_ns, 1e9)
-                    edge.client_seconds = seconds
-                    edge.client_end_ns = span.end_ns
-                    if span.code == 2:
-                        edge.failed = True
-                    if has_dimensions:
-                        set_dimensions(edge, resource_values, attributes, client=True)
-                    peer = _span_attribute(peer_attributes, attributes, tempo_string)
-                    if peer is not None:
-                        edge.peer = peer
-                    database = _find_attribute(database_attributes, resource_values, attributes, tempo_string)
-                    if database is not None:
-                        edge.connection_type = "database"
-                        edge.server_seconds = seconds
-                        server = database_server(resource_values, attributes)
-                        if server is not None:
-                            edge.server = server
-                        elif database[1]:
-                            edge.server = database[1]
+        for index in range(scanned.count):
+            service = services[scanned.resource_of[index]]
+            if service is None:
+                continue
+            resource_values = <dict>values[scanned.resource_of[index]]
+            span = scanned.spans + index
+            at = index * key_count
+            kind = span.kind
+            client = kind == 3 or kind == 4
+            spans_seen += 1
+            trace_id = PyBytes_FromStringAndSize(<const char*>buf + span.trace_start, 16)
+            if client:
+                key = (trace_id, PyBytes_FromStringAndSize(<const char*>buf + span.span_start, 8))
+            else:
+                key = (trace_id, PyBytes_FromStringAndSize(
+                    <const char*>buf + span.parent_start, span.parent_stop - span.parent_start
+                ))
+            found = edges.get(key)
+            stored = found is not None
+            if found is None and len(edges) >= capacity and (
+                not client or _scanned_find(ctx, scanned, buf, at, ctx.database_keys, resource_values) is None
+            ):
+                # No room, and a new half-edge completes at once only as a database call: the
+                # pure path builds it and drops it; nothing is built here.
+                dropped += 1
+                _count_dropped(counters, count, interval, dropped_metric, client, service, now)
+                continue
+            if found is None:
+                edge = Edge.__new__(Edge)
+                _edge_init(edge, deadline)
+            elif type(found) is Edge:
+                edge = <Edge>found
+            else:
+                edge = _as_native(found)
+                edges[key] = edge  # same place in the dict: the expiry order stays
+            if client:
+                # Tempo's updateClientEdge, upsertDatabaseRequest and upsertPeerNode.
+                edge.connection_type = "messaging_system" if kind == 4 else ""
+                edge.client = service
+                seconds = _elapsed(span.start_ns, span.end_ns, 1e9)
+                edge.client_seconds = seconds
+                edge.client_end_ns = span.end_ns
+                if span.status == 2:
+                    edge.failed = True
+                if ctx.has_dimensions:
+                    set_dimensions(
+                        edge, resource_values, _scanned_dimension_values(ctx, scanned, buf, at), client=True
+                    )
+                for peer in range(ctx.peer_count):
+                    if scanned.starts[at + ctx.peer_indices[peer]] >= 0:
+                        edge.peer = _scanned_string(ctx, scanned, buf, at + ctx.peer_indices[peer])
+                        break
+                database = _scanned_find(ctx, scanned, buf, at, ctx.database_keys, resource_values)
+                if database is not None:
+                    edge.connection_type = "database"
+                    edge.server_seconds = seconds
+                    server = _scanned_database_server(ctx, scanned, buf, at, resource_values)
+                    if server is not None:
+                        edge.server = server
+                    elif database[1]:
+                        edge.server = database[1]
+            else:
+                edge.connection_type = "messaging_system" if kind == 5 else ""
+                edge.server = service
+                edge.server_seconds = _elapsed(span.start_ns, span.end_ns, 1e9)
+                edge.server_start_ns = span.start_ns
+                if span.status == 2:
+                    edge.failed = True
+                if ctx.has_dimensions:
+                    set_dimensions(
+                        edge, resource_values, _scanned_dimension_values(ctx, scanned, buf, at), client=False
+                    )
+                for peer in range(ctx.peer_count):
+                    if scanned.starts[at + ctx.peer_indices[peer]] >= 0:
+                        edge.peer = _scanned_string(ctx, scanned, buf, at + ctx.peer_indices[peer])
+                        break
+            edge.span_kind = kind
+            if edge.client and edge.server:
+                if stored:
+                    del edges[key]
                 else:
-                    edge.connection_type = "messaging_system" if kind == 5 else ""
-                    edge.server = service
-                    edge.server_seconds = _elapsed(span.start_ns, span.end_ns, 1e9)
-                    edge.server_start_ns = span.start_ns
-                    if span.code == 2:
-                        edge.failed = True
-                    if has_dimensions:
-                        set_dimensions(edge, resource_values, attributes, client=False)
-                    peer = _span_attribute(peer_attributes, attributes, tempo_string)
-                    if peer is not None:
-                        edge.peer = peer
-                edge.span_kind = kind
-                if edge.client and edge.server:
-                    if stored:
-                        del edges[key]
-                    else:
-                        new_edges += 1
-                    if edge.multiplier == 1.0:
-                        _complete(completion, interval, key, edge, now)
-                    else:  # a half-edge restored from another configuration's handover
-                        complete(interval, key, edge, "", now)
-                    completed += 1
-                elif not stored:
-                    if len(edges) >= capacity:
-                        dropped += 1
-                        count(interval, dropped_metric, "client" if client else "server", service, now)
-                    else:
-                        edges[key] = edge
-                        new_edges += 1
+                    new_edges += 1
+                if edge.multiplier == 1.0:
+                    _complete(ctx, interval, key, edge, now, "")
+                else:  # a half-edge restored from another configuration's handover
+                    ctx.flush()
+                    complete(interval, key, edge, "", now)
+                completed += 1
+            elif not stored:
+                if len(edges) >= capacity:
+                    dropped += 1
+                    _count_dropped(counters, count, interval, dropped_metric, client, service, now)
+                else:
+                    edges[key] = edge
+                    new_edges += 1
     finally:
+        ctx.flush()
         stats.spans += spans_seen
         stats.edges += completed
         stats.new_edges += new_edges
         stats.dropped += dropped
+
+
+def expire_edges(EdgeContext ctx, str tenant, dict edges, object now_ns):
+    """``ServiceGraphsProcessor.expire`` of one tenant's half-edges of one partition: those whose
+    wait ended at or before ``now_ns`` (the dict is in deadline order), each through Tempo's
+    ``onExpire``; the virtual-node completions of :class:`Edge` s with a multiplier of 1 in C, the
+    rest (unpaired counts, restored multipliers) through ``_expire_edge``."""
+    cdef list expired = []
+    cdef Edge edge
+    for key, found in edges.items():
+        if found.deadline_ns > now_ns:
+            break
+        expired.append(key)
+    if not expired:
+        return
+    processor = ctx.processor
+    interval = processor._interval(tenant)
+    expire_edge = processor._expire_edge
+    virtual_node_label = processor._virtual_node_label
+    try:
+        for key in expired:
+            found = edges.pop(key)
+            if type(found) is Edge and (<Edge>found).multiplier == 1.0:
+                edge = <Edge>found
+                if not edge.client:
+                    if not key[1]:
+                        # A root span: the request came from outside, named by its peer attribute.
+                        edge.connection_type = "virtual_node"
+                        edge.client = edge.peer or "user"
+                        _complete(ctx, interval, key, edge, now_ns, "client" if virtual_node_label else "")
+                        continue
+                elif not edge.server and edge.peer:
+                    # A call to something that sends no spans.
+                    edge.connection_type = "virtual_node"
+                    edge.server = edge.peer
+                    _complete(ctx, interval, key, edge, now_ns, "server" if virtual_node_label else "")
+                    continue
+            else:
+                ctx.flush()  # the Python completion may touch accumulated series
+            expire_edge(tenant, interval, key, found, now_ns)
+    finally:
+        ctx.flush()

@@ -5,12 +5,20 @@ An edge travels with the wait it has *left*, so time without an owner does not c
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgpack
 
-__all__ = ["FORMAT_VERSION", "Edge", "EdgeKey", "MarkerKey", "decode_pending", "encode_pending"]
+__all__ = [
+    "FORMAT_VERSION",
+    "Edge",
+    "EdgeKey",
+    "MarkerKey",
+    "decode_pending",
+    "edge_from_row",
+    "encode_pending",
+]
 
 #: (trace_id, client span id): the server side uses its parent span id, so both sides meet here.
 EdgeKey = tuple[bytes, bytes]
@@ -86,39 +94,51 @@ class Edge:
     def from_row(
         cls, row: list[Any], now_ns: int, max_wait_ns: int, version: int = FORMAT_VERSION
     ) -> tuple[EdgeKey, Edge]:
-        if len(row) != _ROW_LENGTHS[version]:
-            raise ValueError(f"a version {version} row has {_ROW_LENGTHS[version]} fields, not {len(row)}")
-        (
-            trace_id,
-            span_id,
-            remaining_ns,
-            connection_type,
-            client,
-            server,
-            client_seconds,
-            server_seconds,
-            client_end_ns,
-            server_start_ns,
-            failed,
-            peer,
-            dimensions,
-        ) = row[:13]
-        remaining = min(max(int(remaining_ns), 0), max_wait_ns)
-        edge = cls(now_ns + remaining)
-        edge.connection_type = str(connection_type)
-        edge.client = str(client)
-        edge.server = str(server)
-        edge.client_seconds = float(client_seconds)
-        edge.server_seconds = float(server_seconds)
-        edge.client_end_ns = int(client_end_ns)
-        edge.server_start_ns = int(server_start_ns)
-        edge.failed = bool(failed)
-        edge.peer = str(peer)
-        edge.dimensions = {str(k): str(v) for k, v in dimensions.items()} if dimensions is not None else None
-        if version >= 2:
-            edge.span_kind = int(row[13])
-            edge.multiplier = float(row[14])
-        return (bytes(trace_id), bytes(span_id)), edge
+        return edge_from_row(cls, row, now_ns, max_wait_ns, version)
+
+
+def edge_from_row(
+    edge_type: Callable[[int], Edge],
+    row: list[Any],
+    now_ns: int,
+    max_wait_ns: int,
+    version: int = FORMAT_VERSION,
+) -> tuple[EdgeKey, Edge]:
+    """An exported row as an edge of ``edge_type`` (:class:`Edge`, or the compiled ingest's
+    twin with the same fields), its deadline counted from ``now_ns``."""
+    if len(row) != _ROW_LENGTHS[version]:
+        raise ValueError(f"a version {version} row has {_ROW_LENGTHS[version]} fields, not {len(row)}")
+    (
+        trace_id,
+        span_id,
+        remaining_ns,
+        connection_type,
+        client,
+        server,
+        client_seconds,
+        server_seconds,
+        client_end_ns,
+        server_start_ns,
+        failed,
+        peer,
+        dimensions,
+    ) = row[:13]
+    remaining = min(max(int(remaining_ns), 0), max_wait_ns)
+    edge = edge_type(now_ns + remaining)
+    edge.connection_type = str(connection_type)
+    edge.client = str(client)
+    edge.server = str(server)
+    edge.client_seconds = float(client_seconds)
+    edge.server_seconds = float(server_seconds)
+    edge.client_end_ns = int(client_end_ns)
+    edge.server_start_ns = int(server_start_ns)
+    edge.failed = bool(failed)
+    edge.peer = str(peer)
+    edge.dimensions = {str(k): str(v) for k, v in dimensions.items()} if dimensions is not None else None
+    if version >= 2:
+        edge.span_kind = int(row[13])
+        edge.multiplier = float(row[14])
+    return (bytes(trace_id), bytes(span_id)), edge
 
 
 #: (edge key, side) of a filtered span (Tempo's dropped span side, #6453): 0 client, 1 server.
@@ -144,7 +164,7 @@ def encode_pending(
 
 
 def decode_pending(
-    blob: bytes, now_ns: int, max_wait_ns: int
+    blob: bytes, now_ns: int, max_wait_ns: int, edge_type: Callable[[int], Edge] = Edge
 ) -> list[tuple[str, list[tuple[EdgeKey, Edge]], list[tuple[MarkerKey, int]]]]:
     """The tenants, edges and markers of a blob, deadlines counted from ``now_ns`` (at most
     ``max_wait_ns`` on); a version 1 blob has no markers.
@@ -164,7 +184,7 @@ def decode_pending(
             if len(entry) != (2 if version == 1 else 3):
                 raise ValueError(f"a version {version} tenant entry has {len(entry)} fields")
             tenant, rows = entry[0], entry[1]
-            edges = [Edge.from_row(row, now_ns, max_wait_ns, version) for row in rows]
+            edges = [edge_from_row(edge_type, row, now_ns, max_wait_ns, version) for row in rows]
             markers = [
                 (
                     ((bytes(trace_id), bytes(span_id)), int(side)),

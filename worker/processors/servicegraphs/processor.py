@@ -61,9 +61,9 @@ __all__ = [
 
 #: The compiled ingest (None: the pure path only).
 _NATIVE = native.load()
-#: What the compiled scanner reads of a request: per resource (its bytes, its span count, its
-#: edge spans, which read as batch-schema spans do for the processor).
-EdgeScan = list[tuple[bytes, int, list[Any]]]
+#: What the compiled scanner reads of a request (``_native.EdgeScan``): the edge spans' fields
+#: and attribute value ranges, per resource its bytes and span count; nothing built per span.
+EdgeScan = Any
 
 REQUEST_TOTAL = "traces_service_graph_request_total"
 REQUEST_FAILED_TOTAL = "traces_service_graph_request_failed_total"
@@ -233,7 +233,9 @@ class ServiceGraphsProcessor:
     """Pairs spans into edges and aggregates them into per-series deltas.
 
     Not thread-safe; one instance per worker event loop. ``clock`` returns unix nanoseconds: it
-    stamps series and starts each half-edge's wait (``expire`` takes the time explicitly).
+    stamps series and starts each half-edge's wait (``expire`` takes the time explicitly). When
+    the extension serves the configuration, the half-edges are its ``Edge`` and their expiry is
+    compiled, on either ingest path.
     """
 
     def __init__(
@@ -242,6 +244,7 @@ class ServiceGraphsProcessor:
         *,
         clock: Callable[[], int] = time.time_ns,
         resource_cache_size: int = _DEFAULT_RESOURCE_CACHE_SIZE,
+        compiled: bool = True,
     ) -> None:
         self.config = config
         self._clock = clock
@@ -300,7 +303,19 @@ class ServiceGraphsProcessor:
                 )
             )
         )
-        self._native_ready = not self.native_unsupported()
+        #: ``compiled=False``: the pure path throughout (its own edges and expiry) whatever the
+        #: extension, the reference the compiled path is tested against.
+        self._native_ready = compiled and not self.native_unsupported()
+        #: The pending edges' class: the extension's (fields in the object) when it serves this
+        #: configuration, the same rows and attributes as the pure one.
+        self._edge_type: Callable[[int], Edge] = Edge
+        self._native_context: Any = None
+        if _NATIVE is not None and self._native_ready:
+            self._edge_type = _NATIVE.Edge
+            self._native_context = _NATIVE.EdgeContext(
+                self, self._span_keys, _tempo_string_of_bytes, AnyValue.FromString
+            )
+        self._span_key_bytes = tuple(name.encode() for name in self._span_keys)
 
         #: serialized Resource -> its cached work (insertion order: the oldest is evicted first).
         self._resources: dict[bytes, _Resource] = {}
@@ -445,21 +460,22 @@ class ServiceGraphsProcessor:
         protobuf parses ``data``; nothing is aggregated here."""
         if _NATIVE is None or not self._native_ready:
             return None
-        return _NATIVE.scan_edges(data, self._span_keys, AnyValue.FromString)  # type: ignore[no-any-return]
+        return _NATIVE.scan_edges(data, self._span_key_bytes, _tempo_string_of_bytes)
 
     def consume_scanned(self, scanned: EdgeScan, tenant: str, partition: int = 0) -> ServiceGraphStats:
         """:meth:`consume` of what :meth:`scan` read: the same deltas and pending edges."""
         stats = ServiceGraphStats()
-        work: list[tuple[_Resource, Sequence[BatchSpan]]] = []
-        for cache_key, count, spans in scanned:
+        services: list[str | None] = []
+        values: list[dict[str, str]] = []
+        for cache_key, count in scanned.resources():
             resource = self._resources.get(cache_key)
             if resource is None:
                 resource = self._resource(Resource.FromString(cache_key), cache_key)
             if resource.service is None:
                 stats.skipped_no_service += count
-            elif spans:
-                work.append((resource, spans))
-        self._consume_work(work, tenant, partition, stats, compiled=True)
+            services.append(resource.service)
+            values.append(resource.values)
+        self._consume_work([], tenant, partition, stats, scanned=(scanned, services, values))
         return stats
 
     def _consume_work(
@@ -469,10 +485,11 @@ class ServiceGraphsProcessor:
         partition: int,
         stats: ServiceGraphStats,
         *,
-        compiled: bool = False,
+        scanned: tuple[EdgeScan, list[str | None], list[dict[str, str]]] | None = None,
     ) -> None:
         """Pair the spans of ``work`` (resources with a service name) with what ``partition``
-        holds; ``compiled``: ``work`` is the edge scan's, observed by the compiled loop."""
+        holds; ``scanned``: instead, an edge scan (and its resources' service names and lookup
+        values), observed by the compiled loop."""
         now = self._clock()
         by_tenant = self._pending.get(partition)
         if by_tenant is None:
@@ -482,23 +499,23 @@ class ServiceGraphsProcessor:
             edges = by_tenant[tenant] = {}
         capacity = self._max_items - self._pending_elsewhere(tenant, partition)
         interval = self._interval(tenant)
-        if work:
+        if work or (scanned is not None and len(scanned[0])):
             markers = self._markers.get(partition, {}).get(tenant)
             if markers is None and self._filter.active:
                 markers = self._markers.setdefault(partition, {}).setdefault(tenant, {})
             marker_capacity = self._max_items - self._elsewhere(self._markers, tenant, partition)
-            if compiled:
+            if scanned is not None:
                 assert _NATIVE is not None
-                _NATIVE.observe_edges(
-                    self,
-                    work,
+                _NATIVE.observe_scanned(
+                    self._native_context,
+                    scanned[0],
+                    scanned[1],
+                    scanned[2],
                     edges,
                     capacity,
                     interval,
                     now,
                     stats,
-                    Edge,
-                    tempo_string,
                     DROPPED_SPANS_TOTAL,
                 )
             else:
@@ -575,7 +592,7 @@ class ServiceGraphsProcessor:
                     if markers and (key, _SERVER_SIDE if client else _CLIENT_SIDE) in markers:
                         stats.dropped_edges += 1
                         continue
-                    edge = Edge(deadline)
+                    edge = self._edge_type(deadline)
                 if client:
                     client_side(edge, service, resource_values, span, kind)
                 else:
@@ -860,8 +877,13 @@ class ServiceGraphsProcessor:
 
     def expire(self, now_ns: int) -> None:
         """Give up on every half-edge whose wait ended at or before ``now_ns`` (Tempo's ``onExpire``)."""
+        native = self._native_context
         for by_tenant in self._pending.values():
             for tenant, edges in by_tenant.items():
+                if native is not None:
+                    assert _NATIVE is not None
+                    _NATIVE.expire_edges(native, tenant, edges, now_ns)
+                    continue
                 expired: list[EdgeKey] = []
                 for key, edge in edges.items():
                     if edge.deadline_ns > now_ns:
@@ -986,7 +1008,7 @@ class ServiceGraphsProcessor:
         and counted as dropped spans. Filtered sides (markers) come along the same way. A damaged
         or foreign blob raises ``ValueError`` and restores nothing.
         """
-        decoded = decode_pending(blob, now_ns, self._wait_ns)
+        decoded = decode_pending(blob, now_ns, self._wait_ns, self._edge_type)
         restored = 0
         by_tenant = self._pending.setdefault(partition, {})
         for tenant, rows, marker_rows in decoded:
@@ -1088,6 +1110,14 @@ class ServiceGraphsProcessor:
 
 
 _NO_DIMENSIONS: dict[str, str] = {}
+
+
+def _tempo_string_of_bytes(value: bytes) -> str:
+    """The Tempo string of a serialized ``AnyValue`` (the compiled scan's values that are
+    neither strings nor integers)."""
+    return tempo_string(AnyValue.FromString(value))
+
+
 #: Read-only: the markers of a tenant that has none (no filter policy configured).
 _NO_MARKERS: dict[MarkerKey, int] = {}
 

@@ -123,8 +123,9 @@ class TwinProcessor:
     deltas, pending edges, counters) must be identical; the pure one's is returned."""
 
     def __init__(self, config: ServiceGraphsConfig, clock: FakeClock) -> None:
-        self.pure = ServiceGraphsProcessor(config, clock=clock)
-        self.native = ServiceGraphsProcessor(config, clock=clock) if self.pure.native_ready else None
+        self.pure = ServiceGraphsProcessor(config, clock=clock, compiled=False)
+        native = ServiceGraphsProcessor(config, clock=clock)
+        self.native = native if native.native_ready else None
 
     def consume(self, request: Any, tenant: str, partition: int = 0) -> ServiceGraphStats:
         stats = self.pure.consume(request, tenant, partition)

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from tests.unit.processors.servicegraphs.helpers import TwinProcessor
@@ -25,6 +25,9 @@ from worker.config import ServiceGraphsConfig, Settings
 from worker.model.errors import OtlpDecodeError
 from worker.otlp.decode import decode_spans_proto
 from worker.processors.pipeline import NativeRun, Pipeline
+from worker.processors.servicegraphs import ServiceGraphsProcessor
+from worker.processors.servicegraphs import processor as servicegraphs_processor
+from worker.processors.servicegraphs.pending import Edge, encode_pending
 
 #: The attributes the processor reads, and one it never does.
 NAMES = [
@@ -40,8 +43,13 @@ NAMES = [
     "other",
 ]
 
+#: Mostly plain names (peers, servers, virtual nodes), else any value.
+attribute_values = st.one_of(
+    st.sampled_from(["peer-a", "peer-b", "10.0.0.1", ""]).map(lambda text: AnyValue(string_value=text)),
+    any_values,
+)
 attributes = st.lists(
-    st.builds(lambda k, v: KeyValue(key=k, value=v), st.sampled_from(NAMES), any_values), max_size=5
+    st.builds(lambda k, v: KeyValue(key=k, value=v), st.sampled_from(NAMES), attribute_values), max_size=5
 )
 spans = st.builds(
     lambda trace, span, parent, kind, status, start, duration, attrs: Span(
@@ -124,6 +132,148 @@ def test_random_traces_and_configurations_give_identical_results(
     twin.new_edges  # noqa: B018
 
 
+# ------------------------------------------------------------------------------ state over time
+
+#: Operations on both processors: consume a request (on the native one through the edge scan, or
+#: through its pure path when the flag says so: both share its pending edges), let time pass and
+#: expire, hand the deltas over, hand a partition's pending edges over (export, drop, restore,
+#: as at a checkpoint and a rebalance), or restore an edge another configuration exported with a
+#: span multiplier.
+operations = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("consume"), requests, st.integers(0, 1), st.sampled_from(["t", "u"]), st.booleans()
+        ),
+        st.tuples(st.just("expire"), st.integers(0, 12)),
+        st.tuples(st.just("take")),
+        st.tuples(st.just("handover"), st.integers(0, 1), st.integers(0, 1)),
+        st.tuples(st.just("multiplier"), st.integers(1, 3), st.integers(1, 6), st.integers(0, 1)),
+    ),
+    min_size=1,
+    max_size=14,
+)
+
+
+def _multiplier_blob(trace: int, span: int, now_ns: int) -> bytes:
+    """An export of one waiting client side with a multiplier of 2 (a span-multiplier worker's)."""
+    edge = Edge(now_ns + 5 * 10**9)
+    edge.client = "elsewhere"
+    edge.client_seconds = 0.25
+    edge.multiplier = 2.0
+    edge.span_kind = 3
+    key = (trace.to_bytes(16, "big"), span.to_bytes(8, "big"))
+    return encode_pending([("t", [(key, edge)], [])], now_ns)
+
+
+@needs_native
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    config=configs.map(lambda c: {**c, "max_items": c.get("max_items", 3) % 4 + 1}),
+    steps=operations,
+)
+def test_pending_edges_expiry_handover_and_limits_stay_identical(
+    config: dict[str, Any], steps: list[tuple[Any, ...]]
+) -> None:
+    """Half-edges kept by the compiled observe (its own Edge class, its accumulators) against the
+    pure processor over time: eviction and expiry order, ``max_items`` across partitions and
+    tenants, dropped and expired counters, export and restore across a checkpoint."""
+    clock = FakeClock()
+    parsed = ServiceGraphsConfig.model_validate(config)
+    pure = ServiceGraphsProcessor(parsed, clock=clock, compiled=False)
+    native = ServiceGraphsProcessor(parsed, clock=clock)
+    assert native.native_ready
+
+    def same(name: str, *args: Any) -> None:
+        expected = getattr(pure, name)(*args)
+        assert repr(getattr(native, name)(*args)) == repr(expected), name
+
+    for step in steps:
+        if step[0] == "consume":
+            _, request, partition, tenant, through_pure = step
+            expected = pure.consume(request, tenant, partition)
+            if through_pure:
+                got = native.consume(request, tenant, partition)
+            else:
+                scanned = native.scan(request.SerializeToString())
+                assert scanned is not None
+                got = native.consume_scanned(scanned, tenant, partition)
+            assert got == expected
+        elif step[0] == "expire":
+            now = clock.advance(step[1])
+            pure.expire(now)
+            native.expire(now)
+        elif step[0] == "take":
+            same("take_deltas")
+        elif step[0] == "handover":
+            _, source, target = step
+            blob = pure.export_pending(source)
+            assert native.export_pending(source) == blob
+            pure.drop_partition(source)
+            native.drop_partition(source)
+            clock.advance(1)
+            same("restore_pending", target, blob, clock())
+        else:
+            _, trace, span, partition = step
+            same("restore_pending", partition, _multiplier_blob(trace, span, clock()), clock())
+        for partition in (0, 1):
+            same("pending_count", partition)
+    for partition in (0, 1):
+        same("export_pending", partition)
+    same("take_deltas")
+    now = clock.advance(60)
+    pure.expire(now)
+    native.expire(now)
+    same("take_deltas")
+    for counter in ("expired_edges", "new_edges", "dropped_edges", "marker_overflows"):
+        assert getattr(native, counter) == getattr(pure, counter), counter
+
+
+#: Byte sequences at the edges of UTF-8: overlong forms, surrogates, beyond U+10FFFF, truncated.
+_EDGES = [b"\xc0\x80", b"\xc1\xbf", b"\xc2\x80", b"\xe0\x80\x80", b"\xe0\xa0\x80", b"\xed\x9f\xbf"]
+_EDGES += [b"\xed\xa0\x80", b"\xed\xbf\xbf", b"\xee\x80\x80", b"\xf0\x8f\xbf\xbf", b"\xf0\x90\x80\x80"]
+_EDGES += [b"\xf4\x8f\xbf\xbf", b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80", b"\xe2\x82", b"\xf0\x9f\x98"]
+#: A peer attribute's value bytes: text of any code point (surrogates too), any bytes, or one of
+#: the sequences above between ASCII; one byte overwritten or not.
+_TEXT_SIZE = 12
+value_bytes = st.one_of(
+    st.text(st.characters(exclude_categories=()), min_size=_TEXT_SIZE).map(
+        lambda text: text.encode("utf-8", "surrogatepass")[:_TEXT_SIZE]
+    ),
+    st.binary(min_size=_TEXT_SIZE, max_size=_TEXT_SIZE),
+    st.builds(
+        lambda before, edge: (b"a" * before + edge).ljust(_TEXT_SIZE, b"z")[:_TEXT_SIZE],
+        st.integers(0, 8),
+        st.sampled_from(_EDGES),
+    ),
+).filter(lambda raw: len(raw) == _TEXT_SIZE)
+
+
+@needs_native
+@settings(max_examples=500, deadline=None)
+@given(raw=value_bytes, at=st.integers(0, _TEXT_SIZE - 1), byte=st.one_of(st.none(), st.integers(0, 255)))
+def test_the_edge_scan_reads_exactly_the_strings_python_decodes(
+    raw: bytes, at: int, byte: int | None
+) -> None:
+    """The scan checks string values in C (overlong forms, surrogates, beyond U+10FFFF): it must
+    decline exactly the bytes Python's strict UTF-8 decoder refuses, and read the others."""
+    if byte is not None:
+        raw = raw[:at] + bytes([byte]) + raw[at + 1 :]
+    processor = ServiceGraphsProcessor(ServiceGraphsConfig(enabled=True))
+    span = Span(trace_id=b"\x01" * 16, span_id=b"\x02" * 8, kind=Span.SPAN_KIND_CLIENT)
+    span.attributes.add(key="peer.service").value.string_value = "@" * _TEXT_SIZE
+    request = ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[span])])]
+    )
+    data = request.SerializeToString()
+    data = data.replace(b"@" * _TEXT_SIZE, raw)
+    try:
+        raw.decode()
+        decodes = True
+    except UnicodeDecodeError:
+        decodes = False
+    assert (processor.scan(data) is not None) == decodes
+
+
 # ------------------------------------------------------------------------------ mutated records
 
 _SETTINGS = Settings(
@@ -172,7 +322,11 @@ def test_mutated_records_give_identical_results_or_go_to_the_pure_path(seed: int
     seeds = _seed_records(rng)
     clock = FakeClock()
     compiled = Pipeline(_SETTINGS, clock=clock)
-    pure = Pipeline(_SETTINGS, clock=clock)
+    with pytest.MonkeyPatch.context() as patch:
+        # The reference: service graphs without the extension (its edges, its expiry).
+        patch.setattr(servicegraphs_processor, "_NATIVE", None)
+        pure = Pipeline(_SETTINGS, clock=clock)
+    assert pure.servicegraphs is not None and not pure.servicegraphs.native_ready
     assert (compiled.ingest_path, compiled.edges_path) == ("native", "native")
     assert compiled.servicegraphs is not None and pure.servicegraphs is not None
     outcomes = {"native": 0, "declined": 0, "undecodable": 0}
