@@ -1,5 +1,6 @@
-"""The cluster store's own layout on a real Redis Cluster: state spread over the masters, outboxes
-trimmed once folded, idempotent pulls and deliveries, lost shards noticed, replicas waited for."""
+"""The cluster store's own layout on a real Redis Cluster: state and merges spread over the
+masters, outboxes trimmed once folded, idempotent pulls and trims, a multi-partition merge whose
+one step fails applying the others, lost shards noticed, replicas waited for."""
 
 from __future__ import annotations
 
@@ -92,27 +93,28 @@ async def test_series_state_spreads_over_every_master_and_outboxes_are_trimmed(
     }
     assert holders == {node.port for node in redis_cluster.masters()}  # sharded, not one tag
     for slot in range(store.slots):
-        assert await client.llen(store.keys.log("acme", slot)) == 0  # every folded entry trimmed
-        cursor = int(await client.get(layout.cursor("acme", slot)) or 0)
-        assert int(await client.get(layout.base("acme", slot)) or 0) == cursor
+        cursors = await client.hgetall(layout.cursors("acme", slot))
+        for source in (0, 1):
+            assert await client.llen(layout.outbox("acme", source, slot)) == 0  # folded: trimmed
+            base = int(await client.get(layout.base("acme", source, slot)) or 0)
+            assert int(cursors.get(str(source).encode(), 0)) == base
     assert await store.active_series("acme") == 300
     assert await _fold_all(store, tokens) == counts  # idle: the same values, nothing refolded
 
 
-async def test_late_trims_and_repeated_overflow_deliveries_change_nothing(client: RedisCluster) -> None:
+async def test_late_trims_and_overflow_rows_handed_on_in_the_fold_change_nothing(
+    client: RedisCluster,
+) -> None:
     store = _store(client, slots=2, active_series_limit=1)
     tokens = await store.claim([0, 1])
     await store.merge(_deltas(*(_calls(f"s{n}", 1) for n in range(6))), {0: (tokens[0], 1)})
     await _fold_all(store, tokens)
-    await _fold_all(store, tokens)  # overflow rows delivered to a slot folded before
+    await _fold_all(store, tokens)  # overflow rows handed on to a slot folded before
     held = [s.series for slot in range(2) for s in await store.read_slot("acme", slot)]
     assert sum(s.count for s in held) == 6 and len(held) == 2  # one admitted, one overflow
-    log, base = store.keys.log("acme", 0), store.layout.base("acme", 0)
-    assert await store._trim(keys=[log, base], args=["0"]) == 0  # an older cursor: a no-op
-    for slot in range(2):
-        pending = await client.get(store.layout.overflow("acme", slot))
-        await store._deliver("acme", slot, pending)  # delivered already: nothing appended
-        assert await client.llen(store.keys.log("acme", 1 - slot)) == 0
+    outbox, base = store.layout.outbox("acme", 0, 0), store.layout.base("acme", 0, 0)
+    assert await store._trim(keys=[outbox, base], args=["0"]) == 0  # an older cursor: a no-op
+    await _fold_all(store, tokens)  # nothing new: nothing refolded, nothing handed on again
     again = [s.series for slot in range(2) for s in await store.read_slot("acme", slot)]
     assert sum(s.count for s in again) == 6
 
@@ -158,7 +160,7 @@ async def test_a_merge_waits_for_a_replica_and_its_retry_is_answered_seen(
 ) -> None:
     store = _store(client, slots=2, replica_wait_s=0.3)
     tokens = await store.claim([0])
-    port = client.get_node_from_key(store.keys.fence).port
+    port = client.get_node_from_key(store.layout.token(0)).port
     master = next(node for node in redis_cluster.masters() if node.port == port)
     replica = redis_cluster.replica_of(master)
     replica.pause()
@@ -186,13 +188,13 @@ async def _retried(step: Callable[[], Awaitable[T]]) -> tuple[T, int]:
 async def test_a_resharding_while_merging_and_folding_keeps_counts_exact(
     client: RedisCluster, redis_cluster: EmbeddedRedisCluster
 ) -> None:
-    """The control tag's hash slot, then a slot tag's, move to another master key by key while
+    """Partition 0's hash tag (its merges), then slot 1's, move to another master key by key while
     merges and folds go on: redirections (ASK, MOVED) are followed, a script meeting its tag
     half-moved (TRYAGAIN) is retried, and every count is exact."""
     store = _store(client, slots=4)
     await store.generation("g1")
     tokens = await store.claim(range(4))
-    moving = [key_slot(store.keys.fence.encode()), key_slot(store.layout.records("acme", 1).encode())]
+    moving = [key_slot(store.layout.token(0).encode()), key_slot(store.layout.records("acme", 1).encode())]
 
     def reshard() -> None:
         for slot in moving:
@@ -221,7 +223,7 @@ async def test_a_resharding_while_merging_and_folding_keeps_counts_exact(
 
 
 async def test_a_step_a_failover_loses_was_never_acknowledged_and_its_retry_applies_it_once() -> None:
-    """Asynchronous replication: the control tag's master applies a merge, its replica (frozen)
+    """Asynchronous replication: partition 0's master applies a merge, its replica (frozen)
     does not get it, the master dies and the replica is elected without it. The merge never
     returned (no replica acknowledged it), so its offsets never reached Kafka; its retry (same
     sequence) applies it on the new master, once."""
@@ -233,7 +235,7 @@ async def test_a_step_a_failover_loses_was_never_acknowledged_and_its_retry_appl
             tokens = await store.claim([0])
             first = _deltas(_calls("a", 1))
             assert await store.merge(first, {0: (tokens[0], 10)}, sequence=1)
-            master = cluster.master_of(key_slot(store.keys.fence.encode()))
+            master = cluster.master_of(key_slot(store.layout.token(0).encode()))
             replica = cluster.replica_of(master)
             replica.pause()
             with cluster.client(master) as direct:  # the replication link goes with it
@@ -246,7 +248,7 @@ async def test_a_step_a_failover_loses_was_never_acknowledged_and_its_retry_appl
             replica.resume()
             # Until the replica is elected: the cluster may still call itself ok (and map the
             # slot to the dead master) before the nodes have marked the master failed.
-            slot = key_slot(store.keys.fence.encode())
+            slot = key_slot(store.layout.token(0).encode())
 
             def elected() -> None:
                 deadline = time.monotonic() + 60
