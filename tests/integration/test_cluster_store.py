@@ -269,3 +269,108 @@ async def test_a_step_a_failover_loses_was_never_acknowledged_and_its_retry_appl
             assert counts == {"a": 3}
         finally:
             await client.aclose()
+
+
+def _rpush_calls(cluster: EmbeddedRedisCluster) -> dict[int, int]:
+    """RPUSH calls each master has run so far (scripts' commands included): port -> calls."""
+    calls = {}
+    for master in cluster.masters():
+        with cluster.client(master) as direct:
+            stats = direct.info("commandstats")
+        calls[master.port] = int(stats.get("cmdstat_rpush", {}).get("calls", 0))
+    return calls
+
+
+async def test_merges_of_different_partitions_go_to_their_own_masters(
+    client: RedisCluster, redis_cluster: EmbeddedRedisCluster
+) -> None:
+    """Every partition's merge step writes under its own tag only: each master appends exactly the
+    outbox entries of the partitions it holds, and every master takes a share of the merges."""
+    store = _store(client, slots=24)  # 24 tags: one master holding none ~ 3 * (2/3)^24 = 2e-4
+    await store.generation("g1")
+    tokens = await store.claim(range(store.slots))
+    by_partition = {p: _deltas(*(_calls(f"p{p}-s{n}", 1) for n in range(20))) for p in range(store.slots)}
+    fences = {p: (tokens[p], 100 + p) for p in range(store.slots)}
+    expected = {master.port: 0 for master in redis_cluster.masters()}
+    for p, deltas in by_partition.items():  # one outbox entry per slot the partition's rows hit
+        slots = {series_slot(s.series_id, store.slots) for s in deltas["acme"].series}
+        expected[client.get_node_from_key(store.layout.token(p)).port] += len(slots)
+    before = _rpush_calls(redis_cluster)
+    steps = await store.merge_partitions(by_partition, fences, sequence=1)
+    after = _rpush_calls(redis_cluster)
+    assert steps == dict.fromkeys(range(store.slots), True)
+    assert {port: after[port] - before[port] for port in after} == expected
+    assert all(expected.values())  # the merge load shards over every master
+    assert await store.applied_offsets(range(store.slots)) == {p: 100 + p for p in range(store.slots)}
+    counts = await _fold_all(store, tokens)
+    assert counts == {f"p{p}-s{n}": 1 for p in range(store.slots) for n in range(20)}
+    # A repeated multi-partition merge (the same sequence) is seen by every partition.
+    again = await store.merge_partitions(by_partition, fences, sequence=1)
+    assert again == dict.fromkeys(range(store.slots), False)
+    assert await _fold_all(store, tokens) == counts
+
+
+async def test_a_multi_partition_merge_whose_one_master_dies_applies_every_other_partition() -> None:
+    """A master dies (SIGKILL) just before a merge of every partition, its replica held back from
+    a failover until the steps are done: the steps of the partitions it held fail, and each of
+    them applied nothing (not on the replica elected afterwards either); every other partition's
+    step is applied, once. The failed steps' retry (same sequence) applies them once on the new
+    master, and the counts are exact."""
+    with EmbeddedRedisCluster(masters=3, replicas=1) as cluster:
+        client = RedisCluster.from_url(cluster.url)
+        client.test_prefix = f"cs-{uuid.uuid4().hex[:10]}"  # type: ignore[attr-defined]
+        try:
+            store = _store(client, slots=6, replica_wait_s=1.0)
+            await store.generation("g1")
+            tokens = await store.claim(range(6))
+            by_partition = {p: _deltas(*(_calls(f"p{p}-s{n}", p + 1) for n in range(5))) for p in range(6)}
+            fences = {p: (tokens[p], 10 + p) for p in range(6)}
+            ports = {p: client.get_node_from_key(store.layout.token(p)).port for p in range(6)}
+            dead_port = ports[0]
+            dying = {p for p, port in ports.items() if port == dead_port}
+            assert dying != set(range(6))
+            master = next(m for m in cluster.masters() if m.port == dead_port)
+            replica = cluster.replica_of(master)
+            with cluster.client(replica) as direct:  # no failover until the steps are done
+                direct.config_set("cluster-replica-no-failover", "yes")
+            assert master.pid is not None
+            os.kill(master.pid, signal.SIGKILL)
+            # As the checkpoint retries them: every step not applied yet, the same sequence. (A
+            # step on a healthy master may fail too while the client refreshes its slot map.)
+            done: dict[int, bool] = {}
+            for _ in range(100):
+                left = {p: fences[p] for p in range(6) if p not in done}
+                steps = await store.merge_partitions(by_partition, left, sequence=1)
+                assert all(isinstance(steps[p], BaseException) for p in dying)
+                done.update({p: r for p, r in steps.items() if isinstance(r, bool)})
+                if set(done) == set(range(6)) - dying:
+                    break
+                await asyncio.sleep(0.1)
+            assert set(done) == set(range(6)) - dying
+            with cluster.client(replica) as direct:
+                direct.config_set("cluster-replica-no-failover", "no")
+            slot = key_slot(store.layout.token(0).encode())
+
+            def elected() -> None:
+                deadline = time.monotonic() + 60
+                while cluster.master_of(slot).port == dead_port and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                cluster.wait_ok()
+
+            await asyncio.to_thread(elected)
+            stored, _ = await _retried(lambda: store.applied_offsets(range(6)))
+            assert stored == {p: 10 + p for p in set(range(6)) - dying}  # all or nothing per partition
+            again: dict[int, bool] = {}
+            for _ in range(200):
+                left = {p: fences[p] for p in dying if p not in again}
+                steps = await store.merge_partitions(by_partition, left, sequence=1)
+                again.update({p: r for p, r in steps.items() if isinstance(r, bool)})
+                if set(again) == dying:
+                    break
+                await asyncio.sleep(0.1)
+            assert again == dict.fromkeys(dying, True)  # applied now, once
+            assert await store.applied_offsets(range(6)) == {p: 10 + p for p in range(6)}
+            counts, _ = await _retried(lambda: _fold_all(store, tokens))
+            assert counts == {f"p{p}-s{n}": p + 1 for p in range(6) for n in range(5)}
+        finally:
+            await client.aclose()
