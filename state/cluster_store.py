@@ -76,6 +76,11 @@ class ClusterKeys:
         """string: the generation marker the tag's state belongs to."""
         return f"{self.tag(index)}:gen"
 
+    def epoch(self, index: int) -> str:
+        """string: when the tag's outboxes began (µs, server clock; remade if the tag lost its
+        data): a slot's cursor into an outbox holds it with the count."""
+        return f"{self.tag(index)}:epoch"
+
     def slot_tenants(self, index: int) -> str:
         """set: escaped tenants with keys under the tag (merged through it, or folded in it)."""
         return f"{self.tag(index)}:tenants"
@@ -120,7 +125,8 @@ class ClusterKeys:
         return f"{self.tag(slot)}:t:{escaped}:v"
 
     def cursors(self, escaped: str, slot: int) -> str:
-        """hash: source partition -> how many entries of its outbox for the slot are folded in."""
+        """hash: source partition -> ``<epoch>:<count>``, how many entries of its outbox for the
+        slot (in that epoch of the source's tag) are folded in."""
         return f"{self.tag(slot)}:t:{escaped}:c"
 
     def active(self, escaped: str, slot: int) -> str:
@@ -360,6 +366,7 @@ class ClusterStateStore(RedisStateStore):
                 layout.watermark(partition),
                 layout.edges(partition),
                 layout.slot_tenants(partition),
+                layout.epoch(partition),
             ]
             entries: list[memoryview] = []
             tenants: list[list[Any]] = []
@@ -462,10 +469,10 @@ class ClusterStateStore(RedisStateStore):
 
     async def _read(
         self, escaped: str, slot: int
-    ) -> tuple[dict[bytes, bytes], list[bytes], str, dict[int, int], dict[int, int]]:
+    ) -> tuple[dict[bytes, bytes], list[bytes], str, dict[int, str], dict[int, tuple[str, int]]]:
         """The slot's records, version and cursors (its tag, one point in time), then what every
         partition's outbox for the slot holds past its cursor (cluster_pull.lua, each at one
-        point in time); the cursors and the new ones."""
+        point in time); the cursors and where each outbox ends (its epoch, its count)."""
         layout = self.layout
         for attempt in range(_READ_ATTEMPTS):
             async with self.cluster.pipeline(transaction=True) as pipe:
@@ -473,12 +480,16 @@ class ClusterStateStore(RedisStateStore):
                 pipe.get(layout.version(escaped, slot))
                 pipe.hgetall(layout.cursors(escaped, slot))
                 stored, version, raw_cursors = await pipe.execute()
-            cursors = {int(_text(p)): int(_text(n)) for p, n in raw_cursors.items()}
+            cursors = {int(_text(p)): _text(at) for p, at in raw_cursors.items()}
             pulled = await asyncio.gather(
                 *(
                     self._pull(
-                        keys=[layout.outbox(escaped, source, slot), layout.base(escaped, source, slot)],
-                        args=[str(cursors.get(source, 0))],
+                        keys=[
+                            layout.outbox(escaped, source, slot),
+                            layout.base(escaped, source, slot),
+                            layout.epoch(source),
+                        ],
+                        args=[cursors.get(source, "")],
                     )
                     for source in range(self.slots)
                 )
@@ -489,10 +500,10 @@ class ClusterStateStore(RedisStateStore):
                 continue  # a fold committed (and maybe trimmed) in between: read again
             # (Past the attempts: a fold from this read is refused by its version check.)
             log: list[bytes] = []
-            ends: dict[int, int] = {}
-            for source, (base, length, entries) in enumerate(pulled):
+            ends: dict[int, tuple[str, int]] = {}
+            for source, (epoch, base, length, entries) in enumerate(pulled):
                 log += entries
-                ends[source] = int(base) + int(length)
+                ends[source] = (_text(epoch), int(base) + int(length))
             return stored, log, version_text, cursors, ends
         raise AssertionError("unreachable: the last attempt returns")  # pragma: no cover
 
@@ -520,7 +531,11 @@ class ClusterStateStore(RedisStateStore):
         escaped = escape_tenant(tenant)
         layout = self.layout
         stored, log, version, cursors, ends = await self._read(escaped, slot)
-        moved = {source: end for source, end in ends.items() if end != cursors.get(source, 0)}
+        moved = {
+            source: (epoch, end)
+            for source, (epoch, end) in ends.items()
+            if f"{epoch}:{end}" != cursors.get(source, "") and (end or source in cursors)
+        }
         limit = self.active_series_limit
         plan = await self._plan_off_loop(
             stored,
@@ -546,7 +561,11 @@ class ClusterStateStore(RedisStateStore):
             [
                 str(token),
                 version,
-                [str(part) for source, end in sorted(moved.items()) for part in (source, end)],
+                [
+                    part
+                    for source, (epoch, end) in sorted(moved.items())
+                    for part in (str(source), f"{epoch}:{end}")
+                ],
                 limit,
                 others,
                 plan.expired,
@@ -568,6 +587,7 @@ class ClusterStateStore(RedisStateStore):
             layout.cursors(escaped, slot),
             layout.active(escaped, slot),
             layout.slot_tenants(slot),
+            layout.epoch(slot),
             *(layout.outbox(escaped, slot, target) for target in plan.overflow_slots),
         ]
         reply = await self._cluster_fold(
@@ -586,10 +606,14 @@ class ClusterStateStore(RedisStateStore):
         await asyncio.gather(
             *(
                 self._trim(
-                    keys=[layout.outbox(escaped, source, slot), layout.base(escaped, source, slot)],
-                    args=[str(end)],
+                    keys=[
+                        layout.outbox(escaped, source, slot),
+                        layout.base(escaped, source, slot),
+                        layout.epoch(source),
+                    ],
+                    args=[str(end), epoch],
                 )
-                for source, end in moved.items()
+                for source, (epoch, end) in moved.items()
             )
         )
         return result

@@ -8,9 +8,10 @@
 --
 -- KEYS[1] = the slot's token copy, KEYS[2] = version, KEYS[3] = records, KEYS[4] = cursors
 -- (hash: source partition -> count), KEYS[5] = the slot's active series for the tenant,
--- KEYS[6] = the tenants with keys under the tag, KEYS[7..] = the outboxes of overflow_slots
+-- KEYS[6] = the tenants with keys under the tag, KEYS[7] = the tag's epoch (cluster_merge.lua),
+-- KEYS[8..] = the outboxes of overflow_slots
+--   cursors = {source, '<epoch>:<count>', ...}: the new cursors
 -- ARGV[1] = msgpack {token, version, cursors, limit, others, expired, held_change, tenant}
---   cursors = {source, count, ...}: the new cursors (strings)
 --   others = the tenant's active series in the other slots (read just before: the limit is
 --            exact for one folding owner, approximate while several fold at once)
 -- ARGV[2..4] = as fold.lua (updates, created, overflow)
@@ -65,6 +66,10 @@ end
 each_chunk(admitted, 'HSET')
 redis.call('SET', KEYS[5], own)
 for index, rows in pairs(rows_by_slot) do
-  redis.call('RPUSH', KEYS[6 + index], table.concat(rows))
+  if redis.call('EXISTS', KEYS[7]) == 0 then
+    local now = redis.call('TIME')
+    redis.call('SET', KEYS[7], now[1] .. string.format('%06d', tonumber(now[2])))
+  end
+  redis.call('RPUSH', KEYS[7 + index], table.concat(rows))
 end
 return {'OK', refused}

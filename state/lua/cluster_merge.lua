@@ -7,7 +7,10 @@
 -- failed step wrote nothing: the step is applied whole or not at all.
 --
 -- KEYS[1] = token copy, KEYS[2] = applied offset, KEYS[3] = watermark '<token>:<sequence>',
--- KEYS[4] = pending half-edges, KEYS[5] = tenants with keys under the tag, KEYS[6..] = below
+-- KEYS[4] = pending half-edges, KEYS[5] = tenants with keys under the tag, KEYS[6] = the tag's
+-- epoch (made from the server's clock when missing: outboxes that lost their data start a new
+-- epoch, so the slots' cursors into the old one are not taken for positions in the new one),
+-- KEYS[7..] = below
 -- ARGV[1] = msgpack {token, next_offset, seen, pending, tenants}
 --   next_offset = '-1' for none; seen = the offset the writer saw applied ('-1': none): less
 --     stored means the state went back (a failover to a replica that was behind): refused
@@ -35,6 +38,10 @@ if mark then
   end
 end
 redis.call('SET', KEYS[3], token .. ':' .. ARGV[2])
+if redis.call('EXISTS', KEYS[6]) == 0 then
+  local now = redis.call('TIME')
+  redis.call('SET', KEYS[6], now[1] .. string.format('%06d', tonumber(now[2])))
+end
 if next_offset ~= '-1' and (current == false or tonumber(current) < tonumber(next_offset)) then
   redis.call('SET', KEYS[2], next_offset)
 end

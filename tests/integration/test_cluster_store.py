@@ -21,6 +21,7 @@ from devtools.redis_cluster import EmbeddedRedisCluster
 from state.cluster_store import ClusterKeys, ClusterStateStore, NotReplicatedError
 from state.codec import attributes_of_parts
 from state.fold import series_slot
+from state.redis_store import _text
 from worker.model.series import Series, TenantDeltas
 
 NOW = 1_800_000_000_000_000_000
@@ -97,7 +98,8 @@ async def test_series_state_spreads_over_every_master_and_outboxes_are_trimmed(
         for source in (0, 1):
             assert await client.llen(layout.outbox("acme", source, slot)) == 0  # folded: trimmed
             base = int(await client.get(layout.base("acme", source, slot)) or 0)
-            assert int(cursors.get(str(source).encode(), 0)) == base
+            cursor = cursors.get(str(source).encode(), b":0").decode()
+            assert cursor.split(":") == [_text(await client.get(layout.epoch(source))), str(base)]
     assert await store.active_series("acme") == 300
     assert await _fold_all(store, tokens) == counts  # idle: the same values, nothing refolded
 
@@ -112,8 +114,13 @@ async def test_late_trims_and_overflow_rows_handed_on_in_the_fold_change_nothing
     await _fold_all(store, tokens)  # overflow rows handed on to a slot folded before
     held = [s.series for slot in range(2) for s in await store.read_slot("acme", slot)]
     assert sum(s.count for s in held) == 6 and len(held) == 2  # one admitted, one overflow
-    outbox, base = store.layout.outbox("acme", 0, 0), store.layout.base("acme", 0, 0)
-    assert await store._trim(keys=[outbox, base], args=["0"]) == 0  # an older cursor: a no-op
+    outbox, base, epoch = (
+        store.layout.outbox("acme", 0, 0),
+        store.layout.base("acme", 0, 0),
+        store.layout.epoch(0),
+    )
+    current = _text(await client.get(epoch))
+    assert await store._trim(keys=[outbox, base, epoch], args=["0", current]) == 0  # an older cursor
     await _fold_all(store, tokens)  # nothing new: nothing refolded, nothing handed on again
     again = [s.series for slot in range(2) for s in await store.read_slot("acme", slot)]
     assert sum(s.count for s in again) == 6
@@ -374,3 +381,26 @@ async def test_a_multi_partition_merge_whose_one_master_dies_applies_every_other
             assert counts == {f"p{p}-s{n}": p + 1 for p in range(6) for n in range(5)}
         finally:
             await client.aclose()
+
+
+async def test_outboxes_of_a_partition_tag_that_lost_its_data_are_folded_from_their_start(
+    client: RedisCluster,
+) -> None:
+    """Partition 0's tag loses everything (its master restarted without persistence): its
+    outboxes start again from entry 0 in a new epoch, and another slot's cursor into the old
+    epoch (past the new entries' positions) skips none of them."""
+    store = _store(client, slots=3)
+    await store.generation("g1")
+    tokens = await store.claim(range(3))
+    name = next(f"x{n}" for n in range(100) if series_slot(_calls(f"x{n}", 1).series_id, 3) != 0)
+    for offset in range(1, 4):
+        await store.merge(_deltas(_calls(name, 1)), {0: (tokens[0], offset)})
+    assert (await _fold_all(store, tokens))[name] == 3  # the slot's cursor: 3 entries in
+    async for key in client.scan_iter(match=f"{store.layout.tag(0)}*"):
+        await client.delete(key)
+    assert (await store.ownership([0])).generation is None  # noticed
+    await store.generation("g2")
+    tokens = await store.claim(range(3))
+    for offset in range(1, 5):  # four entries: positions 0..3 of the new epoch
+        await store.merge(_deltas(_calls(name, 10)), {0: (tokens[0], offset)})
+    assert (await _fold_all(store, tokens))[name] == 3 + 40
