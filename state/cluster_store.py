@@ -552,6 +552,12 @@ class ClusterStateStore(RedisStateStore):
         # What this fold counts must survive a failover of the masters it was read from: else
         # the cursor would point past entries the outbox no longer has, and skip new ones.
         await asyncio.gather(*(self.replicated(layout.token(source)) for source in moved))
+        # New series' resources, copied into the slot's tag with the fold: the slot's records
+        # never depend on a partition tag that may lose its data (README: Redis Cluster).
+        needed = sorted(
+            {plan.live[new.live_index].resource_id for new in plan.created if new.live_index >= 0}
+        )
+        copies = await self._resource_copies(escaped, needed, sorted(moved)) if needed else []
         others = 0
         if limit and plan.created:
             others = await self.active_series(tenant) - int(
@@ -588,10 +594,11 @@ class ClusterStateStore(RedisStateStore):
             layout.active(escaped, slot),
             layout.slot_tenants(slot),
             layout.epoch(slot),
+            layout.resources(escaped, slot),
             *(layout.outbox(escaped, slot, target) for target in plan.overflow_slots),
         ]
         reply = await self._cluster_fold(
-            keys=keys, args=[header, pack(updates), pack(created), pack(overflow)]
+            keys=keys, args=[header, pack(updates), pack(created), pack(overflow), pack(copies)]
         )
         if _text(reply[0]) != "OK":
             return fold_result(plan, None)
@@ -617,6 +624,22 @@ class ClusterStateStore(RedisStateStore):
             )
         )
         return result
+
+    async def _resource_copies(
+        self, escaped: str, needed: list[str], sources: list[int]
+    ) -> list[bytes | str]:
+        """``[id, attributes, ...]`` of the ``needed`` resources, as the partitions the fold
+        pulled from (where their merges stored them) hold them."""
+        found: dict[str, bytes] = {}
+        async with self.cluster.pipeline(transaction=False) as pipe:
+            for source in sources:
+                pipe.hmget(self.layout.resources(escaped, source), needed)
+            replies = await pipe.execute()
+        for values in replies:
+            for rid, blob in zip(needed, values, strict=True):
+                if blob is not None:
+                    found.setdefault(rid, _bytes(blob))
+        return [part for rid, blob in sorted(found.items()) for part in (rid, blob)]
 
     async def confirm_zero(
         self, tenant: str, slot: int, token: int, version: int, records: list[tuple[bytes, bytes]]

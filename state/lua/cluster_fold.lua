@@ -9,12 +9,15 @@
 -- KEYS[1] = the slot's token copy, KEYS[2] = version, KEYS[3] = records, KEYS[4] = cursors
 -- (hash: source partition -> count), KEYS[5] = the slot's active series for the tenant,
 -- KEYS[6] = the tenants with keys under the tag, KEYS[7] = the tag's epoch (cluster_merge.lua),
--- KEYS[8..] = the outboxes of overflow_slots
+-- KEYS[8] = the tenant's resources under the tag, KEYS[9..] = the outboxes of overflow_slots
 --   cursors = {source, '<epoch>:<count>', ...}: the new cursors
 -- ARGV[1] = msgpack {token, version, cursors, limit, others, expired, held_change, tenant}
 --   others = the tenant's active series in the other slots (read just before: the limit is
 --            exact for one folding owner, approximate while several fold at once)
 -- ARGV[2..4] = as fold.lua (updates, created, overflow)
+-- ARGV[5] = msgpack {resource_id, attributes, ...}: the new series' resources, kept here too
+--   (a copy; the same id has the same attributes) so that the slot's series keep them when the
+--   tags of the partitions they came through lose their data
 -- Returns {'OK', refused}, {'FENCED'} or {'STALE'}.
 
 local args = cmsgpack.unpack(ARGV[1])
@@ -70,6 +73,10 @@ for index, rows in pairs(rows_by_slot) do
     local now = redis.call('TIME')
     redis.call('SET', KEYS[7], now[1] .. string.format('%06d', tonumber(now[2])))
   end
-  redis.call('RPUSH', KEYS[7 + index], table.concat(rows))
+  redis.call('RPUSH', KEYS[8 + index], table.concat(rows))
+end
+local copies = cmsgpack.unpack(ARGV[5])
+for n = 1, #copies, 2 do
+  redis.call('HSETNX', KEYS[8], copies[n], copies[n + 1])
 end
 return {'OK', refused}

@@ -388,7 +388,8 @@ async def test_outboxes_of_a_partition_tag_that_lost_its_data_are_folded_from_th
 ) -> None:
     """Partition 0's tag loses everything (its master restarted without persistence): its
     outboxes start again from entry 0 in a new epoch, and another slot's cursor into the old
-    epoch (past the new entries' positions) skips none of them."""
+    epoch (past the new entries' positions) skips none of them; the resources of that slot's
+    series, merged through partition 0, are still known (copied into the slot by its fold)."""
     store = _store(client, slots=3)
     await store.generation("g1")
     tokens = await store.claim(range(3))
@@ -399,6 +400,7 @@ async def test_outboxes_of_a_partition_tag_that_lost_its_data_are_folded_from_th
     async for key in client.scan_iter(match=f"{store.layout.tag(0)}*"):
         await client.delete(key)
     assert (await store.ownership([0])).generation is None  # noticed
+    assert "r1" in await store.resources("acme")  # the slot's fold kept a copy of its series' resource
     await store.generation("g2")
     tokens = await store.claim(range(3))
     for offset in range(1, 5):  # four entries: positions 0..3 of the new epoch
