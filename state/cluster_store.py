@@ -213,6 +213,15 @@ class ClusterStateStore(RedisStateStore):
             f"no replica of the Redis master {node.name} acknowledged within {self.replica_wait_s:g} s"
         )
 
+    async def _replicated_each(self, keys: Iterable[str]) -> None:
+        """:meth:`replicated` for each key's master, once per master (a replica acknowledging
+        a write has every write its master made before it, whatever the tag)."""
+        by_master: dict[str, str] = {}
+        for key in keys:
+            node = self.cluster.get_node_from_key(key)
+            by_master.setdefault(key if node is None else node.name, key)
+        await asyncio.gather(*(self.replicated(key) for key in by_master.values()))
+
     # ------------------------------------------------------------------ ownership and offsets
 
     async def claim(self, partitions: Iterable[int]) -> dict[int, int]:
@@ -472,7 +481,7 @@ class ClusterStateStore(RedisStateStore):
     ) -> tuple[dict[bytes, bytes], list[bytes], str, dict[int, str], dict[int, tuple[str, int]]]:
         """The slot's records, version and cursors (its tag, one point in time), then what every
         partition's outbox for the slot holds past its cursor (cluster_pull.lua, each at one
-        point in time); the cursors and where each outbox ends (its epoch, its count)."""
+        point in time); the cursors and where each outbox pulled ends (its epoch, its count)."""
         layout = self.layout
         for attempt in range(_READ_ATTEMPTS):
             async with self.cluster.pipeline(transaction=True) as pipe:
@@ -481,6 +490,12 @@ class ClusterStateStore(RedisStateStore):
                 pipe.hgetall(layout.cursors(escaped, slot))
                 stored, version, raw_cursors = await pipe.execute()
             cursors = {int(_text(p)): _text(at) for p, at in raw_cursors.items()}
+            # Only the outboxes holding entries are pulled (an entry appended after its LLEN is
+            # pulled by the next fold: its cursor does not move before).
+            lengths = await self._each_tag(
+                "llen", [layout.outbox(escaped, p, slot) for p in range(self.slots)]
+            )
+            sources = [source for source, length in enumerate(lengths) if length]
             pulled = await asyncio.gather(
                 *(
                     self._pull(
@@ -491,7 +506,7 @@ class ClusterStateStore(RedisStateStore):
                         ],
                         args=[cursors.get(source, "")],
                     )
-                    for source in range(self.slots)
+                    for source in sources
                 )
             )
             version_text = "0" if version is None else _text(version)
@@ -501,7 +516,7 @@ class ClusterStateStore(RedisStateStore):
             # (Past the attempts: a fold from this read is refused by its version check.)
             log: list[bytes] = []
             ends: dict[int, tuple[str, int]] = {}
-            for source, (epoch, base, length, entries) in enumerate(pulled):
+            for source, (epoch, base, length, entries) in zip(sources, pulled, strict=True):
                 log += entries
                 ends[source] = (_text(epoch), int(base) + int(length))
             return stored, log, version_text, cursors, ends
@@ -551,7 +566,7 @@ class ClusterStateStore(RedisStateStore):
             return FoldResult(committed=True, live=plan.live, version=int(version), zero_owed=plan.zero_owed)
         # What this fold counts must survive a failover of the masters it was read from: else
         # the cursor would point past entries the outbox no longer has, and skip new ones.
-        await asyncio.gather(*(self.replicated(layout.token(source)) for source in moved))
+        await self._replicated_each(layout.token(source) for source in moved)
         # New series' resources, copied into the slot's tag with the fold: the slot's records
         # never depend on a partition tag that may lose its data (README: Redis Cluster).
         needed = sorted(
