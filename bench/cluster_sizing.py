@@ -66,6 +66,11 @@ def _deltas(series: int, round_number: int, part: int = 0, parts: int = 1) -> di
     return {"acme": TenantDeltas(resources=resources, series=batch)}
 
 
+def _bytes_in(nodes: list[redis.Redis]) -> int:
+    """Bytes the nodes have read from their clients so far, summed."""
+    return sum(int(node.info("stats")["total_net_input_bytes"]) for node in nodes)
+
+
 def _stats(nodes: list[redis.Redis]) -> tuple[int, list[int]]:
     """(used memory without the replication buffers, summed; commands executed, per node)."""
     memory = 0
@@ -75,13 +80,14 @@ def _stats(nodes: list[redis.Redis]) -> tuple[int, list[int]]:
         memory += int(info["used_memory"]) - int(info.get("mem_replication_backlog", 0))
         memory -= int(info.get("mem_clients_slaves", 0))
         stats = node.info("commandstats")
-        commands.append(sum(int(value["calls"]) for value in stats.values()))
+        # The bench's own INFO calls aside.
+        commands.append(sum(int(value["calls"]) for name, value in stats.items() if name != "cmdstat_info"))
     return memory, commands
 
 
 def _spent(before: list[int], after: list[int]) -> list[int]:
-    """Commands per node between two _stats calls, minus those calls' own two INFO commands."""
-    return [b - a - 2 for a, b in zip(before, after, strict=True)]
+    """Commands per node between two _stats calls."""
+    return [b - a for a, b in zip(before, after, strict=True)]
 
 
 async def _run(store: RedisStateStore, nodes: list[redis.Redis], series: int, seen_in: int) -> dict[str, Any]:
@@ -92,6 +98,7 @@ async def _run(store: RedisStateStore, nodes: list[redis.Redis], series: int, se
     per_node: list[list[str]] = [[] for _ in nodes]
     for round_number, label in enumerate(("create", "update", "idle")):
         _, before = _stats(nodes)
+        received = _bytes_in(nodes)
         if label != "idle":
             fences = {p: (tokens[p], round_number + 1) for p in range(SLOTS)}
             if isinstance(store, ClusterStateStore):
@@ -116,6 +123,8 @@ async def _run(store: RedisStateStore, nodes: list[redis.Redis], series: int, se
                     one.sum *= seen_in
                     one.buckets = [b * seen_in for b in one.buckets or []]
                 await store.merge(deltas, fences)
+        if label == "update":
+            figures["merge bytes sent per update flush"] = _bytes_in(nodes) - received
         _, merged = _stats(nodes)
         emitted = 0
         for slot in range(SLOTS):
