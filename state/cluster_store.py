@@ -1,9 +1,12 @@
-"""The SeriesStore on a Redis Cluster: merges into a control hash tag (fences, offsets, outboxes),
-folds pulled into one hash tag per emission slot (records, versions, cursors), so series state
-shards over the masters; every script declares its keys, all in one hash slot (see README)."""
+"""The SeriesStore on a Redis Cluster, sharded by index: input partition i and emission slot i
+share hash tag i. A merge is one atomic step per input partition under its tag (its offsets,
+pending half-edges and outboxes); the owner of slot i pulls every partition's outbox for i and
+folds it into tag i; every script declares its keys, all in one hash slot (see README)."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -12,16 +15,32 @@ import msgpack
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from state.keys import KeySpace, escape_tenant
-from state.protocol import FoldResult, Ownership, StoredSeries, fold_result, stored_series
-from state.redis_store import RedisStateStore, _script, _text
-from worker.model.series import CONNECTOR_OVERFLOW, Attributes
+from state.codec import decode_attributes
+from state.keys import KeySpace, escape_tenant, unescape_tenant
+from state.protocol import (
+    FencedError,
+    FoldResult,
+    Ownership,
+    StateBehindError,
+    StoredSeries,
+    fold_result,
+    stored_series,
+)
+from state.redis_store import RedisStateStore, _bytes, _script, _text
+from worker.model.errors import StateError
+from worker.model.series import CONNECTOR_OVERFLOW, Attributes, TenantDeltas
 
-__all__ = ["ClusterKeys", "ClusterStateStore", "NotReplicatedError"]
+__all__ = ["ClusterKeys", "ClusterStateStore", "NotReplicatedError", "PartitionSteps"]
 
 
-#: Reads of a slot and its outbox before giving up on a moment without a fold in between.
+#: Reads of a slot and its outboxes before giving up on a moment without a fold in between.
 _READ_ATTEMPTS = 20
+
+#: One partition's merge step: its keys and its arguments after the sequence (header, entries).
+_Request = tuple[list[str], bytes, list[memoryview]]
+#: A multi-partition merge's outcome: per partition, applied now (True), applied before (False),
+#: or the error its step ended with (nothing of that partition's step applied, or unknown).
+PartitionSteps = dict[int, "bool | BaseException"]
 
 
 class NotReplicatedError(RedisError):
@@ -32,39 +51,72 @@ class NotReplicatedError(RedisError):
 
 @dataclass(frozen=True, slots=True)
 class ClusterKeys:
-    """The cluster layout: one control tag per topic, one tag per emission slot."""
+    """The cluster layout: a control tag per topic (generation marker, the fencing counters that
+    claims draw from), and one tag per index i holding input partition i and emission slot i."""
 
     prefix: str
     topic: str
 
     @property
     def control(self) -> KeySpace:
-        """Fences, offsets, watermarks, half-edges, tenants, resources and the slots' outboxes
-        (``<control>:t:<tenant>:d:<slot>``): merge.lua's keys, all under one hash tag."""
+        """The generation marker and the fencing hash (claims' counters), under one hash tag."""
         return KeySpace(f"{{{self.prefix}:{self.topic}}}", self.topic)
 
-    def base(self, escaped: str, slot: int) -> str:
-        """string (control tag): entries trimmed from the slot's outbox so far."""
-        return f"{self.control.tenant_root(escaped)}:b:{slot}"
+    def tag(self, index: int) -> str:
+        return f"{{{self.prefix}:{self.topic}:s{index}}}"
 
-    def delivered(self, escaped: str, slot: int) -> str:
-        """string (control tag): the last fold version of the slot whose overflow was delivered."""
-        return f"{self.control.tenant_root(escaped)}:od:{slot}"
+    # -- the index as a whole
 
-    def tag(self, slot: int) -> str:
-        return f"{{{self.prefix}:{self.topic}:s{slot}}}"
+    def token(self, index: int) -> str:
+        """string: the owner's fencing token, copied from the control tag by claims (only
+        raised); merges of partition i and folds of slot i are fenced by it."""
+        return f"{self.tag(index)}:token"
 
-    def token(self, slot: int) -> str:
-        """string: the slot owner's fencing token, copied from the control tag by claims."""
-        return f"{self.tag(slot)}:token"
+    def marker(self, index: int) -> str:
+        """string: the generation marker the tag's state belongs to."""
+        return f"{self.tag(index)}:gen"
 
-    def marker(self, slot: int) -> str:
-        """string: the generation marker the slot's records belong to."""
-        return f"{self.tag(slot)}:gen"
+    def epoch(self, index: int) -> str:
+        """string: when the tag's outboxes began (µs, server clock; remade if the tag lost its
+        data): a slot's cursor into an outbox holds it with the count."""
+        return f"{self.tag(index)}:epoch"
 
-    def slot_tenants(self, slot: int) -> str:
-        """set: escaped tenants holding records in the slot."""
-        return f"{self.tag(slot)}:tenants"
+    def slot_tenants(self, index: int) -> str:
+        """set: escaped tenants with keys under the tag (merged through it, or folded in it)."""
+        return f"{self.tag(index)}:tenants"
+
+    # -- input partition i
+
+    def offset(self, partition: int) -> str:
+        """string: the next input offset of the partition to apply."""
+        return f"{self.tag(partition)}:offset"
+
+    def watermark(self, partition: int) -> str:
+        """string: ``<token>:<sequence>`` of the partition's last applied merge step."""
+        return f"{self.tag(partition)}:applied"
+
+    def edges(self, partition: int) -> str:
+        """string: the partition's pending service-graph half-edges, as of its offset."""
+        return f"{self.tag(partition)}:edges"
+
+    def resources(self, escaped: str, partition: int) -> str:
+        """hash: resource id -> attributes, of the resources merged through the partition."""
+        return f"{self.tag(partition)}:t:{escaped}:r"
+
+    def seen(self, escaped: str, partition: int) -> str:
+        """hash: resource id -> last seen (µs) through the partition; the store's is the max."""
+        return f"{self.tag(partition)}:t:{escaped}:seen"
+
+    def outbox(self, escaped: str, source: int, slot: int) -> str:
+        """list: the source partition's rows for the slot (and the source slot's refused rows
+        for the overflow series' slot), not yet trimmed; read by the slot's owner only."""
+        return f"{self.tag(source)}:t:{escaped}:d:{slot}"
+
+    def base(self, escaped: str, source: int, slot: int) -> str:
+        """string: entries trimmed from that outbox so far (its first entry's absolute index)."""
+        return f"{self.tag(source)}:t:{escaped}:b:{slot}"
+
+    # -- emission slot i
 
     def records(self, escaped: str, slot: int) -> str:
         return f"{self.tag(slot)}:t:{escaped}:s"
@@ -72,25 +124,21 @@ class ClusterKeys:
     def version(self, escaped: str, slot: int) -> str:
         return f"{self.tag(slot)}:t:{escaped}:v"
 
-    def cursor(self, escaped: str, slot: int) -> str:
-        """string: how many entries of the slot's outbox (absolute count) are folded in."""
+    def cursors(self, escaped: str, slot: int) -> str:
+        """hash: source partition -> ``<epoch>:<count>``, how many entries of its outbox for the
+        slot (in that epoch of the source's tag) are folded in."""
         return f"{self.tag(slot)}:t:{escaped}:c"
 
     def active(self, escaped: str, slot: int) -> str:
         """string: the tenant's active series held in this slot."""
         return f"{self.tag(slot)}:t:{escaped}:n"
 
-    def overflow(self, escaped: str, slot: int) -> str:
-        """string: msgpack ``[version, [[target slot, rows], ...]]``, not yet delivered maybe."""
-        return f"{self.tag(slot)}:t:{escaped}:o"
-
     def slot_keys(self, escaped: str, slot: int) -> list[str]:
         return [
             self.records(escaped, slot),
             self.version(escaped, slot),
-            self.cursor(escaped, slot),
+            self.cursors(escaped, slot),
             self.active(escaped, slot),
-            self.overflow(escaped, slot),
         ]
 
 
@@ -121,8 +169,9 @@ class ClusterStateStore(RedisStateStore):
         self.cluster = client
         self.layout = keys
         self.replica_wait_s = replica_wait_s
+        self._cluster_merge = client.register_script(_script("cluster_merge.lua"))
+        self._pull = client.register_script(_script("cluster_pull.lua"))
         self._cluster_fold = client.register_script(_script("cluster_fold.lua"))
-        self._overflow = client.register_script(_script("cluster_overflow.lua"))
         self._trim = client.register_script(_script("cluster_trim.lua"))
         self._cluster_confirm = client.register_script(_script("cluster_confirm.lua"))
         self._sync = client.register_script(_script("cluster_sync.lua"))
@@ -164,116 +213,318 @@ class ClusterStateStore(RedisStateStore):
             f"no replica of the Redis master {node.name} acknowledged within {self.replica_wait_s:g} s"
         )
 
-    async def _merged(self) -> None:
-        """The merge's offsets go to Kafka only once a replica holds the step (README: a failover
-        that lost it would otherwise leave Kafka ahead of Redis)."""
-        await self.replicated(self.keys.fence)
+    async def _replicated_each(self, keys: Iterable[str]) -> None:
+        """:meth:`replicated` for each key's master, once per master (a replica acknowledging
+        a write has every write its master made before it, whatever the tag)."""
+        by_master: dict[str, str] = {}
+        for key in keys:
+            node = self.cluster.get_node_from_key(key)
+            by_master.setdefault(key if node is None else node.name, key)
+        await asyncio.gather(*(self.replicated(key) for key in by_master.values()))
 
-    def _merge_keys(
-        self, fences: Mapping[int, tuple[int, int]], tenants: list[list[Any]], pending: Mapping[int, bytes]
-    ) -> list[str]:
-        control = self.keys
-        keys = [control.fence, control.offsets, control.applied, control.tenants]
-        keys += [control.pending_edges(p) for p in sorted(pending) if p in fences]
-        for escaped, _, logs in tenants:
-            keys += [control.resources(escaped), control.resource_seen(escaped)]
-            keys += [control.log(escaped, slot) for slot, _ in logs]
-        return keys
-
-    # ------------------------------------------------------------------ ownership
+    # ------------------------------------------------------------------ ownership and offsets
 
     async def claim(self, partitions: Iterable[int]) -> dict[int, int]:
-        """New tokens in the control tag, then copied into each slot's tag (only ever raised),
-        before the new owner folds; an older owner's folds are refused from then on."""
+        """New tokens from the control tag, then copied into each index's tag (only ever
+        raised) before the new owner reads or writes there: from then on an older owner's merges
+        and folds are refused."""
         tokens = await super().claim(partitions)
-        for slot, token in tokens.items():
-            await self._sync(keys=[self.layout.token(slot), self.layout.marker(slot)], args=[str(token), ""])
+        for index, token in tokens.items():
+            await self._sync(
+                keys=[self.layout.token(index), self.layout.marker(index)], args=[str(token), ""]
+            )
         return tokens
 
+    async def _get_each(self, keys: list[str]) -> list[Any]:
+        """GET of each key (any tags), in one pipeline per master."""
+        if not keys:
+            return []
+        async with self.cluster.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.get(key)
+            return list(await pipe.execute())
+
+    async def owns(self, tokens: Mapping[int, int]) -> set[int]:
+        """The partitions among ``tokens`` whose tag holds that token (what merges check)."""
+        ordered = sorted(tokens)
+        current = await self._get_each([self.layout.token(p) for p in ordered])
+        return {
+            p
+            for p, value in zip(ordered, current, strict=True)
+            if value is not None and int(value) == tokens[p]
+        }
+
+    async def applied_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
+        ordered = sorted(set(partitions))
+        values = await self._get_each([self.layout.offset(p) for p in ordered])
+        return {p: int(v) for p, v in zip(ordered, values, strict=True) if v is not None}
+
+    async def read_pending(self, partitions: Iterable[int]) -> dict[int, bytes]:
+        ordered = sorted(set(partitions))
+        values = await self._get_each([self.layout.edges(p) for p in ordered])
+        return {p: _bytes(v) for p, v in zip(ordered, values, strict=True) if v}
+
     async def generation(self, candidate: str) -> str:
-        """The control tag's marker (generation.lua), then every slot's tag brought in line: its
+        """The control tag's marker (generation.lua), then every index's tag brought in line: its
         marker set (its records dropped when they belong to an earlier generation) and its token
         copy raised to the control tag's."""
         marker = await super().generation(candidate)
         fence = await self.client.hgetall(self.keys.fence)
         tokens = {int(_text(p)): _text(t) for p, t in fence.items()}
-        for slot in range(self.slots):
-            escaped = [_text(t) for t in await self.cluster.smembers(self.layout.slot_tenants(slot))]  # type: ignore[misc]
-            keys = [self.layout.token(slot), self.layout.marker(slot), self.layout.slot_tenants(slot)]
+        for index in range(self.slots):
+            escaped = [_text(t) for t in await self.cluster.smembers(self.layout.slot_tenants(index))]  # type: ignore[misc]
+            keys = [self.layout.token(index), self.layout.marker(index), self.layout.slot_tenants(index)]
             for tenant in escaped:
-                keys += self.layout.slot_keys(tenant, slot)
-            await self._sync(keys=keys, args=[tokens.get(slot, ""), marker])
+                keys += self.layout.slot_keys(tenant, index)
+            await self._sync(keys=keys, args=[tokens.get(index, ""), marker])
         return marker
 
     async def ownership(self, partitions: Iterable[int]) -> Ownership:
-        """As on one node, plus the marker of each of these partitions' slots: a slot whose tag
-        lost its data (a failover to a stale replica) shows as a missing marker, one left from
-        another generation as that marker."""
-        seen = await super().ownership(partitions)
-        if seen.generation is None:
-            return seen
+        """The control tag's marker, and each partition's token, applied offset and marker from
+        its own tag (a moment's view per tag): a tag that lost its data (a failover to a stale
+        replica) shows as a missing marker or a token or offset gone back."""
         ordered = sorted(set(partitions))
-        async with self.cluster.pipeline(transaction=False) as pipe:
-            for slot in ordered:
-                pipe.get(self.layout.marker(slot))
-            markers = await pipe.execute()
-        for value in markers:
-            if value is None:
-                return Ownership(None, seen.tokens, seen.applied)
-            if _text(value) != seen.generation:
-                return Ownership(_text(value), seen.tokens, seen.applied)
-        return seen
+        layout = self.layout
+        keys = [self.keys.generation]
+        for p in ordered:
+            keys += [layout.token(p), layout.offset(p), layout.marker(p)]
+        values = await self._get_each(keys)
+        generation = None if values[0] is None else _text(values[0])
+        tokens: dict[int, int] = {}
+        applied: dict[int, int] = {}
+        for n, p in enumerate(ordered):
+            token, offset, marker = values[1 + 3 * n : 4 + 3 * n]
+            if token is not None:
+                tokens[p] = int(token)
+            if offset is not None:
+                applied[p] = int(offset)
+            if generation is not None and (marker is None or _text(marker) != generation):
+                generation = None if marker is None else _text(marker)
+        return Ownership(generation, tokens, applied)
+
+    # ------------------------------------------------------------------ the flush
+
+    async def merge(
+        self,
+        deltas: Mapping[str, TenantDeltas],
+        fences: Mapping[int, tuple[int, int]],
+        pending: Mapping[int, bytes] | None = None,
+        *,
+        sequence: int | None = None,
+        applied: Mapping[int, int] | None = None,
+    ) -> bool:
+        """The protocol's merge, as one step per fenced partition (:meth:`merge_partitions`),
+        with every delta in the lowest partition's step: exactly once for deltas of that
+        partition alone (the checkpoint hands each partition's own). True if any step applied;
+        the first error otherwise (a fenced step before any other), after every step ran."""
+        by_partition = {min(fences): deltas} if fences and deltas else {}
+        steps = await self.merge_partitions(by_partition, fences, pending, sequence=sequence, applied=applied)
+        failures = [result for result in steps.values() if isinstance(result, BaseException)]
+        if failures:
+            raise next((f for f in failures if isinstance(f, FencedError)), failures[0])
+        return any(result is True for result in steps.values())
+
+    async def merge_partitions(
+        self,
+        deltas: Mapping[int, Mapping[str, TenantDeltas]],
+        fences: Mapping[int, tuple[int, int]],
+        pending: Mapping[int, bytes] | None = None,
+        *,
+        sequence: int | None = None,
+        applied: Mapping[int, int] | None = None,
+    ) -> PartitionSteps:
+        """One atomic step per fenced partition under its own tag (cluster_merge.lua): its
+        ``deltas`` into its outboxes, its offset, watermark and half-edges; the steps run
+        concurrently, each then waits for a replica of its master (:meth:`replicated`). Each
+        partition's outcome apart: applied now, seen before, or the error of its step (a
+        FencedError or StateBehindError when refused; a Redis error when unknown)."""
+        requests = await asyncio.to_thread(
+            self._partition_requests, deltas, fences, pending or {}, applied or {}
+        )
+        if sequence is None:
+            digest = hashlib.blake2b(digest_size=16)
+            for partition, (_, header, entries) in sorted(requests.items()):
+                digest.update(str(partition).encode())
+                digest.update(header)
+                for entry in entries:
+                    digest.update(entry)
+            sequence = self.sequences.number(digest.digest())
+        else:
+            self.sequences.saw(sequence)
+        ordered = sorted(requests)
+        results = await asyncio.gather(
+            *(self._merge_step(p, *requests[p], sequence) for p in ordered), return_exceptions=True
+        )
+        return dict(zip(ordered, results, strict=True))
+
+    def _partition_requests(
+        self,
+        deltas: Mapping[int, Mapping[str, TenantDeltas]],
+        fences: Mapping[int, tuple[int, int]],
+        pending: Mapping[int, bytes],
+        applied: Mapping[int, int],
+    ) -> dict[int, _Request]:
+        """cluster_merge.lua's keys, header and entries per fenced partition (pure CPU work: in a
+        thread, as the single-node merge request)."""
+        layout = self.layout
+        requests: dict[int, _Request] = {}
+        for partition, (token, offset) in sorted(fences.items()):
+            keys = [
+                layout.token(partition),
+                layout.offset(partition),
+                layout.watermark(partition),
+                layout.edges(partition),
+                layout.slot_tenants(partition),
+                layout.epoch(partition),
+            ]
+            entries: list[memoryview] = []
+            tenants: list[list[Any]] = []
+            for packed in self.packer.pack(deltas.get(partition, {})):
+                escaped = escape_tenant(packed.tenant)
+                keys += [layout.resources(escaped, partition), layout.seen(escaped, partition)]
+                logs = []
+                for slot, entry in packed.entries:
+                    keys.append(layout.outbox(escaped, partition, slot))
+                    entries.append(entry)
+                    logs.append([len(keys), len(entries) + 2])  # 1-based KEYS and ARGV indexes
+                rows = [[rid, blob, str(seen)] for rid, blob, seen in packed.resources]
+                tenants.append([escaped, len(keys) - len(logs) - 1, len(keys) - len(logs), rows, logs])
+            header = msgpack.packb(
+                [
+                    str(token),
+                    str(offset),
+                    str(applied.get(partition, -1)),
+                    [pending[partition]] if partition in pending else [],
+                    tenants,
+                ],
+                use_bin_type=False,  # Lua's cmsgpack knows no bin type
+            )
+            requests[partition] = (keys, header, entries)
+        return requests
+
+    async def _merge_step(
+        self, partition: int, keys: list[str], header: bytes, entries: list[memoryview], sequence: int
+    ) -> bool:
+        """One partition's step, then a replica's acknowledgement of it (also when seen: the
+        step it repeats may not be on a replica yet)."""
+        args: list[bytes | str | memoryview] = [header, str(sequence), *entries]
+        reply = await self._cluster_merge(keys=keys, args=args)
+        status = _text(reply[0])
+        if status == "FENCED":
+            raise FencedError(partition)
+        if status == "BEHIND":
+            raise StateBehindError(partition)
+        if status not in ("OK", "SEEN"):
+            raise StateError(f"unexpected reply from the merge script: {reply!r}")
+        await self.replicated(self.layout.token(partition))
+        return status == "OK"
 
     # ------------------------------------------------------------------ emission
+
+    async def _each_tag(self, command: str, keys: list[str]) -> list[Any]:
+        async with self.cluster.pipeline(transaction=False) as pipe:
+            for key in keys:
+                getattr(pipe, command)(key)
+            return list(await pipe.execute())
+
+    async def tenants(self) -> list[str]:
+        """Every tag's tenants, together."""
+        found = await self._each_tag("smembers", [self.layout.slot_tenants(i) for i in range(self.slots)])
+        return sorted({unescape_tenant(_text(m)) for members in found for m in members})
+
+    async def resources(self, tenant: str) -> dict[str, Attributes]:
+        """The resources every partition merged (the same id: the same attributes)."""
+        escaped = escape_tenant(tenant)
+        found = await self._each_tag(
+            "hgetall", [self.layout.resources(escaped, i) for i in range(self.slots)]
+        )
+        blobs: dict[str, bytes] = {}
+        for raw in found:
+            for rid, blob in raw.items():
+                blobs.setdefault(_text(rid), _bytes(blob))
+        return {rid: decode_attributes(blob) for rid, blob in blobs.items()}
+
+    async def resource_seen(self, tenant: str) -> dict[str, int]:
+        """The latest last-seen time any partition holds."""
+        escaped = escape_tenant(tenant)
+        found = await self._each_tag("hgetall", [self.layout.seen(escaped, i) for i in range(self.slots)])
+        seen: dict[str, int] = {}
+        for raw in found:
+            for rid, at in raw.items():
+                key, value = _text(rid), int(_text(at)) * 1000
+                if value > seen.get(key, -1):
+                    seen[key] = value
+        return seen
+
+    async def forget_resources(self, tenant: str, resource_ids: Iterable[str], before_ns: int) -> int:
+        """forget.lua in every partition's tag; how many of the ids left some tag."""
+        ids = list(resource_ids)
+        if not ids:
+            return 0
+        escaped = escape_tenant(tenant)
+        counts = await asyncio.gather(
+            *(
+                self._forget(keys=[self.layout.seen(escaped, i)], args=[str(before_ns // 1000), *ids])
+                for i in range(self.slots)
+            )
+        )
+        return min(len(ids), sum(int(count) for count in counts))
 
     async def active_series(self, tenant: str) -> int:
         """The sum of every slot's count (read one after the other: a moment's view per slot)."""
         escaped = escape_tenant(tenant)
-        async with self.cluster.pipeline(transaction=False) as pipe:
-            for slot in range(self.slots):
-                pipe.get(self.layout.active(escaped, slot))
-            values = await pipe.execute()
+        values = await self._get_each([self.layout.active(escaped, slot) for slot in range(self.slots)])
         return sum(int(value or 0) for value in values)
 
     async def _read(
         self, escaped: str, slot: int
-    ) -> tuple[dict[bytes, bytes], list[bytes], str, int, int, bytes | None]:
-        """The slot's records, version, cursor and pending overflow (its tag, one point in time),
-        then the outbox entries past the cursor (the control tag); the new cursor."""
+    ) -> tuple[dict[bytes, bytes], list[bytes], str, dict[int, str], dict[int, tuple[str, int]]]:
+        """The slot's records, version and cursors (its tag, one point in time), then what every
+        partition's outbox for the slot holds past its cursor (cluster_pull.lua, each at one
+        point in time); the cursors and where each outbox pulled ends (its epoch, its count)."""
         layout = self.layout
         for attempt in range(_READ_ATTEMPTS):
             async with self.cluster.pipeline(transaction=True) as pipe:
                 pipe.hgetall(layout.records(escaped, slot))
                 pipe.get(layout.version(escaped, slot))
-                pipe.get(layout.cursor(escaped, slot))
-                pipe.get(layout.overflow(escaped, slot))
-                stored, version, cursor, overflow = await pipe.execute()
-            async with self.cluster.pipeline(transaction=True) as pipe:
-                pipe.get(layout.base(escaped, slot))
-                pipe.lrange(self.keys.log(escaped, slot), 0, -1)
-                base, log = await pipe.execute()
+                pipe.hgetall(layout.cursors(escaped, slot))
+                stored, version, raw_cursors = await pipe.execute()
+            cursors = {int(_text(p)): _text(at) for p, at in raw_cursors.items()}
+            # Only the outboxes holding entries are pulled (an entry appended after its LLEN is
+            # pulled by the next fold: its cursor does not move before).
+            lengths = await self._each_tag(
+                "llen", [layout.outbox(escaped, p, slot) for p in range(self.slots)]
+            )
+            sources = [source for source, length in enumerate(lengths) if length]
+            pulled = await asyncio.gather(
+                *(
+                    self._pull(
+                        keys=[
+                            layout.outbox(escaped, source, slot),
+                            layout.base(escaped, source, slot),
+                            layout.epoch(source),
+                        ],
+                        args=[cursors.get(source, "")],
+                    )
+                    for source in sources
+                )
+            )
             version_text = "0" if version is None else _text(version)
             now = await self.cluster.get(layout.version(escaped, slot))
             if ("0" if now is None else _text(now)) != version_text and attempt < _READ_ATTEMPTS - 1:
                 continue  # a fold committed (and maybe trimmed) in between: read again
             # (Past the attempts: a fold from this read is refused by its version check.)
-            at = int(cursor or 0)
-            first = int(base or 0)
-            entries = log[max(0, at - first) :]
-            return stored, entries, version_text, at, first + len(log), overflow
+            log: list[bytes] = []
+            ends: dict[int, tuple[str, int]] = {}
+            for source, (epoch, base, length, entries) in zip(sources, pulled, strict=True):
+                log += entries
+                ends[source] = (_text(epoch), int(base) + int(length))
+            return stored, log, version_text, cursors, ends
         raise AssertionError("unreachable: the last attempt returns")  # pragma: no cover
 
     async def read_slot(self, tenant: str, slot: int) -> list[StoredSeries]:
         stored, log, *_ = await self._read(escape_tenant(tenant), slot)
         return stored_series(self._fold_plan(stored, log, limit=0, delta_mode=False))
-
-    async def _deliver(self, escaped: str, slot: int, pending: bytes | None) -> None:
-        """Hand a fold's refused rows to their slots' outboxes (cluster_overflow.lua: once)."""
-        if not pending:
-            return
-        version, targets = msgpack.unpackb(pending, raw=True)
-        keys = [self.layout.delivered(escaped, slot)] + [self.keys.log(escaped, int(t)) for t, _ in targets]
-        await self._overflow(keys=keys, args=[str(version), *(rows for _, rows in targets)])
 
     async def fold_slot(
         self,
@@ -288,15 +539,18 @@ class ClusterStateStore(RedisStateStore):
         resource_expire_before_ns: int = 0,
         resource_seen_ns: Mapping[str, int] | None = None,
     ) -> FoldResult:
-        """Pull the slot's outbox into its records as the owner (cluster_fold.lua, a compare-and-
-        set on version and cursor), once the outbox entries read are on a replica; then deliver
-        refused rows and trim the outbox up to the new cursor once the fold is on a replica."""
+        """Pull every partition's outbox for the slot into its records as the owner
+        (cluster_fold.lua, a compare-and-set on the version, cursors per source partition), once
+        the sources' masters have the entries read on a replica; then trim those outboxes up to
+        the new cursors once the fold itself is on a replica."""
         escaped = escape_tenant(tenant)
         layout = self.layout
-        stored, log, version, cursor, new_cursor, pending = await self._read(escaped, slot)
-        if pending:  # an earlier fold's refusals, maybe not delivered yet: once a replica holds it
-            await self.replicated(layout.records(escaped, slot))
-            await self._deliver(escaped, slot, pending)
+        stored, log, version, cursors, ends = await self._read(escaped, slot)
+        moved = {
+            source: (epoch, end)
+            for source, (epoch, end) in ends.items()
+            if f"{epoch}:{end}" != cursors.get(source, "") and (end or source in cursors)
+        }
         limit = self.active_series_limit
         plan = await self._plan_off_loop(
             stored,
@@ -308,10 +562,17 @@ class ClusterStateStore(RedisStateStore):
             resource_expire_before_ns=resource_expire_before_ns,
             resource_seen_ns=resource_seen_ns,
         )
-        if not (plan.updates or plan.created or plan.expired or log or new_cursor != cursor):
+        if not (plan.updates or plan.created or plan.expired or log or moved):
             return FoldResult(committed=True, live=plan.live, version=int(version), zero_owed=plan.zero_owed)
-        # What this fold counts must survive a failover of the control tag's master.
-        await self.replicated(self.keys.log(escaped, slot))
+        # What this fold counts must survive a failover of the masters it was read from: else
+        # the cursor would point past entries the outbox no longer has, and skip new ones.
+        await self._replicated_each(layout.token(source) for source in moved)
+        # New series' resources, copied into the slot's tag with the fold: the slot's records
+        # never depend on a partition tag that may lose its data (README: Redis Cluster).
+        needed = sorted(
+            {plan.live[new.live_index].resource_id for new in plan.created if new.live_index >= 0}
+        )
+        copies = await self._resource_copies(escaped, needed, sorted(moved)) if needed else []
         others = 0
         if limit and plan.created:
             others = await self.active_series(tenant) - int(
@@ -321,13 +582,15 @@ class ClusterStateStore(RedisStateStore):
             [
                 str(token),
                 version,
-                str(cursor),
-                str(new_cursor),
+                [
+                    part
+                    for source, (epoch, end) in sorted(moved.items())
+                    for part in (str(source), f"{epoch}:{end}")
+                ],
                 limit,
                 others,
                 plan.expired,
                 plan.held_change,
-                plan.overflow_slots,
                 escaped,
             ],
             use_bin_type=False,
@@ -342,30 +605,56 @@ class ClusterStateStore(RedisStateStore):
             layout.token(slot),
             layout.version(escaped, slot),
             layout.records(escaped, slot),
-            layout.cursor(escaped, slot),
+            layout.cursors(escaped, slot),
             layout.active(escaped, slot),
-            layout.overflow(escaped, slot),
             layout.slot_tenants(slot),
+            layout.epoch(slot),
+            layout.resources(escaped, slot),
+            *(layout.outbox(escaped, slot, target) for target in plan.overflow_slots),
         ]
         reply = await self._cluster_fold(
-            keys=keys, args=[header, pack(updates), pack(created), pack(overflow)]
+            keys=keys, args=[header, pack(updates), pack(created), pack(overflow), pack(copies)]
         )
         if _text(reply[0]) != "OK":
             return fold_result(plan, None)
         refused = [int(n) for n in reply[1]]
-        # Only a commit a replica holds may hand rows on: a commit lost by a failover is folded
-        # again from the outbox (left untrimmed), and its refusals delivered once from the new one.
+        result = fold_result(plan, refused, int(version) + 1)
+        # Only a commit a replica holds may trim: a commit lost by a failover is folded again
+        # from the outboxes (left untrimmed; a later fold trims them).
         try:
             await self.replicated(layout.records(escaped, slot))
         except NotReplicatedError:
-            return fold_result(plan, refused, int(version) + 1)  # the next fold delivers and trims
-        if refused:
-            kept = await self.cluster.get(layout.overflow(escaped, slot))
-            await self._deliver(escaped, slot, kept.encode() if isinstance(kept, str) else kept)
-        await self._trim(
-            keys=[self.keys.log(escaped, slot), layout.base(escaped, slot)], args=[str(new_cursor)]
+            return result
+        await asyncio.gather(
+            *(
+                self._trim(
+                    keys=[
+                        layout.outbox(escaped, source, slot),
+                        layout.base(escaped, source, slot),
+                        layout.epoch(source),
+                    ],
+                    args=[str(end), epoch],
+                )
+                for source, (epoch, end) in moved.items()
+            )
         )
-        return fold_result(plan, refused, int(version) + 1)
+        return result
+
+    async def _resource_copies(
+        self, escaped: str, needed: list[str], sources: list[int]
+    ) -> list[bytes | str]:
+        """``[id, attributes, ...]`` of the ``needed`` resources, as the partitions the fold
+        pulled from (where their merges stored them) hold them."""
+        found: dict[str, bytes] = {}
+        async with self.cluster.pipeline(transaction=False) as pipe:
+            for source in sources:
+                pipe.hmget(self.layout.resources(escaped, source), needed)
+            replies = await pipe.execute()
+        for values in replies:
+            for rid, blob in zip(needed, values, strict=True):
+                if blob is not None:
+                    found.setdefault(rid, _bytes(blob))
+        return [part for rid, blob in sorted(found.items()) for part in (rid, blob)]
 
     async def confirm_zero(
         self, tenant: str, slot: int, token: int, version: int, records: list[tuple[bytes, bytes]]

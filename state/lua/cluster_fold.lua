@@ -1,33 +1,39 @@
 -- Cluster layout (state/cluster_store.py): the owner of a slot commits a fold into the slot's own
--- hash tag. Like fold.lua, but the rows come from the slot's outbox in the control tag, read
--- before this step: the slot records how far it has folded that outbox (an absolute entry count,
--- the cursor), so a repeated or late fold is a no-op (the version compare-and-set), and the
--- outbox entries below the cursor may then be trimmed. Refused new series are not appended to
--- other slots' outboxes here (another hash tag): they are kept in the slot as the pending
--- overflow of this version, which cluster_overflow.lua delivers exactly once.
+-- hash tag. Like fold.lua, but the rows come from the outboxes every input partition keeps for
+-- this slot (under the partitions' tags), pulled before this step: the slot records, per source
+-- partition, how far it has folded that partition's outbox (an absolute entry count, the cursor),
+-- so a repeated or late fold is a no-op (the version compare-and-set), and the outbox entries
+-- below the cursor may then be trimmed. Refused new series go to the overflow series' slots
+-- through this slot's own outboxes (index slot = input partition: the same tag), in this step.
 --
--- KEYS[1] = the slot's token copy, KEYS[2] = version, KEYS[3] = records, KEYS[4] = cursor,
--- KEYS[5] = the slot's active series for the tenant, KEYS[6] = pending overflow,
--- KEYS[7] = the tenants holding records in the slot
--- ARGV[1] = msgpack {token, version, cursor, new_cursor, limit, others, expired, held_change,
---                    overflow_slots, tenant}
+-- KEYS[1] = the slot's token copy, KEYS[2] = version, KEYS[3] = records, KEYS[4] = cursors
+-- (hash: source partition -> count), KEYS[5] = the slot's active series for the tenant,
+-- KEYS[6] = the tenants with keys under the tag, KEYS[7] = the tag's epoch (cluster_merge.lua),
+-- KEYS[8] = the tenant's resources under the tag, KEYS[9..] = the outboxes of overflow_slots
+--   cursors = {source, '<epoch>:<count>', ...}: the new cursors
+-- ARGV[1] = msgpack {token, version, cursors, limit, others, expired, held_change, tenant}
 --   others = the tenant's active series in the other slots (read just before: the limit is
 --            exact for one folding owner, approximate while several fold at once)
 -- ARGV[2..4] = as fold.lua (updates, created, overflow)
+-- ARGV[5] = msgpack {resource_id, attributes, ...}: the new series' resources, kept here too
+--   (a copy; the same id has the same attributes) so that the slot's series keep them when the
+--   tags of the partitions they came through lose their data
 -- Returns {'OK', refused}, {'FENCED'} or {'STALE'}.
 
 local args = cmsgpack.unpack(ARGV[1])
-local token, version, cursor, new_cursor = args[1], args[2], args[3], args[4]
-local limit, others, expired, held_change, overflow_slots = args[5], args[6], args[7], args[8], args[9]
+local token, version, cursors = args[1], args[2], args[3]
+local limit, others, expired, held_change = args[4], args[5], args[6], args[7]
 if redis.call('GET', KEYS[1]) ~= token then
   return {'FENCED'}
 end
-if (redis.call('GET', KEYS[2]) or '0') ~= version or (redis.call('GET', KEYS[4]) or '0') ~= cursor then
+if (redis.call('GET', KEYS[2]) or '0') ~= version then
   return {'STALE'}
 end
-local next_version = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[4], new_cursor)
-redis.call('SADD', KEYS[7], args[10])
+redis.call('INCR', KEYS[2])
+if #cursors > 0 then
+  redis.call('HSET', KEYS[4], unpack(cursors))
+end
+redis.call('SADD', KEYS[6], args[8])
 
 local CHUNK = 4000
 local function each_chunk(items, command)
@@ -62,13 +68,15 @@ for n = 1, #created / 2 do
 end
 each_chunk(admitted, 'HSET')
 redis.call('SET', KEYS[5], own)
-local pending = {}
 for index, rows in pairs(rows_by_slot) do
-  pending[#pending + 1] = {overflow_slots[index], table.concat(rows)}
+  if redis.call('EXISTS', KEYS[7]) == 0 then
+    local now = redis.call('TIME')
+    redis.call('SET', KEYS[7], now[1] .. string.format('%06d', tonumber(now[2])))
+  end
+  redis.call('RPUSH', KEYS[8 + index], table.concat(rows))
 end
-if #pending > 0 then
-  redis.call('SET', KEYS[6], cmsgpack.pack({next_version, pending}))
-else
-  redis.call('DEL', KEYS[6])
+local copies = cmsgpack.unpack(ARGV[5])
+for n = 1, #copies, 2 do
+  redis.call('HSETNX', KEYS[8], copies[n], copies[n + 1])
 end
 return {'OK', refused}

@@ -1,12 +1,13 @@
--- Cluster layout: bring a slot's hash tag in line with the control tag: its copy of the owner's
--- fencing token only grows (a claim raises it), and its copy of the generation marker names the
--- state its records belong to. A marker that differs (the control tag lost its data and a new
--- generation began) means the records were counted from offsets that are gone: they are
--- dropped, with the cursors into the old outboxes, and the slot's series restart.
--- A missing marker (the slot's own data was lost, or is new) is simply set.
+-- Cluster layout: bring an index's hash tag (input partition i = emission slot i) in line with
+-- the control tag: its copy of the owner's fencing token only grows (a claim raises it; merges
+-- and folds are fenced by it), and its copy of the generation marker names the state its records
+-- belong to. A marker that differs (the control tag lost its data and a new generation began)
+-- means the slot's series restart: its records are dropped with its cursors (the fold then pulls
+-- what the outboxes still hold: deltas stored with offsets that are still there).
+-- A missing marker (the tag's own data was lost, or is new) is simply set.
 --
--- KEYS[1] = token copy, KEYS[2] = marker copy, KEYS[3] = tenants with records here,
--- KEYS[4..] = the keys of those tenants in the slot (records, version, cursor, count, overflow)
+-- KEYS[1] = token copy, KEYS[2] = marker copy, KEYS[3] = tenants with keys here,
+-- KEYS[4..] = the slot keys of those tenants (records, version, cursors, count)
 -- ARGV[1] = token ('' = leave it), ARGV[2] = marker ('' = leave it)
 -- Returns 'SET', 'RESET' (records dropped) or 'SAME'.
 

@@ -16,6 +16,7 @@ import redis.cluster
 
 from devtools.redis_cluster import EmbeddedRedisCluster
 from devtools.servers import REDIS_ENV_VAR, KafkaEndpoint
+from state.cluster_store import ClusterKeys
 
 from .harness import (
     COUNTED_METRICS,
@@ -199,6 +200,26 @@ async def test_masters_killed_mid_run_count_every_span_once(
     assert all(code == 0 for code in codes.values()), codes
 
 
+def _lose_tag(
+    client: redis.cluster.RedisCluster, layout: ClusterKeys, index: int, slots: int, found: list[bytes]
+) -> None:
+    """Every key of the index's tag gone at once, as a master restarted without persistence loses
+    them: those found, and every key the layout may hold there (one script, one hash slot)."""
+    keys = {key.decode() for key in found}
+    keys |= {layout.token(index), layout.marker(index), layout.slot_tenants(index), layout.epoch(index)}
+    keys |= {layout.offset(index), layout.watermark(index), layout.edges(index), f"{layout.tag(index)}:sync"}
+    for raw in client.smembers(layout.slot_tenants(index)):  # type: ignore[union-attr]
+        tenant = raw.decode()
+        keys |= {
+            *layout.slot_keys(tenant, index),
+            layout.resources(tenant, index),
+            layout.seen(tenant, index),
+        }
+        for slot in range(slots):
+            keys |= {layout.outbox(tenant, index, slot), layout.base(tenant, index, slot)}
+    client.eval("for i = 1, #KEYS do redis.call('DEL', KEYS[i]) end", len(keys), *sorted(keys))
+
+
 def _incarnation_totals(output: StartedOutput, metrics: tuple[str, ...]) -> dict[tuple[str, str], int]:
     """(metric, tenant) -> the sum over every series incarnation (series and start time) of its
     latest value: a series restarted by a loss counts its old and its new incarnation."""
@@ -217,10 +238,12 @@ def _incarnation_totals(output: StartedOutput, metrics: tuple[str, ...]) -> dict
 async def test_a_slot_shard_that_loses_its_data_is_noticed_and_only_its_series_restart(
     kafka: KafkaEndpoint, cluster: EmbeddedRedisCluster, tmp_path: Path, report: ScenarioReport
 ) -> None:
-    """One slot's hash tag loses everything (as a master restarted without persistence would):
-    its owner notices (the slot's generation marker is missing), logs it, recovers; the slot's
+    """One index's hash tag (input partition 1 and emission slot 1) loses everything at once (as a
+    master restarted without persistence would): its owner notices (the generation marker is
+    missing), logs it, recovers (partition 1 from the group's committed offset); the slot's
     series restart with a new start time and count exactly the spans after the loss; the other
-    slots' series go on. Summed over incarnations, every span is counted once."""
+    slots' series go on (and fold partition 1's new outboxes from their start). Summed over
+    incarnations, every span is counted once."""
     name = f"closs-{random.randrange(1 << 30):x}"
     bootstrap = kafka.bootstrap_servers
     await create_scenario_topics(bootstrap, name, 4)
@@ -240,8 +263,7 @@ async def test_a_slot_shard_that_loses_its_data_is_noticed_and_only_its_series_r
         with redis.cluster.RedisCluster.from_url(cluster.url) as client:
             keys = list(client.scan_iter(match=f"{lost_tag}*"))
             assert keys, "the slot's tag holds its records"
-            for key in keys:
-                client.delete(key)
+            _lose_tag(client, ClusterKeys(name, f"{name}-in"), 1, 4, keys)
         for _ in range(10):
             await after.send(2)
             await asyncio.sleep(0.2)

@@ -1,5 +1,6 @@
-"""The cluster store's own layout on a real Redis Cluster: state spread over the masters, outboxes
-trimmed once folded, idempotent pulls and deliveries, lost shards noticed, replicas waited for."""
+"""The cluster store's own layout on a real Redis Cluster: state and merges spread over the
+masters, outboxes trimmed once folded, idempotent pulls and trims, a multi-partition merge whose
+one step fails applying the others, lost shards noticed, replicas waited for."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from devtools.redis_cluster import EmbeddedRedisCluster
 from state.cluster_store import ClusterKeys, ClusterStateStore, NotReplicatedError
 from state.codec import attributes_of_parts
 from state.fold import series_slot
+from state.redis_store import _text
 from worker.model.series import Series, TenantDeltas
 
 NOW = 1_800_000_000_000_000_000
@@ -92,27 +94,34 @@ async def test_series_state_spreads_over_every_master_and_outboxes_are_trimmed(
     }
     assert holders == {node.port for node in redis_cluster.masters()}  # sharded, not one tag
     for slot in range(store.slots):
-        assert await client.llen(store.keys.log("acme", slot)) == 0  # every folded entry trimmed
-        cursor = int(await client.get(layout.cursor("acme", slot)) or 0)
-        assert int(await client.get(layout.base("acme", slot)) or 0) == cursor
+        cursors = await client.hgetall(layout.cursors("acme", slot))
+        for source in (0, 1):
+            assert await client.llen(layout.outbox("acme", source, slot)) == 0  # folded: trimmed
+            base = int(await client.get(layout.base("acme", source, slot)) or 0)
+            cursor = cursors.get(str(source).encode(), b":0").decode()
+            assert cursor.split(":") == [_text(await client.get(layout.epoch(source))), str(base)]
     assert await store.active_series("acme") == 300
     assert await _fold_all(store, tokens) == counts  # idle: the same values, nothing refolded
 
 
-async def test_late_trims_and_repeated_overflow_deliveries_change_nothing(client: RedisCluster) -> None:
+async def test_late_trims_and_overflow_rows_handed_on_in_the_fold_change_nothing(
+    client: RedisCluster,
+) -> None:
     store = _store(client, slots=2, active_series_limit=1)
     tokens = await store.claim([0, 1])
     await store.merge(_deltas(*(_calls(f"s{n}", 1) for n in range(6))), {0: (tokens[0], 1)})
     await _fold_all(store, tokens)
-    await _fold_all(store, tokens)  # overflow rows delivered to a slot folded before
+    await _fold_all(store, tokens)  # overflow rows handed on to a slot folded before
     held = [s.series for slot in range(2) for s in await store.read_slot("acme", slot)]
     assert sum(s.count for s in held) == 6 and len(held) == 2  # one admitted, one overflow
-    log, base = store.keys.log("acme", 0), store.layout.base("acme", 0)
-    assert await store._trim(keys=[log, base], args=["0"]) == 0  # an older cursor: a no-op
-    for slot in range(2):
-        pending = await client.get(store.layout.overflow("acme", slot))
-        await store._deliver("acme", slot, pending)  # delivered already: nothing appended
-        assert await client.llen(store.keys.log("acme", 1 - slot)) == 0
+    outbox, base, epoch = (
+        store.layout.outbox("acme", 0, 0),
+        store.layout.base("acme", 0, 0),
+        store.layout.epoch(0),
+    )
+    current = _text(await client.get(epoch))
+    assert await store._trim(keys=[outbox, base, epoch], args=["0", current]) == 0  # an older cursor
+    await _fold_all(store, tokens)  # nothing new: nothing refolded, nothing handed on again
     again = [s.series for slot in range(2) for s in await store.read_slot("acme", slot)]
     assert sum(s.count for s in again) == 6
 
@@ -158,7 +167,7 @@ async def test_a_merge_waits_for_a_replica_and_its_retry_is_answered_seen(
 ) -> None:
     store = _store(client, slots=2, replica_wait_s=0.3)
     tokens = await store.claim([0])
-    port = client.get_node_from_key(store.keys.fence).port
+    port = client.get_node_from_key(store.layout.token(0)).port
     master = next(node for node in redis_cluster.masters() if node.port == port)
     replica = redis_cluster.replica_of(master)
     replica.pause()
@@ -186,13 +195,13 @@ async def _retried(step: Callable[[], Awaitable[T]]) -> tuple[T, int]:
 async def test_a_resharding_while_merging_and_folding_keeps_counts_exact(
     client: RedisCluster, redis_cluster: EmbeddedRedisCluster
 ) -> None:
-    """The control tag's hash slot, then a slot tag's, move to another master key by key while
+    """Partition 0's hash tag (its merges), then slot 1's, move to another master key by key while
     merges and folds go on: redirections (ASK, MOVED) are followed, a script meeting its tag
     half-moved (TRYAGAIN) is retried, and every count is exact."""
     store = _store(client, slots=4)
     await store.generation("g1")
     tokens = await store.claim(range(4))
-    moving = [key_slot(store.keys.fence.encode()), key_slot(store.layout.records("acme", 1).encode())]
+    moving = [key_slot(store.layout.token(0).encode()), key_slot(store.layout.records("acme", 1).encode())]
 
     def reshard() -> None:
         for slot in moving:
@@ -221,7 +230,7 @@ async def test_a_resharding_while_merging_and_folding_keeps_counts_exact(
 
 
 async def test_a_step_a_failover_loses_was_never_acknowledged_and_its_retry_applies_it_once() -> None:
-    """Asynchronous replication: the control tag's master applies a merge, its replica (frozen)
+    """Asynchronous replication: partition 0's master applies a merge, its replica (frozen)
     does not get it, the master dies and the replica is elected without it. The merge never
     returned (no replica acknowledged it), so its offsets never reached Kafka; its retry (same
     sequence) applies it on the new master, once."""
@@ -233,7 +242,7 @@ async def test_a_step_a_failover_loses_was_never_acknowledged_and_its_retry_appl
             tokens = await store.claim([0])
             first = _deltas(_calls("a", 1))
             assert await store.merge(first, {0: (tokens[0], 10)}, sequence=1)
-            master = cluster.master_of(key_slot(store.keys.fence.encode()))
+            master = cluster.master_of(key_slot(store.layout.token(0).encode()))
             replica = cluster.replica_of(master)
             replica.pause()
             with cluster.client(master) as direct:  # the replication link goes with it
@@ -246,7 +255,7 @@ async def test_a_step_a_failover_loses_was_never_acknowledged_and_its_retry_appl
             replica.resume()
             # Until the replica is elected: the cluster may still call itself ok (and map the
             # slot to the dead master) before the nodes have marked the master failed.
-            slot = key_slot(store.keys.fence.encode())
+            slot = key_slot(store.layout.token(0).encode())
 
             def elected() -> None:
                 deadline = time.monotonic() + 60
@@ -267,3 +276,133 @@ async def test_a_step_a_failover_loses_was_never_acknowledged_and_its_retry_appl
             assert counts == {"a": 3}
         finally:
             await client.aclose()
+
+
+def _rpush_calls(cluster: EmbeddedRedisCluster) -> dict[int, int]:
+    """RPUSH calls each master has run so far (scripts' commands included): port -> calls."""
+    calls = {}
+    for master in cluster.masters():
+        with cluster.client(master) as direct:
+            stats = direct.info("commandstats")
+        calls[master.port] = int(stats.get("cmdstat_rpush", {}).get("calls", 0))
+    return calls
+
+
+async def test_merges_of_different_partitions_go_to_their_own_masters(
+    client: RedisCluster, redis_cluster: EmbeddedRedisCluster
+) -> None:
+    """Every partition's merge step writes under its own tag only: each master appends exactly the
+    outbox entries of the partitions it holds, and every master takes a share of the merges."""
+    store = _store(client, slots=24)  # 24 tags: one master holding none ~ 3 * (2/3)^24 = 2e-4
+    await store.generation("g1")
+    tokens = await store.claim(range(store.slots))
+    by_partition = {p: _deltas(*(_calls(f"p{p}-s{n}", 1) for n in range(20))) for p in range(store.slots)}
+    fences = {p: (tokens[p], 100 + p) for p in range(store.slots)}
+    expected = {master.port: 0 for master in redis_cluster.masters()}
+    for p, deltas in by_partition.items():  # one outbox entry per slot the partition's rows hit
+        slots = {series_slot(s.series_id, store.slots) for s in deltas["acme"].series}
+        expected[client.get_node_from_key(store.layout.token(p)).port] += len(slots)
+    before = _rpush_calls(redis_cluster)
+    steps = await store.merge_partitions(by_partition, fences, sequence=1)
+    after = _rpush_calls(redis_cluster)
+    assert steps == dict.fromkeys(range(store.slots), True)
+    assert {port: after[port] - before[port] for port in after} == expected
+    assert all(expected.values())  # the merge load shards over every master
+    assert await store.applied_offsets(range(store.slots)) == {p: 100 + p for p in range(store.slots)}
+    counts = await _fold_all(store, tokens)
+    assert counts == {f"p{p}-s{n}": 1 for p in range(store.slots) for n in range(20)}
+    # A repeated multi-partition merge (the same sequence) is seen by every partition.
+    again = await store.merge_partitions(by_partition, fences, sequence=1)
+    assert again == dict.fromkeys(range(store.slots), False)
+    assert await _fold_all(store, tokens) == counts
+
+
+async def test_a_multi_partition_merge_whose_one_master_dies_applies_every_other_partition() -> None:
+    """A master dies (SIGKILL) just before a merge of every partition, its replica held back from
+    a failover until the steps are done: the steps of the partitions it held fail, and each of
+    them applied nothing (not on the replica elected afterwards either); every other partition's
+    step is applied, once. The failed steps' retry (same sequence) applies them once on the new
+    master, and the counts are exact."""
+    with EmbeddedRedisCluster(masters=3, replicas=1) as cluster:
+        client = RedisCluster.from_url(cluster.url)
+        client.test_prefix = f"cs-{uuid.uuid4().hex[:10]}"  # type: ignore[attr-defined]
+        try:
+            store = _store(client, slots=6, replica_wait_s=1.0)
+            await store.generation("g1")
+            tokens = await store.claim(range(6))
+            by_partition = {p: _deltas(*(_calls(f"p{p}-s{n}", p + 1) for n in range(5))) for p in range(6)}
+            fences = {p: (tokens[p], 10 + p) for p in range(6)}
+            ports = {p: client.get_node_from_key(store.layout.token(p)).port for p in range(6)}
+            dead_port = ports[0]
+            dying = {p for p, port in ports.items() if port == dead_port}
+            assert dying != set(range(6))
+            master = next(m for m in cluster.masters() if m.port == dead_port)
+            replica = cluster.replica_of(master)
+            with cluster.client(replica) as direct:  # no failover until the steps are done
+                direct.config_set("cluster-replica-no-failover", "yes")
+            assert master.pid is not None
+            os.kill(master.pid, signal.SIGKILL)
+            # As the checkpoint retries them: every step not applied yet, the same sequence. (A
+            # step on a healthy master may fail too while the client refreshes its slot map.)
+            done: dict[int, bool] = {}
+            for _ in range(100):
+                left = {p: fences[p] for p in range(6) if p not in done}
+                steps = await store.merge_partitions(by_partition, left, sequence=1)
+                assert all(isinstance(steps[p], BaseException) for p in dying)
+                done.update({p: r for p, r in steps.items() if isinstance(r, bool)})
+                if set(done) == set(range(6)) - dying:
+                    break
+                await asyncio.sleep(0.1)
+            assert set(done) == set(range(6)) - dying
+            with cluster.client(replica) as direct:
+                direct.config_set("cluster-replica-no-failover", "no")
+            slot = key_slot(store.layout.token(0).encode())
+
+            def elected() -> None:
+                deadline = time.monotonic() + 60
+                while cluster.master_of(slot).port == dead_port and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                cluster.wait_ok()
+
+            await asyncio.to_thread(elected)
+            stored, _ = await _retried(lambda: store.applied_offsets(range(6)))
+            assert stored == {p: 10 + p for p in set(range(6)) - dying}  # all or nothing per partition
+            again: dict[int, bool] = {}
+            for _ in range(200):
+                left = {p: fences[p] for p in dying if p not in again}
+                steps = await store.merge_partitions(by_partition, left, sequence=1)
+                again.update({p: r for p, r in steps.items() if isinstance(r, bool)})
+                if set(again) == dying:
+                    break
+                await asyncio.sleep(0.1)
+            assert again == dict.fromkeys(dying, True)  # applied now, once
+            assert await store.applied_offsets(range(6)) == {p: 10 + p for p in range(6)}
+            counts, _ = await _retried(lambda: _fold_all(store, tokens))
+            assert counts == {f"p{p}-s{n}": p + 1 for p in range(6) for n in range(5)}
+        finally:
+            await client.aclose()
+
+
+async def test_outboxes_of_a_partition_tag_that_lost_its_data_are_folded_from_their_start(
+    client: RedisCluster,
+) -> None:
+    """Partition 0's tag loses everything (its master restarted without persistence): its
+    outboxes start again from entry 0 in a new epoch, and another slot's cursor into the old
+    epoch (past the new entries' positions) skips none of them; the resources of that slot's
+    series, merged through partition 0, are still known (copied into the slot by its fold)."""
+    store = _store(client, slots=3)
+    await store.generation("g1")
+    tokens = await store.claim(range(3))
+    name = next(f"x{n}" for n in range(100) if series_slot(_calls(f"x{n}", 1).series_id, 3) != 0)
+    for offset in range(1, 4):
+        await store.merge(_deltas(_calls(name, 1)), {0: (tokens[0], offset)})
+    assert (await _fold_all(store, tokens))[name] == 3  # the slot's cursor: 3 entries in
+    async for key in client.scan_iter(match=f"{store.layout.tag(0)}*"):
+        await client.delete(key)
+    assert (await store.ownership([0])).generation is None  # noticed
+    assert "r1" in await store.resources("acme")  # the slot's fold kept a copy of its series' resource
+    await store.generation("g2")
+    tokens = await store.claim(range(3))
+    for offset in range(1, 5):  # four entries: positions 0..3 of the new epoch
+        await store.merge(_deltas(_calls(name, 10)), {0: (tokens[0], offset)})
+    assert (await _fold_all(store, tokens))[name] == 3 + 40

@@ -91,6 +91,13 @@ async def _fold_all(
 
 
 async def _log_lengths(client: Redis, store: RedisStateStore, tenant: str = "acme") -> list[int]:
+    """Entries waiting per slot (on a cluster: in every partition's outbox for the slot)."""
+    if isinstance(store, ClusterStateStore):
+        outbox = store.layout.outbox
+        return [
+            sum([int(await client.llen(outbox(tenant, source, slot))) for source in range(store.slots)])
+            for slot in range(store.slots)
+        ]
     return [int(await client.llen(store.keys.log(tenant, slot))) for slot in range(store.slots)]
 
 

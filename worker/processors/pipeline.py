@@ -55,7 +55,10 @@ class Pipeline:
         self._external: tuple[tuple[str, str], ...] = ()
         self._tenant_label = ""
         self._tempo_mode = generator is not None
+        self._settings = settings
         self._clock = clock
+        #: Per input partition (see :meth:`split_by_partition`): a Pipeline of its own each.
+        self._parts: dict[int, Pipeline] | None = None
         slack = generator.metrics_ingestion_time_range_slack if generator is not None else None
         #: Tempo's metrics_ingestion_time_range_slack in nanoseconds (None: every span counts).
         self._slack_ns = round(slack * 1e9) if slack is not None else None
@@ -145,6 +148,9 @@ class Pipeline:
         ``record_time_ns`` is the Kafka record's time: with ``metrics_ingestion_time_range_slack``
         a span counts only if it ended within the slack of it (of the clock when not given).
         """
+        if self._parts is not None:
+            part = self._part(partition)
+            return part.consume(request, tenant, partition, groups=groups, record_time_ns=record_time_ns)
         if groups is None:
             groups = group_request(request)
         stats = PipelineStats()
@@ -186,6 +192,8 @@ class Pipeline:
 
     def consume_decoded(self, decoded: Decoded | NativeRun, tenant: str, partition: int = 0) -> PipelineStats:
         """:meth:`consume` of what :meth:`decode` returned: the same deltas on either path."""
+        if self._parts is not None:
+            return self._part(partition).consume_decoded(decoded, tenant, partition)
         if isinstance(decoded, Decoded):
             return self.consume(decoded.batch, tenant, partition, groups=decoded.groups)
         assert self.spanmetrics is not None
@@ -201,15 +209,62 @@ class Pipeline:
         return stats
 
     def expire(self, now_ns: int) -> None:
-        for processor in self.processors:
+        for processor in self._all_processors():
             processor.expire(now_ns)
 
     def expire_all(self) -> None:
         """End of input (offline): nothing more will arrive."""
-        for processor in self.processors:
+        for processor in self._all_processors():
             processor.expire_all()
 
+    # ------------------------------------------------------------------ per input partition
+
+    def split_by_partition(self) -> None:
+        """From now on keep each input partition's deltas apart (a Redis Cluster merges each
+        partition in a step of its own): one Pipeline per partition, made on its first record,
+        behind this same interface. Call before anything is consumed. Caches and limits then
+        apply per partition (README: Redis Cluster); the service graphs' counters stay shared."""
+        if self._parts is None:
+            self._parts = {}
+
+    @property
+    def per_partition(self) -> bool:
+        """Whether :meth:`split_by_partition` was called."""
+        return self._parts is not None
+
+    def _part(self, partition: int) -> Pipeline:
+        assert self._parts is not None
+        part = self._parts.get(partition)
+        if part is None:
+            part = self._parts[partition] = Pipeline(self._settings, clock=self._clock)
+            shared, own = self.servicegraphs, part.servicegraphs
+            if shared is not None and own is not None:
+                # Counters since start, not state: one set whatever partition counted.
+                own.new_edges = shared.new_edges
+                own.expired_edges = shared.expired_edges
+                own.dropped_edges = shared.dropped_edges
+                own.marker_overflows = shared.marker_overflows
+        return part
+
+    def _all_processors(self) -> list[Processor]:
+        if self._parts is None:
+            return self.processors
+        return [processor for part in self._parts.values() for processor in part.processors]
+
+    def take_partition_deltas(self) -> dict[int, dict[str, TenantDeltas]]:
+        """Each partition's deltas since the last call (:meth:`split_by_partition`), or all of
+        them under partition -1 when deltas are not kept apart."""
+        if self._parts is None:
+            deltas = self.take_deltas()
+            return {-1: deltas} if deltas else {}
+        taken = {partition: part.take_deltas() for partition, part in self._parts.items()}
+        return {partition: deltas for partition, deltas in taken.items() if deltas}
+
+    # ------------------------------------------------------------------ deltas
+
     def take_deltas(self) -> dict[str, TenantDeltas]:
+        if self._parts is not None:
+            return merge_deltas(*(part.take_deltas() for part in self._parts.values()))
         parts = []
         for processor in self.processors:
             deltas = processor.take_deltas()
@@ -239,18 +294,27 @@ class Pipeline:
         """Pending half-edges per partition, saved with the offsets they belong to."""
         if self.servicegraphs is None:
             return {}
+        if self._parts is not None:
+            return {p: self._part(p).export_pending((p,))[p] for p in partitions}
         return {p: self.servicegraphs.export_pending(p) for p in partitions}
 
     def restore_pending(self, partition: int, blob: bytes | None, now_ns: int) -> int:
         if self.servicegraphs is None or not blob:
             return 0
+        if self._parts is not None:
+            return self._part(partition).restore_pending(partition, blob, now_ns)
         return self.servicegraphs.restore_pending(partition, blob, now_ns)
 
     def drop_partition(self, partition: int) -> None:
-        if self.servicegraphs is not None:
+        """Forget the partition's pending half-edges (kept apart: its whole Pipeline, deltas too)."""
+        if self._parts is not None:
+            self._parts.pop(partition, None)
+        elif self.servicegraphs is not None:
             self.servicegraphs.drop_partition(partition)
 
     def pending_edges(self) -> int:
+        if self._parts is not None:
+            return sum(part.pending_edges() for part in self._parts.values())
         return self.servicegraphs.pending_count() if self.servicegraphs is not None else 0
 
 

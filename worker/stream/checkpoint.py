@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
+from state.cluster_store import ClusterStateStore
 from state.protocol import FencedError, SeriesStore, StateBehindError
 from worker.model.series import TenantDeltas
 from worker.observability.selfmetrics import WorkerMetrics
@@ -59,6 +60,11 @@ class Checkpoint:
         #: The tokens of a merge whose outcome is unknown (retries ran out, the deadline passed,
         #: cancelled): it may still be delivered, so it is settled before the next merge.
         self._unsettled: dict[int, int] | None = None
+        #: On a Redis Cluster each partition merges in a step of its own (README: Redis Cluster),
+        #: so the pipeline keeps each partition's deltas apart.
+        self._cluster = store if isinstance(store, ClusterStateStore) else None
+        if self._cluster is not None:
+            pipeline.split_by_partition()
 
     async def run(
         self,
@@ -78,7 +84,11 @@ class Checkpoint:
         async with asyncio.timeout(deadline), shared.lock:
             # 1. Take what memory holds: deltas, the offsets they cover, pending half-edges.
             #    Unsettled partitions have nothing in memory and are left out.
-            deltas = self.pipeline.take_deltas()
+            deltas: Mapping[int, Mapping[str, TenantDeltas]] = (
+                self.pipeline.take_partition_deltas()
+                if self._cluster is not None
+                else {-1: self.pipeline.take_deltas()}
+            )
             progress = shared.take_progress()
             fences = {
                 p: (token, progress.get(p, -1))
@@ -87,11 +97,15 @@ class Checkpoint:
             }
             pending = self.pipeline.export_pending(fences)
             committed: dict[int, int] | None = {}
+            #: Partitions whose own step is applied and on a replica (a cluster's partial failure).
+            done: set[int] = set()
+            failure: BaseException | None = None
             if fences:
-                # 2. One atomic Redis step: deltas, offsets and half-edges, fenced by our tokens.
+                # 2. One atomic Redis step: deltas, offsets and half-edges, fenced by our tokens
+                #    (on a cluster one per partition: each applied whole or not at all).
                 redis_started = time.monotonic()
                 try:
-                    await self._merge(deltas, fences, pending, interrupt)
+                    await self._merge(deltas, fences, pending, interrupt, done)
                 except FencedError as exc:
                     self.stats.fenced += 1
                     self.log.warning(
@@ -106,43 +120,71 @@ class Checkpoint:
                         self.unsettle()
                         raise
                     committed = None
-                except BaseException:
+                except BaseException as exc:
                     # Taken from memory, maybe applied by Redis, maybe not: only Redis can say.
+                    # (Partitions whose step is known applied and replicated still go to Kafka.)
                     self.unsettle()
-                    raise
+                    if not done or not isinstance(exc, Exception):  # cancelled: no Kafka now
+                        raise
+                    failure = exc
+                    committed = {p: o for p, o in progress.items() if p in done and p in shared.tokens}
+                    shared.advance_applied(committed)
                 else:
                     self.stats.last_redis_seconds = time.monotonic() - redis_started
                     self.metrics.observe_redis_step(self.stats.last_redis_seconds)
                     # 3. Stored: records below these offsets are replays from now on.
                     shared.advance_applied(progress)
                     committed = {p: o for p, o in progress.items() if p in shared.tokens}
-            elif deltas:
+            elif any(deltas.values()):
                 # Deltas without an owned partition cannot be recorded exactly once; their
                 # partitions' new owners replay them from the stored offsets.
-                self.log.warning("dropping deltas of partitions no longer owned", tenants=len(deltas))
+                self.log.warning(
+                    "dropping deltas of partitions no longer owned",
+                    tenants=sum(len(d) for d in deltas.values()),
+                )
             # 4. Partitions being given up go before anything else can take the lock.
             self._forget(releasing)
         if committed is None:
             return False
         # 5. Then Kafka, for lag exporters and KEDA (Redis holds the truth).
         await self._commit_to_kafka(committed)
+        if failure is not None:
+            raise failure
         return True
 
     async def _merge(
         self,
-        deltas: Mapping[str, TenantDeltas],
+        deltas: Mapping[int, Mapping[str, TenantDeltas]],
         fences: dict[int, tuple[int, int]],
         pending: Mapping[int, bytes] | None,
         interrupt: Sequence[asyncio.Event] = (),
+        done: set[int] | None = None,
     ) -> None:
-        """One merge under a new sequence, retried through an outage with that same sequence."""
+        """One merge under a new sequence, retried through an outage with that same sequence.
+        ``deltas``: per partition on a cluster, else all under -1. ``done`` collects the
+        partitions whose step is applied and replicated (a cluster: the retries skip them)."""
         self._sequence += 1
         sequence, store = self._sequence, self.store
         applied = self.shared.applied
         seen = {p: applied[p] for p in fences if p in applied}
+        finished = set() if done is None else done
+
+        async def step() -> object:
+            if self._cluster is None:
+                return await store.merge(deltas.get(-1, {}), fences, pending, sequence=sequence, applied=seen)
+            left = {p: fence for p, fence in fences.items() if p not in finished}
+            steps = await self._cluster.merge_partitions(
+                deltas, left, pending, sequence=sequence, applied=seen
+            )
+            failures = [result for result in steps.values() if isinstance(result, BaseException)]
+            finished.update(p for p, result in steps.items() if not isinstance(result, BaseException))
+            if failures:  # a refused step first: it is never retried
+                raise next((f for f in failures if isinstance(f, FencedError)), failures[0])
+            return True
+
         try:
             await with_redis_retry(
-                lambda: store.merge(deltas, fences, pending, sequence=sequence, applied=seen),
+                step,
                 within=self.retry_within,
                 shared=self.shared,
                 log=self.log,
