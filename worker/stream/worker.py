@@ -28,7 +28,6 @@ from worker.observability.selfmetrics import WorkerMetrics
 from worker.observability.stats import WorkerStats
 from worker.processors.pipeline import Pipeline
 from worker.processors.servicegraphs.processor import ServiceGraphsProcessor
-from worker.runtime import collection_paused
 from worker.sinks.base import Sink
 from worker.sinks.kafka import KafkaSink
 from worker.sinks.remote_write import RemoteWriteSink
@@ -36,6 +35,7 @@ from worker.stream.cadence import EMIT, MERGE, Cadence
 from worker.stream.checkpoint import Checkpoint
 from worker.stream.clients import kafka_start_problem, make_consumer, make_producer, make_redis
 from worker.stream.emission import Emission
+from worker.stream.gc_pause import collection_paused
 from worker.stream.ingest import Ingest
 from worker.stream.partitions import Partitions
 from worker.stream.rebalance import Held, Listener, Rebalance
