@@ -1353,7 +1353,12 @@ def print_report(result: dict[str, Any]) -> None:
     native = result["native_extensions"]
     print(
         f"worker paths run: {', '.join(result['paths'])} (pure = SPANMETRICS_NO_EXTENSIONS=1"
-        + (f"; base = the pure path of {result['baseline']}" if result.get("baseline") else "")
+        + (
+            f"; base = the {'native' if result.get('baseline_native') else 'pure'} path"
+            f" of {result['baseline']}"
+            if result.get("baseline")
+            else ""
+        )
         + "); "
         f"native: {'built (' + ', '.join(native) + ')' if native else 'not built'}"
     )
@@ -1539,6 +1544,7 @@ async def run(
     paths = [p for p in args.paths if p != "native" or native]
     if args.baseline:
         BASELINE["base"] = Path(args.baseline).resolve()
+        PATH_ENV["base"] = PATH_ENV["native" if args.baseline_native else "pure"]
         paths.insert(0, "base")
     result: dict[str, Any] = {
         "schema": 2,
@@ -1556,6 +1562,7 @@ async def run(
         "dimensions": [d["name"] for d in DIMENSIONS],
         "native_extensions": native,
         "baseline": args.baseline and str(Path(args.baseline).resolve()),
+        "baseline_native": bool(args.baseline and args.baseline_native),
         "service_graphs": not args.no_service_graphs,
         "paths": paths,
         "shapes": {},
@@ -1718,6 +1725,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--baseline",
         metavar="DIR",
         help="also run the pure path of another checkout (path 'base'), for before/after in one run",
+    )
+    parser.add_argument(
+        "--baseline-native",
+        action="store_true",
+        help="the path 'base' runs the other checkout's compiled ingest (built in place there) instead",
     )
     parser.add_argument("--workers-list", help="worker counts to run, e.g. 1,2 (default 1,2; --quick 1)")
     parser.add_argument(
