@@ -26,6 +26,7 @@ __all__ = [
     "ROW_OVERFLOW",
     "FoldPlan",
     "NewSeries",
+    "Quiet",
     "fold_log",
     "overflow_series_id",
     "pack_row",
@@ -85,6 +86,12 @@ def pack_row(digest: bytes, record: Sequence[Any], flags: int = 0) -> bytes:
     return cast(bytes, _packb(row(digest, record, flags)))
 
 
+#: digest -> (last seen in µs, the series a fold emits for it): the held records that a fold
+#: with no rows for them emits exactly as they are (no zero point owed, no exemplars, CUMULATIVE),
+#: so a fold that is given them (``quiet=``) does not decode their records again.
+Quiet = dict[bytes, tuple[int, Series]]
+
+
 @dataclass(slots=True)
 class NewSeries:
     """A series the log brings that the slot does not hold yet."""
@@ -128,6 +135,9 @@ class FoldPlan:
     #: owner writes once this publication is confirmed (``confirm_zero``), over records that
     #: still exist only (a refused, expired or superseded one is not brought back).
     zero_owed: list[tuple[bytes, bytes]] = field(default_factory=list)
+    #: The quiet series of this fold's outcome (see :data:`Quiet`), collected when the fold was
+    #: given ``quiet`` (a refused, expired or superseded one is the caller's to leave out).
+    quiet: Quiet = field(default_factory=dict)
 
 
 def _iter_rows(log: Iterable[bytes]) -> Iterable[list[Any]]:
@@ -277,6 +287,20 @@ def _emit(plan: FoldPlan, digest: bytes, series: Series, record: list[Any]) -> i
     return len(plan.live) - 1
 
 
+def _emit_quiet(plan: FoldPlan, digest: bytes, series: Series) -> None:
+    """:func:`_emit` of a quiet series (it owes no zero point)."""
+    if series.companion is None:
+        plan.plain.append(len(plan.live))
+    plan.live.append(series)
+    plan.live_digests.append(digest)
+
+
+def _is_quiet(record: list[Any]) -> bool:
+    """Whether a fold without rows for this record would emit it as it is: no zero point owed
+    and no exemplars (nothing a reset forgets), a last-seen time as stored by merges (an int)."""
+    return not record[_ZERO] and not record[_EXEMPLARS] and type(record[_LAST]) is int
+
+
 def _overflow(
     metric: str, resource_id: str, slots: int, targets: list[int], attributes: Attributes
 ) -> tuple[int, bytes, bytes]:
@@ -351,6 +375,7 @@ def fold_log(
     resource_expire_before_us: int = 0,
     resource_seen_us: Mapping[str, int] | None = None,
     overflow_attributes: Attributes = CONNECTOR_OVERFLOW,
+    quiet: Mapping[bytes, tuple[int, Series]] | None = None,
 ) -> FoldPlan:
     """Fold ``log`` (entries of packed rows) into the slot's ``stored`` records.
     ``reset_emitted_us``: this owner's previous, confirmed emission of the slot (None: none).
@@ -359,7 +384,10 @@ def fold_log(
     expiration). ``resource_expire_before_us``: a held series without rows whose resource was
     last seen before it (``resource_seen_us``, by resource id; a resource missing there counts
     as last seen when the series was) is emitted one last time and dropped (metrics
-    expiration)."""
+    expiration). ``quiet``: the quiet series (:data:`Quiet`) of the previous fold's outcome,
+    which ``stored`` holds unchanged since (CUMULATIVE only; ignored for DELTA); given (even
+    empty), the plan collects those of this fold's outcome in :attr:`FoldPlan.quiet`. The plan
+    is the same with or without them."""
     plan = FoldPlan()
     # Every row of one series adds up into one delta before it meets the record.
     deltas: dict[bytes, tuple[list[Any], int]] = {}
@@ -377,9 +405,32 @@ def fold_log(
     read_record, read_meta = _reader(raw=True), _reader(raw=False)
     packb, series_of, updates = _packb, _series, plan.updates
     resource_seen = resource_seen_us or {}
+    collect = quiet is not None and not delta_mode
+    known: Mapping[bytes, tuple[int, Series]] = quiet if collect and quiet is not None else {}
+    found_quiet = plan.quiet
     for digest, blob in stored.items():
         digest = bytes(digest)
         pending = deltas.pop(digest, None)
+        if pending is None and known:
+            hit = known.get(digest)
+            if hit is not None:
+                # As the record would go below, without decoding it: its reset changes nothing.
+                last_us, series = hit
+                if expire_before_us and last_us < expire_before_us:
+                    plan.expired.append(digest)
+                    plan.held_change -= 1  # _weight
+                    continue
+                if (
+                    resource_expire_before_us
+                    and max(resource_seen.get(series.resource_id, 0), last_us) < resource_expire_before_us
+                ):
+                    _emit_quiet(plan, digest, series)
+                    plan.expired.append(digest)
+                    plan.held_change -= 1  # _weight
+                    continue
+                _emit_quiet(plan, digest, series)
+                found_quiet[digest] = hit
+                continue
         record = _complete(read_record(blob))
         changed = reset_emitted_us is not None and _reset(record, delta_mode, reset_emitted_us)
         if pending is not None:
@@ -406,11 +457,16 @@ def fold_log(
                 updates.append((digest, packb(record)))
             if not (delta_mode and record[_COUNT] == 0):
                 _emit(plan, digest, series, record)
+                if collect and _is_quiet(record):
+                    found_quiet[digest] = (record[_LAST], series)
             continue
         if changed:
             updates.append((digest, packb(record)))
         if not (delta_mode and record[_COUNT] == 0):
-            _emit(plan, digest, series_of(record, exp_max_size, read_meta), record)
+            series = series_of(record, exp_max_size, read_meta)
+            _emit(plan, digest, series, record)
+            if collect and _is_quiet(record):
+                found_quiet[digest] = (record[_LAST], series)
 
     # (metric, resource id) -> (index into overflow_slots, overflow digest, overflow meta)
     overflows: dict[tuple[str, str], tuple[int, bytes, bytes]] = {}
@@ -436,4 +492,6 @@ def fold_log(
             NewSeries(digest, _packb(record), target, overflow_row, live_index, _weight(record))
         )
     _drop_superseded_counters(plan, stored)
+    for digest in plan.expired if collect else ():
+        found_quiet.pop(digest, None)
     return plan

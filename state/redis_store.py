@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -14,7 +14,8 @@ from redis.asyncio import Redis
 
 from state.codec import decode_attributes
 from state.deltalog import LogPacker
-from state.fold import FoldPlan, fold_log
+from state.fold import FoldPlan, Quiet, fold_log
+from state.hot import HotSlot
 from state.keys import KeySpace, escape_tenant, unescape_tenant
 from state.protocol import (
     FencedError,
@@ -67,6 +68,8 @@ class RedisStateStore:
         self._forget = client.register_script(_script("forget.lua"))
         self._confirm = client.register_script(_script("confirm.lua"))
         self.sequences = Sequences()
+        #: (escaped tenant, slot) -> the slot's folded state as this owner last committed it.
+        self._hot: dict[tuple[str, int], HotSlot] = {}
 
     # ------------------------------------------------------------------ ownership and offsets
 
@@ -264,11 +267,27 @@ class RedisStateStore:
             stored, log, version = await pipe.execute()
         return stored, log, "0" if version is None else _text(version)
 
+    async def _read_log(self, escaped: str, slot: int) -> tuple[list[bytes], str, int]:
+        """The slot's whole log, its version and how many records it holds, at one point in time:
+        what a fold over the records kept in memory (:class:`HotSlot`) reads."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.lrange(self.keys.log(escaped, slot), 0, -1)
+            pipe.get(self.keys.version(escaped, slot))
+            pipe.hlen(self.keys.slot(escaped, slot))
+            log, version, count = await pipe.execute()
+        return log, "0" if version is None else _text(version), int(count)
+
+    def hold(self, slots: Collection[int]) -> None:
+        """Keep the folded state of these slots only (the ones this worker owns now)."""
+        for key in [key for key in self._hot if key[1] not in slots]:
+            del self._hot[key]
+
     async def _plan_off_loop(
         self,
         stored: Mapping[bytes, bytes],
         log: Sequence[bytes],
         *,
+        quiet: Quiet | None = None,
         delta_mode: bool,
         expire_before_ns: int,
         reset_emitted_ns: int | None,
@@ -284,6 +303,7 @@ class RedisStateStore:
             self._fold_plan,
             stored,
             log,
+            quiet=quiet,
             limit=self.active_series_limit,
             delta_mode=delta_mode,
             expire_before_us=expire_before_ns // 1000,
@@ -326,12 +346,25 @@ class RedisStateStore:
     ) -> FoldResult:
         """Fold the slot's log into its records and commit that (fold.lua) as the slot's owner
         (``token``) if the slot is still as read; not committed, and nothing to publish, when the
-        token is stale or another fold committed in between."""
+        token is stale or another fold committed in between.
+
+        The records this owner committed last are kept (:class:`HotSlot`): when the slot's
+        version and size in Redis are still those, only the log is read. Anything else (a new
+        token, another writer, lost state, a refused commit, an error) drops them and the fold
+        reads the whole slot again."""
         escaped = escape_tenant(tenant)
-        stored, log, version = await self._read_slot_and_log(escaped, slot)
+        hot = self._hot.pop((escaped, slot), None)  # back in only once this fold succeeded
+        if hot is not None:
+            log, version, count = await self._read_log(escaped, slot)
+            if not hot.matches(token, version, count):
+                hot = None
+        if hot is None:
+            stored, log, version = await self._read_slot_and_log(escaped, slot)
+            hot = HotSlot(token, version, stored)
         plan = await self._plan_off_loop(
-            stored,
+            hot.records,
             log,
+            quiet=hot.quiet,
             delta_mode=delta_mode,
             expire_before_ns=expire_before_ns,
             reset_emitted_ns=reset_emitted_ns,
@@ -340,6 +373,8 @@ class RedisStateStore:
             resource_seen_ns=resource_seen_ns,
         )
         if not (plan.updates or plan.created or plan.expired or log):
+            hot.unchanged(plan)
+            self._hot[escaped, slot] = hot
             return FoldResult(committed=True, live=plan.live, version=int(version), zero_owed=plan.zero_owed)
         header = msgpack.packb(
             [
@@ -368,7 +403,10 @@ class RedisStateStore:
         reply = await self._fold(args=[header, pack(updates), pack(created), pack(overflow)])
         if _text(reply[0]) != "OK":
             return fold_result(plan, None)
-        return fold_result(plan, [int(n) for n in reply[1]], int(version) + 1)
+        refused = [int(n) for n in reply[1]]
+        hot.committed(plan, refused, str(int(version) + 1))
+        self._hot[escaped, slot] = hot
+        return fold_result(plan, refused, int(version) + 1)
 
     async def confirm_zero(
         self, tenant: str, slot: int, token: int, version: int, records: list[tuple[bytes, bytes]]
@@ -380,8 +418,14 @@ class RedisStateStore:
         escaped = escape_tenant(tenant)
         keys = [self.keys.fence, self.keys.version(escaped, slot), self.keys.slot(escaped, slot)]
         pairs = [part for pair in records for part in pair]
+        hot = self._hot.pop((escaped, slot), None)
         reply = await self._confirm(keys=keys, args=[str(slot), str(token), str(version), *pairs])
-        return _text(reply) == "OK"
+        if _text(reply) != "OK":
+            return False
+        if hot is not None and hot.token == token and hot.version == str(version):
+            hot.confirmed(records, str(version + 1))
+            self._hot[escaped, slot] = hot
+        return True
 
 
 def _bytes(value: bytes | str) -> bytes:
