@@ -4,6 +4,7 @@ a stored record has one more field than a row: ``zero_us`` (see :func:`zero_time
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import add
@@ -27,7 +28,9 @@ __all__ = [
     "FoldPlan",
     "NewSeries",
     "Quiet",
+    "Rows",
     "fold_log",
+    "fold_rows",
     "overflow_series_id",
     "pack_row",
     "row",
@@ -86,10 +89,13 @@ def pack_row(digest: bytes, record: Sequence[Any], flags: int = 0) -> bytes:
     return cast(bytes, _packb(row(digest, record, flags)))
 
 
-#: digest -> (last seen in µs, the series a fold emits for it): the held records that a fold
-#: with no rows for them emits exactly as they are (no zero point owed, no exemplars, CUMULATIVE),
-#: so a fold that is given them (``quiet=``) does not decode their records again.
-Quiet = dict[bytes, tuple[int, Series]]
+#: digest -> the series a fold emits for it: the held records that a fold with no rows for them
+#: emits exactly as they are (no zero point owed, no exemplars, CUMULATIVE; last seen, in µs,
+#: is its ``last_ns // 1000``), so a fold that is given them (``quiet=``) needs neither to read
+#: nor to decode their records.
+Quiet = dict[bytes, Series]
+#: Rows of a log added up per series: digest -> (delta, flags); and how many rows there were.
+Rows = tuple[dict[bytes, tuple[list[Any], int]], int]
 
 
 @dataclass(slots=True)
@@ -145,6 +151,21 @@ def _iter_rows(log: Iterable[bytes]) -> Iterable[list[Any]]:
         unpacker = msgpack.Unpacker(raw=True, strict_map_key=False, max_buffer_size=max(len(entry), 1 << 20))
         unpacker.feed(entry)
         yield from unpacker
+
+
+def fold_rows(log: Iterable[bytes], max_exemplars: int, exp_max_size: int) -> Rows:
+    """The rows of ``log`` added up per series (every row of one series adds up into one delta
+    before it meets the record), and how many rows there were."""
+    deltas: dict[bytes, tuple[list[Any], int]] = {}
+    rows = 0
+    for digest, delta, flags in _iter_rows(log):
+        rows += 1
+        found = deltas.get(digest)
+        if found is None:
+            deltas[digest] = (delta, flags)
+        else:
+            _add(found[0], delta, max_exemplars, exp_max_size)
+    return deltas, rows
 
 
 def _add(record: list[Any], delta: Sequence[Any], max_exemplars: int, exp_max_size: int) -> None:
@@ -301,6 +322,25 @@ def _is_quiet(record: list[Any]) -> bool:
     return not record[_ZERO] and not record[_EXEMPLARS] and type(record[_LAST]) is int
 
 
+#: Entries of the table of shared attribute parts (cleared when full).
+_SHARED_PARTS = 1 << 16
+_shared_parts: dict[bytes, bytes] = {}
+
+
+def _keep(series: Series) -> Series:
+    """A series kept between folds, made small: its names and the attribute parts it has in
+    common with others (service, operation, status...) become one shared object each."""
+    series.metric = sys.intern(series.metric)
+    series.resource_id = sys.intern(series.resource_id)
+    parts = series.attribute_parts
+    if parts:
+        shared = _shared_parts
+        if len(shared) >= _SHARED_PARTS:
+            shared.clear()
+        series.attribute_parts = [shared.setdefault(part, part) for part in parts]
+    return series
+
+
 def _overflow(
     metric: str, resource_id: str, slots: int, targets: list[int], attributes: Attributes
 ) -> tuple[int, bytes, bytes]:
@@ -319,7 +359,7 @@ def _attribute_key(series: Series) -> tuple[bytes, ...]:
     return tuple(parts if parts is not None else attribute_parts(series.attributes))
 
 
-def _drop_superseded_counters(plan: FoldPlan, held: Mapping[bytes, bytes]) -> None:
+def _drop_superseded_counters(plan: FoldPlan, held: Mapping[bytes, bytes | None]) -> None:
     """Drop ``calls`` records (and rows) of earlier versions that a ``duration`` record with
     that companion now stands for: they would emit a second, frozen copy of the counter."""
     if not plan.plain or len(plan.plain) == len(plan.live):
@@ -361,7 +401,7 @@ def _drop_superseded_counters(plan: FoldPlan, held: Mapping[bytes, bytes]) -> No
 
 
 def fold_log(
-    stored: Mapping[bytes, bytes],
+    stored: Mapping[bytes, bytes | None],
     log: Sequence[bytes],
     *,
     slots: int,
@@ -375,7 +415,8 @@ def fold_log(
     resource_expire_before_us: int = 0,
     resource_seen_us: Mapping[str, int] | None = None,
     overflow_attributes: Attributes = CONNECTOR_OVERFLOW,
-    quiet: Mapping[bytes, tuple[int, Series]] | None = None,
+    quiet: Mapping[bytes, Series] | None = None,
+    rows: Rows | None = None,
 ) -> FoldPlan:
     """Fold ``log`` (entries of packed rows) into the slot's ``stored`` records.
     ``reset_emitted_us``: this owner's previous, confirmed emission of the slot (None: none).
@@ -387,35 +428,28 @@ def fold_log(
     expiration). ``quiet``: the quiet series (:data:`Quiet`) of the previous fold's outcome,
     which ``stored`` holds unchanged since (CUMULATIVE only; ignored for DELTA); given (even
     empty), the plan collects those of this fold's outcome in :attr:`FoldPlan.quiet`. The plan
-    is the same with or without them."""
+    is the same with or without them; ``stored`` need not hold the records of the quiet series
+    without rows (None). ``rows``: the log's rows as :func:`fold_rows` added them up (then
+    ``log`` is not read)."""
     plan = FoldPlan()
-    # Every row of one series adds up into one delta before it meets the record.
-    deltas: dict[bytes, tuple[list[Any], int]] = {}
-    rows = 0
-    for digest, delta, flags in _iter_rows(log):
-        rows += 1
-        found = deltas.get(digest)
-        if found is None:
-            deltas[digest] = (delta, flags)
-        else:
-            _add(found[0], delta, max_exemplars, exp_max_size)
-    plan.rows = rows
+    deltas, plan.rows = rows if rows is not None else fold_rows(log, max_exemplars, exp_max_size)
 
     # The loop below runs for every series of the slot at every flush: names are locals.
     read_record, read_meta = _reader(raw=True), _reader(raw=False)
     packb, series_of, updates = _packb, _series, plan.updates
     resource_seen = resource_seen_us or {}
     collect = quiet is not None and not delta_mode
-    known: Mapping[bytes, tuple[int, Series]] = quiet if collect and quiet is not None else {}
+    known: Mapping[bytes, Series] = quiet if collect and quiet is not None else {}
     found_quiet = plan.quiet
+    keep = _keep if collect else None
     for digest, blob in stored.items():
         digest = bytes(digest)
         pending = deltas.pop(digest, None)
         if pending is None and known:
-            hit = known.get(digest)
-            if hit is not None:
+            series = known.get(digest)
+            if series is not None:
                 # As the record would go below, without decoding it: its reset changes nothing.
-                last_us, series = hit
+                last_us = series.last_ns // 1000
                 if expire_before_us and last_us < expire_before_us:
                     plan.expired.append(digest)
                     plan.held_change -= 1  # _weight
@@ -429,8 +463,10 @@ def fold_log(
                     plan.held_change -= 1  # _weight
                     continue
                 _emit_quiet(plan, digest, series)
-                found_quiet[digest] = hit
+                found_quiet[digest] = series
                 continue
+        if blob is None:
+            raise ValueError("a record the fold needs was not read")
         record = _complete(read_record(blob))
         changed = reset_emitted_us is not None and _reset(record, delta_mode, reset_emitted_us)
         if pending is not None:
@@ -457,16 +493,16 @@ def fold_log(
                 updates.append((digest, packb(record)))
             if not (delta_mode and record[_COUNT] == 0):
                 _emit(plan, digest, series, record)
-                if collect and _is_quiet(record):
-                    found_quiet[digest] = (record[_LAST], series)
+                if keep is not None and _is_quiet(record):
+                    found_quiet[digest] = keep(series)
             continue
         if changed:
             updates.append((digest, packb(record)))
         if not (delta_mode and record[_COUNT] == 0):
             series = series_of(record, exp_max_size, read_meta)
             _emit(plan, digest, series, record)
-            if collect and _is_quiet(record):
-                found_quiet[digest] = (record[_LAST], series)
+            if keep is not None and _is_quiet(record):
+                found_quiet[digest] = keep(series)
 
     # (metric, resource id) -> (index into overflow_slots, overflow digest, overflow meta)
     overflows: dict[tuple[str, str], tuple[int, bytes, bytes]] = {}

@@ -4,6 +4,7 @@ fold reads only the log and the version from Redis, and decodes only the records
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from state.fold import FoldPlan, Quiet
@@ -19,10 +20,25 @@ class HotSlot:
 
     token: int
     version: str
-    #: digest -> packed record, exactly the slot's hash.
-    records: dict[bytes, bytes] = field(default_factory=dict)
+    #: digest -> packed record: exactly the slot's hash, but that the record of a quiet series
+    #: is not kept (None): a fold reads it from Redis only if rows for it come.
+    records: dict[bytes, bytes | None] = field(default_factory=dict)
     #: The series a fold without rows for them emits as they are (see state.fold.Quiet).
     quiet: Quiet = field(default_factory=dict)
+
+    def missing(self, digests: Iterable[bytes]) -> list[bytes]:
+        """Which of these series are held without their record in memory."""
+        records = self.records
+        return [digest for digest in digests if digest in records and records[digest] is None]
+
+    def read(self, digests: list[bytes], values: list[bytes | None]) -> bool:
+        """Records read back from Redis; False (the kept state is wrong) if one is missing."""
+        records = self.records
+        for digest, value in zip(digests, values, strict=True):
+            if value is None:
+                return False
+            records[digest] = value
+        return True
 
     def matches(self, token: int, version: str, count: int) -> bool:
         """Whether Redis (``version``, ``count`` records) is still what this holds, for ``token``."""
@@ -39,12 +55,16 @@ class HotSlot:
         for n, new in enumerate(plan.created, start=1):
             if n not in dropped:
                 records[new.digest] = new.record
-        self.quiet = plan.quiet
+        self.unchanged(plan)
         self.version = version
 
     def unchanged(self, plan: FoldPlan) -> None:
-        """A fold with nothing to commit: only what it found quiet is new."""
-        self.quiet = plan.quiet
+        """After a fold (committed, or nothing to commit): the records of its quiet series are
+        let go."""
+        self.quiet = records_quiet = plan.quiet
+        records = self.records
+        for digest in records_quiet:
+            records[digest] = None
 
     def confirmed(self, records: list[tuple[bytes, bytes]], version: str) -> None:
         """Apply what confirm.lua wrote: ``records`` over those that exist; now at ``version``."""

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from state.codec import decode_attributes
 from state.deltalog import LogPacker
-from state.fold import FoldPlan, Quiet, fold_log
+from state.fold import FoldPlan, Quiet, Rows, fold_log, fold_rows
 from state.hot import HotSlot
 from state.keys import KeySpace, escape_tenant, unescape_tenant
 from state.protocol import (
@@ -277,6 +277,17 @@ class RedisStateStore:
             log, version, count = await pipe.execute()
         return log, "0" if version is None else _text(version), int(count)
 
+    async def _read_records(
+        self, escaped: str, slot: int, hot: HotSlot, digests: list[bytes], version: str
+    ) -> bool:
+        """Read these records into ``hot``; False if the slot is no longer at ``version`` or
+        one of them is missing (the kept state is wrong)."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hmget(self.keys.slot(escaped, slot), digests)
+            pipe.get(self.keys.version(escaped, slot))
+            values, now = await pipe.execute()
+        return ("0" if now is None else _text(now)) == version and hot.read(digests, values)
+
     def hold(self, slots: Collection[int]) -> None:
         """Keep the folded state of these slots only (the ones this worker owns now)."""
         for key in [key for key in self._hot if key[1] not in slots]:
@@ -284,10 +295,11 @@ class RedisStateStore:
 
     async def _plan_off_loop(
         self,
-        stored: Mapping[bytes, bytes],
+        stored: Mapping[bytes, bytes | None],
         log: Sequence[bytes],
         *,
         quiet: Quiet | None = None,
+        rows: Rows | None = None,
         delta_mode: bool,
         expire_before_ns: int,
         reset_emitted_ns: int | None,
@@ -304,6 +316,7 @@ class RedisStateStore:
             stored,
             log,
             quiet=quiet,
+            rows=rows,
             limit=self.active_series_limit,
             delta_mode=delta_mode,
             expire_before_us=expire_before_ns // 1000,
@@ -315,7 +328,9 @@ class RedisStateStore:
             else {rid: seen // 1000 for rid, seen in resource_seen_ns.items()},
         )
 
-    def _fold_plan(self, stored: Mapping[bytes, bytes], log: Sequence[bytes], **options: Any) -> FoldPlan:
+    def _fold_plan(
+        self, stored: Mapping[bytes, bytes | None], log: Sequence[bytes], **options: Any
+    ) -> FoldPlan:
         return fold_log(
             stored,
             log,
@@ -354,16 +369,27 @@ class RedisStateStore:
         reads the whole slot again."""
         escaped = escape_tenant(tenant)
         hot = self._hot.pop((escaped, slot), None)  # back in only once this fold succeeded
+        rows: Rows | None = None
+        if hot is not None and delta_mode and hot.quiet:
+            hot = None  # (kept by a CUMULATIVE fold: without the records of its quiet series)
         if hot is not None:
             log, version, count = await self._read_log(escaped, slot)
             if not hot.matches(token, version, count):
                 hot = None
+            elif log and hot.quiet:
+                # The records of quiet series the log has rows for: read from Redis, at the
+                # version read with the log.
+                rows = await asyncio.to_thread(fold_rows, log, self.max_exemplars, self.exp_max_size)
+                needed = hot.missing(rows[0])
+                if needed and not await self._read_records(escaped, slot, hot, needed, version):
+                    hot, rows = None, None
         if hot is None:
             stored, log, version = await self._read_slot_and_log(escaped, slot)
-            hot = HotSlot(token, version, stored)
+            hot = HotSlot(token, version, dict(stored))
         plan = await self._plan_off_loop(
             hot.records,
             log,
+            rows=rows,
             quiet=hot.quiet,
             delta_mode=delta_mode,
             expire_before_ns=expire_before_ns,
