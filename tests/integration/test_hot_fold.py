@@ -147,3 +147,16 @@ async def test_folds_over_the_kept_state_are_the_folds_over_the_slot_read_from_r
     assert folds_from_memory > 10
     for record in (await redis_client.hgetall(store.keys.slot(TENANT, 0))).values():
         assert msgpack.unpackb(record, raw=True)
+
+
+async def test_only_the_slots_held_keep_their_state(redis_client: Redis, unique_name: str) -> None:
+    store = RedisStateStore(redis_client, KeySpace(unique_name, "in"), slots=2, max_exemplars=2)
+    tokens = await store.claim([0, 1])
+    series = [_series(index, 1, NOW, False) for index in range(6)]
+    deltas = {TENANT: TenantDeltas(resources={}, series=series)}
+    await store.merge(deltas, {p: (tokens[p], 1) for p in tokens})
+    for slot in (0, 1):
+        assert (await store.fold_slot(TENANT, slot, tokens[slot], now_ns=NOW)).committed
+    assert set(store._hot) == {(TENANT, 0), (TENANT, 1)}
+    store.hold({1})  # slot 0 given up: its state is read from Redis again if it comes back
+    assert set(store._hot) == {(TENANT, 1)}
