@@ -322,14 +322,28 @@ def _is_quiet(record: list[Any]) -> bool:
     return not record[_ZERO] and not record[_EXEMPLARS] and type(record[_LAST]) is int
 
 
-#: Entries of the table of shared attribute parts (cleared when full).
+#: Entries of the tables of shared attribute parts and bucket counts (each cleared when full).
 _SHARED_PARTS = 1 << 16
 _shared_parts: dict[bytes, bytes] = {}
+_SHARED_BUCKETS = 1 << 14
+_shared_buckets: dict[tuple[int, ...], list[int]] = {}
 
 
 def _keep(series: Series) -> Series:
-    """A series kept between folds, made small: its names and the attribute parts it has in
-    common with others (service, operation, status...) become one shared object each."""
+    """A series kept between folds, made small: its names, the attribute parts it has in common
+    with others (service, operation, status...) and its bucket counts when others have the same
+    become one shared object each (kept series are read only: every consumer of emitted series
+    builds new lists rather than change them in place)."""
+    buckets = series.buckets
+    if buckets:
+        key = tuple(buckets)
+        same = _shared_buckets.get(key)
+        if same is None:
+            if len(_shared_buckets) >= _SHARED_BUCKETS:
+                _shared_buckets.clear()
+            _shared_buckets[key] = buckets
+        else:
+            series.buckets = same
     series.metric = sys.intern(series.metric)
     series.resource_id = sys.intern(series.resource_id)
     parts = series.attribute_parts
