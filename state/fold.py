@@ -26,6 +26,7 @@ from worker.model.values import attribute_parts, stringify_python
 __all__ = [
     "ROW_OVERFLOW",
     "FoldPlan",
+    "Kept",
     "NewSeries",
     "Quiet",
     "Rows",
@@ -33,6 +34,7 @@ __all__ = [
     "fold_rows",
     "overflow_series_id",
     "pack_row",
+    "revive",
     "row",
     "series_slot",
     "slot_of",
@@ -89,11 +91,16 @@ def pack_row(digest: bytes, record: Sequence[Any], flags: int = 0) -> bytes:
     return cast(bytes, _packb(row(digest, record, flags)))
 
 
-#: digest -> the series a fold emits for it: the held records that a fold with no rows for them
-#: emits exactly as they are (no zero point owed, no exemplars, CUMULATIVE; last seen, in µs,
-#: is its ``last_ns // 1000``), so a fold that is given them (``quiet=``) needs neither to read
-#: nor to decode their records.
-Quiet = dict[bytes, Series]
+#: A quiet series as kept between folds: ``(last_us, metric, resource_id, attributes, start_ns,
+#: count, sum, buckets, exp, attribute_parts, companion)``, buckets and parts as tuples. A tuple
+#: of immutable values, which the garbage collector stops scanning (a million kept ``Series``
+#: objects and their lists made each full collection last about a second); :func:`revive`
+#: makes the series back.
+Kept = tuple[Any, ...]
+#: digest -> the held records that a fold with no rows for them emits exactly as they are (no
+#: zero point owed, no exemplars, CUMULATIVE), kept (:data:`Kept`), so that a fold that is given
+#: them (``quiet=``) needs neither to read nor to decode their records.
+Quiet = dict[bytes, Kept]
 #: Rows of a log added up per series: digest -> (delta, flags); and how many rows there were.
 Rows = tuple[dict[bytes, tuple[list[Any], int]], int]
 
@@ -326,33 +333,63 @@ def _is_quiet(record: list[Any]) -> bool:
 _SHARED_PARTS = 1 << 16
 _shared_parts: dict[bytes, bytes] = {}
 _SHARED_BUCKETS = 1 << 14
-_shared_buckets: dict[tuple[int, ...], list[int]] = {}
+_shared_buckets: dict[tuple[int, ...], tuple[int, ...]] = {}
 
 
-def _keep(series: Series) -> Series:
-    """A series kept between folds, made small: its names, the attribute parts it has in common
-    with others (service, operation, status...) and its bucket counts when others have the same
-    become one shared object each (kept series are read only: every consumer of emitted series
-    builds new lists rather than change them in place)."""
+def _keep(series: Series) -> Kept:
+    """A quiet series as kept between folds, small: its names, the attribute parts it has in
+    common with others (service, operation, status...) and its bucket counts when others have
+    the same are one shared object each."""
     buckets = series.buckets
-    if buckets:
+    kept_buckets = None
+    if buckets is not None:
         key = tuple(buckets)
-        same = _shared_buckets.get(key)
-        if same is None:
+        kept_buckets = _shared_buckets.get(key)
+        if kept_buckets is None:
             if len(_shared_buckets) >= _SHARED_BUCKETS:
                 _shared_buckets.clear()
-            _shared_buckets[key] = buckets
-        else:
-            series.buckets = same
-    series.metric = sys.intern(series.metric)
-    series.resource_id = sys.intern(series.resource_id)
+            kept_buckets = _shared_buckets[key] = key
     parts = series.attribute_parts
-    if parts:
+    kept_parts = None
+    if parts is not None:
         shared = _shared_parts
         if len(shared) >= _SHARED_PARTS:
             shared.clear()
-        series.attribute_parts = [shared.setdefault(part, part) for part in parts]
-    return series
+        kept_parts = tuple([shared.setdefault(part, part) for part in parts])
+    return (
+        series.last_ns // 1000,
+        sys.intern(series.metric),
+        sys.intern(series.resource_id),
+        series.attributes,
+        series.start_ns,
+        series.count,
+        series.sum,
+        kept_buckets,
+        series.exp,
+        kept_parts,
+        series.companion,
+    )
+
+
+def revive(kept: Kept) -> Series:
+    """The series a kept quiet series stands for: what decoding its record gives."""
+    last_us, metric, resource_id, attributes, start_ns, count, total, buckets, exp, parts, companion = kept
+    return Series(
+        "",
+        metric,
+        resource_id,
+        attributes,
+        start_ns,
+        last_us * 1000,
+        count,
+        total,
+        None if buckets is None else list(buckets),
+        exp,
+        [],
+        None if parts is None else list(parts),
+        companion,
+        0,
+    )
 
 
 def _overflow(
@@ -429,7 +466,7 @@ def fold_log(
     resource_expire_before_us: int = 0,
     resource_seen_us: Mapping[str, int] | None = None,
     overflow_attributes: Attributes = CONNECTOR_OVERFLOW,
-    quiet: Mapping[bytes, Series] | None = None,
+    quiet: Mapping[bytes, Kept] | None = None,
     rows: Rows | None = None,
 ) -> FoldPlan:
     """Fold ``log`` (entries of packed rows) into the slot's ``stored`` records.
@@ -453,31 +490,31 @@ def fold_log(
     packb, series_of, updates = _packb, _series, plan.updates
     resource_seen = resource_seen_us or {}
     collect = quiet is not None and not delta_mode
-    known: Mapping[bytes, Series] = quiet if collect and quiet is not None else {}
+    known: Mapping[bytes, Kept] = quiet if collect and quiet is not None else {}
     found_quiet = plan.quiet
     keep = _keep if collect else None
     for digest, blob in stored.items():
         digest = bytes(digest)
         pending = deltas.pop(digest, None)
         if pending is None and known:
-            series = known.get(digest)
-            if series is not None:
+            kept = known.get(digest)
+            if kept is not None:
                 # As the record would go below, without decoding it: its reset changes nothing.
-                last_us = series.last_ns // 1000
+                last_us = kept[0]
                 if expire_before_us and last_us < expire_before_us:
                     plan.expired.append(digest)
                     plan.held_change -= 1  # _weight
                     continue
                 if (
                     resource_expire_before_us
-                    and max(resource_seen.get(series.resource_id, 0), last_us) < resource_expire_before_us
+                    and max(resource_seen.get(kept[2], 0), last_us) < resource_expire_before_us
                 ):
-                    _emit_quiet(plan, digest, series)
+                    _emit_quiet(plan, digest, revive(kept))
                     plan.expired.append(digest)
                     plan.held_change -= 1  # _weight
                     continue
-                _emit_quiet(plan, digest, series)
-                found_quiet[digest] = series
+                _emit_quiet(plan, digest, revive(kept))
+                found_quiet[digest] = kept
                 continue
         if blob is None:
             raise ValueError("a record the fold needs was not read")
