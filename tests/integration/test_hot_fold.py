@@ -55,9 +55,9 @@ def _same_records(store: RedisStateStore, slot: int, stored: dict[bytes, bytes])
         assert record == stored[digest] or (record is None and digest in hot.quiet)
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize(("seed", "delta_mode"), [(1, False), (2, False), (3, False), (4, True)])
 async def test_folds_over_the_kept_state_are_the_folds_over_the_slot_read_from_redis(
-    redis_client: Redis, unique_name: str, seed: int
+    redis_client: Redis, unique_name: str, seed: int, delta_mode: bool
 ) -> None:
     rng = random.Random(seed)
     store = RedisStateStore(
@@ -100,6 +100,7 @@ async def test_folds_over_the_kept_state_are_the_folds_over_the_slot_read_from_r
             "now_ns": clock,
             "resource_expire_before_ns": clock - 20 * SECOND if rng.random() < 0.2 else 0,
             "resource_seen_ns": {"r0": clock - 10 * SECOND, "r1": clock - 30 * SECOND},
+            "delta_mode": delta_mode,
         }
         # The slot as Redis holds it right before the fold, folded by the pure fold.
         before = await redis_client.hgetall(store.keys.slot(TENANT, slot))
@@ -112,7 +113,7 @@ async def test_folds_over_the_kept_state_are_the_folds_over_the_slot_read_from_r
             max_exemplars=2,
             exp_max_size=160,
             limit=12,
-            delta_mode=False,
+            delta_mode=delta_mode,
             expire_before_us=options["expire_before_ns"] // 1000,
             reset_emitted_us=None if slot not in published else published[slot] // 1000,
             now_us=clock // 1000,
