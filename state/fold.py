@@ -4,6 +4,7 @@ a stored record has one more field than a row: ``zero_us`` (see :func:`zero_time
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import add
@@ -25,10 +26,15 @@ from worker.model.values import attribute_parts, stringify_python
 __all__ = [
     "ROW_OVERFLOW",
     "FoldPlan",
+    "Kept",
     "NewSeries",
+    "Quiet",
+    "Rows",
     "fold_log",
+    "fold_rows",
     "overflow_series_id",
     "pack_row",
+    "revive",
     "row",
     "series_slot",
     "slot_of",
@@ -85,6 +91,20 @@ def pack_row(digest: bytes, record: Sequence[Any], flags: int = 0) -> bytes:
     return cast(bytes, _packb(row(digest, record, flags)))
 
 
+#: A quiet series as kept between folds: ``(last_us, metric, resource_id, attributes, start_ns,
+#: count, sum, buckets, exp, attribute_parts, companion)``, buckets and parts as tuples. A tuple
+#: of immutable values, which the garbage collector stops scanning (a million kept ``Series``
+#: objects and their lists made each full collection last about a second); :func:`revive`
+#: makes the series back.
+Kept = tuple[Any, ...]
+#: digest -> the held records that a fold with no rows for them emits exactly as they are (no
+#: zero point owed, no exemplars, CUMULATIVE), kept (:data:`Kept`), so that a fold that is given
+#: them (``quiet=``) needs neither to read nor to decode their records.
+Quiet = dict[bytes, Kept]
+#: Rows of a log added up per series: digest -> (delta, flags); and how many rows there were.
+Rows = tuple[dict[bytes, tuple[list[Any], int]], int]
+
+
 @dataclass(slots=True)
 class NewSeries:
     """A series the log brings that the slot does not hold yet."""
@@ -128,6 +148,9 @@ class FoldPlan:
     #: owner writes once this publication is confirmed (``confirm_zero``), over records that
     #: still exist only (a refused, expired or superseded one is not brought back).
     zero_owed: list[tuple[bytes, bytes]] = field(default_factory=list)
+    #: The quiet series of this fold's outcome (see :data:`Quiet`), collected when the fold was
+    #: given ``quiet`` (a refused, expired or superseded one is the caller's to leave out).
+    quiet: Quiet = field(default_factory=dict)
 
 
 def _iter_rows(log: Iterable[bytes]) -> Iterable[list[Any]]:
@@ -135,6 +158,21 @@ def _iter_rows(log: Iterable[bytes]) -> Iterable[list[Any]]:
         unpacker = msgpack.Unpacker(raw=True, strict_map_key=False, max_buffer_size=max(len(entry), 1 << 20))
         unpacker.feed(entry)
         yield from unpacker
+
+
+def fold_rows(log: Iterable[bytes], max_exemplars: int, exp_max_size: int) -> Rows:
+    """The rows of ``log`` added up per series (every row of one series adds up into one delta
+    before it meets the record), and how many rows there were."""
+    deltas: dict[bytes, tuple[list[Any], int]] = {}
+    rows = 0
+    for digest, delta, flags in _iter_rows(log):
+        rows += 1
+        found = deltas.get(digest)
+        if found is None:
+            deltas[digest] = (delta, flags)
+        else:
+            _add(found[0], delta, max_exemplars, exp_max_size)
+    return deltas, rows
 
 
 def _add(record: list[Any], delta: Sequence[Any], max_exemplars: int, exp_max_size: int) -> None:
@@ -277,6 +315,83 @@ def _emit(plan: FoldPlan, digest: bytes, series: Series, record: list[Any]) -> i
     return len(plan.live) - 1
 
 
+def _emit_quiet(plan: FoldPlan, digest: bytes, series: Series) -> None:
+    """:func:`_emit` of a quiet series (it owes no zero point)."""
+    if series.companion is None:
+        plan.plain.append(len(plan.live))
+    plan.live.append(series)
+    plan.live_digests.append(digest)
+
+
+def _is_quiet(record: list[Any]) -> bool:
+    """Whether a fold without rows for this record would emit it as it is: no zero point owed
+    and no exemplars (nothing a reset forgets), a last-seen time as stored by merges (an int)."""
+    return not record[_ZERO] and not record[_EXEMPLARS] and type(record[_LAST]) is int
+
+
+#: Entries of the tables of shared attribute parts and bucket counts (each cleared when full).
+_SHARED_PARTS = 1 << 16
+_shared_parts: dict[bytes, bytes] = {}
+_SHARED_BUCKETS = 1 << 14
+_shared_buckets: dict[tuple[int, ...], tuple[int, ...]] = {}
+
+
+def _keep(series: Series) -> Kept:
+    """A quiet series as kept between folds, small: its names, the attribute parts it has in
+    common with others (service, operation, status...) and its bucket counts when others have
+    the same are one shared object each."""
+    buckets = series.buckets
+    kept_buckets = None
+    if buckets is not None:
+        key = tuple(buckets)
+        kept_buckets = _shared_buckets.get(key)
+        if kept_buckets is None:
+            if len(_shared_buckets) >= _SHARED_BUCKETS:
+                _shared_buckets.clear()
+            kept_buckets = _shared_buckets[key] = key
+    parts = series.attribute_parts
+    kept_parts = None
+    if parts is not None:
+        shared = _shared_parts
+        if len(shared) >= _SHARED_PARTS:
+            shared.clear()
+        kept_parts = tuple([shared.setdefault(part, part) for part in parts])
+    return (
+        series.last_ns // 1000,
+        sys.intern(series.metric),
+        sys.intern(series.resource_id),
+        series.attributes,
+        series.start_ns,
+        series.count,
+        series.sum,
+        kept_buckets,
+        series.exp,
+        kept_parts,
+        series.companion,
+    )
+
+
+def revive(kept: Kept) -> Series:
+    """The series a kept quiet series stands for: what decoding its record gives."""
+    last_us, metric, resource_id, attributes, start_ns, count, total, buckets, exp, parts, companion = kept
+    return Series(
+        "",
+        metric,
+        resource_id,
+        attributes,
+        start_ns,
+        last_us * 1000,
+        count,
+        total,
+        None if buckets is None else list(buckets),
+        exp,
+        [],
+        None if parts is None else list(parts),
+        companion,
+        0,
+    )
+
+
 def _overflow(
     metric: str, resource_id: str, slots: int, targets: list[int], attributes: Attributes
 ) -> tuple[int, bytes, bytes]:
@@ -295,7 +410,7 @@ def _attribute_key(series: Series) -> tuple[bytes, ...]:
     return tuple(parts if parts is not None else attribute_parts(series.attributes))
 
 
-def _drop_superseded_counters(plan: FoldPlan, held: Mapping[bytes, bytes]) -> None:
+def _drop_superseded_counters(plan: FoldPlan, held: Mapping[bytes, bytes | None]) -> None:
     """Drop ``calls`` records (and rows) of earlier versions that a ``duration`` record with
     that companion now stands for: they would emit a second, frozen copy of the counter."""
     if not plan.plain or len(plan.plain) == len(plan.live):
@@ -337,7 +452,7 @@ def _drop_superseded_counters(plan: FoldPlan, held: Mapping[bytes, bytes]) -> No
 
 
 def fold_log(
-    stored: Mapping[bytes, bytes],
+    stored: Mapping[bytes, bytes | None],
     log: Sequence[bytes],
     *,
     slots: int,
@@ -351,6 +466,8 @@ def fold_log(
     resource_expire_before_us: int = 0,
     resource_seen_us: Mapping[str, int] | None = None,
     overflow_attributes: Attributes = CONNECTOR_OVERFLOW,
+    quiet: Mapping[bytes, Kept] | None = None,
+    rows: Rows | None = None,
 ) -> FoldPlan:
     """Fold ``log`` (entries of packed rows) into the slot's ``stored`` records.
     ``reset_emitted_us``: this owner's previous, confirmed emission of the slot (None: none).
@@ -359,27 +476,48 @@ def fold_log(
     expiration). ``resource_expire_before_us``: a held series without rows whose resource was
     last seen before it (``resource_seen_us``, by resource id; a resource missing there counts
     as last seen when the series was) is emitted one last time and dropped (metrics
-    expiration)."""
+    expiration). ``quiet``: the quiet series (:data:`Quiet`) of the previous fold's outcome,
+    which ``stored`` holds unchanged since (CUMULATIVE only; ignored for DELTA); given (even
+    empty), the plan collects those of this fold's outcome in :attr:`FoldPlan.quiet`. The plan
+    is the same with or without them; ``stored`` need not hold the records of the quiet series
+    without rows (None). ``rows``: the log's rows as :func:`fold_rows` added them up (then
+    ``log`` is not read)."""
     plan = FoldPlan()
-    # Every row of one series adds up into one delta before it meets the record.
-    deltas: dict[bytes, tuple[list[Any], int]] = {}
-    rows = 0
-    for digest, delta, flags in _iter_rows(log):
-        rows += 1
-        found = deltas.get(digest)
-        if found is None:
-            deltas[digest] = (delta, flags)
-        else:
-            _add(found[0], delta, max_exemplars, exp_max_size)
-    plan.rows = rows
+    deltas, plan.rows = rows if rows is not None else fold_rows(log, max_exemplars, exp_max_size)
 
     # The loop below runs for every series of the slot at every flush: names are locals.
     read_record, read_meta = _reader(raw=True), _reader(raw=False)
     packb, series_of, updates = _packb, _series, plan.updates
     resource_seen = resource_seen_us or {}
+    collect = quiet is not None and not delta_mode
+    known: Mapping[bytes, Kept] = quiet if collect and quiet is not None else {}
+    found_quiet = plan.quiet
+    keep = _keep if collect else None
     for digest, blob in stored.items():
         digest = bytes(digest)
         pending = deltas.pop(digest, None)
+        if pending is None and known:
+            kept = known.get(digest)
+            if kept is not None:
+                # As the record would go below, without decoding it: its reset changes nothing.
+                last_us = kept[0]
+                if expire_before_us and last_us < expire_before_us:
+                    plan.expired.append(digest)
+                    plan.held_change -= 1  # _weight
+                    continue
+                if (
+                    resource_expire_before_us
+                    and max(resource_seen.get(kept[2], 0), last_us) < resource_expire_before_us
+                ):
+                    _emit_quiet(plan, digest, revive(kept))
+                    plan.expired.append(digest)
+                    plan.held_change -= 1  # _weight
+                    continue
+                _emit_quiet(plan, digest, revive(kept))
+                found_quiet[digest] = kept
+                continue
+        if blob is None:
+            raise ValueError("a record the fold needs was not read")
         record = _complete(read_record(blob))
         changed = reset_emitted_us is not None and _reset(record, delta_mode, reset_emitted_us)
         if pending is not None:
@@ -406,11 +544,16 @@ def fold_log(
                 updates.append((digest, packb(record)))
             if not (delta_mode and record[_COUNT] == 0):
                 _emit(plan, digest, series, record)
+                if keep is not None and _is_quiet(record):
+                    found_quiet[digest] = keep(series)
             continue
         if changed:
             updates.append((digest, packb(record)))
         if not (delta_mode and record[_COUNT] == 0):
-            _emit(plan, digest, series_of(record, exp_max_size, read_meta), record)
+            series = series_of(record, exp_max_size, read_meta)
+            _emit(plan, digest, series, record)
+            if keep is not None and _is_quiet(record):
+                found_quiet[digest] = keep(series)
 
     # (metric, resource id) -> (index into overflow_slots, overflow digest, overflow meta)
     overflows: dict[tuple[str, str], tuple[int, bytes, bytes]] = {}
@@ -436,4 +579,6 @@ def fold_log(
             NewSeries(digest, _packb(record), target, overflow_row, live_index, _weight(record))
         )
     _drop_superseded_counters(plan, stored)
+    for digest in plan.expired if collect else ():
+        found_quiet.pop(digest, None)
     return plan

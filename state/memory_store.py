@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import msgpack
@@ -235,6 +235,9 @@ class MemoryStore:
             )
         refused = self._commit_fold(state, slot, token, plan, folded=len(stored.log), version=stored.version)
         return fold_result(plan, refused, stored.version)
+
+    def hold(self, slots: Collection[int]) -> None:
+        """Nothing to drop: every record is in memory anyway."""
 
     async def confirm_zero(
         self, tenant: str, slot: int, token: int, version: int, records: list[tuple[bytes, bytes]]

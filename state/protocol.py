@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -227,3 +227,7 @@ class SeriesStore(Protocol):
 
     async def read_slot(self, tenant: str, slot: int) -> list[StoredSeries]:
         """Every series of the slot with its cumulative value; read only."""
+
+    def hold(self, slots: Collection[int]) -> None:
+        """What the store keeps in memory of folded slots (to fold them again without reading
+        every record), it keeps for these slots only: the ones its owner folds now."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -14,7 +14,8 @@ from redis.asyncio import Redis
 
 from state.codec import decode_attributes
 from state.deltalog import LogPacker
-from state.fold import FoldPlan, fold_log
+from state.fold import FoldPlan, Quiet, Rows, fold_log, fold_rows
+from state.hot import HotSlot
 from state.keys import KeySpace, escape_tenant, unescape_tenant
 from state.protocol import (
     FencedError,
@@ -67,6 +68,8 @@ class RedisStateStore:
         self._forget = client.register_script(_script("forget.lua"))
         self._confirm = client.register_script(_script("confirm.lua"))
         self.sequences = Sequences()
+        #: (escaped tenant, slot) -> the slot's folded state as this owner last committed it.
+        self._hot: dict[tuple[str, int], HotSlot] = {}
 
     # ------------------------------------------------------------------ ownership and offsets
 
@@ -264,11 +267,39 @@ class RedisStateStore:
             stored, log, version = await pipe.execute()
         return stored, log, "0" if version is None else _text(version)
 
+    async def _read_log(self, escaped: str, slot: int) -> tuple[list[bytes], str, int]:
+        """The slot's whole log, its version and how many records it holds, at one point in time:
+        what a fold over the records kept in memory (:class:`HotSlot`) reads."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.lrange(self.keys.log(escaped, slot), 0, -1)
+            pipe.get(self.keys.version(escaped, slot))
+            pipe.hlen(self.keys.slot(escaped, slot))
+            log, version, count = await pipe.execute()
+        return log, "0" if version is None else _text(version), int(count)
+
+    async def _read_records(
+        self, escaped: str, slot: int, hot: HotSlot, digests: list[bytes], version: str
+    ) -> bool:
+        """Read these records into ``hot``; False if the slot is no longer at ``version`` or
+        one of them is missing (the kept state is wrong)."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hmget(self.keys.slot(escaped, slot), digests)
+            pipe.get(self.keys.version(escaped, slot))
+            values, now = await pipe.execute()
+        return ("0" if now is None else _text(now)) == version and hot.read(digests, values)
+
+    def hold(self, slots: Collection[int]) -> None:
+        """Keep the folded state of these slots only (the ones this worker owns now)."""
+        for key in [key for key in self._hot if key[1] not in slots]:
+            del self._hot[key]
+
     async def _plan_off_loop(
         self,
-        stored: Mapping[bytes, bytes],
+        stored: Mapping[bytes, bytes | None],
         log: Sequence[bytes],
         *,
+        quiet: Quiet | None = None,
+        rows: Rows | None = None,
         delta_mode: bool,
         expire_before_ns: int,
         reset_emitted_ns: int | None,
@@ -284,6 +315,8 @@ class RedisStateStore:
             self._fold_plan,
             stored,
             log,
+            quiet=quiet,
+            rows=rows,
             limit=self.active_series_limit,
             delta_mode=delta_mode,
             expire_before_us=expire_before_ns // 1000,
@@ -295,7 +328,9 @@ class RedisStateStore:
             else {rid: seen // 1000 for rid, seen in resource_seen_ns.items()},
         )
 
-    def _fold_plan(self, stored: Mapping[bytes, bytes], log: Sequence[bytes], **options: Any) -> FoldPlan:
+    def _fold_plan(
+        self, stored: Mapping[bytes, bytes | None], log: Sequence[bytes], **options: Any
+    ) -> FoldPlan:
         return fold_log(
             stored,
             log,
@@ -326,12 +361,36 @@ class RedisStateStore:
     ) -> FoldResult:
         """Fold the slot's log into its records and commit that (fold.lua) as the slot's owner
         (``token``) if the slot is still as read; not committed, and nothing to publish, when the
-        token is stale or another fold committed in between."""
+        token is stale or another fold committed in between.
+
+        The records this owner committed last are kept (:class:`HotSlot`): when the slot's
+        version and size in Redis are still those, only the log is read. Anything else (a new
+        token, another writer, lost state, a refused commit, an error) drops them and the fold
+        reads the whole slot again."""
         escaped = escape_tenant(tenant)
-        stored, log, version = await self._read_slot_and_log(escaped, slot)
+        hot = self._hot.pop((escaped, slot), None)  # back in only once this fold succeeded
+        rows: Rows | None = None
+        if hot is not None and delta_mode and hot.quiet:
+            hot = None  # (kept by a CUMULATIVE fold: without the records of its quiet series)
+        if hot is not None:
+            log, version, count = await self._read_log(escaped, slot)
+            if not hot.matches(token, version, count):
+                hot = None
+            elif log and hot.quiet:
+                # The records of quiet series the log has rows for: read from Redis, at the
+                # version read with the log.
+                rows = await asyncio.to_thread(fold_rows, log, self.max_exemplars, self.exp_max_size)
+                needed = hot.missing(rows[0])
+                if needed and not await self._read_records(escaped, slot, hot, needed, version):
+                    hot, rows = None, None
+        if hot is None:
+            stored, log, version = await self._read_slot_and_log(escaped, slot)
+            hot = HotSlot(token, version, dict(stored))
         plan = await self._plan_off_loop(
-            stored,
+            hot.records,
             log,
+            rows=rows,
+            quiet=hot.quiet,
             delta_mode=delta_mode,
             expire_before_ns=expire_before_ns,
             reset_emitted_ns=reset_emitted_ns,
@@ -340,6 +399,8 @@ class RedisStateStore:
             resource_seen_ns=resource_seen_ns,
         )
         if not (plan.updates or plan.created or plan.expired or log):
+            hot.unchanged(plan)
+            self._hot[escaped, slot] = hot
             return FoldResult(committed=True, live=plan.live, version=int(version), zero_owed=plan.zero_owed)
         header = msgpack.packb(
             [
@@ -368,7 +429,10 @@ class RedisStateStore:
         reply = await self._fold(args=[header, pack(updates), pack(created), pack(overflow)])
         if _text(reply[0]) != "OK":
             return fold_result(plan, None)
-        return fold_result(plan, [int(n) for n in reply[1]], int(version) + 1)
+        refused = [int(n) for n in reply[1]]
+        hot.committed(plan, refused, str(int(version) + 1))
+        self._hot[escaped, slot] = hot
+        return fold_result(plan, refused, int(version) + 1)
 
     async def confirm_zero(
         self, tenant: str, slot: int, token: int, version: int, records: list[tuple[bytes, bytes]]
@@ -380,8 +444,14 @@ class RedisStateStore:
         escaped = escape_tenant(tenant)
         keys = [self.keys.fence, self.keys.version(escaped, slot), self.keys.slot(escaped, slot)]
         pairs = [part for pair in records for part in pair]
+        hot = self._hot.pop((escaped, slot), None)
         reply = await self._confirm(keys=keys, args=[str(slot), str(token), str(version), *pairs])
-        return _text(reply) == "OK"
+        if _text(reply) != "OK":
+            return False
+        if hot is not None and hot.token == token and hot.version == str(version):
+            hot.confirmed(records, str(version + 1))
+            self._hot[escaped, slot] = hot
+        return True
 
 
 def _bytes(value: bytes | str) -> bytes:

@@ -89,6 +89,7 @@ class SlotEmitter:
         """
         report = EmitReport(slots=sorted(tokens))
         self._published = {key: value for key, value in self._published.items() if key[1] in tokens}
+        self.store.hold(tokens)
         if not tokens:
             return report
         expire_before = now_ns - self.series_expiration_ns if self.series_expiration_ns else 0
