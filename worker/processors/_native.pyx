@@ -1501,19 +1501,8 @@ cdef _complete(EdgeContext completion, object interval, tuple key, Edge edge, ob
             if trace_id is not None:
                 acc.client.traces[index] = trace_id
                 acc.client.seconds[index] = seconds
-            if (
-                completion.messaging_latency
-                and connection_type == "messaging_system"
-                and edge.server_start_ns > edge.client_end_ns
-            ):
-                # Its own series, which no accumulator holds.
-                messaging = group.messaging
-                if messaging is None:
-                    messaging = group.messaging = completion.processor._latency_series(
-                        completion.messaging_metric, group.attributes, group.body, now
-                    )
-                lag = (edge.server_start_ns - edge.client_end_ns) / 1e9
-                _record_latency(completion, messaging, lag, b"" if trace_id is None else trace_id, now)
+            # The messaging system latency: its own series, which no accumulator holds.
+            _record_messaging(completion, group, edge, connection_type, b"" if trace_id is None else trace_id, now)
         return
     groups = interval.edges
     group = groups.get(labels)
@@ -1538,22 +1527,29 @@ cdef _complete(EdgeContext completion, object interval, tuple key, Edge edge, ob
             trace_id = b""
         _record_latency(completion, server, edge.server_seconds, trace_id, now)
         _record_latency(completion, group.client, edge.client_seconds, trace_id, now)
-        if (
-            completion.messaging_latency
-            and connection_type == "messaging_system"
-            and edge.server_start_ns > edge.client_end_ns
-        ):
-            messaging = group.messaging
-            if messaging is None:
-                messaging = group.messaging = completion.processor._latency_series(
-                    completion.messaging_metric, group.attributes, group.body, now
-                )
-            lag = (edge.server_start_ns - edge.client_end_ns) / 1e9
-            _record_latency(completion, messaging, lag, trace_id, now)
+        _record_messaging(completion, group, edge, connection_type, trace_id, now)
     info = group.info
     if info is not None:
         info.count = 1
         info.last_ns = now
+
+
+cdef _record_messaging(
+    EdgeContext completion, object group, Edge edge, object connection_type, bytes trace_id, object now
+):
+    """Tempo's messaging-system latency (the server's start after the client's end), when configured."""
+    if not (
+        completion.messaging_latency
+        and connection_type == "messaging_system"
+        and edge.server_start_ns > edge.client_end_ns
+    ):
+        return
+    messaging = group.messaging
+    if messaging is None:
+        messaging = group.messaging = completion.processor._latency_series(
+            completion.messaging_metric, group.attributes, group.body, now
+        )
+    _record_latency(completion, messaging, (edge.server_start_ns - edge.client_end_ns) / 1e9, trace_id, now)
 
 
 cdef _record_latency(EdgeContext completion, object latency, object seconds, bytes trace_id, object now):
