@@ -50,7 +50,11 @@ class RedisStateStore:
         exp_max_size: int = 160,
         active_series_limit: int = 0,
         overflow_attributes: Attributes = CONNECTOR_OVERFLOW,
+        max_kept_series: int = 100_000,
     ) -> None:
+        """``max_kept_series``: how many records (label sets) of the slots it owns the store keeps
+        folded in memory between folds at most (:class:`HotSlot`; up to ~1 KiB of RSS each); a slot
+        that would take the total past it is read from Redis at every fold. 0: none kept."""
         if slots < 1:
             raise ValueError("slots must be at least 1 (the input topic's partition count)")
         self.client = client
@@ -70,6 +74,7 @@ class RedisStateStore:
         self.sequences = Sequences()
         #: (escaped tenant, slot) -> the slot's folded state as this owner last committed it.
         self._hot: dict[tuple[str, int], HotSlot] = {}
+        self.max_kept_series = max_kept_series
 
     # ------------------------------------------------------------------ ownership and offsets
 
@@ -383,14 +388,20 @@ class RedisStateStore:
                 needed = hot.missing(rows[0])
                 if needed and not await self._read_records(escaped, slot, hot, needed, version):
                     hot, rows = None, None
+        records: Mapping[bytes, bytes | None]
         if hot is None:
             stored, log, version = await self._read_slot_and_log(escaped, slot)
-            hot = HotSlot(token, version, dict(stored))
+            records = stored
+            # Kept from this fold on only if there is room (else the fold works as without).
+            if self._room_for(len(stored)):
+                hot = HotSlot(token, version, dict(stored))
+        else:
+            records = hot.records
         plan = await self._plan_off_loop(
-            hot.records,
+            records,
             log,
             rows=rows,
-            quiet=hot.quiet,
+            quiet=None if hot is None else hot.quiet,
             delta_mode=delta_mode,
             expire_before_ns=expire_before_ns,
             reset_emitted_ns=reset_emitted_ns,
@@ -399,8 +410,9 @@ class RedisStateStore:
             resource_seen_ns=resource_seen_ns,
         )
         if not (plan.updates or plan.created or plan.expired or log):
-            hot.unchanged(plan)
-            self._hot[escaped, slot] = hot
+            if hot is not None:
+                hot.unchanged(plan)
+                self._keep(escaped, slot, hot)
             return FoldResult(committed=True, live=plan.live, version=int(version), zero_owed=plan.zero_owed)
         header = msgpack.packb(
             [
@@ -430,9 +442,19 @@ class RedisStateStore:
         if _text(reply[0]) != "OK":
             return fold_result(plan, None)
         refused = [int(n) for n in reply[1]]
-        hot.committed(plan, refused, str(int(version) + 1))
-        self._hot[escaped, slot] = hot
+        if hot is not None:
+            hot.committed(plan, refused, str(int(version) + 1))
+            self._keep(escaped, slot, hot)
         return fold_result(plan, refused, int(version) + 1)
+
+    def _room_for(self, records: int) -> bool:
+        """Whether a slot of this many records fits beside the kept ones in ``max_kept_series``."""
+        return sum(len(hot.records) for hot in self._hot.values()) + records <= self.max_kept_series
+
+    def _keep(self, escaped: str, slot: int, hot: HotSlot) -> None:
+        """Keep a slot's folded state for its next fold, within ``max_kept_series`` in all."""
+        if self._room_for(len(hot.records)):
+            self._hot[escaped, slot] = hot
 
     async def confirm_zero(
         self, tenant: str, slot: int, token: int, version: int, records: list[tuple[bytes, bytes]]
@@ -450,7 +472,7 @@ class RedisStateStore:
             return False
         if hot is not None and hot.token == token and hot.version == str(version):
             hot.confirmed(records, str(version + 1))
-            self._hot[escaped, slot] = hot
+            self._keep(escaped, slot, hot)
         return True
 
 

@@ -1252,6 +1252,10 @@ class WorkerConfig(_Frozen):
     revoke_deadline: Duration = Field(default=10.0, gt=0)
     max_active_series_per_tenant: int = Field(default=100_000, ge=0)
     max_buffered_spans: int = Field(default=200_000, ge=1000)
+    #: Label sets (a calls + duration pair is one) of its own slots whose folded state the slot
+    #: owner keeps in memory between flushes, so a fold reads and decodes only what changed
+    #: (up to ~1 KiB of RSS each; the rest is read from Redis at every fold). 0: none kept.
+    max_kept_series: int = Field(default=100_000, ge=0)
 
 
 class HttpConfig(_Frozen):

@@ -161,3 +161,36 @@ async def test_only_the_slots_held_keep_their_state(redis_client: Redis, unique_
     assert set(store._hot) == {(TENANT, 0), (TENANT, 1)}
     store.hold({1})  # slot 0 given up: its state is read from Redis again if it comes back
     assert set(store._hot) == {(TENANT, 1)}
+
+
+async def test_kept_state_stays_within_max_kept_series(redis_client: Redis, unique_name: str) -> None:
+    series = [_series(index, 1, NOW, False) for index in range(12)]
+    deltas = {TENANT: TenantDeltas(resources={}, series=series)}
+    sizes = {}
+    for budget in (10_000, 0):
+        store = RedisStateStore(
+            redis_client,
+            KeySpace(f"{unique_name}-{budget}", "in"),
+            slots=2,
+            max_exemplars=2,
+            max_kept_series=budget,
+        )
+        tokens = await store.claim([0, 1])
+        await store.merge(deltas, {p: (tokens[p], 1) for p in tokens})
+        for slot in (0, 1):
+            assert (await store.fold_slot(TENANT, slot, tokens[slot], now_ns=NOW)).committed
+        sizes[budget] = {key[1]: len(hot.records) for key, hot in store._hot.items()}
+    assert sizes[0] == {}
+    first, second = sizes[10_000][0], sizes[10_000][1]
+    assert first and second
+    # Room for the first slot's records only: the second is read from Redis at every fold.
+    store = RedisStateStore(
+        redis_client, KeySpace(f"{unique_name}-small", "in"), slots=2, max_exemplars=2, max_kept_series=first
+    )
+    tokens = await store.claim([0, 1])
+    await store.merge(deltas, {p: (tokens[p], 1) for p in tokens})
+    for _ in range(2):
+        for slot in (0, 1):
+            assert (await store.fold_slot(TENANT, slot, tokens[slot], now_ns=NOW + SECOND)).committed
+    assert set(store._hot) == {(TENANT, 0)}
+    assert sum(len(hot.records) for hot in store._hot.values()) <= first

@@ -214,7 +214,12 @@ class StreamWorker:
                 **options,
             )
         else:
-            store = RedisStateStore(self.redis, KeySpace(settings.redis.key_prefix, self.topic), **options)
+            store = RedisStateStore(
+                self.redis,
+                KeySpace(settings.redis.key_prefix, self.topic),
+                max_kept_series=settings.worker.max_kept_series,
+                **options,
+            )
         self.store = store
         self.checkpoint = Checkpoint(
             store,
