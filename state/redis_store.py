@@ -161,9 +161,7 @@ class RedisStateStore:
         already applied this ``sequence`` or a later one: a retry, a duplicate, a late request.
         Without ``sequence`` the store numbers the call, reusing the number of a repeated call."""
         # Building the rows is CPU work per series: off the event loop (see _merge_request).
-        header, entries, tenants = await asyncio.to_thread(
-            self._merge_request, deltas, fences, pending, applied
-        )
+        header, entries = await asyncio.to_thread(self._merge_request, deltas, fences, pending, applied)
         if sequence is None:
             digest = hashlib.blake2b(header, digest_size=16)
             for entry in entries:
@@ -171,9 +169,8 @@ class RedisStateStore:
             sequence = self.sequences.number(digest.digest())
         else:
             self.sequences.saw(sequence)
-        keys = self._merge_keys(fences, tenants, pending or {})
         args: list[bytes | str | memoryview] = [header, str(sequence), *entries]
-        reply = await (self._merge(keys=keys, args=args) if keys else self._merge(args=args))
+        reply = await self._merge(args=args)
         status = _text(reply[0])
         if status == "FENCED":
             raise FencedError(int(_text(reply[1])))
@@ -181,7 +178,6 @@ class RedisStateStore:
             raise StateBehindError(int(_text(reply[1])))
         if status not in ("OK", "SEEN"):
             raise StateError(f"unexpected reply from the merge script: {reply!r}")
-        await self._merged()
         return status == "OK"
 
     def _merge_request(
@@ -190,7 +186,7 @@ class RedisStateStore:
         fences: Mapping[int, tuple[int, int]],
         pending: Mapping[int, bytes] | None,
         applied: Mapping[int, int] | None,
-    ) -> tuple[bytes, list[memoryview], list[list[Any]]]:
+    ) -> tuple[bytes, list[memoryview]]:
         """merge.lua's header, log entries and tenant rows (pure CPU work; run in a thread so that a flush of
         many series does not hold the event loop: the GIL is handed over every few ms)."""
         entries: list[memoryview] = []
@@ -215,16 +211,7 @@ class RedisStateStore:
             ],
             use_bin_type=False,  # Lua's cmsgpack knows no bin type
         )
-        return header, entries, tenants
-
-    def _merge_keys(
-        self, fences: Mapping[int, tuple[int, int]], tenants: list[list[Any]], pending: Mapping[int, bytes]
-    ) -> list[str]:
-        """The keys merge.lua touches, declared on a cluster (none here: one node holds all)."""
-        return []
-
-    async def _merged(self) -> None:
-        """After a merge that reached Redis (applied or seen): nothing to wait for on one node."""
+        return header, entries
 
     async def read_pending(self, partitions: Iterable[int]) -> dict[int, bytes]:
         """The half-edges saved with each partition's offsets (absent: none pending)."""
