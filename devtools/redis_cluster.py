@@ -140,6 +140,13 @@ class EmbeddedRedisCluster:
         self._wait_promoted(replica, timeout, "was not elected")
         return replica
 
+    def elect(self, replica: EmbeddedRedis, timeout: float = 60.0) -> None:
+        """Let a replica held back with ``cluster-replica-no-failover yes`` take over from its
+        dead master: until it is elected and the cluster is ok again."""
+        with self.client(replica) as client:
+            client.config_set("cluster-replica-no-failover", "no")
+        self._wait_promoted(replica, timeout, "was not elected")
+
     def _wait_promoted(self, replica: EmbeddedRedis, timeout: float, failure: str) -> None:
         """Until ``replica`` says it is a master, then until the cluster is ok again."""
         deadline = time.monotonic() + timeout

@@ -16,7 +16,6 @@ import pytest
 from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 from redis.asyncio.cluster import RedisCluster
-from redis.cluster import key_slot
 from redis.exceptions import RedisError
 
 from devtools.loadgen.model import TraceGenerator, build_model
@@ -118,17 +117,7 @@ async def test_a_master_dying_mid_checkpoint_leaves_every_other_partition_stored
             assert consumer.commits[1:] == [dict.fromkeys(living, 10)]
             assert {p: shared.applied[p] for p in living} == dict.fromkeys(living, 10)
             assert consumer.paused == set(range(PARTITIONS))  # every partition waits to be re-read
-            with cluster.client(replica) as direct:
-                direct.config_set("cluster-replica-no-failover", "no")
-            slot = key_slot(keys.token(0).encode())
-
-            def elected() -> None:
-                deadline = time.monotonic() + 60
-                while cluster.master_of(slot).port == dead_port and time.monotonic() < deadline:
-                    time.sleep(0.2)
-                cluster.wait_ok()
-
-            await asyncio.to_thread(elected)
+            await asyncio.to_thread(cluster.elect, replica)
             for _ in range(100):  # the client finds the new master
                 try:
                     stored = await store.applied_offsets(range(PARTITIONS))

@@ -354,17 +354,7 @@ async def test_a_multi_partition_merge_whose_one_master_dies_applies_every_other
                     break
                 await asyncio.sleep(0.1)
             assert set(done) == set(range(6)) - dying
-            with cluster.client(replica) as direct:
-                direct.config_set("cluster-replica-no-failover", "no")
-            slot = key_slot(store.layout.token(0).encode())
-
-            def elected() -> None:
-                deadline = time.monotonic() + 60
-                while cluster.master_of(slot).port == dead_port and time.monotonic() < deadline:
-                    time.sleep(0.2)
-                cluster.wait_ok()
-
-            await asyncio.to_thread(elected)
+            await asyncio.to_thread(cluster.elect, replica)
             stored, _ = await _retried(lambda: store.applied_offsets(range(6)))
             assert stored == {p: 10 + p for p in set(range(6)) - dying}  # all or nothing per partition
             again: dict[int, bool] = {}
