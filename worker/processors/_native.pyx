@@ -1657,16 +1657,6 @@ def observe_scanned(
                 seconds = _elapsed(span.start_ns, span.end_ns, 1e9)
                 edge.client_seconds = seconds
                 edge.client_end_ns = span.end_ns
-                if span.status == 2:
-                    edge.failed = True
-                if ctx.has_dimensions:
-                    set_dimensions(
-                        edge, resource_values, _scanned_dimension_values(ctx, scanned, buf, at), client=True
-                    )
-                for peer in range(ctx.peer_count):
-                    if scanned.starts[at + ctx.peer_indices[peer]] >= 0:
-                        edge.peer = _scanned_string(ctx, scanned, buf, at + ctx.peer_indices[peer])
-                        break
                 database = _scanned_find(ctx, scanned, buf, at, ctx.database_keys, resource_values)
                 if database is not None:
                     edge.connection_type = "database"
@@ -1681,16 +1671,17 @@ def observe_scanned(
                 edge.server = service
                 edge.server_seconds = _elapsed(span.start_ns, span.end_ns, 1e9)
                 edge.server_start_ns = span.start_ns
-                if span.status == 2:
-                    edge.failed = True
-                if ctx.has_dimensions:
-                    set_dimensions(
-                        edge, resource_values, _scanned_dimension_values(ctx, scanned, buf, at), client=False
-                    )
-                for peer in range(ctx.peer_count):
-                    if scanned.starts[at + ctx.peer_indices[peer]] >= 0:
-                        edge.peer = _scanned_string(ctx, scanned, buf, at + ctx.peer_indices[peer])
-                        break
+            # Either side: its status, its dimensions, and the peer node (upsertPeerNode).
+            if span.status == 2:
+                edge.failed = True
+            if ctx.has_dimensions:
+                set_dimensions(
+                    edge, resource_values, _scanned_dimension_values(ctx, scanned, buf, at), client=client
+                )
+            for peer in range(ctx.peer_count):
+                if scanned.starts[at + ctx.peer_indices[peer]] >= 0:
+                    edge.peer = _scanned_string(ctx, scanned, buf, at + ctx.peer_indices[peer])
+                    break
             edge.span_kind = kind
             if edge.client and edge.server:
                 if stored:
