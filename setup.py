@@ -10,8 +10,10 @@ from typing import Any
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-_MODULE = "worker.processors._native"
-_SOURCE = "worker/processors/_native.pyx"
+#: Compiled module -> its Cython source: each optional, each with a pure-Python reference.
+_EXTENSIONS = {
+    "worker.processors._native": "worker/processors/_native.pyx",
+}
 
 
 class OptionalBuildExt(build_ext):
@@ -48,7 +50,11 @@ def _extensions() -> list[Any]:
     from setuptools import Extension
 
     return list(
-        cythonize([Extension(_MODULE, [_SOURCE])], compiler_directives={"language_level": "3"}, quiet=True)
+        cythonize(
+            [Extension(module, [source]) for module, source in _EXTENSIONS.items()],
+            compiler_directives={"language_level": "3"},
+            quiet=True,
+        )
     )
 
 

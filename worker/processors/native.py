@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from types import ModuleType
 
@@ -11,12 +12,12 @@ __all__ = ["NO_EXTENSIONS_ENV", "load"]
 NO_EXTENSIONS_ENV = "SPANMETRICS_NO_EXTENSIONS"
 
 
-def load() -> ModuleType | None:
-    """The compiled module, or None: not built (no compiler at install), or disabled by the environment."""
+def load(module: str = "worker.processors._native") -> ModuleType | None:
+    """The compiled ``module``, or None: not built (no compiler at install), or disabled by the
+    environment."""
     if os.environ.get(NO_EXTENSIONS_ENV, "").strip() not in ("", "0"):
         return None
     try:
-        from worker.processors import _native
+        return importlib.import_module(module)
     except ImportError:
         return None
-    return _native
