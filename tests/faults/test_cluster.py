@@ -149,6 +149,65 @@ async def test_a_master_failover_mid_run_counts_every_span_once(
     assert all(code == 0 for code in codes.values()), codes
 
 
+async def test_a_resharding_mid_run_counts_every_span_once(
+    kafka: KafkaEndpoint, cluster: EmbeddedRedisCluster, tmp_path: Path, report: ScenarioReport
+) -> None:
+    """Every index's hash tag (input partition i, emission slot i) and the control tag move to
+    another master, key by key as redis-cli reshards, while traffic flows and two workers merge,
+    fold and claim: merges and folds meet their tag half-moved (ASK, TRYAGAIN) or moved (MOVED)
+    and are retried, and the totals are exact."""
+    name = f"cmove-{random.randrange(1 << 30):x}"
+    bootstrap = kafka.bootstrap_servers
+    await create_scenario_topics(bootstrap, name, PARTITIONS)
+    config = _config(tmp_path, bootstrap, cluster, name)
+    workers = [WorkerProcess(config, tmp_path, f"w{i}").start() for i in range(2)]
+    traffic = await Traffic(bootstrap, f"{name}-in", seed=23, keep_requests=True).start()
+    output = await Output(bootstrap, f"{name}-out").start()
+    layout = ClusterKeys(name, f"{name}-in")
+    tags = [layout.control.generation, *(layout.token(index) for index in range(PARTITIONS))]
+    moved: list[int] = []
+
+    def reshard() -> None:
+        for key in tags:
+            slot = redis.cluster.key_slot(key.encode())
+            source = cluster.master_of(slot)
+            target = next(master for master in cluster.masters() if master is not source)
+            cluster.move_slot(slot, target, batch=1, pause=0.05)
+            moved.append(slot)
+
+    try:
+        await asyncio.gather(
+            *(w.wait_until(lambda w: bool(w.assigned()), 60, "an assignment") for w in workers)
+        )
+        traffic.run(rate=15)
+        await asyncio.sleep(2)
+        await asyncio.to_thread(reshard)
+        await asyncio.sleep(2)
+        expected, waited = await stop_traffic_and_wait(traffic, output, timeout=120)
+        await asyncio.sleep(2)
+        counted = output.totals(COUNTED_METRICS)
+    finally:
+        await traffic.stop()
+        codes = await stop_all(workers)
+        await output.stop()
+
+    report.fact("hash slots resharded", len(moved))
+    # Redirections the client followed itself are not logged; steps it gave up on and the worker
+    # retried are.
+    report.fact(
+        "Redis steps retried by the workers", sum(w.count("Redis step failed; retrying") for w in workers)
+    )
+    report.fact("records produced", traffic.records)
+    report.fact("seconds to exact totals after traffic stopped", round(waited, 1))
+    report.produced, report.counted = expected, counted
+    assert len(moved) == len(tags)
+    assert counted == expected
+    assert output.backwards() == []
+    assert output.duplicates() == []
+    assert problems_in_logs(workers) == []
+    assert all(code == 0 for code in codes.values()), codes
+
+
 async def test_masters_killed_mid_run_count_every_span_once(
     kafka: KafkaEndpoint, cluster: EmbeddedRedisCluster, tmp_path: Path, report: ScenarioReport
 ) -> None:
