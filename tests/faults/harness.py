@@ -619,6 +619,21 @@ def problems_in_logs(workers: Iterable[WorkerProcess]) -> list[str]:
     return found
 
 
+def assert_clean_run(
+    output: Output, workers: Iterable[WorkerProcess], exit_codes: Iterable[int | None]
+) -> None:
+    """What every fault scenario ends on besides its exact totals: no counter went backwards or
+    was emitted twice, no worker logged a bug, every worker exited with 0."""
+    backwards = output.backwards()
+    assert not backwards, f"counters went backwards: {backwards[:5]}"
+    duplicates = output.duplicates()
+    assert not duplicates, f"points emitted twice: {duplicates[:5]}"
+    problems = problems_in_logs(workers)
+    assert not problems, "\n".join(problems[:20])
+    codes = list(exit_codes)
+    assert all(code == 0 for code in codes), f"exit codes: {codes}"
+
+
 async def stop_all(workers: Iterable[WorkerProcess], timeout: float = 30.0) -> dict[str, int | None]:
     """SIGTERM every live worker at once and wait for each; name -> exit code."""
     workers = list(workers)

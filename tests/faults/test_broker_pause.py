@@ -25,8 +25,8 @@ from .harness import (
     ScenarioReport,
     Traffic,
     WorkerProcess,
+    assert_clean_run,
     create_scenario_topics,
-    problems_in_logs,
     stop_all,
     stop_traffic_and_wait,
     write_config,
@@ -116,7 +116,4 @@ async def test_broker_pause_workers_recover_by_themselves(
 
     assert len(alive) == len(workers)
     assert counted == expected
-    assert output.backwards() == []
-    assert output.duplicates() == []
-    assert problems_in_logs(workers) == []
-    assert all(code == 0 for code in codes.values()), codes
+    assert_clean_run(output, workers, codes.values())

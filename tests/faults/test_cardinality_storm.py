@@ -20,9 +20,9 @@ from .harness import (
     ScenarioReport,
     Traffic,
     WorkerProcess,
+    assert_clean_run,
     create_scenario_topics,
     distinct_series_request,
-    problems_in_logs,
     stop_all,
     write_config,
 )
@@ -125,7 +125,4 @@ async def test_cardinality_storm_counts_every_span_and_keeps_the_cadence(
     assert all(n <= LIMIT for n in admitted.values()), admitted
     assert rss_after - rss_before < 150, (rss_before, rss_after)
     assert longest_gap_s <= 4 * FLUSH_S, gaps
-    assert output.backwards() == []
-    assert output.duplicates() == []
-    assert problems_in_logs([worker]) == []
-    assert codes == {"w0": 0}
+    assert_clean_run(output, [worker], codes.values())

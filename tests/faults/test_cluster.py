@@ -24,6 +24,7 @@ from .harness import (
     ScenarioReport,
     Traffic,
     WorkerProcess,
+    assert_clean_run,
     create_scenario_topics,
     problems_in_logs,
     stop_all,
@@ -102,10 +103,7 @@ async def test_sigkill_storm_on_a_cluster_counts_every_span_once(
     report.produced, report.counted = expected, counted
     assert kills >= 6
     assert counted == expected
-    assert output.backwards() == []
-    assert output.duplicates() == []
-    assert problems_in_logs(everyone) == []
-    assert all(code == 0 for code in codes.values()), codes
+    assert_clean_run(output, everyone, codes.values())
 
 
 async def test_a_master_failover_mid_run_counts_every_span_once(
@@ -143,10 +141,7 @@ async def test_a_master_failover_mid_run_counts_every_span_once(
     report.produced, report.counted = expected, counted
     assert failovers == 3
     assert counted == expected
-    assert output.backwards() == []
-    assert output.duplicates() == []
-    assert problems_in_logs(workers) == []
-    assert all(code == 0 for code in codes.values()), codes
+    assert_clean_run(output, workers, codes.values())
 
 
 async def test_a_resharding_mid_run_counts_every_span_once(
@@ -202,10 +197,7 @@ async def test_a_resharding_mid_run_counts_every_span_once(
     report.produced, report.counted = expected, counted
     assert len(moved) == len(tags)
     assert counted == expected
-    assert output.backwards() == []
-    assert output.duplicates() == []
-    assert problems_in_logs(workers) == []
-    assert all(code == 0 for code in codes.values()), codes
+    assert_clean_run(output, workers, codes.values())
 
 
 async def test_masters_killed_mid_run_count_every_span_once(
@@ -253,10 +245,7 @@ async def test_masters_killed_mid_run_count_every_span_once(
     report.produced, report.counted = expected, counted
     assert len(kills) == 3
     assert counted == expected
-    assert output.backwards() == []
-    assert output.duplicates() == []
-    assert problems_in_logs(workers) == []
-    assert all(code == 0 for code in codes.values()), codes
+    assert_clean_run(output, workers, codes.values())
 
 
 def _lose_tag(

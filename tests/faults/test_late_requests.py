@@ -32,8 +32,8 @@ from .harness import (
     ScenarioReport,
     Traffic,
     WorkerProcess,
+    assert_clean_run,
     create_scenario_topics,
-    problems_in_logs,
     stop_all,
     stop_traffic_and_wait,
     wait_for_redis_keys,
@@ -265,7 +265,4 @@ async def test_network_cuts_between_workers_and_redis_lose_and_double_nothing(
     report.produced, report.counted = expected, counted
     assert all(held) and retries > 0
     assert counted == expected
-    assert output.backwards() == []
-    assert output.duplicates() == []
-    assert problems_in_logs(workers) == []
-    assert all(code == 0 for code in codes.values()), codes
+    assert_clean_run(output, workers, codes.values())

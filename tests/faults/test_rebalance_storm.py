@@ -15,8 +15,8 @@ from .harness import (
     ScenarioReport,
     Traffic,
     WorkerProcess,
+    assert_clean_run,
     create_scenario_topics,
-    problems_in_logs,
     stop_all,
     stop_traffic_and_wait,
     write_config,
@@ -86,7 +86,4 @@ async def test_rebalance_storm_counts_every_span_once(
 
     assert joins + leaves >= 6
     assert counted == expected
-    assert output.backwards() == []
-    assert output.duplicates() == []
-    assert problems_in_logs(everyone) == []
-    assert all(code == 0 for code in [*leave_codes, *codes.values()]), (leave_codes, codes)
+    assert_clean_run(output, everyone, [*leave_codes, *codes.values()])

@@ -22,8 +22,8 @@ from .harness import (
     ScenarioReport,
     Traffic,
     WorkerProcess,
+    assert_clean_run,
     create_scenario_topics,
-    problems_in_logs,
     stop_all,
     stop_traffic_and_wait,
     wait_for_redis_keys,
@@ -150,10 +150,7 @@ async def test_redis_outage_and_hang_lose_nothing(
     assert len(alive) == len(workers)
     assert retries > 0
     assert counted == expected
-    assert output.backwards() == []
-    assert output.duplicates() == []
-    assert problems_in_logs(everyone) == []
-    assert all(code == 0 for code in [*left_codes, *codes.values()]), (left_codes, codes)
+    assert_clean_run(output, everyone, [*left_codes, *codes.values()])
 
 
 async def test_a_merge_applied_after_its_timeout_is_not_applied_again(

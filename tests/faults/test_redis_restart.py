@@ -24,8 +24,8 @@ from .harness import (
     ScenarioReport,
     Traffic,
     WorkerProcess,
+    assert_clean_run,
     create_scenario_topics,
-    problems_in_logs,
     stop_all,
     stop_traffic_and_wait,
     wait_for_redis_keys,
@@ -95,7 +95,4 @@ async def test_redis_restart_mid_flush_loses_nothing(
 
     assert len(alive) == len(workers)
     assert counted == expected
-    assert output.backwards() == []
-    assert output.duplicates() == []
-    assert problems_in_logs(workers) == []
-    assert all(code == 0 for code in codes.values()), codes
+    assert_clean_run(output, workers, codes.values())

@@ -24,9 +24,9 @@ from .harness import (
     ScenarioReport,
     Traffic,
     WorkerProcess,
+    assert_clean_run,
     create_scenario_topics,
     fence_tokens,
-    problems_in_logs,
     stop_all,
     stop_traffic_and_wait,
     wait_for_tokens_to_change,
@@ -124,10 +124,7 @@ async def test_frozen_worker_is_fenced_and_does_not_emit_lost_slots(
     assert counted == expected
     assert fenced >= len(rounds), frozen.log_text()[-3000:]
     assert stale == []
-    assert output.backwards() == []
-    assert output.duplicates() == []
-    assert problems_in_logs(workers) == []
-    assert all(code == 0 for code in codes.values()), codes
+    assert_clean_run(output, workers, codes.values())
 
 
 async def test_emission_frozen_after_its_ownership_check_skips_slots_taken_over(
