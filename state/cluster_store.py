@@ -15,7 +15,7 @@ import msgpack
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from state.codec import decode_attributes
+from state.codec import decode_attributes, parts_of
 from state.keys import KeySpace, escape_tenant, unescape_tenant
 from state.protocol import (
     FencedError,
@@ -124,6 +124,10 @@ class ClusterKeys:
     def version(self, escaped: str, slot: int) -> str:
         return f"{self.tag(slot)}:t:{escaped}:v"
 
+    def parts(self, escaped: str, slot: int) -> str:
+        """hash: the slot's dictionary of attribute parts (state.keys.KeySpace.parts)."""
+        return f"{self.tag(slot)}:t:{escaped}:p"
+
     def cursors(self, escaped: str, slot: int) -> str:
         """hash: source partition -> ``<epoch>:<count>``, how many entries of its outbox for the
         slot (in that epoch of the source's tag) are folded in."""
@@ -139,6 +143,7 @@ class ClusterKeys:
             self.version(escaped, slot),
             self.cursors(escaped, slot),
             self.active(escaped, slot),
+            self.parts(escaped, slot),
         ]
 
 
@@ -478,7 +483,9 @@ class ClusterStateStore(RedisStateStore):
 
     async def _read(
         self, escaped: str, slot: int
-    ) -> tuple[dict[bytes, bytes], list[bytes], str, dict[int, str], dict[int, tuple[str, int]]]:
+    ) -> tuple[
+        dict[bytes, bytes], list[bytes], str, dict[int, str], dict[int, tuple[str, int]], dict[int, bytes]
+    ]:
         """The slot's records, version and cursors (its tag, one point in time), then what every
         partition's outbox for the slot holds past its cursor (cluster_pull.lua, each at one
         point in time); the cursors and where each outbox pulled ends (its epoch, its count)."""
@@ -488,7 +495,8 @@ class ClusterStateStore(RedisStateStore):
                 pipe.hgetall(layout.records(escaped, slot))
                 pipe.get(layout.version(escaped, slot))
                 pipe.hgetall(layout.cursors(escaped, slot))
-                stored, version, raw_cursors = await pipe.execute()
+                pipe.hgetall(layout.parts(escaped, slot))
+                stored, version, raw_cursors, parts = await pipe.execute()
             cursors = {int(_text(p)): _text(at) for p, at in raw_cursors.items()}
             # Only the outboxes holding entries are pulled (an entry appended after its LLEN is
             # pulled by the next fold: its cursor does not move before).
@@ -519,12 +527,12 @@ class ClusterStateStore(RedisStateStore):
             for source, (epoch, base, length, entries) in zip(sources, pulled, strict=True):
                 log += entries
                 ends[source] = (_text(epoch), int(base) + int(length))
-            return stored, log, version_text, cursors, ends
+            return stored, log, version_text, cursors, ends, parts_of(parts)
         raise AssertionError("unreachable: the last attempt returns")  # pragma: no cover
 
     async def read_slot(self, tenant: str, slot: int) -> list[StoredSeries]:
-        stored, log, *_ = await self._read(escape_tenant(tenant), slot)
-        return stored_series(self._fold_plan(stored, log, limit=0, delta_mode=False))
+        stored, log, *_, parts = await self._read(escape_tenant(tenant), slot)
+        return stored_series(self._fold_plan(stored, log, parts=parts, limit=0, delta_mode=False))
 
     async def fold_slot(
         self,
@@ -545,7 +553,7 @@ class ClusterStateStore(RedisStateStore):
         the new cursors once the fold itself is on a replica."""
         escaped = escape_tenant(tenant)
         layout = self.layout
-        stored, log, version, cursors, ends = await self._read(escaped, slot)
+        stored, log, version, cursors, ends, parts = await self._read(escaped, slot)
         moved = {
             source: (epoch, end)
             for source, (epoch, end) in ends.items()
@@ -555,6 +563,7 @@ class ClusterStateStore(RedisStateStore):
         plan = await self._plan_off_loop(
             stored,
             log,
+            parts=parts,
             delta_mode=delta_mode,
             expire_before_ns=expire_before_ns,
             reset_emitted_ns=reset_emitted_ns,
@@ -610,10 +619,12 @@ class ClusterStateStore(RedisStateStore):
             layout.slot_tenants(slot),
             layout.epoch(slot),
             layout.resources(escaped, slot),
+            layout.parts(escaped, slot),
             *(layout.outbox(escaped, slot, target) for target in plan.overflow_slots),
         ]
+        added = [part for pair in plan.parts.items() for part in pair]
         reply = await self._cluster_fold(
-            keys=keys, args=[header, pack(updates), pack(created), pack(overflow), pack(copies)]
+            keys=keys, args=[header, pack(updates), pack(created), pack(overflow), pack(copies), pack(added)]
         )
         if _text(reply[0]) != "OK":
             return fold_result(plan, None)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any, cast
 
 import msgpack
@@ -15,6 +15,7 @@ from worker.model.values import any_value_to_python, attribute_parts
 from worker.model.wire import read_varint
 
 __all__ = [
+    "PartInterner",
     "attributes_of_parts",
     "decode_attributes",
     "delta_payload",
@@ -24,10 +25,15 @@ __all__ = [
     "exp_state",
     "meta_fields",
     "pack_meta",
+    "parts_of",
+    "resolve_parts",
     "unpack_meta",
 ]
 
 _packer = msgpack.Packer(use_bin_type=True)
+#: The fourth field of a meta whose attribute parts include ids into its slot's dictionary
+#: (versions before it unpack three fields, and refuse such a meta rather than misread it).
+_INTERNED = 1
 
 
 def encode_attributes(attributes: Attributes) -> bytes:
@@ -50,19 +56,71 @@ def pack_meta(metric: str, resource_id: str, attributes: Attributes) -> bytes:
     return cast(bytes, _packer.pack([metric, resource_id, attribute_parts(attributes)]))
 
 
-def unpack_meta(meta: bytes) -> tuple[str, str, Attributes, list[bytes] | None]:
+def unpack_meta(
+    meta: bytes, parts: Mapping[int, bytes] | None = None
+) -> tuple[str, str, Attributes, list[bytes] | None]:
     """(metric, resource id, attributes, attribute parts) of a packed meta: parts and no
-    attributes, or (metas of earlier versions) typed attributes and parts None."""
-    return meta_fields(msgpack.unpackb(meta, raw=False, strict_map_key=False))
+    attributes, or (metas of earlier versions) typed attributes and parts None. ``parts``: the
+    slot's dictionary, for a meta whose parts are interned (see :class:`PartInterner`)."""
+    return meta_fields(msgpack.unpackb(meta, raw=False, strict_map_key=False), parts)
 
 
-def meta_fields(unpacked: list[Any]) -> tuple[str, str, Attributes, list[bytes] | None]:
+def meta_fields(
+    unpacked: list[Any], parts: Mapping[int, bytes] | None = None
+) -> tuple[str, str, Attributes, list[bytes] | None]:
     """:func:`unpack_meta` of a meta already unpacked (``raw=False``): the fold reads its
     metas through one reused unpacker."""
+    if len(unpacked) > 3:  # [metric, resource_id, items, _INTERNED]: ids among the items
+        metric, resource_id, items, _ = unpacked
+        return metric, resource_id, (), resolve_parts(items, parts)
     metric, resource_id, items = unpacked
-    if items and type(items[0]) is not bytes:
+    if items and type(items[0]) is list:  # typed [key, value] pairs: a meta of an earlier version
         return metric, resource_id, tuple((key, value) for key, value in items), None
     return metric, resource_id, (), items
+
+
+def resolve_parts(items: Iterable[bytes | int], parts: Mapping[int, bytes] | None) -> list[bytes]:
+    """A meta's attribute parts with the interned ones (ids into the slot's dictionary) looked up."""
+    try:
+        return [item if type(item) is bytes else parts[item] for item in items]  # type: ignore[index]
+    except (KeyError, TypeError):
+        raise ValueError("a record refers to an attribute part its slot's dictionary does not hold") from None
+
+
+def parts_of(raw: Mapping[bytes | str, bytes]) -> dict[int, bytes]:
+    """A slot's dictionary of attribute parts as read from its Redis hash (id as a decimal)."""
+    return {int(ident): part for ident, part in raw.items()}
+
+
+class PartInterner:
+    """Writes the metas of a fold's new records with the attribute parts their slot shares as
+    ids into the slot's dictionary of parts (stored beside its records): those it holds, and
+    those ``shared`` names, under new ids (:attr:`added`, committed with the records). Other
+    parts stay inline: a part of one series only (a user id) costs less there."""
+
+    def __init__(self, parts: Mapping[int, bytes], shared: Collection[bytes]) -> None:
+        self._ids = {part: ident for ident, part in parts.items()}
+        self._next = max(parts, default=-1) + 1
+        self._shared = shared
+        #: id -> part: the entries this fold adds to the dictionary.
+        self.added: dict[int, bytes] = {}
+
+    def meta(self, unpacked: list[Any]) -> bytes | None:
+        """A new record's meta (unpacked, parts inline), packed with the shared parts interned;
+        None when it has none to intern (its meta stays as it is)."""
+        metric, resource_id, items = unpacked
+        ids, shared = self._ids, self._shared
+        interned: list[Any] = []
+        for item in items:
+            ident = ids.get(item) if type(item) is bytes else None
+            if ident is None and type(item) is bytes and item in shared:
+                ident = ids[item] = self._next
+                self.added[ident] = item
+                self._next += 1
+            interned.append(item if ident is None else ident)
+        if interned == items:
+            return None
+        return cast(bytes, _packer.pack([metric, resource_id, interned, _INTERNED]))
 
 
 def attributes_of_parts(parts: Iterable[bytes]) -> Attributes:

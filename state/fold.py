@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import msgpack
 
-from state.codec import exp_from_state, exp_state, meta_fields, pack_meta
+from state.codec import PartInterner, exp_from_state, exp_state, meta_fields, pack_meta
 from worker.model.series import (
     CONNECTOR_OVERFLOW,
     SERIES_ID_SEPARATOR,
@@ -151,6 +151,9 @@ class FoldPlan:
     #: The quiet series of this fold's outcome (see :data:`Quiet`), collected when the fold was
     #: given ``quiet`` (a refused, expired or superseded one is the caller's to leave out).
     quiet: Quiet = field(default_factory=dict)
+    #: id -> attribute part: what this fold adds to the slot's dictionary of parts (when it was
+    #: given one), for the metas of its new records; committed with them.
+    parts: dict[int, bytes] = field(default_factory=dict)
 
 
 def _iter_rows(log: Iterable[bytes]) -> Iterable[list[Any]]:
@@ -280,11 +283,17 @@ def _reader(*, raw: bool) -> Callable[[bytes], Any]:
     return read
 
 
-def _series(record: Sequence[Any], exp_max_size: int, read_meta: Callable[[bytes], Any]) -> Series:
+def _series(
+    record: Sequence[Any],
+    exp_max_size: int,
+    read_meta: Callable[[bytes], Any],
+    dictionary: Mapping[int, bytes] | None = None,
+) -> Series:
     """The series to emit (hot: positional arguments; integral doubles written by earlier Lua
-    scripts become ints, as the encoder's fixed-width fields need)."""
+    scripts become ints, as the encoder's fixed-width fields need). ``dictionary``: the slot's
+    attribute parts, which interned metas refer to."""
     meta, start, last, count, total, buckets, exp, exemplars, companion, zero = record
-    metric, resource_id, attributes, parts = meta_fields(read_meta(meta))
+    metric, resource_id, attributes, parts = meta_fields(read_meta(meta), dictionary)
     return Series(
         "",
         metric,
@@ -405,6 +414,33 @@ def _overflow(
     return targets.index(slot), series_digest(overflow_id), meta
 
 
+def _already(meta: list[Any]) -> Callable[[bytes], Any]:
+    """A meta reader that gives the meta already unpacked."""
+    return lambda _blob: meta
+
+
+def _interner(
+    parts: Mapping[int, bytes],
+    deltas: Mapping[bytes, tuple[list[Any], int]],
+    read_meta: Callable[[bytes], Any],
+) -> tuple[PartInterner, dict[bytes, list[Any]]]:
+    """What interns the parts of the new records' metas: those the slot's dictionary holds, and
+    those two or more of them share (a part of one series only stays inline); and their metas,
+    unpacked (digest -> meta)."""
+    seen: set[bytes] = set()
+    shared: set[bytes] = set()
+    metas: dict[bytes, list[Any]] = {}
+    for digest, (record, _) in deltas.items():
+        meta = metas[digest] = read_meta(record[_META])
+        for part in meta[2]:
+            if type(part) is bytes:
+                if part in seen:
+                    shared.add(part)
+                else:
+                    seen.add(part)
+    return PartInterner(parts, shared), metas
+
+
 def _attribute_key(series: Series) -> tuple[bytes, ...]:
     parts = series.attribute_parts
     return tuple(parts if parts is not None else attribute_parts(series.attributes))
@@ -468,6 +504,7 @@ def fold_log(
     overflow_attributes: Attributes = CONNECTOR_OVERFLOW,
     quiet: Mapping[bytes, Kept] | None = None,
     rows: Rows | None = None,
+    parts: Mapping[int, bytes] | None = None,
 ) -> FoldPlan:
     """Fold ``log`` (entries of packed rows) into the slot's ``stored`` records.
     ``reset_emitted_us``: this owner's previous, confirmed emission of the slot (None: none).
@@ -481,7 +518,10 @@ def fold_log(
     empty), the plan collects those of this fold's outcome in :attr:`FoldPlan.quiet`. The plan
     is the same with or without them; ``stored`` need not hold the records of the quiet series
     without rows (None). ``rows``: the log's rows as :func:`fold_rows` added them up (then
-    ``log`` is not read)."""
+    ``log`` is not read). ``parts``: the slot's dictionary of attribute parts (id -> part), which
+    stored metas may refer to; given (even empty), the metas of new records intern the parts
+    that the dictionary holds or that several of them share (new ids in :attr:`FoldPlan.parts`);
+    None: stored metas hold their parts inline and new ones are written so."""
     plan = FoldPlan()
     deltas, plan.rows = rows if rows is not None else fold_rows(log, max_exemplars, exp_max_size)
 
@@ -530,7 +570,7 @@ def fold_log(
             plan.held_change -= _weight(record)
             continue
         elif resource_expire_before_us:
-            series = series_of(record, exp_max_size, read_meta)
+            series = series_of(record, exp_max_size, read_meta, parts)
             # A resource's last-seen time is at least each of its series' (merges write both).
             seen = resource_seen.get(series.resource_id, 0)
             if max(seen, record[_LAST]) < resource_expire_before_us:
@@ -550,13 +590,14 @@ def fold_log(
         if changed:
             updates.append((digest, packb(record)))
         if not (delta_mode and record[_COUNT] == 0):
-            series = series_of(record, exp_max_size, read_meta)
+            series = series_of(record, exp_max_size, read_meta, parts)
             _emit(plan, digest, series, record)
             if keep is not None and _is_quiet(record):
                 found_quiet[digest] = keep(series)
 
     # (metric, resource id) -> (index into overflow_slots, overflow digest, overflow meta)
     overflows: dict[tuple[str, str], tuple[int, bytes, bytes]] = {}
+    interner, metas = _interner(parts, deltas, read_meta) if parts is not None and deltas else (None, {})
     for digest, (record, flags) in deltas.items():
         _complete(record)
         # A new series owes its zero point until a publication of it is confirmed, at the time
@@ -564,7 +605,12 @@ def fold_log(
         record[_ZERO] = zero_time_us(int(record[_START]), now_us) if now_us and not delta_mode else 0
         if len(record[_EXEMPLARS]) > max_exemplars:
             record[_EXEMPLARS] = record[_EXEMPLARS][:max_exemplars]
-        series = _series(record, exp_max_size, read_meta)
+        if interner is None:
+            series = _series(record, exp_max_size, read_meta)
+        else:
+            meta = metas.pop(digest)
+            series = _series(record, exp_max_size, _already(meta))
+            record[_META] = interner.meta(meta) or record[_META]
         target, overflow_row = -1, b""
         if limit and not flags & ROW_OVERFLOW:
             overflow = overflows.get((series.metric, series.resource_id))
@@ -578,6 +624,8 @@ def fold_log(
         plan.created.append(
             NewSeries(digest, _packb(record), target, overflow_row, live_index, _weight(record))
         )
+    if interner is not None:
+        plan.parts = interner.added
     _drop_superseded_counters(plan, stored)
     for digest in plan.expired if collect else ():
         found_quiet.pop(digest, None)

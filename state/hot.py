@@ -25,6 +25,8 @@ class HotSlot:
     records: dict[bytes, bytes | None] = field(default_factory=dict)
     #: The series a fold without rows for them emits as they are (see state.fold.Quiet).
     quiet: Quiet = field(default_factory=dict)
+    #: The slot's dictionary of attribute parts as of ``version`` (only folds add to it).
+    parts: dict[int, bytes] = field(default_factory=dict)
 
     def missing(self, digests: Iterable[bytes]) -> list[bytes]:
         """Which of these series are held without their record in memory."""
@@ -49,6 +51,7 @@ class HotSlot:
         the slot is now at ``version``."""
         records = self.records
         records.update(plan.updates)
+        self.parts.update(plan.parts)
         for digest in plan.expired:
             records.pop(digest, None)
         dropped = set(refused)

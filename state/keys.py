@@ -91,6 +91,11 @@ class KeySpace:
         """hash: 16-byte series digest -> msgpack series record."""
         return f"{self.prefix}:t:{escaped_tenant}:s:{slot}"
 
+    def parts(self, escaped_tenant: str, slot: int) -> str:
+        """hash: id -> an attribute part (OTLP-encoded KeyValue) that metas of the slot's records
+        refer to (state.codec.PartInterner); only added to, by the slot's folds."""
+        return f"{self.prefix}:t:{escaped_tenant}:p:{slot}"
+
     def log(self, escaped_tenant: str, slot: int) -> str:
         """list: the slot's delta log, flushes' rows not yet folded."""
         return f"{self.prefix}:t:{escaped_tenant}:d:{slot}"

@@ -30,11 +30,12 @@ __all__ = ["MemoryStore"]
 
 @dataclass(slots=True)
 class _Slot:
-    """``P:t:<T>:s:<slot>``, ``P:t:<T>:d:<slot>`` and ``P:t:<T>:v:<slot>``."""
+    """``P:t:<T>:s:<slot>``, ``P:t:<T>:d:<slot>``, ``P:t:<T>:v:<slot>`` and ``P:t:<T>:p:<slot>``."""
 
     records: dict[bytes, bytes] = field(default_factory=dict)
     log: list[bytes] = field(default_factory=list)
     version: int = 0
+    parts: dict[int, bytes] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -266,9 +267,10 @@ class MemoryStore:
         if self._fence.get(slot) != token:
             return None
         stored = tenant.slot(slot)
-        if stored.version != version:
+        if stored.version != version or any(ident in stored.parts for ident in plan.parts):
             return None
         stored.version += 1
+        stored.parts.update(plan.parts)
         stored.records.update(plan.updates)
         for digest in plan.expired:
             stored.records.pop(digest, None)
@@ -310,6 +312,7 @@ class MemoryStore:
         return fold_log(
             stored.records,
             list(stored.log),
+            parts=dict(stored.parts),
             slots=self.slots,
             max_exemplars=self.max_exemplars,
             exp_max_size=self.exp_max_size,

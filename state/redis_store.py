@@ -12,7 +12,7 @@ from typing import Any
 import msgpack
 from redis.asyncio import Redis
 
-from state.codec import decode_attributes
+from state.codec import decode_attributes, parts_of
 from state.deltalog import LogPacker
 from state.fold import FoldPlan, Quiet, Rows, fold_log, fold_rows
 from state.hot import HotSlot
@@ -250,14 +250,16 @@ class RedisStateStore:
 
     async def _read_slot_and_log(
         self, escaped: str, slot: int
-    ) -> tuple[dict[bytes, bytes], list[bytes], str]:
-        """The slot's records, its whole log and its version, read at one point in time."""
+    ) -> tuple[dict[bytes, bytes], list[bytes], str, dict[int, bytes]]:
+        """The slot's records, its whole log, its version and its dictionary of attribute parts,
+        read at one point in time."""
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.hgetall(self.keys.slot(escaped, slot))
             pipe.lrange(self.keys.log(escaped, slot), 0, -1)
             pipe.get(self.keys.version(escaped, slot))
-            stored, log, version = await pipe.execute()
-        return stored, log, "0" if version is None else _text(version)
+            pipe.hgetall(self.keys.parts(escaped, slot))
+            stored, log, version, parts = await pipe.execute()
+        return stored, log, "0" if version is None else _text(version), parts_of(parts)
 
     async def _read_log(self, escaped: str, slot: int) -> tuple[list[bytes], str, int]:
         """The slot's whole log, its version and how many records it holds, at one point in time:
@@ -292,6 +294,7 @@ class RedisStateStore:
         *,
         quiet: Quiet | None = None,
         rows: Rows | None = None,
+        parts: Mapping[int, bytes] | None = None,
         delta_mode: bool,
         expire_before_ns: int,
         reset_emitted_ns: int | None,
@@ -309,6 +312,7 @@ class RedisStateStore:
             log,
             quiet=quiet,
             rows=rows,
+            parts=parts,
             limit=self.active_series_limit,
             delta_mode=delta_mode,
             expire_before_us=expire_before_ns // 1000,
@@ -335,8 +339,8 @@ class RedisStateStore:
 
     async def read_slot(self, tenant: str, slot: int) -> list[StoredSeries]:
         """Every series of the slot with its cumulative value (record + unfolded rows); read only."""
-        stored, log, _ = await self._read_slot_and_log(escape_tenant(tenant), slot)
-        return stored_series(self._fold_plan(stored, log, limit=0, delta_mode=False))
+        stored, log, _, parts = await self._read_slot_and_log(escape_tenant(tenant), slot)
+        return stored_series(self._fold_plan(stored, log, parts=parts, limit=0, delta_mode=False))
 
     async def fold_slot(
         self,
@@ -377,18 +381,19 @@ class RedisStateStore:
                     hot, rows = None, None
         records: Mapping[bytes, bytes | None]
         if hot is None:
-            stored, log, version = await self._read_slot_and_log(escaped, slot)
+            stored, log, version, parts = await self._read_slot_and_log(escaped, slot)
             records = stored
             # Kept from this fold on only if there is room (else the fold works as without).
             if self._room_for(len(stored)):
-                hot = HotSlot(token, version, dict(stored))
+                hot = HotSlot(token, version, dict(stored), parts=parts)
         else:
-            records = hot.records
+            records, parts = hot.records, hot.parts
         plan = await self._plan_off_loop(
             records,
             log,
             rows=rows,
             quiet=None if hot is None else hot.quiet,
+            parts=parts,
             delta_mode=delta_mode,
             expire_before_ns=expire_before_ns,
             reset_emitted_ns=reset_emitted_ns,
@@ -416,6 +421,7 @@ class RedisStateStore:
                 [self.keys.log(escaped, target) for target in plan.overflow_slots],
                 self.keys.version(escaped, slot),
                 version,
+                self.keys.parts(escaped, slot),
             ],
             use_bin_type=False,
         )
@@ -425,7 +431,8 @@ class RedisStateStore:
             part for new in plan.created for part in (new.overflow_target, new.overflow_row, new.weight)
         ]
         pack = msgpack.Packer(use_bin_type=False).pack  # Lua's cmsgpack knows no bin type
-        reply = await self._fold(args=[header, pack(updates), pack(created), pack(overflow)])
+        added = [part for pair in plan.parts.items() for part in pair]
+        reply = await self._fold(args=[header, pack(updates), pack(created), pack(overflow), pack(added)])
         if _text(reply[0]) != "OK":
             return fold_result(plan, None)
         refused = [int(n) for n in reply[1]]

@@ -9,7 +9,8 @@
 -- KEYS[1] = the slot's token copy, KEYS[2] = version, KEYS[3] = records, KEYS[4] = cursors
 -- (hash: source partition -> count), KEYS[5] = the slot's active series for the tenant,
 -- KEYS[6] = the tenants with keys under the tag, KEYS[7] = the tag's epoch (cluster_merge.lua),
--- KEYS[8] = the tenant's resources under the tag, KEYS[9..] = the outboxes of overflow_slots
+-- KEYS[8] = the tenant's resources under the tag, KEYS[9] = the slot's dictionary of attribute
+-- parts, KEYS[10..] = the outboxes of overflow_slots
 --   cursors = {source, '<epoch>:<count>', ...}: the new cursors
 -- ARGV[1] = msgpack {token, version, cursors, limit, others, expired, held_change, tenant}
 --   others = the tenant's active series in the other slots (read just before: the limit is
@@ -18,6 +19,7 @@
 -- ARGV[5] = msgpack {resource_id, attributes, ...}: the new series' resources, kept here too
 --   (a copy; the same id has the same attributes) so that the slot's series keep them when the
 --   tags of the partitions they came through lose their data
+-- ARGV[6] = msgpack {id, part, ...}: entries added to the dictionary of parts (as fold.lua)
 -- Returns {'OK', refused}, {'FENCED'} or {'STALE'}.
 
 local args = cmsgpack.unpack(ARGV[1])
@@ -29,6 +31,12 @@ end
 if (redis.call('GET', KEYS[2]) or '0') ~= version then
   return {'STALE'}
 end
+local added = cmsgpack.unpack(ARGV[6] or '\144')
+for n = 1, #added, 2 do
+  if redis.call('HEXISTS', KEYS[9], added[n]) == 1 then
+    return {'STALE'}
+  end
+end
 redis.call('INCR', KEYS[2])
 if #cursors > 0 then
   redis.call('HSET', KEYS[4], unpack(cursors))
@@ -36,12 +44,13 @@ end
 redis.call('SADD', KEYS[6], args[8])
 
 local CHUNK = 4000
-local function each_chunk(items, command)
+local function each_chunk(items, command, key)
   for first = 1, #items, CHUNK do
-    redis.call(command, KEYS[3], unpack(items, first, math.min(first + CHUNK - 1, #items)))
+    redis.call(command, key or KEYS[3], unpack(items, first, math.min(first + CHUNK - 1, #items)))
   end
 end
 
+each_chunk(added, 'HSET', KEYS[9])
 each_chunk(cmsgpack.unpack(ARGV[2]), 'HSET')
 each_chunk(expired, 'HDEL')
 local own = tonumber(redis.call('GET', KEYS[5]) or '0') + held_change
@@ -73,7 +82,7 @@ for index, rows in pairs(rows_by_slot) do
     local now = redis.call('TIME')
     redis.call('SET', KEYS[7], now[1] .. string.format('%06d', tonumber(now[2])))
   end
-  redis.call('RPUSH', KEYS[8 + index], table.concat(rows))
+  redis.call('RPUSH', KEYS[9 + index], table.concat(rows))
 end
 local copies = cmsgpack.unpack(ARGV[5])
 for n = 1, #copies, 2 do

@@ -7,7 +7,7 @@
 -- A missing marker (the tag's own data was lost, or is new) is simply set.
 --
 -- KEYS[1] = token copy, KEYS[2] = marker copy, KEYS[3] = tenants with keys here,
--- KEYS[4..] = the slot keys of those tenants (records, version, cursors, count)
+-- KEYS[4..] = the slot keys of those tenants (records, version, cursors, count, parts)
 -- ARGV[1] = token ('' = leave it), ARGV[2] = marker ('' = leave it)
 -- Returns 'SET', 'RESET' (records dropped) or 'SAME'.
 

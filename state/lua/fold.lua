@@ -6,7 +6,7 @@
 -- stay in it for the next fold.
 --
 -- ARGV[1] = msgpack {fence_key, slot, token, slot_key, log_key, active_key, folded, limit,
---                    expired, held_change, overflow_logs, version_key, version}
+--                    expired, held_change, overflow_logs, version_key, version, parts_key}
 --   expired       = {digest, ...}
 --   held_change   = how the tenant's active-series count changes through held records
 --                   (expired ones leave; a record gaining or losing a companion counter)
@@ -17,6 +17,9 @@
 --           overflow_target is a 0-based index into overflow_logs, or -1 for a series never
 --           refused (an overflow series itself, or no limit); weight is how many active series
 --           the record is (2 when it also stands for its companion counter)
+-- ARGV[5] = msgpack {id, part, ...}: entries the new records' metas add to the slot's dictionary
+--           of attribute parts (parts_key); an id already there means the fold read another
+--           dictionary than the slot holds: nothing is written ('STALE')
 -- (A few large arguments rather than one per series: the client encodes each one in Python.)
 -- Returns {'OK', refused}: the 1-based positions of the new series the tenant's active-series
 -- limit refused (their rows went to the overflow series' logs instead), {'FENCED'} or {'STALE'}
@@ -33,17 +36,24 @@ end
 if (redis.call('GET', version_key) or '0') ~= version then
   return {'STALE'}
 end
+local parts_key, added = args[14], cmsgpack.unpack(ARGV[5] or '\144')
+for n = 1, #added, 2 do
+  if redis.call('HEXISTS', parts_key, added[n]) == 1 then
+    return {'STALE'}
+  end
+end
 redis.call('INCR', version_key)
 
 local CHUNK = 4000  -- arguments per command, well below Lua's C stack limit
-local function each_chunk(items, command)
+local function each_chunk(items, command, key)
   local total = 0
   for first = 1, #items, CHUNK do
-    total = total + redis.call(command, slot_key, unpack(items, first, math.min(first + CHUNK - 1, #items)))
+    total = total + redis.call(command, key or slot_key, unpack(items, first, math.min(first + CHUNK - 1, #items)))
   end
   return total
 end
 
+each_chunk(added, 'HSET', parts_key)
 each_chunk(cmsgpack.unpack(ARGV[2]), 'HSET')
 each_chunk(expired, 'HDEL')
 -- Exact: only the owner writes the slot's records, and it read them all at one point in time.

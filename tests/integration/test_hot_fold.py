@@ -13,6 +13,7 @@ import msgpack
 import pytest
 from redis.asyncio import Redis
 
+from state.codec import parts_of
 from state.fold import fold_log
 from state.keys import KeySpace
 from state.protocol import fold_result
@@ -106,9 +107,11 @@ async def test_folds_over_the_kept_state_are_the_folds_over_the_slot_read_from_r
         before = await redis_client.hgetall(store.keys.slot(TENANT, slot))
         log = await redis_client.lrange(store.keys.log(TENANT, slot), 0, -1)
         version = int(await redis_client.get(store.keys.version(TENANT, slot)) or 0)
+        parts = parts_of(await redis_client.hgetall(store.keys.parts(TENANT, slot)))
         reference = fold_log(
             before,
             log,
+            parts=parts,
             slots=2,
             max_exemplars=2,
             exp_max_size=160,

@@ -524,3 +524,60 @@ def test_an_info_series_folds_like_a_sum_its_count_saying_it_was_seen() -> None:
     assert plan.expired == [new.digest] and plan.live == []
     plan = _fold({}, [_row(info(1))], delta_mode=True, reset_emitted_us=NOW_US + 7)
     assert [s.count for s in plan.live] == [1]
+
+
+# ------------------------------------------------------------------ the slot's dictionary of parts
+
+
+def _meta_of(record: bytes) -> list[Any]:
+    return msgpack.unpackb(msgpack.unpackb(record, raw=True)[0], raw=False)  # type: ignore[no-any-return]
+
+
+def test_new_records_intern_the_parts_they_share_and_keep_their_own_inline() -> None:
+    a, b = _series("a", 1), _series("b", 2)
+    plan = _fold({}, [_row(a) + _row(b)], parts={})
+    shared = attributes_of_parts([*plan.parts.values()])
+    assert shared == (("http.status_code", 200),)  # span.name differs: inline in each
+    for new in plan.created:
+        metric, resource_id, items, marker = _meta_of(new.record)
+        assert (metric, resource_id, marker) == ("duration", "r1", 1)
+        assert [type(item) for item in items] == [bytes, int]
+    # Read back with the dictionary: the same series as from records holding every part inline.
+    stored = {new.digest: new.record for new in plan.created}
+    inline = _fold({}, [_row(a) + _row(b)])
+    assert (
+        _fold(stored, [], parts=plan.parts).live
+        == _fold({new.digest: new.record for new in inline.created}, []).live
+    )
+    # A record referring to a part its slot's dictionary does not hold is an error, never a guess.
+    with pytest.raises(ValueError, match="dictionary"):
+        _fold(stored, [], parts={})
+    with pytest.raises(ValueError, match="dictionary"):
+        _fold(stored, [])
+
+
+def test_a_part_the_dictionary_holds_is_interned_even_for_one_new_series() -> None:
+    first = _fold({}, [_row(_series("a", 1)) + _row(_series("b", 1))], parts={})
+    stored = {new.digest: new.record for new in first.created}
+    second = _fold(stored, [_row(_series("c", 1))], parts=first.parts)
+    assert second.parts == {}  # nothing new: its shared part has an id already
+    (created,) = second.created
+    assert _meta_of(created.record)[2][1] in first.parts
+    # A part of one new series alone, not in the dictionary, stays inline: no entry for it.
+    only = _fold({}, [_row(_series("z", 1))], parts={})
+    assert only.parts == {} and len(_meta_of(only.created[0].record)) == 3
+
+
+def test_new_ids_follow_the_highest_in_the_dictionary() -> None:
+    plan = _fold({}, [_row(_series("a", 1)) + _row(_series("b", 1))], parts={7: b"\x00unrelated"})
+    assert list(plan.parts) == [8]
+
+
+def test_metas_of_earlier_versions_are_read_with_or_without_a_dictionary() -> None:
+    series = _series("a", 3)
+    pairs = [["span.name", "a"], ["http.status_code", 200]]
+    typed = msgpack.packb(["duration", "r1", pairs], use_bin_type=True)
+    record = msgpack.packb([typed, *delta_payload(series, encode_meta(series))[1:]], use_bin_type=True)
+    for parts in (None, {}, {0: b"x"}):
+        (live,) = _fold({series.digest: record}, [], parts=parts).live
+        assert live.attributes == series.attributes

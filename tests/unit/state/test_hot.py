@@ -2,7 +2,8 @@
 over random sequences of merges, folds (idle or not, expiries, exemplars, DELTA, zero points, the
 series limit), confirmations and a cache dropped mid-way, a fold over the kept records and quiet
 series plans exactly what the fold over the slot's records plans, and the kept records stay the
-slot's records."""
+slot's records; and with the slot's dictionary of attribute parts (interned metas), the same
+series are emitted as by a slot whose records hold their parts inline."""
 
 from __future__ import annotations
 
@@ -83,9 +84,12 @@ class _Slot:
         self.log: list[bytes] = []
         self.version = 0
         self.active = 0
+        self.parts: dict[int, bytes] = {}
 
     def commit(self, plan: FoldPlan, limit: int) -> list[int]:
+        assert not plan.parts.keys() & self.parts.keys()  # fold.lua's check: new ids only
         self.version += 1
+        self.parts.update(plan.parts)
         self.records.update(plan.updates)
         for digest in plan.expired:
             self.records.pop(digest, None)
@@ -114,26 +118,29 @@ def test_a_fold_over_the_kept_state_plans_what_the_fold_over_every_record_plans(
     delta_mode: bool, steps: list[tuple[str, Any]]
 ) -> None:
     slot = _Slot()
+    inline = _Slot()  # the same slot, folded without a dictionary of parts
     hot: HotSlot | None = None
     clock = 0
     published: int | None = None
     zero_owed: list[tuple[bytes, bytes]] = []
+    inline_zero_owed: list[tuple[bytes, bytes]] = []
     for kind, arguments in steps:
         if kind == "rows":
-            slot.log.append(
-                b"".join(
-                    _row(_series(index, count, NOW_US + offset * 1_000_000, exemplar))
-                    for index, count, offset, exemplar in arguments
-                )
+            entry = b"".join(
+                _row(_series(index, count, NOW_US + offset * 1_000_000, exemplar))
+                for index, count, offset, exemplar in arguments
             )
+            slot.log.append(entry)
+            inline.log.append(entry)
         elif kind == "drop":
             hot = None
         elif kind == "confirm":
             if zero_owed:
                 slot.confirm(zero_owed)
+                inline.confirm(inline_zero_owed)
                 if hot is not None:
                     hot.confirmed(zero_owed, str(slot.version))
-            zero_owed = []
+            zero_owed = inline_zero_owed = []
         else:
             clock += 5
             now_us = NOW_US + clock * 1_000_000
@@ -152,20 +159,24 @@ def test_a_fold_over_the_kept_state_plans_what_the_fold_over_every_record_plans(
                 "resource_seen_us": {"r1": NOW_US + arguments["r1_seen"] * 1_000_000},
             }
             if hot is None or not hot.matches(1, str(slot.version), len(slot.records)):
-                hot = HotSlot(1, str(slot.version), dict(slot.records))
+                hot = HotSlot(1, str(slot.version), dict(slot.records), parts=dict(slot.parts))
             log = list(slot.log)
-            reference = fold_log(dict(slot.records), log, **options)
+            reference = fold_log(dict(slot.records), log, parts=dict(slot.parts), **options)
             # As the Redis store does: the records of quiet series with rows read back.
             rows = fold_rows(log, 2, 20)
             needed = hot.missing(rows[0])
             assert hot.read(needed, [slot.records[digest] for digest in needed])
-            kept = fold_log(hot.records, log, rows=rows, quiet=hot.quiet, **options)
+            kept = fold_log(hot.records, log, rows=rows, quiet=hot.quiet, parts=hot.parts, **options)
             assert _plan_fields(kept) == _plan_fields(reference)
+            plain = fold_log(dict(inline.records), list(inline.log), **options)
+            assert reference.live == plain.live and reference.expired == plain.expired
             if reference.updates or reference.created or reference.expired or log:
                 refused = slot.commit(reference, arguments["limit"])
+                assert inline.commit(plain, arguments["limit"]) == refused
                 hot.committed(kept, refused, str(slot.version))
             else:
                 hot.unchanged(kept)
+            assert hot.parts == slot.parts
             assert hot.records.keys() == slot.records.keys()
             for digest, record in hot.records.items():
                 assert record == slot.records[digest] or (record is None and digest in hot.quiet)
@@ -173,7 +184,7 @@ def test_a_fold_over_the_kept_state_plans_what_the_fold_over_every_record_plans(
                 stored = msgpack.unpackb(slot.records[digest], raw=True)
                 assert stored[2] == kept[0] and stored[7] == [] and stored[9] == 0
                 assert revive(kept) in reference.live
-            zero_owed = reference.zero_owed
+            zero_owed, inline_zero_owed = reference.zero_owed, plain.zero_owed
             published = now_us
 
 
