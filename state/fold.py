@@ -414,6 +414,11 @@ def _overflow(
     return targets.index(slot), series_digest(overflow_id), meta
 
 
+def _overflow_first(item: tuple[bytes, tuple[list[Any], int]]) -> bool:
+    """Sort key (stable): the overflow series' rows before the others."""
+    return not item[1][1] & ROW_OVERFLOW
+
+
 def _already(meta: list[Any]) -> Callable[[bytes], Any]:
     """A meta reader that gives the meta already unpacked."""
     return lambda _blob: meta
@@ -598,7 +603,10 @@ def fold_log(
     # (metric, resource id) -> (index into overflow_slots, overflow digest, overflow meta)
     overflows: dict[tuple[str, str], tuple[int, bytes, bytes]] = {}
     interner, metas = _interner(parts, deltas, read_meta) if parts is not None and deltas else (None, {})
-    for digest, (record, flags) in deltas.items():
+    # New series meet the tenant's limit in the order their rows came, but the overflow series
+    # (never refused) first: where refused rows sit among the others depends on the layout (one
+    # node appends them to the slot's log, a cluster pulls them from the slot's own outbox).
+    for digest, (record, flags) in sorted(deltas.items(), key=_overflow_first):
         _complete(record)
         # A new series owes its zero point until a publication of it is confirmed, at the time
         # pinned now: sent again, it is the same sample (see docs/internals.md).

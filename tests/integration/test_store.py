@@ -17,7 +17,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -489,6 +489,20 @@ def _canonical(live: list[Series]) -> list[Series]:
     delta=st.booleans(),
     expiration_s=st.sampled_from([0, 20]),
     resource_expiration_s=st.sampled_from([0, 20, 35]),
+)
+# A refused new series, then the same series again beside the overflow series' first row: a
+# cluster pulls the refused row from the slot's own outbox after the others, one node has it
+# first in the log; the overflow series meets the limit first on both.
+@example(
+    flushes=[
+        ([("a", "paired", 1, 0), ("b", "paired", 1, 0), ("d", "paired", 1, 0)], 10, False),
+        ([("a", "paired", 1, 0), ("d", "paired", 1, 0)], 30, False),
+    ],
+    slots=2,
+    limit=2,
+    delta=False,
+    expiration_s=20,
+    resource_expiration_s=0,
 )
 @pytest.mark.parametrize("on_cluster", [False, True], ids=["node", "cluster"])
 def test_the_memory_store_folds_what_the_redis_store_folds(
