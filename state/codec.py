@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import msgpack
@@ -98,26 +98,28 @@ class PartInterner:
     those ``shared`` names, under new ids (:attr:`added`, committed with the records). Other
     parts stay inline: a part of one series only (a user id) costs less there."""
 
-    def __init__(self, parts: Mapping[int, bytes], shared: Collection[bytes]) -> None:
-        self._ids = {part: ident for ident, part in parts.items()}
-        self._next = max(parts, default=-1) + 1
-        self._shared = shared
+    def __init__(self, parts: Mapping[int, bytes], shared: Sequence[bytes]) -> None:
+        """``shared``: the new parts to intern, most used first (they get the shortest ids)."""
+        self._ids: dict[Any, int] = {part: ident for ident, part in parts.items()}
         #: id -> part: the entries this fold adds to the dictionary.
         self.added: dict[int, bytes] = {}
+        ident = max(parts, default=-1) + 1
+        for part in shared:
+            if part in self._ids:
+                continue
+            self._ids[part] = ident
+            self.added[ident] = part
+            ident += 1
 
     def meta(self, unpacked: list[Any]) -> bytes | None:
         """A new record's meta (unpacked, parts inline), packed with the shared parts interned;
         None when it has none to intern (its meta stays as it is)."""
         metric, resource_id, items = unpacked
-        ids, shared = self._ids, self._shared
-        interned: list[Any] = []
-        for item in items:
-            ident = ids.get(item) if type(item) is bytes else None
-            if ident is None and type(item) is bytes and item in shared:
-                ident = ids[item] = self._next
-                self.added[ident] = item
-                self._next += 1
-            interned.append(item if ident is None else ident)
+        get = self._ids.get
+        try:
+            interned = [get(item, item) for item in items]
+        except TypeError:  # typed [key, value] pairs of an earlier version: left as they are
+            return None
         if interned == items:
             return None
         return cast(bytes, _packer.pack([metric, resource_id, interned, _INTERNED]))

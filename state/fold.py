@@ -5,6 +5,7 @@ a stored record has one more field than a row: ``zero_us`` (see :func:`zero_time
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import add
@@ -432,17 +433,17 @@ def _interner(
     """What interns the parts of the new records' metas: those the slot's dictionary holds, and
     those two or more of them share (a part of one series only stays inline); and their metas,
     unpacked (digest -> meta)."""
-    seen: set[bytes] = set()
-    shared: set[bytes] = set()
     metas: dict[bytes, list[Any]] = {}
+    every: list[Any] = []
     for digest, (record, _) in deltas.items():
         meta = metas[digest] = read_meta(record[_META])
-        for part in meta[2]:
-            if type(part) is bytes:
-                if part in seen:
-                    shared.add(part)
-                else:
-                    seen.add(part)
+        every += meta[2]
+    try:
+        counts = Counter(every)
+    except TypeError:  # typed [key, value] pairs of an earlier version among them
+        counts = Counter(part for part in every if type(part) is bytes)
+    # Most used first, then in byte order: the same ids whatever order the rows came in.
+    shared = sorted((part for part, count in counts.items() if count > 1), key=lambda p: (-counts[p], p))
     return PartInterner(parts, shared), metas
 
 
