@@ -958,6 +958,197 @@ cdef bint _utf8_valid(const unsigned char* text, Py_ssize_t size) noexcept nogil
     return True
 
 
+# ------------------------------------------------------------------------------ validation
+#
+# Whether protobuf's parser (upb) accepts a record, answered in C so that protobuf need not parse
+# what the scanners read anyway. Only "yes, it parses" is ever concluded here: anything this walk
+# does not check (a declared field of a kind not listed below, a wire type other than the
+# declared one, groups, nesting beyond _VALID_DEPTH, over-long tags) is refused, and the caller
+# then asks protobuf, which decides as before.
+
+cdef enum:
+    _F_UNKNOWN = 0  # not declared: any well-formed field of wire type 0, 1, 2 or 5 (upb keeps it)
+    _F_VARINT = 1  # int32/64, uint32/64, sint32/64, bool, enum: wire type 0, at most 10 bytes
+    _F_FIXED64 = 2  # fixed64, sfixed64, double: wire type 1
+    _F_FIXED32 = 3  # fixed32, sfixed32, float: wire type 5
+    _F_BYTES = 4  # bytes: wire type 2
+    _F_STRING = 5  # string: wire type 2, valid UTF-8 (proto3)
+    _F_MESSAGE = 6  # a message (maps too: their entries are messages): wire type 2, valid itself
+    _F_REFUSE = 7  # declared, but not checked here (repeated scalars may be packed, groups)
+
+#: Nested messages checked (upb refuses beyond 100 levels, counted from the request).
+cdef int _VALID_DEPTH = 64
+
+
+cdef struct _Field:
+    int kind
+    #: For _F_MESSAGE: the index of its message type in the schema.
+    Py_ssize_t message
+
+
+cdef class Schema:
+    """A protobuf message type and every message type it reaches, as tables of field kinds by
+    field number, for :func:`valid`. Built once from the message's descriptor."""
+
+    cdef _Field* fields
+    #: Per message type: where its fields start in ``fields``, and one past its largest number.
+    cdef Py_ssize_t* offsets
+    cdef Py_ssize_t* limits
+    cdef Py_ssize_t count
+
+    def __cinit__(self, descriptor):
+        cdef list order = [descriptor]
+        cdef dict index_of = {descriptor.full_name: 0}
+        cdef Py_ssize_t at = 0, total = 0, number
+        while at < len(order):
+            for field in order[at].fields:
+                sub = field.message_type
+                if sub is not None and sub.full_name not in index_of:
+                    index_of[sub.full_name] = len(order)
+                    order.append(sub)
+            at += 1
+        self.count = len(order)
+        limits = [max([field.number for field in message.fields], default=0) + 1 for message in order]
+        for limit in limits:
+            if limit > 1 << 16:
+                raise ValueError("field numbers this large are not tabled")
+            total += limit
+        self.fields = <_Field*>malloc((total + 1) * sizeof(_Field))
+        self.offsets = <Py_ssize_t*>malloc((self.count + 1) * sizeof(Py_ssize_t))
+        self.limits = <Py_ssize_t*>malloc((self.count + 1) * sizeof(Py_ssize_t))
+        if self.fields == NULL or self.offsets == NULL or self.limits == NULL:
+            raise MemoryError()
+        total = 0
+        for at in range(self.count):
+            self.offsets[at] = total
+            self.limits[at] = limits[at]
+            for number in range(limits[at]):
+                self.fields[total + number] = _Field(_F_UNKNOWN, -1)
+            for field in order[at].fields:
+                self.fields[total + field.number] = _Field(
+                    _field_kind(field), index_of[field.message_type.full_name] if field.message_type else -1
+                )
+            total += limits[at]
+
+    def __dealloc__(self):
+        free(self.fields)
+        free(self.offsets)
+        free(self.limits)
+
+    def kinds(self):
+        """Per message type (the root first), field number -> kind code: for tests."""
+        cdef Py_ssize_t at, number
+        return [
+            {number: self.fields[self.offsets[at] + number].kind for number in range(1, self.limits[at])}
+            for at in range(self.count)
+        ]
+
+
+cdef int _field_kind(object field) except -1:
+    kind = field.type
+    if kind == field.TYPE_MESSAGE:
+        return _F_MESSAGE
+    if kind == field.TYPE_STRING:
+        return _F_STRING
+    if kind == field.TYPE_BYTES:
+        return _F_BYTES
+    if field.is_repeated:
+        return _F_REFUSE  # a repeated scalar may come packed or not: not checked here
+    if kind in (
+        field.TYPE_INT32, field.TYPE_INT64, field.TYPE_UINT32, field.TYPE_UINT64, field.TYPE_SINT32,
+        field.TYPE_SINT64, field.TYPE_BOOL, field.TYPE_ENUM,
+    ):
+        return _F_VARINT
+    if kind in (field.TYPE_FIXED64, field.TYPE_SFIXED64, field.TYPE_DOUBLE):
+        return _F_FIXED64
+    if kind in (field.TYPE_FIXED32, field.TYPE_SFIXED32, field.TYPE_FLOAT):
+        return _F_FIXED32
+    return _F_REFUSE  # groups
+
+
+cdef inline bint _valid_tag(
+    const unsigned char* buf, Py_ssize_t end, Py_ssize_t* pos, uint64_t* number, int* wire
+) noexcept nogil:
+    """A tag as upb reads it: at most 5 bytes, below 2^32, field number not 0."""
+    cdef Py_ssize_t start = pos[0]
+    cdef uint64_t tag
+    if _varint(buf, end, pos, &tag) < 0 or pos[0] - start > 5 or tag >= (<uint64_t>1 << 32):
+        return False
+    number[0] = tag >> 3
+    wire[0] = <int>(tag & 7)
+    return number[0] != 0
+
+
+cdef inline bint _valid_length(
+    const unsigned char* buf, Py_ssize_t end, Py_ssize_t* pos, Py_ssize_t* stop
+) noexcept nogil:
+    """A length-delimited field's body [pos, stop): at most 5 length bytes, within ``end``."""
+    cdef Py_ssize_t start = pos[0]
+    cdef uint64_t size
+    if _varint(buf, end, pos, &size) < 0 or pos[0] - start > 5 or size >= (<uint64_t>1 << 31):
+        return False
+    if size > <uint64_t>(end - pos[0]):
+        return False
+    stop[0] = pos[0] + <Py_ssize_t>size
+    return True
+
+
+cdef bint _valid_message(
+    const unsigned char* buf, Py_ssize_t pos, Py_ssize_t end, Schema schema, Py_ssize_t message, int depth
+) noexcept:
+    """Whether [pos, end) is a message of type ``message`` that upb parses (see above)."""
+    cdef uint64_t number, ignored
+    cdef int wire, kind
+    cdef Py_ssize_t stop
+    cdef _Field field
+    cdef Py_ssize_t offset = schema.offsets[message]
+    cdef Py_ssize_t limit = schema.limits[message]
+    if depth > _VALID_DEPTH:
+        return False
+    while pos < end:
+        if not _valid_tag(buf, end, &pos, &number, &wire):
+            return False
+        if number < <uint64_t>limit:
+            field = schema.fields[offset + <Py_ssize_t>number]
+        else:
+            field = _Field(_F_UNKNOWN, -1)
+        kind = field.kind
+        if wire == 2:
+            if kind != _F_UNKNOWN and kind != _F_STRING and kind != _F_BYTES and kind != _F_MESSAGE:
+                return False
+            if not _valid_length(buf, end, &pos, &stop):
+                return False
+            if kind == _F_STRING:
+                if not _utf8_valid(buf + pos, stop - pos):
+                    return False
+            elif kind == _F_MESSAGE:
+                if not _valid_message(buf, pos, stop, schema, field.message, depth + 1):
+                    return False
+            pos = stop
+        elif wire == 0:
+            if (kind != _F_UNKNOWN and kind != _F_VARINT) or _varint(buf, end, &pos, &ignored) < 0:
+                return False
+        elif wire == 1:
+            if (kind != _F_UNKNOWN and kind != _F_FIXED64) or end - pos < 8:
+                return False
+            pos += 8
+        elif wire == 5:
+            if (kind != _F_UNKNOWN and kind != _F_FIXED32) or end - pos < 4:
+                return False
+            pos += 4
+        else:
+            return False  # groups (3, 4) and the invalid wire types 6 and 7
+    return True
+
+
+def valid(bytes data, Schema schema):
+    """True only if protobuf's parser accepts ``data`` as ``schema``'s message type; False when it
+    refuses it or when this check cannot tell (ask protobuf). Every read is bounds-checked."""
+    return _valid_message(
+        <const unsigned char*>PyBytes_AS_STRING(data), 0, PyBytes_GET_SIZE(data), schema, 0, 1
+    )
+
+
 @cython.freelist(1024)
 cdef class Edge:
     """``servicegraphs.pending.Edge`` with its fields in the object itself: the compiled observe
