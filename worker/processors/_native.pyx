@@ -464,15 +464,7 @@ def scan(bytes data, tuple slot_names):
     cdef _Layout layout = _layout(buf, PyBytes_GET_SIZE(data))
     if layout is None:
         return None
-    cdef SpanScan result = SpanScan.__new__(SpanScan)
-    result.data = data
-    result.layout = layout
-    result.slot_count = slot_count
-    result.spans = <_Span*>malloc((layout.span_count + 1) * sizeof(_Span))
-    result.starts = <Py_ssize_t*>malloc((layout.span_count * slot_count + 1) * sizeof(Py_ssize_t))
-    result.stops = <Py_ssize_t*>malloc((layout.span_count * slot_count + 1) * sizeof(Py_ssize_t))
-    if result.spans == NULL or result.starts == NULL or result.stops == NULL:
-        raise MemoryError()
+    cdef SpanScan result = _new_span_scan(data, layout, slot_count)
     for index in range(layout.span_count):
         where = layout.spans[index]
         at = index * slot_count
@@ -486,6 +478,20 @@ def scan(bytes data, tuple slot_names):
                 buf, result.starts[at + slot], result.stops[at + slot], &body_start, &body_stop, &value
             ) < 0:
                 return None
+    return result
+
+
+cdef SpanScan _new_span_scan(bytes data, _Layout layout, Py_ssize_t slot_count):
+    """An empty :class:`SpanScan` with room for every span of ``layout``."""
+    cdef SpanScan result = SpanScan.__new__(SpanScan)
+    result.data = data
+    result.layout = layout
+    result.slot_count = slot_count
+    result.spans = <_Span*>malloc((layout.span_count + 1) * sizeof(_Span))
+    result.starts = <Py_ssize_t*>malloc((layout.span_count * slot_count + 1) * sizeof(Py_ssize_t))
+    result.stops = <Py_ssize_t*>malloc((layout.span_count * slot_count + 1) * sizeof(Py_ssize_t))
+    if result.spans == NULL or result.starts == NULL or result.stops == NULL:
+        raise MemoryError()
     return result
 
 
@@ -1277,6 +1283,8 @@ cdef class EdgeScan:
     #: its first occurrence in the layout, and how many spans all its occurrences hold.
     cdef Py_ssize_t* distinct
     cdef Py_ssize_t* span_counts
+    #: Per resource of the layout: its index among the distinct ones.
+    cdef Py_ssize_t* distinct_of
     cdef Py_ssize_t distinct_count
     cdef Py_ssize_t key_count
     cdef Py_ssize_t count
@@ -1288,6 +1296,7 @@ cdef class EdgeScan:
         free(self.stops)
         free(self.distinct)
         free(self.span_counts)
+        free(self.distinct_of)
 
     def __len__(self):
         return self.count
@@ -1317,9 +1326,7 @@ def scan_edges(bytes data, tuple keys, object slow):
     """
     cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef Py_ssize_t key_count = len(keys)
-    cdef Py_ssize_t index, key, at, body_start, body_stop, total
-    cdef uint64_t value
-    cdef int kind
+    cdef Py_ssize_t index, at
     cdef _Range where
     for name in keys:
         if not isinstance(name, bytes):
@@ -1327,6 +1334,72 @@ def scan_edges(bytes data, tuple keys, object slow):
     cdef _Layout layout = _layout(buf, PyBytes_GET_SIZE(data))
     if layout is None:
         return None
+    cdef EdgeScan result = _new_edge_scan(data, layout, buf, key_count)
+    for index in range(layout.span_count):
+        where = layout.spans[index]
+        at = result.count * key_count
+        # Read in place: kept when it is an edge span, else overwritten by the next.
+        if _read_span(
+            buf, where.start, where.stop, keys, key_count, result.starts + at, result.stops + at,
+            result.spans + result.count,
+        ) < 0:
+            return None
+        if _add_edge_span(
+            result, buf, where.resource, result.spans + result.count, result.starts + at, result.stops + at, slow
+        ) < 0:
+            return None
+    return result
+
+
+def scan_both(bytes data, tuple slot_names, tuple keys, object slow):
+    """:func:`scan` and :func:`scan_edges` in one walk of ``data``: (a :class:`SpanScan` or None,
+    an :class:`EdgeScan` or None), each exactly what its own function returns, except that the
+    edges are None too when the span scan is (then nothing is read natively)."""
+    cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t slot_count = len(slot_names)
+    cdef Py_ssize_t key_count = len(keys)
+    cdef Py_ssize_t index, slot, at, body_start, body_stop
+    cdef uint64_t value
+    cdef _Range where
+    cdef bint edges_read = True
+    cdef tuple names = slot_names + keys
+    for name in names:
+        if not isinstance(name, bytes):
+            raise TypeError("slot and attribute names are bytes")
+    cdef _Layout layout = _layout(buf, PyBytes_GET_SIZE(data))
+    if layout is None:
+        return None, None
+    cdef SpanScan result = _new_span_scan(data, layout, slot_count)
+    cdef EdgeScan edges = _new_edge_scan(data, layout, buf, key_count)
+    # Each span's value ranges for the slots, then for the keys: copied out, as each scan keeps them.
+    cdef _Values values = _Values(slot_count + key_count)
+    for index in range(layout.span_count):
+        where = layout.spans[index]
+        at = index * slot_count
+        if _read_span(
+            buf, where.start, where.stop, names, slot_count + key_count, values.starts, values.stops,
+            result.spans + index,
+        ) < 0:
+            return None, None
+        memcpy(result.starts + at, values.starts, slot_count * sizeof(Py_ssize_t))
+        memcpy(result.stops + at, values.stops, slot_count * sizeof(Py_ssize_t))
+        for slot in range(slot_count):
+            if result.starts[at + slot] >= 0 and _value_kind(
+                buf, result.starts[at + slot], result.stops[at + slot], &body_start, &body_stop, &value
+            ) < 0:
+                return None, None
+        if edges_read and _add_edge_span(
+            edges, buf, where.resource, result.spans + index, values.starts + slot_count,
+            values.stops + slot_count, slow,
+        ) < 0:
+            edges_read = False
+    return result, (edges if edges_read else None)
+
+
+cdef EdgeScan _new_edge_scan(bytes data, _Layout layout, const unsigned char* buf, Py_ssize_t key_count):
+    """An empty :class:`EdgeScan` with room for every span of ``layout``, equal resources found."""
+    cdef Py_ssize_t index, seen, total
+    cdef _Range one, other
     cdef EdgeScan result = EdgeScan.__new__(EdgeScan)
     result.data = data
     result.layout = layout
@@ -1338,74 +1411,68 @@ def scan_edges(bytes data, tuple keys, object slow):
     result.stops = <Py_ssize_t*>malloc((total * key_count + 1) * sizeof(Py_ssize_t))
     result.span_counts = <Py_ssize_t*>malloc((layout.resource_count + 1) * sizeof(Py_ssize_t))
     result.distinct = <Py_ssize_t*>malloc((layout.resource_count + 1) * sizeof(Py_ssize_t))
-    cdef Py_ssize_t* distinct_of = <Py_ssize_t*>malloc((layout.resource_count + 1) * sizeof(Py_ssize_t))
+    result.distinct_of = <Py_ssize_t*>malloc((layout.resource_count + 1) * sizeof(Py_ssize_t))
     if (
         result.spans == NULL or result.resource_of == NULL or result.starts == NULL
         or result.stops == NULL or result.span_counts == NULL or result.distinct == NULL
-        or distinct_of == NULL
+        or result.distinct_of == NULL
     ):
-        free(distinct_of)
         raise MemoryError()
-    cdef _Range one, other
-    cdef Py_ssize_t seen
     for index in range(layout.resource_count):
         one = layout.resources[index]
-        distinct_of[index] = -1
+        result.distinct_of[index] = -1
         for seen in range(min(result.distinct_count, _DISTINCT_COMPARED)):
             other = layout.resources[result.distinct[seen]]
             if other.stop - other.start == one.stop - one.start and memcmp(
                 buf + other.start, buf + one.start, one.stop - one.start
             ) == 0:
-                distinct_of[index] = seen
+                result.distinct_of[index] = seen
                 break
-        if distinct_of[index] < 0:
-            distinct_of[index] = result.distinct_count
+        if result.distinct_of[index] < 0:
+            result.distinct_of[index] = result.distinct_count
             result.distinct[result.distinct_count] = index
             result.span_counts[result.distinct_count] = 0
             result.distinct_count += 1
-    try:
-        return _scan_edge_spans(result, layout, buf, keys, key_count, distinct_of, slow)
-    finally:
-        free(distinct_of)
+    return result
 
 
-cdef EdgeScan _scan_edge_spans(
-    EdgeScan result, _Layout layout, const unsigned char* buf, tuple keys, Py_ssize_t key_count,
-    const Py_ssize_t* distinct_of, object slow,
-):
-    cdef Py_ssize_t index, key, at, body_start, body_stop
+cdef int _add_edge_span(
+    EdgeScan result, const unsigned char* buf, Py_ssize_t resource, const _Span* span,
+    const Py_ssize_t* starts, const Py_ssize_t* stops, object slow,
+) except -2:
+    """One span read by :func:`_read_span` (its fields, its values' ranges for the result's keys):
+    counted under its resource; kept when it is an edge span, its values checked.
+    NOT_HANDLED when a value is not read exactly as the pure path reads it."""
+    cdef Py_ssize_t key, body_start, body_stop
+    cdef Py_ssize_t key_count = result.key_count
+    cdef Py_ssize_t at = result.count * key_count
     cdef uint64_t value
     cdef int kind
-    cdef _Range where
-    for index in range(layout.span_count):
-        where = layout.spans[index]
-        at = result.count * key_count
-        if _read_span(
-            buf, where.start, where.stop, keys, key_count, result.starts + at, result.stops + at,
-            result.spans + result.count,
-        ) < 0:
-            return None
-        result.span_counts[distinct_of[where.resource]] += 1
-        if result.spans[result.count].kind < 2 or result.spans[result.count].kind > 5:
-            continue  # not an edge span: internal or unspecified
-        for key in range(key_count):
-            if result.starts[at + key] < 0:
-                continue
-            kind = _value_kind(buf, result.starts[at + key], result.stops[at + key], &body_start, &body_stop, &value)
-            if kind == NOT_HANDLED:
-                return None
-            if kind == 1 and not _utf8_valid(buf + body_start, body_stop - body_start):
-                return None  # protobuf refuses the record: the pure path decides
-            if kind == 9:
-                try:
-                    slow(PyBytes_FromStringAndSize(
-                        <const char*>buf + result.starts[at + key], result.stops[at + key] - result.starts[at + key]
-                    ))
-                except Exception:
-                    return None
-        result.resource_of[result.count] = distinct_of[where.resource]
-        result.count += 1
-    return result
+    result.span_counts[result.distinct_of[resource]] += 1
+    if span.kind < 2 or span.kind > 5:
+        return 0  # not an edge span: internal or unspecified
+    for key in range(key_count):
+        if starts[key] < 0:
+            continue
+        kind = _value_kind(buf, starts[key], stops[key], &body_start, &body_stop, &value)
+        if kind == NOT_HANDLED:
+            return NOT_HANDLED
+        if kind == 1 and not _utf8_valid(buf + body_start, body_stop - body_start):
+            return NOT_HANDLED  # protobuf refuses the record: the pure path decides
+        if kind == 9:
+            try:
+                slow(PyBytes_FromStringAndSize(<const char*>buf + starts[key], stops[key] - starts[key]))
+            except Exception:
+                return NOT_HANDLED
+    # In place when read there (scan_edges), else copied (scan_both).
+    if result.starts + at != starts:
+        memcpy(result.starts + at, starts, key_count * sizeof(Py_ssize_t))
+        memcpy(result.stops + at, stops, key_count * sizeof(Py_ssize_t))
+    if result.spans + result.count != span:
+        result.spans[result.count] = span[0]
+    result.resource_of[result.count] = result.distinct_of[resource]
+    result.count += 1
+    return 0
 
 
 cdef class EdgeContext:

@@ -202,14 +202,15 @@ class Pipeline:
             scanned = spanmetrics.scan(data)
             return decoded if scanned is None else NativeRun(scanned, decoded)
         check_parses(data)
-        scanned = spanmetrics.scan(data)
+        if not edges_native:
+            scanned = spanmetrics.scan(data)
+            return decode_spans_proto(data) if scanned is None else NativeRun(scanned, None)
+        assert servicegraphs is not None
+        # Both scanners in one walk of the bytes.
+        scanned, edges = spanmetrics.scan_with_edges(data, *servicegraphs.scan_arguments)
         if scanned is None:
             return decode_spans_proto(data)
-        if not edges_native:
-            return NativeRun(scanned, None)
-        assert servicegraphs is not None
-        edges = servicegraphs.scan(data)
-        if edges is None:
+        if edges is None or not servicegraphs.native_ready:
             return NativeRun(scanned, decode_spans_proto(data))
         return NativeRun(scanned, None, edges)
 
