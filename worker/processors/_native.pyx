@@ -285,18 +285,47 @@ cdef struct _Span:
     uint64_t start_ns, end_ns
 
 
+cdef class _Keys:
+    """Attribute names (a tuple of bytes, kept alive here) as C pointers and sizes, so that
+    :func:`_read_span` compares them without touching Python objects."""
+
+    cdef tuple names
+    cdef const char** data
+    cdef Py_ssize_t* sizes
+    cdef Py_ssize_t count
+
+    def __cinit__(self, tuple names):
+        cdef Py_ssize_t index
+        for name in names:
+            if not isinstance(name, bytes):
+                raise TypeError("attribute names are bytes")
+        self.names = names
+        self.count = len(names)
+        self.data = <const char**>malloc((self.count + 1) * sizeof(const char*))
+        self.sizes = <Py_ssize_t*>malloc((self.count + 1) * sizeof(Py_ssize_t))
+        if self.data == NULL or self.sizes == NULL:
+            raise MemoryError()
+        for index in range(self.count):
+            self.data[index] = PyBytes_AS_STRING(names[index])
+            self.sizes[index] = PyBytes_GET_SIZE(names[index])
+
+    def __dealloc__(self):
+        free(self.data)
+        free(self.sizes)
+
+
 cdef int _read_span(
     const unsigned char* buf,
     Py_ssize_t start,
     Py_ssize_t end,
-    tuple keys,
+    _Keys keys,
     Py_ssize_t key_count,
     Py_ssize_t* value_starts,
     Py_ssize_t* value_stops,
     _Span* out,
-):
-    """One span's fields (ranges into ``buf``), and for each of ``keys`` (bytes) the range of the
-    last attribute value under that key (-1 when absent: a map, the last entry wins, as in
+) noexcept:
+    """One span's fields (ranges into ``buf``), and for each of the first ``key_count`` of ``keys``
+    the range of the last attribute value under that key (-1 when absent: a map, the last entry wins, as in
     protobuf's map parse). NOT_HANDLED for what is not read exactly as protobuf reads it, or for
     ids the pure path refuses."""
     cdef Py_ssize_t pos = start
@@ -306,7 +335,6 @@ cdef int _read_span(
     cdef bint status_seen = False
     cdef bint has_key, has_value
     cdef Py_ssize_t index
-    cdef bytes key
     out[0] = _Span(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
     for index in range(key_count):
         value_starts[index] = -1
@@ -367,10 +395,13 @@ cdef int _read_span(
                     return NOT_HANDLED  # protobuf keeps a map entry with unknown fields out of the map
             pos = stop
             for index in range(key_count):
-                key = <bytes>keys[index]
-                if PyBytes_GET_SIZE(key) == key_stop - key_start and memcmp(
-                    PyBytes_AS_STRING(key), buf + key_start, key_stop - key_start
-                ) == 0:
+                # Sizes, then first bytes, before memcmp: most attributes are no key's.
+                if keys.sizes[index] == key_stop - key_start and (
+                    key_stop == key_start or (
+                        keys.data[index][0] == <char>buf[key_start]
+                        and memcmp(keys.data[index], buf + key_start, key_stop - key_start) == 0
+                    )
+                ):
                     value_starts[index] = value_start
                     value_stops[index] = value_stop
         elif number == 15:
@@ -458,9 +489,7 @@ def scan(bytes data, tuple slot_names):
     cdef Py_ssize_t index, slot, at, body_start, body_stop
     cdef uint64_t value
     cdef _Range where
-    for name in slot_names:
-        if not isinstance(name, bytes):
-            raise TypeError("slot names are bytes")
+    cdef _Keys slots = _Keys(slot_names)
     cdef _Layout layout = _layout(buf, PyBytes_GET_SIZE(data))
     if layout is None:
         return None
@@ -469,7 +498,7 @@ def scan(bytes data, tuple slot_names):
         where = layout.spans[index]
         at = index * slot_count
         if _read_span(
-            buf, where.start, where.stop, slot_names, slot_count, result.starts + at, result.stops + at,
+            buf, where.start, where.stop, slots, slot_count, result.starts + at, result.stops + at,
             result.spans + index,
         ) < 0:
             return None
@@ -1328,9 +1357,7 @@ def scan_edges(bytes data, tuple keys, object slow):
     cdef Py_ssize_t key_count = len(keys)
     cdef Py_ssize_t index, at
     cdef _Range where
-    for name in keys:
-        if not isinstance(name, bytes):
-            raise TypeError("attribute names are bytes")
+    cdef _Keys names = _Keys(keys)
     cdef _Layout layout = _layout(buf, PyBytes_GET_SIZE(data))
     if layout is None:
         return None
@@ -1340,7 +1367,7 @@ def scan_edges(bytes data, tuple keys, object slow):
         at = result.count * key_count
         # Read in place: kept when it is an edge span, else overwritten by the next.
         if _read_span(
-            buf, where.start, where.stop, keys, key_count, result.starts + at, result.stops + at,
+            buf, where.start, where.stop, names, key_count, result.starts + at, result.stops + at,
             result.spans + result.count,
         ) < 0:
             return None
@@ -1362,10 +1389,7 @@ def scan_both(bytes data, tuple slot_names, tuple keys, object slow):
     cdef uint64_t value
     cdef _Range where
     cdef bint edges_read = True
-    cdef tuple names = slot_names + keys
-    for name in names:
-        if not isinstance(name, bytes):
-            raise TypeError("slot and attribute names are bytes")
+    cdef _Keys names = _Keys(slot_names + keys)
     cdef _Layout layout = _layout(buf, PyBytes_GET_SIZE(data))
     if layout is None:
         return None, None
