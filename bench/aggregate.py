@@ -247,21 +247,22 @@ def make_edges_run(pipeline: Pipeline, join: int) -> Callable[[list[bytes]], Non
     return edges_aggregate
 
 
-def make_check_runs(join: int) -> tuple[Callable[[list[bytes]], None], Callable[[list[bytes]], None]] | None:
-    """(e): the compiled parse check and protobuf's parse of the same runs; None when not built."""
+def make_check_runs(
+    payloads: list[bytes], join: int
+) -> tuple[Callable[[list[bytes]], None], Callable[[list[bytes]], None]] | None:
+    """(e): the compiled parse check and protobuf's parse of the same runs (joined once, here);
+    None when the extension is not built."""
     if not check_parses(b""):
         return None  # the extension is not built or disabled: protobuf answered
+    runs = [b"".join(payloads[start : start + join]) for start in range(0, len(payloads), join)]
 
-    def runs(payloads: list[bytes]) -> list[bytes]:
-        return [b"".join(payloads[start : start + join]) for start in range(0, len(payloads), join)]
-
-    def check(payloads: list[bytes]) -> None:
-        for data in runs(payloads):
+    def check(_: list[bytes]) -> None:
+        for data in runs:
             if not check_parses(data):
                 raise AssertionError("the compiled check declined a well-formed run")
 
-    def parse(payloads: list[bytes]) -> None:
-        for data in runs(payloads):
+    def parse(_: list[bytes]) -> None:
+        for data in runs:
             parse_batch(data)
 
     return check, parse
@@ -326,7 +327,7 @@ def run(
         )
     native = make_native_run(Pipeline(native_settings), join)
     edges = make_edges_run(Pipeline(native_settings), join) if pipeline else None
-    checks = make_check_runs(join) if pipeline else None
+    checks = make_check_runs(payloads, join) if pipeline else None
 
     for _ in range(warmup):
         decode_only(payloads)
