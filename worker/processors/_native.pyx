@@ -665,11 +665,32 @@ def fold(processor, SpanScan scanned, str tenant, object stats, object parse_spa
     cdef list resources = [None] * layout.resource_count
     cdef list resource_keys = [None] * layout.resource_count
     cdef list counts = [0] * layout.resource_count
+    # A run repeats its few resources: equal bytes are taken from their first occurrence (one
+    # bytes object, its hash computed once), compared in C; the calls below stay one per
+    # resource, in order (the resource cache's order is the same).
+    cdef list every_key = [None] * layout.resource_count
+    cdef Py_ssize_t[32] distinct
+    cdef Py_ssize_t distinct_count = 0, seen
+    cdef _Range one, other
     for index in range(layout.span_count):
         counts[layout.spans[index].resource] += 1
     pending = processor._pending
     for resource_index in range(layout.resource_count):
-        resource_bytes = layout.resource_bytes(buf, resource_index)
+        one = layout.resources[resource_index]
+        resource_bytes = None
+        for seen in range(distinct_count):
+            other = layout.resources[distinct[seen]]
+            if other.stop - other.start == one.stop - one.start and memcmp(
+                buf + other.start, buf + one.start, one.stop - one.start
+            ) == 0:
+                resource_bytes = every_key[distinct[seen]]
+                break
+        if resource_bytes is None:
+            resource_bytes = layout.resource_bytes(buf, resource_index)
+            if distinct_count < 32:
+                distinct[distinct_count] = resource_index
+                distinct_count += 1
+        every_key[resource_index] = resource_bytes
         resource = processor._resource_from_bytes(resource_bytes)
         if resource is None:
             stats.skipped_no_service += counts[resource_index]
