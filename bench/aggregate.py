@@ -15,6 +15,9 @@ several rounds:
 (d) with ``--pipeline``: the service graphs alone on their compiled path (``scan`` and
     ``consume_scanned`` of the same runs, then ``expire`` and ``take_deltas``), the figure to
     compare when working on that path (its spans/s and microseconds per span).
+(e) with ``--pipeline``: the compiled check that protobuf parses a run (``_native.valid``, what
+    ``Pipeline.decode`` does instead of a protobuf parse when it accepts) beside protobuf's
+    parse of the same runs in the batch schema (``parse_batch``): microseconds per span each.
 
 It prints the median spans/s of each and the ratios (b)/(a) and (c)/(a): the fraction of the decode-only
 throughput the worker keeps once it aggregates. Interleaving (alternating which runs first) keeps
@@ -51,8 +54,9 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from worker.config import Settings, SpanMetricsConfig
+from worker.otlp.batch import parse_batch
 from worker.otlp.decode import decode_batch, decode_batch_proto, is_plain_request
-from worker.processors.pipeline import Pipeline
+from worker.processors.pipeline import Pipeline, check_parses
 from worker.processors.spanmetrics.processor import SpanMetricsProcessor
 
 TARGET_RATIO = 0.25
@@ -243,6 +247,27 @@ def make_edges_run(pipeline: Pipeline, join: int) -> Callable[[list[bytes]], Non
     return edges_aggregate
 
 
+def make_check_runs(
+    payloads: list[bytes], join: int
+) -> tuple[Callable[[list[bytes]], None], Callable[[list[bytes]], None]] | None:
+    """(e): the compiled parse check and protobuf's parse of the same runs (joined once, here);
+    None when the extension is not built."""
+    if not check_parses(b""):
+        return None  # the extension is not built or disabled: protobuf answered
+    runs = [b"".join(payloads[start : start + join]) for start in range(0, len(payloads), join)]
+
+    def check(_: list[bytes]) -> None:
+        for data in runs:
+            if not check_parses(data):
+                raise AssertionError("the compiled check declined a well-formed run")
+
+    def parse(_: list[bytes]) -> None:
+        for data in runs:
+            parse_batch(data)
+
+    return check, parse
+
+
 def decode_only(payloads: list[bytes]) -> None:
     from_string = ExportTraceServiceRequest.FromString
     for payload in payloads:
@@ -302,6 +327,7 @@ def run(
         )
     native = make_native_run(Pipeline(native_settings), join)
     edges = make_edges_run(Pipeline(native_settings), join) if pipeline else None
+    checks = make_check_runs(payloads, join) if pipeline else None
 
     for _ in range(warmup):
         decode_only(payloads)
@@ -315,6 +341,8 @@ def run(
     aggregate_rates: list[float] = []
     native_rates: list[float] = []
     edges_rates: list[float] = []
+    check_rates: list[float] = []
+    parse_rates: list[float] = []
     gc_was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()  # a collection landing in one side's timing would be noise, not cost
@@ -325,6 +353,8 @@ def run(
                 order.append((native, native_rates))
             if edges is not None:
                 order.append((edges, edges_rates))
+            if checks is not None:
+                order += [(checks[0], check_rates), (checks[1], parse_rates)]
             # Rotated: each side runs first, second and last equally often.
             shift = round_index % len(order)
             order = order[shift:] + order[:shift]
@@ -359,6 +389,8 @@ def run(
         "native_spans_per_s_all": [round(r) for r in native_rates],
         "edges_native_spans_per_s": round(edges_median) if edges_median else None,
         "edges_native_us_per_span": round(1e6 / edges_median, 3) if edges_median else None,
+        "parse_check_us_per_span": round(1e6 / statistics.median(check_rates), 3) if check_rates else None,
+        "protobuf_parse_us_per_span": round(1e6 / statistics.median(parse_rates), 3) if parse_rates else None,
         "decode_spans_per_s_all": [round(r) for r in decode_rates],
         "decode_aggregate_spans_per_s_all": [round(r) for r in aggregate_rates],
         "python": platform.python_version(),
@@ -455,6 +487,11 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"(d) service graphs alone (compiled): {result['edges_native_spans_per_s']:>12,} spans/s "
                 f"(median, {result['edges_native_us_per_span']} us per span)"
+            )
+        if result["parse_check_us_per_span"] is not None:
+            print(
+                f"(e) parse check (compiled): {result['parse_check_us_per_span']} us per span, "
+                f"protobuf's parse of the same runs: {result['protobuf_parse_us_per_span']} us per span"
             )
     if args.profile:
         print(

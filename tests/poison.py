@@ -60,5 +60,13 @@ def raise_on_poison(monkeypatch: pytest.MonkeyPatch, processor: type[Any]) -> No
                 raise RuntimeError("poisoned span")
             return stats
 
+        # Pipeline.decode reads the edges in the span-metrics scan's walk: noted there too.
+        original_both = SpanMetricsProcessor.scan_with_edges
+
+        def scan_with_edges(self: Any, data: bytes, keys: Any, slow: Any) -> Any:
+            marked[:] = [poisoned(parse_batch(data), None)]
+            return original_both(self, data, keys, slow)
+
         monkeypatch.setattr(ServiceGraphsProcessor, "scan", scan)
+        monkeypatch.setattr(SpanMetricsProcessor, "scan_with_edges", scan_with_edges)
         monkeypatch.setattr(ServiceGraphsProcessor, "consume_scanned", consume_edges)

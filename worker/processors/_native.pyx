@@ -285,18 +285,47 @@ cdef struct _Span:
     uint64_t start_ns, end_ns
 
 
+cdef class _Keys:
+    """Attribute names (a tuple of bytes, kept alive here) as C pointers and sizes, so that
+    :func:`_read_span` compares them without touching Python objects."""
+
+    cdef tuple names
+    cdef const char** data
+    cdef Py_ssize_t* sizes
+    cdef Py_ssize_t count
+
+    def __cinit__(self, tuple names):
+        cdef Py_ssize_t index
+        for name in names:
+            if not isinstance(name, bytes):
+                raise TypeError("attribute names are bytes")
+        self.names = names
+        self.count = len(names)
+        self.data = <const char**>malloc((self.count + 1) * sizeof(const char*))
+        self.sizes = <Py_ssize_t*>malloc((self.count + 1) * sizeof(Py_ssize_t))
+        if self.data == NULL or self.sizes == NULL:
+            raise MemoryError()
+        for index in range(self.count):
+            self.data[index] = PyBytes_AS_STRING(names[index])
+            self.sizes[index] = PyBytes_GET_SIZE(names[index])
+
+    def __dealloc__(self):
+        free(self.data)
+        free(self.sizes)
+
+
 cdef int _read_span(
     const unsigned char* buf,
     Py_ssize_t start,
     Py_ssize_t end,
-    tuple keys,
+    _Keys keys,
     Py_ssize_t key_count,
     Py_ssize_t* value_starts,
     Py_ssize_t* value_stops,
     _Span* out,
-):
-    """One span's fields (ranges into ``buf``), and for each of ``keys`` (bytes) the range of the
-    last attribute value under that key (-1 when absent: a map, the last entry wins, as in
+) noexcept:
+    """One span's fields (ranges into ``buf``), and for each of the first ``key_count`` of ``keys``
+    the range of the last attribute value under that key (-1 when absent: a map, the last entry wins, as in
     protobuf's map parse). NOT_HANDLED for what is not read exactly as protobuf reads it, or for
     ids the pure path refuses."""
     cdef Py_ssize_t pos = start
@@ -306,7 +335,6 @@ cdef int _read_span(
     cdef bint status_seen = False
     cdef bint has_key, has_value
     cdef Py_ssize_t index
-    cdef bytes key
     out[0] = _Span(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
     for index in range(key_count):
         value_starts[index] = -1
@@ -367,10 +395,13 @@ cdef int _read_span(
                     return NOT_HANDLED  # protobuf keeps a map entry with unknown fields out of the map
             pos = stop
             for index in range(key_count):
-                key = <bytes>keys[index]
-                if PyBytes_GET_SIZE(key) == key_stop - key_start and memcmp(
-                    PyBytes_AS_STRING(key), buf + key_start, key_stop - key_start
-                ) == 0:
+                # Sizes, then first bytes, before memcmp: most attributes are no key's.
+                if keys.sizes[index] == key_stop - key_start and (
+                    key_stop == key_start or (
+                        keys.data[index][0] == <char>buf[key_start]
+                        and memcmp(keys.data[index], buf + key_start, key_stop - key_start) == 0
+                    )
+                ):
                     value_starts[index] = value_start
                     value_stops[index] = value_stop
         elif number == 15:
@@ -458,12 +489,29 @@ def scan(bytes data, tuple slot_names):
     cdef Py_ssize_t index, slot, at, body_start, body_stop
     cdef uint64_t value
     cdef _Range where
-    for name in slot_names:
-        if not isinstance(name, bytes):
-            raise TypeError("slot names are bytes")
+    cdef _Keys slots = _Keys(slot_names)
     cdef _Layout layout = _layout(buf, PyBytes_GET_SIZE(data))
     if layout is None:
         return None
+    cdef SpanScan result = _new_span_scan(data, layout, slot_count)
+    for index in range(layout.span_count):
+        where = layout.spans[index]
+        at = index * slot_count
+        if _read_span(
+            buf, where.start, where.stop, slots, slot_count, result.starts + at, result.stops + at,
+            result.spans + index,
+        ) < 0:
+            return None
+        for slot in range(slot_count):
+            if result.starts[at + slot] >= 0 and _value_kind(
+                buf, result.starts[at + slot], result.stops[at + slot], &body_start, &body_stop, &value
+            ) < 0:
+                return None
+    return result
+
+
+cdef SpanScan _new_span_scan(bytes data, _Layout layout, Py_ssize_t slot_count):
+    """An empty :class:`SpanScan` with room for every span of ``layout``."""
     cdef SpanScan result = SpanScan.__new__(SpanScan)
     result.data = data
     result.layout = layout
@@ -473,19 +521,6 @@ def scan(bytes data, tuple slot_names):
     result.stops = <Py_ssize_t*>malloc((layout.span_count * slot_count + 1) * sizeof(Py_ssize_t))
     if result.spans == NULL or result.starts == NULL or result.stops == NULL:
         raise MemoryError()
-    for index in range(layout.span_count):
-        where = layout.spans[index]
-        at = index * slot_count
-        if _read_span(
-            buf, where.start, where.stop, slot_names, slot_count, result.starts + at, result.stops + at,
-            result.spans + index,
-        ) < 0:
-            return None
-        for slot in range(slot_count):
-            if result.starts[at + slot] >= 0 and _value_kind(
-                buf, result.starts[at + slot], result.stops[at + slot], &body_start, &body_stop, &value
-            ) < 0:
-                return None
     return result
 
 
@@ -630,11 +665,32 @@ def fold(processor, SpanScan scanned, str tenant, object stats, object parse_spa
     cdef list resources = [None] * layout.resource_count
     cdef list resource_keys = [None] * layout.resource_count
     cdef list counts = [0] * layout.resource_count
+    # A run repeats its few resources: equal bytes are taken from their first occurrence (one
+    # bytes object, its hash computed once), compared in C; the calls below stay one per
+    # resource, in order (the resource cache's order is the same).
+    cdef list every_key = [None] * layout.resource_count
+    cdef Py_ssize_t[32] distinct
+    cdef Py_ssize_t distinct_count = 0, seen
+    cdef _Range one, other
     for index in range(layout.span_count):
         counts[layout.spans[index].resource] += 1
     pending = processor._pending
     for resource_index in range(layout.resource_count):
-        resource_bytes = layout.resource_bytes(buf, resource_index)
+        one = layout.resources[resource_index]
+        resource_bytes = None
+        for seen in range(distinct_count):
+            other = layout.resources[distinct[seen]]
+            if other.stop - other.start == one.stop - one.start and memcmp(
+                buf + other.start, buf + one.start, one.stop - one.start
+            ) == 0:
+                resource_bytes = every_key[distinct[seen]]
+                break
+        if resource_bytes is None:
+            resource_bytes = layout.resource_bytes(buf, resource_index)
+            if distinct_count < 32:
+                distinct[distinct_count] = resource_index
+                distinct_count += 1
+        every_key[resource_index] = resource_bytes
         resource = processor._resource_from_bytes(resource_bytes)
         if resource is None:
             stats.skipped_no_service += counts[resource_index]
@@ -958,6 +1014,231 @@ cdef bint _utf8_valid(const unsigned char* text, Py_ssize_t size) noexcept nogil
     return True
 
 
+# ------------------------------------------------------------------------------ validation
+#
+# Whether protobuf's parser (upb) accepts a record, answered in C so that protobuf need not parse
+# what the scanners read anyway. Only "yes, it parses" is ever concluded here: anything this walk
+# does not check (a declared field of a kind not listed below, a wire type other than the
+# declared one, groups, nesting beyond _VALID_DEPTH, over-long tags) is refused, and the caller
+# then asks protobuf, which decides as before.
+
+cdef enum:
+    _F_UNKNOWN = 0  # not declared: any well-formed field of wire type 0, 1, 2 or 5 (upb keeps it)
+    _F_VARINT = 1  # int32/64, uint32/64, sint32/64, bool, enum: wire type 0, at most 10 bytes
+    _F_FIXED64 = 2  # fixed64, sfixed64, double: wire type 1
+    _F_FIXED32 = 3  # fixed32, sfixed32, float: wire type 5
+    _F_BYTES = 4  # bytes: wire type 2
+    _F_STRING = 5  # string: wire type 2, valid UTF-8 (proto3)
+    _F_MESSAGE = 6  # a message (maps too: their entries are messages): wire type 2, valid itself
+    _F_REFUSE = 7  # declared, but not checked here (repeated scalars may be packed, groups)
+
+cdef enum:
+    #: Nested messages checked (upb refuses beyond 100 levels, counted from the request).
+    _VALID_DEPTH = 64
+
+
+cdef struct _Field:
+    int kind
+    #: For _F_MESSAGE: the index of its message type in the schema.
+    Py_ssize_t message
+
+
+cdef class Schema:
+    """A protobuf message type and every message type it reaches, as tables of field kinds by
+    field number, for :func:`valid`. Built once from the message's descriptor."""
+
+    cdef _Field* fields
+    #: Per message type: where its fields start in ``fields``, and one past its largest number.
+    cdef Py_ssize_t* offsets
+    cdef Py_ssize_t* limits
+    cdef Py_ssize_t count
+
+    def __cinit__(self, descriptor):
+        cdef list order = [descriptor]
+        cdef dict index_of = {descriptor.full_name: 0}
+        cdef Py_ssize_t at = 0, total = 0, number
+        while at < len(order):
+            for field in order[at].fields:
+                sub = field.message_type
+                if sub is not None and sub.full_name not in index_of:
+                    index_of[sub.full_name] = len(order)
+                    order.append(sub)
+            at += 1
+        self.count = len(order)
+        limits = [max([field.number for field in message.fields], default=0) + 1 for message in order]
+        for limit in limits:
+            if limit > 1 << 16:
+                raise ValueError("field numbers this large are not tabled")
+            total += limit
+        self.fields = <_Field*>malloc((total + 1) * sizeof(_Field))
+        self.offsets = <Py_ssize_t*>malloc((self.count + 1) * sizeof(Py_ssize_t))
+        self.limits = <Py_ssize_t*>malloc((self.count + 1) * sizeof(Py_ssize_t))
+        if self.fields == NULL or self.offsets == NULL or self.limits == NULL:
+            raise MemoryError()
+        total = 0
+        for at in range(self.count):
+            self.offsets[at] = total
+            self.limits[at] = limits[at]
+            for number in range(limits[at]):
+                self.fields[total + number] = _Field(_F_UNKNOWN, -1)
+            for field in order[at].fields:
+                self.fields[total + field.number] = _Field(
+                    _field_kind(field), index_of[field.message_type.full_name] if field.message_type else -1
+                )
+            total += limits[at]
+
+    def __dealloc__(self):
+        free(self.fields)
+        free(self.offsets)
+        free(self.limits)
+
+    def kinds(self):
+        """Per message type (the root first), field number -> kind code: for tests."""
+        cdef Py_ssize_t at, number
+        return [
+            {number: self.fields[self.offsets[at] + number].kind for number in range(1, self.limits[at])}
+            for at in range(self.count)
+        ]
+
+
+cdef int _field_kind(object field) except -1:
+    kind = field.type
+    if kind == field.TYPE_MESSAGE:
+        return _F_MESSAGE
+    if kind == field.TYPE_STRING:
+        return _F_STRING
+    if kind == field.TYPE_BYTES:
+        return _F_BYTES
+    if field.is_repeated:
+        return _F_REFUSE  # a repeated scalar may come packed or not: not checked here
+    if kind in (
+        field.TYPE_INT32, field.TYPE_INT64, field.TYPE_UINT32, field.TYPE_UINT64, field.TYPE_SINT32,
+        field.TYPE_SINT64, field.TYPE_BOOL, field.TYPE_ENUM,
+    ):
+        return _F_VARINT
+    if kind in (field.TYPE_FIXED64, field.TYPE_SFIXED64, field.TYPE_DOUBLE):
+        return _F_FIXED64
+    if kind in (field.TYPE_FIXED32, field.TYPE_SFIXED32, field.TYPE_FLOAT):
+        return _F_FIXED32
+    return _F_REFUSE  # groups
+
+
+cdef struct _Tables:
+    const _Field* fields
+    const Py_ssize_t* offsets
+    const Py_ssize_t* limits
+
+
+cdef inline bint _valid_varint(
+    const unsigned char* buf, Py_ssize_t end, Py_ssize_t* pos, Py_ssize_t most, uint64_t* out
+) noexcept nogil:
+    """A varint of at most ``most`` bytes (upb: 10 for values, 5 for tags and lengths)."""
+    cdef Py_ssize_t at = pos[0]
+    cdef Py_ssize_t stop = at + most
+    cdef uint64_t result = 0
+    cdef int shift = 0
+    cdef unsigned char byte
+    if stop > end:
+        stop = end
+    while at < stop:
+        byte = buf[at]
+        at += 1
+        result |= (<uint64_t>(byte & 0x7F)) << shift
+        if byte < 0x80:
+            pos[0] = at
+            out[0] = result
+            return True
+        shift += 7
+    return False
+
+
+cdef inline bint _ascii_or_utf8(const unsigned char* text, Py_ssize_t size) noexcept nogil:
+    """:func:`_utf8_valid`, eight ASCII bytes at a time first."""
+    cdef Py_ssize_t i = 0
+    cdef uint64_t word
+    while i + 8 <= size:
+        memcpy(&word, text + i, 8)
+        if word & 0x8080808080808080ULL:
+            return _utf8_valid(text + i, size - i)
+        i += 8
+    while i < size:
+        if text[i] >= 0x80:
+            return _utf8_valid(text + i, size - i)
+        i += 1
+    return True
+
+
+cdef bint _valid_message(
+    const unsigned char* buf, Py_ssize_t pos, Py_ssize_t end, const _Tables* tables, Py_ssize_t message,
+    int depth,
+) noexcept nogil:
+    """Whether [pos, end) is a message of type ``message`` that upb parses (see above)."""
+    cdef uint64_t tag, value
+    cdef int wire, kind
+    cdef Py_ssize_t stop
+    cdef const _Field* fields = tables.fields + tables.offsets[message]
+    cdef uint64_t limit = <uint64_t>tables.limits[message]
+    cdef uint64_t number
+    if depth > _VALID_DEPTH:
+        return False
+    while pos < end:
+        # The tag: one byte for field numbers below 16, else at most 5 bytes, below 2^32.
+        tag = buf[pos]
+        if tag < 0x80:
+            pos += 1
+        elif not _valid_varint(buf, end, &pos, 5, &tag) or tag >= (<uint64_t>1 << 32):
+            return False
+        number = tag >> 3
+        wire = <int>(tag & 7)
+        if number == 0:
+            return False
+        kind = fields[number].kind if number < limit else _F_UNKNOWN
+        if wire == 2:
+            if kind != _F_UNKNOWN and kind != _F_STRING and kind != _F_BYTES and kind != _F_MESSAGE:
+                return False
+            # The length: at most 5 bytes, below 2^31, within the message.
+            if pos < end and buf[pos] < 0x80:
+                value = buf[pos]
+                pos += 1
+            elif not _valid_varint(buf, end, &pos, 5, &value) or value >= (<uint64_t>1 << 31):
+                return False
+            if value > <uint64_t>(end - pos):
+                return False
+            stop = pos + <Py_ssize_t>value
+            if kind == _F_STRING:
+                if not _ascii_or_utf8(buf + pos, stop - pos):
+                    return False
+            elif kind == _F_MESSAGE:
+                if not _valid_message(buf, pos, stop, tables, fields[number].message, depth + 1):
+                    return False
+            pos = stop
+        elif wire == 0:
+            if (kind != _F_UNKNOWN and kind != _F_VARINT) or not _valid_varint(buf, end, &pos, 10, &value):
+                return False
+        elif wire == 1:
+            if (kind != _F_UNKNOWN and kind != _F_FIXED64) or end - pos < 8:
+                return False
+            pos += 8
+        elif wire == 5:
+            if (kind != _F_UNKNOWN and kind != _F_FIXED32) or end - pos < 4:
+                return False
+            pos += 4
+        else:
+            return False  # groups (3, 4) and the invalid wire types 6 and 7
+    return True
+
+
+def valid(bytes data, Schema schema):
+    """True only if protobuf's parser accepts ``data`` as ``schema``'s message type; False when it
+    refuses it or when this check cannot tell (ask protobuf). Every read is bounds-checked."""
+    cdef _Tables tables = _Tables(schema.fields, schema.offsets, schema.limits)
+    cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
+    cdef bint accepted
+    with nogil:
+        accepted = _valid_message(buf, 0, size, &tables, 0, 1)
+    return accepted
+
 @cython.freelist(1024)
 cdef class Edge:
     """``servicegraphs.pending.Edge`` with its fields in the object itself: the compiled observe
@@ -1052,6 +1333,8 @@ cdef class EdgeScan:
     #: its first occurrence in the layout, and how many spans all its occurrences hold.
     cdef Py_ssize_t* distinct
     cdef Py_ssize_t* span_counts
+    #: Per resource of the layout: its index among the distinct ones.
+    cdef Py_ssize_t* distinct_of
     cdef Py_ssize_t distinct_count
     cdef Py_ssize_t key_count
     cdef Py_ssize_t count
@@ -1063,6 +1346,7 @@ cdef class EdgeScan:
         free(self.stops)
         free(self.distinct)
         free(self.span_counts)
+        free(self.distinct_of)
 
     def __len__(self):
         return self.count
@@ -1092,16 +1376,75 @@ def scan_edges(bytes data, tuple keys, object slow):
     """
     cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef Py_ssize_t key_count = len(keys)
-    cdef Py_ssize_t index, key, at, body_start, body_stop, total
-    cdef uint64_t value
-    cdef int kind
+    cdef Py_ssize_t index, at
     cdef _Range where
-    for name in keys:
-        if not isinstance(name, bytes):
-            raise TypeError("attribute names are bytes")
+    cdef _Keys names = _Keys(keys)
     cdef _Layout layout = _layout(buf, PyBytes_GET_SIZE(data))
     if layout is None:
         return None
+    cdef EdgeScan result = _new_edge_scan(data, layout, buf, key_count)
+    for index in range(layout.span_count):
+        where = layout.spans[index]
+        at = result.count * key_count
+        # Read in place: kept when it is an edge span, else overwritten by the next.
+        if _read_span(
+            buf, where.start, where.stop, names, key_count, result.starts + at, result.stops + at,
+            result.spans + result.count,
+        ) < 0:
+            return None
+        if _add_edge_span(
+            result, buf, where.resource, result.spans + result.count, result.starts + at, result.stops + at, slow
+        ) < 0:
+            return None
+    return result
+
+
+def scan_both(bytes data, tuple slot_names, tuple keys, object slow):
+    """:func:`scan` and :func:`scan_edges` in one walk of ``data``: (a :class:`SpanScan` or None,
+    an :class:`EdgeScan` or None), each exactly what its own function returns, except that the
+    edges are None too when the span scan is (then nothing is read natively)."""
+    cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t slot_count = len(slot_names)
+    cdef Py_ssize_t key_count = len(keys)
+    cdef Py_ssize_t index, slot, at, body_start, body_stop
+    cdef uint64_t value
+    cdef _Range where
+    cdef bint edges_read = True
+    cdef _Keys names = _Keys(slot_names + keys)
+    cdef _Layout layout = _layout(buf, PyBytes_GET_SIZE(data))
+    if layout is None:
+        return None, None
+    cdef SpanScan result = _new_span_scan(data, layout, slot_count)
+    cdef EdgeScan edges = _new_edge_scan(data, layout, buf, key_count)
+    # Each span's value ranges for the slots, then for the keys: copied out, as each scan keeps them.
+    cdef _Values values = _Values(slot_count + key_count)
+    for index in range(layout.span_count):
+        where = layout.spans[index]
+        at = index * slot_count
+        if _read_span(
+            buf, where.start, where.stop, names, slot_count + key_count, values.starts, values.stops,
+            result.spans + index,
+        ) < 0:
+            return None, None
+        memcpy(result.starts + at, values.starts, slot_count * sizeof(Py_ssize_t))
+        memcpy(result.stops + at, values.stops, slot_count * sizeof(Py_ssize_t))
+        for slot in range(slot_count):
+            if result.starts[at + slot] >= 0 and _value_kind(
+                buf, result.starts[at + slot], result.stops[at + slot], &body_start, &body_stop, &value
+            ) < 0:
+                return None, None
+        if edges_read and _add_edge_span(
+            edges, buf, where.resource, result.spans + index, values.starts + slot_count,
+            values.stops + slot_count, slow,
+        ) < 0:
+            edges_read = False
+    return result, (edges if edges_read else None)
+
+
+cdef EdgeScan _new_edge_scan(bytes data, _Layout layout, const unsigned char* buf, Py_ssize_t key_count):
+    """An empty :class:`EdgeScan` with room for every span of ``layout``, equal resources found."""
+    cdef Py_ssize_t index, seen, total
+    cdef _Range one, other
     cdef EdgeScan result = EdgeScan.__new__(EdgeScan)
     result.data = data
     result.layout = layout
@@ -1113,74 +1456,68 @@ def scan_edges(bytes data, tuple keys, object slow):
     result.stops = <Py_ssize_t*>malloc((total * key_count + 1) * sizeof(Py_ssize_t))
     result.span_counts = <Py_ssize_t*>malloc((layout.resource_count + 1) * sizeof(Py_ssize_t))
     result.distinct = <Py_ssize_t*>malloc((layout.resource_count + 1) * sizeof(Py_ssize_t))
-    cdef Py_ssize_t* distinct_of = <Py_ssize_t*>malloc((layout.resource_count + 1) * sizeof(Py_ssize_t))
+    result.distinct_of = <Py_ssize_t*>malloc((layout.resource_count + 1) * sizeof(Py_ssize_t))
     if (
         result.spans == NULL or result.resource_of == NULL or result.starts == NULL
         or result.stops == NULL or result.span_counts == NULL or result.distinct == NULL
-        or distinct_of == NULL
+        or result.distinct_of == NULL
     ):
-        free(distinct_of)
         raise MemoryError()
-    cdef _Range one, other
-    cdef Py_ssize_t seen
     for index in range(layout.resource_count):
         one = layout.resources[index]
-        distinct_of[index] = -1
+        result.distinct_of[index] = -1
         for seen in range(min(result.distinct_count, _DISTINCT_COMPARED)):
             other = layout.resources[result.distinct[seen]]
             if other.stop - other.start == one.stop - one.start and memcmp(
                 buf + other.start, buf + one.start, one.stop - one.start
             ) == 0:
-                distinct_of[index] = seen
+                result.distinct_of[index] = seen
                 break
-        if distinct_of[index] < 0:
-            distinct_of[index] = result.distinct_count
+        if result.distinct_of[index] < 0:
+            result.distinct_of[index] = result.distinct_count
             result.distinct[result.distinct_count] = index
             result.span_counts[result.distinct_count] = 0
             result.distinct_count += 1
-    try:
-        return _scan_edge_spans(result, layout, buf, keys, key_count, distinct_of, slow)
-    finally:
-        free(distinct_of)
+    return result
 
 
-cdef EdgeScan _scan_edge_spans(
-    EdgeScan result, _Layout layout, const unsigned char* buf, tuple keys, Py_ssize_t key_count,
-    const Py_ssize_t* distinct_of, object slow,
-):
-    cdef Py_ssize_t index, key, at, body_start, body_stop
+cdef int _add_edge_span(
+    EdgeScan result, const unsigned char* buf, Py_ssize_t resource, const _Span* span,
+    const Py_ssize_t* starts, const Py_ssize_t* stops, object slow,
+) except -2:
+    """One span read by :func:`_read_span` (its fields, its values' ranges for the result's keys):
+    counted under its resource; kept when it is an edge span, its values checked.
+    NOT_HANDLED when a value is not read exactly as the pure path reads it."""
+    cdef Py_ssize_t key, body_start, body_stop
+    cdef Py_ssize_t key_count = result.key_count
+    cdef Py_ssize_t at = result.count * key_count
     cdef uint64_t value
     cdef int kind
-    cdef _Range where
-    for index in range(layout.span_count):
-        where = layout.spans[index]
-        at = result.count * key_count
-        if _read_span(
-            buf, where.start, where.stop, keys, key_count, result.starts + at, result.stops + at,
-            result.spans + result.count,
-        ) < 0:
-            return None
-        result.span_counts[distinct_of[where.resource]] += 1
-        if result.spans[result.count].kind < 2 or result.spans[result.count].kind > 5:
-            continue  # not an edge span: internal or unspecified
-        for key in range(key_count):
-            if result.starts[at + key] < 0:
-                continue
-            kind = _value_kind(buf, result.starts[at + key], result.stops[at + key], &body_start, &body_stop, &value)
-            if kind == NOT_HANDLED:
-                return None
-            if kind == 1 and not _utf8_valid(buf + body_start, body_stop - body_start):
-                return None  # protobuf refuses the record: the pure path decides
-            if kind == 9:
-                try:
-                    slow(PyBytes_FromStringAndSize(
-                        <const char*>buf + result.starts[at + key], result.stops[at + key] - result.starts[at + key]
-                    ))
-                except Exception:
-                    return None
-        result.resource_of[result.count] = distinct_of[where.resource]
-        result.count += 1
-    return result
+    result.span_counts[result.distinct_of[resource]] += 1
+    if span.kind < 2 or span.kind > 5:
+        return 0  # not an edge span: internal or unspecified
+    for key in range(key_count):
+        if starts[key] < 0:
+            continue
+        kind = _value_kind(buf, starts[key], stops[key], &body_start, &body_stop, &value)
+        if kind == NOT_HANDLED:
+            return NOT_HANDLED
+        if kind == 1 and not _utf8_valid(buf + body_start, body_stop - body_start):
+            return NOT_HANDLED  # protobuf refuses the record: the pure path decides
+        if kind == 9:
+            try:
+                slow(PyBytes_FromStringAndSize(<const char*>buf + starts[key], stops[key] - starts[key]))
+            except Exception:
+                return NOT_HANDLED
+    # In place when read there (scan_edges), else copied (scan_both).
+    if result.starts + at != starts:
+        memcpy(result.starts + at, starts, key_count * sizeof(Py_ssize_t))
+        memcpy(result.stops + at, stops, key_count * sizeof(Py_ssize_t))
+    if result.spans + result.count != span:
+        result.spans[result.count] = span[0]
+    result.resource_of[result.count] = result.distinct_of[resource]
+    result.count += 1
+    return 0
 
 
 cdef class EdgeContext:

@@ -11,8 +11,17 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from worker.config import Settings
 from worker.model.series import SERIES_ID_SEPARATOR, MetricDescriptor, TenantDeltas, merge_deltas
-from worker.otlp.batch import BatchScopeSpans, BatchSpan, ResourceGroup, SpanBatch, group_request, parse_batch
+from worker.otlp.batch import (
+    BatchRequest,
+    BatchScopeSpans,
+    BatchSpan,
+    ResourceGroup,
+    SpanBatch,
+    group_request,
+    parse_batch,
+)
 from worker.otlp.decode import Decoded, decode_spans_proto
+from worker.processors import native
 from worker.processors.base import PipelineStats, Processor
 from worker.processors.servicegraphs.processor import (
     DROPPED_SPANS_TOTAL,
@@ -25,11 +34,24 @@ from worker.processors.tempospanmetrics.hostinfo import HostInfoProcessor
 from worker.processors.tempospanmetrics.processor import SCOPE_NAME as TEMPO_SCOPE
 from worker.processors.tempospanmetrics.processor import TempoSpanMetricsProcessor
 
-__all__ = ["NativeRun", "Pipeline", "PipelineStats"]
+__all__ = ["NativeRun", "Pipeline", "PipelineStats", "check_parses"]
 
 #: Service-graph metrics Tempo's docs list but Tempo never emits (they come from the Grafana
 #: Agent's processor): left out in ``metrics_generator`` mode.
 _NOT_IN_TEMPO = frozenset((UNPAIRED_SPANS_TOTAL, DROPPED_SPANS_TOTAL))
+
+_NATIVE = native.load()
+#: The batch schema's tables for the compiled check that protobuf would parse a record.
+_SCHEMA = _NATIVE.Schema(BatchRequest.DESCRIPTOR) if _NATIVE is not None else None
+
+
+def check_parses(data: bytes) -> bool:
+    """Raise OtlpDecodeError exactly when :func:`parse_batch` refuses ``data``, without
+    protobuf when the compiled check accepts it (True); else protobuf parses it (False)."""
+    if _SCHEMA is not None and _NATIVE is not None and _NATIVE.valid(data, _SCHEMA):
+        return True
+    parse_batch(data)
+    return False
 
 
 @dataclass(slots=True)
@@ -165,9 +187,10 @@ class Pipeline:
         """Records' bytes (one or several joined) for :meth:`consume_decoded`; raises
         OtlpDecodeError exactly when :func:`decode_spans_proto` does.
 
-        On the native path protobuf still parses the bytes first (it alone decides what is
-        undecodable); the scanner then reads them for span metrics, or declines and the pure
-        path decodes them. Nothing is aggregated here.
+        On the native path the bytes are first checked to be what protobuf parses: in C when
+        the compiled check accepts them, else by protobuf itself, which alone decides what is
+        undecodable (:func:`check_parses`); the scanner then reads them for span metrics, or
+        declines and the pure path decodes them. Nothing is aggregated here.
         """
         spanmetrics = self.spanmetrics
         if self.ingest_path != "native" or spanmetrics is None:
@@ -178,15 +201,16 @@ class Pipeline:
             decoded = decode_spans_proto(data)
             scanned = spanmetrics.scan(data)
             return decoded if scanned is None else NativeRun(scanned, decoded)
-        parse_batch(data)
-        scanned = spanmetrics.scan(data)
+        check_parses(data)
+        if not edges_native:
+            scanned = spanmetrics.scan(data)
+            return decode_spans_proto(data) if scanned is None else NativeRun(scanned, None)
+        assert servicegraphs is not None
+        # Both scanners in one walk of the bytes.
+        scanned, edges = spanmetrics.scan_with_edges(data, *servicegraphs.scan_arguments)
         if scanned is None:
             return decode_spans_proto(data)
-        if not edges_native:
-            return NativeRun(scanned, None)
-        assert servicegraphs is not None
-        edges = servicegraphs.scan(data)
-        if edges is None:
+        if edges is None or not servicegraphs.native_ready:
             return NativeRun(scanned, decode_spans_proto(data))
         return NativeRun(scanned, None, edges)
 

@@ -462,6 +462,13 @@ class ServiceGraphsProcessor:
             return None
         return _NATIVE.scan_edges(data, self._span_key_bytes, _tempo_string_of_bytes)
 
+    @property
+    def scan_arguments(self) -> tuple[tuple[bytes, ...], Callable[[bytes], str]]:
+        """What :meth:`scan` passes the compiled scanner besides the bytes (the attribute names it
+        reads, the Tempo string of a rarer value), for a walk shared with span metrics
+        (``SpanMetricsProcessor.scan_with_edges``)."""
+        return self._span_key_bytes, _tempo_string_of_bytes
+
     def consume_scanned(self, scanned: EdgeScan, tenant: str, partition: int = 0) -> ServiceGraphStats:
         """:meth:`consume` of what :meth:`scan` read: the same deltas and pending edges."""
         stats = ServiceGraphStats()

@@ -375,6 +375,17 @@ class SpanMetricsProcessor:
         resources = _NATIVE.scan(data, names)
         return None if resources is None else Scanned(data, resources)
 
+    def scan_with_edges(
+        self, data: bytes, keys: tuple[bytes, ...], slow: Callable[[bytes], str]
+    ) -> tuple[Scanned | None, Any]:
+        """:meth:`scan` and the service graphs' edge scan (``keys``, ``slow``: their
+        ``scan_arguments``) in one walk of ``data``: (what :meth:`scan` returns, the edge scan
+        or None when it declines); (None, None) when the span scan declines."""
+        if _NATIVE is None or not self.native_ready:
+            return None, None
+        resources, edges = _NATIVE.scan_both(data, self._slot_encoded, keys, slow)
+        return (None, None) if resources is None else (Scanned(data, resources), edges)
+
     def consume_scanned(self, scanned: Scanned, tenant: str) -> ConsumeStats:
         """:meth:`consume` of what :meth:`scan` read: the same deltas, through the compiled fold."""
         assert _NATIVE is not None
