@@ -70,7 +70,7 @@ cdef inline int _fixed64(Buf* buf, unsigned char tag, uint64_t value) except -1:
 
 
 cdef inline int _double(Buf* buf, unsigned char tag, double value) except -1:
-    cdef uint64_t bits
+    cdef uint64_t bits = 0
     memcpy(&bits, &value, 8)
     return _fixed64(buf, tag, bits)
 
@@ -229,7 +229,7 @@ cdef int _exemplars(Buf* buf, unsigned char tag, object exemplars, uint64_t now_
     """Exemplar{time=2 (the flush time), as_double=3, span_id=4, trace_id=5} fields; 0 (the point
     is dropped) when one is not a 4-tuple of bytes, bytes, float, any; 1 when written."""
     cdef Py_ssize_t start
-    cdef double value
+    cdef double value = 0.0
     cdef object trace_id
     cdef object span_id
     if type(exemplars) is not list:
@@ -270,7 +270,7 @@ cdef inline int _zeros(Buf* buf, Py_ssize_t count) except -1:
 
 cdef int _sum_point(Buf* buf, _Plan plan, object item, bytes blob, uint64_t start, bint zero, uint64_t zero_ns) except -1:
     """NumberDataPoint{start=2, time=3, exemplars=5, as_int=6, attributes=7}, after its zero point."""
-    cdef int64_t count
+    cdef int64_t count = 0
     cdef Py_ssize_t opened
     if not _int64(item.count, &count):
         return False
@@ -300,9 +300,9 @@ cdef int _sum_point(Buf* buf, _Plan plan, object item, bytes blob, uint64_t star
 cdef int _histogram_point(Buf* buf, _Plan plan, object item, bytes blob, uint64_t start, bint zero, uint64_t zero_ns) except -1:
     """HistogramDataPoint{start=2, time=3, count=4, sum=5, bucket_counts=6, explicit_bounds=7,
     exemplars=8, attributes=9}, after its zero point (no count, no sum, every bucket 0)."""
-    cdef uint64_t count
-    cdef uint64_t bucket
-    cdef double total
+    cdef uint64_t count = 0
+    cdef uint64_t bucket = 0
+    cdef double total = 0.0
     cdef Py_ssize_t opened
     cdef Py_ssize_t buckets_size
     cdef Py_ssize_t i
@@ -399,6 +399,18 @@ cdef int _point(Buf* buf, _Plan plan, object item, object point_attributes) exce
 
 
 # ---------------------------------------------------------------------------------- grouping
+
+#: Series between two hand-overs of the GIL: the encoder runs in a thread beside the event loop,
+#: which must not wait for a whole slot (a pure-Python loop hands the GIL over every 5 ms; this
+#: lets a waiting thread take it at least as often: 1,024 series take well under 5 ms).
+cdef Py_ssize_t YIELD_EVERY = 1024
+
+
+cdef inline void _let_others_run() noexcept:
+    """Release the GIL and take it back: a thread waiting for it (the event loop's) runs first."""
+    with nogil:
+        pass
+
 
 
 cdef struct Record:
@@ -579,7 +591,7 @@ cdef class Requests:
     cdef list _pieces(self, bytes resource, _Group group):
         """``metrics_encoder._resource_pieces``: the resource's records split into runs whose
         ``body + 8`` fit ``max_bytes`` (or of one series), as (start, end, size, points)."""
-        cdef Py_ssize_t points, size, length, parts, step, extra, index, start, end, stop
+        cdef Py_ssize_t points = 0, size, length, parts, step, extra, index, start, end, stop
         cdef list chunks
         cdef list out = []
         cdef list pieces
@@ -633,7 +645,7 @@ cdef class Requests:
 
     def __next__(self) -> tuple[bytes, bytes | None, int]:
         cdef tuple result = None
-        cdef Py_ssize_t start, end, size, points, built
+        cdef Py_ssize_t start, end, size, points = 0, built
         cdef _Group group
         while True:
             if self.pieces is None or self.next_piece >= len(self.pieces):
@@ -714,6 +726,7 @@ def encode(
     cdef _Metric previous = None
     cdef _Group group
     cdef dict pending = {}
+    cdef Py_ssize_t done = 0
     if type(max_bytes) is not int or max_bytes < 1:
         return None
     requests.max_bytes = min(max_bytes, 1 << 50)  # no body comes near: the same as any above
@@ -747,6 +760,9 @@ def encode(
     requests.parts = []
     requests.resource_body = resource_body
     for item in series:
+        done += 1
+        if done % YIELD_EVERY == 0:
+            _let_others_run()
         resource_id = item.resource_id
         found = pending.get(resource_id)
         if found is None:
@@ -769,10 +785,14 @@ def fit_all(object series, object fit) -> None:
     """``fit(one)`` (``metrics_encoder.fit_otlp``) for each series that may hold a value outside
     its OTLP field: a count that is not an int in [0, int64 max], or an exemplar whose time is
     not an int in [0, uint64 max] (or anything unusual); the others need nothing."""
-    cdef int64_t count
-    cdef uint64_t time_ns
+    cdef int64_t count = 0
+    cdef uint64_t time_ns = 0
     cdef bint fits
+    cdef Py_ssize_t done = 0
     for item in series:
+        done += 1
+        if done % YIELD_EVERY == 0:
+            _let_others_run()
         fits = _int64(item.count, &count) and count >= 0
         if fits:
             exemplars = item.exemplars

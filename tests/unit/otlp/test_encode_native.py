@@ -4,7 +4,11 @@ requests byte for byte (data, key, data points), the same exception, the same fi
 from __future__ import annotations
 
 import copy
+import itertools
 import math
+import sys
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -299,3 +303,41 @@ def test_the_compiled_encoder_is_the_default_and_the_environment_turns_it_off(
     assert metrics_encoder.encode_path() == "native"
     monkeypatch.setenv(NO_EXTENSIONS_ENV, "1")
     assert load("worker.otlp._encode") is None
+
+
+def test_other_threads_run_while_a_large_slot_is_encoded() -> None:
+    """The encoder runs in a thread beside the event loop: it hands the GIL over as it goes
+    (a call that held it throughout would let the other thread run only after it returned)."""
+    assert COMPILED is not None
+    items = list(_span_series(100_000, resources=20))
+    plans = metrics_encoder._plans(DESCRIPTORS, 2, NOW, False)
+    ticks: list[float] = []
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    try:
+        time.sleep(0.01)
+        started = time.perf_counter()
+        COMPILED.fit_all(items, metrics_encoder.fit_otlp)
+        requests = COMPILED.encode(
+            items, plans, NOW, 1 << 20, lambda _: b"", metrics_encoder._point_attributes
+        )
+        ended = time.perf_counter()
+    finally:
+        stop.set()
+        ticker.join()
+        sys.setswitchinterval(interval)
+    assert requests is not None
+    # The other thread's longest wait during the call (its ticks around the call included):
+    # about the call's length if the GIL were held throughout, a few ms when handed over.
+    around = [t for t in ticks if t <= started][-1:] + [t for t in ticks if started < t < ended]
+    around += [t for t in ticks if t >= ended][:1]
+    longest = max(later - earlier for earlier, later in itertools.pairwise(around))
+    assert longest < 0.5 * (ended - started), f"waited {longest:.3f} s of {ended - started:.3f} s"
