@@ -5,9 +5,12 @@ resource as ``metrics_encoder`` groups them; any other series is handed to the p
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.float cimport PyFloat_AS_DOUBLE
+from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memmove
+
+from worker.model.series import Series
 
 # A series is written here only when every value it holds is one the pure encoder writes the
 # same way (exact ints within their field, floats, bytes ids, a list of bytes attribute parts);
@@ -19,8 +22,8 @@ cdef enum:
     KIND_SUM = 1
     KIND_HISTOGRAM = 2
     KIND_INFO = 4
-    #: Bytes kept free before a data point's body for its tag and varint length.
-    HEAD_ROOM = 11
+    #: Bytes kept before a length-delimited body for its tag and varint length.
+    HEAD_ROOM = 3
 
 
 cdef struct Buf:
@@ -112,7 +115,8 @@ cdef inline int _message(Buf* buf, unsigned char tag, bytes body) except -1:
 
 
 cdef inline Py_ssize_t _open(Buf* buf) except -1:
-    """Start a length-delimited field: room for its tag and length; returns where it starts."""
+    """Start a length-delimited field: room for its tag and a 2-byte length (a body of 128 to
+    16,383 bytes, as most data points are); returns where it starts."""
     cdef Py_ssize_t start = buf.size
     _reserve(buf, HEAD_ROOM)
     buf.size += HEAD_ROOM
@@ -120,15 +124,74 @@ cdef inline Py_ssize_t _open(Buf* buf) except -1:
 
 
 cdef inline int _close(Buf* buf, Py_ssize_t start, unsigned char tag) except -1:
-    """End the field opened at ``start``: its tag and length right before its body."""
+    """End the field opened at ``start``: its tag and length right before its body (moved when
+    the length takes other than 2 bytes)."""
     cdef Py_ssize_t body = start + HEAD_ROOM
     cdef Py_ssize_t size = buf.size - body
     cdef int width = _varint_size(<uint64_t>size)
+    if width != HEAD_ROOM - 1:
+        _reserve(buf, width)  # a longer length moves the body further
+        memmove(buf.data + start + 1 + width, buf.data + body, size)
     buf.data[start] = tag
     _put_varint(buf.data + start + 1, <uint64_t>size)
-    memmove(buf.data + start + 1 + width, buf.data + body, size)
     buf.size = start + 1 + width + size
     return 0
+
+
+# ---------------------------------------------------------------------------------- series fields
+
+# A Series is a slots dataclass: its fields are read at their slot offsets (what the member
+# descriptor's get does, without the type lookup); any other object, an unset slot, or a layout
+# other than expected goes through getattr.
+
+cdef extern from "Python.h":
+    ctypedef struct PyMemberDef:
+        int type
+        Py_ssize_t offset
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef* d_member
+
+cdef object _SERIES = Series
+
+
+cdef Py_ssize_t _offset(str name):
+    descriptor = _SERIES.__dict__.get(name)
+    if type(descriptor) is not type(Series.count) or descriptor.__objclass__ is not _SERIES:
+        return -1
+    member = (<PyMemberDescrObject*><PyObject*>descriptor).d_member
+    if member.type != 16:  # T_OBJECT_EX: a slot
+        return -1
+    return member.offset
+
+
+cdef Py_ssize_t F_RESOURCE_ID = _offset("resource_id")
+cdef Py_ssize_t F_METRIC = _offset("metric")
+cdef Py_ssize_t F_COMPANION = _offset("companion")
+cdef Py_ssize_t F_START_NS = _offset("start_ns")
+cdef Py_ssize_t F_ZERO_NS = _offset("zero_ns")
+cdef Py_ssize_t F_COUNT = _offset("count")
+cdef Py_ssize_t F_SUM = _offset("sum")
+cdef Py_ssize_t F_BUCKETS = _offset("buckets")
+cdef Py_ssize_t F_EXEMPLARS = _offset("exemplars")
+cdef Py_ssize_t F_ATTRIBUTE_PARTS = _offset("attribute_parts")
+
+
+def fields_at_slots() -> bool:
+    """Whether every Series field this module reads is read at its slot (else by getattr)."""
+    return min(
+        F_RESOURCE_ID, F_METRIC, F_COMPANION, F_START_NS, F_ZERO_NS, F_COUNT, F_SUM, F_BUCKETS,
+        F_EXEMPLARS, F_ATTRIBUTE_PARTS,
+    ) >= 0
+
+
+cdef inline object _field(object item, Py_ssize_t offset, str name):
+    """``getattr(item, name)``, read at the slot when ``item`` is exactly a Series."""
+    cdef PyObject* value
+    if offset >= 0 and type(item) is _SERIES:
+        value = (<PyObject**>((<char*><PyObject*>item) + offset))[0]
+        if value != NULL:
+            return <object>value
+    return getattr(item, name)
 
 
 # ---------------------------------------------------------------------------------- values
@@ -199,7 +262,7 @@ cdef class _Plan:
 
 cdef object _attributes(_Plan plan, object item, object point_attributes):
     """The point's ``attributes`` fields, as ``metrics_encoder._point_attributes`` writes them."""
-    cdef object parts = item.attribute_parts
+    cdef object parts = _field(item, F_ATTRIBUTE_PARTS, "attribute_parts")
     cdef Py_ssize_t size = 0
     cdef Py_ssize_t count
     cdef Py_ssize_t i
@@ -272,7 +335,7 @@ cdef int _sum_point(Buf* buf, _Plan plan, object item, bytes blob, uint64_t star
     """NumberDataPoint{start=2, time=3, exemplars=5, as_int=6, attributes=7}, after its zero point."""
     cdef int64_t count = 0
     cdef Py_ssize_t opened
-    if not _int64(item.count, &count):
+    if not _int64(_field(item, F_COUNT, "count"), &count):
         return False
     if zero:
         opened = _open(buf)
@@ -287,7 +350,7 @@ cdef int _sum_point(Buf* buf, _Plan plan, object item, bytes blob, uint64_t star
         _fixed64(buf, 0x11, start)
     if plan.now_ns:
         _fixed64(buf, 0x19, plan.now_ns)
-    exemplars = item.exemplars
+    exemplars = _field(item, F_EXEMPLARS, "exemplars")
     if exemplars:
         if not _exemplars(buf, 0x2a, exemplars, plan.now_ns):
             return False
@@ -306,8 +369,8 @@ cdef int _histogram_point(Buf* buf, _Plan plan, object item, bytes blob, uint64_
     cdef Py_ssize_t opened
     cdef Py_ssize_t buckets_size
     cdef Py_ssize_t i
-    cdef object buckets = item.buckets
-    if not _uint64(item.count, &count) or not _float(item.sum, &total):
+    cdef object buckets = _field(item, F_BUCKETS, "buckets")
+    if not _uint64(_field(item, F_COUNT, "count"), &count) or not _float(_field(item, F_SUM, "sum"), &total):
         return False
     if buckets:
         if type(buckets) is not list:
@@ -346,7 +409,7 @@ cdef int _histogram_point(Buf* buf, _Plan plan, object item, bytes blob, uint64_
             _put_fixed64(buf.data + buf.size, bucket)
             buf.size += 8
     _write(buf, <const unsigned char*>PyBytes_AS_STRING(plan.bounds_field), PyBytes_GET_SIZE(plan.bounds_field))
-    exemplars = item.exemplars
+    exemplars = _field(item, F_EXEMPLARS, "exemplars")
     if exemplars:
         if not _exemplars(buf, 0x42, exemplars, plan.now_ns):
             return False
@@ -369,9 +432,9 @@ cdef int _point(Buf* buf, _Plan plan, object item, object point_attributes) exce
     if plan.kind == KIND_OTHER:
         return 0
     if plan.kind != KIND_INFO:
-        if not _uint64(item.start_ns, &start):
+        if not _uint64(_field(item, F_START_NS, "start_ns"), &start):
             return 0
-        zero_value = item.zero_ns
+        zero_value = _field(item, F_ZERO_NS, "zero_ns")
         if type(zero_value) is not int:
             return 0
         if 0 < zero_value < plan.zero_before:
@@ -688,7 +751,7 @@ cdef int _add(Requests requests, _Group group, Py_ssize_t metric, _Plan plan, ob
         record.offset = 0
         record.weight = 0
         return 0
-    zero_value = item.zero_ns
+    zero_value = _field(item, F_ZERO_NS, "zero_ns")
     if type(zero_value) is int:
         record.weight = 2 if 0 < zero_value < plan.zero_before else 1
     else:
@@ -763,7 +826,7 @@ def encode(
         done += 1
         if done % YIELD_EVERY == 0:
             _let_others_run()
-        resource_id = item.resource_id
+        resource_id = _field(item, F_RESOURCE_ID, "resource_id")
         found = pending.get(resource_id)
         if found is None:
             group = _Group.__new__(_Group)
@@ -772,9 +835,9 @@ def encode(
             requests.groups.append(group)
         else:
             group = <_Group>found
-        name = item.metric
+        name = _field(item, F_METRIC, "metric")
         _add(requests, group, index_of.get(name, -1), <_Plan>compiled.get(name), item, point_attributes)
-        companion = item.companion
+        companion = _field(item, F_COMPANION, "companion")
         if companion is not None:
             # The counter this series stands for, right after it (``with_companions``).
             _add(requests, group, index_of.get(companion, -1), <_Plan>compiled.get(companion), item, point_attributes)
@@ -793,9 +856,9 @@ def fit_all(object series, object fit) -> None:
         done += 1
         if done % YIELD_EVERY == 0:
             _let_others_run()
-        fits = _int64(item.count, &count) and count >= 0
+        fits = _int64(_field(item, F_COUNT, "count"), &count) and count >= 0
         if fits:
-            exemplars = item.exemplars
+            exemplars = _field(item, F_EXEMPLARS, "exemplars")
             if type(exemplars) is list:
                 for exemplar in <list>exemplars:
                     if (

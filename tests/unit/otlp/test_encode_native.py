@@ -341,3 +341,20 @@ def test_other_threads_run_while_a_large_slot_is_encoded() -> None:
     around += [t for t in ticks if t >= ended][:1]
     longest = max(later - earlier for earlier, later in itertools.pairwise(around))
     assert longest < 0.5 * (ended - started), f"waited {longest:.3f} s of {ended - started:.3f} s"
+
+
+class _LikeSeries:
+    """Not a Series: the compiled encoder reads its fields by getattr."""
+
+    def __init__(self, one: Series) -> None:
+        for name in Series.__slots__:
+            setattr(self, name, getattr(one, name))
+
+
+def test_series_fields_are_read_at_their_slots_and_other_objects_by_getattr() -> None:
+    assert COMPILED is not None
+    assert COMPILED.fields_at_slots()
+    items = list(_span_series(40))
+    expected = _both(items, ZERO_DESCRIPTORS, Temporality.CUMULATIVE, NOW, 2000, slot=False)[0]
+    duck: list[Any] = [_LikeSeries(one) for one in items]
+    assert _both(duck, ZERO_DESCRIPTORS, Temporality.CUMULATIVE, NOW, 2000, slot=False)[1] == expected
