@@ -261,31 +261,35 @@ cdef class _Plan:
 
 
 cdef object _attributes(_Plan plan, object item, object point_attributes):
-    """The point's ``attributes`` fields, as ``metrics_encoder._point_attributes`` writes them."""
+    """The point's ``attributes`` fields, as ``metrics_encoder._point_attributes`` writes them:
+    the series' list of parts when each is bytes (written by :func:`_put_attributes` as they
+    are), else the bytes the pure function returns (None for anything else: the pure encoder
+    writes the series)."""
     cdef object parts = _field(item, F_ATTRIBUTE_PARTS, "attribute_parts")
-    cdef Py_ssize_t size = 0
-    cdef Py_ssize_t count
-    cdef Py_ssize_t i
-    cdef bytes part
-    cdef bytes out
-    cdef char* write
-    cdef char tag
-    if type(parts) is not list:
-        return point_attributes(plan.tag, item, plan.cache)
-    count = len(<list>parts)
-    for i in range(count):
-        if type((<list>parts)[i]) is not bytes:
-            return point_attributes(plan.tag, item, plan.cache)
-        size += 1 + PyBytes_GET_SIZE((<list>parts)[i])
-    out = PyBytes_FromStringAndSize(NULL, size)
-    write = PyBytes_AS_STRING(out)
-    tag = PyBytes_AS_STRING(plan.tag)[0]
-    for i in range(count):
-        part = <bytes>(<list>parts)[i]
-        write[0] = tag
-        memcpy(write + 1, PyBytes_AS_STRING(part), PyBytes_GET_SIZE(part))
-        write += 1 + PyBytes_GET_SIZE(part)
-    return out
+    if type(parts) is list:
+        for part in <list>parts:
+            if type(part) is not bytes:
+                break
+        else:
+            return parts
+    blob = point_attributes(plan.tag, item, plan.cache)
+    return blob if type(blob) is bytes else None
+
+
+cdef int _put_attributes(Buf* buf, _Plan plan, object attributes) except -1:
+    """Write what :func:`_attributes` returned: the tag before each part, or the bytes."""
+    cdef unsigned char tag
+    if type(attributes) is bytes:
+        return _write(buf, <const unsigned char*>PyBytes_AS_STRING(attributes), PyBytes_GET_SIZE(attributes))
+    tag = <unsigned char>PyBytes_AS_STRING(plan.tag)[0]
+    for part in <list>attributes:
+        if type(part) is not bytes:  # never: checked, and no Python code ran since
+            raise TypeError("an attribute part must be bytes")
+        _reserve(buf, 1 + PyBytes_GET_SIZE(part))
+        buf.data[buf.size] = tag
+        memcpy(buf.data + buf.size + 1, PyBytes_AS_STRING(part), PyBytes_GET_SIZE(part))
+        buf.size += 1 + PyBytes_GET_SIZE(part)
+    return 0
 
 
 cdef int _exemplars(Buf* buf, unsigned char tag, object exemplars, uint64_t now_ns) except -1:
@@ -331,7 +335,7 @@ cdef inline int _zeros(Buf* buf, Py_ssize_t count) except -1:
     return 0
 
 
-cdef int _sum_point(Buf* buf, _Plan plan, object item, bytes blob, uint64_t start, bint zero, uint64_t zero_ns) except -1:
+cdef int _sum_point(Buf* buf, _Plan plan, object item, object blob, uint64_t start, bint zero, uint64_t zero_ns) except -1:
     """NumberDataPoint{start=2, time=3, exemplars=5, as_int=6, attributes=7}, after its zero point."""
     cdef int64_t count = 0
     cdef Py_ssize_t opened
@@ -343,7 +347,7 @@ cdef int _sum_point(Buf* buf, _Plan plan, object item, bytes blob, uint64_t star
             _fixed64(buf, 0x11, start)
         _fixed64(buf, 0x19, zero_ns)
         _fixed64(buf, 0x31, 0)
-        _write(buf, <const unsigned char*>PyBytes_AS_STRING(blob), PyBytes_GET_SIZE(blob))
+        _put_attributes(buf, plan, blob)
         _close(buf, opened, 0x0a)
     opened = _open(buf)
     if start:
@@ -355,12 +359,12 @@ cdef int _sum_point(Buf* buf, _Plan plan, object item, bytes blob, uint64_t star
         if not _exemplars(buf, 0x2a, exemplars, plan.now_ns):
             return False
     _fixed64(buf, 0x31, <uint64_t>count)
-    _write(buf, <const unsigned char*>PyBytes_AS_STRING(blob), PyBytes_GET_SIZE(blob))
+    _put_attributes(buf, plan, blob)
     _close(buf, opened, 0x0a)
     return True
 
 
-cdef int _histogram_point(Buf* buf, _Plan plan, object item, bytes blob, uint64_t start, bint zero, uint64_t zero_ns) except -1:
+cdef int _histogram_point(Buf* buf, _Plan plan, object item, object blob, uint64_t start, bint zero, uint64_t zero_ns) except -1:
     """HistogramDataPoint{start=2, time=3, count=4, sum=5, bucket_counts=6, explicit_bounds=7,
     exemplars=8, attributes=9}, after its zero point (no count, no sum, every bucket 0)."""
     cdef uint64_t count = 0
@@ -386,7 +390,7 @@ cdef int _histogram_point(Buf* buf, _Plan plan, object item, bytes blob, uint64_
         _fixed64(buf, 0x19, zero_ns)
         _zeros(buf, buckets_size)
         _write(buf, <const unsigned char*>PyBytes_AS_STRING(plan.bounds_field), PyBytes_GET_SIZE(plan.bounds_field))
-        _write(buf, <const unsigned char*>PyBytes_AS_STRING(blob), PyBytes_GET_SIZE(blob))
+        _put_attributes(buf, plan, blob)
         _close(buf, opened, 0x0a)
     opened = _open(buf)
     if start:
@@ -413,7 +417,7 @@ cdef int _histogram_point(Buf* buf, _Plan plan, object item, bytes blob, uint64_
     if exemplars:
         if not _exemplars(buf, 0x42, exemplars, plan.now_ns):
             return False
-    _write(buf, <const unsigned char*>PyBytes_AS_STRING(blob), PyBytes_GET_SIZE(blob))
+    _put_attributes(buf, plan, blob)
     _close(buf, opened, 0x0a)
     return True
 
@@ -442,14 +446,14 @@ cdef int _point(Buf* buf, _Plan plan, object item, object point_attributes) exce
             if not _uint64(zero_value, &zero_ns):
                 return 0
     blob = _attributes(plan, item, point_attributes)
-    if type(blob) is not bytes:
+    if blob is None:
         return 0
     if plan.kind == KIND_INFO:
         opened = _open(buf)
         if plan.now_ns:
             _fixed64(buf, 0x19, plan.now_ns)
         _fixed64(buf, 0x31, 1)
-        _write(buf, <const unsigned char*>PyBytes_AS_STRING(blob), PyBytes_GET_SIZE(blob))
+        _put_attributes(buf, plan, blob)
         _close(buf, opened, 0x0a)
         done = 1
     elif plan.kind == KIND_SUM:
