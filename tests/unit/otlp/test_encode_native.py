@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import random
 import sys
 import threading
 import time
@@ -358,3 +359,47 @@ def test_series_fields_are_read_at_their_slots_and_other_objects_by_getattr() ->
     expected = _both(items, ZERO_DESCRIPTORS, Temporality.CUMULATIVE, NOW, 2000, slot=False)[0]
     duck: list[Any] = [_LikeSeries(one) for one in items]
     assert _both(duck, ZERO_DESCRIPTORS, Temporality.CUMULATIVE, NOW, 2000, slot=False)[1] == expected
+
+
+#: Replacement values for one field of a realistic series: the edges of each OTLP field, values
+#: past them, and values of other types.
+_MUTATIONS: dict[str, list[Any]] = {
+    "count": [0, 1, -1, INT64_MAX, INT64_MAX + 1, UINT64_MAX + 1, True, 2.5, None],
+    "start_ns": [0, UINT64_MAX, UINT64_MAX + 1, -1, False, 1.0],
+    "zero_ns": [0, NOW - 1, NOW, NOW + 1, -1, UINT64_MAX + 1, None, 1.5],
+    "sum": [0.0, -0.0, math.nan, math.inf, -math.inf, 7, 2**1100, True, None],
+    "buckets": [None, [], [1, 2], [0] * 17, [UINT64_MAX] * 17, [UINT64_MAX + 1] * 17, (1,) * 17, [1.0] * 17],
+    "exemplars": [
+        [],
+        [(b"", b"", 0.0, 0)],
+        [(bytes(16), bytes(8), math.nan, UINT64_MAX + 1)],
+        [(bytes(16), bytes(8), 1, -1)],
+        [[bytes(16), bytes(8), 1.0, 1]],
+        [(bytearray(16), bytes(8), 1.0, 1)],
+        [(bytes(16), bytes(8), 1.0)],
+        (),
+        None,
+    ],
+    "attribute_parts": [None, [], [b""], [b"\x0a\x01a"], (b"\x0a\x01a",), [bytearray(b"\x0a\x01a")], [1]],
+    "companion": [None, CALLS.name, GRAPH_TOTAL.name, DURATION.name, "unknown"],
+    "metric": [CALLS.name, DURATION.name, INFO.name, EXP.name, NO_BOUNDS.name, "unknown"],
+    "resource_id": ["r1", "r4", "gone"],
+}
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_mutated_series_give_the_pure_outcome(seed: int) -> None:
+    """A seeded fuzz corpus: realistic flushes with one to three fields of some series replaced."""
+    rng = random.Random(seed)
+    for _ in range(60):
+        items = list(_span_series(rng.randrange(1, 12), resources=rng.randrange(1, 4)))
+        for one in rng.sample(items, rng.randrange(1, len(items) + 1)):
+            for name in rng.sample(sorted(_MUTATIONS), rng.randrange(1, 4)):
+                setattr(one, name, copy.copy(rng.choice(_MUTATIONS[name])))
+        max_bytes = rng.choice([1, 150, 700, 5000, 1 << 20])
+        descriptors = rng.choice([DESCRIPTORS, ZERO_DESCRIPTORS])
+        temporality = rng.choice(list(Temporality))
+        slot = rng.random() < 0.5
+        pure, native, pure_items, native_items = _both(items, descriptors, temporality, NOW, max_bytes, slot)
+        assert native == pure
+        assert _fields(native_items) == _fields(pure_items)
