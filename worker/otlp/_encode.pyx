@@ -2,7 +2,6 @@
 """Compiled OTLP data points of a flush: Sum, Histogram and Gauge points written in C, grouped by
 resource as ``metrics_encoder`` groups them; any other series is handed to the pure encoder."""
 
-cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.object cimport PyObject
@@ -14,8 +13,9 @@ from worker.model.series import Series
 
 # A series is written here only when every value it holds is one the pure encoder writes the
 # same way (exact ints within their field, floats, bytes ids, a list of bytes attribute parts);
-# for anything else _point returns None and the caller runs the pure encoder on that series
-# (which writes it, or raises what it raises). Nothing is cached here.
+# for anything else _point returns 0 and the caller runs the pure encoder on that series
+# (which writes it, or raises what it raises). Nothing is cached here: the arena of data points
+# and the requests live for one call.
 
 cdef enum:
     KIND_OTHER = 0
@@ -46,13 +46,6 @@ cdef int _reserve(Buf* buf, Py_ssize_t more) except -1:
         raise MemoryError()
     buf.data = grown
     buf.cap = cap
-    return 0
-
-
-cdef inline int _byte(Buf* buf, unsigned char value) except -1:
-    _reserve(buf, 1)
-    buf.data[buf.size] = value
-    buf.size += 1
     return 0
 
 
