@@ -1,7 +1,8 @@
 """Series -> serialized ``ExportMetricsServiceRequest`` bytes, written straight in the wire format.
 
 Byte for byte what tests/reference/metrics_builder.py's ``split_by_size`` then ``SerializeToString``
-give (tests/unit/otlp/test_metrics_encoder.py compares them).
+give (tests/unit/otlp/test_metrics_encoder.py compares them). This is the reference of the compiled
+encoder ``worker.otlp._encode``, used when built (tests/unit/otlp/test_encode_native.py).
 """
 
 from __future__ import annotations
