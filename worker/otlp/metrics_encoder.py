@@ -1,7 +1,8 @@
 """Series -> serialized ``ExportMetricsServiceRequest`` bytes, written straight in the wire format.
 
 Byte for byte what tests/reference/metrics_builder.py's ``split_by_size`` then ``SerializeToString``
-give (tests/unit/otlp/test_metrics_encoder.py compares them).
+give (tests/unit/otlp/test_metrics_encoder.py compares them). This is the reference of the compiled
+encoder ``worker.otlp._encode``, used when built (tests/unit/otlp/test_encode_native.py).
 """
 
 from __future__ import annotations
@@ -16,8 +17,17 @@ from worker.model.values import key_value as _key_value
 from worker.model.wire import length_prefix, varint
 from worker.model.wire import length_prefix as _length
 from worker.model.wire import message as _message
+from worker.processors.native import load
 
-__all__ = ["EncodedRequest", "clear_caches", "encode_requests", "encode_slot", "fit_otlp"]
+__all__ = ["EncodedRequest", "clear_caches", "encode_path", "encode_requests", "encode_slot", "fit_otlp"]
+
+#: The compiled data point writer, or None: not built, or ``SPANMETRICS_NO_EXTENSIONS=1``.
+_native = load("worker.otlp._encode")
+
+
+def encode_path() -> str:
+    """Which encoder writes data points: ``"native"`` (compiled) or ``"pure"``."""
+    return "pure" if _native is None else "native"
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,6 +463,10 @@ class _Plan:
     encode: PointEncoder
     #: Zero points are written for series whose ``zero_ns`` is below this (0: none).
     zero_before: int = 0
+    #: What the compiled encoder (``worker.otlp._encode``) needs to write this metric's points:
+    #: (kind, attributes tag, attributes cache, ``explicit_bounds`` field, bucket count when a
+    #: series has none); None for a kind it leaves to :attr:`encode`.
+    native: tuple[int, bytes, dict[int, tuple[Attributes, bytes]], bytes, int] | None = None
 
     def points(self, item: Series) -> int:
         """Data points written for ``item``: 2 when its zero point goes first."""
@@ -471,12 +485,20 @@ def _plans(
     for name, descriptor in descriptors.items():
         header, data_tag, trailer = _metric_parts(descriptor, temporality)
         zero_before = _writes_zero(descriptor, temporality, now_ns)
+        native: tuple[int, bytes, dict[int, tuple[Attributes, bytes]], bytes, int] | None = None
         if descriptor.kind is MetricKind.SUM:
-            encode = _sum_encoder(now_ns, cache(b"\x3a"), zero_before)
+            tuples = cache(b"\x3a")
+            encode = _sum_encoder(now_ns, tuples, zero_before)
+            native = (int(MetricKind.SUM), b"\x3a", tuples, b"", 0)
         elif descriptor.kind is MetricKind.INFO:
-            encode = _info_encoder(now_ns, cache(b"\x3a"))
+            tuples = cache(b"\x3a")
+            encode = _info_encoder(now_ns, tuples)
+            native = (int(MetricKind.INFO), b"\x3a", tuples, b"", 0)
         elif descriptor.kind is MetricKind.HISTOGRAM:
-            encode = _histogram_encoder(now_ns, tuple(descriptor.bounds), cache(b"\x4a"), zero_before)
+            bounds = tuple(descriptor.bounds)
+            tuples = cache(b"\x4a")
+            encode = _histogram_encoder(now_ns, bounds, tuples, zero_before)
+            native = (int(MetricKind.HISTOGRAM), b"\x4a", tuples, _explicit_bounds(bounds), len(bounds) + 1)
         else:
             encode = _exponential_encoder(now_ns, cache(b"\x0a"), zero_before)
         plans[name] = _Plan(
@@ -487,6 +509,7 @@ def _plans(
             trailer,
             encode,
             zero_before,
+            native,
         )
     return plans
 
@@ -557,21 +580,27 @@ def encode_requests(
     if not 0 <= now_ns < _UINT64_LIMIT:
         raise ValueError(f"now_ns out of range: {now_ns}")
     plans = _plans(descriptors, _AGGREGATION_TEMPORALITY[temporality], now_ns, reuse_attribute_tuples)
-    # One pass: group by resource (first seen first) and encode each series as it is met, so
-    # each Series object is read once (at 100,000 series, reading them is mostly cache misses).
-    pending: dict[str, _Resource] = {}
-    plan_of = plans.get
+    if _native is not None:
+        # The same in C: Sum, Histogram and Gauge points written there (any other series, or
+        # an unusual value, by its plan's pure encoder), requests assembled there. None: a call
+        # it leaves to the code below.
+        try:
+            compiled = _native.encode(
+                series,
+                plans,
+                now_ns,
+                max_bytes,
+                lambda resource_id: _resource_body(resource_id, resources.get(resource_id, ())),
+                _point_attributes,
+            )
+        except struct.error as error:  # a value outside its fixed-width field
+            raise ValueError(str(error)) from error
+        if compiled is not None:
+            for request in compiled:
+                yield EncodedRequest(*request)
+            return
     try:
-        for item in series:
-            group = pending.get(item.resource_id)
-            if group is None:
-                group = pending[item.resource_id] = _Resource()
-            group.add(item.metric, plan_of(item.metric), item)
-            if item.companion is not None:
-                # The counter this series stands for, right after it: as if it were expanded
-                # with ``with_companions`` (its point reads the same count, times, exemplars
-                # and attributes), without building a Series for it.
-                group.add(item.companion, plan_of(item.companion), item)
+        pending = _group_points(series, plans)
     except struct.error as error:  # a value outside its fixed-width field
         raise ValueError(str(error)) from error
 
@@ -593,6 +622,25 @@ def encode_requests(
             carried += count
     if size:
         yield EncodedRequest(b"".join(parts), key, carried)
+
+
+def _group_points(series: Iterable[Series], plans: dict[str, _Plan]) -> dict[str, _Resource]:
+    """Resource id -> its encoded data points, resources in first-seen order: one pass that
+    encodes each series as it is met, so each Series object is read once (at 100,000 series,
+    reading them is mostly cache misses). The reference of ``_encode.group_points``."""
+    pending: dict[str, _Resource] = {}
+    plan_of = plans.get
+    for item in series:
+        group = pending.get(item.resource_id)
+        if group is None:
+            group = pending[item.resource_id] = _Resource()
+        group.add(item.metric, plan_of(item.metric), item)
+        if item.companion is not None:
+            # The counter this series stands for, right after it: as if it were expanded
+            # with ``with_companions`` (its point reads the same count, times, exemplars
+            # and attributes), without building a Series for it.
+            group.add(item.companion, plan_of(item.companion), item)
+    return pending
 
 
 @dataclass(slots=True)
@@ -720,8 +768,11 @@ def encode_slot(
 ) -> Iterator[EncodedRequest]:
     """One emission slot's folded series as OTLP requests, each within ``max_bytes``: what every
     OTLP sink publishes (series are fitted to their OTLP fields in place first)."""
-    for one in series:
-        fit_otlp(one)
+    if _native is not None:
+        _native.fit_all(series, fit_otlp)  # calls fit_otlp where a value may be out of range
+    else:
+        for one in series:
+            fit_otlp(one)
     return encode_requests(
         resources,
         series,

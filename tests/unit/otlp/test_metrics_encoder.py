@@ -1,4 +1,5 @@
-"""``encode_requests`` writes what ``split_by_size`` builds: compared parsed, request by request."""
+"""``encode_requests`` writes what ``split_by_size`` builds: compared parsed, request by request,
+through the pure encoder and through the compiled one (``worker.otlp._encode``) alike."""
 
 from __future__ import annotations
 
@@ -18,6 +19,23 @@ from worker.model.series import Attributes, MetricDescriptor, MetricKind, Series
 from worker.model.values import attribute_parts, encode_any_value, python_to_any_value
 from worker.otlp import metrics_encoder
 from worker.otlp.metrics_encoder import EncodedRequest, encode_requests
+from worker.processors.native import load
+
+_COMPILED = load("worker.otlp._encode")
+
+
+@pytest.fixture(autouse=True, params=["pure", "native"])
+def encoder_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs through both encoders."""
+    if request.param == "native":
+        if _COMPILED is None:
+            pytest.skip("compiled encoder not built (or SPANMETRICS_NO_EXTENSIONS=1)")
+        monkeypatch.setattr(metrics_encoder, "_native", _COMPILED)
+    else:
+        monkeypatch.setattr(metrics_encoder, "_native", None)
+    assert metrics_encoder.encode_path() == request.param
+    return str(request.param)
+
 
 NOW = 1_700_000_000_123_456_789
 START = 1_699_999_000_000_000_000
