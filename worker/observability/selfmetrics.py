@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from worker import __version__
 from worker.observability.loopmonitor import STALL_THRESHOLD, StallTracker
 from worker.observability.stats import WorkerStats
+from worker.otlp.metrics_encoder import encode_path
 
 __all__ = [
     "DROP_REASONS",
@@ -478,10 +479,12 @@ class WorkerMetrics:
         )
         info = GaugeMetricFamily(
             PREFIX + "build_info",
-            "Always 1; the worker's version and span-metrics ingest (native, pure; unknown unbound).",
-            labels=["version", "ingest"],
+            "Always 1; the worker's version, span-metrics ingest (native, pure; unknown unbound) and"
+            " OTLP metrics encoder (native, pure).",
+            labels=["version", "ingest", "encode"],
         )
-        info.add_metric([__version__, source.ingest_path if source is not None else "unknown"], 1)
+        ingest = source.ingest_path if source is not None else "unknown"
+        info.add_metric([__version__, ingest, encode_path()], 1)
         yield info
 
 

@@ -26,6 +26,7 @@ from worker.observability.logs import redact_url
 from worker.observability.loopmonitor import watch_loop
 from worker.observability.selfmetrics import WorkerMetrics
 from worker.observability.stats import WorkerStats
+from worker.otlp.metrics_encoder import encode_path
 from worker.processors.pipeline import Pipeline
 from worker.processors.servicegraphs.processor import ServiceGraphsProcessor
 from worker.sinks.base import Sink
@@ -270,6 +271,7 @@ class StreamWorker:
             pure_because=", ".join(self.pipeline.native_unsupported),
             service_graphs=self.pipeline.edges_path,
             service_graphs_pure_because=", ".join(self.pipeline.edges_unsupported),
+            encode=encode_path(),
         )
         self.log.info("worker started", topic=self.topic, partitions=self.partitions)
 

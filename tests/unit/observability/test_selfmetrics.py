@@ -16,6 +16,7 @@ from worker import __version__
 from worker.config import Settings
 from worker.observability.selfmetrics import DROP_REASONS, WorkerMetrics
 from worker.observability.stats import WorkerStats
+from worker.otlp.metrics_encoder import encode_path
 from worker.stream.worker import StreamWorker
 
 TOPIC = "spans"
@@ -171,7 +172,10 @@ def test_counters_read_worker_stats_at_scrape_time() -> None:
     worker = FakeWorker(stats=simulated_stats(), tokens={0: 1, 3: 1})
     metrics.bind(worker)
 
-    assert value(registry, "spanmetrics_build_info", version=__version__, ingest="native") == 1
+    assert (
+        value(registry, "spanmetrics_build_info", version=__version__, ingest="native", encode=encode_path())
+        == 1
+    )
     assert value(registry, "spanmetrics_records_consumed_total") == 120
     assert value(registry, "spanmetrics_consumed_bytes_total") == 48_000
     assert value(registry, "spanmetrics_spans_processed_total") == 900
@@ -226,7 +230,7 @@ def test_exposition_is_valid_prefixed_and_typed() -> None:
     assert labels["spanmetrics_consumer_lag_records"] == ["partition"]
     assert labels["spanmetrics_active_series"] == ["tenant"]
     assert labels["spanmetrics_tenant_series_overflowed"] == ["tenant"]
-    assert labels["spanmetrics_build_info"] == ["ingest", "version"]
+    assert labels["spanmetrics_build_info"] == ["encode", "ingest", "version"]
     assert labels["spanmetrics_sink_errors"] == ["sink"]
     unlabelled = set(EXPECTED_TYPES) - {
         "spanmetrics_sink_errors",
@@ -327,7 +331,10 @@ def test_unbound_bundle_exports_names_without_values() -> None:
     WorkerMetrics(registry)
     assert value(registry, "spanmetrics_spans_processed_total") is None
     assert value(registry, "spanmetrics_assigned_partitions") is None
-    assert value(registry, "spanmetrics_build_info", version=__version__, ingest="unknown") == 1
+    assert (
+        value(registry, "spanmetrics_build_info", version=__version__, ingest="unknown", encode=encode_path())
+        == 1
+    )
 
 
 def test_one_bundle_per_registry() -> None:
