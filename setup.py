@@ -13,6 +13,7 @@ from setuptools.command.build_ext import build_ext
 #: Compiled module -> its Cython source: each optional, each with a pure-Python reference.
 _EXTENSIONS = {
     "worker.processors._native": "worker/processors/_native.pyx",
+    "worker.stream._kafka_records": "worker/stream/_kafka_records.pyx",
 }
 
 

@@ -1,0 +1,258 @@
+"""The light Kafka record parser against aiokafka's own unpacking: the same records and next fetch
+offset, or "not handled"; pure reference and compiled twin equal, also on mutated batches."""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+import pytest
+from aiokafka.consumer.fetcher import PartitionRecords
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.record.legacy_records import LegacyRecordBatchBuilder
+from aiokafka.record.memory_records import MemoryRecords
+from aiokafka.record.util import calc_crc32c
+from aiokafka.structs import TopicPartition
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from worker.processors import native
+from worker.stream import kafka_records
+
+compiled: Any = native.load("worker.stream._kafka_records")
+needs_native = pytest.mark.skipif(
+    compiled is None, reason="compiled record parser not built (or SPANMETRICS_NO_EXTENSIONS set)"
+)
+SCALE = max(1, int(os.environ.get("SPANMETRICS_FUZZ_SCALE", "1")))
+TP = TopicPartition("spans", 3)
+
+Record = tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]
+
+
+def build_batch(
+    base_offset: int,
+    records: list[Record],
+    *,
+    compression: int = 0,
+    log_append_time: bool = False,
+    transactional: bool = False,
+    offset_step: int = 1,
+    first_timestamp: int = 1_700_000_000_000,
+) -> bytes:
+    """A v2 batch as a producer writes it (aiokafka's builder), at ``base_offset``."""
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=compression,
+        is_transactional=int(transactional),
+        producer_id=7 if transactional else -1,
+        producer_epoch=0 if transactional else -1,
+        base_sequence=0 if transactional else -1,
+        batch_size=1 << 30,
+    )
+    for i, (ts_delta, key, value, headers) in enumerate(records):
+        builder.append(
+            i * offset_step, timestamp=first_timestamp + ts_delta, key=key, value=value, headers=headers
+        )
+    raw = builder.build()
+    raw[0:8] = base_offset.to_bytes(8, "big", signed=True)
+    if log_append_time:
+        raw[22] |= 0x08  # attributes' timestamp type; the CRC covers it
+        raw[17:21] = calc_crc32c(bytes(raw[21:])).to_bytes(4, "big")
+    return bytes(raw)
+
+
+def fields(record: Any) -> tuple[Any, ...]:
+    return (
+        record.topic,
+        record.partition,
+        record.offset,
+        record.timestamp,
+        record.timestamp_type,
+        record.key,
+        record.value,
+        tuple(record.headers),
+    )
+
+
+def aiokafka_reads(raw: bytes, fetch_offset: int, check_crcs: bool) -> tuple[list[Any], int]:
+    """What aiokafka's fetcher returns for ``raw``: the records and the next fetch offset (raises
+    what aiokafka raises)."""
+    partition_records = PartitionRecords(TP, MemoryRecords(raw), [], fetch_offset, None, None, check_crcs, 0)
+    records = [fields(r) for r in partition_records]
+    return records, partition_records.next_fetch_offset
+
+
+def parsers() -> list[Any]:
+    return [kafka_records.parse] + ([compiled.parse] if compiled is not None else [])
+
+
+def parsed(parse: Any, raw: bytes, fetch_offset: int, check_crcs: bool) -> tuple[list[Any], int] | None:
+    result = parse(raw, fetch_offset, check_crcs, TP.topic, TP.partition)
+    if result is None:
+        return None
+    records, next_offset = result
+    return [fields(r) for r in records], next_offset
+
+
+# ------------------------------------------------------------------------------ random batches
+
+header_names = st.sampled_from(["tenant", "x-scope-orgid", "", "ü"])
+header_lists = st.lists(st.tuples(header_names, st.one_of(st.none(), st.binary(max_size=8))), max_size=3)
+records_strategy = st.lists(
+    st.tuples(
+        st.integers(min_value=-1000, max_value=10**6),
+        st.one_of(st.none(), st.binary(max_size=20)),
+        st.one_of(st.none(), st.binary(max_size=300)),
+        header_lists,
+    ),
+    min_size=1,
+    max_size=8,
+)
+batches_strategy = st.lists(
+    st.tuples(records_strategy, st.booleans(), st.booleans(), st.integers(min_value=1, max_value=3)),
+    min_size=1,
+    max_size=4,
+)
+
+
+def build_fetch(batches: list[tuple[list[Record], bool, bool, int]], base: int) -> tuple[bytes, int]:
+    raw = b""
+    offset = base
+    for records, log_append, transactional, step in batches:
+        raw += build_batch(
+            offset, records, log_append_time=log_append, transactional=transactional, offset_step=step
+        )
+        offset += len(records) * step
+    return raw, offset
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    batches=batches_strategy,
+    base=st.integers(min_value=0, max_value=2**40),
+    skip=st.integers(min_value=0, max_value=12),
+    tail=st.integers(min_value=0, max_value=80),
+    check_crcs=st.booleans(),
+)
+def test_same_records_as_aiokafka(
+    batches: list[tuple[list[Record], bool, bool, int]], base: int, skip: int, tail: int, check_crcs: bool
+) -> None:
+    raw, end = build_fetch(batches, base)
+    # A fetch may begin inside its first batch and end with part of a batch.
+    raw += build_batch(end, [(0, None, b"x" * 100, [])])[:tail]
+    expected = aiokafka_reads(raw, base + skip, check_crcs)
+    for parse in parsers():
+        assert parsed(parse, raw, base + skip, check_crcs) == expected
+
+
+@pytest.mark.parametrize("parse", parsers())
+def test_declines_what_it_does_not_read(parse: Any) -> None:
+    plain = build_batch(0, [(0, b"k", b"v", [("tenant", b"a")])])
+    assert parsed(parse, plain, 0, True) is not None
+    gzip = build_batch(0, [(0, b"k", b"v" * 100, [])], compression=1)  # gzip
+    assert parsed(parse, gzip, 0, True) is None
+    assert parsed(parse, plain + gzip, 0, True) is None  # one unusual batch: the whole fetch
+    legacy = LegacyRecordBatchBuilder(magic=1, compression_type=0, batch_size=1 << 20)
+    legacy.append(0, timestamp=1, key=None, value=b"v")
+    assert parsed(parse, bytes(legacy.build()), 0, True) is None
+    control = bytearray(plain)
+    control[22] |= 0x20
+    control[17:21] = calc_crc32c(bytes(control[21:])).to_bytes(4, "big")
+    assert parsed(parse, bytes(control), 0, True) is None
+    bad_crc = bytearray(plain)
+    bad_crc[-1] ^= 0x01  # a header value byte: still well formed
+    assert parsed(parse, bytes(bad_crc), 0, True) is None
+    assert parsed(parse, bytes(bad_crc), 0, False) == aiokafka_reads(bytes(bad_crc), 0, False)
+
+
+@pytest.mark.parametrize("parse", parsers())
+def test_invalid_header_name_is_declined(parse: Any) -> None:
+    raw = bytearray(build_batch(0, [(0, None, b"v", [("ab", b"c")])]))
+    at = raw.index(b"ab")
+    raw[at] = 0xFF  # not UTF-8 (aiokafka would raise)
+    raw[17:21] = calc_crc32c(bytes(raw[21:])).to_bytes(4, "big")
+    assert parsed(parse, bytes(raw), 0, True) is None
+
+
+@needs_native
+def test_crc32c_equals_aiokafkas() -> None:
+    rng = random.Random(17)
+    for size in [*range(0, 40), 1000, 4096, 65_537]:
+        data = rng.randbytes(size)
+        for start in range(min(size, 9)):  # every alignment
+            chunk = data[start:]
+            assert compiled.crc32c(chunk) == compiled.crc32c_table(chunk) == calc_crc32c(chunk)
+
+
+# ------------------------------------------------------------------------------ mutated batches
+
+
+def mutants(seed: int, count: int) -> list[tuple[bytes, int]]:
+    """Fetches of real-looking batches with bytes flipped, inserted, removed or cut off."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        records: list[Record] = [
+            (
+                rng.randint(-5, 5000),
+                rng.choice([None, b"", rng.randbytes(rng.randint(1, 16))]),
+                rng.choice([None, rng.randbytes(rng.randint(0, 200))]),
+                [("tenant", rng.randbytes(3))] if rng.random() < 0.3 else [],
+            )
+            for _ in range(rng.randint(1, 5))
+        ]
+        base = rng.randint(0, 1000)
+        raw = bytearray(
+            build_batch(base, records, log_append_time=rng.random() < 0.2)
+            + build_batch(base + len(records), records[:2])
+        )
+        for _ in range(rng.randint(1, 3)):
+            kind = rng.randrange(4)
+            at = rng.randrange(len(raw))
+            if kind == 0:
+                raw[at] ^= 1 << rng.randrange(8)
+            elif kind == 1:
+                raw[at] = rng.choice([0x00, 0x01, 0x7F, 0x80, 0xFF])
+            elif kind == 2:
+                raw[at:at] = rng.randbytes(rng.randint(1, 3))
+            else:
+                del raw[at : at + rng.randint(1, 4)]
+        if rng.random() < 0.5 and len(raw) > 21:  # a consistent CRC: the parse itself is exercised
+            for start in _batch_starts(raw):
+                end = start + 12 + int.from_bytes(raw[start + 8 : start + 12], "big", signed=True)
+                if end - start >= 21 and end <= len(raw):
+                    crc = calc_crc32c(bytes(raw[start + 21 : end]))
+                    raw[start + 17 : start + 21] = crc.to_bytes(4, "big")
+        if rng.random() < 0.2:
+            raw = raw[: rng.randrange(len(raw))]
+        out.append((bytes(raw), base + rng.randint(0, 2)))
+    return out
+
+
+def _batch_starts(raw: bytearray) -> list[int]:
+    starts = []
+    pos = 0
+    while len(raw) - pos >= 12:
+        starts.append(pos)
+        length = int.from_bytes(raw[pos + 8 : pos + 12], "big", signed=True)
+        if length <= 0:
+            break
+        pos += 12 + length
+    return starts
+
+
+@pytest.mark.parametrize("seed", range(SCALE))
+def test_mutated_fetches_never_crash_and_agree(seed: int) -> None:
+    """Pure and compiled agree (records or None); what they read, aiokafka reads the same way."""
+    read = declined = 0
+    for raw, fetch_offset in mutants(seed, 3000):
+        for check_crcs in (True, False):
+            results = [parsed(parse, raw, fetch_offset, check_crcs) for parse in parsers()]
+            assert all(result == results[0] for result in results)
+            if results[0] is None:
+                declined += 1
+                continue
+            read += 1
+            assert aiokafka_reads(raw, fetch_offset, check_crcs) == results[0]
+    assert read > 500 and declined > 500  # both sides of the parser are exercised
