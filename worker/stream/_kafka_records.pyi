@@ -22,6 +22,11 @@ class FetchedRecord:
 
 def crc32c(data: bytes) -> int: ...
 def crc32c_table(data: bytes) -> int: ...
+
+MORE: int
+END: int
+DECLINED: int
+
 def parse(
-    raw: bytes, fetch_offset: int, check_crcs: bool, topic: str, partition: int
-) -> tuple[list[FetchedRecord], int] | None: ...
+    raw: bytes, pos: int, fetch_offset: int, check_crcs: bool, topic: str, partition: int, want: int
+) -> tuple[list[FetchedRecord], int, int, int]: ...

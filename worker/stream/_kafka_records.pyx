@@ -174,98 +174,128 @@ def crc32c_table(bytes data) -> int:
     return smk_crc_sw(0xFFFFFFFF, <const unsigned char*>PyBytes_AS_STRING(data), <size_t>PyBytes_GET_SIZE(data)) ^ 0xFFFFFFFF
 
 
-def parse(bytes raw, fetch_offset: int, bint check_crcs, str topic, int partition):
-    """The records aiokafka's fetcher would return for ``raw`` fetched at ``fetch_offset``, and its
-    next fetch offset after them; None when any complete batch is not a plain uncompressed v2 batch
-    (compressed, control, other magic, bad CRC with ``check_crcs``, anything malformed)."""
+#: ``parse`` stopped once it had ``want`` records (more complete batches may follow).
+MORE = 0
+#: ``parse`` read every complete batch of the fetch (a partial last batch is fetched again).
+END = 1
+#: ``parse`` stopped at a batch it does not read (at the returned position): aiokafka reads the rest.
+DECLINED = 2
+
+
+def parse(bytes raw, Py_ssize_t pos, fetch_offset, bint check_crcs, str topic, int partition, Py_ssize_t want):
+    """Whole batches of ``raw`` from byte ``pos`` on, until at least ``want`` records: the records
+    aiokafka's fetcher would return for them at ``fetch_offset``, its next fetch offset after them,
+    the position after them and ``MORE``, ``END`` or ``DECLINED`` (a batch that is not a plain
+    uncompressed v2 batch: compressed, control, other magic, bad CRC with ``check_crcs``, malformed;
+    none of its records are returned)."""
     cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(raw)
     cdef Py_ssize_t size = PyBytes_GET_SIZE(raw)
-    cdef Py_ssize_t pos = 0, end, p, start, key_start = 0, key_size, value_start = 0, value_size
-    cdef Py_ssize_t name_start = 0, name_size, hv_start = 0, hv_size
-    cdef int32_t length, count, last_delta, i, j
-    cdef int16_t attributes
-    cdef int64_t base_offset, first_ts, max_ts, record_length, ts_delta, offset_delta, n_headers
-    cdef int64_t offset, timestamp, batch_next
+    cdef Py_ssize_t end, mark
+    cdef int32_t length
     cdef int64_t next_offset = fetch_offset
-    cdef int log_append
     cdef list records = []
-    cdef list pairs
-    cdef tuple headers
-    cdef FetchedRecord record
-    cdef object name
+    if pos < 0 or pos > size:
+        raise ValueError("pos outside raw")
     while size - pos >= LOG_OVERHEAD:
+        if len(records) >= want:
+            return records, next_offset, pos, MORE
         length = <int32_t>_be32u(buf + pos + 8)
         if length > size - pos - LOG_OVERHEAD:
             break  # a partial batch at the end of the fetch: fetched again next time
         end = pos + LOG_OVERHEAD + length
-        if length < HEADER_SIZE - LOG_OVERHEAD:
-            return None
-        base_offset = _be64(buf + pos)
-        attributes = <int16_t>((buf[pos + 21] << 8) | buf[pos + 22])
-        count = <int32_t>_be32u(buf + pos + 57)
-        if buf[pos + 16] != 2 or (attributes & 0x27) or count < 0:
-            return None  # another magic, compressed, a control batch
-        if check_crcs and smk_crc32c(buf + pos + CRC_START, <size_t>(end - pos - CRC_START)) != _be32u(buf + pos + 17):
-            return None
-        last_delta = <int32_t>_be32u(buf + pos + 23)
-        first_ts = _be64(buf + pos + 27)
-        max_ts = _be64(buf + pos + 35)
-        log_append = 1 if attributes & 0x08 else 0
-        p = pos + HEADER_SIZE
-        for i in range(count):
-            if _varint(buf, end, &p, &record_length) < 0:
-                return None
-            start = p
-            if p >= end or buf[p] >= 0x80:
-                return None  # record attributes: one byte
-            p += 1
-            if _varint(buf, end, &p, &ts_delta) < 0 or _varint(buf, end, &p, &offset_delta) < 0:
-                return None
-            if _span(buf, end, &p, &key_start, &key_size) < 0 or _span(buf, end, &p, &value_start, &value_size) < 0:
-                return None
-            if _varint(buf, end, &p, &n_headers) < 0 or n_headers < 0:
-                return None
-            headers = _NO_HEADERS
-            if n_headers:
-                pairs = []
-                j = 0
-                while j < n_headers:
-                    if _span(buf, end, &p, &name_start, &name_size) < 0 or name_size < 0:
-                        return None
-                    try:
-                        name = PyUnicode_DecodeUTF8(<const char*>buf + name_start, name_size, "strict")
-                    except UnicodeDecodeError:
-                        return None
-                    if _span(buf, end, &p, &hv_start, &hv_size) < 0:
-                        return None
-                    pairs.append((name, _slice(buf, hv_start, hv_size)))
-                    j += 1
-                headers = tuple(pairs)
-            if p - start != record_length:
-                return None
-            if smk_add_overflows(base_offset, offset_delta, &offset):
-                return None
-            if log_append:
-                timestamp = max_ts
-            elif smk_add_overflows(first_ts, ts_delta, &timestamp):
-                return None
-            if offset < next_offset:
-                continue  # before the fetch position (aiokafka skips it too)
-            record = FetchedRecord.__new__(FetchedRecord)
-            record.topic = topic
-            record.partition = partition
-            record.offset = offset
-            record.timestamp = timestamp
-            record.timestamp_type = log_append
-            record.key = _slice(buf, key_start, key_size)
-            record.value = _slice(buf, value_start, value_size)
-            record.headers = headers
-            records.append(record)
-            next_offset = offset + 1
-        if p != end:
-            return None  # bytes after the batch's records
-        if smk_add_overflows(base_offset, <int64_t>last_delta + 1, &batch_next):
-            return None
-        next_offset = batch_next
+        mark = len(records)
+        if _batch(buf, pos, end, &next_offset, check_crcs, topic, partition, records) < 0:
+            del records[mark:]
+            return records, next_offset, pos, DECLINED
         pos = end
-    return records, next_offset
+    return records, next_offset, pos, END
+
+
+cdef int _batch(
+    const unsigned char* buf, Py_ssize_t pos, Py_ssize_t end, int64_t* next_offset_out,
+    bint check_crcs, str topic, int partition, list records,
+) except -2:
+    """One batch's records onto ``records`` and the next fetch offset after it; -1: declined
+    (``next_offset_out`` then unchanged)."""
+    cdef Py_ssize_t p, start, key_start = 0, key_size, value_start = 0, value_size
+    cdef Py_ssize_t name_start = 0, name_size, hv_start = 0, hv_size
+    cdef int32_t count, last_delta, i
+    cdef int16_t attributes
+    cdef int64_t base_offset, first_ts, max_ts, record_length, ts_delta, offset_delta, n_headers, j
+    cdef int64_t offset, timestamp, batch_next
+    cdef int64_t next_offset = next_offset_out[0]
+    cdef int log_append
+    cdef list pairs
+    cdef tuple headers
+    cdef FetchedRecord record
+    cdef object name
+    if end - pos < HEADER_SIZE:
+        return -1
+    base_offset = _be64(buf + pos)
+    attributes = <int16_t>((buf[pos + 21] << 8) | buf[pos + 22])
+    count = <int32_t>_be32u(buf + pos + 57)
+    if buf[pos + 16] != 2 or (attributes & 0x27) or count < 0:
+        return -1  # another magic, compressed, a control batch
+    if check_crcs and smk_crc32c(buf + pos + CRC_START, <size_t>(end - pos - CRC_START)) != _be32u(buf + pos + 17):
+        return -1
+    last_delta = <int32_t>_be32u(buf + pos + 23)
+    first_ts = _be64(buf + pos + 27)
+    max_ts = _be64(buf + pos + 35)
+    log_append = 1 if attributes & 0x08 else 0
+    p = pos + HEADER_SIZE
+    for i in range(count):
+        if _varint(buf, end, &p, &record_length) < 0:
+            return -1
+        start = p
+        if p >= end or buf[p] >= 0x80:
+            return -1  # record attributes: one byte
+        p += 1
+        if _varint(buf, end, &p, &ts_delta) < 0 or _varint(buf, end, &p, &offset_delta) < 0:
+            return -1
+        if _span(buf, end, &p, &key_start, &key_size) < 0 or _span(buf, end, &p, &value_start, &value_size) < 0:
+            return -1
+        if _varint(buf, end, &p, &n_headers) < 0 or n_headers < 0:
+            return -1
+        headers = _NO_HEADERS
+        if n_headers:
+            pairs = []
+            j = 0
+            while j < n_headers:
+                if _span(buf, end, &p, &name_start, &name_size) < 0 or name_size < 0:
+                    return -1
+                try:
+                    name = PyUnicode_DecodeUTF8(<const char*>buf + name_start, name_size, "strict")
+                except UnicodeDecodeError:
+                    return -1
+                if _span(buf, end, &p, &hv_start, &hv_size) < 0:
+                    return -1
+                pairs.append((name, _slice(buf, hv_start, hv_size)))
+                j += 1
+            headers = tuple(pairs)
+        if p - start != record_length:
+            return -1
+        if smk_add_overflows(base_offset, offset_delta, &offset):
+            return -1
+        if log_append:
+            timestamp = max_ts
+        elif smk_add_overflows(first_ts, ts_delta, &timestamp):
+            return -1
+        if offset < next_offset:
+            continue  # before the fetch position (aiokafka skips it too)
+        record = FetchedRecord.__new__(FetchedRecord)
+        record.topic = topic
+        record.partition = partition
+        record.offset = offset
+        record.timestamp = timestamp
+        record.timestamp_type = log_append
+        record.key = _slice(buf, key_start, key_size)
+        record.value = _slice(buf, value_start, value_size)
+        record.headers = headers
+        records.append(record)
+        next_offset = offset + 1
+    if p != end:
+        return -1  # bytes after the batch's records
+    if smk_add_overflows(base_offset, <int64_t>last_delta + 1, &batch_next):
+        return -1
+    next_offset_out[0] = batch_next
+    return 0

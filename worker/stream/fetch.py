@@ -34,6 +34,8 @@ __all__ = ["FAST_AIOKAFKA", "FetchedRecords", "Reader", "RecordLike", "fetch_rec
 #: aiokafka versions whose fetcher internals the fast drain mirrors (checked: 0.14.0).
 FAST_AIOKAFKA = ("0.14.",)
 _READ_UNCOMMITTED = 0
+#: Base offset and batch length precede a batch's counted length.
+_LOG_OVERHEAD = 12
 
 _compiled = native.load("worker.stream._kafka_records")
 #: The parser: compiled when built (and not disabled), else the pure reference.
@@ -87,40 +89,109 @@ class _KeptMemoryRecords:
 
 
 class _LightPartitionRecords:
-    """Stands in for aiokafka's ``PartitionRecords`` of one fetch, with the parsed records: the
-    same ``next_fetch_offset`` as aiokafka's would have after the same records; iterated (aiokafka's
-    ``getone``/``getall``), it yields ``ConsumerRecord``s."""
+    """Stands in for aiokafka's ``PartitionRecords`` of one fetch: the parser reads its batches a
+    few at a time (as many as the drain asks for), and from a batch it declines on, aiokafka's own
+    ``PartitionRecords`` reads the rest. ``next_fetch_offset`` is what aiokafka's would be after the
+    same records; iterated (aiokafka's ``getone``/``getall``), it yields ``ConsumerRecord``s."""
 
-    def __init__(self, records: list[Any], final_offset: int, fetch_offset: int) -> None:
-        self._records = records
+    def __init__(self, tp: TopicPartition, raw: bytes, fetch_offset: int, partition_records: Any) -> None:
+        self._tp = tp
+        self._raw = raw
+        self._pos = 0
+        #: The next fetch offset after the batches parsed so far.
+        self._parsed_offset = fetch_offset
+        self._status = kafka_records.MORE
+        self._pending: list[Any] = []
         self._index = 0
-        self._final = final_offset
+        #: The ``PartitionRecords`` aiokafka built for the fetch: its type and options, and what
+        #: reads a fetch declined at its first batch.
+        self._aiokafka = partition_records
+        self._fallback: Any = None
         self.next_fetch_offset = fetch_offset
 
-    def take(self, max_records: int | None) -> tuple[list[Any], bool]:
-        """The next records, at most ``max_records``, and whether none are left (``getall``'s
-        rule: stopped by the limit, the position is after the last record returned, even at the end)."""
-        records, index = self._records, self._index
-        if max_records is not None and len(records) - index >= max_records:
-            taken = records[index : index + max_records]
-            self._index = index + max_records
-            self.next_fetch_offset = taken[-1].offset + 1
-            return taken, False
-        taken = records[index:] if index else records
-        self._index = len(records)
-        self.next_fetch_offset = self._final
-        return taken, True
+    def _parse(self, want: int) -> None:
+        """Parses at least ``want`` more records (whole batches), or up to a declined batch."""
+        records, self._parsed_offset, pos, self._status = parse(
+            self._raw,
+            self._pos,
+            self._parsed_offset,
+            self._aiokafka._check_crcs,
+            self._tp.topic,
+            self._tp.partition,
+            want,
+        )
+        self._pending, self._index = records, 0
+        if self._status == kafka_records.DECLINED:
+            # aiokafka's own PartitionRecords reads on from that batch, in the same buffer: its
+            # (unstarted) MemoryRecords skips the batches parsed here, and its next fetch offset
+            # is the one after them, the state its unpacking loop would be in there.
+            original = self._aiokafka
+            raw, batch = self._raw, 0
+            while batch < pos:
+                batch += _LOG_OVERHEAD + int.from_bytes(raw[batch + 8 : batch + 12], "big", signed=True)
+                original._records.next_batch()
+            assert batch == pos
+            original.next_fetch_offset = self._parsed_offset
+            self._fallback = original
+        self._pos = pos
 
-    def __iter__(self) -> Iterator[ConsumerRecord[Any, Any]]:
+    @property
+    def declined_at_start(self) -> bool:
+        """The first batch was declined: aiokafka reads the whole fetch."""
+        return self._fallback is not None and self._pos == 0
+
+    def take(self, max_records: int | None) -> tuple[list[Any], bool]:
+        """The next records, at most ``max_records``, and whether none are left: ``getall``'s rule
+        (stopped by the limit, the position is after the last record returned, even at the end)."""
+        out: list[Any] = []
+        while True:
+            pending, index = self._pending, self._index
+            if index < len(pending):
+                if max_records is None:
+                    chunk = pending[index:] if index else pending
+                else:
+                    chunk = pending[index : index + max_records - len(out)]
+                self._index = index + len(chunk)
+                if out:
+                    out.extend(chunk)
+                else:
+                    out = chunk
+                if max_records is not None and len(out) >= max_records:
+                    self.next_fetch_offset = out[-1].offset + 1
+                    return out, False
+                continue
+            if self._fallback is not None:
+                return self._take_fallback(out, max_records)
+            if self._status == kafka_records.END:
+                self.next_fetch_offset = self._parsed_offset
+                return out, True
+            self._parse(max(max_records - len(out), 1) if max_records is not None else 1 << 30)
+
+    def _take_fallback(self, out: list[Any], max_records: int | None) -> tuple[list[Any], bool]:
+        """The rest from aiokafka's own ``PartitionRecords`` (its ``getall`` loop)."""
+        fallback = self._fallback
+        out = list(out)
+        try:
+            for message in fallback:
+                out.append(message)
+                if max_records is not None and len(out) >= max_records:
+                    self.next_fetch_offset = fallback.next_fetch_offset
+                    return out, False
+        finally:
+            # Raised (a bad CRC): the position aiokafka's one PartitionRecords would have.
+            self.next_fetch_offset = fallback.next_fetch_offset
+        return out, True
+
+    def __iter__(self) -> Iterator[Any]:
         return self
 
-    def __next__(self) -> ConsumerRecord[Any, Any]:
-        if self._index >= len(self._records):
-            self.next_fetch_offset = self._final
+    def __next__(self) -> Any:
+        taken, _ = self.take(1)
+        if not taken:
             raise StopIteration
-        r = self._records[self._index]
-        self._index += 1
-        self.next_fetch_offset = r.offset + 1
+        r = taken[0]
+        if type(r) is ConsumerRecord:
+            return r
         return ConsumerRecord(
             r.topic,
             r.partition,
@@ -266,7 +337,7 @@ class Reader:
             timeout = max(0.0, timeout - (time.monotonic() - start_time))
 
     def _getall(self, tp: TopicPartition, result: Any, max_records: int | None) -> Sequence[RecordLike]:
-        """``FetchResult.getall``: the light records of an unread fetch once parsed, else aiokafka's."""
+        """``FetchResult.getall``: the light records of an unread fetch, else aiokafka's."""
         records = result._partition_records
         if type(records) is self._partition_records:
             kept = records._records
@@ -274,13 +345,14 @@ class Reader:
                 return result.getall(max_records)  # type: ignore[no-any-return]
             if not result.check_assignment(tp):
                 return []
-            fetch_offset = records.next_fetch_offset
-            parsed = parse(kept.raw, fetch_offset, records._check_crcs, tp.topic, tp.partition)
-            if parsed is None:
+            records = _LightPartitionRecords(tp, kept.raw, records.next_fetch_offset, records)
+            result._partition_records = records
+            records._parse(max_records if max_records is not None else 1 << 30)
+            if records.declined_at_start:
                 self.declined += 1
+                result._partition_records = records._aiokafka
                 return result.getall(max_records)  # type: ignore[no-any-return]
             self.parsed += 1
-            records = result._partition_records = _LightPartitionRecords(parsed[0], parsed[1], fetch_offset)
         if type(records) is not _LightPartitionRecords:
             return result.getall(max_records)  # type: ignore[no-any-return]
         if not result.check_assignment(tp) or not result.has_more():

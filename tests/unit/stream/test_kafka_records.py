@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from worker.processors import native
-from worker.stream import kafka_records
+from worker.stream import fetch, kafka_records
 
 compiled: Any = native.load("worker.stream._kafka_records")
 needs_native = pytest.mark.skipif(
@@ -88,11 +88,29 @@ def parsers() -> list[Any]:
 
 
 def parsed(parse: Any, raw: bytes, fetch_offset: int, check_crcs: bool) -> tuple[list[Any], int] | None:
-    result = parse(raw, fetch_offset, check_crcs, TP.topic, TP.partition)
-    if result is None:
+    """The whole fetch in one call, or None when any complete batch is declined."""
+    records, next_offset, _, status = parse(raw, 0, fetch_offset, check_crcs, TP.topic, TP.partition, 1 << 30)
+    if status == kafka_records.DECLINED:
         return None
-    records, next_offset = result
+    assert status == kafka_records.END
     return [fields(r) for r in records], next_offset
+
+
+def parsed_in_steps(
+    parse: Any, raw: bytes, fetch_offset: int, check_crcs: bool, want: int
+) -> tuple[list[Any], int, int, int]:
+    """The fetch a few records at a time, as the drain asks: records, next offset, position, status."""
+    out: list[Any] = []
+    pos, next_offset = 0, fetch_offset
+    while True:
+        records, next_offset, end, status = parse(
+            raw, pos, next_offset, check_crcs, TP.topic, TP.partition, want
+        )
+        assert end >= pos and (status != kafka_records.MORE or len(records) >= want)
+        out += [fields(r) for r in records]
+        pos = end
+        if status != kafka_records.MORE:
+            return out, next_offset, pos, status
 
 
 # ------------------------------------------------------------------------------ random batches
@@ -144,6 +162,9 @@ def test_same_records_as_aiokafka(
     expected = aiokafka_reads(raw, base + skip, check_crcs)
     for parse in parsers():
         assert parsed(parse, raw, base + skip, check_crcs) == expected
+        for want in (1, 3):
+            records, next_offset, _, status = parsed_in_steps(parse, raw, base + skip, check_crcs, want)
+            assert status == kafka_records.END and (records, next_offset) == expected
 
 
 @pytest.mark.parametrize("parse", parsers())
@@ -183,6 +204,76 @@ def test_crc32c_equals_aiokafkas() -> None:
         for start in range(min(size, 9)):  # every alignment
             chunk = data[start:]
             assert compiled.crc32c(chunk) == compiled.crc32c_table(chunk) == calc_crc32c(chunk)
+
+
+# ------------------------------------------------------------------------------ the drain
+
+
+def aiokafka_drain(raw: bytes, fetch_offset: int, check_crcs: bool, max_records: int | None) -> list[Any]:
+    """aiokafka's ``getall`` steps over one fetch: each step's records and next fetch offset, and
+    the exception that ended it, if any."""
+    partition_records = PartitionRecords(TP, MemoryRecords(raw), [], fetch_offset, None, None, check_crcs, 0)
+    steps: list[Any] = []
+    while True:
+        taken: list[Any] = []
+        try:
+            for record in partition_records:
+                taken.append(fields(record))
+                if max_records is not None and len(taken) >= max_records:
+                    break
+            else:
+                steps.append((taken, partition_records.next_fetch_offset, "end"))
+                return steps
+        except Exception as exc:
+            steps.append((type(exc).__name__, partition_records.next_fetch_offset))
+            return steps
+        steps.append((taken, partition_records.next_fetch_offset))
+
+
+def light_drain(
+    raw: bytes, fetch_offset: int, check_crcs: bool, max_records: int | None, parse: Any = None
+) -> list[Any]:
+    """The same through the drain's ``_LightPartitionRecords`` (the parser, then aiokafka from a
+    batch it declines)."""
+    chosen = fetch.parse
+    fetch.parse = parse or chosen
+    try:
+        return _light_drain(raw, fetch_offset, check_crcs, max_records)
+    finally:
+        fetch.parse = chosen
+
+
+def _light_drain(raw: bytes, fetch_offset: int, check_crcs: bool, max_records: int | None) -> list[Any]:
+    fetch._KeptMemoryRecords.factory = fetch._KeptMemoryRecords.factory or MemoryRecords
+    original = PartitionRecords(
+        TP, fetch._KeptMemoryRecords(raw), [], fetch_offset, None, None, check_crcs, 0
+    )
+    light = fetch._LightPartitionRecords(TP, raw, fetch_offset, original)
+    steps: list[Any] = []
+    while True:
+        try:
+            taken, done = light.take(max_records)
+        except Exception as exc:
+            steps.append((type(exc).__name__, light.next_fetch_offset))
+            return steps
+        if done:
+            steps.append(([fields(r) for r in taken], light.next_fetch_offset, "end"))
+            return steps
+        steps.append(([fields(r) for r in taken], light.next_fetch_offset))
+
+
+@pytest.mark.parametrize("parse", parsers())
+@pytest.mark.parametrize("max_records", [1, 2, 5, None])
+def test_drain_steps_as_aiokafka(max_records: int | None, parse: Any) -> None:
+    """Small steps, a fetch beginning inside a batch, a declined batch in the middle (gzip)."""
+    plain = [(i, b"k", b"v%d" % i, [("tenant", b"a")] if i % 2 else []) for i in range(4)]
+    gzip = build_batch(20, plain, compression=1)
+    raw = build_batch(10, plain) + build_batch(14, plain) + gzip + build_batch(24, plain)[:-3]
+    for fetch_offset in (10, 11, 13):  # within the first batch, as a broker answers
+        expected = aiokafka_drain(raw, fetch_offset, True, max_records)
+        assert light_drain(raw, fetch_offset, True, max_records, parse) == expected
+        offsets = [o for o in [*range(10, 18), *range(20, 24)] if o >= fetch_offset]  # the last batch is cut
+        assert [record[2] for step in expected for record in step[0]] == offsets
 
 
 # ------------------------------------------------------------------------------ mutated batches
@@ -250,9 +341,17 @@ def test_mutated_fetches_never_crash_and_agree(seed: int) -> None:
         for check_crcs in (True, False):
             results = [parsed(parse, raw, fetch_offset, check_crcs) for parse in parsers()]
             assert all(result == results[0] for result in results)
+            steps = [parsed_in_steps(parse, raw, fetch_offset, check_crcs, 2) for parse in parsers()]
+            assert all(step == steps[0] for step in steps)
+            records, next_offset, _, status = steps[0]
             if results[0] is None:
                 declined += 1
-                continue
-            read += 1
-            assert aiokafka_reads(raw, fetch_offset, check_crcs) == results[0]
+                assert status == kafka_records.DECLINED
+            else:
+                read += 1
+                assert status == kafka_records.END and (records, next_offset) == results[0]
+            for max_records in (1, 3, None):
+                expected = aiokafka_drain(raw, fetch_offset, check_crcs, max_records)
+                for parse in parsers():
+                    assert light_drain(raw, fetch_offset, check_crcs, max_records, parse) == expected
     assert read > 500 and declined > 500  # both sides of the parser are exercised
