@@ -106,6 +106,10 @@ class _LightPartitionRecords:
         #: The ``PartitionRecords`` aiokafka built for the fetch: its type and options, and what
         #: reads a fetch declined at its first batch.
         self._aiokafka = partition_records
+        # Its unpacking generator (not started) holds it in a reference cycle, which aiokafka breaks
+        # when the generator ends; unused here, it would keep the fetch's bytes until a cycle
+        # collection (the worker runs few). Made again if aiokafka is to read on.
+        partition_records._records_iterator = None
         self._fallback: Any = None
         self.next_fetch_offset = fetch_offset
 
@@ -132,6 +136,7 @@ class _LightPartitionRecords:
                 original._records.next_batch()
             assert batch == pos
             original.next_fetch_offset = self._parsed_offset
+            original._records_iterator = original._unpack_records()
             self._fallback = original
         self._pos = pos
 
@@ -235,6 +240,7 @@ def _unsupported(consumer: AIOKafkaConsumer) -> str:
             "_value_deserializer",
         ),
         module.FetchResult: ("check_assignment", "has_more", "_update_position", "getall"),
+        module.PartitionRecords: ("_unpack_records", "__next__"),
     }
     for owner, names in needed.items():
         for name in names:
