@@ -1030,7 +1030,8 @@ class KafkaConfig(_Frozen):
     fetch_max_bytes: int = Field(default=52428800, ge=1024)
     max_partition_fetch_bytes: int = Field(default=1048576, ge=1024)
     max_poll_records: int = Field(default=500, ge=1)
-    #: CRC32C of every fetched record batch checked on the client (aiokafka's ``check_crcs``).
+    #: CRC32C of every fetched record batch checked on the client (aiokafka's ``check_crcs``; the
+    #: compiled record parser of worker.stream.fetch checks it with the CPU's CRC32C instruction).
     check_crcs: bool = True
     #: How long the broker may hold a fetch until ``fetch_min_bytes`` are there (``fetch_max_wait_ms``).
     fetch_max_wait: Duration = Field(default=0.5, ge=0)

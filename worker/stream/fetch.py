@@ -29,7 +29,15 @@ from aiokafka.structs import ConsumerRecord
 from worker.processors import native
 from worker.stream import kafka_records
 
-__all__ = ["FAST_AIOKAFKA", "FetchedRecords", "Reader", "RecordLike", "fetch_records", "reader_for"]
+__all__ = [
+    "COMPILED_PARSE",
+    "FAST_AIOKAFKA",
+    "FetchedRecords",
+    "Reader",
+    "RecordLike",
+    "fetch_records",
+    "reader_for",
+]
 
 #: aiokafka versions whose fetcher internals the fast drain mirrors (checked: 0.14.0).
 FAST_AIOKAFKA = ("0.14.",)
@@ -38,9 +46,9 @@ _READ_UNCOMMITTED = 0
 _LOG_OVERHEAD = 12
 
 _compiled = native.load("worker.stream._kafka_records")
-#: The parser: compiled when built (and not disabled), else the pure reference.
-parse: Callable[..., Any] = _compiled.parse if _compiled is not None else kafka_records.parse
-PARSER = "native" if _compiled is not None else "pure"
+#: The compiled parser, when built (and not disabled). The pure reference is slower than
+#: aiokafka's own unpacking: without the compiled one the worker runs the public ``getmany``.
+COMPILED_PARSE: Callable[..., Any] | None = _compiled.parse if _compiled is not None else None
 
 
 class RecordLike(Protocol):
@@ -94,7 +102,15 @@ class _LightPartitionRecords:
     ``PartitionRecords`` reads the rest. ``next_fetch_offset`` is what aiokafka's would be after the
     same records; iterated (aiokafka's ``getone``/``getall``), it yields ``ConsumerRecord``s."""
 
-    def __init__(self, tp: TopicPartition, raw: bytes, fetch_offset: int, partition_records: Any) -> None:
+    def __init__(
+        self,
+        tp: TopicPartition,
+        raw: bytes,
+        fetch_offset: int,
+        partition_records: Any,
+        parse: Callable[..., Any],
+    ) -> None:
+        self._parse_records = parse
         self._tp = tp
         self._raw = raw
         self._pos = 0
@@ -115,7 +131,7 @@ class _LightPartitionRecords:
 
     def _parse(self, want: int) -> None:
         """Parses at least ``want`` more records (whole batches), or up to a declined batch."""
-        records, self._parsed_offset, pos, self._status = parse(
+        records, self._parsed_offset, pos, self._status = self._parse_records(
             self._raw,
             self._pos,
             self._parsed_offset,
@@ -268,10 +284,14 @@ class Reader:
     """Drains one started consumer's buffered fetches: light records where the parser serves,
     aiokafka's ``ConsumerRecord``s elsewhere; ``getmany``'s contract either way."""
 
-    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+    def __init__(self, consumer: AIOKafkaConsumer, parse: Callable[..., Any] | None = None) -> None:
+        """``parse``: the record parser (tests pass the pure one); the compiled one by default."""
         self.consumer = consumer
+        self._parse = parse or COMPILED_PARSE
         #: Why the public ``getmany`` runs instead ("" when the fast drain runs).
         self.unsupported = _unsupported(consumer)
+        if self._parse is None and not self.unsupported:
+            self.unsupported = "the compiled record parser is not built (or SPANMETRICS_NO_EXTENSIONS is set)"
         #: Fetched partitions read by the light parser, and those it left to aiokafka.
         self.parsed = 0
         self.declined = 0
@@ -351,7 +371,8 @@ class Reader:
                 return result.getall(max_records)  # type: ignore[no-any-return]
             if not result.check_assignment(tp):
                 return []
-            records = _LightPartitionRecords(tp, kept.raw, records.next_fetch_offset, records)
+            assert self._parse is not None
+            records = _LightPartitionRecords(tp, kept.raw, records.next_fetch_offset, records, self._parse)
             result._partition_records = records
             records._parse(max_records if max_records is not None else 1 << 30)
             if records.declined_at_start:
@@ -380,7 +401,7 @@ def reader_for(consumer: AIOKafkaConsumer, log: Any = None) -> Reader:
         reader = _readers[consumer] = Reader(consumer)
         if log is not None:
             if reader.fast:
-                log.info("kafka records read without per-record objects", parser=PARSER)
+                log.info("kafka records read without per-record objects (compiled record parser)")
             else:
                 log.info("kafka records read by aiokafka's getmany", because=reader.unsupported)
     return reader

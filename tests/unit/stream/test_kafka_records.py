@@ -233,24 +233,15 @@ def aiokafka_drain(raw: bytes, fetch_offset: int, check_crcs: bool, max_records:
 
 
 def light_drain(
-    raw: bytes, fetch_offset: int, check_crcs: bool, max_records: int | None, parse: Any = None
+    raw: bytes, fetch_offset: int, check_crcs: bool, max_records: int | None, parse: Any
 ) -> list[Any]:
     """The same through the drain's ``_LightPartitionRecords`` (the parser, then aiokafka from a
     batch it declines)."""
-    chosen = fetch.parse
-    fetch.parse = parse or chosen
-    try:
-        return _light_drain(raw, fetch_offset, check_crcs, max_records)
-    finally:
-        fetch.parse = chosen
-
-
-def _light_drain(raw: bytes, fetch_offset: int, check_crcs: bool, max_records: int | None) -> list[Any]:
     fetch._KeptMemoryRecords.factory = fetch._KeptMemoryRecords.factory or MemoryRecords
     original = PartitionRecords(
         TP, fetch._KeptMemoryRecords(raw), [], fetch_offset, None, None, check_crcs, 0
     )
-    light = fetch._LightPartitionRecords(TP, raw, fetch_offset, original)
+    light = fetch._LightPartitionRecords(TP, raw, fetch_offset, original, parse)
     steps: list[Any] = []
     while True:
         try:
@@ -288,7 +279,7 @@ def test_a_drained_fetch_is_freed_without_the_cycle_collector() -> None:
     try:
         for data in (raw[:1000] + b"", build_batch(0, plain) + b""):  # fresh objects
             before = sys.getrefcount(data)
-            light_drain(data, 0, True, 4)
+            light_drain(data, 0, True, 4, parsers()[-1])
             assert sys.getrefcount(data) == before
     finally:
         gc.enable()
