@@ -211,12 +211,16 @@ def test_crc32c_equals_aiokafkas() -> None:
 # ------------------------------------------------------------------------------ the drain
 
 
-def aiokafka_drain(raw: bytes, fetch_offset: int, check_crcs: bool, max_records: int | None) -> list[Any]:
+Limits = int | list[int] | None
+
+
+def aiokafka_drain(raw: bytes, fetch_offset: int, check_crcs: bool, limits: Limits) -> list[Any]:
     """aiokafka's ``getall`` steps over one fetch: each step's records and next fetch offset, and
-    the exception that ended it, if any."""
+    the exception that ended it, if any; ``limits``: each step's ``max_records`` (a list: in turn)."""
     partition_records = PartitionRecords(TP, MemoryRecords(raw), [], fetch_offset, None, None, check_crcs, 0)
     steps: list[Any] = []
     while True:
+        max_records = _limit(limits, len(steps))
         taken: list[Any] = []
         try:
             for record in partition_records:
@@ -232,8 +236,12 @@ def aiokafka_drain(raw: bytes, fetch_offset: int, check_crcs: bool, max_records:
         steps.append((taken, partition_records.next_fetch_offset))
 
 
+def _limit(limits: int | list[int] | None, step: int) -> int | None:
+    return limits[step % len(limits)] if isinstance(limits, list) else limits
+
+
 def light_drain(
-    raw: bytes, fetch_offset: int, check_crcs: bool, max_records: int | None, parse: Any
+    raw: bytes, fetch_offset: int, check_crcs: bool, limits: int | list[int] | None, parse: Any
 ) -> list[Any]:
     """The same through the drain's ``_LightPartitionRecords`` (the parser, then aiokafka from a
     batch it declines)."""
@@ -245,7 +253,7 @@ def light_drain(
     steps: list[Any] = []
     while True:
         try:
-            taken, done = light.take(max_records)
+            taken, done = light.take(_limit(limits, len(steps)))
         except Exception as exc:
             steps.append((type(exc).__name__, light.next_fetch_offset))
             return steps
@@ -256,10 +264,10 @@ def light_drain(
 
 
 @pytest.mark.parametrize("parse", parsers())
-@pytest.mark.parametrize("max_records", [1, 2, 5, None])
-def test_drain_steps_as_aiokafka(max_records: int | None, parse: Any) -> None:
+@pytest.mark.parametrize("max_records", [1, 2, 5, None, [3, 1, 7]])
+def test_drain_steps_as_aiokafka(max_records: int | list[int] | None, parse: Any) -> None:
     """Small steps, a fetch beginning inside a batch, a declined batch in the middle (gzip)."""
-    plain = [(i, b"k", b"v%d" % i, [("tenant", b"a")] if i % 2 else []) for i in range(4)]
+    plain: list[Record] = [(i, b"k", b"v%d" % i, [("tenant", b"a")] if i % 2 else []) for i in range(4)]
     gzip = build_batch(20, plain, compression=1)
     raw = build_batch(10, plain) + build_batch(14, plain) + gzip + build_batch(24, plain)[:-3]
     for fetch_offset in (10, 11, 13):  # within the first batch, as a broker answers
@@ -272,7 +280,7 @@ def test_drain_steps_as_aiokafka(max_records: int | None, parse: Any) -> None:
 def test_a_drained_fetch_is_freed_without_the_cycle_collector() -> None:
     """aiokafka's unused PartitionRecords sits in a reference cycle with its generator: left so, the
     fetch's bytes would wait for a cycle collection (the worker runs few; RSS grew 4x)."""
-    plain = [(i, None, b"v" * 100, []) for i in range(6)]
+    plain: list[Record] = [(i, None, b"v" * 100, []) for i in range(6)]
     raw = build_batch(0, plain) + build_batch(6, plain, compression=1) + build_batch(12, plain)
     gc.collect()
     gc.disable()
@@ -359,8 +367,8 @@ def test_mutated_fetches_never_crash_and_agree(seed: int) -> None:
             else:
                 read += 1
                 assert status == kafka_records.END and (records, next_offset) == results[0]
-            for max_records in (1, 3, None):
-                expected = aiokafka_drain(raw, fetch_offset, check_crcs, max_records)
+            for limits in (1, 3, None, [2, 1, 5]):
+                expected = aiokafka_drain(raw, fetch_offset, check_crcs, limits)
                 for parse in parsers():
-                    assert light_drain(raw, fetch_offset, check_crcs, max_records, parse) == expected
+                    assert light_drain(raw, fetch_offset, check_crcs, limits, parse) == expected
     assert read > 500 and declined > 500  # both sides of the parser are exercised
