@@ -164,6 +164,44 @@ cdef inline object _slice(const unsigned char* buf, Py_ssize_t start, Py_ssize_t
     return PyBytes_FromStringAndSize(<const char*>buf + start, size)
 
 
+def is_plain_request(bytes data) -> bool:
+    """Compiled twin of ``worker.otlp.decode.is_plain_request`` (the ingest asks it of every
+    record): whole ``resource_spans`` fields (tag 0x0A, a varint length of at most 5 bytes) and
+    nothing else. A record whose second byte might still make it JSON goes to the pure one."""
+    cdef const unsigned char* d = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t pos = 0, p, end
+    cdef uint64_t length
+    cdef int shift
+    cdef unsigned char byte
+    while pos < size:
+        if d[pos] != 0x0A:
+            return False
+        p = pos + 1
+        end = p + 5 if size - p > 5 else size
+        length = 0
+        shift = 0
+        while True:
+            if p >= end:
+                return False  # truncated or longer than 5 bytes
+            byte = d[p]
+            p += 1
+            length |= (<uint64_t>(byte & 0x7F)) << shift
+            if byte < 0x80:
+                break
+            shift += 7
+        if length > <uint64_t>(size - p):
+            return False  # past the end: the pure loop ends beyond size too
+        pos = p + <Py_ssize_t>length
+    if size < 2:
+        return True
+    byte = d[1]
+    if byte == 0x20 or byte == 0x09 or byte == 0x0A or byte == 0x0D or byte == 0x0B or byte == 0x0C or byte == 0x7B:
+        from worker.otlp.decode import is_plain_request as pure
+        return pure(data)
+    return True
+
+
 def crc32c(bytes data) -> int:
     """CRC32C of ``data`` (for tests: equal to aiokafka's ``calc_crc32c``)."""
     return smk_crc32c(<const unsigned char*>PyBytes_AS_STRING(data), <size_t>PyBytes_GET_SIZE(data))

@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import ConsumerStoppedError
 from aiokafka.structs import ConsumerRecord
 
+from worker.otlp import decode
 from worker.processors import native
 from worker.stream import kafka_records
 
@@ -36,6 +37,7 @@ __all__ = [
     "Reader",
     "RecordLike",
     "fetch_records",
+    "is_plain_request",
     "reader_for",
 ]
 
@@ -49,6 +51,10 @@ _compiled = native.load("worker.stream._kafka_records")
 #: The compiled parser, when built (and not disabled). The pure reference is slower than
 #: aiokafka's own unpacking: without the compiled one the worker runs the public ``getmany``.
 COMPILED_PARSE: Callable[..., Any] | None = _compiled.parse if _compiled is not None else None
+#: ``worker.otlp.decode.is_plain_request``, compiled when built (the ingest asks it of every record).
+is_plain_request: Callable[[bytes], bool] = (
+    _compiled.is_plain_request if _compiled is not None else decode.is_plain_request
+)
 
 
 class RecordLike(Protocol):

@@ -14,9 +14,9 @@ from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, R
 from worker.config import KafkaConfig
 from worker.model.errors import OtlpDecodeError
 from worker.observability.stats import WorkerStats
-from worker.otlp.decode import Decoded, decode_spans, is_plain_request
+from worker.otlp.decode import Decoded, decode_spans
 from worker.processors.pipeline import NativeRun, Pipeline, PipelineStats
-from worker.stream.fetch import RecordLike
+from worker.stream.fetch import RecordLike, is_plain_request  # compiled when built
 from worker.stream.partitions import Partitions
 from worker.stream.records import dlq_headers, tenant_of
 from worker.stream.retry import with_redis_retry

@@ -372,3 +372,81 @@ def test_mutated_fetches_never_crash_and_agree(seed: int) -> None:
                 for parse in parsers():
                     assert light_drain(raw, fetch_offset, check_crcs, limits, parse) == expected
     assert read > 500 and declined > 500  # both sides of the parser are exercised
+
+
+# ------------------------------------------------------------------------------ is_plain_request
+
+
+def _varint_bytes(value: int, extra: int) -> bytes:
+    """``value`` as a varint, padded with ``extra`` redundant continuation bytes (overlong)."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    if extra:
+        out[-1] |= 0x80
+        out += b"\x80" * (extra - 1) + b"\x00"
+    return bytes(out)
+
+
+fields_strategy = st.lists(
+    st.tuples(
+        st.sampled_from([0x0A, 0x0A, 0x0A, 0x12, 0x7B, 0x20]),
+        # Lengths whose first byte is whitespace or "{": such records might still be JSON.
+        st.one_of(st.sampled_from([9, 10, 11, 12, 13, 32, 123]), st.integers(min_value=0, max_value=300)),
+        st.integers(min_value=0, max_value=5),
+        st.integers(min_value=-3, max_value=3),
+    ),
+    max_size=4,
+)
+
+
+@needs_native
+@settings(max_examples=600, deadline=None)
+@given(
+    parts=fields_strategy,
+    cut=st.integers(min_value=0, max_value=8),
+    second=st.sampled_from([None, *b" \t\n{a\x00"]),
+)
+def test_compiled_is_plain_request_equals_the_pure_one(
+    parts: list[tuple[int, int, int, int]], cut: int, second: int | None
+) -> None:
+    from worker.otlp.decode import is_plain_request
+
+    data = bytearray()
+    for tag, length, extra, skew in parts:
+        data += bytes([tag]) + _varint_bytes(length, extra) + b"x" * max(0, length + skew)
+    if second is not None and len(data) > 1:
+        data[1] = second
+    for value in (bytes(data), bytes(data[: len(data) - cut]), bytes(data[cut:])):
+        assert compiled.is_plain_request(value) == is_plain_request(value)
+
+
+@needs_native
+def test_compiled_is_plain_request_on_real_and_random_records() -> None:
+    from devtools.loadgen.model import TraceGenerator, build_model
+    from worker.otlp.decode import is_plain_request
+
+    generator = TraceGenerator(build_model(services=4, seed=9), seed=9)
+    rng = random.Random(9)
+    checked = {True: 0, False: 0}
+    for _ in range(300):
+        value = bytearray(generator.trace_request(1_700_000_000_000_000_000)[1].SerializeToString())
+        for _ in range(5):
+            mutant = bytearray(value)
+            for _ in range(rng.randint(0, 2)):
+                mutant[rng.randrange(len(mutant))] = rng.randrange(256)
+            if rng.random() < 0.3:
+                mutant = mutant[: rng.randrange(len(mutant) + 1)]
+            expected = is_plain_request(bytes(mutant))
+            assert compiled.is_plain_request(bytes(mutant)) == expected
+            checked[expected] += 1
+    for size in range(40):
+        data = rng.randbytes(size)
+        assert compiled.is_plain_request(data) == is_plain_request(data)
+    for length in (9, 10, 32, 123):  # a second byte that is whitespace or "{": JSON or not
+        for body in (b"x" * length, b"{" + b"x" * (length - 1), b" " * (length - 1) + b"{"):
+            data = bytes([0x0A, length]) + body
+            assert compiled.is_plain_request(data) == is_plain_request(data)
+    assert checked[True] > 100 and checked[False] > 100
