@@ -45,10 +45,10 @@ async def produce(bootstrap: str, topic: str, records: int, value_bytes: int) ->
 
 
 async def read_all(
-    bootstrap: str, topic: str, records: int, drain: str, check_crcs: bool
+    bootstrap: str, topic: str, records: int, drain: str, check_crcs: bool, **fetch: Any
 ) -> tuple[float, float]:
     """Wall and CPU seconds from the first getmany to the last record."""
-    defaults = KafkaConfig()
+    defaults = KafkaConfig(**fetch)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
