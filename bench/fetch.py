@@ -4,6 +4,7 @@ reading the same records off a real broker, rounds alternating; records/s and CP
     python bench/fetch.py                      # shape A: 50,000 records of ~2.7 kB
     python bench/fetch.py --records 2000 --value-bytes 318000   # shape B-like
     python bench/fetch.py --no-check-crcs
+    python bench/fetch.py --fetch-max-bytes 52428800   # aiokafka's default fetch size
 """
 
 from __future__ import annotations
@@ -90,17 +91,31 @@ async def main(args: argparse.Namespace) -> None:
         topic = f"bench-fetch-{uuid.uuid4().hex[:8]}"
         await create_topics(server.bootstrap_servers, {topic: PARTITIONS})
         await produce(server.bootstrap_servers, topic, args.records, args.value_bytes)
+        fetch = {
+            name: value
+            for name, value in (
+                ("fetch_max_bytes", args.fetch_max_bytes),
+                ("max_partition_fetch_bytes", args.max_partition_fetch_bytes),
+            )
+            if value is not None
+        }
         results: dict[str, list[tuple[float, float]]] = {"getmany": [], "fast": []}
         for index in range(args.rounds):
             for drain in ("getmany", "fast") if index % 2 == 0 else ("fast", "getmany"):
                 results[drain].append(
                     await read_all(
-                        server.bootstrap_servers, topic, args.records, drain, not args.no_check_crcs
+                        server.bootstrap_servers,
+                        topic,
+                        args.records,
+                        drain,
+                        not args.no_check_crcs,
+                        **fetch,
                     )
                 )
         print(
             f"{args.records:,} records of {args.value_bytes:,} B, {PARTITIONS} partitions, "
-            f"check_crcs={not args.no_check_crcs}, {args.rounds} rounds (medians)"
+            f"check_crcs={not args.no_check_crcs}, {args.rounds} rounds (medians), "
+            f"fetch options {fetch or 'the worker defaults'}"
         )
         medians = {}
         for drain, runs in results.items():
@@ -123,6 +138,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--value-bytes", type=int, default=2_700)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--no-check-crcs", action="store_true")
+    parser.add_argument("--fetch-max-bytes", type=int, help="kafka.fetch_max_bytes (default: the worker's)")
+    parser.add_argument(
+        "--max-partition-fetch-bytes", type=int, help="kafka.max_partition_fetch_bytes (default: worker's)"
+    )
     return parser.parse_args(argv)
 
 
