@@ -14,6 +14,7 @@ from setuptools.command.build_ext import build_ext
 _EXTENSIONS = {
     "worker.processors._native": "worker/processors/_native.pyx",
     "worker.otlp._encode": "worker/otlp/_encode.pyx",
+    "worker.stream._kafka_records": "worker/stream/_kafka_records.pyx",
 }
 
 

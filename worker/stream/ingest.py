@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
-from aiokafka.structs import ConsumerRecord
 
 from worker.config import KafkaConfig
 from worker.model.errors import OtlpDecodeError
 from worker.observability.stats import WorkerStats
-from worker.otlp.decode import Decoded, decode_spans, is_plain_request
+from worker.otlp.decode import Decoded, decode_spans
 from worker.processors.pipeline import NativeRun, Pipeline, PipelineStats
+from worker.stream.fetch import RecordLike, is_plain_request  # compiled when built
 from worker.stream.partitions import Partitions
 from worker.stream.records import dlq_headers, tenant_of
 from worker.stream.retry import with_redis_retry
@@ -65,7 +65,7 @@ class Ingest:
         #: Partitions sought back by a rewind: records fetched before the seek are dropped.
         self._sought: set[int] = set()
 
-    async def handle(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+    async def handle(self, tp: TopicPartition, records: Sequence[RecordLike]) -> None:
         """One partition's fetched records: skip replays, then consume runs of plain records together."""
         partition = tp.partition
         shared = self.shared
@@ -88,7 +88,7 @@ class Ingest:
         tenant_header, default_tenant = kafka.tenant_header, kafka.default_tenant
         max_bytes = kafka.max_input_record_bytes
         dead = self._dead
-        run: list[tuple[ConsumerRecord, bytes]] = []
+        run: list[tuple[RecordLike, bytes]] = []
         run_tenant = ""
         run_bytes = 0
         for record in records:
@@ -129,7 +129,7 @@ class Ingest:
             await self._consume_records(partition, run, run_tenant)
 
     async def _consume_records(
-        self, partition: int, run: list[tuple[ConsumerRecord, bytes]], tenant: str | None
+        self, partition: int, run: list[tuple[RecordLike, bytes]], tenant: str | None
     ) -> bool:
         """Records of one tenant: several (all plain) joined into one parse, else each alone.
 
@@ -248,7 +248,7 @@ class Ingest:
         for p in [p for p in self._alone if p not in shared.tokens]:
             del self._alone[p]
 
-    async def _fetched_before_rewind(self, tp: TopicPartition, records: list[ConsumerRecord]) -> bool:
+    async def _fetched_before_rewind(self, tp: TopicPartition, records: Sequence[RecordLike]) -> bool:
         """True for records of the batch that was being handled when a rewind sought ``tp`` back
         (its position is then at or before them); they are fetched again."""
         if tp not in self.consumer.assignment():
@@ -272,7 +272,7 @@ class Ingest:
             for key in [key for key in self._dead if key[0] == partition and key[1] < applied]:
                 del self._dead[key]
 
-    async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
+    async def _dead_letter(self, record: RecordLike, reason: str) -> None:
         """Publish the record unchanged with why and where from; wait for delivery so it is never lost."""
         self.stats.dlq += 1
         self.stats.drop("undecodable")
@@ -298,7 +298,7 @@ class Ingest:
         )
 
 
-def _record_time_ns(record: ConsumerRecord) -> int | None:
+def _record_time_ns(record: RecordLike) -> int | None:
     """The record's Kafka timestamp (milliseconds: create or log-append time) in nanoseconds."""
     timestamp = getattr(record, "timestamp", None)
     return timestamp * 1_000_000 if isinstance(timestamp, int) and timestamp >= 0 else None

@@ -36,6 +36,7 @@ from worker.stream.cadence import EMIT, MERGE, Cadence
 from worker.stream.checkpoint import Checkpoint
 from worker.stream.clients import kafka_start_problem, make_consumer, make_producer, make_redis
 from worker.stream.emission import Emission
+from worker.stream.fetch import fetch_records
 from worker.stream.gc_pause import collection_paused
 from worker.stream.ingest import Ingest
 from worker.stream.partitions import Partitions
@@ -325,8 +326,12 @@ class StreamWorker:
                     timeout = min(cadence.until_due(time.monotonic()), 0.5)
                     if self.emitting():
                         timeout = max(timeout, _EMISSION_POLL)
-                    batch = await self.consumer.getmany(
-                        timeout_ms=int(timeout * 1000), max_records=self.settings.kafka.max_poll_records
+                    # aiokafka's getmany, without a ConsumerRecord per record where it can (fetch.py).
+                    batch = await fetch_records(
+                        self.consumer,
+                        timeout_ms=int(timeout * 1000),
+                        max_records=self.settings.kafka.max_poll_records,
+                        log=self.log,
                     )
                     if batch:
                         async with shared.lock:
