@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from devtools.servers import create_topics
 from worker.stream import kafka_records
-from worker.stream.fetch import COMPILED_PARSE, Reader, reader_for
+from worker.stream.fetch import COMPILED_PARSE, Reader, fetch_path, reader_for
 
 
 def _fields(record: Any) -> tuple[Any, ...]:
@@ -92,9 +92,11 @@ async def test_the_fast_drain_runs_on_the_installed_aiokafka(kafka_bootstrap: st
     await create_topics(kafka_bootstrap, {topic: 2})
     consumer = await _consumer(kafka_bootstrap, topic)
     try:
+        assert fetch_path(consumer) == "unknown"  # (spanmetrics_build_info{fetch=}) before a fetch
         reader = reader_for(consumer)
         assert reader.fast, reader.unsupported
         await reader.getmany(timeout_ms=100, max_records=None)
+        assert fetch_path(consumer) == "light"
     finally:
         await consumer.stop()
 

@@ -128,6 +128,9 @@ class MetricsSource(Protocol):
     @property
     def ingest_path(self) -> str: ...
 
+    @property
+    def fetch_path(self) -> str: ...
+
 
 class WorkerMetrics:
     """All self-metrics of one worker, registered in ``registry`` (inject your own in tests)."""
@@ -479,12 +482,14 @@ class WorkerMetrics:
         )
         info = GaugeMetricFamily(
             PREFIX + "build_info",
-            "Always 1; the worker's version, span-metrics ingest (native, pure; unknown unbound) and"
-            " OTLP metrics encoder (native, pure).",
-            labels=["version", "ingest", "encode"],
+            "Always 1; the worker's version, span-metrics ingest (native, pure; unknown unbound),"
+            " OTLP metrics encoder (native, pure) and fetch drain (light, aiokafka; unknown before"
+            " the first fetch).",
+            labels=["version", "ingest", "encode", "fetch"],
         )
         ingest = source.ingest_path if source is not None else "unknown"
-        info.add_metric([__version__, ingest, encode_path()], 1)
+        fetch = source.fetch_path if source is not None else "unknown"
+        info.add_metric([__version__, ingest, encode_path(), fetch], 1)
         yield info
 
 

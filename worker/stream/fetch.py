@@ -36,6 +36,7 @@ __all__ = [
     "FetchedRecords",
     "Reader",
     "RecordLike",
+    "fetch_path",
     "fetch_records",
     "is_plain_request",
     "reader_for",
@@ -411,6 +412,18 @@ def reader_for(consumer: AIOKafkaConsumer, log: Any = None) -> Reader:
             else:
                 log.info("kafka records read by aiokafka's getmany", because=reader.unsupported)
     return reader
+
+
+def fetch_path(consumer: AIOKafkaConsumer) -> str:
+    """Which drain reads the consumer's fetches: ``light`` (the record parser), ``aiokafka``
+    (its ``getmany``), or ``unknown`` before the first fetch."""
+    try:
+        reader = _readers.get(consumer)
+    except TypeError:  # not a consumer a reader could be made for
+        return "unknown"
+    if reader is None:
+        return "unknown"
+    return "light" if reader.fast else "aiokafka"
 
 
 async def fetch_records(

@@ -36,7 +36,7 @@ from worker.stream.cadence import EMIT, MERGE, Cadence
 from worker.stream.checkpoint import Checkpoint
 from worker.stream.clients import kafka_start_problem, make_consumer, make_producer, make_redis
 from worker.stream.emission import Emission
-from worker.stream.fetch import fetch_records
+from worker.stream.fetch import fetch_path, fetch_records
 from worker.stream.gc_pause import collection_paused
 from worker.stream.ingest import Ingest
 from worker.stream.partitions import Partitions
@@ -478,6 +478,11 @@ class StreamWorker:
             self._emitting = asyncio.create_task(self._emit(started, held, final), name="emission")
             return None
         return await self._emit(started, held, final) if emit else await self._flushed(started, None, final)
+
+    @property
+    def fetch_path(self) -> str:
+        """Which drain reads the fetches (``spanmetrics_build_info{fetch=}``): see stream.fetch."""
+        return fetch_path(self.consumer)
 
     def emitting(self) -> bool:
         """An emission started by the run loop is still running."""

@@ -128,6 +128,7 @@ class FakeWorker:
     store: Any = None
     service_graphs: Any = None
     ingest_path: str = "native"
+    fetch_path: str = "light"
 
     @property
     def assigned(self) -> list[int]:
@@ -173,7 +174,14 @@ def test_counters_read_worker_stats_at_scrape_time() -> None:
     metrics.bind(worker)
 
     assert (
-        value(registry, "spanmetrics_build_info", version=__version__, ingest="native", encode=encode_path())
+        value(
+            registry,
+            "spanmetrics_build_info",
+            version=__version__,
+            ingest="native",
+            encode=encode_path(),
+            fetch="light",
+        )
         == 1
     )
     assert value(registry, "spanmetrics_records_consumed_total") == 120
@@ -230,7 +238,7 @@ def test_exposition_is_valid_prefixed_and_typed() -> None:
     assert labels["spanmetrics_consumer_lag_records"] == ["partition"]
     assert labels["spanmetrics_active_series"] == ["tenant"]
     assert labels["spanmetrics_tenant_series_overflowed"] == ["tenant"]
-    assert labels["spanmetrics_build_info"] == ["encode", "ingest", "version"]
+    assert labels["spanmetrics_build_info"] == ["encode", "fetch", "ingest", "version"]
     assert labels["spanmetrics_sink_errors"] == ["sink"]
     unlabelled = set(EXPECTED_TYPES) - {
         "spanmetrics_sink_errors",
@@ -332,7 +340,14 @@ def test_unbound_bundle_exports_names_without_values() -> None:
     assert value(registry, "spanmetrics_spans_processed_total") is None
     assert value(registry, "spanmetrics_assigned_partitions") is None
     assert (
-        value(registry, "spanmetrics_build_info", version=__version__, ingest="unknown", encode=encode_path())
+        value(
+            registry,
+            "spanmetrics_build_info",
+            version=__version__,
+            ingest="unknown",
+            encode=encode_path(),
+            fetch="unknown",
+        )
         == 1
     )
 
