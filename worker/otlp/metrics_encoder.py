@@ -17,7 +17,7 @@ from worker.model.values import key_value as _key_value
 from worker.model.wire import length_prefix, varint
 from worker.model.wire import length_prefix as _length
 from worker.model.wire import message as _message
-from worker.processors.native import load
+from worker.model.extensions import load
 
 __all__ = ["EncodedRequest", "clear_caches", "encode_path", "encode_requests", "encode_slot", "fit_otlp"]
 

@@ -1,23 +1,8 @@
-"""Loads the optional compiled ingest (span metrics and service graphs);
-``SPANMETRICS_NO_EXTENSIONS=1`` forces the pure path."""
+"""The processors' handle on the compiled ingest (``worker.processors._native``): the loader of
+worker.model.extensions, which every layer shares."""
 
 from __future__ import annotations
 
-import importlib
-import os
-from types import ModuleType
+from worker.model.extensions import NO_EXTENSIONS_ENV, load
 
 __all__ = ["NO_EXTENSIONS_ENV", "load"]
-
-NO_EXTENSIONS_ENV = "SPANMETRICS_NO_EXTENSIONS"
-
-
-def load(module: str = "worker.processors._native") -> ModuleType | None:
-    """The compiled ``module``, or None: not built (no compiler at install), or disabled by the
-    environment."""
-    if os.environ.get(NO_EXTENSIONS_ENV, "").strip() not in ("", "0"):
-        return None
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        return None

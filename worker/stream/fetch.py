@@ -27,7 +27,7 @@ from aiokafka.errors import ConsumerStoppedError
 from aiokafka.structs import ConsumerRecord
 
 from worker.otlp import decode
-from worker.processors import native
+from worker.model import extensions
 from worker.stream import kafka_records
 
 __all__ = [
@@ -48,7 +48,7 @@ _READ_UNCOMMITTED = 0
 #: Base offset and batch length precede a batch's counted length.
 _LOG_OVERHEAD = 12
 
-_compiled = native.load("worker.stream._kafka_records")
+_compiled = extensions.load("worker.stream._kafka_records")
 #: The compiled parser, when built (and not disabled). The pure reference is slower than
 #: aiokafka's own unpacking: without the compiled one the worker runs the public ``getmany``.
 COMPILED_PARSE: Callable[..., Any] | None = _compiled.parse if _compiled is not None else None

@@ -23,7 +23,7 @@ from worker.model.series import Attributes, MetricDescriptor, MetricKind, Series
 from worker.model.values import attribute_parts
 from worker.otlp import metrics_encoder
 from worker.otlp.metrics_encoder import encode_requests, encode_slot
-from worker.processors.native import NO_EXTENSIONS_ENV, load
+from worker.model.extensions import NO_EXTENSIONS_ENV, load
 
 COMPILED = load("worker.otlp._encode")
 pytestmark = pytest.mark.skipif(COMPILED is None, reason="compiled encoder not built")

@@ -19,7 +19,7 @@ from worker.model.series import Attributes, MetricDescriptor, MetricKind, Series
 from worker.model.values import attribute_parts, encode_any_value, python_to_any_value
 from worker.otlp import metrics_encoder
 from worker.otlp.metrics_encoder import EncodedRequest, encode_requests
-from worker.processors.native import load
+from worker.model.extensions import load
 
 _COMPILED = load("worker.otlp._encode")
 

@@ -13,7 +13,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from devtools.loadgen.model import TraceGenerator, build_model
 from worker.config import Settings
 from worker.observability.stats import WorkerStats
-from worker.processors import native
+from worker.model import extensions
 from worker.processors.pipeline import Pipeline
 from worker.stream import kafka_records
 from worker.stream.ingest import Ingest
@@ -21,7 +21,7 @@ from worker.stream.partitions import Partitions
 
 TOPIC = "light-in"
 SETTINGS = Settings(kafka={"input_topic": TOPIC, "tenant_header": "x-tenant"})
-compiled: Any = native.load("worker.stream._kafka_records")
+compiled: Any = extensions.load("worker.stream._kafka_records")
 PARSERS = [kafka_records.parse] + ([compiled.parse] if compiled is not None else [])
 
 

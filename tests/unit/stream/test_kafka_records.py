@@ -19,10 +19,10 @@ from aiokafka.structs import TopicPartition
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.processors import native
+from worker.model import extensions
 from worker.stream import fetch, kafka_records
 
-compiled: Any = native.load("worker.stream._kafka_records")
+compiled: Any = extensions.load("worker.stream._kafka_records")
 needs_native = pytest.mark.skipif(
     compiled is None, reason="compiled record parser not built (or SPANMETRICS_NO_EXTENSIONS set)"
 )
