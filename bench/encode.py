@@ -41,6 +41,7 @@ from typing import Any
 import msgpack
 
 from worker.config import DEFAULT_HISTOGRAM_BUCKETS
+from worker.model.extensions import load
 from worker.model.series import (
     Attributes,
     Exemplar,
@@ -53,7 +54,6 @@ from worker.model.series import (
 from worker.model.values import attribute_parts
 from worker.otlp import metrics_encoder
 from worker.otlp.metrics_encoder import encode_requests
-from worker.model.extensions import load
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the protobuf reference lives in tests/
 from tests.reference.metrics_builder import split_by_size

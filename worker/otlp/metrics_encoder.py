@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from worker.model.extensions import load
 from worker.model.series import Attributes, Exemplar, MetricDescriptor, MetricKind, Series, Temporality
 from worker.model.values import key_value as _key_value
 from worker.model.wire import length_prefix, varint
 from worker.model.wire import length_prefix as _length
 from worker.model.wire import message as _message
-from worker.model.extensions import load
 
 __all__ = ["EncodedRequest", "clear_caches", "encode_path", "encode_requests", "encode_slot", "fit_otlp"]
 

@@ -26,8 +26,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import ConsumerStoppedError
 from aiokafka.structs import ConsumerRecord
 
-from worker.otlp import decode
 from worker.model import extensions
+from worker.otlp import decode
 from worker.stream import kafka_records
 
 __all__ = [

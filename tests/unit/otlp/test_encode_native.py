@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 
 from worker.config import DEFAULT_HISTOGRAM_BUCKETS
 from worker.model.exphistogram import ExpHistogram
+from worker.model.extensions import NO_EXTENSIONS_ENV, load
 from worker.model.series import Attributes, MetricDescriptor, MetricKind, Series, Temporality
 from worker.model.values import attribute_parts
 from worker.otlp import metrics_encoder
 from worker.otlp.metrics_encoder import encode_requests, encode_slot
-from worker.model.extensions import NO_EXTENSIONS_ENV, load
 
 COMPILED = load("worker.otlp._encode")
 pytestmark = pytest.mark.skipif(COMPILED is None, reason="compiled encoder not built")

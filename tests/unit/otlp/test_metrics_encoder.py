@@ -15,11 +15,11 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from tests.reference.metrics_builder import split_by_size
 from worker.config import DEFAULT_HISTOGRAM_BUCKETS
 from worker.model.exphistogram import ExpHistogram
+from worker.model.extensions import load
 from worker.model.series import Attributes, MetricDescriptor, MetricKind, Series, Temporality, with_companions
 from worker.model.values import attribute_parts, encode_any_value, python_to_any_value
 from worker.otlp import metrics_encoder
 from worker.otlp.metrics_encoder import EncodedRequest, encode_requests
-from worker.model.extensions import load
 
 _COMPILED = load("worker.otlp._encode")
 

@@ -12,8 +12,8 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from devtools.loadgen.model import TraceGenerator, build_model
 from worker.config import Settings
-from worker.observability.stats import WorkerStats
 from worker.model import extensions
+from worker.observability.stats import WorkerStats
 from worker.processors.pipeline import Pipeline
 from worker.stream import kafka_records
 from worker.stream.ingest import Ingest
