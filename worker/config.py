@@ -1041,7 +1041,12 @@ class KafkaConfig(_Frozen):
     fetch_min_bytes: int = Field(default=1, ge=1)
     max_input_record_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     output_max_record_bytes: int = Field(default=1024 * 1024, ge=4096)
-    compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+    #: Compression of the records the worker produces (metrics, dead letters). zstd by default:
+    #: a flush's OTLP is very repetitive (every histogram point repeats its bounds), and the
+    #: producer checksums what it sends, so compressing costs the worker less CPU than sending
+    #: it plain (60 MB of requests: 0.11 s of producer CPU instead of 0.17-0.24 s) and the broker
+    #: and network a fraction of the bytes. ``none`` for brokers before Kafka 2.1 (no zstd).
+    compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "zstd"
 
     @model_validator(mode="after")
     def _sasl(self) -> KafkaConfig:
