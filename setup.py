@@ -15,6 +15,7 @@ _EXTENSIONS = {
     "worker.processors._native": "worker/processors/_native.pyx",
     "worker.otlp._encode": "worker/otlp/_encode.pyx",
     "worker.stream._kafka_records": "worker/stream/_kafka_records.pyx",
+    "state._fold": "state/_fold.pyx",
 }
 
 

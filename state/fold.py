@@ -14,6 +14,7 @@ from typing import Any, cast
 import msgpack
 
 from state.codec import PartInterner, exp_from_state, exp_state, meta_fields, pack_meta
+from worker.model.extensions import load
 from worker.model.series import (
     CONNECTOR_OVERFLOW,
     SERIES_ID_SEPARATOR,
@@ -49,6 +50,9 @@ _META, _START, _LAST, _COUNT, _SUM, _BUCKETS, _EXP, _EXEMPLARS, _COMPANION, _ZER
 _MINUTE_US = 60_000_000
 _SECOND_US = 1_000_000
 _packb = msgpack.Packer(use_bin_type=True).pack
+#: The compiled walk over a slot's held records (``state._fold``), or None: not built, or
+#: ``SPANMETRICS_NO_EXTENSIONS=1``.
+_compiled = load("state._fold")
 #: Largest stored value (record or meta) a fold reads: far above any real one.
 _MAX_BLOB = 64 << 20
 
@@ -493,6 +497,48 @@ def _drop_superseded_counters(plan: FoldPlan, held: Mapping[bytes, bytes | None]
     plan.created = created
 
 
+def _walk_held(
+    stored: Mapping[bytes, bytes | None],
+    deltas: dict[bytes, tuple[list[Any], int]],
+    known: Mapping[bytes, Kept],
+    expire_before_us: int,
+    resource_expire_before_us: int,
+    resource_seen: Mapping[str, int],
+    plan: FoldPlan,
+    other: Callable[[bytes, bytes | None, tuple[list[Any], int] | None], None],
+) -> None:
+    """:func:`fold_log`'s walk over the held records, in slot order: a quiet series without rows
+    (in ``known``) is expired, or emitted as kept without reading its record; any other record
+    goes to ``other`` (digest, stored blob, its rows or None), and its rows leave ``deltas``.
+    The reference of the compiled ``state._fold.walk_held``, which runs this for every series of
+    a slot at every flush."""
+    found_quiet = plan.quiet
+    for digest, blob in stored.items():
+        digest = bytes(digest)
+        pending = deltas.pop(digest, None)
+        if pending is None and known:
+            kept = known.get(digest)
+            if kept is not None:
+                # As the record would go, without decoding it: its reset changes nothing.
+                last_us = kept[0]
+                if expire_before_us and last_us < expire_before_us:
+                    plan.expired.append(digest)
+                    plan.held_change -= 1  # _weight
+                    continue
+                if (
+                    resource_expire_before_us
+                    and max(resource_seen.get(kept[2], 0), last_us) < resource_expire_before_us
+                ):
+                    _emit_quiet(plan, digest, revive(kept))
+                    plan.expired.append(digest)
+                    plan.held_change -= 1  # _weight
+                    continue
+                _emit_quiet(plan, digest, revive(kept))
+                found_quiet[digest] = kept
+                continue
+        other(digest, blob, pending)
+
+
 def fold_log(
     stored: Mapping[bytes, bytes | None],
     log: Sequence[bytes],
@@ -537,31 +583,11 @@ def fold_log(
     resource_seen = resource_seen_us or {}
     collect = quiet is not None and not delta_mode
     known: Mapping[bytes, Kept] = quiet if collect and quiet is not None else {}
-    found_quiet = plan.quiet
     keep = _keep if collect else None
-    for digest, blob in stored.items():
-        digest = bytes(digest)
-        pending = deltas.pop(digest, None)
-        if pending is None and known:
-            kept = known.get(digest)
-            if kept is not None:
-                # As the record would go below, without decoding it: its reset changes nothing.
-                last_us = kept[0]
-                if expire_before_us and last_us < expire_before_us:
-                    plan.expired.append(digest)
-                    plan.held_change -= 1  # _weight
-                    continue
-                if (
-                    resource_expire_before_us
-                    and max(resource_seen.get(kept[2], 0), last_us) < resource_expire_before_us
-                ):
-                    _emit_quiet(plan, digest, revive(kept))
-                    plan.expired.append(digest)
-                    plan.held_change -= 1  # _weight
-                    continue
-                _emit_quiet(plan, digest, revive(kept))
-                found_quiet[digest] = kept
-                continue
+    found_quiet = plan.quiet
+
+    def other(digest: bytes, blob: bytes | None, pending: tuple[list[Any], int] | None) -> None:
+        """A held record that is not a quiet one without rows: decoded, reset, its rows added."""
         if blob is None:
             raise ValueError("a record the fold needs was not read")
         record = _complete(read_record(blob))
@@ -574,7 +600,7 @@ def fold_log(
         elif expire_before_us and record[_LAST] < expire_before_us:
             plan.expired.append(digest)
             plan.held_change -= _weight(record)
-            continue
+            return
         elif resource_expire_before_us:
             series = series_of(record, exp_max_size, read_meta, parts)
             # A resource's last-seen time is at least each of its series' (merges write both).
@@ -585,14 +611,14 @@ def fold_log(
                     _emit(plan, digest, series, record)
                 plan.expired.append(digest)
                 plan.held_change -= _weight(record)
-                continue
+                return
             if changed:
                 updates.append((digest, packb(record)))
             if not (delta_mode and record[_COUNT] == 0):
                 _emit(plan, digest, series, record)
                 if keep is not None and _is_quiet(record):
                     found_quiet[digest] = keep(series)
-            continue
+            return
         if changed:
             updates.append((digest, packb(record)))
         if not (delta_mode and record[_COUNT] == 0):
@@ -600,6 +626,9 @@ def fold_log(
             _emit(plan, digest, series, record)
             if keep is not None and _is_quiet(record):
                 found_quiet[digest] = keep(series)
+
+    walk = _walk_held if _compiled is None else _compiled.walk_held
+    walk(stored, deltas, known, expire_before_us, resource_expire_before_us, resource_seen, plan, other)
 
     # (metric, resource id) -> (index into overflow_slots, overflow digest, overflow meta)
     overflows: dict[tuple[str, str], tuple[int, bytes, bytes]] = {}

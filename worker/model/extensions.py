@@ -1,5 +1,6 @@
-"""Loads the optional compiled modules (ingest, record parser, metrics encoder; each the twin of a
-pure-Python reference); ``SPANMETRICS_NO_EXTENSIONS=1`` forces the pure paths."""
+"""Loads the optional compiled modules (ingest, record parser, metrics encoder, the fold's walk over
+held records; each the twin of a pure-Python reference); ``SPANMETRICS_NO_EXTENSIONS=1`` forces
+the pure paths."""
 
 from __future__ import annotations
 
