@@ -86,6 +86,15 @@ cdef object _revive(tuple kept, object revive):
     return item
 
 
+cdef Py_ssize_t YIELD_EVERY = 1024
+
+
+cdef inline void _let_others_run() noexcept:
+    """Release the GIL and take it back: a thread waiting for it (the event loop's) runs first."""
+    with nogil:
+        pass
+
+
 def walk_held(
     object stored,
     dict deltas,
@@ -104,6 +113,7 @@ def walk_held(
     cdef list expired = plan.expired
     cdef dict found_quiet = plan.quiet
     cdef Py_ssize_t left = 0
+    cdef Py_ssize_t done = 0
     cdef bint expiring = bool(expire_before_us)
     cdef bint resources_expiring = bool(resource_expire_before_us)
     cdef bint any_known = bool(known)
@@ -114,6 +124,11 @@ def walk_held(
     seen_get = resource_seen.get
     try:
         for digest, blob in stored.items():
+            # The fold runs in a thread beside the event loop: hand the GIL over now and then
+            # (the pure walk's interpreter does so every switch interval).
+            done += 1
+            if done % YIELD_EVERY == 0:
+                _let_others_run()
             if type(digest) is not bytes:
                 digest = bytes(digest)
             pending = deltas.pop(digest, None)
