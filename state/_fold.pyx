@@ -9,14 +9,8 @@ from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 
 from worker.model.series import Series
+from worker.model.series_slots cimport slot_offset
 
-
-cdef extern from "Python.h":
-    ctypedef struct PyMemberDef:
-        int type
-        Py_ssize_t offset
-    ctypedef struct PyMemberDescrObject:
-        PyMemberDef* d_member
 
 cdef object _SERIES = Series
 #: Series fields in constructor order, as revive fills them.
@@ -28,18 +22,8 @@ cdef Py_ssize_t _offsets[14]
 cdef bint _at_slots = True
 
 
-cdef Py_ssize_t _offset(str name):
-    descriptor = _SERIES.__dict__.get(name)
-    if type(descriptor) is not type(Series.count) or descriptor.__objclass__ is not _SERIES:
-        return -1
-    member = (<PyMemberDescrObject*><PyObject*>descriptor).d_member
-    if member.type != 16:  # T_OBJECT_EX: a slot
-        return -1
-    return member.offset
-
-
 for _i, _name in enumerate(_FIELDS):
-    _offsets[_i] = _offset(_name)
+    _offsets[_i] = slot_offset(_SERIES, _name)
     if _offsets[_i] < 0:
         _at_slots = False
 # Series must take exactly these fields, in this order, with no __post_init__ (else: Python).

@@ -10,6 +10,7 @@ from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memmove
 
 from worker.model.series import Series
+from worker.model.series_slots cimport slot_offset
 
 # A series is written here only when every value it holds is one the pure encoder writes the
 # same way (exact ints within their field, floats, bytes ids, a list of bytes attribute parts);
@@ -137,24 +138,11 @@ cdef inline int _close(Buf* buf, Py_ssize_t start, unsigned char tag) except -1:
 # descriptor's get does, without the type lookup); any other object, an unset slot, or a layout
 # other than expected goes through getattr.
 
-cdef extern from "Python.h":
-    ctypedef struct PyMemberDef:
-        int type
-        Py_ssize_t offset
-    ctypedef struct PyMemberDescrObject:
-        PyMemberDef* d_member
-
 cdef object _SERIES = Series
 
 
 cdef Py_ssize_t _offset(str name):
-    descriptor = _SERIES.__dict__.get(name)
-    if type(descriptor) is not type(Series.count) or descriptor.__objclass__ is not _SERIES:
-        return -1
-    member = (<PyMemberDescrObject*><PyObject*>descriptor).d_member
-    if member.type != 16:  # T_OBJECT_EX: a slot
-        return -1
-    return member.offset
+    return slot_offset(_SERIES, name)
 
 
 cdef Py_ssize_t F_RESOURCE_ID = _offset("resource_id")
