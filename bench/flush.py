@@ -166,6 +166,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         slots=PARTITIONS,
         max_exemplars=pipeline.max_exemplars,
         active_series_limit=limit,
+        max_kept_series=args.kept,
     )
     try:
         tokens = await store.claim(range(PARTITIONS))
@@ -216,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", type=int, default=100_000, help="active series (default 100,000)")
     parser.add_argument("--rounds", type=int, default=3, help="update and idle flushes each (default 3)")
+    parser.add_argument(
+        "--kept",
+        type=int,
+        default=100_000,
+        help="max_kept_series, label sets (default 100,000, the worker's; 0: every fold reads every record)",
+    )
     parser.add_argument(
         "--json", type=Path, help="where to write the JSON (default bench/results/flush-<time>.json)"
     )

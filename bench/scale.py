@@ -153,7 +153,11 @@ async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, log_dir:
         input_topic=topic,
         dimensions=[*DIMENSIONS, {"name": SERIES_DIMENSION}],
         flush_interval=args.interval,
-        worker={"max_active_series_per_tenant": 10 * args.series, "max_buffered_spans": args.buffered},
+        worker={
+            "max_active_series_per_tenant": 10 * args.series,
+            "max_buffered_spans": args.buffered,
+            **({} if args.kept is None else {"max_kept_series": args.kept}),
+        },
     )
     text = config.read_text().replace("http:\n  enabled: false", f"http:\n  enabled: true\n  port: {port}")
     config.write_text(text)
@@ -236,6 +240,7 @@ async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, log_dir:
         "series": series,
         "interval_s": args.interval,
         "max_buffered_spans": args.buffered,
+        "max_kept_series": args.kept,
         "flushes": rows,
         "emission_gaps_s": gaps,
         "first_emission_at_s": first_emission,
@@ -262,7 +267,8 @@ def print_report(result: dict[str, Any]) -> None:
     )
     print(
         f"{result['series']:,} active series ({result['spans']:,} spans), flush interval "
-        f"{result['interval_s']:g}s, max_buffered_spans {result['max_buffered_spans']:,}"
+        f"{result['interval_s']:g}s, max_buffered_spans {result['max_buffered_spans']:,}, max_kept_series "
+        f"{'default' if result.get('max_kept_series') is None else format(result['max_kept_series'], ',')}"
     )
     print(f"{'at s':>7} {'flush s':>8} {'series':>9} {'redis s':>8} {'fold s':>7} {'send s':>7} "
           f"{'RSS MiB':>8} {'probe s':>8} {'stall s':>8}")  # fmt: skip
@@ -299,6 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=5.0, help="metrics_flush_interval, s (default 5)")
     parser.add_argument("--steady", type=int, default=3, help="idle emissions after catch-up (default 3)")
     parser.add_argument("--buffered", type=int, default=20_000, help="max_buffered_spans (default 20,000)")
+    parser.add_argument(
+        "--kept",
+        type=int,
+        help="worker.max_kept_series, label sets (default: the worker's, 100,000; a span series here is one)",
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="per phase, s (default 900)")
     parser.add_argument("--pure", action="store_true", help="SPANMETRICS_NO_EXTENSIONS=1")
     parser.add_argument("--code", help="run the worker of this checkout (before/after comparisons)")

@@ -12,3 +12,8 @@ def walk_held(
     plan: Any,
     other: Callable[[bytes, bytes | None, tuple[list[Any], int] | None], None],
 ) -> None: ...
+def quiet_series(
+    blob: bytes,
+    parts: Mapping[int, bytes] | None,
+    companion_name: Callable[[bytes], str | None],
+) -> Any: ...

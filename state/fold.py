@@ -586,10 +586,33 @@ def fold_log(
     keep = _keep if collect else None
     found_quiet = plan.quiet
 
+    # The compiled reading of a quiet record's series (no list, no meta object), or None.
+    quick = None if _compiled is None or delta_mode else _compiled.quiet_series
+
     def other(digest: bytes, blob: bytes | None, pending: tuple[list[Any], int] | None) -> None:
         """A held record that is not a quiet one without rows: decoded, reset, its rows added."""
         if blob is None:
             raise ValueError("a record the fold needs was not read")
+        if pending is None and quick is not None:
+            # A quiet record (see _is_quiet) goes below as read here: nothing to reset, no
+            # update, no zero point owed, weight 1. None: read it in Python as any other.
+            quiet_series = quick(blob, parts, _companion_name)
+            if quiet_series is not None:
+                last_us = quiet_series.last_ns // 1000
+                resource_us = resource_seen.get(quiet_series.resource_id, 0)
+                if expire_before_us and last_us < expire_before_us:
+                    plan.expired.append(digest)
+                    plan.held_change -= 1
+                    return
+                if resource_expire_before_us and max(resource_us, last_us) < resource_expire_before_us:
+                    _emit_quiet(plan, digest, quiet_series)
+                    plan.expired.append(digest)
+                    plan.held_change -= 1
+                    return
+                _emit_quiet(plan, digest, quiet_series)
+                if keep is not None:
+                    found_quiet[digest] = keep(quiet_series)
+                return
         record = _complete(read_record(blob))
         changed = reset_emitted_us is not None and _reset(record, delta_mode, reset_emitted_us)
         if pending is not None:

@@ -181,10 +181,18 @@ _spec = st.tuples(st.integers(0, 11), st.integers(1, 5), st.integers(1, 50))  # 
     second=st.lists(_spec, max_size=6),
     expire=st.sampled_from([0, 20, 45]),
     resource_expire=st.sampled_from([0, 25]),
+    kept=st.booleans(),
 )
-def test_a_fold_over_kept_series_plans_the_same_with_and_without_the_compiled_walk(
-    first: list[tuple[int, int, int]], second: list[tuple[int, int, int]], expire: int, resource_expire: int
+def test_a_fold_plans_the_same_with_and_without_the_compiled_module(
+    first: list[tuple[int, int, int]],
+    second: list[tuple[int, int, int]],
+    expire: int,
+    resource_expire: int,
+    kept: bool,
 ) -> None:
+    """With its quiet series kept (the walk) or not (every record read: quiet ones by
+    ``quiet_series``), over interned parts."""
+
     def rows(spec: list[tuple[int, int, int]]) -> list[bytes]:
         out = []
         for index, count, last in spec:
@@ -199,13 +207,15 @@ def test_a_fold_over_kept_series_plans_the_same_with_and_without_the_compiled_wa
         "limit": 0,
         "delta_mode": False,
     }
-    created = fold_log({}, rows(first), quiet={}, **options)
-    stored: dict[bytes, bytes | None] = {new.digest: new.record for new in created.created}
-    quiet = fold_log(stored, [], quiet={}, **options).quiet  # the owner's next fold keeps them
+    created = fold_log({}, rows(first), quiet={}, parts={}, **options)
+    dictionary = dict(created.parts)  # the slot's attribute parts: metas refer to them by id
+    every: dict[bytes, bytes | None] = {new.digest: new.record for new in created.created}
+    quiet = fold_log(every, [], quiet={}, parts=dictionary, **options).quiet  # the next fold keeps them
     assert quiet
+    stored = dict(every)
     needed = {_series(index, 1, 1).digest for index, _, _ in second}
     for digest in quiet:
-        if digest not in needed:
+        if kept and digest not in needed:
             stored[digest] = None  # the owner keeps quiet series without rows without their records
 
     def plan(walk: Any) -> tuple[Any, ...]:
@@ -215,11 +225,12 @@ def test_a_fold_over_kept_series_plans_the_same_with_and_without_the_compiled_wa
             got = fold_log(
                 stored,
                 rows(second),
-                quiet=dict(quiet),
+                quiet=dict(quiet) if kept else None,
                 expire_before_us=expire,
                 resource_expire_before_us=resource_expire,
                 resource_seen_us={"r1": 30},
                 reset_emitted_us=1,
+                parts=dictionary,
                 **options,
             )
         finally:
