@@ -1263,7 +1263,7 @@ class WorkerConfig(_Frozen):
     max_buffered_spans: int = Field(default=200_000, ge=1000)
     #: Label sets (a calls + duration pair is one) of its own slots whose folded state the slot
     #: owner keeps in memory between flushes, so a fold reads and decodes only what changed
-    #: (up to ~1 KiB of RSS each; the rest is read from Redis at every fold). 0: none kept.
+    #: (about 0.5 KiB of RSS each; the rest is read from Redis at every fold). 0: none kept.
     max_kept_series: int = Field(default=100_000, ge=0)
 
 
