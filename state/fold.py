@@ -50,8 +50,8 @@ _META, _START, _LAST, _COUNT, _SUM, _BUCKETS, _EXP, _EXEMPLARS, _COMPANION, _ZER
 _MINUTE_US = 60_000_000
 _SECOND_US = 1_000_000
 _packb = msgpack.Packer(use_bin_type=True).pack
-#: The compiled walk over a slot's held records (``state._fold``), or None: not built, or
-#: ``SPANMETRICS_NO_EXTENSIONS=1``.
+#: The compiled twins (``state._fold``) of the walk over a slot's held records and of reading a
+#: quiet record's series, or None: not built, or ``SPANMETRICS_NO_EXTENSIONS=1``.
 _compiled = load("state._fold")
 #: Largest stored value (record or meta) a fold reads: far above any real one.
 _MAX_BLOB = 64 << 20
