@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from state.protocol import SeriesStore
 from worker.model.series import Attributes, Temporality
 from worker.sinks.base import Delivery, Sink
+from worker.stream.gc_pause import collection_paused
 
 __all__ = ["EmitReport", "SlotEmitter"]
 
@@ -94,7 +95,6 @@ class SlotEmitter:
             return report
         expire_before = now_ns - self.series_expiration_ns if self.series_expiration_ns else 0
         resource_before = now_ns - self.resource_expiration_ns if self.resource_expiration_ns else 0
-        delta = self.temporality is Temporality.DELTA
         # One slot's records are delivered while the next slot is folded and encoded: at most
         # two slots' records are held at a time.
         in_flight: _InFlight | None = None
@@ -104,50 +104,80 @@ class SlotEmitter:
             for slot in sorted(tokens):
                 if slot in report.skipped:
                     continue
-                token = tokens[slot]
-                previous = self._published.pop((tenant, slot), None)
-                started = time.perf_counter()
-                fold = await self.store.fold_slot(
-                    tenant,
-                    slot,
-                    token,
-                    expire_before_ns=expire_before,
-                    delta_mode=delta,
-                    reset_emitted_ns=previous[1] if previous is not None and previous[0] == token else None,
-                    now_ns=now_ns,
-                    resource_expire_before_ns=resource_before,
-                    resource_seen_ns=seen,
-                )
-                report.fold_seconds += time.perf_counter() - started
-                if not fold.committed:
-                    report.skipped.append(slot)
+                # Collection paused for the slot's per-series work only: ingest goes on beside an
+                # emission, and what it allocates meets the collector between slots.
+                with collection_paused():
+                    sent = await self._emit_slot(
+                        tenant,
+                        slot,
+                        tokens[slot],
+                        now_ns,
+                        report,
+                        expire_before_ns=expire_before,
+                        resource_before_ns=resource_before,
+                        resource_seen_ns=seen,
+                        still_owned=still_owned,
+                    )
+                if sent is None:
                     continue
-                report.expired += fold.expired
-                report.overflowed += fold.overflowed
-                if fold.overflowed:
-                    by_tenant = report.overflowed_by_tenant
-                    by_tenant[tenant] = by_tenant.get(tenant, 0) + fold.overflowed
-                if not fold.live:
-                    self._published[(tenant, slot)] = (token, now_ns)
-                    continue
-                if still_owned is not None and not await still_owned(slot):
-                    report.skipped.append(slot)
-                    continue
-                started = time.perf_counter()
-                resources = await self._resources_for(tenant, {s.resource_id for s in fold.live})
-                deliveries = [await sink.publish(tenant, resources, fold.live, now_ns) for sink in self.sinks]
-                report.send_seconds += time.perf_counter() - started
                 if in_flight is not None:
                     await self._confirm(in_flight, now_ns, report)
-                in_flight = _InFlight(
-                    (tenant, slot), token, deliveries, fold.emitted, fold.version, fold.zero_owed
-                )
+                in_flight = sent
             if seen:
                 stale = [rid for rid, last in seen.items() if last < resource_before]
                 await self.store.forget_resources(tenant, stale, resource_before)
         if in_flight is not None:
             await self._confirm(in_flight, now_ns, report)
         return report
+
+    async def _emit_slot(
+        self,
+        tenant: str,
+        slot: int,
+        token: int,
+        now_ns: int,
+        report: EmitReport,
+        *,
+        expire_before_ns: int,
+        resource_before_ns: int,
+        resource_seen_ns: Mapping[str, int] | None,
+        still_owned: Callable[[int], Awaitable[bool]] | None,
+    ) -> _InFlight | None:
+        """Fold one slot and hand its live series to the sinks; None when nothing went out (a
+        stale token, a slot lost, nothing live)."""
+        previous = self._published.pop((tenant, slot), None)
+        started = time.perf_counter()
+        fold = await self.store.fold_slot(
+            tenant,
+            slot,
+            token,
+            expire_before_ns=expire_before_ns,
+            delta_mode=self.temporality is Temporality.DELTA,
+            reset_emitted_ns=previous[1] if previous is not None and previous[0] == token else None,
+            now_ns=now_ns,
+            resource_expire_before_ns=resource_before_ns,
+            resource_seen_ns=resource_seen_ns,
+        )
+        report.fold_seconds += time.perf_counter() - started
+        if not fold.committed:
+            report.skipped.append(slot)
+            return None
+        report.expired += fold.expired
+        report.overflowed += fold.overflowed
+        if fold.overflowed:
+            by_tenant = report.overflowed_by_tenant
+            by_tenant[tenant] = by_tenant.get(tenant, 0) + fold.overflowed
+        if not fold.live:
+            self._published[(tenant, slot)] = (token, now_ns)
+            return None
+        if still_owned is not None and not await still_owned(slot):
+            report.skipped.append(slot)
+            return None
+        started = time.perf_counter()
+        resources = await self._resources_for(tenant, {s.resource_id for s in fold.live})
+        deliveries = [await sink.publish(tenant, resources, fold.live, now_ns) for sink in self.sinks]
+        report.send_seconds += time.perf_counter() - started
+        return _InFlight((tenant, slot), token, deliveries, fold.emitted, fold.version, fold.zero_owed)
 
     async def _resources_for(self, tenant: str, needed: Collection[str]) -> dict[str, Attributes]:
         known = self._resources.get(tenant, {})
