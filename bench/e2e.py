@@ -103,6 +103,9 @@ SERIES_DIMENSION = "enduser.id"
 SESSION_TIMEOUT = "6s"
 #: py-spy samples per second.
 PROFILE_RATE = 100
+#: ``--profile-native``: py-spy also samples C frames (the compiled scanners), for a raw profile
+#: read by hand (the summary below groups Python frames only).
+PROFILE_NATIVE = False
 
 # Targets from the issue.
 #: Issue 17: one worker's steady rate against the decode-only rate and the bare consumer's.
@@ -272,6 +275,7 @@ def spawn_worker(
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         command = [
             py_spy, "record", "--idle", "--threads", "--function", "--format", "raw",
+            *(["--native"] if PROFILE_NATIVE else []),
             "--rate", str(PROFILE_RATE), "-o", str(profile), "--", *command,
         ]  # fmt: skip
     with log_path.open("ab") as log:
@@ -1761,6 +1765,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", action="store_true", help="also profile one worker per shape with py-spy (untimed)"
     )
+    parser.add_argument(
+        "--profile-native",
+        action="store_true",
+        help="with --profile: py-spy --native (C frames of the compiled modules too)",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep worker logs and configs")
     parser.add_argument(
         "--no-service-graphs",
@@ -1795,7 +1804,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global PROFILE_NATIVE
     args = parse_args(argv)
+    PROFILE_NATIVE = args.profile_native
     json_path = Path(args.json)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     log_dir = Path(tempfile.mkdtemp(prefix="spanmetrics-e2e-"))

@@ -544,6 +544,8 @@ cdef class _SeriesAcc:
     cdef object series
     cdef bint histogram
     cdef bint active
+    #: The clock of the last run that added to it (the pure path's ``last_ns``).
+    cdef object now
     cdef long long count
     cdef double total
     cdef long long* bucket_adds
@@ -562,7 +564,7 @@ cdef class _SeriesAcc:
                 self.bucket_adds[index] = 0
         return 0
 
-    cdef int finish(self, object now) except -1:
+    cdef int finish(self) except -1:
         cdef Py_ssize_t index
         series = self.series
         self.active = False
@@ -573,7 +575,8 @@ cdef class _SeriesAcc:
             for index in range(self.bucket_count):
                 if self.bucket_adds[index]:
                     buckets[index] += self.bucket_adds[index]
-        series.last_ns = now
+        series.last_ns = self.now
+        self.now = None
         return 0
 
 
@@ -621,12 +624,8 @@ cdef class _Fold:
         free(self.bounds)
 
     cdef int flush(self) except -1:
-        """Apply every series' additions of the run so far."""
-        cdef _SeriesAcc acc
-        for acc in self.active:
-            acc.finish(self.now)
-        self.active = []
-        return 0
+        """Apply every series' additions so far (of this run and the runs before)."""
+        return _flush_active(self.active)
 
     cdef _SeriesAcc acc_of(self, _Cache cache, object series, bint histogram):
         if series is None:
@@ -643,6 +642,21 @@ cdef class _Fold:
                     raise MemoryError()
             cache.accs[id(series)] = acc
         return acc
+
+
+cdef int _flush_active(list active) except -1:
+    cdef _SeriesAcc acc
+    if active:
+        for acc in active:
+            acc.finish()
+        del active[:]
+    return 0
+
+
+def flush_folds(list active):
+    """Apply the additions the compiled fold keeps in C (``active``: the processor's list of
+    them) to their series: before anything else reads or writes the processor's series."""
+    _flush_active(active)
 
 
 def fold(processor, SpanScan scanned, str tenant, object stats, object parse_span, double divisor,
@@ -670,40 +684,97 @@ def fold(processor, SpanScan scanned, str tenant, object stats, object parse_spa
     # resource, in order (the resource cache's order is the same).
     cdef list every_key = [None] * layout.resource_count
     cdef Py_ssize_t[32] distinct
-    cdef Py_ssize_t distinct_count = 0, seen
+    cdef Py_ssize_t[32] last_of
+    cdef Py_ssize_t* first_of = <Py_ssize_t*>malloc((layout.resource_count + 1) * sizeof(Py_ssize_t))
+    cdef Py_ssize_t distinct_count = 0, seen, order
+    cdef bint all_distinct = True
     cdef _Range one, other
-    for index in range(layout.span_count):
-        counts[layout.spans[index].resource] += 1
-    pending = processor._pending
-    for resource_index in range(layout.resource_count):
-        one = layout.resources[resource_index]
-        resource_bytes = None
-        for seen in range(distinct_count):
-            other = layout.resources[distinct[seen]]
-            if other.stop - other.start == one.stop - one.start and memcmp(
-                buf + other.start, buf + one.start, one.stop - one.start
-            ) == 0:
-                resource_bytes = every_key[distinct[seen]]
-                break
-        if resource_bytes is None:
-            resource_bytes = layout.resource_bytes(buf, resource_index)
-            if distinct_count < 32:
-                distinct[distinct_count] = resource_index
-                distinct_count += 1
-        every_key[resource_index] = resource_bytes
-        resource = processor._resource_from_bytes(resource_bytes)
-        if resource is None:
-            stats.skipped_no_service += counts[resource_index]
-            continue
-        accumulator = pending.get((tenant, resource.resource_id))
-        if accumulator is None:
-            accumulator = pending[(tenant, resource.resource_id)] = processor._new_accumulator(resource)
-        if accumulator.native is None:
-            accumulator.native = _Cache()
-        stats.spans += counts[resource_index]
-        accumulators[resource_index] = accumulator
-        resources[resource_index] = resource
-        resource_keys[resource_index] = resource_bytes
+    if first_of == NULL:
+        raise MemoryError()
+    try:
+        for index in range(layout.span_count):
+            counts[layout.spans[index].resource] += 1
+        for resource_index in range(layout.resource_count):
+            one = layout.resources[resource_index]
+            resource_bytes = None
+            first_of[resource_index] = -1
+            for seen in range(distinct_count):
+                other = layout.resources[distinct[seen]]
+                if other.stop - other.start == one.stop - one.start and memcmp(
+                    buf + other.start, buf + one.start, one.stop - one.start
+                ) == 0:
+                    resource_bytes = every_key[distinct[seen]]
+                    first_of[resource_index] = seen
+                    last_of[seen] = resource_index
+                    break
+            if resource_bytes is None:
+                resource_bytes = layout.resource_bytes(buf, resource_index)
+                if distinct_count < 32:
+                    distinct[distinct_count] = resource_index
+                    first_of[resource_index] = distinct_count
+                    last_of[distinct_count] = resource_index
+                    distinct_count += 1
+                else:
+                    all_distinct = False
+            every_key[resource_index] = resource_bytes
+        pending = processor._pending
+        cache = processor._resources
+        if all_distinct:
+            # A cache hit only moves the resource to the end of the LRU order; when every
+            # resource of the run is a hit, one look-up per distinct resource (made in the
+            # order of their last occurrences) leaves the cache as one per occurrence would.
+            for seen in range(distinct_count):
+                if every_key[distinct[seen]] not in cache:
+                    all_distinct = False
+                    break
+        if all_distinct:
+            found = [None] * distinct_count
+            for seen in range(distinct_count):
+                cached = cache[every_key[distinct[seen]]]
+                found[seen] = cached if cached.service_name is not None else None
+            for index in range(layout.resource_count):
+                seen = first_of[index]
+                if last_of[seen] == index:
+                    cache.move_to_end(every_key[index])
+            accumulators_found = [None] * distinct_count
+            for seen in range(distinct_count):
+                resource = found[seen]
+                if resource is None:
+                    continue
+                accumulator = pending.get((tenant, (<object>resource).resource_id))
+                if accumulator is None:
+                    accumulator = pending[(tenant, resource.resource_id)] = processor._new_accumulator(resource)
+                if accumulator.native is None:
+                    accumulator.native = _Cache()
+                accumulators_found[seen] = accumulator
+            for resource_index in range(layout.resource_count):
+                seen = first_of[resource_index]
+                if found[seen] is None:
+                    stats.skipped_no_service += counts[resource_index]
+                    continue
+                stats.spans += counts[resource_index]
+                accumulators[resource_index] = accumulators_found[seen]
+                resources[resource_index] = found[seen]
+                resource_keys[resource_index] = every_key[resource_index]
+        else:
+            # One call per resource, in order (the resource cache's order is the pure path's).
+            for resource_index in range(layout.resource_count):
+                resource_bytes = every_key[resource_index]
+                resource = processor._resource_from_bytes(resource_bytes)
+                if resource is None:
+                    stats.skipped_no_service += counts[resource_index]
+                    continue
+                accumulator = pending.get((tenant, resource.resource_id))
+                if accumulator is None:
+                    accumulator = pending[(tenant, resource.resource_id)] = processor._new_accumulator(resource)
+                if accumulator.native is None:
+                    accumulator.native = _Cache()
+                stats.spans += counts[resource_index]
+                accumulators[resource_index] = accumulator
+                resources[resource_index] = resource
+                resource_keys[resource_index] = resource_bytes
+    finally:
+        free(first_of)
     cdef _Fold ctx = _Fold.__new__(_Fold)
     ctx.processor = processor
     ctx.include_service = processor._include_service
@@ -734,7 +805,7 @@ def fold(processor, SpanScan scanned, str tenant, object stats, object parse_spa
     ctx.tenant = tenant
     ctx.stats = stats
     ctx.now = processor._clock()
-    ctx.active = []
+    ctx.active = processor._native_active
     bounds = processor._bounds
     ctx.bound_count = len(bounds)
     ctx.bounds = <double*>malloc((ctx.bound_count + 1) * sizeof(double))
@@ -742,10 +813,10 @@ def fold(processor, SpanScan scanned, str tenant, object stats, object parse_spa
         raise MemoryError()
     for slot in range(ctx.bound_count):
         ctx.bounds[slot] = bounds[slot]
-    try:
-        _fold_all(ctx, scanned, buf, accumulators, resources, resource_keys)
-    finally:
-        ctx.flush()
+    # The additions stay in C across runs (``ctx.active``, the processor's): applied by the
+    # next span that takes the Python fold, by the pure path and by ``take_deltas``
+    # (``flush_folds``), so that only this fold ever sees a series with additions pending.
+    _fold_all(ctx, scanned, buf, accumulators, resources, resource_keys)
 
 
 cdef inline double _elapsed(uint64_t start, uint64_t end, double divisor) except? -1.0:
@@ -848,12 +919,16 @@ cdef _fold_all(
                 if not acc.active:
                     acc.start()
                     ctx.active.append(acc)
+                if acc.now is not ctx.now:
+                    acc.now = ctx.now
                 acc.count += weight
             acc = ref.histogram
             if acc is not None:
                 if not acc.active:
                     acc.start()
                     ctx.active.append(acc)
+                if acc.now is not ctx.now:
+                    acc.now = ctx.now
                 duration = _elapsed(span.start_ns, span.end_ns, ctx.divisor)
                 acc.count += weight
                 acc.total += duration * <double>weight
