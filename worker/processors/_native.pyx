@@ -6,7 +6,7 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int32_t, int64_t, uint64_t
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcmp, memcpy
 
 
@@ -1595,6 +1595,25 @@ cdef int _add_edge_span(
     return 0
 
 
+cdef class _Indices:
+    """The scan indices of a tuple of (name, scan index) pairs, as a C array."""
+
+    cdef Py_ssize_t* at
+    cdef Py_ssize_t count
+
+    def __cinit__(self, tuple keys):
+        cdef Py_ssize_t index
+        self.count = len(keys)
+        self.at = <Py_ssize_t*>malloc((self.count + 1) * sizeof(Py_ssize_t))
+        if self.at == NULL:
+            raise MemoryError()
+        for index in range(self.count):
+            self.at[index] = keys[index][1]
+
+    def __dealloc__(self):
+        free(self.at)
+
+
 cdef class EdgeContext:
     """What the compiled observe reads of a ``ServiceGraphsProcessor``, made once per processor:
     the scan's attribute indices of each lookup, the functions it calls back, the histogram
@@ -1609,6 +1628,10 @@ cdef class EdgeContext:
     cdef tuple database_keys
     cdef tuple server_keys
     cdef tuple port_keys
+    #: The scan indices of database_keys, server_keys and port_keys, in C.
+    cdef _Indices database_indices
+    cdef _Indices server_indices
+    cdef _Indices port_indices
     cdef tuple dimension_keys
     cdef bint has_dimensions
     cdef object network_peer_address
@@ -1644,6 +1667,9 @@ cdef class EdgeContext:
         self.database_keys = tuple([(name, index_of[name]) for name in processor._database_attributes])
         self.server_keys = tuple([(name, index_of[name]) for name in processor._database_servers])
         self.port_keys = tuple([(name, index_of[name]) for name in module._PORT_ATTRIBUTE])
+        self.database_indices = _Indices(self.database_keys)
+        self.server_indices = _Indices(self.server_keys)
+        self.port_indices = _Indices(self.port_keys)
         self.dimension_keys = tuple([(name, index_of[name]) for name, _, _ in processor._dimensions])
         self.has_dimensions = bool(processor._dimensions)
         self.network_peer_address = module._NETWORK_PEER_ADDRESS
@@ -1817,11 +1843,18 @@ cdef inline object _scanned_string(EdgeContext ctx, EdgeScan scanned, const unsi
 
 
 cdef object _scanned_find(
-    EdgeContext ctx, EdgeScan scanned, const unsigned char* buf, Py_ssize_t at, tuple keys, dict resource_values
+    EdgeContext ctx, EdgeScan scanned, const unsigned char* buf, Py_ssize_t at, tuple keys, dict resource_values,
+    _Indices indices=None,
 ):
     """``attributes.find_attribute`` over the scan: the first of ``keys`` found, resource first
-    then span, as (name, Tempo string); None."""
+    then span, as (name, Tempo string); None. ``indices``: the scan indices of ``keys``, read in
+    C when the resource has no lookup values (mostly)."""
     cdef Py_ssize_t index
+    if indices is not None and not resource_values:
+        for index in range(indices.count):
+            if scanned.starts[at + indices.at[index]] >= 0:
+                return (<tuple>keys[index])[0], _scanned_string(ctx, scanned, buf, at + indices.at[index])
+        return None
     for name, index in keys:
         if resource_values:
             value = resource_values.get(name)
@@ -1836,12 +1869,12 @@ cdef object _scanned_database_server(
     EdgeContext ctx, EdgeScan scanned, const unsigned char* buf, Py_ssize_t at, dict resource_values
 ):
     """``ServiceGraphsProcessor._database_server`` over the scan."""
-    found = _scanned_find(ctx, scanned, buf, at, ctx.server_keys, resource_values)
+    found = _scanned_find(ctx, scanned, buf, at, ctx.server_keys, resource_values, ctx.server_indices)
     if found is None:
         return None
     name, server = found
     if name == ctx.network_peer_address:
-        port = _scanned_find(ctx, scanned, buf, at, ctx.port_keys, resource_values)
+        port = _scanned_find(ctx, scanned, buf, at, ctx.port_keys, resource_values, ctx.port_indices)
         if port is not None:
             return server + ":" + port[1]
     return server
@@ -1989,18 +2022,55 @@ cdef _record_latency(EdgeContext completion, object latency, object seconds, byt
                 del recent[0]
 
 
-cdef inline int _count_dropped(
-    dict counters, object count, object interval, object metric, bint client, object service, object now
-) except -1:
-    """``ServiceGraphsProcessor._count`` of a dropped span, in place when its series exists."""
-    side = "client" if client else "server"
-    series = counters.get((metric, side, service))
-    if series is None:
-        count(interval, metric, side, service, now)
-    else:
-        series.count += 1
-        series.last_ns = now
-    return 0
+cdef class _Drops:
+    """Spans dropped during an observe, counted in C per (resource, side) and handed to
+    ``ServiceGraphsProcessor._count``'s series in the order of their first drop (the order the
+    pure path makes the series in) when the observe ends or Python code is about to run."""
+
+    cdef long long* counts
+    cdef Py_ssize_t* order
+    cdef Py_ssize_t used
+
+    def __cinit__(self, Py_ssize_t resources):
+        self.counts = <long long*>calloc(2 * resources + 1, sizeof(long long))
+        self.order = <Py_ssize_t*>malloc((2 * resources + 1) * sizeof(Py_ssize_t))
+        if self.counts == NULL or self.order == NULL:
+            raise MemoryError()
+        self.used = 0
+
+    def __dealloc__(self):
+        free(self.counts)
+        free(self.order)
+
+    cdef inline void add(self, Py_ssize_t resource, bint client) noexcept:
+        cdef Py_ssize_t slot = 2 * resource + (1 if client else 0)
+        if self.counts[slot] == 0:
+            self.order[self.used] = slot
+            self.used += 1
+        self.counts[slot] += 1
+
+    cdef int apply(
+        self, list services, dict counters, object count, object interval, object metric, object now
+    ) except -1:
+        cdef Py_ssize_t at, slot
+        cdef long long added
+        for at in range(self.used):
+            slot = self.order[at]
+            added = self.counts[slot]
+            self.counts[slot] = 0
+            side = "client" if slot & 1 else "server"
+            service = services[slot >> 1]
+            key = (metric, side, service)
+            series = counters.get(key)
+            if series is None:
+                count(interval, metric, side, service, now)
+                added -= 1
+                series = counters[key]
+            if added:
+                series.count += added
+            series.last_ns = now
+        self.used = 0
+        return 0
 
 
 def observe_scanned(
@@ -2026,6 +2096,7 @@ def observe_scanned(
     cdef Edge edge
     cdef dict resource_values
     cdef dict counters = interval.counters
+    cdef _Drops drops = _Drops(len(services))
     try:
         for index in range(scanned.count):
             service = services[scanned.resource_of[index]]
@@ -2047,12 +2118,12 @@ def observe_scanned(
             found = edges.get(key)
             stored = found is not None
             if found is None and len(edges) >= capacity and (
-                not client or _scanned_find(ctx, scanned, buf, at, ctx.database_keys, resource_values) is None
+                not client or _scanned_find(ctx, scanned, buf, at, ctx.database_keys, resource_values, ctx.database_indices) is None
             ):
                 # No room, and a new half-edge completes at once only as a database call: the
                 # pure path builds it and drops it; nothing is built here.
                 dropped += 1
-                _count_dropped(counters, count, interval, dropped_metric, client, service, now)
+                drops.add(scanned.resource_of[index], client)
                 continue
             if found is None:
                 edge = Edge.__new__(Edge)
@@ -2069,7 +2140,7 @@ def observe_scanned(
                 seconds = _elapsed(span.start_ns, span.end_ns, 1e9)
                 edge.client_seconds = seconds
                 edge.client_end_ns = span.end_ns
-                database = _scanned_find(ctx, scanned, buf, at, ctx.database_keys, resource_values)
+                database = _scanned_find(ctx, scanned, buf, at, ctx.database_keys, resource_values, ctx.database_indices)
                 if database is not None:
                     edge.connection_type = "database"
                     edge.server_seconds = seconds
@@ -2104,17 +2175,19 @@ def observe_scanned(
                     _complete(ctx, interval, key, edge, now, "")
                 else:  # a half-edge restored from another configuration's handover
                     ctx.flush()
+                    drops.apply(services, counters, count, interval, dropped_metric, now)
                     complete(interval, key, edge, "", now)
                 completed += 1
             elif not stored:
                 if len(edges) >= capacity:
                     dropped += 1
-                    _count_dropped(counters, count, interval, dropped_metric, client, service, now)
+                    drops.add(scanned.resource_of[index], client)
                 else:
                     edges[key] = edge
                     new_edges += 1
     finally:
         ctx.flush()
+        drops.apply(services, counters, count, interval, dropped_metric, now)
         stats.spans += spans_seen
         stats.edges += completed
         stats.new_edges += new_edges
