@@ -1614,6 +1614,12 @@ cdef class _Indices:
         free(self.at)
 
 
+cdef enum:
+    #: Slots of EdgeContext.strings (a power of two), and the longest value kept there.
+    _STRINGS = 256
+    _STRING_BYTES = 96
+
+
 cdef class EdgeContext:
     """What the compiled observe reads of a ``ServiceGraphsProcessor``, made once per processor:
     the scan's attribute indices of each lookup, the functions it calls back, the histogram
@@ -1649,6 +1655,9 @@ cdef class EdgeContext:
     cdef dict accs
     #: The accumulators touched during the current observe (applied when it ends).
     cdef list active
+    #: The Tempo strings of recent attribute values (peers, servers: few, met on every span):
+    #: _STRINGS slots of (the value's bytes, its string), by a hash of the bytes.
+    cdef list strings
 
     def __cinit__(self, processor, tuple names, object slow, object parse_value):
         from worker.processors.servicegraphs import processor as module
@@ -1689,10 +1698,33 @@ cdef class EdgeContext:
         self.acc_interval = None
         self.accs = {}
         self.active = []
+        self.strings = [None] * _STRINGS
 
     def __dealloc__(self):
         free(self.peer_indices)
         free(self.bounds)
+
+    cdef object string_of(self, const unsigned char* buf, Py_ssize_t start, Py_ssize_t stop):
+        """``_key_string`` of a value the scan checked, the same string object for the same
+        bytes while they keep their slot (so that its hash is computed once, and a dictionary
+        finds it by identity); values longer than _STRING_BYTES are not kept."""
+        cdef Py_ssize_t size = stop - start
+        cdef uint64_t hash_ = 14695981039346656037ULL
+        cdef Py_ssize_t index
+        if size > _STRING_BYTES:
+            return _key_string(buf, start, stop, self.slow)
+        for index in range(start, stop):
+            hash_ = (hash_ ^ buf[index]) * 1099511628211ULL
+        index = <Py_ssize_t>(hash_ & (_STRINGS - 1))
+        entry = self.strings[index]
+        if entry is not None:
+            key = (<tuple>entry)[0]
+            if PyBytes_GET_SIZE(key) == size and memcmp(PyBytes_AS_STRING(key), buf + start, size) == 0:
+                return (<tuple>entry)[1]
+        text = _key_string(buf, start, stop, self.slow)
+        if text is not None:
+            self.strings[index] = (PyBytes_FromStringAndSize(<const char*>buf + start, size), text)
+        return text
 
     cdef int flush(self) except -1:
         """Apply every accumulator's additions so far to its Python series."""
@@ -1839,7 +1871,7 @@ cdef class _GroupAcc:
 
 cdef inline object _scanned_string(EdgeContext ctx, EdgeScan scanned, const unsigned char* buf, Py_ssize_t at):
     """The Tempo string of the value at ``at`` (checked by the scan: never None)."""
-    return _key_string(buf, scanned.starts[at], scanned.stops[at], ctx.slow)
+    return ctx.string_of(buf, scanned.starts[at], scanned.stops[at])
 
 
 cdef object _scanned_find(
