@@ -644,6 +644,14 @@ cdef class _Fold:
         return acc
 
 
+cdef inline dict _refs_of(_Cache cache, bytes resource_bytes):
+    """The raw span keys counted before under a resource's bytes (made empty the first time)."""
+    refs = cache.refs.get(resource_bytes)
+    if refs is None:
+        refs = cache.refs[resource_bytes] = {}
+    return <dict>refs
+
+
 cdef int _flush_active(list active) except -1:
     cdef _SeriesAcc acc
     if active:
@@ -677,7 +685,7 @@ def fold(processor, SpanScan scanned, str tenant, object stats, object parse_spa
     cdef Py_ssize_t index, resource_index, slot
     cdef list accumulators = [None] * layout.resource_count
     cdef list resources = [None] * layout.resource_count
-    cdef list resource_keys = [None] * layout.resource_count
+    cdef list resource_refs = [None] * layout.resource_count
     cdef list counts = [0] * layout.resource_count
     # A run repeats its few resources: equal bytes are taken from their first occurrence (one
     # bytes object, its hash computed once), compared in C; the calls below stay one per
@@ -737,6 +745,7 @@ def fold(processor, SpanScan scanned, str tenant, object stats, object parse_spa
                 if last_of[seen] == index:
                     cache.move_to_end(every_key[index])
             accumulators_found = [None] * distinct_count
+            refs_found = [None] * distinct_count
             for seen in range(distinct_count):
                 resource = found[seen]
                 if resource is None:
@@ -747,6 +756,7 @@ def fold(processor, SpanScan scanned, str tenant, object stats, object parse_spa
                 if accumulator.native is None:
                     accumulator.native = _Cache()
                 accumulators_found[seen] = accumulator
+                refs_found[seen] = _refs_of(<_Cache>accumulator.native, every_key[distinct[seen]])
             for resource_index in range(layout.resource_count):
                 seen = first_of[resource_index]
                 if found[seen] is None:
@@ -755,7 +765,7 @@ def fold(processor, SpanScan scanned, str tenant, object stats, object parse_spa
                 stats.spans += counts[resource_index]
                 accumulators[resource_index] = accumulators_found[seen]
                 resources[resource_index] = found[seen]
-                resource_keys[resource_index] = every_key[resource_index]
+                resource_refs[resource_index] = refs_found[seen]
         else:
             # One call per resource, in order (the resource cache's order is the pure path's).
             for resource_index in range(layout.resource_count):
@@ -772,7 +782,7 @@ def fold(processor, SpanScan scanned, str tenant, object stats, object parse_spa
                 stats.spans += counts[resource_index]
                 accumulators[resource_index] = accumulator
                 resources[resource_index] = resource
-                resource_keys[resource_index] = resource_bytes
+                resource_refs[resource_index] = _refs_of(<_Cache>accumulator.native, resource_bytes)
     finally:
         free(first_of)
     cdef _Fold ctx = _Fold.__new__(_Fold)
@@ -816,7 +826,7 @@ def fold(processor, SpanScan scanned, str tenant, object stats, object parse_spa
     # The additions stay in C across runs (``ctx.active``, the processor's): applied by the
     # next span that takes the Python fold, by the pure path and by ``take_deltas``
     # (``flush_folds``), so that only this fold ever sees a series with additions pending.
-    _fold_all(ctx, scanned, buf, accumulators, resources, resource_keys)
+    _fold_all(ctx, scanned, buf, accumulators, resources, resource_refs)
 
 
 cdef inline double _elapsed(uint64_t start, uint64_t end, double divisor) except? -1.0:
@@ -831,8 +841,10 @@ cdef inline double _elapsed(uint64_t start, uint64_t end, double divisor) except
 
 cdef _fold_all(
     _Fold ctx, SpanScan scanned, const unsigned char* buf, list accumulators, list resources,
-    list resource_keys,
+    list resource_refs,
 ):
+    """``resource_refs[r]``: the raw span keys counted before under resource r's bytes (its
+    accumulator's ``_Cache.refs`` entry)."""
     cdef _Layout layout = scanned.layout
     cdef Py_ssize_t slot_count = scanned.slot_count
     cdef Py_ssize_t index, slot, at, size, used
@@ -861,10 +873,7 @@ cdef _fold_all(
                 continue  # no service name: counted as skipped
             if where.resource != current_resource:
                 current_resource = where.resource
-                cache = <_Cache>accumulator.native
-                refs = cache.refs.get(resource_keys[where.resource])
-                if refs is None:
-                    refs = cache.refs[resource_keys[where.resource]] = {}
+                refs = <dict>resource_refs[where.resource]
             span = scanned.spans + index
             at = index * slot_count
             # The raw key: kind, status, name and each slot's value bytes (with their lengths).
@@ -904,6 +913,7 @@ cdef _fold_all(
                 ctx.flush()
                 pair = _fold_one(ctx, scanned, buf, index, accumulator, resources[where.resource])
                 if ref is None:
+                    cache = <_Cache>accumulator.native
                     ref = _Ref.__new__(_Ref)
                     ref.calls = ctx.acc_of(cache, pair[0], False)
                     ref.histogram = ctx.acc_of(cache, pair[1], True)
