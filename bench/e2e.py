@@ -42,6 +42,7 @@ fairest basis for the scaling factor of a short run.
     python bench/e2e.py --quick             # 100k spans, 10k series: a smoke run for CI/dev
     python bench/e2e.py --spans 300000 --workers-list 1,2 --series 100000 --json out.json
     python bench/e2e.py --profile           # plus a py-spy profile of one worker
+    python bench/e2e.py --profile --profile-native   # the profile with C frames (py-spy --native)
 """
 
 from __future__ import annotations

@@ -165,13 +165,21 @@ class _FrameReader(asyncio.StreamReader):
 
 
 _FRAME: Callable[[int], Any] | None = getattr(_compiled, "Frame", None) if _compiled is not None else None
+#: The parts of asyncio's StreamReader that _FrameReader uses (CPython 3.8 to 3.13 have them).
+_STREAM_READER_PARTS = (
+    "_wakeup_waiter",
+    "_wait_for_data",
+    "_maybe_resume_transport",
+    "feed_data",
+    "readexactly",
+)
 
 
 def _install_frame_reader(consumer: AIOKafkaConsumer) -> None:
     """aiokafka's connections read through :class:`_FrameReader`: those made from now on (for
     every client of the process: it behaves as ``asyncio.StreamReader``), and the consumer's
     open ones (a class swap: the reader has no state of its own while no frame is filling)."""
-    if _FRAME is None:
+    if _FRAME is None or not all(hasattr(asyncio.StreamReader, name) for name in _STREAM_READER_PARTS):
         return
     from aiokafka import conn as module
 

@@ -175,3 +175,35 @@ def test_the_frame_copies_what_it_lacks_and_hands_its_bytes_over_once() -> None:
     with pytest.raises(ValueError):
         compiled.Frame(-1)
     assert compiled.Frame(0).take() == b""
+
+
+@needs_native
+@pytest.mark.parametrize("complete", [True, False])
+def test_installed_only_over_the_stream_reader_it_was_written_against(
+    monkeypatch: pytest.MonkeyPatch, complete: bool
+) -> None:
+    """A Python whose StreamReader lacks a part the frame reader uses keeps asyncio's reader."""
+    from aiokafka import conn as aiokafka_conn
+
+    protocol = aiokafka_conn.AIOKafkaProtocol
+    while getattr(protocol, "_frame_reader", False):  # installed by an earlier test: aiokafka's own
+        protocol = protocol.__bases__[0]
+    monkeypatch.setattr(aiokafka_conn, "AIOKafkaProtocol", protocol)
+    if not complete:
+        monkeypatch.setattr(
+            fetch, "_STREAM_READER_PARTS", (*fetch._STREAM_READER_PARTS, "_gone_in_a_later_python")
+        )
+
+    async def swapped() -> tuple[type, bool]:
+        conn = type("Conn", (), {})()
+        conn._reader = asyncio.StreamReader()  # type: ignore[attr-defined]
+        consumer = type("Consumer", (), {})()
+        consumer._client = type("Client", (), {"_conns": {1: conn}})()  # type: ignore[attr-defined]
+        fetch._install_frame_reader(consumer)  # type: ignore[arg-type]
+        return type(conn._reader), getattr(aiokafka_conn.AIOKafkaProtocol, "_frame_reader", False)  # type: ignore[attr-defined]
+
+    reader_type, protocol_swapped = asyncio.run(swapped())
+    if complete:
+        assert reader_type is fetch._FrameReader and protocol_swapped
+    else:
+        assert reader_type is asyncio.StreamReader and not protocol_swapped
