@@ -42,6 +42,7 @@ fairest basis for the scaling factor of a short run.
     python bench/e2e.py --quick             # 100k spans, 10k series: a smoke run for CI/dev
     python bench/e2e.py --spans 300000 --workers-list 1,2 --series 100000 --json out.json
     python bench/e2e.py --profile           # plus a py-spy profile of one worker
+    python bench/e2e.py --profile --profile-native   # the profile with C frames (py-spy --native)
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ SERIES_DIMENSION = "enduser.id"
 SESSION_TIMEOUT = "6s"
 #: py-spy samples per second.
 PROFILE_RATE = 100
+#: ``--profile-native``: py-spy also samples C frames (the compiled scanners), for a raw profile
+#: read by hand (the summary below groups Python frames only).
+PROFILE_NATIVE = False
 
 # Targets from the issue.
 #: Issue 17: one worker's steady rate against the decode-only rate and the bare consumer's.
@@ -272,6 +276,7 @@ def spawn_worker(
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         command = [
             py_spy, "record", "--idle", "--threads", "--function", "--format", "raw",
+            *(["--native"] if PROFILE_NATIVE else []),
             "--rate", str(PROFILE_RATE), "-o", str(profile), "--", *command,
         ]  # fmt: skip
     with log_path.open("ab") as log:
@@ -1761,6 +1766,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", action="store_true", help="also profile one worker per shape with py-spy (untimed)"
     )
+    parser.add_argument(
+        "--profile-native",
+        action="store_true",
+        help="with --profile: py-spy --native (C frames of the compiled modules too)",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep worker logs and configs")
     parser.add_argument(
         "--no-service-graphs",
@@ -1795,7 +1805,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global PROFILE_NATIVE
     args = parse_args(argv)
+    PROFILE_NATIVE = args.profile_native
     json_path = Path(args.json)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     log_dir = Path(tempfile.mkdtemp(prefix="spanmetrics-e2e-"))

@@ -10,7 +10,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from devtools.servers import create_topics
-from worker.stream import kafka_records
+from worker.stream import fetch, kafka_records
 from worker.stream.fetch import COMPILED_PARSE, Reader, fetch_path, reader_for
 
 
@@ -97,6 +97,52 @@ async def test_the_fast_drain_runs_on_the_installed_aiokafka(kafka_bootstrap: st
         assert reader.fast, reader.unsupported
         await reader.getmany(timeout_ms=100, max_records=None)
         assert fetch_path(consumer) == "light"
+        # Its connections read large responses straight into their frames.
+        conns = list(consumer._client._conns.values())  # type: ignore[attr-defined]
+        assert conns and all(type(conn._reader) is fetch._FrameReader for conn in conns)
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.skipif(COMPILED_PARSE is None, reason="compiled record parser not built")
+async def test_large_fetch_responses_read_through_frames(kafka_bootstrap: str, unique_name: str) -> None:
+    """Responses far above the frame threshold (64 KiB), cut by the socket at random places:
+    every record value arrives whole and in order."""
+    topic = f"{unique_name}-large"
+    await create_topics(kafka_bootstrap, {topic: 2})
+    values = [bytes([i % 251]) * (20_000 + 997 * i) for i in range(40)]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=20, max_request_size=8 << 20)
+    await producer.start()
+    try:
+        for i, value in enumerate(values):
+            await producer.send(topic, value, partition=i % 2)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka_bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=1 << 20,
+    )
+    await consumer.start()
+    consumer.assign([TopicPartition(topic, 0), TopicPartition(topic, 1)])
+    try:
+        reader = reader_for(consumer)
+        frames = []
+        original = fetch._FrameReader.readexactly
+
+        async def readexactly(self: Any, n: int) -> bytes:
+            frames.append(n)
+            return await original(self, n)
+
+        fetch._FrameReader.readexactly = readexactly  # type: ignore[method-assign]
+        try:
+            got = await _drain(reader.getmany, 40)
+        finally:
+            fetch._FrameReader.readexactly = original  # type: ignore[method-assign]
+        assert max(frames) > 4 * fetch._FRAME_LEAST
+        assert [r[5] for r in got[0]] == values[0::2] and [r[5] for r in got[1]] == values[1::2]
     finally:
         await consumer.stop()
 

@@ -44,6 +44,7 @@ def fold(
     divisor: float,
     slow: Callable[[bytes], str | None],
 ) -> None: ...
+def flush_folds(active: list[Any]) -> None: ...
 def observe_scanned(
     ctx: EdgeContext,
     scanned: EdgeScan,

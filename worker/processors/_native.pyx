@@ -6,7 +6,7 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int32_t, int64_t, uint64_t
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcmp, memcpy
 
 
@@ -544,6 +544,8 @@ cdef class _SeriesAcc:
     cdef object series
     cdef bint histogram
     cdef bint active
+    #: The clock of the last run that added to it (the pure path's ``last_ns``).
+    cdef object now
     cdef long long count
     cdef double total
     cdef long long* bucket_adds
@@ -562,7 +564,7 @@ cdef class _SeriesAcc:
                 self.bucket_adds[index] = 0
         return 0
 
-    cdef int finish(self, object now) except -1:
+    cdef int finish(self) except -1:
         cdef Py_ssize_t index
         series = self.series
         self.active = False
@@ -573,7 +575,8 @@ cdef class _SeriesAcc:
             for index in range(self.bucket_count):
                 if self.bucket_adds[index]:
                     buckets[index] += self.bucket_adds[index]
-        series.last_ns = now
+        series.last_ns = self.now
+        self.now = None
         return 0
 
 
@@ -621,12 +624,8 @@ cdef class _Fold:
         free(self.bounds)
 
     cdef int flush(self) except -1:
-        """Apply every series' additions of the run so far."""
-        cdef _SeriesAcc acc
-        for acc in self.active:
-            acc.finish(self.now)
-        self.active = []
-        return 0
+        """Apply every series' additions so far (of this run and the runs before)."""
+        return _flush_active(self.active)
 
     cdef _SeriesAcc acc_of(self, _Cache cache, object series, bint histogram):
         if series is None:
@@ -643,6 +642,29 @@ cdef class _Fold:
                     raise MemoryError()
             cache.accs[id(series)] = acc
         return acc
+
+
+cdef inline dict _refs_of(_Cache cache, bytes resource_bytes):
+    """The raw span keys counted before under a resource's bytes (made empty the first time)."""
+    refs = cache.refs.get(resource_bytes)
+    if refs is None:
+        refs = cache.refs[resource_bytes] = {}
+    return <dict>refs
+
+
+cdef int _flush_active(list active) except -1:
+    cdef _SeriesAcc acc
+    if active:
+        for acc in active:
+            acc.finish()
+        del active[:]
+    return 0
+
+
+def flush_folds(list active):
+    """Apply the additions the compiled fold keeps in C (``active``: the processor's list of
+    them) to their series: before anything else reads or writes the processor's series."""
+    _flush_active(active)
 
 
 def fold(processor, SpanScan scanned, str tenant, object stats, object parse_span, double divisor,
@@ -663,47 +685,106 @@ def fold(processor, SpanScan scanned, str tenant, object stats, object parse_spa
     cdef Py_ssize_t index, resource_index, slot
     cdef list accumulators = [None] * layout.resource_count
     cdef list resources = [None] * layout.resource_count
-    cdef list resource_keys = [None] * layout.resource_count
+    cdef list resource_refs = [None] * layout.resource_count
     cdef list counts = [0] * layout.resource_count
     # A run repeats its few resources: equal bytes are taken from their first occurrence (one
     # bytes object, its hash computed once), compared in C; the calls below stay one per
     # resource, in order (the resource cache's order is the same).
     cdef list every_key = [None] * layout.resource_count
     cdef Py_ssize_t[32] distinct
-    cdef Py_ssize_t distinct_count = 0, seen
+    cdef Py_ssize_t[32] last_of
+    cdef Py_ssize_t* first_of = <Py_ssize_t*>malloc((layout.resource_count + 1) * sizeof(Py_ssize_t))
+    cdef Py_ssize_t distinct_count = 0, seen, order
+    cdef bint all_distinct = True
     cdef _Range one, other
-    for index in range(layout.span_count):
-        counts[layout.spans[index].resource] += 1
-    pending = processor._pending
-    for resource_index in range(layout.resource_count):
-        one = layout.resources[resource_index]
-        resource_bytes = None
-        for seen in range(distinct_count):
-            other = layout.resources[distinct[seen]]
-            if other.stop - other.start == one.stop - one.start and memcmp(
-                buf + other.start, buf + one.start, one.stop - one.start
-            ) == 0:
-                resource_bytes = every_key[distinct[seen]]
-                break
-        if resource_bytes is None:
-            resource_bytes = layout.resource_bytes(buf, resource_index)
-            if distinct_count < 32:
-                distinct[distinct_count] = resource_index
-                distinct_count += 1
-        every_key[resource_index] = resource_bytes
-        resource = processor._resource_from_bytes(resource_bytes)
-        if resource is None:
-            stats.skipped_no_service += counts[resource_index]
-            continue
-        accumulator = pending.get((tenant, resource.resource_id))
-        if accumulator is None:
-            accumulator = pending[(tenant, resource.resource_id)] = processor._new_accumulator(resource)
-        if accumulator.native is None:
-            accumulator.native = _Cache()
-        stats.spans += counts[resource_index]
-        accumulators[resource_index] = accumulator
-        resources[resource_index] = resource
-        resource_keys[resource_index] = resource_bytes
+    if first_of == NULL:
+        raise MemoryError()
+    try:
+        for index in range(layout.span_count):
+            counts[layout.spans[index].resource] += 1
+        for resource_index in range(layout.resource_count):
+            one = layout.resources[resource_index]
+            resource_bytes = None
+            first_of[resource_index] = -1
+            for seen in range(distinct_count):
+                other = layout.resources[distinct[seen]]
+                if other.stop - other.start == one.stop - one.start and memcmp(
+                    buf + other.start, buf + one.start, one.stop - one.start
+                ) == 0:
+                    resource_bytes = every_key[distinct[seen]]
+                    first_of[resource_index] = seen
+                    last_of[seen] = resource_index
+                    break
+            if resource_bytes is None:
+                resource_bytes = layout.resource_bytes(buf, resource_index)
+                if distinct_count < 32:
+                    distinct[distinct_count] = resource_index
+                    first_of[resource_index] = distinct_count
+                    last_of[distinct_count] = resource_index
+                    distinct_count += 1
+                else:
+                    all_distinct = False
+            every_key[resource_index] = resource_bytes
+        pending = processor._pending
+        cache = processor._resources
+        if all_distinct:
+            # A cache hit only moves the resource to the end of the LRU order; when every
+            # resource of the run is a hit, one look-up per distinct resource (made in the
+            # order of their last occurrences) leaves the cache as one per occurrence would.
+            for seen in range(distinct_count):
+                if every_key[distinct[seen]] not in cache:
+                    all_distinct = False
+                    break
+        if all_distinct:
+            found = [None] * distinct_count
+            for seen in range(distinct_count):
+                cached = cache[every_key[distinct[seen]]]
+                found[seen] = cached if cached.service_name is not None else None
+            for index in range(layout.resource_count):
+                seen = first_of[index]
+                if last_of[seen] == index:
+                    cache.move_to_end(every_key[index])
+            accumulators_found = [None] * distinct_count
+            refs_found = [None] * distinct_count
+            for seen in range(distinct_count):
+                resource = found[seen]
+                if resource is None:
+                    continue
+                accumulator = pending.get((tenant, (<object>resource).resource_id))
+                if accumulator is None:
+                    accumulator = pending[(tenant, resource.resource_id)] = processor._new_accumulator(resource)
+                if accumulator.native is None:
+                    accumulator.native = _Cache()
+                accumulators_found[seen] = accumulator
+                refs_found[seen] = _refs_of(<_Cache>accumulator.native, every_key[distinct[seen]])
+            for resource_index in range(layout.resource_count):
+                seen = first_of[resource_index]
+                if found[seen] is None:
+                    stats.skipped_no_service += counts[resource_index]
+                    continue
+                stats.spans += counts[resource_index]
+                accumulators[resource_index] = accumulators_found[seen]
+                resources[resource_index] = found[seen]
+                resource_refs[resource_index] = refs_found[seen]
+        else:
+            # One call per resource, in order (the resource cache's order is the pure path's).
+            for resource_index in range(layout.resource_count):
+                resource_bytes = every_key[resource_index]
+                resource = processor._resource_from_bytes(resource_bytes)
+                if resource is None:
+                    stats.skipped_no_service += counts[resource_index]
+                    continue
+                accumulator = pending.get((tenant, resource.resource_id))
+                if accumulator is None:
+                    accumulator = pending[(tenant, resource.resource_id)] = processor._new_accumulator(resource)
+                if accumulator.native is None:
+                    accumulator.native = _Cache()
+                stats.spans += counts[resource_index]
+                accumulators[resource_index] = accumulator
+                resources[resource_index] = resource
+                resource_refs[resource_index] = _refs_of(<_Cache>accumulator.native, resource_bytes)
+    finally:
+        free(first_of)
     cdef _Fold ctx = _Fold.__new__(_Fold)
     ctx.processor = processor
     ctx.include_service = processor._include_service
@@ -734,7 +815,7 @@ def fold(processor, SpanScan scanned, str tenant, object stats, object parse_spa
     ctx.tenant = tenant
     ctx.stats = stats
     ctx.now = processor._clock()
-    ctx.active = []
+    ctx.active = processor._native_active
     bounds = processor._bounds
     ctx.bound_count = len(bounds)
     ctx.bounds = <double*>malloc((ctx.bound_count + 1) * sizeof(double))
@@ -742,10 +823,10 @@ def fold(processor, SpanScan scanned, str tenant, object stats, object parse_spa
         raise MemoryError()
     for slot in range(ctx.bound_count):
         ctx.bounds[slot] = bounds[slot]
-    try:
-        _fold_all(ctx, scanned, buf, accumulators, resources, resource_keys)
-    finally:
-        ctx.flush()
+    # The additions stay in C across runs (``ctx.active``, the processor's): applied by the
+    # next span that takes the Python fold, by the pure path and by ``take_deltas``
+    # (``flush_folds``), so that only this fold ever sees a series with additions pending.
+    _fold_all(ctx, scanned, buf, accumulators, resources, resource_refs)
 
 
 cdef inline double _elapsed(uint64_t start, uint64_t end, double divisor) except? -1.0:
@@ -760,8 +841,10 @@ cdef inline double _elapsed(uint64_t start, uint64_t end, double divisor) except
 
 cdef _fold_all(
     _Fold ctx, SpanScan scanned, const unsigned char* buf, list accumulators, list resources,
-    list resource_keys,
+    list resource_refs,
 ):
+    """``resource_refs[r]``: the raw span keys counted before under resource r's bytes (its
+    accumulator's ``_Cache.refs`` entry)."""
     cdef _Layout layout = scanned.layout
     cdef Py_ssize_t slot_count = scanned.slot_count
     cdef Py_ssize_t index, slot, at, size, used
@@ -790,10 +873,7 @@ cdef _fold_all(
                 continue  # no service name: counted as skipped
             if where.resource != current_resource:
                 current_resource = where.resource
-                cache = <_Cache>accumulator.native
-                refs = cache.refs.get(resource_keys[where.resource])
-                if refs is None:
-                    refs = cache.refs[resource_keys[where.resource]] = {}
+                refs = <dict>resource_refs[where.resource]
             span = scanned.spans + index
             at = index * slot_count
             # The raw key: kind, status, name and each slot's value bytes (with their lengths).
@@ -833,6 +913,7 @@ cdef _fold_all(
                 ctx.flush()
                 pair = _fold_one(ctx, scanned, buf, index, accumulator, resources[where.resource])
                 if ref is None:
+                    cache = <_Cache>accumulator.native
                     ref = _Ref.__new__(_Ref)
                     ref.calls = ctx.acc_of(cache, pair[0], False)
                     ref.histogram = ctx.acc_of(cache, pair[1], True)
@@ -848,12 +929,16 @@ cdef _fold_all(
                 if not acc.active:
                     acc.start()
                     ctx.active.append(acc)
+                if acc.now is not ctx.now:
+                    acc.now = ctx.now
                 acc.count += weight
             acc = ref.histogram
             if acc is not None:
                 if not acc.active:
                     acc.start()
                     ctx.active.append(acc)
+                if acc.now is not ctx.now:
+                    acc.now = ctx.now
                 duration = _elapsed(span.start_ns, span.end_ns, ctx.divisor)
                 acc.count += weight
                 acc.total += duration * <double>weight
@@ -1520,6 +1605,31 @@ cdef int _add_edge_span(
     return 0
 
 
+cdef class _Indices:
+    """The scan indices of a tuple of (name, scan index) pairs, as a C array."""
+
+    cdef Py_ssize_t* at
+    cdef Py_ssize_t count
+
+    def __cinit__(self, tuple keys):
+        cdef Py_ssize_t index
+        self.count = len(keys)
+        self.at = <Py_ssize_t*>malloc((self.count + 1) * sizeof(Py_ssize_t))
+        if self.at == NULL:
+            raise MemoryError()
+        for index in range(self.count):
+            self.at[index] = keys[index][1]
+
+    def __dealloc__(self):
+        free(self.at)
+
+
+cdef enum:
+    #: Slots of EdgeContext.strings (a power of two), and the longest value kept there.
+    _STRINGS = 256
+    _STRING_BYTES = 96
+
+
 cdef class EdgeContext:
     """What the compiled observe reads of a ``ServiceGraphsProcessor``, made once per processor:
     the scan's attribute indices of each lookup, the functions it calls back, the histogram
@@ -1534,6 +1644,10 @@ cdef class EdgeContext:
     cdef tuple database_keys
     cdef tuple server_keys
     cdef tuple port_keys
+    #: The scan indices of database_keys, server_keys and port_keys, in C.
+    cdef _Indices database_indices
+    cdef _Indices server_indices
+    cdef _Indices port_indices
     cdef tuple dimension_keys
     cdef bint has_dimensions
     cdef object network_peer_address
@@ -1551,6 +1665,9 @@ cdef class EdgeContext:
     cdef dict accs
     #: The accumulators touched during the current observe (applied when it ends).
     cdef list active
+    #: The Tempo strings of recent attribute values (peers, servers: few, met on every span):
+    #: _STRINGS slots of (the value's bytes, its string), by a hash of the bytes.
+    cdef list strings
 
     def __cinit__(self, processor, tuple names, object slow, object parse_value):
         from worker.processors.servicegraphs import processor as module
@@ -1569,6 +1686,9 @@ cdef class EdgeContext:
         self.database_keys = tuple([(name, index_of[name]) for name in processor._database_attributes])
         self.server_keys = tuple([(name, index_of[name]) for name in processor._database_servers])
         self.port_keys = tuple([(name, index_of[name]) for name in module._PORT_ATTRIBUTE])
+        self.database_indices = _Indices(self.database_keys)
+        self.server_indices = _Indices(self.server_keys)
+        self.port_indices = _Indices(self.port_keys)
         self.dimension_keys = tuple([(name, index_of[name]) for name, _, _ in processor._dimensions])
         self.has_dimensions = bool(processor._dimensions)
         self.network_peer_address = module._NETWORK_PEER_ADDRESS
@@ -1588,10 +1708,33 @@ cdef class EdgeContext:
         self.acc_interval = None
         self.accs = {}
         self.active = []
+        self.strings = [None] * _STRINGS
 
     def __dealloc__(self):
         free(self.peer_indices)
         free(self.bounds)
+
+    cdef object string_of(self, const unsigned char* buf, Py_ssize_t start, Py_ssize_t stop):
+        """``_key_string`` of a value the scan checked, the same string object for the same
+        bytes while they keep their slot (so that its hash is computed once, and a dictionary
+        finds it by identity); values longer than _STRING_BYTES are not kept."""
+        cdef Py_ssize_t size = stop - start
+        cdef uint64_t hash_ = 14695981039346656037ULL
+        cdef Py_ssize_t index
+        if size > _STRING_BYTES:
+            return _key_string(buf, start, stop, self.slow)
+        for index in range(start, stop):
+            hash_ = (hash_ ^ buf[index]) * 1099511628211ULL
+        index = <Py_ssize_t>(hash_ & (_STRINGS - 1))
+        entry = self.strings[index]
+        if entry is not None:
+            key = (<tuple>entry)[0]
+            if PyBytes_GET_SIZE(key) == size and memcmp(PyBytes_AS_STRING(key), buf + start, size) == 0:
+                return (<tuple>entry)[1]
+        text = _key_string(buf, start, stop, self.slow)
+        if text is not None:
+            self.strings[index] = (PyBytes_FromStringAndSize(<const char*>buf + start, size), text)
+        return text
 
     cdef int flush(self) except -1:
         """Apply every accumulator's additions so far to its Python series."""
@@ -1738,15 +1881,22 @@ cdef class _GroupAcc:
 
 cdef inline object _scanned_string(EdgeContext ctx, EdgeScan scanned, const unsigned char* buf, Py_ssize_t at):
     """The Tempo string of the value at ``at`` (checked by the scan: never None)."""
-    return _key_string(buf, scanned.starts[at], scanned.stops[at], ctx.slow)
+    return ctx.string_of(buf, scanned.starts[at], scanned.stops[at])
 
 
 cdef object _scanned_find(
-    EdgeContext ctx, EdgeScan scanned, const unsigned char* buf, Py_ssize_t at, tuple keys, dict resource_values
+    EdgeContext ctx, EdgeScan scanned, const unsigned char* buf, Py_ssize_t at, tuple keys, dict resource_values,
+    _Indices indices=None,
 ):
     """``attributes.find_attribute`` over the scan: the first of ``keys`` found, resource first
-    then span, as (name, Tempo string); None."""
+    then span, as (name, Tempo string); None. ``indices``: the scan indices of ``keys``, read in
+    C when the resource has no lookup values (mostly)."""
     cdef Py_ssize_t index
+    if indices is not None and not resource_values:
+        for index in range(indices.count):
+            if scanned.starts[at + indices.at[index]] >= 0:
+                return (<tuple>keys[index])[0], _scanned_string(ctx, scanned, buf, at + indices.at[index])
+        return None
     for name, index in keys:
         if resource_values:
             value = resource_values.get(name)
@@ -1761,12 +1911,12 @@ cdef object _scanned_database_server(
     EdgeContext ctx, EdgeScan scanned, const unsigned char* buf, Py_ssize_t at, dict resource_values
 ):
     """``ServiceGraphsProcessor._database_server`` over the scan."""
-    found = _scanned_find(ctx, scanned, buf, at, ctx.server_keys, resource_values)
+    found = _scanned_find(ctx, scanned, buf, at, ctx.server_keys, resource_values, ctx.server_indices)
     if found is None:
         return None
     name, server = found
     if name == ctx.network_peer_address:
-        port = _scanned_find(ctx, scanned, buf, at, ctx.port_keys, resource_values)
+        port = _scanned_find(ctx, scanned, buf, at, ctx.port_keys, resource_values, ctx.port_indices)
         if port is not None:
             return server + ":" + port[1]
     return server
@@ -1914,18 +2064,55 @@ cdef _record_latency(EdgeContext completion, object latency, object seconds, byt
                 del recent[0]
 
 
-cdef inline int _count_dropped(
-    dict counters, object count, object interval, object metric, bint client, object service, object now
-) except -1:
-    """``ServiceGraphsProcessor._count`` of a dropped span, in place when its series exists."""
-    side = "client" if client else "server"
-    series = counters.get((metric, side, service))
-    if series is None:
-        count(interval, metric, side, service, now)
-    else:
-        series.count += 1
-        series.last_ns = now
-    return 0
+cdef class _Drops:
+    """Spans dropped during an observe, counted in C per (resource, side) and handed to
+    ``ServiceGraphsProcessor._count``'s series in the order of their first drop (the order the
+    pure path makes the series in) when the observe ends or Python code is about to run."""
+
+    cdef long long* counts
+    cdef Py_ssize_t* order
+    cdef Py_ssize_t used
+
+    def __cinit__(self, Py_ssize_t resources):
+        self.counts = <long long*>calloc(2 * resources + 1, sizeof(long long))
+        self.order = <Py_ssize_t*>malloc((2 * resources + 1) * sizeof(Py_ssize_t))
+        if self.counts == NULL or self.order == NULL:
+            raise MemoryError()
+        self.used = 0
+
+    def __dealloc__(self):
+        free(self.counts)
+        free(self.order)
+
+    cdef inline void add(self, Py_ssize_t resource, bint client) noexcept:
+        cdef Py_ssize_t slot = 2 * resource + (1 if client else 0)
+        if self.counts[slot] == 0:
+            self.order[self.used] = slot
+            self.used += 1
+        self.counts[slot] += 1
+
+    cdef int apply(
+        self, list services, dict counters, object count, object interval, object metric, object now
+    ) except -1:
+        cdef Py_ssize_t at, slot
+        cdef long long added
+        for at in range(self.used):
+            slot = self.order[at]
+            added = self.counts[slot]
+            self.counts[slot] = 0
+            side = "client" if slot & 1 else "server"
+            service = services[slot >> 1]
+            key = (metric, side, service)
+            series = counters.get(key)
+            if series is None:
+                count(interval, metric, side, service, now)
+                added -= 1
+                series = counters[key]
+            if added:
+                series.count += added
+            series.last_ns = now
+        self.used = 0
+        return 0
 
 
 def observe_scanned(
@@ -1951,6 +2138,7 @@ def observe_scanned(
     cdef Edge edge
     cdef dict resource_values
     cdef dict counters = interval.counters
+    cdef _Drops drops = _Drops(len(services))
     try:
         for index in range(scanned.count):
             service = services[scanned.resource_of[index]]
@@ -1972,12 +2160,12 @@ def observe_scanned(
             found = edges.get(key)
             stored = found is not None
             if found is None and len(edges) >= capacity and (
-                not client or _scanned_find(ctx, scanned, buf, at, ctx.database_keys, resource_values) is None
+                not client or _scanned_find(ctx, scanned, buf, at, ctx.database_keys, resource_values, ctx.database_indices) is None
             ):
                 # No room, and a new half-edge completes at once only as a database call: the
                 # pure path builds it and drops it; nothing is built here.
                 dropped += 1
-                _count_dropped(counters, count, interval, dropped_metric, client, service, now)
+                drops.add(scanned.resource_of[index], client)
                 continue
             if found is None:
                 edge = Edge.__new__(Edge)
@@ -1994,7 +2182,7 @@ def observe_scanned(
                 seconds = _elapsed(span.start_ns, span.end_ns, 1e9)
                 edge.client_seconds = seconds
                 edge.client_end_ns = span.end_ns
-                database = _scanned_find(ctx, scanned, buf, at, ctx.database_keys, resource_values)
+                database = _scanned_find(ctx, scanned, buf, at, ctx.database_keys, resource_values, ctx.database_indices)
                 if database is not None:
                     edge.connection_type = "database"
                     edge.server_seconds = seconds
@@ -2029,17 +2217,19 @@ def observe_scanned(
                     _complete(ctx, interval, key, edge, now, "")
                 else:  # a half-edge restored from another configuration's handover
                     ctx.flush()
+                    drops.apply(services, counters, count, interval, dropped_metric, now)
                     complete(interval, key, edge, "", now)
                 completed += 1
             elif not stored:
                 if len(edges) >= capacity:
                     dropped += 1
-                    _count_dropped(counters, count, interval, dropped_metric, client, service, now)
+                    drops.add(scanned.resource_of[index], client)
                 else:
                     edges[key] = edge
                     new_edges += 1
     finally:
         ctx.flush()
+        drops.apply(services, counters, count, interval, dropped_metric, now)
         stats.spans += spans_seen
         stats.edges += completed
         stats.new_edges += new_edges

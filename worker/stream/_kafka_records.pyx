@@ -5,6 +5,7 @@ raw bytes (uncompressed v2 batches), every read checked against the batch's end;
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.string cimport memcpy
 
 
 cdef extern from *:
@@ -337,3 +338,52 @@ cdef int _batch(
         return -1
     next_offset_out[0] = batch_next
     return 0
+
+
+# ------------------------------------------------------------------------------ response frames
+
+
+cdef class Frame:
+    """A response frame of ``size`` bytes filled straight from the socket's chunks into the
+    bytes object handed over at the end (:meth:`take`): one copy of each byte, instead of
+    asyncio's stream buffer (a growing bytearray) and then a bytes copy out of it."""
+
+    cdef bytes data
+    cdef readonly Py_ssize_t size
+    cdef readonly Py_ssize_t filled
+
+    def __cinit__(self, Py_ssize_t size):
+        if size < 0:
+            raise ValueError("a frame size is not negative")
+        self.data = PyBytes_FromStringAndSize(NULL, size)
+        self.size = size
+        self.filled = 0
+
+    def fill(self, const unsigned char[::1] chunk):
+        """Copies as much of ``chunk`` as the frame still lacks; returns how many bytes it took."""
+        cdef Py_ssize_t taken = chunk.shape[0]
+        if self.data is None:
+            raise ValueError("the frame was taken")
+        if taken > self.size - self.filled:
+            taken = self.size - self.filled
+        if taken > 0:
+            memcpy(PyBytes_AS_STRING(self.data) + self.filled, &chunk[0], taken)
+            self.filled += taken
+        return taken
+
+    @property
+    def full(self):
+        return self.filled == self.size
+
+    def partial(self):
+        """The bytes received so far (a copy)."""
+        if self.data is None:
+            raise ValueError("the frame was taken")
+        return PyBytes_FromStringAndSize(PyBytes_AS_STRING(self.data), self.filled)
+
+    def take(self):
+        """The whole frame, once full (the frame holds it no longer)."""
+        if self.data is None or self.filled != self.size:
+            raise ValueError("the frame is not full")
+        data, self.data = self.data, None
+        return data

@@ -103,6 +103,105 @@ class _KeptMemoryRecords:
         return self._inner.next_batch()
 
 
+#: Response frames of at least this many bytes are filled straight into the bytes object
+#: ``readexactly`` returns (:class:`_FrameReader`); smaller ones, and larger than _FRAME_MOST
+#: (no up-front allocation of a size read off the wire), take asyncio's buffer.
+_FRAME_LEAST = 1 << 16
+_FRAME_MOST = 1 << 28
+
+
+class _FrameReader(asyncio.StreamReader):
+    """aiokafka's connection reader, whose large ``readexactly`` (a fetch response) fills the
+    compiled ``Frame``: each received chunk copied once, into the bytes handed over, and the
+    reading task woken once the frame is whole; instead of a growing bytearray, a copy out of
+    it, flow control pausing and resuming the socket every 128 KiB and a wake-up per chunk.
+    The same bytes, end of stream, errors and cancellation as ``asyncio.StreamReader``."""
+
+    _frame: Any = None
+
+    def feed_data(self, data: Any) -> None:
+        frame = self._frame
+        if frame is None or not data:
+            super().feed_data(data)
+            return
+        assert not self._eof, "feed_data after feed_eof"  # type: ignore[attr-defined]
+        taken = frame.fill(data)
+        if taken < len(data):
+            super().feed_data(memoryview(data)[taken:])  # the next frames' bytes (wakes the reader)
+        elif frame.full:
+            self._wakeup_waiter()  # type: ignore[attr-defined]
+
+    async def readexactly(self, n: int) -> bytes:
+        buffer: bytearray = self._buffer  # type: ignore[attr-defined]
+        if (
+            _FRAME is None
+            or n < _FRAME_LEAST
+            or n > _FRAME_MOST
+            or self._frame is not None
+            or self._exception is not None  # type: ignore[attr-defined]
+            or self._eof  # type: ignore[attr-defined]
+            or len(buffer) >= n
+        ):
+            return await super().readexactly(n)
+        frame = _FRAME(n)
+        frame.fill(buffer)
+        buffer.clear()
+        self._frame = frame
+        try:
+            while not frame.full:
+                if self._eof:  # type: ignore[attr-defined]
+                    raise asyncio.IncompleteReadError(frame.partial(), n)
+                await self._wait_for_data("readexactly")  # type: ignore[attr-defined]
+        except asyncio.IncompleteReadError:
+            raise
+        except BaseException:
+            # An error or a cancellation: what arrived stays readable, as in the base class.
+            buffer[:0] = frame.partial()
+            raise
+        finally:
+            self._frame = None
+        self._maybe_resume_transport()  # type: ignore[attr-defined]
+        return frame.take()  # type: ignore[no-any-return]
+
+
+_FRAME: Callable[[int], Any] | None = getattr(_compiled, "Frame", None) if _compiled is not None else None
+#: The parts of asyncio's StreamReader that _FrameReader uses (CPython 3.8 to 3.13 have them).
+_STREAM_READER_PARTS = (
+    "_wakeup_waiter",
+    "_wait_for_data",
+    "_maybe_resume_transport",
+    "feed_data",
+    "readexactly",
+)
+
+
+def _install_frame_reader(consumer: AIOKafkaConsumer) -> None:
+    """aiokafka's connections read through :class:`_FrameReader`: those made from now on (for
+    every client of the process: it behaves as ``asyncio.StreamReader``), and the consumer's
+    open ones (a class swap: the reader has no state of its own while no frame is filling)."""
+    if _FRAME is None or not all(hasattr(asyncio.StreamReader, name) for name in _STREAM_READER_PARTS):
+        return
+    from aiokafka import conn as module
+
+    protocol = module.AIOKafkaProtocol
+    if not getattr(protocol, "_frame_reader", False):
+
+        class _FrameProtocol(protocol):  # type: ignore[misc, valid-type]
+            _frame_reader = True
+
+            def __init__(self, closed_fut: Any, reader: Any, *args: Any, **kwargs: Any) -> None:
+                if type(reader) is asyncio.StreamReader:
+                    reader.__class__ = _FrameReader
+                super().__init__(closed_fut, reader, *args, **kwargs)
+
+        module.AIOKafkaProtocol = _FrameProtocol
+    conns = getattr(getattr(consumer, "_client", None), "_conns", None) or {}
+    for conn in list(conns.values()):
+        reader = getattr(conn, "_reader", None)
+        if type(reader) is asyncio.StreamReader:
+            reader.__class__ = _FrameReader
+
+
 class _LightPartitionRecords:
     """Stands in for aiokafka's ``PartitionRecords`` of one fetch: the parser reads its batches a
     few at a time (as many as the drain asks for), and from a batch it declines on, aiokafka's own
@@ -304,6 +403,7 @@ class Reader:
         self.declined = 0
         if not self.unsupported:
             _install_kept_records()
+            _install_frame_reader(consumer)
             from aiokafka.consumer.fetcher import FetchResult, PartitionRecords
 
             self._fetch_result: Any = FetchResult

@@ -335,6 +335,9 @@ class SpanMetricsProcessor:
             config.dimensions_cache_size if config.dimensions_cache_size > 0 else _DEFAULT_TEMPLATE_CACHE_SIZE
         )
         self._native_ready = not self.native_unsupported()
+        #: The compiled fold's additions not yet applied to their series (they stay in C across
+        #: runs): applied before anything else reads or writes a series (:meth:`_apply_native`).
+        self._native_active: list[Any] = []
 
     # ------------------------------------------------------------------ compiled ingest
 
@@ -395,6 +398,11 @@ class SpanMetricsProcessor:
         )
         return stats
 
+    def _apply_native(self) -> None:
+        """Apply the compiled fold's pending additions to their series."""
+        assert _NATIVE is not None
+        _NATIVE.flush_folds(self._native_active)
+
     def _resource_from_bytes(self, cache_key: bytes) -> _Resource | None:
         """:meth:`_resource` keyed by the resource's bytes as they came (parsed on a cache miss)."""
         cached = self._resources.get(cache_key)
@@ -454,6 +462,8 @@ class SpanMetricsProcessor:
         ``partition`` does not matter here (nothing waits across requests); ``groups`` is
         ``group_request(request)`` when the caller already has it.
         """
+        if self._native_active:
+            self._apply_native()
         stats = ConsumeStats()
         now = self._clock()
         work: list[_ScopeWork] = []
@@ -976,6 +986,8 @@ class SpanMetricsProcessor:
         companions too (see :attr:`Series.companion`): where metrics are emitted,
         the OTLP encoder (or :func:`worker.model.series.with_companions`) writes the counters out.
         """
+        if self._native_active:
+            self._apply_native()
         pending, self._pending = self._pending, {}
         result: dict[str, TenantDeltas] = {}
         for (tenant, resource_id), accumulator in pending.items():

@@ -132,6 +132,49 @@ def test_random_traces_and_configurations_give_identical_results(
     twin.new_edges  # noqa: B018
 
 
+@needs_native
+def test_many_distinct_attribute_values_each_read_as_themselves() -> None:
+    """The observe keeps recent attribute strings by a hash of their bytes (``EdgeContext``'s
+    string slots): thousands of distinct peer and server values of one length, many sharing a
+    slot, a database client's server beside them, each still reads as itself (virtual nodes
+    and database edges named as the pure path names them)."""
+    clock = FakeClock()
+    twin = TwinProcessor(ServiceGraphsConfig.model_validate({"enabled": True}), clock)
+    resource = {"attributes": [KeyValue(key="service.name", value=AnyValue(string_value="api"))]}
+    for round_ in range(4):
+        spans_ = []
+        for n in range(1000):
+            attrs = [
+                KeyValue(
+                    key="peer.service", value=AnyValue(string_value=f"peer-{(n * 7919 + round_) % 3000:04d}")
+                )
+            ]
+            if n % 3 == 0:
+                attrs = [
+                    KeyValue(key="db.namespace", value=AnyValue(string_value=f"db-{n % 1500:04d}")),
+                    KeyValue(
+                        key="server.address", value=AnyValue(string_value=f"host-{(n + round_) % 2500:04d}")
+                    ),
+                ]
+            spans_.append(
+                Span(
+                    trace_id=(round_ * 1000 + n + 1).to_bytes(16, "big"),
+                    span_id=(n + 1).to_bytes(8, "big"),
+                    name="call",
+                    kind=Span.SPAN_KIND_CLIENT,
+                    start_time_unix_nano=BASE_NS,
+                    end_time_unix_nano=BASE_NS + 1000 * (n + 1),
+                    attributes=attrs,
+                )
+            )
+        request = ExportTraceServiceRequest(
+            resource_spans=[ResourceSpans(resource=resource, scope_spans=[ScopeSpans(spans=spans_)])]
+        )
+        twin.consume(request, "t", 0)  # compares the stats
+    twin.expire(clock.advance(60))
+    twin.take_deltas()  # compares the deltas
+
+
 # ------------------------------------------------------------------------------ state over time
 
 #: Operations on both processors: consume a request (on the native one through the edge scan, or

@@ -230,6 +230,96 @@ def test_repeated_span_keys_accumulate_as_the_pure_path(config: dict[str, Any]) 
     assert same_deltas(compiled.take_deltas(), pure.take_deltas())
 
 
+# ------------------------------------------------------------------------------ runs across calls
+
+#: Resources runs draw from, so that they repeat within and across runs: two spell one
+#: resource_id two ways (they differ outside the key attributes), one has no service name.
+_POOL = [
+    [KeyValue(key="service.name", value=AnyValue(string_value="a"))],
+    [KeyValue(key="service.name", value=AnyValue(string_value="b"))],
+    [
+        KeyValue(key="service.name", value=AnyValue(string_value="a")),
+        KeyValue(key="host", value=AnyValue(string_value="h1")),
+    ],
+    [KeyValue(key="region", value=AnyValue(string_value="eu"))],
+    [KeyValue(key="service.name", value=AnyValue(string_value="c"))],
+]
+#: Few span shapes (raw keys repeat, so most spans add up in C), random durations.
+_run_spans = st.lists(
+    st.builds(
+        lambda name, kind, method, duration: Span(
+            trace_id=b"\x01" * 16,
+            span_id=b"\x02" * 8,
+            name=name,
+            kind=kind,  # type: ignore[arg-type]
+            start_time_unix_nano=BASE_NS,
+            end_time_unix_nano=BASE_NS + duration,
+            attributes=[KeyValue(key="http.method", value=AnyValue(string_value=method))],
+        ),
+        st.just("a"),
+        st.sampled_from([1, 2]),
+        st.sampled_from(["GET", "POST"]),
+        st.integers(min_value=0, max_value=3 * 10**9),
+    ),
+    max_size=4,
+)
+_run = st.lists(
+    st.tuples(st.integers(min_value=0, max_value=len(_POOL) - 1), _run_spans), min_size=1, max_size=6
+)
+
+
+def _pooled_request(parts: list[tuple[int, list[Span]]]) -> ExportTraceServiceRequest:
+    return ExportTraceServiceRequest(
+        resource_spans=[
+            ResourceSpans(resource={"attributes": _POOL[index]}, scope_spans=[ScopeSpans(spans=spans_)])
+            for index, spans_ in parts
+        ]
+    )
+
+
+@needs_native
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cache_size=st.integers(min_value=1, max_value=4),
+    key_attributes=st.sampled_from([[], ["service.name"]]),
+    steps=st.lists(
+        st.tuples(_run, st.sampled_from(["native", "native", "pure", "take"])), min_size=1, max_size=8
+    ),
+)
+def test_runs_across_calls_keep_the_pure_paths_cache_order_and_sums(
+    cache_size: int, key_attributes: list[str], steps: list[tuple[list[tuple[int, list[Span]]], str]]
+) -> None:
+    """Runs with repeated resources, through the compiled fold, the pure path (a record the
+    scanner declines) and hand-overs, the clock moving between runs: after every run the
+    resource cache holds the same resources in the same LRU order as the pure path's (one
+    look-up per distinct resource when all are cached), and the deltas are the same to the bit
+    and the nanosecond (the fold's additions stay in C across runs, applied before the pure path
+    or a hand-over reads a series, each series' ``last_ns`` the clock of the last run adding to it)."""
+    config = SpanMetricsConfig.model_validate(
+        {
+            "dimensions": ["http.method"],
+            "resource_metrics_cache_size": cache_size,
+            "resource_metrics_key_attributes": key_attributes,
+        }
+    )
+    clock = FakeClock()
+    pure = SpanMetricsProcessor(config, clock=clock)
+    compiled = SpanMetricsProcessor(config, clock=clock)
+    for parts, how in steps:
+        clock.advance(0.25)
+        request = _pooled_request(parts)
+        if how == "native":
+            scanned = compiled.scan(request.SerializeToString())
+            assert scanned is not None
+            assert compiled.consume_scanned(scanned, "t") == pure.consume(request, "t")
+        elif how == "pure":
+            assert compiled.consume(request, "t") == pure.consume(request, "t")
+        else:
+            assert same_deltas(compiled.take_deltas(), pure.take_deltas())
+        assert list(compiled._resources) == list(pure._resources)
+    assert same_deltas(compiled.take_deltas(), pure.take_deltas())
+
+
 # ------------------------------------------------------------------------------ mutated records
 
 _SETTINGS = Settings(
