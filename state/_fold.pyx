@@ -198,6 +198,7 @@ cdef object _int(_Cursor* cursor):
     cdef unsigned char code
     cdef uint64_t raw
     cdef int size
+    cdef bint signed
     if not _take(cursor, 1):
         return None
     code = cursor.at[0]
@@ -207,19 +208,15 @@ cdef object _int(_Cursor* cursor):
     if code >= 0xE0:
         cursor.at += 1
         return PyLong_FromLongLong(<int64_t>code - 256)
-    if 0xCC <= code <= 0xCF:
-        size = 1 << (code - 0xCC)
+    if 0xCC <= code <= 0xD3:  # uint8 ... uint64, then int8 ... int64
+        signed = code >= 0xD0
+        size = 1 << (code - (0xD0 if signed else 0xCC))
         if not _take(cursor, 1 + size):
             return None
         raw = _big_endian(cursor.at + 1, size)
         cursor.at += 1 + size
-        return PyLong_FromUnsignedLongLong(raw)
-    if 0xD0 <= code <= 0xD3:
-        size = 1 << (code - 0xD0)
-        if not _take(cursor, 1 + size):
-            return None
-        raw = _big_endian(cursor.at + 1, size)
-        cursor.at += 1 + size
+        if not signed:
+            return PyLong_FromUnsignedLongLong(raw)
         if size < 8 and raw >> (8 * size - 1):
             return PyLong_FromLongLong(<int64_t>raw - (<int64_t>1 << (8 * size)))
         return PyLong_FromLongLong(<int64_t>raw)
