@@ -599,12 +599,13 @@ def fold_log(
             quiet_series = quick(blob, parts, _companion_name)
             if quiet_series is not None:
                 last_us = quiet_series.last_ns // 1000
-                resource_us = resource_seen.get(quiet_series.resource_id, 0)
                 if expire_before_us and last_us < expire_before_us:
                     plan.expired.append(digest)
                     plan.held_change -= 1
                     return
-                if resource_expire_before_us and max(resource_us, last_us) < resource_expire_before_us:
+                if resource_expire_before_us and (
+                    max(resource_seen.get(quiet_series.resource_id, 0), last_us) < resource_expire_before_us
+                ):
                     _emit_quiet(plan, digest, quiet_series)
                     plan.expired.append(digest)
                     plan.held_change -= 1
